@@ -1,0 +1,50 @@
+//! The catalog: every airgap archive in the watched directories, indexed once.
+//!
+//! Consumers (the snapshotter, the mirror, the CLI) see it through
+//! [`LayerSource`] and the lookup methods of [`Catalog`].
+
+use std::io::Read;
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+
+/// How a blob's own bytes are compressed (a layer's media type says this;
+/// sniffed from magic bytes when the media type is silent or lies).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+/// One layer as the snapshotter needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerRef {
+    /// Chain ID of the snapshot this layer becomes (what containerd's
+    /// `containerd.io/snapshot.ref` label names).
+    pub chain_id: Digest,
+    /// Chain ID of the layer below, `None` for the bottom layer.
+    pub parent: Option<Digest>,
+    /// Digest of the blob as stored (compressed).
+    pub digest: Digest,
+    /// Digest of the uncompressed tar stream.
+    pub diff_id: Digest,
+    /// Size of the blob as stored.
+    pub size: u64,
+    pub compression: Compression,
+}
+
+/// What the snapshotter reads layers from. The catalog implements it; tests
+/// use an in-memory fake.
+pub trait LayerSource: Send + Sync + 'static {
+    /// The archived layer whose chain ID is `chain_id`.
+    fn layer(&self, chain_id: &Digest) -> Option<LayerRef>;
+    /// Every archived layer of the images containing `chain_id`, bottom first,
+    /// each once (used to start extracting an image's other layers early).
+    fn image_layers(&self, chain_id: &Digest) -> Vec<LayerRef>;
+    /// Opens a blob's bytes as stored. The reader is verified against `digest`:
+    /// it returns an error instead of EOF if the bytes do not match.
+    fn open_blob(&self, digest: &Digest) -> std::io::Result<Box<dyn Read + Send>>;
+}

@@ -1,0 +1,216 @@
+//! The daemon under test: `airgap-snapshotter serve` with its root, socket
+//! and archives directory in a temporary directory; restartable.
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::process::{self, Proc};
+use crate::TestDir;
+
+/// Overrides the binary under test (otherwise it is built with cargo).
+pub const BIN_ENV: &str = "AIRGAP_SNAPSHOTTER_BIN";
+
+/// The `airgap-snapshotter` binary: `$AIRGAP_SNAPSHOTTER_BIN`, or the one
+/// `cargo build -p airgap-snapshotter` produces for this workspace (a no-op
+/// when it is up to date, so the tests never run a stale binary). Cargo's
+/// JSON messages name the executable, wherever the target directory is.
+pub fn binary() -> Result<PathBuf> {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    if let Some(path) = BINARY.get() {
+        return Ok(path.clone());
+    }
+    let path = match std::env::var_os(BIN_ENV) {
+        Some(path) => PathBuf::from(path),
+        None => build_binary()?,
+    };
+    if !path.is_file() {
+        bail!(
+            "airgap-snapshotter binary {} does not exist",
+            path.display()
+        );
+    }
+    Ok(BINARY.get_or_init(|| path).clone())
+}
+
+fn build_binary() -> Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = process::run(
+        Command::new(cargo)
+            .current_dir(crate::workspace_root())
+            .args([
+                "build",
+                "-p",
+                "airgap-snapshotter",
+                "--bin",
+                "airgap-snapshotter",
+                "--message-format=json-render-diagnostics",
+            ]),
+        Duration::from_secs(1800),
+    )
+    .context("building airgap-snapshotter")?;
+    for line in out.lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if msg["reason"] == "compiler-artifact" && msg["target"]["name"] == "airgap-snapshotter" {
+            if let Some(exe) = msg["executable"].as_str() {
+                return Ok(PathBuf::from(exe));
+            }
+        }
+    }
+    bail!("cargo build did not report the airgap-snapshotter executable")
+}
+
+/// A running (or stopped, between restarts) `airgap-snapshotter serve`.
+pub struct Daemon {
+    proc: Option<Proc>,
+    binary: PathBuf,
+    root: PathBuf,
+    socket: PathBuf,
+    archives: PathBuf,
+    log: PathBuf,
+    dir: TestDir,
+}
+
+impl Daemon {
+    /// Starts the daemon with an empty archives directory (fill it with
+    /// [`Daemon::archives_dir`] before or after start).
+    pub fn start() -> Result<Self> {
+        let dir = TestDir::new("daemon")?;
+        let archives = dir.path().join("archives");
+        std::fs::create_dir_all(&archives)?;
+        Self::start_in(dir, archives)
+    }
+
+    /// Starts the daemon on an archives directory that already holds files.
+    pub fn start_with_archives(files: &[&Path]) -> Result<Self> {
+        let dir = TestDir::new("daemon")?;
+        let archives = dir.path().join("archives");
+        std::fs::create_dir_all(&archives)?;
+        for file in files {
+            let name = file.file_name().context("archive without a file name")?;
+            std::fs::copy(file, archives.join(name))
+                .with_context(|| format!("copying {} into the archives", file.display()))?;
+        }
+        Self::start_in(dir, archives)
+    }
+
+    fn start_in(dir: TestDir, archives: PathBuf) -> Result<Self> {
+        let mut this = Self {
+            proc: None,
+            binary: binary()?,
+            root: dir.path().join("root"),
+            socket: dir.path().join("snap.sock"),
+            archives,
+            log: dir.path().join("daemon.log"),
+            dir,
+        };
+        this.spawn()?;
+        Ok(this)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let _ = std::fs::remove_file(&self.socket);
+        let mut proc = Proc::spawn(
+            "airgap-snapshotter",
+            Command::new(&self.binary)
+                .env("RUST_LOG", "debug")
+                .arg("serve")
+                .arg("--root")
+                .arg(&self.root)
+                .arg("--socket")
+                .arg(&self.socket)
+                .arg("--archives")
+                .arg(&self.archives)
+                .args(["--mirror-listen", "off"]),
+            &self.log,
+        )?;
+        let socket = self.socket.clone();
+        process::wait_until(
+            "airgap-snapshotter to listen",
+            Duration::from_secs(60),
+            || {
+                proc.check_running()?;
+                Ok(UnixStream::connect(&socket).is_ok())
+            },
+        )?;
+        self.proc = Some(proc);
+        Ok(())
+    }
+
+    /// Stops the daemon (SIGTERM) and starts it again on the same root.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop()?;
+        self.spawn()
+    }
+
+    /// Stops the daemon; it must exit cleanly on SIGTERM.
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(mut proc) = self.proc.take() {
+            let status = proc.stop(process::STOP_TIMEOUT)?;
+            if let Some(status) = status {
+                if !status.success() {
+                    bail!(
+                        "airgap-snapshotter exited with {status} on SIGTERM; end of log:\n{}",
+                        process::tail(&self.log, 30)
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails if the daemon died.
+    pub fn check_running(&mut self) -> Result<()> {
+        match self.proc.as_mut() {
+            Some(proc) => proc.check_running(),
+            None => bail!("airgap-snapshotter is stopped"),
+        }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn archives_dir(&self) -> &Path {
+        &self.archives
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    pub fn log(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- end of airgap-snapshotter log {} ----\n{}",
+                self.log.display(),
+                process::tail(&self.log, 60)
+            );
+        }
+        if let Some(mut proc) = self.proc.take() {
+            if let Err(err) = proc.stop(process::STOP_TIMEOUT) {
+                eprintln!("warning: stopping airgap-snapshotter: {err:#}");
+            }
+        }
+    }
+}

@@ -1,0 +1,459 @@
+//! Test images built from files on the machine: layers as gzip tars, an OCI
+//! image config and manifest, an `index.json` naming the image, all written
+//! as an OCI image layout tar. That tar is both an airgap archive for the
+//! daemon and what skopeo pushes to the registry (`oci-archive:`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use flate2::write::GzEncoder;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tar::{EntryType, Header};
+
+/// The statically linked busybox that the test images run.
+pub const BUSYBOX: &str = "/bin/busybox";
+
+/// Applets linked to busybox in `/bin` of [`busybox_layer`].
+pub const APPLETS: &[&str] = &[
+    "sh", "ls", "cat", "stat", "readlink", "test", "echo", "true", "sleep", "find", "wc",
+];
+
+const MTIME: u64 = 1_700_000_000;
+
+pub const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const MEDIA_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const MEDIA_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+/// One tar entry of a layer.
+#[derive(Clone, Debug)]
+pub enum Entry {
+    Dir {
+        path: String,
+        mode: u32,
+    },
+    File {
+        path: String,
+        mode: u32,
+        data: Vec<u8>,
+    },
+    Symlink {
+        path: String,
+        target: String,
+    },
+    Hardlink {
+        path: String,
+        target: String,
+    },
+    /// Written byte for byte, bypassing the tar crate's path checks: for
+    /// hostile layers (`..`, absolute names and link targets). Names and
+    /// link targets must fit the 100-byte header fields.
+    Raw {
+        name: String,
+        kind: EntryType,
+        link: String,
+        mode: u32,
+        data: Vec<u8>,
+    },
+}
+
+impl Entry {
+    pub fn dir(path: &str) -> Self {
+        Entry::Dir {
+            path: path.to_string(),
+            mode: 0o755,
+        }
+    }
+
+    pub fn file(path: &str, data: impl Into<Vec<u8>>) -> Self {
+        Entry::File {
+            path: path.to_string(),
+            mode: 0o644,
+            data: data.into(),
+        }
+    }
+
+    pub fn file_mode(path: &str, mode: u32, data: impl Into<Vec<u8>>) -> Self {
+        Entry::File {
+            path: path.to_string(),
+            mode,
+            data: data.into(),
+        }
+    }
+
+    pub fn symlink(path: &str, target: &str) -> Self {
+        Entry::Symlink {
+            path: path.to_string(),
+            target: target.to_string(),
+        }
+    }
+
+    pub fn hardlink(path: &str, target: &str) -> Self {
+        Entry::Hardlink {
+            path: path.to_string(),
+            target: target.to_string(),
+        }
+    }
+
+    /// An OCI whiteout for `path` (`dir/.wh.name`).
+    pub fn whiteout(path: &str) -> Self {
+        let (dir, name) = match path.rsplit_once('/') {
+            Some((dir, name)) => (format!("{dir}/"), name),
+            None => (String::new(), path),
+        };
+        Entry::file(&format!("{dir}.wh.{name}"), Vec::new())
+    }
+
+    /// An OCI opaque-directory marker for `dir`.
+    pub fn opaque(dir: &str) -> Self {
+        Entry::file(&format!("{dir}/.wh..wh..opq"), Vec::new())
+    }
+
+    pub fn raw(name: &str, kind: EntryType, link: &str, data: impl Into<Vec<u8>>) -> Self {
+        Entry::Raw {
+            name: name.to_string(),
+            kind,
+            link: link.to_string(),
+            mode: 0o644,
+            data: data.into(),
+        }
+    }
+}
+
+/// A layer: its entries in order.
+#[derive(Clone, Debug, Default)]
+pub struct Layer {
+    pub entries: Vec<Entry>,
+}
+
+impl Layer {
+    pub fn new(entries: Vec<Entry>) -> Self {
+        Self { entries }
+    }
+
+    /// The uncompressed tar stream.
+    pub fn tar(&self) -> Result<Vec<u8>> {
+        let mut builder = tar::Builder::new(Vec::new());
+        builder.mode(tar::HeaderMode::Deterministic);
+        for entry in &self.entries {
+            let mut header = Header::new_gnu();
+            header.set_mtime(MTIME);
+            header.set_uid(0);
+            header.set_gid(0);
+            match entry {
+                Entry::Dir { path, mode } => {
+                    header.set_entry_type(EntryType::Directory);
+                    header.set_mode(*mode);
+                    header.set_size(0);
+                    builder.append_data(&mut header, path, std::io::empty())?;
+                }
+                Entry::File { path, mode, data } => {
+                    header.set_entry_type(EntryType::Regular);
+                    header.set_mode(*mode);
+                    header.set_size(data.len() as u64);
+                    builder.append_data(&mut header, path, data.as_slice())?;
+                }
+                Entry::Symlink { path, target } => {
+                    header.set_entry_type(EntryType::Symlink);
+                    header.set_mode(0o777);
+                    header.set_size(0);
+                    builder.append_link(&mut header, path, target)?;
+                }
+                Entry::Hardlink { path, target } => {
+                    header.set_entry_type(EntryType::Link);
+                    header.set_mode(0o644);
+                    header.set_size(0);
+                    builder.append_link(&mut header, path, target)?;
+                }
+                Entry::Raw {
+                    name,
+                    kind,
+                    link,
+                    mode,
+                    data,
+                } => {
+                    header.set_entry_type(*kind);
+                    header.set_mode(*mode);
+                    header.set_size(data.len() as u64);
+                    let old = header.as_old_mut();
+                    copy_field(&mut old.name, name)?;
+                    copy_field(&mut old.linkname, link)?;
+                    header.set_cksum();
+                    builder.append(&header, data.as_slice())?;
+                }
+            }
+        }
+        Ok(builder.into_inner()?)
+    }
+}
+
+fn copy_field(field: &mut [u8; 100], value: &str) -> Result<()> {
+    let bytes = value.as_bytes();
+    if bytes.len() > field.len() {
+        bail!("raw tar field longer than 100 bytes: {value}");
+    }
+    field.fill(0);
+    field[..bytes.len()].copy_from_slice(bytes);
+    Ok(())
+}
+
+/// `sha256:<hex>` of bytes.
+pub fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// The chain IDs of a list of diff IDs (OCI image spec: chainID(n) =
+/// sha256(chainID(n-1) + " " + diffID(n))).
+pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
+    for diff_id in diff_ids {
+        let next = match out.last() {
+            None => diff_id.clone(),
+            Some(parent) => sha256(format!("{parent} {diff_id}").as_bytes()),
+        };
+        out.push(next);
+    }
+    out
+}
+
+/// What to build.
+#[derive(Clone, Debug)]
+pub struct ImageSpec {
+    /// Full reference, `io.containerd.image.name` (e.g. `127.0.0.1:5000/library/x:v1`).
+    pub name: String,
+    /// `org.opencontainers.image.ref.name` (what `oci-archive:FILE:TAG` picks).
+    pub tag: String,
+    pub layers: Vec<Layer>,
+}
+
+/// What was built.
+#[derive(Clone, Debug)]
+pub struct BuiltImage {
+    pub archive: PathBuf,
+    pub name: String,
+    pub tag: String,
+    pub manifest_digest: String,
+    pub config_digest: String,
+    /// Digests of the compressed layer blobs, base first.
+    pub layer_digests: Vec<String>,
+    pub diff_ids: Vec<String>,
+    pub chain_ids: Vec<String>,
+}
+
+fn oci_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "arm" => "arm",
+        "powerpc64" => "ppc64le",
+        "s390x" => "s390x",
+        "riscv64" => "riscv64",
+        other => other,
+    }
+}
+
+/// Writes `spec` as an OCI image layout tar at `archive`.
+pub fn write_oci_archive(spec: &ImageSpec, archive: &Path) -> Result<BuiltImage> {
+    let mut blobs: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut layer_descs = Vec::new();
+    let mut layer_digests = Vec::new();
+    let mut diff_ids = Vec::new();
+    for layer in &spec.layers {
+        let tar = layer.tar()?;
+        diff_ids.push(sha256(&tar));
+        let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&tar)?;
+        let gz = gz.finish()?;
+        let digest = sha256(&gz);
+        layer_descs.push(json!({
+            "mediaType": MEDIA_LAYER_GZIP,
+            "digest": digest,
+            "size": gz.len(),
+        }));
+        layer_digests.push(digest.clone());
+        blobs.push((digest, gz));
+    }
+    let config = serde_json::to_vec(&json!({
+        "architecture": oci_arch(),
+        "os": "linux",
+        "config": {
+            "Env": ["PATH=/bin"],
+            "Cmd": ["/bin/sh"],
+            "WorkingDir": "/",
+        },
+        "rootfs": { "type": "layers", "diff_ids": diff_ids },
+        "history": spec.layers.iter().map(|_| json!({"created_by": "airgap-integration"})).collect::<Vec<_>>(),
+    }))?;
+    let config_digest = sha256(&config);
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": MEDIA_MANIFEST,
+        "config": { "mediaType": MEDIA_CONFIG, "digest": config_digest, "size": config.len() },
+        "layers": layer_descs,
+    }))?;
+    let manifest_digest = sha256(&manifest);
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": MEDIA_INDEX,
+        "manifests": [{
+            "mediaType": MEDIA_MANIFEST,
+            "digest": manifest_digest,
+            "size": manifest.len(),
+            "annotations": {
+                "io.containerd.image.name": spec.name,
+                "org.opencontainers.image.ref.name": spec.tag,
+            },
+            "platform": { "architecture": oci_arch(), "os": "linux" },
+        }],
+    }))?;
+    blobs.push((config_digest.clone(), config));
+    blobs.push((manifest_digest.clone(), manifest));
+
+    let file = std::fs::File::create(archive)
+        .with_context(|| format!("creating {}", archive.display()))?;
+    let mut builder = tar::Builder::new(std::io::BufWriter::new(file));
+    builder.mode(tar::HeaderMode::Deterministic);
+    let mut add = |path: &str, data: &[u8]| -> Result<()> {
+        let mut header = Header::new_ustar();
+        header.set_entry_type(EntryType::Regular);
+        header.set_mode(0o644);
+        header.set_mtime(MTIME);
+        header.set_size(data.len() as u64);
+        builder.append_data(&mut header, path, data)?;
+        Ok(())
+    };
+    add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    add("index.json", &index)?;
+    for (digest, data) in &blobs {
+        let hex = digest.trim_start_matches("sha256:");
+        add(&format!("blobs/sha256/{hex}"), data)?;
+    }
+    builder.into_inner()?.flush()?;
+    Ok(BuiltImage {
+        archive: archive.to_path_buf(),
+        name: spec.name.clone(),
+        tag: spec.tag.clone(),
+        manifest_digest,
+        config_digest,
+        chain_ids: chain_ids(&diff_ids),
+        layer_digests,
+        diff_ids,
+    })
+}
+
+/// A base layer: `/bin/busybox` (static) with applet symlinks, `/etc`,
+/// `/tmp`, plus `extra` entries.
+pub fn busybox_layer(extra: Vec<Entry>) -> Result<Layer> {
+    let busybox =
+        std::fs::read(BUSYBOX).with_context(|| format!("reading {BUSYBOX} (busybox-static)"))?;
+    let mut entries = vec![
+        Entry::dir("bin"),
+        Entry::file_mode("bin/busybox", 0o755, busybox),
+        Entry::dir("etc"),
+        Entry::file("etc/passwd", "root:x:0:0:root:/:/bin/sh\n"),
+        Entry::file("etc/group", "root:x:0:\n"),
+        Entry::Dir {
+            path: "tmp".to_string(),
+            mode: 0o1777,
+        },
+    ];
+    for applet in APPLETS {
+        entries.push(Entry::symlink(&format!("bin/{applet}"), "busybox"));
+    }
+    entries.extend(extra);
+    Ok(Layer::new(entries))
+}
+
+/// The two-layer image the tests run: hardlinks, symlinks, a setuid file
+/// in the base; a whiteout, an opaque directory and a new file on top.
+/// `marker` goes into a file of the base layer, so that images with
+/// different markers share no layer.
+pub fn sample_layers(marker: &str) -> Result<Vec<Layer>> {
+    let base = busybox_layer(vec![
+        Entry::dir("data"),
+        Entry::file("data/marker", format!("{marker}\n")),
+        Entry::file("data/file", "hello airgap\n"),
+        Entry::hardlink("data/hardlink", "data/file"),
+        Entry::symlink("data/symlink", "file"),
+        Entry::symlink("data/abs-symlink", "/data/file"),
+        Entry::file("data/gone", "removed by the next layer\n"),
+        Entry::dir("data/opq"),
+        Entry::file("data/opq/old", "hidden by the opaque marker\n"),
+        Entry::file_mode("data/setuid", 0o4755, "#!/bin/sh\n"),
+    ])?;
+    let top = Layer::new(vec![
+        Entry::dir("data"),
+        Entry::whiteout("data/gone"),
+        Entry::dir("data/opq"),
+        Entry::opaque("data/opq"),
+        Entry::file("data/opq/new", "new\n"),
+        Entry::file("data/added", "layer two\n"),
+    ]);
+    Ok(vec![base, top])
+}
+
+/// The shell script run in containers of [`sample_layers`] images, and the
+/// output it must print when the layers were applied right.
+pub const SAMPLE_CHECK: &str = "cat /data/file /data/hardlink /data/symlink /data/abs-symlink; \
+     readlink /data/symlink; \
+     if test -e /data/gone; then echo gone-present; else echo gone-ok; fi; \
+     ls /data/opq; \
+     cat /data/added; \
+     stat -c '%h %a' /data/file /data/setuid; \
+     test \"$(stat -c %i /data/file)\" = \"$(stat -c %i /data/hardlink)\" && echo same-inode";
+
+pub const SAMPLE_EXPECTED: &str = "hello airgap\nhello airgap\nhello airgap\nhello airgap\n\
+     file\n\
+     gone-ok\n\
+     new\n\
+     layer two\n\
+     2 644\n1 4755\n\
+     same-inode\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_ids_follow_the_spec() {
+        let a = "sha256:aaaa".to_string();
+        let b = "sha256:bbbb".to_string();
+        let ids = chain_ids(&[a.clone(), b.clone()]);
+        assert_eq!(ids[0], a);
+        assert_eq!(ids[1], sha256(b"sha256:aaaa sha256:bbbb"));
+    }
+
+    #[test]
+    fn writes_an_oci_layout_tar() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = ImageSpec {
+            name: "127.0.0.1:1/library/t:v1".into(),
+            tag: "v1".into(),
+            layers: vec![Layer::new(vec![
+                Entry::dir("a"),
+                Entry::file("a/f", "x"),
+                Entry::whiteout("a/g"),
+                Entry::raw("../escape", EntryType::Regular, "", "y"),
+            ])],
+        };
+        let built = write_oci_archive(&spec, &dir.path().join("t.tar")).unwrap();
+        let mut names = Vec::new();
+        let mut archive = tar::Archive::new(std::fs::File::open(&built.archive).unwrap());
+        for entry in archive.entries().unwrap() {
+            names.push(entry.unwrap().path().unwrap().display().to_string());
+        }
+        assert_eq!(names[0], "oci-layout");
+        assert_eq!(names[1], "index.json");
+        assert_eq!(names.len(), 2 + 3);
+        let layer = spec.layers[0].tar().unwrap();
+        let mut layer = tar::Archive::new(layer.as_slice());
+        let names: Vec<String> = layer
+            .entries()
+            .unwrap()
+            .map(|e| String::from_utf8_lossy(&e.unwrap().path_bytes()).into_owned())
+            .collect();
+        assert_eq!(names, ["a", "a/f", "a/.wh.g", "../escape"]);
+    }
+}

@@ -4,6 +4,12 @@
 //! Layering (see DESIGN.md): archives -> [`catalog`] (index, [`blob`] readers,
 //! [`cache`]) -> consumers ([`snapshot`], mirror, CLI).
 
+pub mod blob;
+pub mod cache;
+pub mod catalog;
+pub mod cli;
+pub mod config;
 pub mod digest;
 pub mod labels;
-pub mod catalog;
+pub mod serve;
+pub mod snapshot;

@@ -1,1 +1,59 @@
-fn main() { println!("hi"); }
+//! `airgap-snapshotter`: parses arguments, sets up logging and hands over to
+//! the library. Nothing else lives here.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use airgap_snapshotter::cli;
+use airgap_snapshotter::config::ServeArgs;
+
+#[derive(Parser)]
+#[command(name = "airgap-snapshotter", version, about)]
+struct Cli {
+    /// Log as JSON lines instead of text (logs go to stderr).
+    #[arg(long, global = true, env = "AIRGAP_LOG_JSON")]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: containerd proxy snapshotter (and registry mirror).
+    Serve(ServeArgs),
+    /// List the images the archives hold, one row per image name.
+    Images(cli::ImagesArgs),
+    /// Check every digest and diffID of the archives.
+    Verify(cli::VerifyArgs),
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Cli::parse();
+    init_tracing(args.log_json);
+    let result = match args.command {
+        Command::Serve(serve) => airgap_snapshotter::serve::run(serve),
+        Command::Images(a) => cli::images(a),
+        Command::Verify(a) => cli::verify(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("airgap-snapshotter: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

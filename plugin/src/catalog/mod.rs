@@ -48,3 +48,14 @@ pub trait LayerSource: Send + Sync + 'static {
     /// it returns an error instead of EOF if the bytes do not match.
     fn open_blob(&self, digest: &Digest) -> std::io::Result<Box<dyn Read + Send>>;
 }
+
+pub mod container;
+pub mod index;
+pub mod reference;
+pub mod seekable;
+mod store;
+pub mod verify;
+pub mod watch;
+
+pub use index::{ArchiveIndex, FileKey, ImageEntry, IndexError};
+pub use store::{Archive, Catalog, CatalogError, CatalogOptions, ImageInfo, ScanReport};

@@ -1,0 +1,332 @@
+//! Random-access readers over the blobs inside an archive.
+//!
+//! The backend under a [`BlobReader`] depends on the archive's container:
+//! a plain tar is read with `pread`; seekable zstd decompresses only the
+//! frames covering the requested range; anything else (one zstd frame, gzip,
+//! lz4, bzip2) is decompressed once into the [`crate::cache::LayerCache`] and
+//! read from there.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::num::NonZeroUsize;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use lru::LruCache;
+
+use crate::catalog::seekable::SeekTable;
+use crate::digest::{Digest, HashingReader};
+
+/// `read_at` over one blob.
+pub trait BlobReader: Send + Sync {
+    /// Length of the blob.
+    fn size(&self) -> u64;
+    /// Reads up to `buf.len()` bytes at `offset`; 0 only at or past the end.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+}
+
+/// Counters that tests and metrics read.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Bytes produced by decompressing archives (including bytes skipped to
+    /// reach a blob).
+    pub decompressed: AtomicU64,
+    /// Bytes read from archive files or the cache.
+    pub read: AtomicU64,
+    pub cache_hits: AtomicU64,
+    pub cache_misses: AtomicU64,
+}
+
+impl Stats {
+    pub fn decompressed(&self) -> u64 {
+        self.decompressed.load(Ordering::Relaxed)
+    }
+}
+
+/// A byte range of a file: a blob of a plain tar archive, or a cached blob.
+pub struct FileRange {
+    file: Arc<File>,
+    base: u64,
+    size: u64,
+}
+
+impl FileRange {
+    pub fn new(file: Arc<File>, base: u64, size: u64) -> Self {
+        FileRange { file, base, size }
+    }
+}
+
+impl BlobReader for FileRange {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        if offset >= self.size {
+            return Ok(0);
+        }
+        let want = buf.len().min((self.size - offset) as usize);
+        let n = self.file.read_at(&mut buf[..want], self.base + offset)?;
+        if n == 0 && want > 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "archive is shorter than its index says",
+            ));
+        }
+        Ok(n)
+    }
+}
+
+/// A blob inside a seekable zstd archive. Decompressed frames are kept in a
+/// small per-reader LRU so sequential reads decompress each frame once.
+pub struct SeekableRange {
+    file: Arc<File>,
+    table: Arc<SeekTable>,
+    base: u64,
+    size: u64,
+    frames: Mutex<LruCache<usize, Arc<Vec<u8>>>>,
+    stats: Arc<Stats>,
+}
+
+/// Largest frame accepted from a seek table (a hostile table could claim 4 GiB).
+const MAX_FRAME: u32 = 256 << 20;
+
+impl SeekableRange {
+    pub fn new(
+        file: Arc<File>,
+        table: Arc<SeekTable>,
+        base: u64,
+        size: u64,
+        stats: Arc<Stats>,
+    ) -> Self {
+        SeekableRange {
+            file,
+            table,
+            base,
+            size,
+            frames: Mutex::new(LruCache::new(NonZeroUsize::new(4).unwrap())),
+            stats,
+        }
+    }
+
+    fn frame(&self, index: usize) -> io::Result<Arc<Vec<u8>>> {
+        if let Some(f) = self.frames.lock().unwrap().get(&index) {
+            return Ok(f.clone());
+        }
+        let fr = self.table.frames[index];
+        if fr.decompressed_size > MAX_FRAME {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "seek table frame {index} claims {} bytes",
+                    fr.decompressed_size
+                ),
+            ));
+        }
+        let mut compressed = vec![0u8; fr.compressed_size as usize];
+        self.file
+            .read_exact_at(&mut compressed, fr.compressed_offset)?;
+        let data =
+            zstd::bulk::decompress(&compressed, fr.decompressed_size as usize).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("seekable zstd frame {index}: {e}"),
+                )
+            })?;
+        if data.len() != fr.decompressed_size as usize {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("seekable zstd frame {index} is shorter than its table entry"),
+            ));
+        }
+        self.stats
+            .decompressed
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        let data = Arc::new(data);
+        self.frames.lock().unwrap().put(index, data.clone());
+        Ok(data)
+    }
+}
+
+impl BlobReader for SeekableRange {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        if offset >= self.size || buf.is_empty() {
+            return Ok(0);
+        }
+        let pos = self.base + offset;
+        let index = self.table.frame_at(pos).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "seek table ends before the blob",
+            )
+        })?;
+        let frame = self.frame(index)?;
+        let start = (pos - self.table.frames[index].decompressed_offset) as usize;
+        let n = buf
+            .len()
+            .min(frame.len() - start)
+            .min((self.size - offset) as usize);
+        buf[..n].copy_from_slice(&frame[start..start + n]);
+        Ok(n)
+    }
+}
+
+/// A blob held in memory (a document, or a synthesized manifest).
+impl BlobReader for Vec<u8> {
+    fn size(&self) -> u64 {
+        self.len() as u64
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let Some(rest) = self.get(offset as usize..) else {
+            return Ok(0);
+        };
+        let n = buf.len().min(rest.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        Ok(n)
+    }
+}
+
+/// Sequential `Read` over a [`BlobReader`].
+pub struct SequentialReader {
+    inner: Arc<dyn BlobReader>,
+    pos: u64,
+}
+
+impl SequentialReader {
+    pub fn new(inner: Arc<dyn BlobReader>) -> Self {
+        SequentialReader { inner, pos: 0 }
+    }
+}
+
+impl Read for SequentialReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// Passes a blob through, and at its end checks its length and digest: a
+/// mismatch is an error in place of EOF, so bad bytes are never taken as
+/// good by a reader that reads to the end.
+pub struct VerifyingReader<R> {
+    inner: Option<HashingReader<R>>,
+    digest: Digest,
+    size: u64,
+    what: String,
+}
+
+impl<R: Read> VerifyingReader<R> {
+    /// `what` names the blob's source in the error (e.g. the archive path).
+    pub fn new(inner: R, digest: Digest, size: u64, what: String) -> Self {
+        VerifyingReader {
+            inner: Some(HashingReader::new(inner)),
+            digest,
+            size,
+            what,
+        }
+    }
+}
+
+impl<R: Read> Read for VerifyingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Ok(0);
+        };
+        let n = inner.read(buf)?;
+        if inner.count() > self.size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "blob {} in {} is longer than {} bytes",
+                    self.digest, self.what, self.size
+                ),
+            ));
+        }
+        if n == 0 && !buf.is_empty() {
+            let (actual, count, _) = self.inner.take().unwrap().finish();
+            if count != self.size {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "blob {} in {} ends after {count} of {} bytes",
+                        self.digest, self.what, self.size
+                    ),
+                ));
+            }
+            if actual != self.digest {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "blob {} in {} does not match its digest (got {actual})",
+                        self.digest, self.what
+                    ),
+                ));
+            }
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verifying_reader_refuses_bad_bytes() {
+        let good = b"hello".to_vec();
+        let d = Digest::of(&good);
+        let mut out = Vec::new();
+        VerifyingReader::new(&good[..], d, 5, "t".into())
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, good);
+        let err = VerifyingReader::new(&b"hellx"[..], d, 5, "t.tar".into())
+            .read_to_end(&mut Vec::new())
+            .unwrap_err();
+        assert!(
+            err.to_string().contains(&d.to_string()) && err.to_string().contains("t.tar"),
+            "{err}"
+        );
+        assert!(VerifyingReader::new(&b"hell"[..], d, 5, "t".into())
+            .read_to_end(&mut Vec::new())
+            .is_err());
+        assert!(VerifyingReader::new(&b"hello!"[..], d, 5, "t".into())
+            .read_to_end(&mut Vec::new())
+            .is_err());
+    }
+
+    #[test]
+    fn seekable_range_decompresses_only_covering_frames() {
+        use std::io::Write;
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 256) as u8).collect();
+        let enc = crate::catalog::seekable::encode(&data, 64 * 1024, &[], 1).unwrap();
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&enc).unwrap();
+        let table = SeekTable::read(f.as_file(), enc.len() as u64).unwrap();
+        let stats = Arc::new(Stats::default());
+        let r = SeekableRange::new(
+            Arc::new(f.reopen().unwrap()),
+            Arc::new(table),
+            500_000,
+            1000,
+            stats.clone(),
+        );
+        let mut out = Vec::new();
+        SequentialReader::new(Arc::new(r))
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, &data[500_000..501_000]);
+        assert!(
+            stats.decompressed() <= 2 * 64 * 1024,
+            "decompressed {}",
+            stats.decompressed()
+        );
+    }
+}

@@ -1,0 +1,229 @@
+//! zstd's seekable format: the archive is a run of independent zstd frames,
+//! followed by a skippable frame holding the seek table (compressed and
+//! decompressed size of every frame). Every other zstd tool still reads the
+//! file as an ordinary `.tar.zst`.
+//!
+//! Parsed by hand: the format is a few fixed-size fields, and the only crate
+//! for it binds zstd's unmaintained contrib C code.
+
+use std::fs::File;
+
+use serde::{Deserialize, Serialize};
+
+use super::container::read_full_at;
+
+/// Last four bytes of a seekable zstd file.
+pub const SEEKABLE_MAGIC: u32 = 0x8F92_EAB1;
+/// Magic of the skippable frame that carries the table.
+pub const SEEK_TABLE_FRAME_MAGIC: u32 = 0x184D_2A5E;
+const FOOTER_LEN: u64 = 9;
+/// Upper bound on frames, so a hostile table cannot make us allocate much.
+const MAX_FRAMES: u64 = 1 << 24;
+
+/// One frame: where its compressed bytes are in the file and which range of
+/// the decompressed stream it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frame {
+    pub compressed_offset: u64,
+    pub compressed_size: u32,
+    pub decompressed_offset: u64,
+    pub decompressed_size: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeekTable {
+    pub frames: Vec<Frame>,
+}
+
+impl SeekTable {
+    /// Reads and checks the table at the end of `file` (`len` bytes long).
+    pub fn read(file: &File, len: u64) -> Result<SeekTable, String> {
+        if len < FOOTER_LEN + 8 {
+            return Err("file too short for a seek table".into());
+        }
+        let mut footer = [0u8; FOOTER_LEN as usize];
+        if read_full_at(file, &mut footer, len - FOOTER_LEN).map_err(|e| e.to_string())?
+            != footer.len()
+        {
+            return Err("short read of the footer".into());
+        }
+        let num_frames = u32::from_le_bytes(footer[0..4].try_into().unwrap()) as u64;
+        let descriptor = footer[4];
+        if descriptor & 0x7c != 0 {
+            return Err(format!("reserved descriptor bits set ({descriptor:#04x})"));
+        }
+        let entry_len: u64 = if descriptor & 0x80 != 0 { 12 } else { 8 };
+        if num_frames > MAX_FRAMES {
+            return Err(format!(
+                "{num_frames} frames is more than the {MAX_FRAMES} accepted"
+            ));
+        }
+        let table_len = num_frames * entry_len;
+        let frame_len = 8 + table_len + FOOTER_LEN;
+        if frame_len > len {
+            return Err(format!(
+                "table of {num_frames} frames is larger than the file"
+            ));
+        }
+        let start = len - frame_len;
+        let mut header = [0u8; 8];
+        read_full_at(file, &mut header, start).map_err(|e| e.to_string())?;
+        let magic = u32::from_le_bytes(header[0..4].try_into().unwrap());
+        let size = u32::from_le_bytes(header[4..8].try_into().unwrap()) as u64;
+        if magic != SEEK_TABLE_FRAME_MAGIC || size != table_len + FOOTER_LEN {
+            return Err("skippable frame header does not match the footer".into());
+        }
+        let mut raw = vec![0u8; table_len as usize];
+        if read_full_at(file, &mut raw, start + 8).map_err(|e| e.to_string())? != raw.len() {
+            return Err("short read of the table".into());
+        }
+        let table = Self::from_entries(&raw, entry_len as usize)?;
+        let compressed_end = table
+            .frames
+            .last()
+            .map_or(0, |f| f.compressed_offset + f.compressed_size as u64);
+        if compressed_end != start {
+            return Err(format!(
+                "frames cover {compressed_end} compressed bytes but the table starts at {start}"
+            ));
+        }
+        Ok(table)
+    }
+
+    /// Parses the entries (without header or footer).
+    pub fn from_entries(raw: &[u8], entry_len: usize) -> Result<SeekTable, String> {
+        let mut frames = Vec::with_capacity(raw.len() / entry_len);
+        let (mut c_off, mut d_off) = (0u64, 0u64);
+        for entry in raw.chunks_exact(entry_len) {
+            let compressed_size = u32::from_le_bytes(entry[0..4].try_into().unwrap());
+            let decompressed_size = u32::from_le_bytes(entry[4..8].try_into().unwrap());
+            if compressed_size == 0 {
+                return Err(format!("frame {} has a compressed size of 0", frames.len()));
+            }
+            frames.push(Frame {
+                compressed_offset: c_off,
+                compressed_size,
+                decompressed_offset: d_off,
+                decompressed_size,
+            });
+            c_off += compressed_size as u64;
+            d_off += decompressed_size as u64;
+        }
+        Ok(SeekTable { frames })
+    }
+
+    /// Total decompressed length.
+    pub fn decompressed_len(&self) -> u64 {
+        self.frames
+            .last()
+            .map_or(0, |f| f.decompressed_offset + f.decompressed_size as u64)
+    }
+
+    /// Index of the frame holding decompressed byte `offset`.
+    pub fn frame_at(&self, offset: u64) -> Option<usize> {
+        if offset >= self.decompressed_len() {
+            return None;
+        }
+        let i = self
+            .frames
+            .partition_point(|f| f.decompressed_offset + f.decompressed_size as u64 <= offset);
+        Some(i)
+    }
+}
+
+/// Writes `data` as seekable zstd, cutting a frame every `frame_size` bytes
+/// and wherever `boundaries` (decompressed offsets) say. Used by `pack` and
+/// by the test fixtures.
+pub fn encode(
+    data: &[u8],
+    frame_size: usize,
+    boundaries: &[u64],
+    level: i32,
+) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut entries = Vec::new();
+    let mut cuts: Vec<u64> = boundaries
+        .iter()
+        .copied()
+        .filter(|&b| b > 0 && b < data.len() as u64)
+        .collect();
+    cuts.push(data.len() as u64);
+    cuts.sort_unstable();
+    cuts.dedup();
+    let mut start = 0u64;
+    for cut in cuts {
+        while start < cut {
+            let end = (start + frame_size as u64).min(cut);
+            let chunk = &data[start as usize..end as usize];
+            let frame = zstd::bulk::compress(chunk, level)?;
+            entries.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+            entries.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
+            out.extend_from_slice(&frame);
+            start = end;
+        }
+    }
+    let num_frames = (entries.len() / 8) as u32;
+    out.extend_from_slice(&SEEK_TABLE_FRAME_MAGIC.to_le_bytes());
+    out.extend_from_slice(&((entries.len() as u64 + FOOTER_LEN) as u32).to_le_bytes());
+    out.extend_from_slice(&entries);
+    out.extend_from_slice(&num_frames.to_le_bytes());
+    out.push(0);
+    out.extend_from_slice(&SEEKABLE_MAGIC.to_le_bytes());
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn round_trips_and_stays_plain_zstd() {
+        let data: Vec<u8> = (0..300_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
+        let enc = encode(&data, 100_000, &[12_345], 3).unwrap();
+        // Any zstd decoder reads it (the seek table is a skippable frame).
+        assert_eq!(zstd::decode_all(&enc[..]).unwrap(), data);
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&enc).unwrap();
+        let t = SeekTable::read(f.as_file(), enc.len() as u64).unwrap();
+        assert_eq!(t.decompressed_len(), data.len() as u64);
+        assert_eq!(t.frames[0].decompressed_size, 12_345);
+        assert_eq!(t.frame_at(0), Some(0));
+        assert_eq!(t.frame_at(12_345), Some(1));
+        assert_eq!(t.frame_at(data.len() as u64), None);
+        for fr in &t.frames {
+            let c = &enc[fr.compressed_offset as usize..][..fr.compressed_size as usize];
+            let d = zstd::bulk::decompress(c, fr.decompressed_size as usize).unwrap();
+            assert_eq!(&data[fr.decompressed_offset as usize..][..d.len()], &d[..]);
+        }
+    }
+
+    #[test]
+    fn rejects_hostile_tables() {
+        let data = vec![7u8; 1000];
+        let good = encode(&data, 300, &[], 1).unwrap();
+        let check = |bytes: &[u8]| {
+            let mut f = tempfile::NamedTempFile::new().unwrap();
+            f.write_all(bytes).unwrap();
+            SeekTable::read(f.as_file(), bytes.len() as u64)
+        };
+        assert!(check(&good).is_ok());
+        // Claims far more frames than the file holds.
+        let mut bad = good.clone();
+        let n = bad.len();
+        bad[n - 9..n - 5].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(check(&bad).is_err());
+        // Reserved bits.
+        let mut bad = good.clone();
+        bad[n - 5] = 0x04;
+        assert!(check(&bad).is_err());
+        // A frame size that does not add up to where the table starts.
+        let mut bad = good.clone();
+        let entries_at = n - 9 - 4 * 8;
+        bad[entries_at] ^= 1;
+        assert!(check(&bad).is_err());
+        assert!(check(&good[..10]).is_err());
+    }
+}

@@ -1,0 +1,615 @@
+//! The catalog proper: the set of indexed archives, the lookups consumers
+//! make, and blob access through the right reader.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use super::container::{self, Container};
+use super::index::{index_archive, ArchiveIndex, FileKey, ImageEntry, LayerEntry, INDEX_FORMAT};
+use super::{LayerRef, LayerSource};
+use crate::blob::{BlobReader, FileRange, SeekableRange, SequentialReader, Stats, VerifyingReader};
+use crate::cache::LayerCache;
+use crate::digest::Digest;
+
+/// How the catalog is set up.
+#[derive(Clone, Debug)]
+pub struct CatalogOptions {
+    /// Directories whose files are archives.
+    pub dirs: Vec<PathBuf>,
+    /// Where indexes are persisted (`None`: not persisted).
+    pub state_dir: Option<PathBuf>,
+    /// Where decompressed blobs are cached (`None`: a private temp dir).
+    pub cache_dir: Option<PathBuf>,
+    /// Byte budget of that cache.
+    pub cache_bytes: u64,
+    /// A file modified less than this long ago is still being written: it is
+    /// indexed once it has been left alone that long.
+    pub settle: Duration,
+}
+
+impl Default for CatalogOptions {
+    fn default() -> Self {
+        CatalogOptions {
+            dirs: Vec::new(),
+            state_dir: None,
+            cache_dir: None,
+            cache_bytes: 4 << 30,
+            settle: Duration::from_secs(2),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("{path}: {source}")]
+    Index {
+        path: PathBuf,
+        source: super::index::IndexError,
+    },
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+/// An indexed archive and an open handle on the file it indexed.
+pub struct Archive {
+    pub index: ArchiveIndex,
+    file: Arc<File>,
+    seek_table: Option<Arc<super::seekable::SeekTable>>,
+}
+
+impl Archive {
+    pub fn path(&self) -> &Path {
+        &self.index.path
+    }
+}
+
+/// One image name as listed: the entry and the archive it comes from.
+#[derive(Clone, Debug)]
+pub struct ImageInfo {
+    pub entry: ImageEntry,
+    pub archive: PathBuf,
+}
+
+/// What a rescan changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ScanReport {
+    pub indexed: Vec<PathBuf>,
+    pub removed: Vec<PathBuf>,
+    pub failed: Vec<(PathBuf, String)>,
+    /// Files still being written, to look at again after the settle delay.
+    pub unsettled: Vec<PathBuf>,
+}
+
+#[derive(Default)]
+struct State {
+    archives: BTreeMap<PathBuf, Arc<Archive>>,
+    broken: BTreeMap<PathBuf, (FileKey, String)>,
+    /// Derived from `archives`: the winner for each name, chain ID and blob.
+    names: HashMap<String, (Arc<Archive>, usize)>,
+    chains: HashMap<Digest, (Arc<Archive>, usize)>,
+    blobs: HashMap<Digest, Arc<Archive>>,
+}
+
+pub struct Catalog {
+    opts: CatalogOptions,
+    state: RwLock<State>,
+    cache: LayerCache,
+    stats: Arc<Stats>,
+    /// Blobs whose every byte was checked (keyed by archive version).
+    verified: Mutex<HashSet<(FileKey, Digest)>>,
+    _cache_tmp: Option<tempfile::TempDir>,
+}
+
+impl Catalog {
+    /// Opens the catalog and indexes (or loads the persisted index of) every
+    /// archive now in the directories. Broken archives are logged and kept
+    /// out; they never fail the whole catalog.
+    pub fn open(opts: CatalogOptions) -> Result<Arc<Catalog>, CatalogError> {
+        let (cache_dir, tmp) = match &opts.cache_dir {
+            Some(d) => (d.clone(), None),
+            None => {
+                let t = tempfile::Builder::new()
+                    .prefix("airgap-cache-")
+                    .tempdir()
+                    .map_err(|e| CatalogError::Io {
+                        what: "creating a cache dir in",
+                        path: std::env::temp_dir(),
+                        source: e,
+                    })?;
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
+        let cache =
+            LayerCache::open(&cache_dir, opts.cache_bytes).map_err(|e| CatalogError::Io {
+                what: "opening the layer cache",
+                path: cache_dir.clone(),
+                source: e,
+            })?;
+        if let Some(state) = &opts.state_dir {
+            fs::create_dir_all(state.join("index")).map_err(|e| CatalogError::Io {
+                what: "creating",
+                path: state.join("index"),
+                source: e,
+            })?;
+        }
+        let catalog = Arc::new(Catalog {
+            opts,
+            state: RwLock::new(State::default()),
+            cache,
+            stats: Arc::new(Stats::default()),
+            verified: Mutex::new(HashSet::new()),
+            _cache_tmp: tmp,
+        });
+        catalog.rescan();
+        Ok(catalog)
+    }
+
+    pub fn options(&self) -> &CatalogOptions {
+        &self.opts
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    pub fn cache(&self) -> &LayerCache {
+        &self.cache
+    }
+
+    /// Looks at every file in the directories: indexes new and changed ones,
+    /// forgets deleted ones.
+    pub fn rescan(&self) -> ScanReport {
+        let mut report = ScanReport::default();
+        let now = SystemTime::now();
+        let mut seen = HashSet::new();
+        let mut todo = Vec::new();
+        for dir in &self.opts.dirs {
+            let entries = match fs::read_dir(dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    tracing::debug!(dir = %dir.display(), "archives directory does not exist (yet)");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot list archives directory");
+                    continue;
+                }
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let hidden = entry.file_name().to_string_lossy().starts_with('.');
+                let Ok(meta) = fs::metadata(&path) else {
+                    continue;
+                };
+                if hidden || !meta.is_file() {
+                    continue;
+                }
+                seen.insert(path.clone());
+                let key = FileKey::of(&meta);
+                let state = self.state.read().unwrap();
+                let known = state
+                    .archives
+                    .get(&path)
+                    .is_some_and(|a| a.index.key == key)
+                    || state.broken.get(&path).is_some_and(|(k, _)| *k == key);
+                drop(state);
+                if known {
+                    continue;
+                }
+                let age = meta
+                    .modified()
+                    .ok()
+                    .and_then(|m| now.duration_since(m).ok())
+                    .unwrap_or_default();
+                if age < self.opts.settle {
+                    report.unsettled.push(path);
+                    continue;
+                }
+                todo.push((path, key));
+            }
+        }
+        let mut loaded = Vec::new();
+        for (path, key) in todo {
+            match self.load(&path, key) {
+                Ok(archive) => loaded.push((path, Ok(archive))),
+                Err(e) => loaded.push((path, Err((key, e.to_string())))),
+            }
+        }
+        let mut state = self.state.write().unwrap();
+        for (path, result) in loaded {
+            match result {
+                Ok(archive) => {
+                    for p in &archive.index.problems {
+                        tracing::warn!(archive = %path.display(), problem = %p, "archive partly unusable");
+                    }
+                    tracing::info!(archive = %path.display(), images = archive.index.images.len(), "archive indexed");
+                    state.broken.remove(&path);
+                    state.archives.insert(path.clone(), Arc::new(archive));
+                    report.indexed.push(path);
+                }
+                Err((key, msg)) => {
+                    tracing::warn!(archive = %path.display(), error = %msg, "archive unusable");
+                    state.archives.remove(&path);
+                    state.broken.insert(path.clone(), (key, msg.clone()));
+                    report.failed.push((path, msg));
+                }
+            }
+        }
+        let gone: Vec<PathBuf> = state
+            .archives
+            .keys()
+            .filter(|p| !seen.contains(*p))
+            .cloned()
+            .collect();
+        for p in gone {
+            tracing::info!(archive = %p.display(), "archive removed");
+            state.archives.remove(&p);
+            report.removed.push(p);
+        }
+        state.broken.retain(|p, _| seen.contains(p));
+        if !report.indexed.is_empty() || !report.removed.is_empty() {
+            derive(&mut state);
+        }
+        report
+    }
+
+    /// Indexes one archive, or loads its persisted index if the file is the
+    /// same version.
+    fn load(&self, path: &Path, key: FileKey) -> Result<Archive, CatalogError> {
+        let file = File::open(path).map_err(|e| CatalogError::Io {
+            what: "opening",
+            path: path.into(),
+            source: e,
+        })?;
+        // The key of the file we opened, not of the path we listed.
+        let meta = file.metadata().map_err(|e| CatalogError::Io {
+            what: "reading",
+            path: path.into(),
+            source: e,
+        })?;
+        let key = if FileKey::of(&meta) == key {
+            key
+        } else {
+            FileKey::of(&meta)
+        };
+        let persisted = self.persisted_path(path);
+        let index = match persisted
+            .as_deref()
+            .and_then(|p| read_persisted(p, path, key))
+        {
+            Some(index) => index,
+            None => {
+                let started = std::time::Instant::now();
+                let index = index_archive(path, &file, key).map_err(|e| CatalogError::Index {
+                    path: path.into(),
+                    source: e,
+                })?;
+                tracing::debug!(archive = %path.display(), elapsed = ?started.elapsed(), "indexed");
+                if let Some(p) = &persisted {
+                    if let Err(e) = write_persisted(p, &index) {
+                        tracing::warn!(path = %p.display(), error = %e, "cannot persist index");
+                    }
+                }
+                index
+            }
+        };
+        let seek_table = index.seek_table.clone().map(Arc::new);
+        Ok(Archive {
+            index,
+            file: Arc::new(file),
+            seek_table,
+        })
+    }
+
+    fn persisted_path(&self, archive: &Path) -> Option<PathBuf> {
+        let dir = self.opts.state_dir.as_ref()?.join("index");
+        let name = Digest::of(archive.as_os_str().as_encoded_bytes()).hex();
+        Some(dir.join(format!("{}.json", &name[..32])))
+    }
+
+    /// Every listed image name (the winning archive's, when several carry it).
+    pub fn images(&self) -> Vec<ImageInfo> {
+        let state = self.state.read().unwrap();
+        let mut out: Vec<ImageInfo> = state
+            .names
+            .values()
+            .map(|(a, i)| ImageInfo {
+                entry: a.index.images[*i].clone(),
+                archive: a.index.path.clone(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.entry.name.cmp(&b.entry.name));
+        out
+    }
+
+    /// Archives that could not be read, with the reason.
+    pub fn broken(&self) -> Vec<(PathBuf, String)> {
+        let state = self.state.read().unwrap();
+        state
+            .broken
+            .iter()
+            .map(|(p, (_, m))| (p.clone(), m.clone()))
+            .collect()
+    }
+
+    pub fn archives(&self) -> Vec<Arc<Archive>> {
+        self.state
+            .read()
+            .unwrap()
+            .archives
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The image a normalized name points to.
+    pub fn resolve(&self, name: &str) -> Option<ImageInfo> {
+        let state = self.state.read().unwrap();
+        state.names.get(name).map(|(a, i)| ImageInfo {
+            entry: a.index.images[*i].clone(),
+            archive: a.index.path.clone(),
+        })
+    }
+
+    /// A JSON document (index, manifest, config) by digest.
+    pub fn document(&self, digest: &Digest) -> Option<String> {
+        let state = self.state.read().unwrap();
+        state
+            .archives
+            .values()
+            .find_map(|a| a.index.documents.get(digest).cloned())
+    }
+
+    /// Size of a blob the catalog can serve.
+    pub fn blob_size(&self, digest: &Digest) -> Option<u64> {
+        if let Some(d) = self.document(digest) {
+            return Some(d.len() as u64);
+        }
+        let state = self.state.read().unwrap();
+        state
+            .blobs
+            .get(digest)
+            .and_then(|a| a.index.blobs.get(digest))
+            .map(|l| l.size)
+    }
+
+    /// A random-access reader over a blob, every byte of which was checked
+    /// against its digest before it is returned.
+    pub fn blob_reader(&self, digest: &Digest) -> io::Result<Arc<dyn BlobReader>> {
+        if let Some(doc) = self.document(digest) {
+            return Ok(Arc::new(doc.into_bytes()));
+        }
+        let archive = self.archive_with(digest)?;
+        let reader = self.raw_reader(&archive, digest)?;
+        let key = (archive.index.key, *digest);
+        if !self.verified.lock().unwrap().contains(&key) {
+            let size = reader.size();
+            let what = archive.index.path.display().to_string();
+            io::copy(
+                &mut VerifyingReader::new(
+                    SequentialReader::new(reader.clone()),
+                    *digest,
+                    size,
+                    what,
+                ),
+                &mut io::sink(),
+            )?;
+            self.verified.lock().unwrap().insert(key);
+        }
+        Ok(reader)
+    }
+
+    /// A sequential reader over a blob, checked against its digest as it is
+    /// read: it ends in an error instead of EOF if the bytes are wrong.
+    pub fn open_blob(&self, digest: &Digest) -> io::Result<Box<dyn Read + Send>> {
+        if let Some(doc) = self.document(digest) {
+            return Ok(Box::new(io::Cursor::new(doc.into_bytes())));
+        }
+        let archive = self.archive_with(digest)?;
+        let reader = self.raw_reader(&archive, digest)?;
+        let size = reader.size();
+        let what = archive.index.path.display().to_string();
+        Ok(Box::new(VerifyingReader::new(
+            SequentialReader::new(reader),
+            *digest,
+            size,
+            what,
+        )))
+    }
+
+    fn archive_with(&self, digest: &Digest) -> io::Result<Arc<Archive>> {
+        let state = self.state.read().unwrap();
+        state.blobs.get(digest).cloned().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("blob {digest} is in no archive"),
+            )
+        })
+    }
+
+    /// The unverified reader for `digest` in `archive`, by container.
+    fn raw_reader(&self, archive: &Archive, digest: &Digest) -> io::Result<Arc<dyn BlobReader>> {
+        let loc = archive.index.blobs[digest];
+        match (archive.index.container, &archive.seek_table) {
+            (Container::Tar, _) => {
+                self.stats.read.fetch_add(loc.size, Ordering::Relaxed);
+                Ok(Arc::new(FileRange::new(
+                    archive.file.clone(),
+                    loc.offset,
+                    loc.size,
+                )))
+            }
+            (Container::SeekableZstd, Some(table)) => Ok(Arc::new(SeekableRange::new(
+                archive.file.clone(),
+                table.clone(),
+                loc.offset,
+                loc.size,
+                self.stats.clone(),
+            ))),
+            (container, _) => {
+                let stats = self.stats.clone();
+                let file = archive.file.clone();
+                let what = archive.index.path.display().to_string();
+                let (entry, hit) = self.cache.get_or_fill(digest, |out| {
+                    let mut stream = container::decoder(FileClone(file), container)?;
+                    let skipped = io::copy(&mut (&mut stream).take(loc.offset), &mut io::sink())?;
+                    if skipped != loc.offset {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            format!("{what} ends before blob {digest}"),
+                        ));
+                    }
+                    let mut blob =
+                        VerifyingReader::new(stream.take(loc.size), *digest, loc.size, what);
+                    let copied = io::copy(&mut blob, out)?;
+                    stats
+                        .decompressed
+                        .fetch_add(loc.offset + copied, Ordering::Relaxed);
+                    Ok(())
+                })?;
+                let counter = if hit {
+                    &self.stats.cache_hits
+                } else {
+                    &self.stats.cache_misses
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                if !hit {
+                    self.verified
+                        .lock()
+                        .unwrap()
+                        .insert((archive.index.key, *digest));
+                }
+                let reader = FileRange::new(entry.file().clone(), 0, entry.size());
+                Ok(Arc::new(Pinned {
+                    reader,
+                    _entry: entry,
+                }))
+            }
+        }
+    }
+
+    fn layer_ref(&self, archive: &Archive, i: usize) -> LayerRef {
+        let l: &LayerEntry = &archive.index.layers[i];
+        LayerRef {
+            chain_id: l.chain_id,
+            parent: l.parent,
+            digest: l.digest,
+            diff_id: l.diff_id,
+            size: l.size,
+            compression: l.compression,
+        }
+    }
+}
+
+/// Keeps a cache entry alive (so it is not deleted) while its reader lives.
+struct Pinned {
+    reader: FileRange,
+    _entry: Arc<crate::cache::CacheEntry>,
+}
+
+impl BlobReader for Pinned {
+    fn size(&self) -> u64 {
+        self.reader.size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.reader.read_at(buf, offset)
+    }
+}
+
+/// A `Read` over a shared file handle from its start (one decoder each).
+struct FileClone(Arc<File>);
+
+impl Read for FileClone {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self.0).read(buf)
+    }
+}
+
+impl LayerSource for Catalog {
+    fn layer(&self, chain_id: &Digest) -> Option<LayerRef> {
+        let state = self.state.read().unwrap();
+        state
+            .chains
+            .get(chain_id)
+            .map(|(a, i)| self.layer_ref(a, *i))
+    }
+
+    fn image_layers(&self, chain_id: &Digest) -> Vec<LayerRef> {
+        let state = self.state.read().unwrap();
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        for a in state.archives.values() {
+            for m in a
+                .index
+                .manifests
+                .iter()
+                .filter(|m| m.chain.contains(chain_id))
+            {
+                for c in &m.chain {
+                    if let Some((a, i)) = state.chains.get(c) {
+                        if seen.insert(*c) {
+                            out.push(self.layer_ref(a, *i));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn open_blob(&self, digest: &Digest) -> io::Result<Box<dyn Read + Send>> {
+        Catalog::open_blob(self, digest)
+    }
+}
+
+/// Recomputes the lookup maps. Archives are visited oldest first, so for a
+/// name carried by several archives the most recently modified one wins.
+fn derive(state: &mut State) {
+    let mut archives: Vec<&Arc<Archive>> = state.archives.values().collect();
+    archives.sort_by_key(|a| (a.index.key.mtime_ns, a.index.path.clone()));
+    let mut names: HashMap<String, (Arc<Archive>, usize)> = HashMap::new();
+    let mut chains = HashMap::new();
+    let mut blobs = HashMap::new();
+    for a in archives {
+        for (i, img) in a.index.images.iter().enumerate() {
+            if let Some((old, _)) = names.get(&img.name) {
+                tracing::info!(image = %img.name, winner = %a.index.path.display(), shadowed = %old.index.path.display(), "image in several archives: the most recently modified wins");
+            }
+            names.insert(img.name.clone(), (a.clone(), i));
+        }
+        for (i, l) in a.index.layers.iter().enumerate() {
+            if l.present {
+                chains.insert(l.chain_id, (a.clone(), i));
+            }
+        }
+        for d in a.index.blobs.keys() {
+            blobs.insert(*d, a.clone());
+        }
+    }
+    state.names = names;
+    state.chains = chains;
+    state.blobs = blobs;
+}
+
+fn read_persisted(p: &Path, archive: &Path, key: FileKey) -> Option<ArchiveIndex> {
+    let bytes = fs::read(p).ok()?;
+    let index: ArchiveIndex = serde_json::from_slice(&bytes).ok()?;
+    (index.format == INDEX_FORMAT && index.key == key && index.path == archive).then_some(index)
+}
+
+fn write_persisted(p: &Path, index: &ArchiveIndex) -> io::Result<()> {
+    let dir = p.parent().expect("persisted index has a parent");
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    serde_json::to_writer(&mut tmp, index)?;
+    tmp.persist(p).map_err(|e| e.error)?;
+    Ok(())
+}

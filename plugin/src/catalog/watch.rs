@@ -1,0 +1,107 @@
+//! Watches the archive directories (inotify) so archives added, replaced or
+//! deleted while the daemon runs are picked up without a restart.
+//!
+//! Events only say "look again": every wake-up is a [`Catalog::rescan`], which
+//! compares each file's (device, inode, size, mtime) with what is indexed.
+//! A file modified within the settle delay is still being copied and is looked
+//! at again once it has been left alone; a periodic rescan covers lost events
+//! (inotify queue overflow, a directory created after start).
+
+use std::path::PathBuf;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+
+use super::Catalog;
+
+/// A full rescan this often even without events.
+const POLL: Duration = Duration::from_secs(30);
+
+/// Stops the watcher when dropped.
+pub struct WatchHandle {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for WatchHandle {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+enum Wake {
+    Fs,
+    Stop,
+}
+
+impl Catalog {
+    /// Starts watching the catalog's directories on a thread of its own.
+    pub fn watch(self: &Arc<Self>) -> WatchHandle {
+        let (tx, rx) = mpsc::channel::<Wake>();
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let fs_tx = tx.clone();
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if res.is_ok() {
+                let _ = fs_tx.send(Wake::Fs);
+            }
+        });
+        let mut watcher = match watcher {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "inotify unavailable: archives are picked up by periodic rescans only");
+                None
+            }
+        };
+        std::thread::spawn(move || {
+            let _ = stop_rx.recv();
+            let _ = tx.send(Wake::Stop);
+        });
+        let catalog = self.clone();
+        let thread = std::thread::Builder::new()
+            .name("archive-watch".into())
+            .spawn(move || {
+                let settle = catalog.options().settle;
+                let mut watched: Vec<PathBuf> = Vec::new();
+                loop {
+                    if let Some(w) = watcher.as_mut() {
+                        for dir in &catalog.options().dirs {
+                            if !watched.contains(dir) && dir.is_dir() {
+                                match w.watch(dir, RecursiveMode::NonRecursive) {
+                                    Ok(()) => watched.push(dir.clone()),
+                                    Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch"),
+                                }
+                            }
+                        }
+                        watched.retain(|d| d.is_dir());
+                    }
+                    let report = catalog.rescan();
+                    // Something still settling: look again once it may have.
+                    let timeout = if report.unsettled.is_empty() { POLL } else { settle };
+                    match rx.recv_timeout(timeout) {
+                        Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+                        Ok(Wake::Fs) => {
+                            // Let a burst of events (a copy in progress) pass.
+                            std::thread::sleep(settle.min(Duration::from_millis(500)));
+                            while let Ok(w) = rx.try_recv() {
+                                if matches!(w, Wake::Stop) {
+                                    return;
+                                }
+                            }
+                        }
+                        Err(RecvTimeoutError::Timeout) => {}
+                    }
+                }
+            })
+            .expect("spawning the archive watcher");
+        WatchHandle {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+}

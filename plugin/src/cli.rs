@@ -1,0 +1,196 @@
+//! The operator commands that read the catalog: `images` and `verify`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::catalog::verify::verify_archive;
+use crate::catalog::{Catalog, CatalogOptions, FileKey};
+
+pub const DEFAULT_ARCHIVES: &str = "/var/lib/airgap-snapshotter/archives";
+
+#[derive(clap::Args, Debug)]
+pub struct ImagesArgs {
+    /// A directory of archives (repeatable).
+    #[arg(long = "archives", value_name = "DIR", default_value = DEFAULT_ARCHIVES)]
+    pub archives: Vec<PathBuf>,
+    /// Print a JSON array instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct VerifyArgs {
+    /// A directory of archives (repeatable); used when no ARCHIVE is given.
+    #[arg(long = "archives", value_name = "DIR", default_value = DEFAULT_ARCHIVES)]
+    pub archives: Vec<PathBuf>,
+    /// Archive files to check (default: every archive in the directories).
+    #[arg(value_name = "ARCHIVE")]
+    pub files: Vec<PathBuf>,
+}
+
+/// One row of `images --json`.
+#[derive(Serialize)]
+struct ImageRow<'a> {
+    #[serde(rename = "ref")]
+    reference: &'a str,
+    digest: String,
+    media_type: &'a str,
+    platforms: &'a [String],
+    archive: String,
+    size: u64,
+    synthesized: bool,
+}
+
+/// Opens a catalog for a one-shot command: every file is indexed now, none
+/// is waited for.
+fn open_catalog(dirs: Vec<PathBuf>) -> anyhow::Result<std::sync::Arc<Catalog>> {
+    Catalog::open(CatalogOptions {
+        dirs,
+        settle: Duration::ZERO,
+        cache_bytes: 0,
+        ..Default::default()
+    })
+    .context("opening the archive catalog")
+}
+
+pub fn images(args: ImagesArgs) -> anyhow::Result<ExitCode> {
+    let catalog = open_catalog(args.archives)?;
+    for (path, reason) in catalog.broken() {
+        eprintln!("{}: {reason}", path.display());
+    }
+    for archive in catalog.archives() {
+        for problem in &archive.index.problems {
+            eprintln!("{}: {problem}", archive.path().display());
+        }
+    }
+    let images = catalog.images();
+    if args.json {
+        let rows: Vec<ImageRow> = images
+            .iter()
+            .map(|i| ImageRow {
+                reference: &i.entry.name,
+                digest: i.entry.digest.to_string(),
+                media_type: &i.entry.media_type,
+                platforms: &i.entry.platforms,
+                archive: i.archive.display().to_string(),
+                size: i.entry.size,
+                synthesized: i.entry.synthesized,
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!(
+            "{:<50} {:<19} {:<28} {:>10}  ARCHIVE",
+            "REF", "DIGEST", "PLATFORMS", "SIZE"
+        );
+        for i in &images {
+            let digest = i.entry.digest.to_string();
+            let marker = if i.entry.synthesized { "*" } else { "" };
+            println!(
+                "{:<50} {:<19} {:<28} {:>10}  {}",
+                i.entry.name,
+                format!("{}{marker}", &digest[..19]),
+                i.entry.platforms.join(","),
+                human_bytes(i.entry.size),
+                i.archive.display()
+            );
+        }
+        if images.iter().any(|i| i.entry.synthesized) {
+            println!("* manifest synthesized from a docker-save archive (registry digest unknown)");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let mut archives = Vec::new();
+    let mut failed = 0usize;
+    if args.files.is_empty() {
+        let catalog = open_catalog(args.archives)?;
+        for (path, reason) in catalog.broken() {
+            println!("FAIL {}: {reason}", path.display());
+            failed += 1;
+        }
+        archives.extend(catalog.archives().iter().map(|a| a.index.clone()));
+    } else {
+        for path in &args.files {
+            let result = std::fs::File::open(path)
+                .and_then(|f| Ok((f.metadata()?, f)))
+                .map_err(|e| e.to_string())
+                .and_then(|(meta, f)| {
+                    crate::catalog::index::index_archive(path, &f, FileKey::of(&meta))
+                        .map_err(|e| e.to_string())
+                });
+            match result {
+                Ok(index) => archives.push(index),
+                Err(e) => {
+                    println!("FAIL {}: {e}", path.display());
+                    failed += 1;
+                }
+            }
+        }
+    }
+    let tty = std::io::stderr().is_terminal();
+    for index in &archives {
+        let file = std::fs::File::open(&index.path)
+            .with_context(|| format!("opening {}", index.path.display()))?;
+        let bar = if tty {
+            indicatif::ProgressBar::new(index.stream_len)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .expect("static template")
+            .progress_chars("=> "),
+        );
+        bar.set_message(index.path.display().to_string());
+        let failures = verify_archive(index, &file, &mut |pos| bar.set_position(pos));
+        bar.finish_and_clear();
+        if failures.is_empty() {
+            println!(
+                "ok   {} ({} blobs, {} images)",
+                index.path.display(),
+                index.blobs.len(),
+                index.images.len()
+            );
+        }
+        for f in &failures {
+            failed += 1;
+            match f.digest {
+                Some(d) => println!("FAIL {}: {d}: {}", index.path.display(), f.reason),
+                None => println!("FAIL {}: {}", index.path.display(), f.reason),
+            }
+        }
+    }
+    if archives.is_empty() && failed == 0 {
+        println!("no archives found");
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

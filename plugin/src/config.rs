@@ -1,0 +1,353 @@
+//! Daemon configuration: one documented [`Config`], loaded from its defaults,
+//! then a TOML file (`--config`), then command-line flags ([`ServeArgs`]).
+//!
+//! ```toml
+//! root = "/var/lib/airgap-snapshotter"
+//! socket = "/run/airgap-snapshotter/snapshotter.sock"
+//! archives = ["/var/lib/airgap-snapshotter/archives"]
+//! mirror_listen = "127.0.0.1:5050"   # or "off"
+//! cache_bytes = "10GiB"              # or a number of bytes
+//! ```
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+pub const DEFAULT_ROOT: &str = "/var/lib/airgap-snapshotter";
+pub const DEFAULT_SOCKET: &str = "/run/airgap-snapshotter/snapshotter.sock";
+pub const DEFAULT_ARCHIVES: &str = "/var/lib/airgap-snapshotter/archives";
+pub const DEFAULT_MIRROR_LISTEN: &str = "127.0.0.1:5050";
+/// 10 GiB of decompressed layers.
+pub const DEFAULT_CACHE_BYTES: u64 = 10 << 30;
+
+/// Longest path a unix socket address holds (`sun_path`, with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// `airgap-snapshotter serve`: every flag overrides the config file.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ServeArgs {
+    /// State directory: snapshot metadata and layers
+    /// [default: /var/lib/airgap-snapshotter].
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Unix socket containerd connects to (`[proxy_plugins] address`)
+    /// [default: /run/airgap-snapshotter/snapshotter.sock].
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Directory watched for airgap archives; repeat for several
+    /// [default: /var/lib/airgap-snapshotter/archives].
+    #[arg(long = "archives", value_name = "DIR")]
+    pub archives: Vec<PathBuf>,
+    /// TOML configuration file (keys as the long flags, with `_`).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Registry mirror listen address, or `off` [default: 127.0.0.1:5050].
+    #[arg(long, value_name = "ADDR|off")]
+    pub mirror_listen: Option<MirrorListen>,
+    /// Byte budget of the cache of decompressed layers (suffixes K, M, G, T,
+    /// KiB.. are binary) [default: 10GiB].
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    pub cache_bytes: Option<u64>,
+}
+
+/// The daemon's configuration. Every field has a default; a TOML file may
+/// set any of them, and unknown keys are an error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// State directory: snapshot metadata (`metadata.redb`), snapshot
+    /// directories and the layer cache. Absolute; created with mode 0700.
+    pub root: PathBuf,
+    /// Unix socket of the snapshots gRPC service (containerd's
+    /// `[proxy_plugins.airgap] address`). Absolute; its directory is created
+    /// with mode 0700 if missing, the socket is made 0600.
+    pub socket: PathBuf,
+    /// Directories watched for airgap archives (`.tar`, `.tar.gz`,
+    /// `.tar.zst`). Missing or empty directories are fine.
+    pub archives: Vec<PathBuf>,
+    /// Where the registry mirror listens (`host:port`), or `"off"`.
+    pub mirror_listen: MirrorListen,
+    /// Byte budget of the cache of decompressed layers, as a number of
+    /// bytes or a string with a unit (`"512MiB"`, `"10G"`).
+    #[serde(
+        serialize_with = "serialize_bytes",
+        deserialize_with = "deserialize_bytes"
+    )]
+    pub cache_bytes: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            root: PathBuf::from(DEFAULT_ROOT),
+            socket: PathBuf::from(DEFAULT_SOCKET),
+            archives: vec![PathBuf::from(DEFAULT_ARCHIVES)],
+            mirror_listen: MirrorListen::Addr(DEFAULT_MIRROR_LISTEN.parse().expect("valid")),
+            cache_bytes: DEFAULT_CACHE_BYTES,
+        }
+    }
+}
+
+/// The mirror's listen address, or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MirrorListen {
+    Off,
+    Addr(SocketAddr),
+}
+
+impl FromStr for MirrorListen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(MirrorListen::Off);
+        }
+        s.parse()
+            .map(MirrorListen::Addr)
+            .map_err(|_| format!("{s:?} is neither `off` nor an address like 127.0.0.1:5050"))
+    }
+}
+
+impl fmt::Display for MirrorListen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MirrorListen::Off => f.write_str("off"),
+            MirrorListen::Addr(a) => write!(f, "{a}"),
+        }
+    }
+}
+
+impl Serialize for MirrorListen {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MirrorListen {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses a byte count: `1048576`, `512M`, `512MiB`, `10G` (units binary).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a byte count"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        other => return Err(format!("unknown unit {other:?} in {s:?}")),
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+fn serialize_bytes<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(*v)
+}
+
+fn deserialize_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Bytes {
+        N(u64),
+        S(String),
+    }
+    match Bytes::deserialize(d)? {
+        Bytes::N(n) => Ok(n),
+        Bytes::S(s) => parse_bytes(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {}: {source}", path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("config: `{field}`: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+impl Config {
+    /// Defaults, then the file named by `--config`, then the flags.
+    pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
+        let mut config = match &args.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(root) = &args.root {
+            config.root = root.clone();
+        }
+        if let Some(socket) = &args.socket {
+            config.socket = socket.clone();
+        }
+        if !args.archives.is_empty() {
+            config.archives = args.archives.clone();
+        }
+        if let Some(m) = args.mirror_listen {
+            config.mirror_listen = m;
+        }
+        if let Some(c) = args.cache_bytes {
+            config.cache_bytes = c;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Checks what serde cannot, naming the field that is wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason: String| Err(ConfigError::Invalid { field, reason });
+        if !self.root.is_absolute() {
+            return invalid(
+                "root",
+                format!("{} is not an absolute path", self.root.display()),
+            );
+        }
+        if !self.socket.is_absolute() {
+            return invalid(
+                "socket",
+                format!("{} is not an absolute path", self.socket.display()),
+            );
+        }
+        if self.socket.as_os_str().len() > MAX_SOCKET_PATH {
+            return invalid(
+                "socket",
+                format!(
+                    "{} is longer than {MAX_SOCKET_PATH} bytes",
+                    self.socket.display()
+                ),
+            );
+        }
+        if self.socket.file_name().is_none() {
+            return invalid("socket", format!("{} names no file", self.socket.display()));
+        }
+        for dir in &self.archives {
+            if dir.as_os_str().is_empty() {
+                return invalid("archives", "an entry is empty".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn args(argv: &[&str]) -> ServeArgs {
+        Cli::try_parse_from(std::iter::once("x").chain(argv.iter().copied()))
+            .unwrap()
+            .serve
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::load(&args(&[])).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.root, Path::new(DEFAULT_ROOT));
+        assert_eq!(c.mirror_listen.to_string(), "127.0.0.1:5050");
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "root = \"/srv/a\"\nsocket = \"/run/a.sock\"\narchives = [\"/x\", \"/y\"]\n\
+             mirror_listen = \"off\"\ncache_bytes = \"2G\"\n",
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        let c = Config::load(&args(&["--config", f])).unwrap();
+        assert_eq!(c.root, Path::new("/srv/a"));
+        assert_eq!(c.archives, [Path::new("/x"), Path::new("/y")]);
+        assert_eq!(c.mirror_listen, MirrorListen::Off);
+        assert_eq!(c.cache_bytes, 2 << 30);
+        let c = Config::load(&args(&[
+            "--config",
+            f,
+            "--root",
+            "/srv/b",
+            "--archives",
+            "/z",
+            "--mirror-listen",
+            "127.0.0.1:6000",
+            "--cache-bytes",
+            "1024",
+        ]))
+        .unwrap();
+        assert_eq!(c.root, Path::new("/srv/b"));
+        assert_eq!(c.socket, Path::new("/run/a.sock"));
+        assert_eq!(c.archives, [Path::new("/z")]);
+        assert_eq!(c.mirror_listen.to_string(), "127.0.0.1:6000");
+        assert_eq!(c.cache_bytes, 1024);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "rooot = \"/x\"\n").unwrap();
+        let err = Config::from_file(&file).unwrap_err().to_string();
+        assert!(err.contains("rooot"), "{err}");
+        std::fs::write(&file, "mirror_listen = \"everywhere\"\n").unwrap();
+        assert!(Config::from_file(&file).is_err());
+        let err = Config::load(&args(&["--root", "relative"])).unwrap_err();
+        assert!(err.to_string().contains("`root`"), "{err}");
+        let long = format!("/{}", "s".repeat(200));
+        let err = Config::load(&args(&["--socket", &long])).unwrap_err();
+        assert!(err.to_string().contains("`socket`"), "{err}");
+        assert!(Cli::try_parse_from(["x", "--mirror-listen", "nope"]).is_err());
+    }
+
+    #[test]
+    fn byte_counts() {
+        assert_eq!(parse_bytes("10").unwrap(), 10);
+        assert_eq!(parse_bytes("1K").unwrap(), 1024);
+        assert_eq!(parse_bytes("3MiB").unwrap(), 3 << 20);
+        assert_eq!(parse_bytes("10G").unwrap(), 10 << 30);
+        assert!(parse_bytes("10Q").is_err());
+        assert!(parse_bytes("G").is_err());
+        assert!(parse_bytes("99999999999T").is_err());
+    }
+}

@@ -1,0 +1,151 @@
+//! `airgap-snapshotter serve`: the daemon. Loads the configuration, opens the
+//! snapshotter, serves containerd's snapshots API on a unix socket until
+//! SIGTERM or SIGINT.
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use tokio::net::UnixListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::catalog::LayerSource;
+use crate::config::{Config, ServeArgs};
+use crate::snapshot::service::SnapshotService;
+use crate::snapshot::{blocking, Snapshotter};
+
+/// Runs the daemon; returns when it was asked to stop.
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("airgap-snapshotter")
+        .build()
+        .context("start the async runtime")?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> anyhow::Result<ExitCode> {
+    tracing::info!(
+        root = %config.root.display(),
+        socket = %config.socket.display(),
+        archives = ?config.archives,
+        mirror_listen = %config.mirror_listen,
+        cache_bytes = config.cache_bytes,
+        "starting"
+    );
+
+    // >>> LEAD: plug the catalog in here, e.g.
+    // let source: Option<Arc<dyn LayerSource>> = Some(Arc::new(Catalog::open(&config)?));
+    let source: Option<Arc<dyn LayerSource>> = None;
+
+    let root = config.root.clone();
+    let snapshotter = blocking(move || Snapshotter::open(&root, source))
+        .await
+        .with_context(|| format!("open snapshotter state in {}", config.root.display()))?;
+
+    let listener = bind_socket(&config.socket)?;
+    tracing::info!(socket = %config.socket.display(), "serving containerd snapshots API");
+
+    let result = tonic::transport::Server::builder()
+        .add_service(SnapshotService::new(snapshotter).into_server())
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
+        .await;
+    if let Err(err) = fs::remove_file(&config.socket) {
+        tracing::warn!(socket = %config.socket.display(), error = %err, "could not remove socket");
+    }
+    result.context("serve the snapshots API")?;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Binds the unix socket: its directory is created 0700 if missing, a stale
+/// socket (nobody listening) is replaced, the socket is made 0600.
+fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        if !dir.exists() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("create socket directory {}", dir.display()))?;
+        }
+    }
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                bail!(
+                    "another process is listening on {}; is the daemon already running?",
+                    path.display()
+                );
+            }
+            tracing::info!(socket = %path.display(), "replacing stale socket");
+            fs::remove_file(path)
+                .with_context(|| format!("remove stale socket {}", path.display()))?;
+        }
+        Ok(_) => bail!("{} exists and is not a socket", path.display()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err).with_context(|| format!("stat {}", path.display())),
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("bind {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("set mode of {}", path.display()))?;
+    Ok(listener)
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot listen for SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    let mut int = match signal(SignalKind::interrupt()) {
+        Ok(s) => s,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot listen for SIGINT");
+            return std::future::pending().await;
+        }
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = name, "shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn socket_is_private_and_stale_sockets_are_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/sub/s.sock");
+        let l = bind_socket(&path).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let dmode = fs::metadata(path.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(dmode, 0o700);
+        // Someone listening: refuse.
+        assert!(bind_socket(&path).is_err());
+        drop(l);
+        // Stale: replaced.
+        let _l = bind_socket(&path).unwrap();
+        // Not a socket: refuse, and leave it alone.
+        let file = dir.path().join("file");
+        fs::write(&file, b"x").unwrap();
+        assert!(bind_socket(&file).is_err());
+        assert_eq!(fs::read(&file).unwrap(), b"x");
+    }
+}

@@ -1,0 +1,614 @@
+//! [`MetaStore`]: snapshot metadata in one `redb` database, in containerd's
+//! schema (`snapshots/storage/bolt.go`): per snapshot its kind, a numeric id
+//! (the name of its directory), its parent's name, labels, created/updated
+//! timestamps and, once committed, its disk usage; plus parent -> child
+//! backlinks so a snapshot with children cannot be removed.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use redb::{ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use super::SnapshotError;
+
+/// name -> JSON [`Record`].
+const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
+/// (parent id, child id) -> child name.
+const PARENTS: TableDefinition<(u64, u64), &str> = TableDefinition::new("parents");
+/// "id" -> last id handed out.
+const SEQUENCE: TableDefinition<&str, u64> = TableDefinition::new("sequence");
+
+/// Largest key + value of one label containerd accepts.
+const MAX_LABEL_BYTES: usize = 4096;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    View,
+    Active,
+    Committed,
+}
+
+impl Kind {
+    /// The name containerd's filters use (`kind==active`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::View => "view",
+            Kind::Active => "active",
+            Kind::Committed => "committed",
+        }
+    }
+}
+
+/// A point in time as containerd stores it (nanosecond precision, UTC).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timestamp {
+    pub seconds: i64,
+    pub nanos: u32,
+}
+
+impl Timestamp {
+    pub fn now() -> Self {
+        let d = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        Timestamp {
+            seconds: d.as_secs() as i64,
+            nanos: d.subsec_nanos(),
+        }
+    }
+}
+
+/// Disk usage of a snapshot's own directory (not its parents).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub size: i64,
+    pub inodes: i64,
+}
+
+/// One snapshot's stored metadata.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub id: u64,
+    pub kind: Kind,
+    /// Name of the parent snapshot, empty for none.
+    #[serde(default)]
+    pub parent: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub created: Timestamp,
+    pub updated: Timestamp,
+    /// Measured at commit; zero for active and view snapshots.
+    #[serde(default)]
+    pub usage: Usage,
+}
+
+/// A snapshot as the API shows it: its name and record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Info {
+    pub name: String,
+    pub record: Record,
+}
+
+/// What a mount needs: the snapshot's id and kind, and the ids of its parents,
+/// nearest first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chain {
+    pub id: u64,
+    pub kind: Kind,
+    pub parent_ids: Vec<u64>,
+}
+
+impl super::filter::Fields for Info {
+    fn field(&self, path: &[String]) -> Option<&str> {
+        match path.first().map(String::as_str)? {
+            "kind" => Some(self.record.kind.as_str()),
+            "name" => Some(&self.name),
+            "parent" => Some(&self.record.parent),
+            "labels" => self
+                .record
+                .labels
+                .get(&path[1..].join("."))
+                .map(String::as_str),
+            _ => None,
+        }
+    }
+}
+
+/// Checks labels the way containerd does, and drops empty values (containerd
+/// never stores a label whose value is empty).
+pub fn clean_labels(
+    labels: impl IntoIterator<Item = (String, String)>,
+) -> Result<BTreeMap<String, String>, SnapshotError> {
+    let mut out = BTreeMap::new();
+    for (k, v) in labels {
+        if k.is_empty() {
+            return Err(SnapshotError::InvalidArgument(
+                "label key must not be empty".into(),
+            ));
+        }
+        if k.len() + v.len() > MAX_LABEL_BYTES {
+            return Err(SnapshotError::InvalidArgument(format!(
+                "label key and value greater than maximum size ({MAX_LABEL_BYTES} bytes), key: {}",
+                k.chars().take(64).collect::<String>()
+            )));
+        }
+        if !v.is_empty() {
+            out.insert(k, v);
+        }
+    }
+    Ok(out)
+}
+
+/// The metadata database (`<root>/metadata.redb`).
+pub struct MetaStore {
+    db: redb::Database,
+}
+
+/// A read-only view of the store.
+pub struct ReadTxn {
+    txn: redb::ReadTransaction,
+}
+
+/// A write transaction: only one at a time. Nothing is stored before
+/// [`WriteTxn::commit`]; dropping it rolls back.
+pub struct WriteTxn {
+    txn: redb::WriteTransaction,
+}
+
+impl MetaStore {
+    pub fn open(path: &Path) -> Result<Self, SnapshotError> {
+        let db = redb::Database::create(path)?;
+        // Create the tables so that read transactions find them.
+        let txn = db.begin_write()?;
+        txn.open_table(SNAPSHOTS)?;
+        txn.open_table(PARENTS)?;
+        txn.open_table(SEQUENCE)?;
+        txn.commit()?;
+        Ok(MetaStore { db })
+    }
+
+    pub fn read(&self) -> Result<ReadTxn, SnapshotError> {
+        Ok(ReadTxn {
+            txn: self.db.begin_read()?,
+        })
+    }
+
+    pub fn write(&self) -> Result<WriteTxn, SnapshotError> {
+        Ok(WriteTxn {
+            txn: self.db.begin_write()?,
+        })
+    }
+}
+
+fn decode(name: &str, bytes: &[u8]) -> Result<Record, SnapshotError> {
+    serde_json::from_slice(bytes).map_err(|e| SnapshotError::Corrupt {
+        key: name.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn encode(record: &Record) -> Vec<u8> {
+    serde_json::to_vec(record).expect("a Record always serializes")
+}
+
+fn get_in(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    name: &str,
+) -> Result<Option<Record>, SnapshotError> {
+    match table.get(name)? {
+        Some(v) => Ok(Some(decode(name, v.value())?)),
+        None => Ok(None),
+    }
+}
+
+fn require(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    name: &str,
+) -> Result<Record, SnapshotError> {
+    get_in(table, name)?.ok_or_else(|| SnapshotError::NotFound(format!("snapshot {name:?}")))
+}
+
+fn chain_in(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    name: &str,
+) -> Result<Chain, SnapshotError> {
+    let record = require(table, name)?;
+    let mut parent_ids = Vec::new();
+    let mut parent = record.parent.clone();
+    while !parent.is_empty() {
+        let p = get_in(table, &parent)?.ok_or_else(|| {
+            SnapshotError::NotFound(format!("parent {parent:?} of snapshot {name:?}"))
+        })?;
+        parent_ids.push(p.id);
+        parent = p.parent;
+    }
+    Ok(Chain {
+        id: record.id,
+        kind: record.kind,
+        parent_ids,
+    })
+}
+
+fn list_in(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Vec<Info>, SnapshotError> {
+    let mut out = Vec::new();
+    for entry in table.iter()? {
+        let (k, v) = entry?;
+        let name = k.value().to_string();
+        let record = decode(&name, v.value())?;
+        out.push(Info { name, record });
+    }
+    Ok(out)
+}
+
+impl ReadTxn {
+    fn table(&self) -> Result<redb::ReadOnlyTable<&'static str, &'static [u8]>, SnapshotError> {
+        Ok(self.txn.open_table(SNAPSHOTS)?)
+    }
+
+    /// The snapshot called `name` (NotFound if there is none).
+    pub fn get(&self, name: &str) -> Result<Record, SnapshotError> {
+        require(&self.table()?, name)
+    }
+
+    /// The snapshot's id, kind and parent ids (nearest first).
+    pub fn chain(&self, name: &str) -> Result<Chain, SnapshotError> {
+        chain_in(&self.table()?, name)
+    }
+
+    /// Every snapshot, in name order.
+    pub fn list(&self) -> Result<Vec<Info>, SnapshotError> {
+        list_in(&self.table()?)
+    }
+}
+
+impl WriteTxn {
+    pub fn commit(self) -> Result<(), SnapshotError> {
+        self.txn.commit()?;
+        Ok(())
+    }
+
+    pub fn get(&self, name: &str) -> Result<Option<Record>, SnapshotError> {
+        get_in(&self.txn.open_table(SNAPSHOTS)?, name)
+    }
+
+    pub fn chain(&self, name: &str) -> Result<Chain, SnapshotError> {
+        chain_in(&self.txn.open_table(SNAPSHOTS)?, name)
+    }
+
+    pub fn list(&self) -> Result<Vec<Info>, SnapshotError> {
+        list_in(&self.txn.open_table(SNAPSHOTS)?)
+    }
+
+    /// Every id in use.
+    pub fn ids(&self) -> Result<HashSet<u64>, SnapshotError> {
+        Ok(self.list()?.into_iter().map(|i| i.record.id).collect())
+    }
+
+    fn next_id(&self) -> Result<u64, SnapshotError> {
+        let mut seq = self.txn.open_table(SEQUENCE)?;
+        let next = seq.get("id")?.map(|v| v.value()).unwrap_or(0) + 1;
+        seq.insert("id", next)?;
+        Ok(next)
+    }
+
+    /// Records a new snapshot of `kind` called `key` on `parent` (empty for
+    /// none), containerd's `storage.CreateSnapshot` (active/view) extended with
+    /// committed records for the remote path. Returns its chain.
+    pub fn create(
+        &self,
+        kind: Kind,
+        key: &str,
+        parent: &str,
+        labels: BTreeMap<String, String>,
+        usage: Usage,
+    ) -> Result<Chain, SnapshotError> {
+        if key.is_empty() {
+            return Err(SnapshotError::InvalidArgument(
+                "snapshot key must not be empty".into(),
+            ));
+        }
+        let mut table = self.txn.open_table(SNAPSHOTS)?;
+        let mut parent_ids = Vec::new();
+        if !parent.is_empty() {
+            let p = get_in(&table, parent)?
+                .ok_or_else(|| SnapshotError::NotFound(format!("parent snapshot {parent:?}")))?;
+            if p.kind != Kind::Committed {
+                return Err(SnapshotError::InvalidArgument(format!(
+                    "parent {parent:?} is not a committed snapshot"
+                )));
+            }
+            parent_ids = chain_in(&table, parent)?.parent_ids;
+            parent_ids.insert(0, p.id);
+        }
+        if get_in(&table, key)?.is_some() {
+            return Err(SnapshotError::AlreadyExists(format!("snapshot {key:?}")));
+        }
+        let id = self.next_id()?;
+        let now = Timestamp::now();
+        let record = Record {
+            id,
+            kind,
+            parent: parent.to_string(),
+            labels,
+            created: now,
+            updated: now,
+            usage,
+        };
+        table.insert(key, encode(&record).as_slice())?;
+        if let Some(&pid) = parent_ids.first() {
+            self.txn.open_table(PARENTS)?.insert((pid, id), key)?;
+        }
+        Ok(Chain {
+            id,
+            kind,
+            parent_ids,
+        })
+    }
+
+    /// containerd's `storage.CommitActive`: the active snapshot `key` becomes
+    /// the committed snapshot `name` (same id, labels replaced). Returns the id.
+    pub fn commit_active(
+        &self,
+        key: &str,
+        name: &str,
+        labels: BTreeMap<String, String>,
+        usage: Usage,
+    ) -> Result<u64, SnapshotError> {
+        if name.is_empty() {
+            return Err(SnapshotError::InvalidArgument(
+                "snapshot name must not be empty".into(),
+            ));
+        }
+        let mut table = self.txn.open_table(SNAPSHOTS)?;
+        if get_in(&table, name)?.is_some() {
+            return Err(SnapshotError::AlreadyExists(format!(
+                "committed snapshot {name:?}"
+            )));
+        }
+        let mut record = get_in(&table, key)?
+            .ok_or_else(|| SnapshotError::NotFound(format!("active snapshot {key:?}")))?;
+        if record.kind != Kind::Active {
+            return Err(SnapshotError::FailedPrecondition(format!(
+                "snapshot {key:?} is not active"
+            )));
+        }
+        record.kind = Kind::Committed;
+        record.created = Timestamp::now();
+        record.updated = record.created;
+        record.labels = labels;
+        record.usage = usage;
+        table.remove(key)?;
+        table.insert(name, encode(&record).as_slice())?;
+        if !record.parent.is_empty() {
+            let parent = get_in(&table, &record.parent)?.ok_or_else(|| {
+                SnapshotError::NotFound(format!("parent {:?} of snapshot {key:?}", record.parent))
+            })?;
+            self.txn
+                .open_table(PARENTS)?
+                .insert((parent.id, record.id), name)?;
+        }
+        Ok(record.id)
+    }
+
+    /// containerd's `storage.Remove`: forgets `key` unless it has children.
+    pub fn remove(&self, key: &str) -> Result<Record, SnapshotError> {
+        let mut table = self.txn.open_table(SNAPSHOTS)?;
+        let record = require(&table, key)?;
+        let mut parents = self.txn.open_table(PARENTS)?;
+        if parents
+            .range((record.id, 0)..=(record.id, u64::MAX))?
+            .next()
+            .is_some()
+        {
+            return Err(SnapshotError::FailedPrecondition(format!(
+                "cannot remove snapshot {key:?} with child"
+            )));
+        }
+        if !record.parent.is_empty() {
+            if let Some(parent) = get_in(&table, &record.parent)? {
+                parents.remove((parent.id, record.id))?;
+            }
+        }
+        table.remove(key)?;
+        Ok(record)
+    }
+
+    /// containerd's `storage.UpdateInfo`: only labels are mutable; `paths`
+    /// empty replaces them all, `labels` too, `labels.<key>` sets one (an
+    /// empty or missing value removes it).
+    pub fn update(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        paths: &[String],
+    ) -> Result<Record, SnapshotError> {
+        let mut table = self.txn.open_table(SNAPSHOTS)?;
+        let mut record = require(&table, name)?;
+        if paths.is_empty() {
+            record.labels = labels.clone();
+        }
+        for path in paths {
+            if let Some(key) = path.strip_prefix("labels.") {
+                match labels.get(key) {
+                    Some(v) if !v.is_empty() => {
+                        record.labels.insert(key.to_string(), v.clone());
+                    }
+                    _ => {
+                        record.labels.remove(key);
+                    }
+                }
+            } else if path == "labels" {
+                record.labels = labels.clone();
+            } else {
+                return Err(SnapshotError::InvalidArgument(format!(
+                    "cannot update {path:?} field on snapshot {name:?}"
+                )));
+            }
+        }
+        record.labels.retain(|_, v| !v.is_empty());
+        record.updated = Timestamp::now();
+        table.insert(name, encode(&record).as_slice())?;
+        Ok(record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, MetaStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetaStore::open(&dir.path().join("m.redb")).unwrap();
+        (dir, store)
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn create_commit_chain_remove() {
+        let (_d, s) = store();
+        let w = s.write().unwrap();
+        let a = w
+            .create(Kind::Active, "a", "", labels(&[]), Usage::default())
+            .unwrap();
+        assert_eq!(a.parent_ids, Vec::<u64>::new());
+        w.commit_active(
+            "a",
+            "c1",
+            labels(&[("x", "1")]),
+            Usage { size: 5, inodes: 1 },
+        )
+        .unwrap();
+        let b = w
+            .create(Kind::Active, "b", "c1", labels(&[]), Usage::default())
+            .unwrap();
+        assert_eq!(b.parent_ids, vec![a.id]);
+        w.commit_active("b", "c2", labels(&[]), Usage::default())
+            .unwrap();
+        let v = w
+            .create(Kind::View, "v", "c2", labels(&[]), Usage::default())
+            .unwrap();
+        assert_eq!(v.parent_ids, vec![b.id, a.id], "nearest parent first");
+        w.commit().unwrap();
+
+        let r = s.read().unwrap();
+        assert_eq!(r.get("c1").unwrap().labels, labels(&[("x", "1")]));
+        assert_eq!(r.get("c1").unwrap().usage.size, 5);
+        assert!(r.get("a").unwrap_err().is_not_found());
+        assert_eq!(r.chain("v").unwrap().parent_ids, vec![b.id, a.id]);
+        drop(r);
+
+        let w = s.write().unwrap();
+        assert!(matches!(
+            w.remove("c2"),
+            Err(SnapshotError::FailedPrecondition(_))
+        ));
+        w.remove("v").unwrap();
+        w.remove("c2").unwrap();
+        w.remove("c1").unwrap();
+        w.commit().unwrap();
+        assert!(s.read().unwrap().list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn errors_follow_containerd() {
+        let (_d, s) = store();
+        let w = s.write().unwrap();
+        assert!(w
+            .create(Kind::Active, "a", "nope", labels(&[]), Usage::default())
+            .unwrap_err()
+            .is_not_found());
+        w.create(Kind::Active, "a", "", labels(&[]), Usage::default())
+            .unwrap();
+        assert!(w
+            .create(Kind::View, "a", "", labels(&[]), Usage::default())
+            .unwrap_err()
+            .is_already_exists());
+        assert!(matches!(
+            w.create(Kind::Active, "b", "a", labels(&[]), Usage::default()),
+            Err(SnapshotError::InvalidArgument(_))
+        ));
+        w.create(Kind::View, "v", "", labels(&[]), Usage::default())
+            .unwrap();
+        assert!(matches!(
+            w.commit_active("v", "c", labels(&[]), Usage::default()),
+            Err(SnapshotError::FailedPrecondition(_))
+        ));
+        assert!(w
+            .commit_active("zz", "c", labels(&[]), Usage::default())
+            .unwrap_err()
+            .is_not_found());
+        assert!(w
+            .commit_active("a", "v", labels(&[]), Usage::default())
+            .unwrap_err()
+            .is_already_exists());
+        assert!(w.remove("zz").unwrap_err().is_not_found());
+        assert!(matches!(
+            w.update("a", &labels(&[]), &["parent".into()]),
+            Err(SnapshotError::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn update_labels_like_containerd() {
+        let (_d, s) = store();
+        let w = s.write().unwrap();
+        w.create(
+            Kind::Active,
+            "a",
+            "",
+            labels(&[("keep", "k")]),
+            Usage::default(),
+        )
+        .unwrap();
+        let r = w
+            .update("a", &labels(&[("l1", "v1"), ("l2", "v2")]), &[])
+            .unwrap();
+        assert_eq!(r.labels, labels(&[("l1", "v1"), ("l2", "v2")]));
+        let r = w
+            .update(
+                "a",
+                &labels(&[("l1", "updated"), ("l4", "v4")]),
+                &["labels.l1".into(), "labels.l2".into()],
+            )
+            .unwrap();
+        assert_eq!(r.labels, labels(&[("l1", "updated")]));
+        let r = w
+            .update("a", &labels(&[("l4", "v4")]), &["labels".into()])
+            .unwrap();
+        assert_eq!(r.labels, labels(&[("l4", "v4")]));
+    }
+
+    #[test]
+    fn a_rolled_back_transaction_leaves_nothing() {
+        let (_d, s) = store();
+        {
+            let w = s.write().unwrap();
+            w.create(Kind::Active, "a", "", labels(&[]), Usage::default())
+                .unwrap();
+        }
+        assert!(s.read().unwrap().list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn labels_are_validated() {
+        assert!(clean_labels([("".to_string(), "x".to_string())]).is_err());
+        assert!(clean_labels([("k".to_string(), "x".repeat(4096))]).is_err());
+        let l = clean_labels([
+            ("a".to_string(), "".to_string()),
+            ("b".to_string(), "1".to_string()),
+        ])
+        .unwrap();
+        assert_eq!(l, labels(&[("b", "1")]));
+    }
+}

@@ -1,0 +1,370 @@
+//! The snapshotter: containerd's snapshotter API on overlayfs, with metadata
+//! in a [`MetaStore`] and, when a [`LayerSource`] is configured, layers taken
+//! straight from the archives (the remote path, see [`remote`]).
+//!
+//! On disk, under the root:
+//! ```text
+//! metadata.redb          the MetaStore
+//! snapshots/<id>/fs      a snapshot's own layer (overlay upper dir)
+//! snapshots/<id>/work    overlay work dir (active snapshots)
+//! snapshots/new-*        a snapshot being created (under the write lock)
+//! staging/               layers being extracted from archives
+//! trash/                 directories on their way out
+//! ```
+//! A directory is built under a temporary name and renamed to its id inside
+//! the metadata transaction that records it; directories are deleted only
+//! after the transaction that forgets them committed. A crash therefore leaves
+//! at worst directories without a record, which [`Snapshotter::cleanup`]
+//! removes; never a record without its directory.
+
+pub mod error;
+pub mod filter;
+pub mod meta;
+pub mod mounts;
+pub mod remote;
+pub mod service;
+#[cfg(test)]
+pub(crate) mod test_support;
+
+/// containerd's snapshots API, compiled from `proto/` by `build.rs`.
+pub mod proto {
+    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+    pub mod containerd {
+        pub mod types {
+            tonic::include_proto!("containerd.types");
+        }
+        pub mod services {
+            pub mod snapshots {
+                pub mod v1 {
+                    tonic::include_proto!("containerd.services.snapshots.v1");
+                }
+            }
+        }
+    }
+}
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use error::SnapshotError;
+pub use meta::{Info, Kind, MetaStore, Usage};
+pub use mounts::Mount;
+
+use crate::catalog::LayerSource;
+use filter::Filter;
+use meta::clean_labels;
+use mounts::Layout;
+
+/// Runs blocking filesystem or database work off the async runtime. The one
+/// place the snapshotter crosses from async to blocking code.
+pub async fn blocking<T, F>(f: F) -> Result<T, SnapshotError>
+where
+    F: FnOnce() -> Result<T, SnapshotError> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(err) => Err(SnapshotError::Task(err.to_string())),
+    }
+}
+
+/// The snapshotter proper: synchronous operations, each one short metadata
+/// transaction plus the directory work around it. Call from blocking threads.
+pub struct Snapshotter {
+    root: PathBuf,
+    meta: MetaStore,
+    layout: Layout,
+    /// Layers extracted from archives, when a layer source is configured.
+    remote: Option<remote::Remote>,
+}
+
+fn mkdir(path: &Path, mode: u32) -> Result<(), SnapshotError> {
+    match fs::DirBuilder::new().mode(mode).create(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => {}
+        Err(e) => return Err(SnapshotError::io("create directory", path, e)),
+    }
+    // The mode must not depend on the daemon's umask.
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(|e| SnapshotError::io("set mode of", path, e))
+}
+
+/// Deletes everything inside `dir` (not `dir` itself), logging failures.
+fn empty_dir(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        remove_all(&entry.path());
+    }
+}
+
+/// `rm -rf`, logging instead of failing: used only once nothing refers to
+/// the path any more.
+fn remove_all(path: &Path) {
+    let result = match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    };
+    if let Err(err) = result {
+        tracing::warn!(path = %path.display(), error = %err, "failed to remove directory");
+    }
+}
+
+/// Disk usage of a directory tree as containerd's `fs.DiskUsage` counts it:
+/// every inode once (hard links too), size in allocated 512-byte blocks.
+pub fn disk_usage(root: &Path) -> Result<Usage, SnapshotError> {
+    let mut seen = HashSet::new();
+    let mut usage = Usage::default();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let meta = fs::symlink_metadata(&path).map_err(|e| SnapshotError::io("stat", &path, e))?;
+        if seen.insert((meta.dev(), meta.ino())) {
+            usage.inodes += 1;
+            usage.size += (meta.blocks() * 512) as i64;
+        }
+        if meta.is_dir() {
+            let entries =
+                fs::read_dir(&path).map_err(|e| SnapshotError::io("read directory", &path, e))?;
+            for entry in entries {
+                let entry = entry.map_err(|e| SnapshotError::io("read directory", &path, e))?;
+                stack.push(entry.path());
+            }
+        }
+    }
+    Ok(usage)
+}
+
+impl Snapshotter {
+    /// Opens (or creates) the snapshotter state under `root`. With a layer
+    /// source, Prepare requests naming an archived layer take the remote path.
+    pub fn open(
+        root: &Path,
+        source: Option<Arc<dyn LayerSource>>,
+    ) -> Result<Arc<Self>, SnapshotError> {
+        fs::create_dir_all(root).map_err(|e| SnapshotError::io("create root", root, e))?;
+        mkdir(root, 0o700)?;
+        let snapshots = root.join("snapshots");
+        mkdir(&snapshots, 0o700)?;
+        for dir in ["staging", "trash"] {
+            let path = root.join(dir);
+            mkdir(&path, 0o700)?;
+            // Nothing in progress survives a restart.
+            empty_dir(&path);
+        }
+        let meta = MetaStore::open(&root.join("metadata.redb"))?;
+        let remote = source.map(|source| remote::Remote::new(source, root.join("staging")));
+        Ok(Arc::new(Snapshotter {
+            root: root.to_path_buf(),
+            meta,
+            layout: Layout::new(snapshots),
+            remote,
+        }))
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub(crate) fn remote(&self) -> Option<&remote::Remote> {
+        self.remote.as_ref()
+    }
+
+    /// Prepare (`Kind::Active`) or View (`Kind::View`): a new snapshot `key`
+    /// on the committed snapshot `parent` (empty for none).
+    pub fn create(
+        &self,
+        kind: Kind,
+        key: &str,
+        parent: &str,
+        labels: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Vec<Mount>, SnapshotError> {
+        let labels = clean_labels(labels)?;
+        let snapshots = self.layout.snapshots_dir();
+        let txn = self.meta.write()?;
+        let temp = tempfile::Builder::new()
+            .prefix("new-")
+            .tempdir_in(snapshots)
+            .map_err(|e| SnapshotError::io("create temporary directory in", snapshots, e))?;
+        let fs_dir = temp.path().join("fs");
+        mkdir(&fs_dir, 0o755)?;
+        if kind == Kind::Active {
+            mkdir(&temp.path().join("work"), 0o711)?;
+        }
+        let chain = txn.create(kind, key, parent, labels, Usage::default())?;
+        if let Some(&parent_id) = chain.parent_ids.first() {
+            // The new layer's root belongs to whoever owns the parent's.
+            let parent_fs = self.layout.upper(parent_id);
+            let st = fs::metadata(&parent_fs)
+                .map_err(|e| SnapshotError::io("stat parent", &parent_fs, e))?;
+            std::os::unix::fs::lchown(&fs_dir, Some(st.uid()), Some(st.gid()))
+                .map_err(|e| SnapshotError::io("chown", &fs_dir, e))?;
+        }
+        let dir = self.layout.dir(chain.id);
+        self.install(temp.path(), &dir)?;
+        let _ = temp.keep();
+        if let Err(err) = txn.commit() {
+            remove_all(&dir);
+            return Err(err);
+        }
+        Ok(self.layout.mounts(&chain))
+    }
+
+    /// Renames a fully built directory to its id. Called with the write
+    /// transaction open: a directory already there belongs to no record (an
+    /// id handed out by a transaction that never committed), so it goes.
+    pub(crate) fn install(&self, built: &Path, dir: &Path) -> Result<(), SnapshotError> {
+        if fs::symlink_metadata(dir).is_ok() {
+            tracing::warn!(path = %dir.display(), "replacing orphaned snapshot directory");
+            self.discard(dir)?;
+        }
+        fs::rename(built, dir).map_err(|e| SnapshotError::io("rename into place", dir, e))
+    }
+
+    /// Moves `path` into the trash (instantly), then deletes it.
+    fn discard(&self, path: &Path) -> Result<(), SnapshotError> {
+        let trash = tempfile::Builder::new()
+            .prefix("old-")
+            .tempdir_in(self.root.join("trash"))
+            .map_err(|e| SnapshotError::io("create directory in", self.root.join("trash"), e))?
+            .keep();
+        let dest = trash.join("d");
+        fs::rename(path, &dest).map_err(|e| SnapshotError::io("move to trash", path, e))?;
+        remove_all(&trash);
+        Ok(())
+    }
+
+    /// The mounts of an active or view snapshot.
+    pub fn mounts(&self, key: &str) -> Result<Vec<Mount>, SnapshotError> {
+        let chain = self.meta.read()?.chain(key)?;
+        if chain.kind == Kind::Committed {
+            return Err(SnapshotError::FailedPrecondition(format!(
+                "snapshot {key:?} is committed, not active or view"
+            )));
+        }
+        Ok(self.layout.mounts(&chain))
+    }
+
+    /// Commits the active snapshot `key` as `name`, with `labels` (replacing
+    /// the active snapshot's). Measures its disk usage first, outside the
+    /// transaction, so the transaction itself stays short.
+    pub fn commit(
+        &self,
+        name: &str,
+        key: &str,
+        labels: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), SnapshotError> {
+        let labels = clean_labels(labels)?;
+        let measured = match self.meta.read()?.get(key) {
+            Ok(record) if record.kind == Kind::Active => {
+                Some((record.id, disk_usage(&self.layout.upper(record.id))?))
+            }
+            _ => None,
+        };
+        let txn = self.meta.write()?;
+        let before = txn.get(key)?;
+        let usage = match (&measured, &before) {
+            (Some((id, usage)), Some(r)) if r.id == *id => *usage,
+            (_, Some(r)) if r.kind == Kind::Active => disk_usage(&self.layout.upper(r.id))?,
+            _ => Usage::default(),
+        };
+        txn.commit_active(key, name, labels, usage)?;
+        txn.commit()
+    }
+
+    /// Forgets `key` (not if it has children) and then deletes its directory.
+    pub fn remove(&self, key: &str) -> Result<(), SnapshotError> {
+        let txn = self.meta.write()?;
+        let record = txn.remove(key)?;
+        txn.commit()?;
+        remove_all(&self.layout.dir(record.id));
+        Ok(())
+    }
+
+    pub fn stat(&self, key: &str) -> Result<Info, SnapshotError> {
+        Ok(Info {
+            name: key.to_string(),
+            record: self.meta.read()?.get(key)?,
+        })
+    }
+
+    /// Updates the labels of `name` (see [`meta::WriteTxn::update`]).
+    pub fn update(
+        &self,
+        name: &str,
+        labels: impl IntoIterator<Item = (String, String)>,
+        paths: &[String],
+    ) -> Result<Info, SnapshotError> {
+        // Empty values mean "remove" here, so validate without dropping them.
+        let labels: BTreeMap<String, String> = labels.into_iter().collect();
+        clean_labels(labels.clone())?;
+        let txn = self.meta.write()?;
+        let record = txn.update(name, &labels, paths)?;
+        txn.commit()?;
+        Ok(Info {
+            name: name.to_string(),
+            record,
+        })
+    }
+
+    /// Every snapshot matching any of `filters` (containerd syntax).
+    pub fn list(&self, filters: &[String]) -> Result<Vec<Info>, SnapshotError> {
+        let filter = Filter::parse_all(filters)?;
+        let mut all = self.meta.read()?.list()?;
+        all.retain(|info| filter.matches(info));
+        Ok(all)
+    }
+
+    /// Disk usage: measured now for an active snapshot, as recorded at
+    /// commit otherwise.
+    pub fn usage(&self, key: &str) -> Result<Usage, SnapshotError> {
+        let record = self.meta.read()?.get(key)?;
+        if record.kind == Kind::Active {
+            return disk_usage(&self.layout.upper(record.id));
+        }
+        Ok(record.usage)
+    }
+
+    /// Removes every snapshot directory no record refers to (left by a crash
+    /// or a failed removal), and staged layers nobody is waiting for.
+    /// Orphans are moved to the trash under the write lock, so no concurrent
+    /// Prepare can be handed one of them, and deleted after.
+    pub fn cleanup(&self) -> Result<(), SnapshotError> {
+        let snapshots = self.layout.snapshots_dir().to_path_buf();
+        let trash = self.root.join("trash");
+        {
+            let txn = self.meta.write()?;
+            let ids = txn.ids()?;
+            let entries = fs::read_dir(&snapshots)
+                .map_err(|e| SnapshotError::io("read directory", &snapshots, e))?;
+            for entry in entries {
+                let entry =
+                    entry.map_err(|e| SnapshotError::io("read directory", &snapshots, e))?;
+                let name = entry.file_name();
+                let recorded = name
+                    .to_str()
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .is_some_and(|id| ids.contains(&id));
+                if recorded {
+                    continue;
+                }
+                tracing::info!(path = %entry.path().display(), "removing orphaned snapshot directory");
+                let dest = trash.join(format!("orphan-{}", name.to_string_lossy()));
+                if let Err(err) = fs::rename(entry.path(), &dest) {
+                    tracing::warn!(path = %entry.path().display(), error = %err, "failed to move orphan to trash");
+                }
+            }
+            // Dropping the transaction rolls it back: nothing was written.
+        }
+        empty_dir(&trash);
+        if let Some(remote) = &self.remote {
+            remote.cleanup();
+        }
+        Ok(())
+    }
+}

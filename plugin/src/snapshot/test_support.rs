@@ -1,0 +1,1 @@
+//! Test helpers: an in-memory [`LayerSource`] and an in-process server.

@@ -13,3 +13,4 @@ pub mod digest;
 pub mod labels;
 pub mod serve;
 pub mod snapshot;
+pub mod extract;

@@ -78,7 +78,7 @@ impl PrivateContainerd {
             Command::new("containerd")
                 .arg("--config")
                 .arg(&config)
-                .args(["--log-level", "debug"]),
+                .args(["--log-level", "info"]),
             &log,
         )?;
         let mut this = Self {
@@ -167,6 +167,27 @@ impl PrivateContainerd {
             .filter_map(|l| l.split_whitespace().next())
             .map(str::to_string)
             .collect())
+    }
+
+    /// Waits until containerd reaches the proxy snapshotter again (after a
+    /// daemon restart its gRPC client reconnects with a backoff of about a
+    /// second, and fails calls with Unavailable meanwhile).
+    pub fn wait_snapshotter_reachable(&self, timeout: Duration) -> Result<()> {
+        process::wait_until(
+            "containerd to reach the airgap snapshotter",
+            timeout,
+            || {
+                let out = self.ctr_unchecked(&[
+                    "-n",
+                    K8S_NS,
+                    "snapshots",
+                    "--snapshotter",
+                    SNAPSHOTTER,
+                    "ls",
+                ])?;
+                Ok(out.status.success())
+            },
+        )
     }
 
     /// Kills and deletes every task and container this containerd runs

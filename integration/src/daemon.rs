@@ -119,7 +119,11 @@ impl Daemon {
         let mut proc = Proc::spawn(
             "airgap-snapshotter",
             Command::new(&self.binary)
-                .env("RUST_LOG", "debug")
+                .env(
+                    "RUST_LOG",
+                    "debug,h2=info,hyper=info,hyper_util=info,tower=info,tonic=info",
+                )
+                .env("NO_COLOR", "1")
                 .arg("serve")
                 .arg("--root")
                 .arg(&self.root)

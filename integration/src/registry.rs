@@ -41,7 +41,7 @@ impl Registry {
             &config,
             format!(
                 "version: 0.1\n\
-                 log:\n  level: info\n  accesslog:\n    disabled: false\n\
+                 log:\n  level: warn\n  accesslog:\n    disabled: false\n\
                  storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
                  http:\n  addr: 127.0.0.1:{port}\n",
                 storage.display()

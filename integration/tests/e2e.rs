@@ -1,0 +1,480 @@
+//! End-to-end tests: a real containerd 1.6 with the airgap proxy snapshotter
+//! and CRI set to use it, a real `docker-registry` on loopback holding the
+//! images, real `ctr` and `runc`, and a CRI client playing kubelet.
+//!
+//! Root only (skipped with a message otherwise). The tests are serialized
+//! with a cross-process lock (they share `/run/containerd/runc`), and every
+//! part they start is stopped and removed on drop, also on failure.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use tar::EntryType;
+
+use airgap_integration::containerd::{ContainerdOptions, K8S_NS, SNAPSHOTTER};
+use airgap_integration::image::{
+    self, BuiltImage, Entry, ImageSpec, Layer, SAMPLE_CHECK, SAMPLE_EXPECTED,
+};
+use airgap_integration::process;
+use airgap_integration::{
+    can_run, serial, CriClient, Daemon, PrivateContainerd, Registry, SerialGuard, TestDir,
+};
+
+/// Every part of one test. Fields drop in order: the CRI client, containerd
+/// (its workloads removed first), the registry, the daemon, the work
+/// directory, and last the lock that serializes the tests.
+struct Env {
+    cri: CriClient,
+    containerd: PrivateContainerd,
+    registry: Registry,
+    daemon: Daemon,
+    work: TestDir,
+    _serial: SerialGuard,
+}
+
+/// Images built for a test, pushed to the registry; `archived` ones are
+/// also put into the daemon's archives directory.
+struct Images {
+    archived: Vec<BuiltImage>,
+    remote_only: Vec<BuiltImage>,
+}
+
+/// Starts the registry, builds and pushes the images `build` describes
+/// (given the registry host), starts the daemon on the archived ones and a
+/// private containerd wired to it.
+fn setup(
+    test: &str,
+    build: impl FnOnce(&str) -> Result<(Vec<ImageSpec>, Vec<ImageSpec>)>,
+) -> Result<(Env, Images)> {
+    let serial = serial()?;
+    eprintln!("== {test}: starting docker-registry");
+    let registry = Registry::start()?;
+    let work = TestDir::new(test)?;
+    let (archived_specs, remote_specs) = build(&registry.host())?;
+    let mut images = Images {
+        archived: Vec::new(),
+        remote_only: Vec::new(),
+    };
+    for (specs, out) in [
+        (archived_specs, &mut images.archived),
+        (remote_specs, &mut images.remote_only),
+    ] {
+        for spec in specs {
+            let file = work.path().join(format!("{}.tar", spec.tag));
+            let built = image::write_oci_archive(&spec, &file)?;
+            let repo = spec
+                .name
+                .strip_prefix(&format!("{}/", registry.host()))
+                .context("image name not on the test registry")?;
+            registry.push_oci_archive(&file, &spec.tag, repo)?;
+            out.push(built);
+        }
+    }
+    let files: Vec<&Path> = images
+        .archived
+        .iter()
+        .map(|i| i.archive.as_path())
+        .collect();
+    eprintln!(
+        "== {test}: starting airgap-snapshotter with {} archive(s)",
+        files.len()
+    );
+    let daemon = Daemon::start_with_archives(&files)?;
+    eprintln!("== {test}: starting a private containerd");
+    let containerd = PrivateContainerd::start(daemon.socket(), &ContainerdOptions::default())?;
+    let cri = CriClient::connect(containerd.address())?;
+    Ok((
+        Env {
+            cri,
+            containerd,
+            registry,
+            daemon,
+            work,
+            _serial: serial,
+        },
+        images,
+    ))
+}
+
+/// An image of [`image::sample_layers`] named `<registry>/library/<name>:<tag>`.
+fn sample_spec(host: &str, name: &str, tag: &str) -> Result<ImageSpec> {
+    Ok(ImageSpec {
+        name: format!("{host}/library/{name}:{tag}"),
+        tag: tag.to_string(),
+        layers: image::sample_layers(&format!("{name}:{tag}"))?,
+    })
+}
+
+/// A container id unique to this process and purpose (runc's state
+/// directory under /run/containerd/runc is shared by every containerd).
+fn container_id(purpose: &str) -> String {
+    format!("airgap-e2e-{purpose}-{}", std::process::id())
+}
+
+/// `ctr -n k8s.io run --rm --snapshotter airgap IMAGE ID sh -c SAMPLE_CHECK`,
+/// asserting that the layers were applied right.
+fn run_sample_check(env: &Env, image: &str, purpose: &str) -> Result<()> {
+    let id = container_id(purpose);
+    let out = env.containerd.ctr(&[
+        "-n",
+        K8S_NS,
+        "run",
+        "--rm",
+        "--snapshotter",
+        SNAPSHOTTER,
+        image,
+        &id,
+        "/bin/sh",
+        "-c",
+        SAMPLE_CHECK,
+    ])?;
+    ensure!(
+        out == SAMPLE_EXPECTED,
+        "container output of {image} differs\n--- got:\n{out}--- expected:\n{SAMPLE_EXPECTED}"
+    );
+    Ok(())
+}
+
+/// Layer blobs of `image` that the registry served since `mark`.
+fn layer_gets(env: &Env, image: &BuiltImage, mark: usize) -> Vec<String> {
+    env.registry
+        .blob_gets_since(mark)
+        .into_iter()
+        .filter(|d| image.layer_digests.contains(d))
+        .collect()
+}
+
+/// Asserts the airgap snapshotter holds a committed snapshot per chain ID.
+fn assert_chain_snapshots(env: &Env, image: &BuiltImage) -> Result<()> {
+    let keys: BTreeSet<String> = env.containerd.snapshot_keys(K8S_NS)?.into_iter().collect();
+    for chain_id in &image.chain_ids {
+        ensure!(
+            keys.contains(chain_id),
+            "no snapshot {chain_id} in the airgap snapshotter; it has {keys:?}"
+        );
+    }
+    Ok(())
+}
+
+/// Sets up the parts (see [`setup`]) and runs `body`; a failure panics
+/// while the parts are still alive, so their logs are printed on the way
+/// out.
+fn run_test(
+    test: &str,
+    build: impl FnOnce(&str) -> Result<(Vec<ImageSpec>, Vec<ImageSpec>)>,
+    body: impl FnOnce(&str, &mut Env, &Images) -> Result<()>,
+) {
+    if !can_run(test) {
+        return;
+    }
+    let (mut env, images) = or_panic(test, setup(test, build));
+    let result = body(test, &mut env, &images);
+    or_panic(test, result);
+    eprintln!("== {test}: passed");
+}
+
+fn or_panic<T>(test: &str, result: Result<T>) -> T {
+    match result {
+        Ok(value) => value,
+        Err(err) => panic!("{test}: {err:#}"),
+    }
+}
+
+/// (a) An archived image pulled through CRI comes from the archive: the
+/// registry serves the manifest and config, never a layer blob, and the
+/// image runs with whiteouts, hardlinks and symlinks right.
+#[test]
+fn cri_pull_of_archived_image_downloads_no_layer() {
+    let test = "cri_pull_archived";
+    run_test(
+        test,
+        |host| Ok((vec![sample_spec(host, "archived", "v1")?], vec![])),
+        cri_pull_archived,
+    );
+}
+
+fn cri_pull_archived(test: &str, env: &mut Env, images: &Images) -> Result<()> {
+    let image = &images.archived[0];
+    let mark = env.registry.mark();
+    eprintln!("== {test}: CRI PullImage {}", image.name);
+    let image_ref = env.cri.pull_image(&image.name)?;
+    ensure!(
+        image_ref == image.config_digest,
+        "PullImage answered {image_ref}, expected the image id {}",
+        image.config_digest
+    );
+    let downloaded = layer_gets(env, image, mark);
+    ensure!(
+        downloaded.is_empty(),
+        "containerd downloaded layer blobs {downloaded:?} of an archived image \
+         (all blob GETs since the pull: {:?})",
+        env.registry.blob_gets_since(mark)
+    );
+    assert_chain_snapshots(env, image)?;
+    ensure!(
+        env.cri.image_status(&image.name)?.is_some(),
+        "CRI ImageStatus does not find {}",
+        image.name
+    );
+    eprintln!("== {test}: running the image");
+    run_sample_check(env, &image.name, "a")?;
+    env.daemon.check_running()?;
+    Ok(())
+}
+
+/// (b) An image whose layers are in no archive still pulls, by download.
+#[test]
+fn cri_pull_of_image_not_archived_downloads_it() {
+    let test = "cri_pull_remote";
+    run_test(
+        test,
+        |host| {
+            Ok((
+                vec![sample_spec(host, "archived", "v1")?],
+                vec![sample_spec(host, "remote", "v1")?],
+            ))
+        },
+        cri_pull_remote,
+    );
+}
+
+fn cri_pull_remote(test: &str, env: &mut Env, images: &Images) -> Result<()> {
+    let image = &images.remote_only[0];
+    let mark = env.registry.mark();
+    eprintln!("== {test}: CRI PullImage {}", image.name);
+    env.cri.pull_image(&image.name)?;
+    let downloaded: BTreeSet<String> = layer_gets(env, image, mark).into_iter().collect();
+    let expected: BTreeSet<String> = image.layer_digests.iter().cloned().collect();
+    ensure!(
+        downloaded == expected,
+        "an image not in the archives must be downloaded: layer GETs {downloaded:?}, expected {expected:?}"
+    );
+    assert_chain_snapshots(env, image)?;
+    eprintln!("== {test}: running the image");
+    run_sample_check(env, &image.name, "b")?;
+    Ok(())
+}
+
+/// (c) A daemon restart keeps every snapshot usable.
+#[test]
+fn daemon_restart_keeps_snapshots_usable() {
+    let test = "daemon_restart";
+    run_test(
+        test,
+        |host| {
+            Ok((
+                vec![sample_spec(host, "archived", "v1")?],
+                vec![sample_spec(host, "remote", "v1")?],
+            ))
+        },
+        daemon_restart,
+    );
+}
+
+fn daemon_restart(test: &str, env: &mut Env, images: &Images) -> Result<()> {
+    for image in images.archived.iter().chain(&images.remote_only) {
+        eprintln!("== {test}: CRI PullImage {}", image.name);
+        env.cri.pull_image(&image.name)?;
+        run_sample_check(env, &image.name, "c-before")?;
+    }
+    eprintln!("== {test}: restarting airgap-snapshotter");
+    env.daemon.restart()?;
+    env.containerd
+        .wait_snapshotter_reachable(Duration::from_secs(60))?;
+    for image in images.archived.iter().chain(&images.remote_only) {
+        assert_chain_snapshots(env, image)?;
+        eprintln!("== {test}: running {} after the restart", image.name);
+        run_sample_check(env, &image.name, "c-after")?;
+    }
+    // Pulling again after the restart finds everything in place.
+    let mark = env.registry.mark();
+    let archived = &images.archived[0];
+    env.cri.pull_image(&archived.name)?;
+    let downloaded = layer_gets(env, archived, mark);
+    ensure!(
+        downloaded.is_empty(),
+        "pulling again after a restart downloaded {downloaded:?}"
+    );
+    Ok(())
+}
+
+/// The snapshot directories the daemon holds (`<root>/snapshots/<id>`,
+/// the layout of plugin/src/snapshot).
+fn daemon_snapshot_dirs(root: &Path) -> Result<Vec<PathBuf>> {
+    let dir = root.join("snapshots");
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        out.push(entry?.path());
+    }
+    Ok(out)
+}
+
+/// (d) Removing the images and letting containerd's garbage collector run
+/// removes the snapshots, through Remove and Cleanup.
+#[test]
+fn image_removal_garbage_collects_snapshots() {
+    let test = "gc";
+    run_test(
+        test,
+        |host| {
+            Ok((
+                vec![sample_spec(host, "archived", "v1")?],
+                vec![sample_spec(host, "remote", "v1")?],
+            ))
+        },
+        gc,
+    );
+}
+
+fn gc(test: &str, env: &mut Env, images: &Images) -> Result<()> {
+    for image in images.archived.iter().chain(&images.remote_only) {
+        env.cri.pull_image(&image.name)?;
+        run_sample_check(env, &image.name, "d")?;
+    }
+    ensure!(
+        !daemon_snapshot_dirs(env.daemon.root())?.is_empty(),
+        "the daemon holds no snapshot directories after two pulls"
+    );
+    let refs = env.containerd.image_refs(K8S_NS)?;
+    eprintln!("== {test}: ctr images rm --sync {refs:?}");
+    let mut args = vec!["-n", K8S_NS, "images", "rm", "--sync"];
+    args.extend(refs.iter().map(String::as_str));
+    env.containerd.ctr(&args)?;
+    ensure!(
+        env.cri.list_images()?.is_empty(),
+        "CRI still lists images after removal"
+    );
+    let containerd = &env.containerd;
+    let waited = process::wait_until(
+        "the airgap snapshots to be garbage collected",
+        Duration::from_secs(30),
+        || Ok(containerd.snapshot_keys(K8S_NS)?.is_empty()),
+    );
+    let keys = containerd.snapshot_keys(K8S_NS)?;
+    waited.with_context(|| format!("snapshots left: {keys:?}"))?;
+    let root = env.daemon.root().to_path_buf();
+    let waited = process::wait_until(
+        "the daemon's snapshot directories to be removed",
+        Duration::from_secs(30),
+        || Ok(daemon_snapshot_dirs(&root)?.is_empty()),
+    );
+    let left = daemon_snapshot_dirs(&root)?;
+    waited.with_context(|| format!("directories left: {left:?}"))?;
+    env.daemon.check_running()?;
+    Ok(())
+}
+
+/// `../` repeated: deep enough to leave any snapshot directory.
+const UP: &str = "../../../../../../../../../../../..";
+
+/// A layer whose entries try to write, link, whiteout and follow symlinks
+/// out of the snapshot directory into `canary`.
+fn hostile_layer(canary: &Path) -> Layer {
+    let c = canary.display().to_string();
+    let reg = EntryType::Regular;
+    Layer::new(vec![
+        Entry::raw(&format!("{UP}{c}/escaped-dotdot"), reg, "", "pwned\n"),
+        Entry::raw(&format!("{c}/escaped-absolute"), reg, "", "pwned\n"),
+        Entry::raw("evil-abs", EntryType::Symlink, &c, ""),
+        Entry::raw("evil-abs/through-abs-symlink", reg, "", "pwned\n"),
+        Entry::raw("evil-rel", EntryType::Symlink, &format!("{UP}{c}"), ""),
+        Entry::raw("evil-rel/through-rel-symlink", reg, "", "pwned\n"),
+        Entry::raw("hl-abs", EntryType::Link, &format!("{c}/victim"), ""),
+        Entry::raw("hl-abs", reg, "", "overwritten\n"),
+        Entry::raw("hl-rel", EntryType::Link, &format!("{UP}{c}/victim"), ""),
+        Entry::raw("evil-abs/victim", reg, "", "overwritten\n"),
+        Entry::raw(&format!("{UP}{c}/.wh.victim2"), reg, "", ""),
+        Entry::raw("evil-abs/.wh.victim2", reg, "", ""),
+        Entry::raw("evil-rel/.wh..wh..opq", reg, "", ""),
+    ])
+}
+
+/// Name, content and link count of every file in `dir`.
+fn snapshot_of(dir: &Path) -> Result<Vec<(String, String, u64)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = std::fs::symlink_metadata(entry.path())?;
+        let content = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        out.push((
+            entry.file_name().to_string_lossy().into_owned(),
+            content,
+            meta.nlink(),
+        ));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// (e) A hostile archived layer (path traversal, absolute names, symlink,
+/// hardlink and whiteout escapes) leaves the host untouched; the pull falls
+/// back to the download or fails cleanly, and the daemon keeps serving.
+#[test]
+fn hostile_archived_layer_leaves_host_untouched() {
+    let test = "hostile";
+    if !can_run(test) {
+        return;
+    }
+    let canary = or_panic(test, make_canary());
+    let canary_path = canary.path().to_path_buf();
+    run_test(
+        test,
+        |host| {
+            let mut hostile = sample_spec(host, "hostile", "v1")?;
+            hostile.layers.push(hostile_layer(&canary_path));
+            Ok((vec![hostile, sample_spec(host, "archived", "v1")?], vec![]))
+        },
+        |test, env, images| hostile(test, env, images, canary.path()),
+    );
+}
+
+/// A directory with two files the hostile layer aims at.
+fn make_canary() -> Result<TestDir> {
+    let canary = TestDir::new("canary")?;
+    std::fs::write(canary.path().join("victim"), "victim\n")?;
+    std::fs::write(canary.path().join("victim2"), "victim2\n")?;
+    Ok(canary)
+}
+
+fn hostile(test: &str, env: &mut Env, images: &Images, canary: &Path) -> Result<()> {
+    let before = snapshot_of(canary)?;
+    let hostile = &images.archived[0];
+    eprintln!("== {test}: CRI PullImage {}", hostile.name);
+    match env.cri.pull_image(&hostile.name) {
+        Ok(_) => eprintln!("== {test}: the hostile image pulled (sanitized or downloaded)"),
+        Err(err) => eprintln!("== {test}: the hostile image failed to pull: {err:#}"),
+    }
+    let after = snapshot_of(canary)?;
+    ensure!(
+        before == after,
+        "the hostile layer changed the host: {before:?} became {after:?}"
+    );
+    for name in ["escaped-dotdot", "escaped-absolute", "through-abs-symlink"] {
+        for dir in [Path::new("/"), Path::new("/tmp"), env.work.path()] {
+            ensure!(
+                !dir.join(name).exists(),
+                "the hostile layer wrote {}",
+                dir.join(name).display()
+            );
+        }
+    }
+    env.daemon.check_running()?;
+    // The daemon still serves: a good archived image pulls from the archive
+    // and runs.
+    let good = &images.archived[1];
+    let mark = env.registry.mark();
+    env.cri.pull_image(&good.name)?;
+    let downloaded = layer_gets(env, good, mark);
+    ensure!(
+        downloaded.is_empty(),
+        "after the hostile pull, an archived image was downloaded: {downloaded:?}"
+    );
+    run_sample_check(env, &good.name, "e")?;
+    Ok(())
+}

@@ -81,7 +81,7 @@ pub struct Snapshotter {
     remote: Option<remote::Remote>,
 }
 
-fn mkdir(path: &Path, mode: u32) -> Result<(), SnapshotError> {
+pub(crate) fn mkdir(path: &Path, mode: u32) -> Result<(), SnapshotError> {
     match fs::DirBuilder::new().mode(mode).create(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => {}
@@ -104,7 +104,7 @@ fn empty_dir(dir: &Path) {
 
 /// `rm -rf`, logging instead of failing: used only once nothing refers to
 /// the path any more.
-fn remove_all(path: &Path) {
+pub(crate) fn remove_all(path: &Path) {
     let result = match fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => fs::remove_dir_all(path),
         Ok(_) => fs::remove_file(path),

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Installs, on a fresh Debian 12 and as root, everything the build and the
+# tests need: containerd 1.6 and runc, docker-registry and skopeo (the test
+# registry), Go and containerd's sources (the snapshotter conformance suite),
+# busybox-static (test images), the compressors the archive formats use, a
+# C toolchain for the -sys crates, and cargo-nextest.
+#
+# Idempotent: packages already installed are not touched, and apt is not run
+# at all when nothing is missing. It never starts, stops or configures the
+# system containerd service.
+set -euo pipefail
+
+PACKAGES=(
+    # containerd 1.6 (containerd, ctr) and the OCI runtime it uses
+    containerd runc
+    # the local registry of the end-to-end tests, and how images get into it
+    docker-registry skopeo apache2-utils
+    # containerd's snapshotter conformance suite (GOPATH mode, Debian's sources)
+    golang-go golang-github-containerd-containerd-dev
+    # the static busybox the test images run
+    busybox-static
+    # archive containers: gzip, zstd, lz4, bzip2
+    pigz gzip zstd lz4 bzip2 tar
+    # scripts
+    jq curl ca-certificates util-linux procps
+    # C toolchain for zstd-sys, bzip2-sys and friends
+    build-essential pkg-config
+)
+
+log() { printf 'install-deps: %s\n' "$*" >&2; }
+
+if [[ $(id -u) -ne 0 ]]; then
+    log "must run as root (it installs Debian packages)"
+    exit 1
+fi
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+    if [[ $status != "install ok installed" ]]; then
+        missing+=("$pkg")
+    fi
+done
+
+if ((${#missing[@]})); then
+    log "installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update
+    apt-get install -y --no-install-recommends "${missing[@]}"
+else
+    log "all ${#PACKAGES[@]} Debian packages present"
+fi
+
+# Rust: the workspace needs a recent stable toolchain (rust-version in
+# Cargo.toml); Debian's cargo is too old, so it is not installed from apt.
+if ! command -v cargo >/dev/null 2>&1; then
+    log "cargo not found: install a stable Rust toolchain (rustup) and put ~/.cargo/bin on PATH"
+    exit 1
+fi
+for component in fmt clippy; do
+    if ! cargo "$component" --version >/dev/null 2>&1; then
+        if command -v rustup >/dev/null 2>&1; then
+            log "adding the rust component for cargo $component"
+            rustup component add "$([[ $component == fmt ]] && echo rustfmt || echo clippy)"
+        else
+            log "cargo $component is missing and rustup is not available"
+            exit 1
+        fi
+    fi
+done
+if ! command -v cargo-nextest >/dev/null 2>&1; then
+    log "installing cargo-nextest"
+    cargo install --locked cargo-nextest
+fi
+
+# Overlayfs is what the snapshotter mounts; say so early if it is missing.
+if ! grep -qw overlay /proc/filesystems 2>/dev/null; then
+    modprobe overlay 2>/dev/null || log "warning: overlayfs is not available in this kernel"
+fi
+
+log "done"

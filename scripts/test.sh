@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run), on a fresh Debian 12 as root:
+#
+#   1. installs what the build and the tests need (scripts/install-deps.sh)
+#   2. cargo fmt --all --check
+#   3. cargo clippy --workspace --all-targets -- -D warnings
+#   4. unit and in-process tests of the whole workspace (cargo nextest)
+#   5. containerd's snapshotter conformance suite (integration/conformance.sh)
+#   6. the root-only end-to-end tests (integration/tests/e2e.rs): a private
+#      containerd, runc, docker-registry and a CRI client playing kubelet
+#
+# Every step runs even when an earlier one failed (after the build steps),
+# a summary is printed at the end, and the exit status is non-zero if any
+# step failed. Steps 5 and 6 need root and are reported as skipped
+# otherwise. Environment: AIRGAP_TEST_SKIP_DEPS=1 skips step 1.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
+
+started=$(date +%s)
+summary=()
+failed=0
+
+# step NAME TIMEOUT_MINUTES COMMAND...
+step() {
+    local name=$1 minutes=$2
+    shift 2
+    local t0 rc
+    t0=$(date +%s)
+    printf '\n===== %s: %s\n' "$name" "$*"
+    rc=0
+    timeout --kill-after=30s "${minutes}m" "$@" || rc=$?
+    local took=$(($(date +%s) - t0))
+    if ((rc == 0)); then
+        summary+=("PASS  ${name} (${took}s)")
+    else
+        if ((rc == 124)); then
+            summary+=("FAIL  ${name} (timed out after ${minutes} min)")
+        else
+            summary+=("FAIL  ${name} (exit ${rc}, ${took}s)")
+        fi
+        failed=1
+    fi
+    return 0
+}
+
+skip() {
+    printf '\n===== %s: skipped (%s)\n' "$1" "$2"
+    summary+=("SKIP  $1 ($2)")
+}
+
+print_summary() {
+    printf '\n===== summary (%ss in total)\n' "$(($(date +%s) - started))"
+    printf '  %s\n' "${summary[@]}"
+    if ((failed)); then
+        printf 'FAILED\n'
+    else
+        printf 'ALL PASSED\n'
+    fi
+}
+trap print_summary EXIT
+
+is_root=0
+[[ $(id -u) -eq 0 ]] && is_root=1
+
+if [[ ${AIRGAP_TEST_SKIP_DEPS:-0} == 1 ]]; then
+    skip install-deps "AIRGAP_TEST_SKIP_DEPS=1"
+elif ((is_root)); then
+    step install-deps 30 scripts/install-deps.sh
+    if ((failed)); then
+        exit 1
+    fi
+else
+    skip install-deps "not root"
+fi
+
+step fmt 5 cargo fmt --all --check
+step clippy 30 cargo clippy --workspace --all-targets -- -D warnings
+
+if command -v cargo-nextest >/dev/null 2>&1; then
+    # The end-to-end tests get their own step below.
+    step unit-tests 30 cargo nextest run --workspace --no-fail-fast \
+        -E 'not (package(airgap-integration) & binary(e2e))'
+else
+    step unit-tests 30 cargo test --workspace --no-fail-fast \
+        --exclude airgap-integration
+fi
+
+if [[ ! -f integration/conformance.sh ]]; then
+    skip conformance "integration/conformance.sh does not exist yet"
+elif ((is_root)); then
+    step conformance 20 bash integration/conformance.sh
+else
+    skip conformance "needs root"
+fi
+
+if ((is_root)); then
+    if command -v cargo-nextest >/dev/null 2>&1; then
+        step e2e 25 cargo nextest run -p airgap-integration --no-fail-fast \
+            --test-threads 1 --test e2e
+    else
+        step e2e 25 cargo test -p airgap-integration --no-fail-fast \
+            --test e2e -- --test-threads 1
+    fi
+else
+    skip e2e "needs root"
+fi
+
+exit "$failed"

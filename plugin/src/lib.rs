@@ -10,7 +10,10 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod digest;
+pub mod extract;
 pub mod labels;
 pub mod serve;
 pub mod snapshot;
-pub mod extract;
+
+#[cfg(test)]
+pub mod testsupport;

@@ -203,6 +203,7 @@ pub fn index_archive(path: &Path, file: &File, key: FileKey) -> Result<ArchiveIn
         pass: &pass,
         out: &mut out,
         layer_seen: BTreeSet::new(),
+        saved_layers: HashMap::new(),
     };
     if pass.json_files.contains_key("index.json") {
         b.out.layout = Layout::Oci;
@@ -510,6 +511,8 @@ struct Resolver<'a> {
     pass: &'a Pass,
     out: &'a mut ArchiveIndex,
     layer_seen: BTreeSet<Digest>,
+    /// docker-save layers, which are files named by path, by digest.
+    saved_layers: HashMap<Digest, Entry>,
 }
 
 impl Resolver<'_> {
@@ -731,7 +734,11 @@ impl Resolver<'_> {
         let chain = Digest::chain_ids(&diff_ids);
         let mut blobs = BTreeMap::new();
         for (i, (layer_digest, media_type, size)) in layers.iter().enumerate() {
-            let stored = self.pass.blobs.get(layer_digest);
+            let stored = self
+                .pass
+                .blobs
+                .get(layer_digest)
+                .or_else(|| self.saved_layers.get(layer_digest));
             blobs.insert(*layer_digest, stored.map_or(*size, |e| e.loc.size));
             if self.layer_seen.insert(chain[i]) {
                 self.out.layers.push(LayerEntry {
@@ -816,6 +823,7 @@ impl Resolver<'_> {
             };
             self.out.blobs.insert(digest, e.loc);
             layers.push((digest, media_type, e.loc.size));
+            self.saved_layers.insert(digest, e);
         }
         let manifest = SynthManifest {
             schema_version: 2,

@@ -59,3 +59,6 @@ pub mod watch;
 
 pub use index::{ArchiveIndex, FileKey, ImageEntry, IndexError};
 pub use store::{Archive, Catalog, CatalogError, CatalogOptions, ImageInfo, ScanReport};
+
+#[cfg(test)]
+mod tests;

@@ -72,11 +72,7 @@ impl Reference {
             }
             _ => (DEFAULT_DOMAIN.to_string(), name.to_string()),
         };
-        if domain.is_empty()
-            || !domain
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
-        {
+        if !valid_domain(&domain) {
             return Err(err("bad registry host"));
         }
         let path = if domain == DEFAULT_DOMAIN && !path.contains('/') {
@@ -119,6 +115,20 @@ impl fmt::Display for Reference {
         }
         Ok(())
     }
+}
+
+/// `host[:port]`, each dot-separated label non-empty alphanumerics and `-`.
+fn valid_domain(domain: &str) -> bool {
+    let (host, port) = match domain.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (domain, None),
+    };
+    let host_ok = host
+        .split('.')
+        .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    host_ok && port_ok
 }
 
 fn valid_tag(tag: &str) -> bool {

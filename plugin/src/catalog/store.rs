@@ -460,7 +460,7 @@ impl Catalog {
                 let file = archive.file.clone();
                 let what = archive.index.path.display().to_string();
                 let (entry, hit) = self.cache.get_or_fill(digest, |out| {
-                    let mut stream = container::decoder(FileClone(file), container)?;
+                    let mut stream = container::decoder(FileAt { file, pos: 0 }, container)?;
                     let skipped = io::copy(&mut (&mut stream).take(loc.offset), &mut io::sink())?;
                     if skipped != loc.offset {
                         return Err(io::Error::new(
@@ -525,12 +525,18 @@ impl BlobReader for Pinned {
     }
 }
 
-/// A `Read` over a shared file handle from its start (one decoder each).
-struct FileClone(Arc<File>);
+/// A `Read` over a shared file handle from its start, with a position of
+/// its own (`pread`), so concurrent decoders never move each other's offset.
+struct FileAt {
+    file: Arc<File>,
+    pos: u64,
+}
 
-impl Read for FileClone {
+impl Read for FileAt {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        (&*self.0).read(buf)
+        let n = std::os::unix::fs::FileExt::read_at(&*self.file, buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
     }
 }
 

@@ -1,0 +1,304 @@
+//! Test support: builds small image archives of every kind the catalog
+//! reads, from files on the machine (`/bin/busybox` when present), so tests
+//! never depend on hand-edited binary blobs.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use serde_json::json;
+
+use crate::catalog::seekable;
+use crate::digest::Digest;
+
+/// How a layer's blob is compressed inside the archive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerCompression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+/// The outer container of a whole archive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wrap {
+    Tar,
+    Gzip,
+    Zstd,
+    /// Several zstd frames, no seek table (`zstd` on concatenated input).
+    ZstdMultiFrame,
+    /// zstd with a long window (`zstd --long=31`).
+    ZstdLong,
+    Seekable,
+    Lz4,
+    Bzip2,
+}
+
+pub const ALL_WRAPS: [Wrap; 8] = [
+    Wrap::Tar,
+    Wrap::Gzip,
+    Wrap::Zstd,
+    Wrap::ZstdMultiFrame,
+    Wrap::ZstdLong,
+    Wrap::Seekable,
+    Wrap::Lz4,
+    Wrap::Bzip2,
+];
+
+/// A tar of `files` (path, contents), each a regular file with mode 0644.
+pub fn layer_tar(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data) in files {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(1_700_000_000);
+        b.append_data(&mut h, path, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// The contents of `/bin/busybox` (a real static binary) when the machine
+/// has it, else a generated stand-in of similar size.
+pub fn busybox_bytes() -> Vec<u8> {
+    std::fs::read("/bin/busybox").unwrap_or_else(|_| {
+        (0..1_000_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect()
+    })
+}
+
+pub fn compress_layer(tar: &[u8], c: LayerCompression) -> Vec<u8> {
+    match c {
+        LayerCompression::None => tar.to_vec(),
+        LayerCompression::Gzip => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(tar).unwrap();
+            e.finish().unwrap()
+        }
+        LayerCompression::Zstd => zstd::encode_all(tar, 3).unwrap(),
+    }
+}
+
+fn layer_media_type(c: LayerCompression) -> &'static str {
+    match c {
+        LayerCompression::None => "application/vnd.oci.image.layer.v1.tar",
+        LayerCompression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
+        LayerCompression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+    }
+}
+
+/// One platform image: its layers (uncompressed tars) and platform.
+#[derive(Clone)]
+pub struct ImageSpec {
+    pub os: &'static str,
+    pub arch: &'static str,
+    pub variant: Option<&'static str>,
+    pub layers: Vec<Vec<u8>>,
+    pub compression: LayerCompression,
+}
+
+impl ImageSpec {
+    pub fn new(layers: Vec<Vec<u8>>) -> Self {
+        ImageSpec {
+            os: "linux",
+            arch: "amd64",
+            variant: None,
+            layers,
+            compression: LayerCompression::Gzip,
+        }
+    }
+
+    pub fn diff_ids(&self) -> Vec<Digest> {
+        self.layers.iter().map(|l| Digest::of(l)).collect()
+    }
+
+    pub fn chain_ids(&self) -> Vec<Digest> {
+        Digest::chain_ids(&self.diff_ids())
+    }
+}
+
+/// What was written for one platform image.
+#[derive(Clone, Debug)]
+pub struct BuiltImage {
+    pub manifest: Digest,
+    pub manifest_size: u64,
+    pub config: Digest,
+    pub layers: Vec<Digest>,
+}
+
+/// An OCI image layout under construction.
+#[derive(Default)]
+pub struct OciLayout {
+    pub blobs: BTreeMap<Digest, Vec<u8>>,
+    pub index: Vec<serde_json::Value>,
+    /// Files written as they are, e.g. a hostile extra entry.
+    pub extra: Vec<(String, Vec<u8>)>,
+}
+
+impl OciLayout {
+    pub fn add_blob(&mut self, data: Vec<u8>) -> (Digest, u64) {
+        let d = Digest::of(&data);
+        let n = data.len() as u64;
+        self.blobs.insert(d, data);
+        (d, n)
+    }
+
+    fn config_json(spec: &ImageSpec) -> Vec<u8> {
+        let diff_ids: Vec<String> = spec.diff_ids().iter().map(|d| d.to_string()).collect();
+        let mut cfg = json!({
+            "architecture": spec.arch, "os": spec.os,
+            "config": {"Cmd": ["/bin/sh"]},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        });
+        if let Some(v) = spec.variant {
+            cfg["variant"] = json!(v);
+        }
+        serde_json::to_vec(&cfg).unwrap()
+    }
+
+    /// Adds a platform image's blobs; returns its manifest digest.
+    pub fn add_image(&mut self, spec: &ImageSpec) -> BuiltImage {
+        let (config, config_size) = self.add_blob(Self::config_json(spec));
+        let mut layers = Vec::new();
+        let mut descs = Vec::new();
+        for l in &spec.layers {
+            let (d, n) = self.add_blob(compress_layer(l, spec.compression));
+            layers.push(d);
+            descs.push(json!({"mediaType": layer_media_type(spec.compression), "digest": d.to_string(), "size": n}));
+        }
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.to_string(), "size": config_size},
+            "layers": descs,
+        });
+        let (m, n) = self.add_blob(serde_json::to_vec(&manifest).unwrap());
+        BuiltImage {
+            manifest: m,
+            manifest_size: n,
+            config,
+            layers,
+        }
+    }
+
+    /// An index of `images` (with their platforms); returns its digest and size.
+    pub fn add_index(&mut self, images: &[(&ImageSpec, &BuiltImage)]) -> (Digest, u64) {
+        let manifests: Vec<_> = images
+            .iter()
+            .map(|(s, b)| {
+                let mut p = json!({"os": s.os, "architecture": s.arch});
+                if let Some(v) = s.variant {
+                    p["variant"] = json!(v);
+                }
+                json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": b.manifest.to_string(), "size": b.manifest_size, "platform": p})
+            })
+            .collect();
+        let index = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests});
+        self.add_blob(serde_json::to_vec(&index).unwrap())
+    }
+
+    /// Names a manifest or index in `index.json` the way `ctr export` does
+    /// (both annotations).
+    pub fn tag(&mut self, name: &str, digest: Digest, size: u64, index: bool) {
+        let media_type = if index {
+            "application/vnd.oci.image.index.v1+json"
+        } else {
+            "application/vnd.oci.image.manifest.v1+json"
+        };
+        let tag = name.rsplit(':').next().unwrap();
+        self.index.push(json!({
+            "mediaType": media_type, "digest": digest.to_string(), "size": size,
+            "annotations": {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": tag},
+        }));
+    }
+
+    /// One image, tagged: the common case.
+    pub fn single(name: &str, spec: &ImageSpec) -> (OciLayout, BuiltImage) {
+        let mut l = OciLayout::default();
+        let b = l.add_image(spec);
+        l.tag(name, b.manifest, b.manifest_size, false);
+        (l, b)
+    }
+
+    /// The layout as an uncompressed tar (what `ctr export` writes).
+    pub fn to_tar(&self) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut add = |path: &str, data: &[u8]| {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            b.append_data(&mut h, path, data).unwrap();
+        };
+        add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
+        for (d, data) in &self.blobs {
+            add(&format!("blobs/sha256/{}", d.hex()), data);
+        }
+        for (p, data) in &self.extra {
+            add(p, data);
+        }
+        let index = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": self.index});
+        add("index.json", &serde_json::to_vec(&index).unwrap());
+        b.into_inner().unwrap()
+    }
+}
+
+/// A `docker save` archive (legacy layout: `<id>/layer.tar`, `<id>.json`,
+/// `manifest.json`, `repositories`) of one image with `tags`.
+pub fn docker_save(spec: &ImageSpec, tags: &[&str]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, data: &[u8]| {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, path, data).unwrap();
+    };
+    let config = OciLayout::config_json(spec);
+    let config_name = format!("{}.json", Digest::of(&config).hex());
+    let mut layer_paths = Vec::new();
+    for (i, l) in spec.layers.iter().enumerate() {
+        let dir = Digest::of(format!("layer{i}").as_bytes()).hex();
+        let path = format!("{dir}/layer.tar");
+        add(&format!("{dir}/VERSION"), b"1.0");
+        add(&path, l);
+        layer_paths.push(path);
+    }
+    add(&config_name, &config);
+    let manifest = json!([{"Config": config_name, "RepoTags": tags, "Layers": layer_paths}]);
+    add("manifest.json", &serde_json::to_vec(&manifest).unwrap());
+    add("repositories", b"{}");
+    b.into_inner().unwrap()
+}
+
+/// Wraps a tar in `w`.
+pub fn wrap(tar: &[u8], w: Wrap) -> Vec<u8> {
+    match w {
+        Wrap::Tar => tar.to_vec(),
+        Wrap::Gzip => compress_layer(tar, LayerCompression::Gzip),
+        Wrap::Zstd => zstd::encode_all(tar, 3).unwrap(),
+        Wrap::ZstdMultiFrame => {
+            let mut out = Vec::new();
+            for chunk in tar.chunks(64 * 1024) {
+                out.extend(zstd::encode_all(chunk, 1).unwrap());
+            }
+            out
+        }
+        Wrap::ZstdLong => {
+            let mut e = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+            e.long_distance_matching(true).unwrap();
+            e.window_log(31).unwrap();
+            e.write_all(tar).unwrap();
+            e.finish().unwrap()
+        }
+        Wrap::Seekable => seekable::encode(tar, 256 * 1024, &[], 3).unwrap(),
+        Wrap::Lz4 => {
+            let mut e = lz4_flex::frame::FrameEncoder::new(Vec::new());
+            e.write_all(tar).unwrap();
+            e.finish().unwrap()
+        }
+        Wrap::Bzip2 => {
+            let mut e = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
+            e.write_all(tar).unwrap();
+            e.finish().unwrap()
+        }
+    }
+}

@@ -273,3 +273,198 @@ impl api::snapshots_server::Snapshots for SnapshotService {
         Ok(Response::new(()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{dir_names, TestServer};
+    use super::*;
+    use tonic::Code;
+
+    fn prepare(key: &str, parent: &str) -> api::PrepareSnapshotRequest {
+        api::PrepareSnapshotRequest {
+            snapshotter: "airgap".into(),
+            key: key.into(),
+            parent: parent.into(),
+            labels: HashMap::new(),
+        }
+    }
+
+    fn commit(name: &str, key: &str) -> api::CommitSnapshotRequest {
+        api::CommitSnapshotRequest {
+            snapshotter: "airgap".into(),
+            name: name.into(),
+            key: key.into(),
+            labels: HashMap::from([("containerd.io/gc.root".into(), "x".into())]),
+        }
+    }
+
+    fn key(k: &str) -> String {
+        k.to_string()
+    }
+
+    fn code<T: std::fmt::Debug>(r: Result<T, Status>) -> Code {
+        r.unwrap_err().code()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn error_codes_follow_containerd() {
+        let server = TestServer::start(None).await;
+        let mut c = server.client.clone();
+        c.prepare(prepare("a", "")).await.unwrap();
+
+        assert_eq!(code(c.prepare(prepare("a", "")).await), Code::AlreadyExists);
+        assert_eq!(code(c.prepare(prepare("b", "nope")).await), Code::NotFound);
+        assert_eq!(
+            code(c.prepare(prepare("b", "a")).await),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            code(c.prepare(prepare("", "")).await),
+            Code::InvalidArgument
+        );
+        assert_eq!(code(c.commit(commit("c", "nope")).await), Code::NotFound);
+        c.commit(commit("c", "a")).await.unwrap();
+        assert_eq!(code(c.commit(commit("c", "a")).await), Code::AlreadyExists);
+        let mounts = api::MountsRequest {
+            snapshotter: "airgap".into(),
+            key: key("c"),
+        };
+        assert_eq!(code(c.mounts(mounts).await), Code::FailedPrecondition);
+        c.prepare(prepare("child", "c")).await.unwrap();
+        let remove = |k: &str| api::RemoveSnapshotRequest {
+            snapshotter: "airgap".into(),
+            key: key(k),
+        };
+        let err = c.remove(remove("c")).await.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition);
+        assert!(err.message().contains("remove"), "{}", err.message());
+        assert_eq!(code(c.remove(remove("nope")).await), Code::NotFound);
+        let stat = api::StatSnapshotRequest {
+            snapshotter: "airgap".into(),
+            key: key("nope"),
+        };
+        assert_eq!(code(c.stat(stat).await), Code::NotFound);
+        let update = api::UpdateSnapshotRequest {
+            snapshotter: "airgap".into(),
+            info: Some(api::Info {
+                name: "c".into(),
+                parent: "x".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["parent".into()],
+            }),
+        };
+        assert_eq!(code(c.update(update).await), Code::InvalidArgument);
+        let update = api::UpdateSnapshotRequest {
+            snapshotter: "airgap".into(),
+            info: None,
+            update_mask: None,
+        };
+        assert_eq!(code(c.update(update).await), Code::InvalidArgument);
+        let list = api::ListSnapshotsRequest {
+            snapshotter: "airgap".into(),
+            filters: vec!["kind==".into()],
+        };
+        assert_eq!(code(c.list(list).await), Code::InvalidArgument);
+        server.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn internal_file_errors_are_internal() {
+        let server = TestServer::start(None).await;
+        let mut c = server.client.clone();
+        c.prepare(prepare("a", "")).await.unwrap();
+        // The snapshot's directory vanished behind our back: that is our
+        // failure, not a missing snapshot.
+        let dir = server.root().join("snapshots");
+        for d in dir_names(&dir) {
+            std::fs::remove_dir_all(dir.join(d)).unwrap();
+        }
+        let usage = api::UsageRequest {
+            snapshotter: "airgap".into(),
+            key: key("a"),
+        };
+        let err = c.usage(usage).await.unwrap_err();
+        assert_eq!(err.code(), Code::Internal, "{err:?}");
+        let err = c.commit(commit("c", "a")).await.unwrap_err();
+        assert_eq!(err.code(), Code::Internal, "{err:?}");
+        server.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn list_streams_in_batches_and_stat_times_round_trip() {
+        let server = TestServer::start(None).await;
+        let mut c = server.client.clone();
+        for i in 0..250 {
+            c.prepare(prepare(&format!("s{i:03}"), "")).await.unwrap();
+        }
+        let list = api::ListSnapshotsRequest {
+            snapshotter: "airgap".into(),
+            filters: vec![],
+        };
+        let mut stream = c.list(list).await.unwrap().into_inner();
+        let mut sizes = Vec::new();
+        while let Some(msg) = stream.message().await.unwrap() {
+            sizes.push(msg.info.len());
+        }
+        assert_eq!(sizes, [100, 100, 50]);
+        let stat = api::StatSnapshotRequest {
+            snapshotter: "airgap".into(),
+            key: key("s007"),
+        };
+        let info = c.stat(stat).await.unwrap().into_inner().info.unwrap();
+        assert_eq!(info.kind, api::Kind::Active as i32);
+        assert_eq!(info.created_at, info.updated_at);
+        assert!(info.created_at.unwrap().seconds > 1_600_000_000);
+        server.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn state_survives_a_restart() {
+        let server = TestServer::start(None).await;
+        let mut c = server.client.clone();
+        c.prepare(prepare("a", "")).await.unwrap();
+        let fs_dir = server.root().join("snapshots/1/fs");
+        std::fs::write(fs_dir.join("file"), b"data").unwrap();
+        c.commit(commit("base", "a")).await.unwrap();
+        c.prepare(prepare("top", "base")).await.unwrap();
+        let root = server.root();
+        drop(c);
+        let dir = server.stop_keeping_state().await;
+
+        let sn = Snapshotter::open(&root, None).unwrap();
+        assert_eq!(sn.stat("base").unwrap().record.kind, Kind::Committed);
+        let mounts = sn.mounts("top").unwrap();
+        assert_eq!(mounts[0].kind, "overlay");
+        assert!(mounts[0]
+            .options
+            .iter()
+            .any(|o| o == &format!("lowerdir={}", fs_dir.display())));
+        assert_eq!(std::fs::read(fs_dir.join("file")).unwrap(), b"data");
+        drop(dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cleanup_removes_orphans_and_new_snapshots_replace_them() {
+        let server = TestServer::start(None).await;
+        let mut c = server.client.clone();
+        let snapshots = server.root().join("snapshots");
+        // Left by a crash between rename and commit: an id the store will
+        // hand out again, with stale content.
+        std::fs::create_dir_all(snapshots.join("1/fs/stale")).unwrap();
+        c.prepare(prepare("a", "")).await.unwrap();
+        assert!(dir_names(&snapshots.join("1/fs")).is_empty());
+        // Orphans of all kinds.
+        std::fs::create_dir_all(snapshots.join("999/fs")).unwrap();
+        std::fs::create_dir_all(snapshots.join("new-123/fs")).unwrap();
+        std::fs::write(snapshots.join("junk"), b"x").unwrap();
+        let cleanup = api::CleanupRequest {
+            snapshotter: "airgap".into(),
+        };
+        c.cleanup(cleanup).await.unwrap();
+        assert_eq!(dir_names(&snapshots), ["1"]);
+        assert!(dir_names(&server.root().join("trash")).is_empty());
+        server.stop().await;
+    }
+}

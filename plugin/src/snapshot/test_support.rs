@@ -197,13 +197,22 @@ impl TestServer {
         self.dir.path().join("root")
     }
 
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
+        drop(self.stop_keeping_state().await);
+    }
+
+    /// Stops the server and closes the snapshotter; the state directory
+    /// stays until the returned guard drops.
+    pub async fn stop_keeping_state(mut self) -> tempfile::TempDir {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+        drop(self.client);
         if let Some(task) = self.task.take() {
             task.await.unwrap();
         }
+        drop(self.sn);
+        self.dir
     }
 }
 

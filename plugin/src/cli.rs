@@ -44,6 +44,25 @@ struct ImageRow<'a> {
     archive: String,
     size: u64,
     synthesized: bool,
+    /// Every platform manifest present, with its layers bottom first.
+    manifests: Vec<ManifestRow>,
+}
+
+#[derive(Serialize)]
+struct ManifestRow {
+    digest: String,
+    platform: String,
+    layers: Vec<LayerRow>,
+}
+
+#[derive(Serialize)]
+struct LayerRow {
+    digest: String,
+    diff_id: String,
+    chain_id: String,
+    size: u64,
+    /// False when the archive lacks the blob (it would come from a registry).
+    present: bool,
 }
 
 /// Opens a catalog for a one-shot command: every file is indexed now, none
@@ -70,9 +89,38 @@ pub fn images(args: ImagesArgs) -> anyhow::Result<ExitCode> {
     }
     let images = catalog.images();
     if args.json {
+        let archives = catalog.archives();
+        let manifest_rows = |i: &crate::catalog::ImageInfo| -> Vec<ManifestRow> {
+            let Some(a) = archives.iter().find(|a| a.path() == i.archive) else {
+                return Vec::new();
+            };
+            let idx = &a.index;
+            i.entry
+                .manifests
+                .iter()
+                .filter_map(|d| idx.manifests.iter().find(|m| m.digest == *d))
+                .map(|m| ManifestRow {
+                    digest: m.digest.to_string(),
+                    platform: m.platform.clone(),
+                    layers: m
+                        .chain
+                        .iter()
+                        .filter_map(|c| idx.layers.iter().find(|l| l.chain_id == *c))
+                        .map(|l| LayerRow {
+                            digest: l.digest.to_string(),
+                            diff_id: l.diff_id.to_string(),
+                            chain_id: l.chain_id.to_string(),
+                            size: l.size,
+                            present: l.present,
+                        })
+                        .collect(),
+                })
+                .collect()
+        };
         let rows: Vec<ImageRow> = images
             .iter()
             .map(|i| ImageRow {
+                manifests: manifest_rows(i),
                 reference: &i.entry.name,
                 digest: i.entry.digest.to_string(),
                 media_type: &i.entry.media_type,

@@ -75,6 +75,8 @@ pub struct ImageEntry {
     pub size: u64,
     /// `os/arch[/variant]` of every platform manifest present.
     pub platforms: Vec<String>,
+    /// Its platform manifests (the image itself when it is one).
+    pub manifests: Vec<Digest>,
     /// True for docker-save images, whose manifest this daemon wrote.
     pub synthesized: bool,
 }
@@ -504,6 +506,8 @@ type ImageResult<T> = Result<T, String>;
 
 struct Summary {
     platforms: Vec<String>,
+    /// Platform manifests, in the order found.
+    manifests: Vec<Digest>,
     blobs: BTreeMap<Digest, u64>,
 }
 
@@ -574,6 +578,7 @@ impl Resolver<'_> {
             media_type,
             size: s.blobs.values().sum(),
             platforms: s.platforms.clone(),
+            manifests: s.manifests.clone(),
             synthesized,
         });
     }
@@ -612,6 +617,7 @@ impl Resolver<'_> {
             .insert(digest, String::from_utf8_lossy(bytes).into_owned());
         let mut summary = Summary {
             platforms: Vec::new(),
+            manifests: Vec::new(),
             blobs: BTreeMap::from([(digest, bytes.len() as u64)]),
         };
         if let Some(children) = doc.manifests {
@@ -641,6 +647,7 @@ impl Resolver<'_> {
                 };
                 present += 1;
                 summary.platforms.extend(s.platforms);
+                summary.manifests.extend(s.manifests);
                 summary.blobs.extend(s.blobs);
             }
             stack.pop();
@@ -691,6 +698,7 @@ impl Resolver<'_> {
             .collect::<ImageResult<_>>()?;
         let s = self.add_manifest(digest, config_digest, config_bytes, &descs, platform)?;
         summary.platforms = s.platforms;
+        summary.manifests = s.manifests;
         summary.blobs.extend(s.blobs);
         Ok(summary)
     }
@@ -766,6 +774,7 @@ impl Resolver<'_> {
         });
         Ok(Summary {
             platforms: vec![platform],
+            manifests: vec![digest],
             blobs,
         })
     }

@@ -336,6 +336,9 @@ pub async fn prepare(
             Err(_) => return None, // the ordinary path reports it
         };
 
+        // This layer first: the semaphore is fair, so prefetches queue
+        // behind the layer containerd is waiting for.
+        drop(remote.extraction(&layer));
         let s = sn.clone();
         let l = layer.clone();
         let _ = blocking(move || {
@@ -833,6 +836,71 @@ mod tests {
         let found = lookup(&mut server, &layers[1].chain_id, &parent).await;
         assert_eq!(found.len(), 1);
         assert_ne!(found[0].name, layers[1].chain_id.to_string());
+        server.stop().await;
+    }
+}
+
+#[cfg(test)]
+mod concurrency_tests {
+    use super::super::proto::containerd::services::snapshots::v1 as api;
+    use super::super::test_support::{dir_names, layer_tar, Entry, FakeSource, TestServer};
+    use super::*;
+    use tonic::Code;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_prepares_of_one_layer_extract_it_once() {
+        let mut fake = FakeSource::default();
+        let tars: Vec<Vec<u8>> = (0..3)
+            .map(|i| layer_tar(&[Entry::File(&format!("f{i}"), b"x")]))
+            .collect();
+        let layers = fake.add_image(&tars, &[]);
+        let fake = Arc::new(fake);
+        let server = TestServer::start(Some(fake.clone())).await;
+        let mut calls = Vec::new();
+        for ns in 0..6 {
+            let mut c = server.client.clone();
+            let labels = HashMap::from([(
+                TARGET_SNAPSHOT_REF.to_string(),
+                layers[0].chain_id.to_string(),
+            )]);
+            calls.push(tokio::spawn(async move {
+                c.prepare(api::PrepareSnapshotRequest {
+                    snapshotter: "airgap".into(),
+                    key: format!("ns{ns}/1/extract"),
+                    parent: String::new(),
+                    labels,
+                })
+                .await
+            }));
+        }
+        for call in calls {
+            let err = call.await.unwrap().unwrap_err();
+            assert_eq!(err.code(), Code::AlreadyExists);
+        }
+        assert_eq!(fake.opened(&layers[0].digest), 1);
+        let committed: Vec<_> = server
+            .sn
+            .list(&[])
+            .unwrap()
+            .into_iter()
+            .filter(|i| i.record.kind == Kind::Committed)
+            .collect();
+        assert_eq!(committed.len(), 1);
+
+        // The other layers were prefetched into staging, once each.
+        for _ in 0..100 {
+            if fake.total_opens() == 3 && dir_names(&server.root().join("staging")).len() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(fake.opened(&layers[1].digest), 1);
+        assert_eq!(fake.opened(&layers[2].digest), 1);
+        // Cleanup keeps fresh staged layers, drops what no job knows.
+        let staging = server.root().join("staging");
+        std::fs::create_dir_all(staging.join("leftover/fs")).unwrap();
+        server.sn.cleanup().unwrap();
+        assert_eq!(dir_names(&staging).len(), 2);
         server.stop().await;
     }
 }

@@ -258,6 +258,48 @@ fn cri_pull_remote(test: &str, env: &mut Env, images: &Images) -> Result<()> {
     Ok(())
 }
 
+/// (a') An image whose base layer is archived (through another image of
+/// the archives) and whose top layer is not: the base comes from the
+/// archive, only the top layer is downloaded.
+#[test]
+fn cri_pull_of_partly_archived_image_downloads_only_the_rest() {
+    run_test(
+        "cri_pull_partial",
+        |host| {
+            let mut partial = sample_spec(host, "partial", "v1")?;
+            // Same base layer as archived:v1, a top layer of its own.
+            partial.layers = image::sample_layers("archived:v1")?;
+            partial.layers[1]
+                .entries
+                .push(Entry::file("data/partial", "only in the registry\n"));
+            Ok((vec![sample_spec(host, "archived", "v1")?], vec![partial]))
+        },
+        cri_pull_partial,
+    );
+}
+
+fn cri_pull_partial(test: &str, env: &mut Env, images: &Images) -> Result<()> {
+    let archived = &images.archived[0];
+    let partial = &images.remote_only[0];
+    ensure!(
+        archived.layer_digests[0] == partial.layer_digests[0]
+            && archived.layer_digests[1] != partial.layer_digests[1],
+        "the test images should share exactly their base layer"
+    );
+    let mark = env.registry.mark();
+    eprintln!("== {test}: CRI PullImage {}", partial.name);
+    env.cri.pull_image(&partial.name)?;
+    let downloaded: BTreeSet<String> = layer_gets(env, partial, mark).into_iter().collect();
+    let expected: BTreeSet<String> = [partial.layer_digests[1].clone()].into();
+    ensure!(
+        downloaded == expected,
+        "only the top layer {expected:?} should be downloaded, got {downloaded:?}"
+    );
+    assert_chain_snapshots(env, partial)?;
+    run_sample_check(env, &partial.name, "a2")?;
+    Ok(())
+}
+
 /// (c) A daemon restart keeps every snapshot usable.
 #[test]
 fn daemon_restart_keeps_snapshots_usable() {

@@ -39,8 +39,14 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         "starting"
     );
 
-    // >>> LEAD: plug the catalog in here, e.g.
-    // let source: Option<Arc<dyn LayerSource>> = Some(Arc::new(Catalog::open(&config)?));
+    // >>> LEAD: plug the catalog in on the next line. Tested with the e2e
+    // suite (keep the watch handle alive until the end of `serve`):
+    //   let catalog = Catalog::open(CatalogOptions { dirs: config.archives.clone(),
+    //       state_dir: Some(config.root.join("catalog")),
+    //       cache_dir: Some(config.root.join("cache")),
+    //       cache_bytes: config.cache_bytes, ..Default::default() })?;
+    //   let _watch = catalog.watch();
+    //   let source: Option<Arc<dyn LayerSource>> = Some(catalog);
     let source: Option<Arc<dyn LayerSource>> = None;
 
     let root = config.root.clone();

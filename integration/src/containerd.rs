@@ -135,6 +135,12 @@ impl PrivateContainerd {
         process::run_unchecked(&mut self.ctr_command(args), Duration::from_secs(180))
     }
 
+    /// A `ctr` call of the cleanup path: a short timeout, so that a wedged
+    /// containerd cannot hold a failing test for long.
+    fn ctr_cleanup(&self, args: &[&str]) -> Result<process::Output> {
+        process::run_unchecked(&mut self.ctr_command(args), Duration::from_secs(15))
+    }
+
     fn ctr_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("ctr");
         cmd.arg("--address").arg(&self.address).args(args);
@@ -193,20 +199,20 @@ impl PrivateContainerd {
     /// Kills and deletes every task and container this containerd runs
     /// (best effort: this runs from `Drop`).
     fn remove_workloads(&self) {
-        let Ok(out) = self.ctr_unchecked(&["namespaces", "ls", "-q"]) else {
+        let Ok(out) = self.ctr_cleanup(&["namespaces", "ls", "-q"]) else {
             return;
         };
         for ns in out.stdout.lines().filter(|l| !l.is_empty()) {
-            if let Ok(tasks) = self.ctr_unchecked(&["-n", ns, "tasks", "ls", "-q"]) {
+            if let Ok(tasks) = self.ctr_cleanup(&["-n", ns, "tasks", "ls", "-q"]) {
                 for id in tasks.stdout.lines().filter(|l| !l.is_empty()) {
-                    let _ = self.ctr_unchecked(&["-n", ns, "tasks", "kill", "-s", "SIGKILL", id]);
+                    let _ = self.ctr_cleanup(&["-n", ns, "tasks", "kill", "-s", "SIGKILL", id]);
                     std::thread::sleep(Duration::from_millis(200));
-                    let _ = self.ctr_unchecked(&["-n", ns, "tasks", "delete", "-f", id]);
+                    let _ = self.ctr_cleanup(&["-n", ns, "tasks", "delete", "-f", id]);
                 }
             }
-            if let Ok(containers) = self.ctr_unchecked(&["-n", ns, "containers", "ls", "-q"]) {
+            if let Ok(containers) = self.ctr_cleanup(&["-n", ns, "containers", "ls", "-q"]) {
                 for id in containers.stdout.lines().filter(|l| !l.is_empty()) {
-                    let _ = self.ctr_unchecked(&["-n", ns, "containers", "delete", id]);
+                    let _ = self.ctr_cleanup(&["-n", ns, "containers", "delete", id]);
                 }
             }
         }

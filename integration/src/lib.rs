@@ -9,6 +9,18 @@
 //! Every part is stopped by process id and cleaned up on `Drop`, also when a
 //! test panics: processes are signalled (SIGTERM, then SIGKILL), mounts under
 //! the temporary directories are detached, and the directories are removed.
+//!
+//! Run them as root, alone or with the rest:
+//!
+//! ```text
+//! cargo nextest run -p airgap-integration      # or: cargo test -p airgap-integration
+//! AIRGAP_SNAPSHOTTER_BIN=target/release/airgap-snapshotter cargo test -p airgap-integration
+//! ```
+//!
+//! Without `AIRGAP_SNAPSHOTTER_BIN` the tests build the daemon with
+//! `cargo build -p airgap-snapshotter` first (a no-op when it is current).
+//! The tests take a cross-process lock, so they run one at a time even
+//! under nextest.
 
 pub mod containerd;
 pub mod cri;

@@ -6,7 +6,7 @@
 #   3. cargo clippy --workspace --all-targets -- -D warnings
 #   4. unit and in-process tests of the whole workspace (cargo nextest)
 #   5. containerd's snapshotter conformance suite (integration/conformance.sh)
-#   6. the root-only end-to-end tests (integration/tests/e2e.rs): a private
+#   6. the root-only end-to-end tests (integration/tests/*.rs): a private
 #      containerd, runc, docker-registry and a CRI client playing kubelet
 #
 # Every step runs even when an earlier one failed (after the build steps),
@@ -81,9 +81,9 @@ step fmt 5 cargo fmt --all --check
 step clippy 30 cargo clippy --workspace --all-targets -- -D warnings
 
 if command -v cargo-nextest >/dev/null 2>&1; then
-    # The end-to-end tests get their own step below.
+    # The root-only tests of integration/tests get their own step below.
     step unit-tests 30 cargo nextest run --workspace --no-fail-fast \
-        -E 'not (package(airgap-integration) & binary(e2e))'
+        -E 'not (package(airgap-integration) & kind(test))'
 else
     step unit-tests 30 cargo test --workspace --no-fail-fast \
         --exclude airgap-integration
@@ -100,10 +100,10 @@ fi
 if ((is_root)); then
     if command -v cargo-nextest >/dev/null 2>&1; then
         step e2e 25 cargo nextest run -p airgap-integration --no-fail-fast \
-            --test-threads 1 --test e2e
+            --test-threads 1 -E 'kind(test)'
     else
         step e2e 25 cargo test -p airgap-integration --no-fail-fast \
-            --test e2e -- --test-threads 1
+            --tests -- --test-threads 1
     fi
 else
     skip e2e "needs root"

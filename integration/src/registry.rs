@@ -134,10 +134,16 @@ impl Registry {
 impl Drop for Registry {
     fn drop(&mut self) {
         if std::thread::panicking() {
+            let access: Vec<String> =
+                String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default())
+                    .lines()
+                    .filter(|l| parse_access_line(l).is_some())
+                    .map(str::to_string)
+                    .collect();
             eprintln!(
-                "---- end of registry log {} ----\n{}",
+                "---- end of registry access log {} ----\n{}",
                 self.log.display(),
-                process::tail(&self.log, 30)
+                access[access.len().saturating_sub(30)..].join("\n")
             );
         }
         if let Some(mut proc) = self.proc.take() {

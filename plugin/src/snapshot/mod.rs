@@ -15,7 +15,9 @@
 //! the metadata transaction that records it; directories are deleted only
 //! after the transaction that forgets them committed. A crash therefore leaves
 //! at worst directories without a record, which [`Snapshotter::cleanup`]
-//! removes; never a record without its directory.
+//! removes; never a record without its directory (directories are synced
+//! before the record commits; layers extracted from archives are flushed
+//! with `syncfs` first).
 
 pub mod error;
 pub mod filter;
@@ -90,6 +92,14 @@ pub(crate) fn mkdir(path: &Path, mode: u32) -> Result<(), SnapshotError> {
     // The mode must not depend on the daemon's umask.
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .map_err(|e| SnapshotError::io("set mode of", path, e))
+}
+
+/// Makes a directory's entries durable (after creating or renaming in it),
+/// so that a record committed afterwards never outlives them in a crash.
+pub(crate) fn sync_dir(path: &Path) -> Result<(), SnapshotError> {
+    fs::File::open(path)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| SnapshotError::io("sync directory", path, e))
 }
 
 /// Deletes everything inside `dir` (not `dir` itself), logging failures.
@@ -205,10 +215,11 @@ impl Snapshotter {
             std::os::unix::fs::lchown(&fs_dir, Some(st.uid()), Some(st.gid()))
                 .map_err(|e| SnapshotError::io("chown", &fs_dir, e))?;
         }
+        sync_dir(temp.path())?;
         let dir = self.layout.dir(chain.id);
         self.install(temp.path(), &dir)?;
         let _ = temp.keep();
-        if let Err(err) = txn.commit() {
+        if let Err(err) = sync_dir(snapshots).and_then(|()| txn.commit()) {
             remove_all(&dir);
             return Err(err);
         }

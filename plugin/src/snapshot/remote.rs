@@ -34,7 +34,7 @@ use crate::digest::Digest;
 use crate::labels::TARGET_SNAPSHOT_REF;
 
 use super::meta::{clean_labels, Kind, Usage};
-use super::{blocking, disk_usage, mkdir, remove_all, SnapshotError, Snapshotter};
+use super::{blocking, disk_usage, mkdir, remove_all, sync_dir, SnapshotError, Snapshotter};
 
 /// Staged layers nobody claimed are dropped by Cleanup after this long.
 const STAGED_TTL: Duration = Duration::from_secs(600);
@@ -255,6 +255,11 @@ fn extract(source: &dyn LayerSource, layer: &LayerRef, dir: &Path) -> Result<Sta
                 e.to_string()
             })?;
         let usage = disk_usage(&fs_dir).map_err(|e| e.to_string())?;
+        // The layer's data must be on disk before a record says it is there.
+        let root =
+            fs::File::open(&fs_dir).map_err(|e| format!("open {}: {e}", fs_dir.display()))?;
+        rustix::fs::syncfs(&root).map_err(|e| format!("syncfs {}: {e}", fs_dir.display()))?;
+        sync_dir(dir).map_err(|e| e.to_string())?;
         tracing::info!(
             chain_id = %layer.chain_id,
             entries = stats.entries,
@@ -461,7 +466,7 @@ impl Snapshotter {
             let chain = txn.create(Kind::Committed, &name, parent, labels, staged.usage)?;
             let dir = self.layout.dir(chain.id);
             self.install(&staged.dir, &dir)?;
-            if let Err(err) = txn.commit() {
+            if let Err(err) = sync_dir(self.layout.snapshots_dir()).and_then(|()| txn.commit()) {
                 remove_all(&dir);
                 return Err(err);
             }

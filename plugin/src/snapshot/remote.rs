@@ -67,8 +67,12 @@ pub struct Remote {
     /// Serializes remote Prepares of one chain ID, so a second one sees what
     /// the first committed.
     prepares: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
-    /// Chain IDs whose image's layers were already sent to prefetch.
+    /// Chain IDs whose Prepare already sent their images' layers to
+    /// prefetch.
     prefetched: Mutex<HashSet<Digest>>,
+    /// Chain IDs taken out of staging and not committed yet: not to be
+    /// prefetched again meanwhile.
+    taken: Mutex<HashSet<Digest>>,
     seq: AtomicU64,
 }
 
@@ -84,6 +88,7 @@ impl Remote {
             jobs: Mutex::new(HashMap::new()),
             prepares: Mutex::new(HashMap::new()),
             prefetched: Mutex::new(HashSet::new()),
+            taken: Mutex::new(HashSet::new()),
             seq: AtomicU64::new(0),
         }
     }
@@ -145,6 +150,7 @@ impl Remote {
             match jobs.get(&layer.chain_id) {
                 Some(job) if job.seq == seq => {
                     jobs.remove(&layer.chain_id);
+                    self.taken.lock().unwrap().insert(layer.chain_id);
                     true
                 }
                 _ => false,
@@ -157,11 +163,18 @@ impl Remote {
         }
     }
 
-    /// Starts extracting the other archived layers of `layer`'s images, once
-    /// per image. Only layers whose whole parent chain is archived are worth
-    /// it: containerd downloads everything above the first missing layer.
+    /// The staged layer of `chain_id` was committed or dropped.
+    fn settled(&self, chain_id: &Digest) {
+        self.taken.lock().unwrap().remove(chain_id);
+    }
+
+    /// Starts extracting the other archived layers of `layer`'s images (once
+    /// per requested layer; layers already committed, staged, or being
+    /// committed are skipped). Only layers whose whole parent chain is
+    /// archived are worth it: containerd downloads everything above the
+    /// first missing layer.
     fn prefetch(&self, sn: &Snapshotter, layer: &LayerRef) {
-        if self.prefetched.lock().unwrap().contains(&layer.chain_id) {
+        if !self.prefetched.lock().unwrap().insert(layer.chain_id) {
             return;
         }
         let layers = self.source.image_layers(&layer.chain_id);
@@ -176,14 +189,10 @@ impl Remote {
                 }
             }
         }
-        {
-            let mut done = self.prefetched.lock().unwrap();
-            done.insert(layer.chain_id);
-            done.extend(usable.iter().copied());
-        }
         let committed = sn.committed_targets().unwrap_or_default();
         for l in wanted {
-            if !committed.contains(&l.chain_id.to_string()) {
+            let busy = self.taken.lock().unwrap().contains(&l.chain_id);
+            if !busy && !committed.contains(&l.chain_id.to_string()) {
                 tracing::debug!(chain_id = %l.chain_id, "prefetching layer");
                 drop(self.extraction(&l));
             }
@@ -360,7 +369,9 @@ pub async fn prepare(
             }
         };
         let (s, t, p) = (sn.clone(), target.clone(), parent.to_string());
-        match blocking(move || s.commit_staged(&t, &p, labels, staged)).await {
+        let committed = blocking(move || s.commit_staged(&t, &p, labels, staged)).await;
+        remote.settled(&chain_id);
+        match committed {
             Ok(name) => {
                 tracing::info!(snapshot = %name, "layer committed from archive");
                 Some(SnapshotError::AlreadyExists(format!("target snapshot {target:?}")))

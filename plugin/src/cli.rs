@@ -21,6 +21,10 @@ pub struct ImagesArgs {
     /// Print a JSON array instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// The daemon's root: reuse (and update) the indexes it persisted there,
+    /// instead of indexing every archive again.
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -67,9 +71,13 @@ struct LayerRow {
 
 /// Opens a catalog for a one-shot command: every file is indexed now, none
 /// is waited for.
-fn open_catalog(dirs: Vec<PathBuf>) -> anyhow::Result<std::sync::Arc<Catalog>> {
+fn open_catalog(
+    dirs: Vec<PathBuf>,
+    root: Option<PathBuf>,
+) -> anyhow::Result<std::sync::Arc<Catalog>> {
     Catalog::open(CatalogOptions {
         dirs,
+        state_dir: root,
         settle: Duration::ZERO,
         cache_bytes: 0,
         ..Default::default()
@@ -78,7 +86,7 @@ fn open_catalog(dirs: Vec<PathBuf>) -> anyhow::Result<std::sync::Arc<Catalog>> {
 }
 
 pub fn images(args: ImagesArgs) -> anyhow::Result<ExitCode> {
-    let catalog = open_catalog(args.archives)?;
+    let catalog = open_catalog(args.archives, args.root)?;
     for (path, reason) in catalog.broken() {
         eprintln!("{}: {reason}", path.display());
     }
@@ -159,7 +167,7 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let mut archives = Vec::new();
     let mut failed = 0usize;
     if args.files.is_empty() {
-        let catalog = open_catalog(args.archives)?;
+        let catalog = open_catalog(args.archives, None)?;
         for (path, reason) in catalog.broken() {
             println!("FAIL {}: {reason}", path.display());
             failed += 1;

@@ -28,9 +28,11 @@ enum Command {
     Verify(cli::VerifyArgs),
 }
 
-fn init_tracing(json: bool) {
+/// Logs to stderr, filtered by `RUST_LOG` (default: `info` for the daemon,
+/// `warn` for the one-shot commands, whose output is on stdout).
+fn init_tracing(json: bool, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -43,7 +45,11 @@ fn init_tracing(json: bool) {
 
 fn main() -> ExitCode {
     let args = Cli::parse();
-    init_tracing(args.log_json);
+    let level = match args.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
+    init_tracing(args.log_json, level);
     let result = match args.command {
         Command::Serve(serve) => airgap_snapshotter::serve::run(serve),
         Command::Images(a) => cli::images(a),

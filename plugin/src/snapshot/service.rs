@@ -150,7 +150,9 @@ impl api::snapshots_server::Snapshots for SnapshotService {
     ) -> Result<Response<api::MountsResponse>, Status> {
         let r = request.into_inner();
         let sn = self.sn.clone();
+        let span = tracing::debug_span!("mounts", key = %r.key);
         let mounts = blocking(move || sn.mounts(&r.key))
+            .instrument(span)
             .await
             .map_err(|e| status("mounts", e))?;
         Ok(Response::new(api::MountsResponse {
@@ -192,7 +194,9 @@ impl api::snapshots_server::Snapshots for SnapshotService {
     ) -> Result<Response<api::StatSnapshotResponse>, Status> {
         let r = request.into_inner();
         let sn = self.sn.clone();
+        let span = tracing::debug_span!("stat", key = %r.key);
         let info = blocking(move || sn.stat(&r.key))
+            .instrument(span)
             .await
             .map_err(|e| status("stat", e))?;
         Ok(Response::new(api::StatSnapshotResponse {
@@ -233,7 +237,9 @@ impl api::snapshots_server::Snapshots for SnapshotService {
         let sn = self.sn.clone();
         // Collected first: no transaction stays open while the client reads
         // (containerd calls Stat from inside its Walk callback).
+        let span = tracing::debug_span!("list", filters = ?r.filters);
         let infos = blocking(move || sn.list(&r.filters))
+            .instrument(span)
             .await
             .map_err(|e| status("list", e))?;
         let mut batches = Vec::new();
@@ -251,7 +257,9 @@ impl api::snapshots_server::Snapshots for SnapshotService {
     ) -> Result<Response<api::UsageResponse>, Status> {
         let r = request.into_inner();
         let sn = self.sn.clone();
+        let span = tracing::debug_span!("usage", key = %r.key);
         let usage = blocking(move || sn.usage(&r.key))
+            .instrument(span)
             .await
             .map_err(|e| status("usage", e))?;
         Ok(Response::new(api::UsageResponse {

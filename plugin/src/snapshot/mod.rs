@@ -379,3 +379,27 @@ impl Snapshotter {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_usage_counts_hard_links_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("fs");
+        fs::create_dir_all(root.join("sub")).unwrap();
+        fs::write(root.join("sub/a"), vec![7u8; 10000]).unwrap();
+        fs::hard_link(root.join("sub/a"), root.join("b")).unwrap();
+        std::os::unix::fs::symlink("sub/a", root.join("c")).unwrap();
+        let u = disk_usage(&root).unwrap();
+        // fs, sub, a (= b), c
+        assert_eq!(u.inodes, 4);
+        let blocks: i64 = ["", "sub", "sub/a", "c"]
+            .iter()
+            .map(|p| fs::symlink_metadata(root.join(p)).unwrap().blocks() as i64 * 512)
+            .sum();
+        assert_eq!(u.size, blocks);
+        assert!(u.size >= 10000);
+    }
+}

@@ -177,6 +177,7 @@ impl Remote {
         if !self.prefetched.lock().unwrap().insert(layer.chain_id) {
             return;
         }
+        self.expire();
         let layers = self.source.image_layers(&layer.chain_id);
         let mut usable: HashSet<Digest> = HashSet::new();
         let mut wanted = Vec::new();
@@ -199,9 +200,9 @@ impl Remote {
         }
     }
 
-    /// Deletes staged layers nobody claimed for a while, and anything in the
-    /// staging directory no job knows.
-    pub fn cleanup(&self) {
+    /// Deletes staged layers nobody claimed for a while, and forgets failed
+    /// extractions. Returns the sequence numbers of the jobs left. Blocking.
+    fn expire(&self) -> HashSet<u64> {
         let mut known = HashSet::new();
         let mut stale = Vec::new();
         {
@@ -222,8 +223,16 @@ impl Remote {
             }
         }
         for dir in stale {
+            tracing::info!(path = %dir.display(), "dropping unclaimed staged layer");
             remove_all(&dir);
         }
+        known
+    }
+
+    /// [`Remote::expire`], plus anything in the staging directory no job
+    /// knows. Blocking.
+    pub fn cleanup(&self) {
+        let known = self.expire();
         let Ok(entries) = fs::read_dir(&self.staging) else {
             return;
         };

@@ -95,8 +95,9 @@ impl PrivateContainerd {
 
     fn wait_ready(&mut self) -> Result<()> {
         let address = self.address.clone();
+        let log = self.log.clone();
         let proc = self.proc.as_mut().expect("containerd started");
-        process::wait_until("containerd to answer", Duration::from_secs(60), || {
+        let ready = process::wait_until("containerd to answer", Duration::from_secs(60), || {
             proc.check_running()?;
             if !address.exists() {
                 return Ok(false);
@@ -109,7 +110,8 @@ impl PrivateContainerd {
                 Duration::from_secs(10),
             )?;
             Ok(out.status.success())
-        })
+        });
+        ready.with_context(|| format!("end of {}:\n{}", log.display(), process::tail(&log, 40)))
     }
 
     /// The gRPC socket of this containerd (for CRI clients too).

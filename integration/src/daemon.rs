@@ -142,7 +142,14 @@ impl Daemon {
                 proc.check_running()?;
                 Ok(UnixStream::connect(&socket).is_ok())
             },
-        )?;
+        )
+        .with_context(|| {
+            format!(
+                "end of {}:\n{}",
+                self.log.display(),
+                process::tail(&self.log, 40)
+            )
+        })?;
         self.proc = Some(proc);
         Ok(())
     }

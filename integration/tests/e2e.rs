@@ -117,10 +117,15 @@ fn container_id(purpose: &str) -> String {
 /// `ctr -n k8s.io run --rm --snapshotter airgap IMAGE ID sh -c SAMPLE_CHECK`,
 /// asserting that the layers were applied right.
 fn run_sample_check(env: &Env, image: &str, purpose: &str) -> Result<()> {
+    run_sample_check_in(env, K8S_NS, image, purpose)
+}
+
+/// [`run_sample_check`] in a given containerd namespace.
+fn run_sample_check_in(env: &Env, namespace: &str, image: &str, purpose: &str) -> Result<()> {
     let id = container_id(purpose);
     let out = env.containerd.ctr(&[
         "-n",
-        K8S_NS,
+        namespace,
         "run",
         "--rm",
         "--snapshotter",
@@ -297,6 +302,51 @@ fn cri_pull_partial(test: &str, env: &mut Env, images: &Images) -> Result<()> {
     );
     assert_chain_snapshots(env, partial)?;
     run_sample_check(env, &partial.name, "a2")?;
+    Ok(())
+}
+
+/// (a'') Plain `ctr images pull` (containerd 1.6: the layers are fetched by
+/// ctr and Prepare carries no `snapshot.ref` label) works with the airgap
+/// snapshotter as an ordinary overlay snapshotter, for an archived image
+/// too: never an ALREADY_EXISTS without a target (ctr would loop forever).
+#[test]
+fn plain_ctr_pull_works_as_ordinary_snapshotter() {
+    run_test(
+        "plain_ctr_pull",
+        |host| Ok((vec![sample_spec(host, "archived", "v1")?], vec![])),
+        plain_ctr_pull,
+    );
+}
+
+fn plain_ctr_pull(test: &str, env: &mut Env, images: &Images) -> Result<()> {
+    let image = &images.archived[0];
+    eprintln!(
+        "== {test}: ctr images pull --snapshotter airgap {}",
+        image.name
+    );
+    env.containerd.ctr(&[
+        "-n",
+        "default",
+        "images",
+        "pull",
+        "--plain-http",
+        "--snapshotter",
+        SNAPSHOTTER,
+        &image.name,
+    ])?;
+    let keys: BTreeSet<String> = env
+        .containerd
+        .snapshot_keys("default")?
+        .into_iter()
+        .collect();
+    for chain_id in &image.chain_ids {
+        ensure!(
+            keys.contains(chain_id),
+            "no snapshot {chain_id} after ctr pull; the snapshotter has {keys:?}"
+        );
+    }
+    run_sample_check_in(env, "default", &image.name, "plain")?;
+    env.daemon.check_running()?;
     Ok(())
 }
 

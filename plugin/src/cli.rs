@@ -77,7 +77,7 @@ fn open_catalog(
 ) -> anyhow::Result<std::sync::Arc<Catalog>> {
     Catalog::open(CatalogOptions {
         dirs,
-        state_dir: root,
+        state_dir: root.map(|r| r.join("catalog")),
         settle: Duration::ZERO,
         cache_bytes: 0,
         ..Default::default()

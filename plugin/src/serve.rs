@@ -13,7 +13,7 @@ use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::UnixListenerStream;
 
-use crate::catalog::LayerSource;
+use crate::catalog::{Catalog, CatalogOptions, LayerSource};
 use crate::config::{Config, ServeArgs};
 use crate::snapshot::service::SnapshotService;
 use crate::snapshot::{blocking, Snapshotter};
@@ -39,15 +39,21 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         "starting"
     );
 
-    // >>> LEAD: plug the catalog in on the next line. Tested with the e2e
-    // suite (keep the watch handle alive until the end of `serve`):
-    //   let catalog = Catalog::open(CatalogOptions { dirs: config.archives.clone(),
-    //       state_dir: Some(config.root.join("catalog")),
-    //       cache_dir: Some(config.root.join("cache")),
-    //       cache_bytes: config.cache_bytes, ..Default::default() })?;
-    //   let _watch = catalog.watch();
-    //   let source: Option<Arc<dyn LayerSource>> = Some(catalog);
-    let source: Option<Arc<dyn LayerSource>> = None;
+    let catalog_options = CatalogOptions {
+        dirs: config.archives.clone(),
+        state_dir: Some(config.root.join("catalog")),
+        cache_dir: Some(config.root.join("cache")),
+        cache_bytes: config.cache_bytes,
+        ..Default::default()
+    };
+    let catalog = tokio::task::spawn_blocking(move || Catalog::open(catalog_options))
+        .await
+        .context("open the archive catalog")??;
+    let images = catalog.images().len();
+    tracing::info!(archives = catalog.archives().len(), images, "catalog ready");
+    // Watches the archive directories until `serve` returns.
+    let _watch = catalog.watch();
+    let source: Option<Arc<dyn LayerSource>> = Some(catalog);
 
     let root = config.root.clone();
     let snapshotter = blocking(move || Snapshotter::open(&root, source))

@@ -210,18 +210,25 @@ impl Catalog {
                     .ok()
                     .and_then(|m| now.duration_since(m).ok())
                     .unwrap_or_default();
-                if age < self.opts.settle {
-                    report.unsettled.push(path);
-                    continue;
-                }
-                todo.push((path, key));
+                todo.push((path, key, age));
             }
         }
         let mut loaded = Vec::new();
-        for (path, key) in todo {
-            match self.load(&path, key) {
-                Ok(archive) => loaded.push((path, Ok(archive))),
-                Err(e) => loaded.push((path, Err((key, e.to_string())))),
+        for (path, key, age) in todo {
+            let result = self.load(&path, key);
+            // Still being written: the file changed while it was read, or it
+            // fails to read and was modified within the settle delay. Looked
+            // at again later; never reported broken for that.
+            let changed = fs::metadata(&path).map(|m| FileKey::of(&m)).ok() != Some(key);
+            match result {
+                Ok(archive) if !changed => loaded.push((path, Ok(archive))),
+                Err(e) if !changed && age >= self.opts.settle => {
+                    loaded.push((path, Err((key, e.to_string()))))
+                }
+                _ => {
+                    tracing::debug!(archive = %path.display(), "archive still being written; looking again later");
+                    report.unsettled.push(path);
+                }
             }
         }
         let mut state = self.state.write().unwrap();

@@ -250,3 +250,80 @@ fn human_bytes(n: u64) -> String {
         format!("{v:.1} {}", UNITS[u])
     }
 }
+
+#[derive(clap::Args, Debug)]
+pub struct PackArgs {
+    /// The archive to write (an OCI layout tar in seekable zstd).
+    #[arg(short, long, value_name = "OUT.tar.zst")]
+    pub output: PathBuf,
+    /// Keep only these platforms (`os/arch[/variant]`, repeatable; default all).
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Vec<String>,
+    /// A file of image references, one per line, `#` comments, `[group]` sections.
+    #[arg(long, value_name = "LIST")]
+    pub images_from: Option<PathBuf>,
+    /// With --images-from: only these sections (repeatable; default all).
+    #[arg(long, value_name = "GROUP")]
+    pub group: Vec<String>,
+    /// Where the images are: archives, directories of archives, OCI layout
+    /// directories (repeatable).
+    #[arg(long = "from", value_name = "SOURCE", required = true)]
+    pub from: Vec<PathBuf>,
+    /// zstd compression level.
+    #[arg(long, default_value_t = 3)]
+    pub level: i32,
+    /// Largest zstd frame in MiB (a blob always starts a new frame).
+    #[arg(long, default_value_t = 4, value_name = "MIB")]
+    pub frame_mib: usize,
+    /// Image references to pack.
+    #[arg(value_name = "REF")]
+    pub refs: Vec<String>,
+}
+
+pub fn pack(args: PackArgs) -> anyhow::Result<ExitCode> {
+    let mut refs = args.refs;
+    if let Some(list) = &args.images_from {
+        let text = std::fs::read_to_string(list)
+            .with_context(|| format!("reading image list {}", list.display()))?;
+        refs.extend(crate::pack::parse_image_list(&text, &args.group));
+    }
+    let opts = crate::pack::PackOptions {
+        output: args.output,
+        platforms: args.platform,
+        refs,
+        sources: args.from,
+        level: args.level,
+        frame_size: args.frame_mib.clamp(1, 256) << 20,
+        threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+    };
+    let bar = if std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::new(0)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "packing [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    let summary = crate::pack::pack(&opts, &|done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    });
+    bar.finish_and_clear();
+    let summary = summary?;
+    println!("wrote {}", opts.output.display());
+    for (name, platforms) in &summary.images {
+        println!("  {name}  {}", platforms.join(","));
+    }
+    println!(
+        "{} images, {} blobs, {} in, {} out",
+        summary.images.len(),
+        summary.blobs,
+        human_bytes(summary.bytes_in),
+        human_bytes(summary.bytes_out)
+    );
+    Ok(ExitCode::SUCCESS)
+}

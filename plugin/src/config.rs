@@ -6,7 +6,18 @@
 //! socket = "/run/airgap-snapshotter/snapshotter.sock"
 //! archives = ["/var/lib/airgap-snapshotter/archives"]
 //! mirror_listen = "127.0.0.1:5050"   # or "off"
+//! mirror_allow_non_loopback = false  # true to let the mirror bind a non-loopback address
 //! cache_bytes = "10GiB"              # or a number of bytes
+//!
+//! # What the archives lack is fetched from these registries (first match
+//! # of `registry`, then `*`).
+//! [[upstream]]
+//! registry = "docker.io"
+//! endpoint = "https://harbor.example.internal"
+//! path_prefix = "dockerhub"
+//! username = "robot"
+//! password_file = "/etc/airgap-snapshotter/harbor.password"
+//! ca_file = "/etc/airgap-snapshotter/ca.pem"
 //! ```
 
 use std::fmt;
@@ -70,6 +81,9 @@ pub struct Config {
     pub archives: Vec<PathBuf>,
     /// Where the registry mirror listens (`host:port`), or `"off"`.
     pub mirror_listen: MirrorListen,
+    /// The mirror serves every archived image to whoever reaches it, so it
+    /// binds only loopback addresses unless this is true.
+    pub mirror_allow_non_loopback: bool,
     /// Byte budget of the cache of decompressed layers, as a number of
     /// bytes or a string with a unit (`"512MiB"`, `"10G"`).
     #[serde(
@@ -77,6 +91,57 @@ pub struct Config {
         deserialize_with = "deserialize_bytes"
     )]
     pub cache_bytes: u64,
+    /// Registries the mirror fetches from what the archives lack
+    /// (`[[upstream]]` tables).
+    pub upstream: Vec<UpstreamConfig>,
+}
+
+/// One `[[upstream]]` table: where images of `registry` are fetched from
+/// when the archives lack them.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// The registry the image names use (containerd's `?ns=`), such as
+    /// `docker.io` or `registry.k8s.io`; `*` matches every registry.
+    pub registry: String,
+    /// Base URL of the registry to fetch from, `https://host[:port]` (or
+    /// `http://` for a plain-HTTP registry).
+    pub endpoint: String,
+    /// Prepended to the repository path: with `dockerhub`,
+    /// `docker.io/library/nginx` is fetched as `<endpoint>/v2/dockerhub/library/nginx`.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// User for basic auth and for the token service.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password (or token) of `username`; never logged. Prefer `password_file`.
+    #[serde(default, skip_serializing)]
+    pub password: Option<String>,
+    /// File holding the password (trailing newline ignored), read at start.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// PEM file of CA certificates trusted for this endpoint, in addition to
+    /// the system's.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Accept any TLS certificate from this endpoint (tests only).
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+impl fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("registry", &self.registry)
+            .field("endpoint", &self.endpoint)
+            .field("path_prefix", &self.path_prefix)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("password_file", &self.password_file)
+            .field("ca_file", &self.ca_file)
+            .field("insecure_skip_verify", &self.insecure_skip_verify)
+            .finish()
+    }
 }
 
 impl Default for Config {
@@ -86,7 +151,9 @@ impl Default for Config {
             socket: PathBuf::from(DEFAULT_SOCKET),
             archives: vec![PathBuf::from(DEFAULT_ARCHIVES)],
             mirror_listen: MirrorListen::Addr(DEFAULT_MIRROR_LISTEN.parse().expect("valid")),
+            mirror_allow_non_loopback: false,
             cache_bytes: DEFAULT_CACHE_BYTES,
+            upstream: Vec::new(),
         }
     }
 }
@@ -258,7 +325,93 @@ impl Config {
                 return invalid("archives", "an entry is empty".into());
             }
         }
+        if let MirrorListen::Addr(addr) = self.mirror_listen {
+            if !addr.ip().is_loopback() && !self.mirror_allow_non_loopback {
+                return invalid(
+                    "mirror_listen",
+                    format!(
+                        "{addr} is not a loopback address; the mirror serves every archived \
+                         image to whoever reaches it: set mirror_allow_non_loopback = true to allow it"
+                    ),
+                );
+            }
+        }
+        for (i, u) in self.upstream.iter().enumerate() {
+            u.validate()
+                .map_err(|(field, reason)| ConfigError::Invalid {
+                    field,
+                    reason: format!("[[upstream]] #{} ({}): {reason}", i + 1, u.registry),
+                })?;
+        }
         Ok(())
+    }
+}
+
+impl UpstreamConfig {
+    /// Checks one table; the error names the field.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.registry.is_empty() {
+            return Err(("upstream.registry", "is empty".into()));
+        }
+        if self.registry != "*" && self.registry.contains(['/', ' ']) {
+            return Err((
+                "upstream.registry",
+                format!(
+                    "{:?} is not a registry host (e.g. docker.io) or *",
+                    self.registry
+                ),
+            ));
+        }
+        let rest = self
+            .endpoint
+            .strip_prefix("https://")
+            .or_else(|| self.endpoint.strip_prefix("http://"));
+        match rest {
+            Some(host)
+                if !host.trim_end_matches('/').is_empty()
+                    && !host.trim_end_matches('/').contains('/') => {}
+            _ => {
+                return Err((
+                    "upstream.endpoint",
+                    format!("{:?} is not http(s)://host[:port]", self.endpoint),
+                ))
+            }
+        }
+        if let Some(p) = &self.path_prefix {
+            if p.trim_matches('/').is_empty() || p.contains("..") || p.contains(char::is_whitespace)
+            {
+                return Err((
+                    "upstream.path_prefix",
+                    format!("{p:?} is not a repository path prefix"),
+                ));
+            }
+        }
+        if self.password.is_some() && self.password_file.is_some() {
+            return Err((
+                "upstream.password",
+                "set either password or password_file, not both".into(),
+            ));
+        }
+        if (self.password.is_some() || self.password_file.is_some()) && self.username.is_none() {
+            return Err(("upstream.username", "a password needs a username".into()));
+        }
+        Ok(())
+    }
+
+    /// The password, from `password` or `password_file` (trailing newline
+    /// removed).
+    pub fn load_password(&self) -> Result<Option<String>, ConfigError> {
+        if let Some(p) = &self.password {
+            return Ok(Some(p.clone()));
+        }
+        let Some(path) = &self.password_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Some(text.trim_end_matches(['\n', '\r']).to_string()))
     }
 }
 
@@ -338,6 +491,84 @@ mod tests {
         let err = Config::load(&args(&["--socket", &long])).unwrap_err();
         assert!(err.to_string().contains("`socket`"), "{err}");
         assert!(Cli::try_parse_from(["x", "--mirror-listen", "nope"]).is_err());
+    }
+
+    #[test]
+    fn mirror_binds_loopback_unless_allowed() {
+        let err = Config::load(&args(&["--mirror-listen", "0.0.0.0:5050"])).unwrap_err();
+        assert!(err.to_string().contains("`mirror_listen`"), "{err}");
+        assert!(Config::load(&args(&["--mirror-listen", "[::1]:5050"])).is_ok());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "mirror_listen = \"0.0.0.0:5050\"\nmirror_allow_non_loopback = true\n",
+        )
+        .unwrap();
+        let c = Config::load(&args(&["--config", file.to_str().unwrap()])).unwrap();
+        assert_eq!(c.mirror_listen.to_string(), "0.0.0.0:5050");
+    }
+
+    #[test]
+    fn upstream_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        let pass = dir.path().join("pass");
+        std::fs::write(&pass, "s3cret\n").unwrap();
+        std::fs::write(
+            &file,
+            format!(
+                "[[upstream]]\nregistry = \"docker.io\"\nendpoint = \"https://harbor.example.internal\"\n\
+                 path_prefix = \"dockerhub\"\nusername = \"robot\"\npassword_file = \"{}\"\n\
+                 [[upstream]]\nregistry = \"*\"\nendpoint = \"http://127.0.0.1:5000\"\n",
+                pass.display()
+            ),
+        )
+        .unwrap();
+        let c = Config::load(&args(&["--config", file.to_str().unwrap()])).unwrap();
+        assert_eq!(c.upstream.len(), 2);
+        assert_eq!(c.upstream[0].path_prefix.as_deref(), Some("dockerhub"));
+        assert_eq!(
+            c.upstream[0].load_password().unwrap().as_deref(),
+            Some("s3cret")
+        );
+        assert_eq!(c.upstream[1].load_password().unwrap(), None);
+
+        // Never in Debug output.
+        let mut u = c.upstream[0].clone();
+        u.password = Some("hunter2".into());
+        u.password_file = None;
+        assert!(!format!("{u:?}").contains("hunter2"));
+        assert!(!format!("{c:?}").contains("s3cret"));
+
+        for (bad, field) in [
+            (
+                "registry = \"docker.io\"\nendpoint = \"ftp://x\"",
+                "upstream.endpoint",
+            ),
+            (
+                "registry = \"\"\nendpoint = \"https://x\"",
+                "upstream.registry",
+            ),
+            (
+                "registry = \"a\"\nendpoint = \"https://x\"\npassword = \"p\"",
+                "upstream.username",
+            ),
+            (
+                "registry = \"a\"\nendpoint = \"https://x\"\npath_prefix = \"../x\"",
+                "upstream.path_prefix",
+            ),
+        ] {
+            std::fs::write(&file, format!("[[upstream]]\n{bad}\n")).unwrap();
+            let err = Config::load(&args(&["--config", file.to_str().unwrap()])).unwrap_err();
+            assert!(err.to_string().contains(field), "{bad}: {err}");
+        }
+        std::fs::write(
+            &file,
+            "[[upstream]]\nregistry = \"a\"\nendpoint = \"https://x\"\npasword = \"p\"\n",
+        )
+        .unwrap();
+        assert!(Config::from_file(&file).is_err());
     }
 
     #[test]

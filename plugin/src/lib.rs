@@ -12,6 +12,8 @@ pub mod config;
 pub mod digest;
 pub mod extract;
 pub mod labels;
+pub mod mirror;
+pub mod pack;
 pub mod serve;
 pub mod snapshot;
 

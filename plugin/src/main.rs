@@ -26,6 +26,8 @@ enum Command {
     Images(cli::ImagesArgs),
     /// Check every digest and diffID of the archives.
     Verify(cli::VerifyArgs),
+    /// Write a seekable airgap archive of the given images.
+    Pack(cli::PackArgs),
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default: `info` for the daemon,
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
         Command::Serve(serve) => airgap_snapshotter::serve::run(serve),
         Command::Images(a) => cli::images(a),
         Command::Verify(a) => cli::verify(a),
+        Command::Pack(a) => cli::pack(a),
     };
     match result {
         Ok(code) => code,

@@ -131,17 +131,136 @@ impl SeekTable {
     }
 }
 
+/// Writes zstd's seekable format as a stream: data is cut into frames of at
+/// most `frame_size` bytes, and wherever [`SeekableWriter::cut`] is called
+/// (`pack` cuts at blob boundaries, so every blob decompresses on its own).
+/// Frames are compressed `threads` at a time in parallel.
+pub struct SeekableWriter<W: std::io::Write> {
+    out: W,
+    level: i32,
+    frame_size: usize,
+    threads: usize,
+    current: Vec<u8>,
+    pending: Vec<Vec<u8>>,
+    entries: Vec<u8>,
+    written: u64,
+    consumed: u64,
+}
+
+impl<W: std::io::Write> SeekableWriter<W> {
+    pub fn new(out: W, level: i32, frame_size: usize, threads: usize) -> Self {
+        SeekableWriter {
+            out,
+            level,
+            frame_size: frame_size.max(1),
+            threads: threads.max(1),
+            current: Vec::new(),
+            pending: Vec::new(),
+            entries: Vec::new(),
+            written: 0,
+            consumed: 0,
+        }
+    }
+
+    /// Decompressed bytes taken so far.
+    pub fn position(&self) -> u64 {
+        self.consumed
+    }
+
+    /// Compressed bytes written so far.
+    pub fn compressed(&self) -> u64 {
+        self.written
+    }
+
+    /// Ends the current frame here (no-op at a frame boundary).
+    pub fn cut(&mut self) -> std::io::Result<()> {
+        if !self.current.is_empty() {
+            let frame = std::mem::take(&mut self.current);
+            self.pending.push(frame);
+            if self.pending.len() >= self.threads {
+                self.flush_pending()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_pending(&mut self) -> std::io::Result<()> {
+        let level = self.level;
+        let frames = std::mem::take(&mut self.pending);
+        let compressed: Vec<std::io::Result<Vec<u8>>> = if frames.len() == 1 {
+            vec![zstd::bulk::compress(&frames[0], level)]
+        } else {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = frames
+                    .iter()
+                    .map(|f| s.spawn(move || zstd::bulk::compress(f, level)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("zstd compression thread panicked"))
+                    .collect()
+            })
+        };
+        for (frame, c) in frames.iter().zip(compressed) {
+            let c = c?;
+            self.out.write_all(&c)?;
+            self.entries
+                .extend_from_slice(&(c.len() as u32).to_le_bytes());
+            self.entries
+                .extend_from_slice(&(frame.len() as u32).to_le_bytes());
+            self.written += c.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Writes the last frames and the seek table; returns the output.
+    pub fn finish(mut self) -> std::io::Result<W> {
+        self.cut()?;
+        self.flush_pending()?;
+        let num_frames = (self.entries.len() / 8) as u32;
+        self.out.write_all(&SEEK_TABLE_FRAME_MAGIC.to_le_bytes())?;
+        self.out
+            .write_all(&((self.entries.len() as u64 + FOOTER_LEN) as u32).to_le_bytes())?;
+        self.out.write_all(&self.entries)?;
+        self.out.write_all(&num_frames.to_le_bytes())?;
+        self.out.write_all(&[0])?;
+        self.out.write_all(&SEEKABLE_MAGIC.to_le_bytes())?;
+        self.out.flush()?;
+        Ok(self.out)
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for SeekableWriter<W> {
+    fn write(&mut self, mut buf: &[u8]) -> std::io::Result<usize> {
+        let n = buf.len();
+        while !buf.is_empty() {
+            let room = self.frame_size - self.current.len();
+            let take = room.min(buf.len());
+            self.current.extend_from_slice(&buf[..take]);
+            buf = &buf[take..];
+            if self.current.len() == self.frame_size {
+                self.cut()?;
+            }
+        }
+        self.consumed += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Writes `data` as seekable zstd, cutting a frame every `frame_size` bytes
-/// and wherever `boundaries` (decompressed offsets) say. Used by `pack` and
-/// by the test fixtures.
+/// and wherever `boundaries` (decompressed offsets) say.
 pub fn encode(
     data: &[u8],
     frame_size: usize,
     boundaries: &[u64],
     level: i32,
 ) -> std::io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut entries = Vec::new();
+    use std::io::Write;
+    let mut w = SeekableWriter::new(Vec::new(), level, frame_size, 1);
     let mut cuts: Vec<u64> = boundaries
         .iter()
         .copied()
@@ -150,26 +269,13 @@ pub fn encode(
     cuts.push(data.len() as u64);
     cuts.sort_unstable();
     cuts.dedup();
-    let mut start = 0u64;
+    let mut start = 0usize;
     for cut in cuts {
-        while start < cut {
-            let end = (start + frame_size as u64).min(cut);
-            let chunk = &data[start as usize..end as usize];
-            let frame = zstd::bulk::compress(chunk, level)?;
-            entries.extend_from_slice(&(frame.len() as u32).to_le_bytes());
-            entries.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
-            out.extend_from_slice(&frame);
-            start = end;
-        }
+        w.write_all(&data[start..cut as usize])?;
+        w.cut()?;
+        start = cut as usize;
     }
-    let num_frames = (entries.len() / 8) as u32;
-    out.extend_from_slice(&SEEK_TABLE_FRAME_MAGIC.to_le_bytes());
-    out.extend_from_slice(&((entries.len() as u64 + FOOTER_LEN) as u32).to_le_bytes());
-    out.extend_from_slice(&entries);
-    out.extend_from_slice(&num_frames.to_le_bytes());
-    out.push(0);
-    out.extend_from_slice(&SEEKABLE_MAGIC.to_le_bytes());
-    Ok(out)
+    w.finish()
 }
 
 #[cfg(test)]

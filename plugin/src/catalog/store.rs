@@ -19,7 +19,8 @@ use crate::digest::Digest;
 /// How the catalog is set up.
 #[derive(Clone, Debug)]
 pub struct CatalogOptions {
-    /// Directories whose files are archives.
+    /// Directories whose files are archives (an archive file may also be
+    /// named directly).
     pub dirs: Vec<PathBuf>,
     /// Where indexes are persisted (`None`: not persisted).
     pub state_dir: Option<PathBuf>,
@@ -173,20 +174,26 @@ impl Catalog {
         let mut seen = HashSet::new();
         let mut todo = Vec::new();
         for dir in &self.opts.dirs {
-            let entries = match fs::read_dir(dir) {
-                Ok(e) => e,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    tracing::debug!(dir = %dir.display(), "archives directory does not exist (yet)");
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!(dir = %dir.display(), error = %e, "cannot list archives directory");
-                    continue;
+            let paths: Vec<(PathBuf, bool)> = if dir.is_file() {
+                // An archive named directly (one-shot commands).
+                vec![(dir.clone(), false)]
+            } else {
+                match fs::read_dir(dir) {
+                    Ok(entries) => entries
+                        .flatten()
+                        .map(|e| (e.path(), e.file_name().to_string_lossy().starts_with('.')))
+                        .collect(),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        tracing::debug!(dir = %dir.display(), "archives directory does not exist (yet)");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(dir = %dir.display(), error = %e, "cannot list archives directory");
+                        continue;
+                    }
                 }
             };
-            for entry in entries.flatten() {
-                let path = entry.path();
-                let hidden = entry.file_name().to_string_lossy().starts_with('.');
+            for (path, hidden) in paths {
                 let Ok(meta) = fs::metadata(&path) else {
                     continue;
                 };

@@ -1,0 +1,403 @@
+//! The registry mirror: the OCI distribution read API that containerd
+//! reaches through `hosts.toml`, answered from the catalog first and from
+//! the configured upstream registry for what the archives lack.
+//!
+//! - `GET /v2/`: the API check.
+//! - `HEAD`/`GET /v2/<name>/manifests/<tag|digest>?ns=<registry>`: a tag
+//!   resolves from the archives first; only a tag no archive carries is
+//!   asked of the upstream (so an archived tag wins over a newer push
+//!   upstream). A digest is served from the archives if any holds that
+//!   manifest, else from the upstream: this covers digest-pinned references
+//!   to docker-save images, whose archived manifest is synthesized and so
+//!   has another digest.
+//! - `HEAD`/`GET /v2/<name>/blobs/<digest>` with `Range`: archives first,
+//!   then the upstream.
+//!
+//! Request names follow [`request`]: with `ns` the image is `<ns>/<name>`,
+//! without it `<name>` is a whole reference. Content is addressed by digest:
+//! a blob or manifest any archive holds is served under any name.
+
+mod body;
+pub mod error;
+pub mod media;
+pub mod request;
+pub mod upstream;
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+
+use crate::catalog::reference::Reference;
+use crate::catalog::Catalog;
+use crate::digest::Digest;
+
+use body::RangeRequest;
+pub use error::MirrorError;
+use request::Route;
+use upstream::{UpstreamError, Upstreams};
+
+/// The mirror's shared state.
+pub struct Mirror {
+    catalog: Arc<Catalog>,
+    upstreams: Upstreams,
+}
+
+/// A manifest ready to answer with.
+struct Manifest {
+    digest: Digest,
+    media_type: String,
+    bytes: Bytes,
+}
+
+const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
+
+impl Mirror {
+    pub fn new(catalog: Arc<Catalog>, upstreams: Upstreams) -> Arc<Mirror> {
+        Arc::new(Mirror { catalog, upstreams })
+    }
+
+    /// The HTTP service.
+    pub fn router(self: &Arc<Self>) -> axum::Router {
+        axum::Router::new()
+            .fallback(handle)
+            .with_state(self.clone())
+    }
+
+    /// Serves on `listener` until `shutdown` resolves.
+    pub async fn serve(
+        self: &Arc<Self>,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> io::Result<()> {
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+
+    async fn manifest(&self, r: &Reference, headers: &HeaderMap) -> Result<Manifest, MirrorError> {
+        if let Some(m) = self.archived_manifest(r)? {
+            return Ok(m);
+        }
+        if let Some(up) = self.upstreams.for_registry(&r.domain) {
+            if r.digest.is_some() {
+                tracing::info!(image = %r, upstream = %up.endpoint(), "manifest digest not in the archives (a docker-save archive carries a synthesized manifest); asking the upstream");
+            } else {
+                tracing::info!(image = %r, upstream = %up.endpoint(), "tag not in the archives; asking the upstream");
+            }
+            let accept = headers
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.trim().is_empty());
+            match up.manifest(r, accept).await {
+                Ok(Some(m)) => {
+                    return Ok(Manifest {
+                        digest: m.digest,
+                        media_type: m.media_type,
+                        bytes: m.bytes,
+                    })
+                }
+                Ok(None) => {}
+                Err(e) => return Err(upstream_failed(e)),
+            }
+        }
+        Err(self.manifest_miss(r))
+    }
+
+    /// The manifest `r` names, from the archives.
+    fn archived_manifest(&self, r: &Reference) -> Result<Option<Manifest>, MirrorError> {
+        let (digest, listed_type) = match (&r.digest, &r.tag) {
+            (Some(d), _) => (
+                d.parse::<Digest>()
+                    .map_err(|e| MirrorError::DigestInvalid(e.to_string()))?,
+                None,
+            ),
+            (None, Some(_)) => match self.catalog.resolve(&r.to_string()) {
+                Some(info) => (info.entry.digest, Some(info.entry.media_type)),
+                None => return Ok(None),
+            },
+            (None, None) => return Ok(None),
+        };
+        let Some(doc) = self.catalog.document(&digest) else {
+            if listed_type.is_some() {
+                return Err(MirrorError::Internal(format!(
+                    "{r} resolves to {digest}, which no archive holds any more"
+                )));
+            }
+            return Ok(None);
+        };
+        let bytes = Bytes::from(doc.into_bytes());
+        let Some(sniffed) = media::manifest_media_type(&bytes) else {
+            // A config or other document: not a manifest.
+            return Ok(None);
+        };
+        let media_type = listed_type.filter(|t| !t.is_empty()).unwrap_or(sniffed);
+        Ok(Some(Manifest {
+            digest,
+            media_type,
+            bytes,
+        }))
+    }
+
+    /// The 404 for a manifest nobody has: NAME_UNKNOWN when no archive
+    /// carries the repository at all.
+    fn manifest_miss(&self, r: &Reference) -> MirrorError {
+        let repo = format!("{}:", r.repository());
+        let known = self
+            .catalog
+            .images()
+            .iter()
+            .any(|i| i.entry.name.starts_with(&repo));
+        let upstream = if self.upstreams.for_registry(&r.domain).is_some() {
+            " nor upstream"
+        } else {
+            ""
+        };
+        if r.tag.is_some() && !known {
+            MirrorError::NameUnknown(format!(
+                "repository {} is in no archive{upstream}",
+                r.repository()
+            ))
+        } else {
+            MirrorError::ManifestUnknown(format!("{r} is in no archive{upstream}"))
+        }
+    }
+
+    async fn blob(
+        &self,
+        r: &Reference,
+        digest: Digest,
+        headers: &HeaderMap,
+        head: bool,
+    ) -> Result<Response, MirrorError> {
+        if let Some(size) = self.catalog.blob_size(&digest) {
+            return self.archived_blob(digest, size, headers, head).await;
+        }
+        let Some(up) = self.upstreams.for_registry(&r.domain) else {
+            return Err(MirrorError::BlobUnknown(format!(
+                "blob {digest} is in no archive"
+            )));
+        };
+        tracing::info!(%digest, repository = %r.repository(), upstream = %up.endpoint(), "blob not in the archives; asking the upstream");
+        let missing =
+            || MirrorError::BlobUnknown(format!("blob {digest} is in no archive nor upstream"));
+        if head {
+            let size = up
+                .blob_size(r, &digest)
+                .await
+                .map_err(upstream_failed)?
+                .ok_or_else(missing)?;
+            return Ok(blob_response(
+                StatusCode::OK,
+                digest,
+                Some(size),
+                None,
+                Body::empty(),
+            ));
+        }
+        let blob = up
+            .blob(r, &digest, headers.get(header::RANGE))
+            .await
+            .map_err(upstream_failed)?
+            .ok_or_else(missing)?;
+        let status = if blob.content_range.is_some() {
+            StatusCode::PARTIAL_CONTENT
+        } else {
+            StatusCode::OK
+        };
+        Ok(blob_response(
+            status,
+            digest,
+            blob.content_length,
+            blob.content_range,
+            blob.body,
+        ))
+    }
+
+    async fn archived_blob(
+        &self,
+        digest: Digest,
+        size: u64,
+        headers: &HeaderMap,
+        head: bool,
+    ) -> Result<Response, MirrorError> {
+        let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+        let range = body::parse_range(range, size);
+        if head {
+            return Ok(blob_response(
+                StatusCode::OK,
+                digest,
+                Some(size),
+                None,
+                Body::empty(),
+            ));
+        }
+        let catalog = self.catalog.clone();
+        let what = digest.to_string();
+        match range {
+            RangeRequest::Unsatisfiable => Err(MirrorError::RangeNotSatisfiable { size }),
+            RangeRequest::Whole => {
+                // Sequential and checked as it is read; for a compressed
+                // archive the blob is decompressed once into the layer cache,
+                // however many pulls ask for it at the same time.
+                let reader = tokio::task::spawn_blocking(move || catalog.open_blob(&digest))
+                    .await
+                    .map_err(|e| MirrorError::internal("blob reader task", e))?
+                    .map_err(|e| blob_open_error(digest, e))?;
+                Ok(blob_response(
+                    StatusCode::OK,
+                    digest,
+                    Some(size),
+                    None,
+                    body::from_reader(reader, what),
+                ))
+            }
+            RangeRequest::Part { start, len } => {
+                // Random access, every byte checked once before serving.
+                let reader = tokio::task::spawn_blocking(move || catalog.blob_reader(&digest))
+                    .await
+                    .map_err(|e| MirrorError::internal("blob reader task", e))?
+                    .map_err(|e| blob_open_error(digest, e))?;
+                let content_range =
+                    HeaderValue::from_str(&format!("bytes {start}-{}/{size}", start + len - 1))
+                        .map_err(|e| MirrorError::internal("content range", e))?;
+                Ok(blob_response(
+                    StatusCode::PARTIAL_CONTENT,
+                    digest,
+                    Some(len),
+                    Some(content_range),
+                    body::from_range(reader, start, len, what),
+                ))
+            }
+        }
+    }
+}
+
+/// The one request handler: method, path, then the lookup.
+async fn handle(
+    State(mirror): State<Arc<Mirror>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let head = method == Method::HEAD;
+    if method != Method::GET && !head {
+        return MirrorError::Unsupported(format!(
+            "{method} is not supported: this mirror is read-only"
+        ))
+        .into_response();
+    }
+    let result = match request::parse(uri.path(), uri.query()) {
+        Err(e) => Err(e),
+        Ok(Route::Base) => Ok(base()),
+        Ok(Route::Manifest(r)) => match mirror.manifest(&r, &headers).await {
+            Ok(m) => manifest_response(m, &headers, head),
+            Err(e) => Err(e),
+        },
+        Ok(Route::Blob(r, digest)) => mirror.blob(&r, digest, &headers, head).await,
+    };
+    let response = result.unwrap_or_else(|e| e.into_response());
+    tracing::debug!(%method, path = %uri.path(), status = response.status().as_u16(), "mirror request");
+    response
+}
+
+fn base() -> Response {
+    let mut resp = (StatusCode::OK, "{}").into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static("registry/2.0"),
+    );
+    resp
+}
+
+fn manifest_response(
+    m: Manifest,
+    headers: &HeaderMap,
+    head: bool,
+) -> Result<Response, MirrorError> {
+    if !media::accepts(headers, &m.media_type) {
+        return Err(MirrorError::ManifestUnknown(format!(
+            "{} is held only as {}, which the request does not accept",
+            m.digest, m.media_type
+        )));
+    }
+    let len = m.bytes.len() as u64;
+    let body = if head {
+        Body::empty()
+    } else {
+        Body::from(m.bytes)
+    };
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(&m.media_type).map_err(|e| MirrorError::internal("media type", e))?,
+    );
+    common_headers(h, m.digest, Some(len));
+    Ok(resp)
+}
+
+fn blob_response(
+    status: StatusCode,
+    digest: Digest,
+    len: Option<u64>,
+    content_range: Option<HeaderValue>,
+    body: Body,
+) -> Response {
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Some(cr) = content_range {
+        h.insert(header::CONTENT_RANGE, cr);
+    }
+    common_headers(h, digest, len);
+    resp
+}
+
+fn common_headers(h: &mut HeaderMap, digest: Digest, len: Option<u64>) {
+    let d = HeaderValue::from_str(&digest.to_string()).expect("a digest is a header value");
+    h.insert(DOCKER_CONTENT_DIGEST, d.clone());
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{digest}\"")) {
+        h.insert(header::ETAG, etag);
+    }
+    if let Some(len) = len {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+}
+
+fn blob_open_error(digest: Digest, e: io::Error) -> MirrorError {
+    if e.kind() == io::ErrorKind::NotFound {
+        MirrorError::BlobUnknown(format!("blob {digest} is in no archive"))
+    } else {
+        MirrorError::internal(&format!("opening blob {digest}"), e)
+    }
+}
+
+/// Logs an upstream failure (one clear line, no credentials) and turns it
+/// into the mirror's answer.
+fn upstream_failed(e: UpstreamError) -> MirrorError {
+    if e.is_unreachable() {
+        tracing::warn!(error = %e, "upstream registry is down or unreachable; only archived images are served");
+    } else {
+        tracing::warn!(error = %e, "upstream registry request failed");
+    }
+    MirrorError::Upstream(e.to_string())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,494 @@
+//! The router in-process: a real catalog over generated archives, requests
+//! through `tower::ServiceExt::oneshot`.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::body::{to_bytes, Body};
+use axum::http::{Request, StatusCode};
+use tower::ServiceExt;
+
+use super::*;
+use crate::catalog::index::{MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST};
+use crate::catalog::CatalogOptions;
+use crate::testsupport::*;
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    let old = std::time::SystemTime::now() - Duration::from_secs(60);
+    std::fs::File::options()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+}
+
+fn catalog(dir: &Path) -> Arc<Catalog> {
+    Catalog::open(CatalogOptions {
+        dirs: vec![dir.to_path_buf()],
+        settle: Duration::ZERO,
+        cache_bytes: 64 << 20,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+fn spec() -> ImageSpec {
+    ImageSpec::new(vec![
+        layer_tar(&[("bin/busybox", &busybox_bytes())]),
+        layer_tar(&[("etc/hello", b"hello\n")]),
+    ])
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name} header in {:?}", self.headers))
+            .to_str()
+            .unwrap()
+    }
+
+    fn error_code(&self) -> String {
+        let v: serde_json::Value = serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("error body {:?}: {e}", self.body));
+        v["errors"][0]["code"].as_str().unwrap().to_string()
+    }
+}
+
+async fn call(router: &axum::Router, method: &str, uri: &str, headers: &[(&str, &str)]) -> Answer {
+    let mut req = Request::builder().method(method).uri(uri);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = router
+        .clone()
+        .oneshot(req.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn mirror_over(dir: &Path) -> (Arc<Catalog>, axum::Router) {
+    let c = catalog(dir);
+    let m = Mirror::new(c.clone(), Upstreams::default());
+    (c, m.router())
+}
+
+const NAME: &str = "/v2/library/busybox";
+const NS: &str = "?ns=docker.io";
+
+#[tokio::test]
+async fn manifests_by_tag_and_digest_with_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (oci, built) = OciLayout::single("busybox:1.36", &spec());
+    write(dir.path(), "a.tar", &oci.to_tar());
+    let (_c, router) = mirror_over(dir.path());
+    let manifest_bytes = oci.blobs[&built.manifest].clone();
+
+    let base = call(&router, "GET", "/v2/", &[]).await;
+    assert_eq!(base.status, StatusCode::OK);
+    assert_eq!(
+        base.header("docker-distribution-api-version"),
+        "registry/2.0"
+    );
+
+    for (uri, accept) in [
+        (format!("{NAME}/manifests/1.36{NS}"), None),
+        (
+            format!("{NAME}/manifests/{}{NS}", built.manifest),
+            Some(media::ACCEPT_ALL_MANIFESTS),
+        ),
+        // Without ns the name is a whole reference.
+        ("/v2/busybox/manifests/1.36".to_string(), Some("*/*")),
+    ] {
+        let headers: Vec<(&str, &str)> = accept.iter().map(|a| ("accept", *a)).collect();
+        for method in ["GET", "HEAD"] {
+            let a = call(&router, method, &uri, &headers).await;
+            assert_eq!(a.status, StatusCode::OK, "{method} {uri}");
+            assert_eq!(a.header("content-type"), MEDIA_OCI_MANIFEST);
+            assert_eq!(
+                a.header("docker-content-digest"),
+                built.manifest.to_string()
+            );
+            assert_eq!(a.header("content-length"), manifest_bytes.len().to_string());
+            if method == "GET" {
+                assert_eq!(a.body, manifest_bytes);
+            } else {
+                assert!(a.body.is_empty());
+            }
+        }
+    }
+
+    // Accept that excludes what we hold: a 404 so containerd tries elsewhere.
+    let a = call(
+        &router,
+        "GET",
+        &format!("{NAME}/manifests/1.36{NS}"),
+        &[(
+            "accept",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        )],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert_eq!(a.error_code(), "MANIFEST_UNKNOWN");
+
+    // A config is a document but no manifest.
+    let a = call(
+        &router,
+        "GET",
+        &format!("{NAME}/manifests/{}{NS}", built.config),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.error_code().as_str()),
+        (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN")
+    );
+    // Another tag of a known repository; an unknown repository.
+    let a = call(&router, "GET", &format!("{NAME}/manifests/9{NS}"), &[]).await;
+    assert_eq!(
+        (a.status, a.error_code().as_str()),
+        (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN")
+    );
+    let a = call(
+        &router,
+        "GET",
+        "/v2/library/nginx/manifests/1?ns=docker.io",
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.error_code().as_str()),
+        (StatusCode::NOT_FOUND, "NAME_UNKNOWN")
+    );
+    // The same name under another registry is another image.
+    let a = call(
+        &router,
+        "HEAD",
+        &format!("{NAME}/manifests/1.36?ns=quay.io"),
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    let a = call(
+        &router,
+        "GET",
+        &format!("{NAME}/manifests/sha256:123{NS}"),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.error_code().as_str()),
+        (StatusCode::BAD_REQUEST, "DIGEST_INVALID")
+    );
+    let a = call(&router, "GET", "/v2/UPPER/manifests/1", &[]).await;
+    assert_eq!(
+        (a.status, a.error_code().as_str()),
+        (StatusCode::BAD_REQUEST, "NAME_INVALID")
+    );
+    let a = call(&router, "PUT", &format!("{NAME}/manifests/1.36{NS}"), &[]).await;
+    assert_eq!(
+        (a.status, a.error_code().as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED")
+    );
+    let a = call(
+        &router,
+        "DELETE",
+        &format!("{NAME}/blobs/{}", built.config),
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn index_media_type_and_docker_save() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spec();
+    let mut arm = spec();
+    arm.arch = "arm64";
+    arm.layers[1] = layer_tar(&[("etc/hello", b"arm\n")]);
+    let mut oci = OciLayout::default();
+    let a = oci.add_image(&s);
+    let b = oci.add_image(&arm);
+    let (index, size) = oci.add_index(&[(&s, &a), (&arm, &b)]);
+    oci.tag("example.com/multi:1", index, size, true);
+    write(dir.path(), "multi.tar", &oci.to_tar());
+    write(
+        dir.path(),
+        "saved.tar.gz",
+        &wrap(&docker_save(&s, &["example.com/tools/saved:2"]), Wrap::Gzip),
+    );
+    let (c, router) = mirror_over(dir.path());
+
+    let m = call(&router, "GET", "/v2/multi/manifests/1?ns=example.com", &[]).await;
+    assert_eq!(m.status, StatusCode::OK);
+    assert_eq!(m.header("content-type"), MEDIA_OCI_INDEX);
+    assert_eq!(m.header("docker-content-digest"), index.to_string());
+    let m = call(
+        &router,
+        "GET",
+        &format!("/v2/multi/manifests/{}?ns=example.com", b.manifest),
+        &[],
+    )
+    .await;
+    assert_eq!(m.header("content-type"), MEDIA_OCI_MANIFEST);
+
+    // docker-save: the synthesized manifest by tag, then its blobs.
+    let saved = c.resolve("example.com/tools/saved:2").unwrap().entry;
+    let m = call(
+        &router,
+        "GET",
+        "/v2/tools/saved/manifests/2?ns=example.com",
+        &[],
+    )
+    .await;
+    assert_eq!(m.status, StatusCode::OK);
+    assert_eq!(m.header("docker-content-digest"), saved.digest.to_string());
+    let doc: serde_json::Value = serde_json::from_slice(&m.body).unwrap();
+    for d in doc["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain([&doc["config"]])
+    {
+        let digest = d["digest"].as_str().unwrap();
+        let blob = call(
+            &router,
+            "GET",
+            &format!("/v2/tools/saved/blobs/{digest}?ns=example.com"),
+            &[],
+        )
+        .await;
+        assert_eq!(blob.status, StatusCode::OK);
+        assert_eq!(Digest::of(&blob.body).to_string(), digest);
+        assert_eq!(
+            blob.header("content-length"),
+            d["size"].as_u64().unwrap().to_string()
+        );
+    }
+}
+
+#[tokio::test]
+async fn blobs_whole_ranges_and_misses() {
+    let dir = tempfile::tempdir().unwrap();
+    let (oci, built) = OciLayout::single("busybox:1.36", &spec());
+    write(
+        dir.path(),
+        "a.tar.zst",
+        &wrap(&oci.to_tar(), Wrap::Seekable),
+    );
+    let (_c, router) = mirror_over(dir.path());
+    let layer = built.layers[0];
+    let data = oci.blobs[&layer].clone();
+    let uri = format!("{NAME}/blobs/{layer}{NS}");
+
+    let a = call(&router, "GET", &uri, &[]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.body, data);
+    assert_eq!(a.header("content-length"), data.len().to_string());
+    assert_eq!(a.header("docker-content-digest"), layer.to_string());
+    assert_eq!(a.header("content-type"), "application/octet-stream");
+
+    let a = call(&router, "HEAD", &uri, &[]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.header("content-length"), data.len().to_string());
+    assert!(a.body.is_empty());
+
+    let n = data.len();
+    for (range, start, end) in [
+        ("bytes=0-99".to_string(), 0, 99),
+        (format!("bytes={}-", n - 10), n - 10, n - 1),
+        ("bytes=-5".to_string(), n - 5, n - 1),
+        (format!("bytes=1000-{}", n + 1000), 1000, n - 1),
+    ] {
+        let a = call(&router, "GET", &uri, &[("range", &range)]).await;
+        assert_eq!(a.status, StatusCode::PARTIAL_CONTENT, "{range}");
+        assert_eq!(
+            a.header("content-range"),
+            format!("bytes {start}-{end}/{n}")
+        );
+        assert_eq!(a.header("content-length"), (end - start + 1).to_string());
+        assert_eq!(a.body, data[start..=end], "{range}");
+    }
+    let a = call(&router, "GET", &uri, &[("range", &format!("bytes={n}-"))]).await;
+    assert_eq!(a.status, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(a.header("content-range"), format!("bytes */{n}"));
+
+    // The config and manifest are blobs too.
+    let a = call(
+        &router,
+        "GET",
+        &format!("{NAME}/blobs/{}{NS}", built.config),
+        &[],
+    )
+    .await;
+    assert_eq!(Digest::of(&a.body), built.config);
+
+    let unknown = Digest::of(b"nothing");
+    let a = call(&router, "HEAD", &format!("{NAME}/blobs/{unknown}{NS}"), &[]).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    let a = call(&router, "GET", &format!("{NAME}/blobs/{unknown}{NS}"), &[]).await;
+    assert_eq!(
+        (a.status, a.error_code().as_str()),
+        (StatusCode::NOT_FOUND, "BLOB_UNKNOWN")
+    );
+    let a = call(&router, "GET", &format!("{NAME}/blobs/sha256:XYZ{NS}"), &[]).await;
+    assert_eq!(
+        (a.status, a.error_code().as_str()),
+        (StatusCode::BAD_REQUEST, "DIGEST_INVALID")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_pulls_of_a_blob_decompress_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (oci, built) = OciLayout::single("busybox:1.36", &spec());
+    write(dir.path(), "a.tar.gz", &wrap(&oci.to_tar(), Wrap::Gzip));
+    let (c, router) = mirror_over(dir.path());
+    let layer = built.layers[0];
+    let uri = format!("{NAME}/blobs/{layer}{NS}");
+    let pulls: Vec<_> = (0..8)
+        .map(|i| {
+            let (router, uri) = (router.clone(), uri.clone());
+            tokio::spawn(async move {
+                let range = if i % 2 == 0 { "" } else { "bytes=10-" };
+                let headers: Vec<(&str, &str)> = if range.is_empty() {
+                    vec![]
+                } else {
+                    vec![("range", range)]
+                };
+                call(&router, "GET", &uri, &headers).await
+            })
+        })
+        .collect();
+    for p in pulls {
+        let a = p.await.unwrap();
+        assert!(a.status.is_success());
+        let whole = &oci.blobs[&layer];
+        let expect = if a.status == StatusCode::OK {
+            &whole[..]
+        } else {
+            &whole[10..]
+        };
+        assert_eq!(a.body, expect);
+    }
+    assert_eq!(
+        c.stats().cache_misses.load(Ordering::Relaxed),
+        1,
+        "one fill for every pull"
+    );
+}
+
+#[tokio::test]
+async fn bad_bytes_are_never_served_and_paths_never_leak() {
+    let dir = tempfile::tempdir().unwrap();
+    // Big enough not to be verified while indexing (larger than MAX_JSON).
+    let big: Vec<u8> = (0..9_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
+        .collect();
+    let mut s = spec();
+    s.compression = LayerCompression::None;
+    s.layers[0] = layer_tar(&[("big", &big)]);
+    let (oci, built) = OciLayout::single("busybox:1.36", &s);
+    write(dir.path(), "a.tar", &oci.to_tar());
+    let (_c, router) = mirror_over(dir.path());
+    // Corrupt the layer in place (same file, so the catalog keeps its index).
+    let path = dir.path().join("a.tar");
+    let bytes = std::fs::read(&path).unwrap();
+    let layer = &oci.blobs[&built.layers[0]];
+    let at = bytes
+        .windows(64)
+        .position(|w| w == &layer[4096..4160])
+        .unwrap();
+    use std::os::unix::fs::FileExt;
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .write_all_at(&[bytes[at] ^ 0xff], at as u64)
+        .unwrap();
+
+    let uri = format!("{NAME}/blobs/{}{NS}", built.layers[0]);
+    let a = call(&router, "GET", &uri, &[("range", "bytes=0-10")]).await;
+    assert_eq!(
+        (a.status, a.error_code().as_str()),
+        (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN")
+    );
+    let text = String::from_utf8_lossy(&a.body);
+    assert!(!text.contains(dir.path().to_str().unwrap()), "{text}");
+    // The whole blob streams, and ends in an error instead of EOF.
+    let resp = router
+        .clone()
+        .oneshot(Request::get(&uri).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(to_bytes(resp.into_body(), usize::MAX).await.is_err());
+}
+
+/// Over a real socket: HEAD keeps its Content-Length (containerd needs it).
+#[tokio::test]
+async fn head_over_http_keeps_content_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let (oci, built) = OciLayout::single("busybox:1.36", &spec());
+    write(dir.path(), "a.tar", &oci.to_tar());
+    let m = Mirror::new(catalog(dir.path()), Upstreams::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn({
+        let m = m.clone();
+        async move {
+            m.serve(listener, async {
+                let _ = rx.await;
+            })
+            .await
+        }
+    });
+    let client = reqwest::Client::new();
+    let layer = built.layers[0];
+    let resp = client
+        .head(format!("http://{addr}{NAME}/blobs/{layer}{NS}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["content-length"].to_str().unwrap(),
+        oci.blobs[&layer].len().to_string()
+    );
+    let resp = client
+        .head(format!("http://{addr}{NAME}/manifests/1.36{NS}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()["content-length"].to_str().unwrap(),
+        built.manifest_size.to_string()
+    );
+    assert_eq!(
+        resp.headers()["docker-content-digest"].to_str().unwrap(),
+        built.manifest.to_string()
+    );
+    tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}

@@ -13,7 +13,6 @@ pub mod digest;
 pub mod extract;
 pub mod labels;
 pub mod mirror;
-pub mod mirror;
 pub mod pack;
 pub mod serve;
 pub mod snapshot;

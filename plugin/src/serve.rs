@@ -1,6 +1,6 @@
 //! `airgap-snapshotter serve`: the daemon. Loads the configuration, opens the
-//! snapshotter, serves containerd's snapshots API on a unix socket until
-//! SIGTERM or SIGINT.
+//! snapshotter, serves containerd's snapshots API on a unix socket and the
+//! registry mirror on its TCP address until SIGTERM or SIGINT.
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
@@ -14,7 +14,9 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::catalog::{Catalog, CatalogOptions, LayerSource};
-use crate::config::{Config, ServeArgs};
+use crate::config::{Config, MirrorListen, ServeArgs};
+use crate::mirror::upstream::Upstreams;
+use crate::mirror::Mirror;
 use crate::snapshot::service::SnapshotService;
 use crate::snapshot::{blocking, Snapshotter};
 
@@ -53,6 +55,8 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     tracing::info!(archives = catalog.archives().len(), images, "catalog ready");
     // Watches the archive directories until `serve` returns.
     let _watch = catalog.watch();
+    let upstreams = Upstreams::new(&config.upstream).context("set up the upstream registries")?;
+    let mirror = Mirror::new(catalog.clone(), upstreams);
     let source: Option<Arc<dyn LayerSource>> = Some(catalog);
 
     let root = config.root.clone();
@@ -60,20 +64,65 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("open snapshotter state in {}", config.root.display()))?;
 
+    let mirror_listener = match config.mirror_listen {
+        MirrorListen::Off => None,
+        MirrorListen::Addr(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("bind the registry mirror to {addr} (mirror_listen)"))?,
+        ),
+    };
     let listener = bind_socket(&config.socket)?;
     tracing::info!(socket = %config.socket.display(), "serving containerd snapshots API");
 
+    // One signal stops both servers.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    tokio::spawn({
+        let stop_tx = stop_tx.clone();
+        async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        }
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let mirror_task = mirror_listener.map(|l| {
+        let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(listen = %addr, upstreams = config.upstream.len(), "serving the registry mirror");
+        let shutdown = stopped(stop_rx.clone());
+        tokio::spawn(async move { mirror.serve(l, shutdown).await })
+    });
+
     let result = tonic::transport::Server::builder()
         .add_service(SnapshotService::new(snapshotter).into_server())
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped(stop_rx))
         .await;
     if let Err(err) = fs::remove_file(&config.socket) {
         tracing::warn!(socket = %config.socket.display(), error = %err, "could not remove socket");
+    }
+    // Also when the snapshots server failed: stop the mirror, giving
+    // transfers in flight a moment to finish.
+    let _ = stop_tx.send(true);
+    if let Some(mut task) = mirror_task {
+        match tokio::time::timeout(MIRROR_DRAIN, &mut task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(err))) => tracing::error!(error = %err, "registry mirror failed"),
+            Ok(Err(err)) => tracing::error!(error = %err, "registry mirror task failed"),
+            Err(_) => {
+                tracing::warn!("registry mirror transfers still running at shutdown; cut off");
+                task.abort();
+            }
+        }
     }
     result.context("serve the snapshots API")?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
+
+/// How long blob transfers in flight may run on after the stop signal.
+const MIRROR_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Binds the unix socket: its directory is created 0700 if missing, a stale
 /// socket (nobody listening) is replaced, the socket is made 0600.

@@ -15,6 +15,7 @@ pub mod labels;
 pub mod mirror;
 pub mod pack;
 pub mod serve;
+pub mod setup;
 pub mod snapshot;
 
 #[cfg(test)]

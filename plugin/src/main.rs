@@ -28,6 +28,9 @@ enum Command {
     Verify(cli::VerifyArgs),
     /// Write a seekable airgap archive of the given images.
     Pack(cli::PackArgs),
+    /// Print the containerd config.toml fragment and hosts.toml for this
+    /// daemon (--write DIR writes the hosts.toml files).
+    Config(airgap_snapshotter::setup::ConfigArgs),
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default: `info` for the daemon,
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
         Command::Images(a) => cli::images(a),
         Command::Verify(a) => cli::verify(a),
         Command::Pack(a) => cli::pack(a),
+        Command::Config(a) => airgap_snapshotter::setup::run(a),
     };
     match result {
         Ok(code) => code,

@@ -108,3 +108,95 @@ fn chain_ids_match_containerd() -> Result<()> {
     ])?;
     Ok(())
 }
+
+/// A packed archive is still an ordinary `.tar.zst`: `zstd -d | tar -t`
+/// reads it and containerd's own `ctr images import` imports it, with the
+/// same manifest digest.
+#[test]
+fn packed_archives_work_with_zstd_tar_and_ctr_import() -> Result<()> {
+    if !can_run("packed_archives_work_with_zstd_tar_and_ctr_import") {
+        return Ok(());
+    }
+    let _serial = serial()?;
+    let work = TestDir::new("catalog-pack")?;
+    let src = work.path().join("src");
+    std::fs::create_dir_all(&src)?;
+    let built = image::write_oci_archive(
+        &ImageSpec {
+            name: "example.test/pack/check:v2".into(),
+            tag: "v2".into(),
+            layers: image::sample_layers("pack")?,
+        },
+        &src.join("in.tar"),
+    )?;
+    let packed = work.path().join("out.tar.zst");
+    let bin = airgap_integration::daemon::binary()?;
+    let out = Command::new(&bin)
+        .arg("pack")
+        .arg("-o")
+        .arg(&packed)
+        .arg("--from")
+        .arg(&src)
+        .arg("example.test/pack/check:v2")
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "pack failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let listing = Command::new("sh")
+        .arg("-c")
+        .arg(format!("zstd -dc '{}' | tar -t", packed.display()))
+        .output()?;
+    ensure!(listing.status.success(), "zstd -d | tar -t failed");
+    let names = String::from_utf8_lossy(&listing.stdout);
+    ensure!(
+        names.lines().any(|l| l == "index.json"),
+        "no index.json in {names}"
+    );
+    let manifest_blob = format!(
+        "blobs/sha256/{}",
+        built.manifest_digest.trim_start_matches("sha256:")
+    );
+    ensure!(
+        names.lines().any(|l| l == manifest_blob),
+        "manifest blob missing: {names}"
+    );
+
+    let daemon = Daemon::start()?;
+    let containerd = PrivateContainerd::start(daemon.socket(), &ContainerdOptions::default())?;
+    // containerd 1.6's import reads a plain tar (2.x also decompresses):
+    // it gets the decompressed stream, as k3s does with a .tar.zst.
+    let import = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "zstd -dc '{}' | ctr --address '{}' -n default images import --snapshotter overlayfs -",
+            packed.display(),
+            containerd.address().display()
+        ))
+        .output()?;
+    ensure!(
+        import.status.success(),
+        "ctr import failed: {}",
+        String::from_utf8_lossy(&import.stderr)
+    );
+    let images = containerd.ctr(&["-n", "default", "images", "ls"])?;
+    let row = images
+        .lines()
+        .find(|l| l.starts_with("example.test/pack/check:v2"))
+        .with_context(|| format!("ctr did not import the image: {images}"))?;
+    ensure!(
+        row.contains(&built.manifest_digest),
+        "digest changed: {row}"
+    );
+    containerd.ctr(&[
+        "-n",
+        "default",
+        "images",
+        "rm",
+        "--sync",
+        "example.test/pack/check:v2",
+    ])?;
+    Ok(())
+}

@@ -429,9 +429,41 @@ impl Catalog {
             return Ok(Box::new(io::Cursor::new(doc.into_bytes())));
         }
         let archive = self.archive_with(digest)?;
+        let what = archive.index.path.display().to_string();
+        let container = archive.index.container;
+        let streamed = !matches!(container, Container::Tar | Container::SeekableZstd);
+        if streamed && self.cache.get(digest).is_none() {
+            // Read once, in order (a layer being extracted): decompress
+            // straight through, with no copy in the cache, which is for
+            // random access.
+            let loc = archive.index.blobs[digest];
+            let stream = Counted {
+                inner: container::decoder(
+                    FileAt {
+                        file: archive.file.clone(),
+                        pos: 0,
+                    },
+                    container,
+                )?,
+                stats: self.stats.clone(),
+            };
+            let mut stream = stream;
+            let skipped = io::copy(&mut (&mut stream).take(loc.offset), &mut io::sink())?;
+            if skipped != loc.offset {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("{what} ends before blob {digest}"),
+                ));
+            }
+            return Ok(Box::new(VerifyingReader::new(
+                stream.take(loc.size),
+                *digest,
+                loc.size,
+                what,
+            )));
+        }
         let reader = self.raw_reader(&archive, digest)?;
         let size = reader.size();
-        let what = archive.index.path.display().to_string();
         Ok(Box::new(VerifyingReader::new(
             SequentialReader::new(reader),
             *digest,
@@ -536,6 +568,22 @@ impl BlobReader for Pinned {
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         self.reader.read_at(buf, offset)
+    }
+}
+
+/// Counts what a decoder produces into [`Stats::decompressed`].
+struct Counted {
+    inner: Box<dyn Read + Send>,
+    stats: Arc<Stats>,
+}
+
+impl Read for Counted {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.stats
+            .decompressed
+            .fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
     }
 }
 

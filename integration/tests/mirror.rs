@@ -1,0 +1,532 @@
+//! End-to-end tests of the registry mirror: a private containerd whose
+//! hosts directory (written by `airgap-snapshotter config --write`) puts the
+//! daemon's mirror first and a real `docker-registry` last.
+//!
+//! - An archived image (OCI layout, and a docker-save archive) pulls with
+//!   `ctr images pull --hosts-dir` and through CRI with no blob, and no
+//!   request at all, reaching the registry; it has the archive's manifest
+//!   digest and runs.
+//! - An image only in the registry pulls through the mirror's upstream
+//!   fallback; with the registry's htpasswd auth only the daemon holds the
+//!   credentials, so the pull cannot have gone around the mirror.
+//! - With the registry gone, archived images still pull (CRI and ctr) and
+//!   the daemon logs that the upstream is down.
+//!
+//! Root only, serialized with the other end-to-end tests, every part
+//! stopped and removed on drop.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+
+use airgap_integration::containerd::{ContainerdOptions, K8S_NS, SNAPSHOTTER};
+use airgap_integration::image::{self, BuiltImage, ImageSpec, SAMPLE_CHECK, SAMPLE_EXPECTED};
+use airgap_integration::process::{self, Proc};
+use airgap_integration::registry::{http_status, parse_access_line};
+use airgap_integration::{
+    can_run, daemon, free_port, serial, CriClient, PrivateContainerd, TestDir,
+};
+
+const USER: &str = "airgap";
+const PASSWORD: &str = "not-a-real-secret-7f3a";
+
+/// `docker-registry` on loopback, optionally behind htpasswd basic auth.
+struct TestRegistry {
+    proc: Option<Proc>,
+    port: u16,
+    log: PathBuf,
+    auth: bool,
+    dir: TestDir,
+}
+
+impl TestRegistry {
+    fn start(auth: bool) -> Result<Self> {
+        let dir = TestDir::new("mirror-registry")?;
+        let port = free_port()?;
+        let storage = dir.path().join("storage");
+        std::fs::create_dir_all(&storage)?;
+        let mut auth_yaml = String::new();
+        if auth {
+            let htpasswd = dir.path().join("htpasswd");
+            process::run(
+                Command::new("htpasswd")
+                    .args(["-Bbc"])
+                    .arg(&htpasswd)
+                    .args([USER, PASSWORD]),
+                Duration::from_secs(30),
+            )?;
+            auth_yaml = format!(
+                "auth:\n  htpasswd:\n    realm: airgap-test\n    path: {}\n",
+                htpasswd.display()
+            );
+        }
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\n\
+                 log:\n  level: warn\n  accesslog:\n    disabled: false\n\
+                 storage:\n  filesystem:\n    rootdirectory: {}\n\
+                 http:\n  addr: 127.0.0.1:{port}\n{auth_yaml}",
+                storage.display()
+            ),
+        )?;
+        let log = dir.path().join("registry.log");
+        let mut proc = Proc::spawn(
+            "docker-registry",
+            Command::new("docker-registry").arg("serve").arg(&config),
+            &log,
+        )?;
+        let want = if auth { 401 } else { 200 };
+        process::wait_until("docker-registry to answer", Duration::from_secs(30), || {
+            proc.check_running()?;
+            Ok(http_status(port, "/v2/").ok() == Some(want))
+        })?;
+        Ok(Self {
+            proc: Some(proc),
+            port,
+            log,
+            auth,
+            dir,
+        })
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn push(&self, archive: &Path, tag: &str, repo: &str) -> Result<()> {
+        let mut cmd = Command::new("skopeo");
+        cmd.args(["copy", "--quiet", "--dest-tls-verify=false"]);
+        if self.auth {
+            cmd.arg(format!("--dest-creds={USER}:{PASSWORD}"));
+        }
+        cmd.arg(format!("oci-archive:{}:{tag}", archive.display()))
+            .arg(format!("docker://{}/{repo}", self.host()));
+        process::run(&mut cmd, Duration::from_secs(120))?;
+        Ok(())
+    }
+
+    /// Raw access-log lines (they end with the user agent).
+    fn access(&self) -> Vec<String> {
+        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default())
+            .lines()
+            .filter(|l| parse_access_line(l).is_some())
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn stop(&mut self) -> Result<()> {
+        if let Some(mut p) = self.proc.take() {
+            p.stop(process::STOP_TIMEOUT)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TestRegistry {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let a = self.access();
+            eprintln!(
+                "---- registry access log {} ----\n{}",
+                self.log.display(),
+                a[a.len().saturating_sub(40)..].join("\n")
+            );
+        }
+        if let Some(mut p) = self.proc.take() {
+            if let Err(e) = p.stop(process::STOP_TIMEOUT) {
+                eprintln!("warning: stopping docker-registry: {e:#}");
+            }
+        }
+        let _ = self.dir.path();
+    }
+}
+
+/// `airgap-snapshotter serve` with its mirror on a free loopback port and
+/// a config file (the `[[upstream]]` tables).
+struct MirrorDaemon {
+    proc: Option<Proc>,
+    socket: PathBuf,
+    archives: PathBuf,
+    port: u16,
+    log: PathBuf,
+    dir: TestDir,
+}
+
+impl MirrorDaemon {
+    fn start(archives: &[&Path], config: &str) -> Result<Self> {
+        let dir = TestDir::new("mirror-daemon")?;
+        let archives_dir = dir.path().join("archives");
+        std::fs::create_dir_all(&archives_dir)?;
+        for a in archives {
+            std::fs::copy(a, archives_dir.join(a.file_name().context("no file name")?))?;
+        }
+        let config_file = dir.path().join("config.toml");
+        std::fs::write(&config_file, config)?;
+        let port = free_port()?;
+        let socket = dir.path().join("snap.sock");
+        let log = dir.path().join("daemon.log");
+        let mut proc = Proc::spawn(
+            "airgap-snapshotter",
+            Command::new(daemon::binary()?)
+                .env("RUST_LOG", "debug,h2=info,hyper=info,hyper_util=info,tower=info,tonic=info,reqwest=info,rustls=info")
+                .env("NO_COLOR", "1")
+                .arg("serve")
+                .arg("--config")
+                .arg(&config_file)
+                .arg("--root")
+                .arg(dir.path().join("root"))
+                .arg("--socket")
+                .arg(&socket)
+                .arg("--archives")
+                .arg(&archives_dir)
+                .arg("--mirror-listen")
+                .arg(format!("127.0.0.1:{port}")),
+            &log,
+        )?;
+        let s = socket.clone();
+        process::wait_until(
+            "airgap-snapshotter and its mirror",
+            Duration::from_secs(60),
+            || {
+                proc.check_running()?;
+                Ok(std::os::unix::net::UnixStream::connect(&s).is_ok()
+                    && TcpStream::connect(("127.0.0.1", port)).is_ok()
+                    && http_status(port, "/v2/").ok() == Some(200))
+            },
+        )
+        .with_context(|| format!("end of {}:\n{}", log.display(), process::tail(&log, 40)))?;
+        Ok(Self {
+            proc: Some(proc),
+            socket,
+            archives: archives_dir,
+            port,
+            log,
+            dir,
+        })
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn log(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
+    }
+
+    fn check_running(&mut self) -> Result<()> {
+        self.proc
+            .as_mut()
+            .context("daemon stopped")?
+            .check_running()
+    }
+}
+
+impl Drop for MirrorDaemon {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- end of airgap-snapshotter log {} ----\n{}",
+                self.log.display(),
+                process::tail(&self.log, 80)
+            );
+        }
+        if let Some(mut p) = self.proc.take() {
+            if let Err(e) = p.stop(process::STOP_TIMEOUT) {
+                eprintln!("warning: stopping airgap-snapshotter: {e:#}");
+            }
+        }
+        let _ = (&self.archives, self.dir.path());
+    }
+}
+
+/// Writes the hosts directory with the daemon's own `config --write`:
+/// `_default/hosts.toml` with the mirror first and `server` last.
+fn write_hosts_dir(dir: &Path, mirror: &str, server: &str) -> Result<PathBuf> {
+    let hosts = dir.join("certs.d");
+    process::run(
+        Command::new(daemon::binary()?)
+            .arg("config")
+            .args(["--containerd", "1.6", "--mirror", mirror])
+            .arg("--upstream")
+            .arg(format!("http://{server}"))
+            .arg("--write")
+            .arg(&hosts),
+        Duration::from_secs(30),
+    )?;
+    let text = std::fs::read_to_string(hosts.join("_default/hosts.toml"))?;
+    ensure!(
+        text.contains(&format!("[host.\"http://{mirror}\"]"))
+            && text.contains(&format!("server = \"http://{server}\"")),
+        "unexpected hosts.toml:\n{text}"
+    );
+    Ok(hosts)
+}
+
+fn sample(host: &str, name: &str, tag: &str) -> Result<ImageSpec> {
+    Ok(ImageSpec {
+        name: format!("{host}/library/{name}:{tag}"),
+        tag: tag.to_string(),
+        layers: image::sample_layers(&format!("{name}:{tag}"))?,
+    })
+}
+
+fn ctr_pull(c: &PrivateContainerd, ns: &str, hosts: &Path, name: &str) -> Result<()> {
+    c.ctr(&[
+        "-n",
+        ns,
+        "images",
+        "pull",
+        "--hosts-dir",
+        &hosts.to_string_lossy(),
+        "--snapshotter",
+        SNAPSHOTTER,
+        name,
+    ])?;
+    Ok(())
+}
+
+/// The target digest of an image in containerd.
+fn image_digest(c: &PrivateContainerd, ns: &str, name: &str) -> Result<String> {
+    let out = c.ctr(&["-n", ns, "images", "ls"])?;
+    out.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .map(str::to_string)
+        .with_context(|| format!("{name} not in `ctr images ls`:\n{out}"))
+}
+
+fn run_check(c: &PrivateContainerd, ns: &str, image: &str, purpose: &str) -> Result<()> {
+    let id = format!("airgap-mirror-{purpose}-{}", std::process::id());
+    let out = c.ctr(&[
+        "-n",
+        ns,
+        "run",
+        "--rm",
+        "--snapshotter",
+        SNAPSHOTTER,
+        image,
+        &id,
+        "/bin/sh",
+        "-c",
+        SAMPLE_CHECK,
+    ])?;
+    ensure!(
+        out == SAMPLE_EXPECTED,
+        "container output of {image}:\n{out}"
+    );
+    Ok(())
+}
+
+fn build(work: &Path, spec: &ImageSpec) -> Result<BuiltImage> {
+    image::write_oci_archive(
+        spec,
+        &work.join(format!("{}-{}.tar", spec.tag, spec.name.len())),
+    )
+}
+
+fn or_panic<T>(test: &str, r: Result<T>) -> T {
+    r.unwrap_or_else(|e| panic!("{test}: {e:#}"))
+}
+
+/// Archived images come from the mirror (no request reaches the registry),
+/// an image only in the registry comes through the mirror's upstream, and
+/// with the registry gone archived images still pull.
+#[test]
+fn ctr_and_cri_pull_through_the_mirror() {
+    let test = "mirror_pull";
+    if !can_run(test) {
+        return;
+    }
+    let _serial = or_panic(test, serial());
+    or_panic(test, mirror_pull(test));
+    eprintln!("== {test}: passed");
+}
+
+fn mirror_pull(test: &str) -> Result<()> {
+    let mut registry = TestRegistry::start(false)?;
+    let host = registry.host();
+    let work = TestDir::new(test)?;
+    let archived = build(work.path(), &sample(&host, "archived", "v1")?)?;
+    let remote = build(work.path(), &sample(&host, "remote", "v1")?)?;
+    for img in [&archived, &remote] {
+        let repo = img.name.strip_prefix(&format!("{host}/")).unwrap();
+        registry.push(&img.archive, &img.tag, repo)?;
+    }
+    // A docker-save archive of an image the registry never had.
+    let saved_name = format!("{host}/library/saved:v1");
+    let saved_spec = sample(&host, "saved", "v1")?;
+    let saved_oci = build(work.path(), &saved_spec)?;
+    let saved = work.path().join("saved-docker.tar");
+    process::run(
+        Command::new("skopeo")
+            .args(["copy", "--quiet"])
+            .arg(format!("oci-archive:{}:v1", saved_oci.archive.display()))
+            .arg(format!("docker-archive:{}:{saved_name}", saved.display())),
+        Duration::from_secs(120),
+    )?;
+
+    let config = format!("[[upstream]]\nregistry = \"{host}\"\nendpoint = \"http://{host}\"\n");
+    let mut daemon = MirrorDaemon::start(&[&archived.archive, &saved], &config)?;
+    let hosts = write_hosts_dir(work.path(), &daemon.addr(), &host)?;
+    let containerd = PrivateContainerd::start(
+        &daemon.socket,
+        &ContainerdOptions {
+            hosts_dir: Some(hosts.clone()),
+        },
+    )?;
+
+    // 1. The archived image: not one request reaches the registry.
+    let mark = registry.access().len();
+    eprintln!("== {test}: ctr images pull --hosts-dir {}", archived.name);
+    ctr_pull(&containerd, "default", &hosts, &archived.name)?;
+    let after = registry.access();
+    ensure!(
+        after.len() == mark,
+        "pulling an archived image reached the registry: {:?}",
+        &after[mark..]
+    );
+    let digest = image_digest(&containerd, "default", &archived.name)?;
+    ensure!(
+        digest == archived.manifest_digest,
+        "pulled {digest}, the archive holds {}",
+        archived.manifest_digest
+    );
+    run_check(&containerd, "default", &archived.name, "archived")?;
+
+    // 2. The docker-save image, by tag, from its synthesized manifest.
+    eprintln!("== {test}: ctr images pull --hosts-dir {saved_name} (docker-save archive)");
+    ctr_pull(&containerd, "default", &hosts, &saved_name)?;
+    run_check(&containerd, "default", &saved_name, "saved")?;
+
+    // 3. Only in the registry: the mirror fetches it from its upstream.
+    let mark = registry.access().len();
+    eprintln!(
+        "== {test}: ctr images pull --hosts-dir {} (registry only)",
+        remote.name
+    );
+    ctr_pull(&containerd, "default", &hosts, &remote.name)?;
+    let by_mirror: Vec<String> = registry.access()[mark..]
+        .iter()
+        .filter(|l| l.contains("airgap-snapshotter/"))
+        .cloned()
+        .collect();
+    // Layers it shares with the archived image come from the archive.
+    for layer in remote
+        .layer_digests
+        .iter()
+        .filter(|l| !archived.layer_digests.contains(l))
+    {
+        ensure!(
+            by_mirror
+                .iter()
+                .any(|l| l.contains(&format!("/blobs/{layer}"))),
+            "the mirror did not fetch layer {layer} from its upstream; its requests: {by_mirror:?}"
+        );
+    }
+    ensure!(
+        daemon.log().contains("asking the upstream"),
+        "the daemon did not log its upstream fallback"
+    );
+    ensure!(image_digest(&containerd, "default", &remote.name)? == remote.manifest_digest);
+    run_check(&containerd, "default", &remote.name, "remote")?;
+
+    // 4. No registry at all: archived images still pull, through CRI too.
+    eprintln!("== {test}: stopping the registry");
+    registry.stop()?;
+    let mut cri = CriClient::connect(containerd.address())?;
+    eprintln!(
+        "== {test}: CRI PullImage {} with no registry",
+        archived.name
+    );
+    let id = cri.pull_image(&archived.name)?;
+    ensure!(id == archived.config_digest, "CRI pulled {id}");
+    ensure!(image_digest(&containerd, K8S_NS, &archived.name)? == archived.manifest_digest);
+    run_check(&containerd, K8S_NS, &archived.name, "cri")?;
+    ctr_pull(&containerd, "other", &hosts, &archived.name)?;
+    let missing = format!("{host}/library/nowhere:v1");
+    ensure!(
+        containerd
+            .ctr_unchecked(&[
+                "-n",
+                "other",
+                "images",
+                "pull",
+                "--hosts-dir",
+                &hosts.to_string_lossy(),
+                &missing
+            ])?
+            .status
+            .code()
+            != Some(0),
+        "pulling an image nobody has succeeded"
+    );
+    ensure!(
+        daemon
+            .log()
+            .contains("upstream registry is down or unreachable"),
+        "the daemon did not log that its upstream is down"
+    );
+    daemon.check_running()?;
+    drop(containerd);
+    Ok(())
+}
+
+/// The upstream needs credentials that only the daemon has (htpasswd basic
+/// auth): an image only there pulls through the mirror and runs.
+#[test]
+fn upstream_with_basic_auth() {
+    let test = "mirror_upstream_auth";
+    if !can_run(test) {
+        return;
+    }
+    let _serial = or_panic(test, serial());
+    or_panic(test, upstream_auth(test));
+    eprintln!("== {test}: passed");
+}
+
+fn upstream_auth(test: &str) -> Result<()> {
+    let registry = TestRegistry::start(true)?;
+    let host = registry.host();
+    let work = TestDir::new(test)?;
+    let remote = build(work.path(), &sample(&host, "private", "v1")?)?;
+    registry.push(&remote.archive, "v1", "library/private:v1")?;
+    let password_file = work.path().join("password");
+    std::fs::write(&password_file, format!("{PASSWORD}\n"))?;
+    // `*` and a path prefix-free endpoint; the image names the registry.
+    let config = format!(
+        "[[upstream]]\nregistry = \"*\"\nendpoint = \"http://{host}\"\n\
+         username = \"{USER}\"\npassword_file = \"{}\"\n",
+        password_file.display()
+    );
+    let daemon = MirrorDaemon::start(&[], &config)?;
+    let hosts = write_hosts_dir(work.path(), &daemon.addr(), &host)?;
+    let containerd = PrivateContainerd::start(
+        &daemon.socket,
+        &ContainerdOptions {
+            hosts_dir: Some(hosts.clone()),
+        },
+    )?;
+    eprintln!("== {test}: ctr images pull --hosts-dir {}", remote.name);
+    ctr_pull(&containerd, "default", &hosts, &remote.name)?;
+    ensure!(image_digest(&containerd, "default", &remote.name)? == remote.manifest_digest);
+    run_check(&containerd, "default", &remote.name, "auth")?;
+    let log = daemon.log();
+    ensure!(
+        !log.contains(PASSWORD),
+        "the daemon logged the upstream password"
+    );
+    let access = registry.access();
+    ensure!(
+        access
+            .iter()
+            .any(|l| l.contains("airgap-snapshotter/") && l.contains("/blobs/")),
+        "no blob request from the mirror in the registry log"
+    );
+    drop(containerd);
+    Ok(())
+}

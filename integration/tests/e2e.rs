@@ -63,7 +63,17 @@ fn setup(
         (remote_specs, &mut images.remote_only),
     ] {
         for spec in specs {
-            let file = work.path().join(format!("{}.tar", spec.tag));
+            // One file per image: `<repository>-<tag>.tar`.
+            let file_name: String = spec
+                .name
+                .rsplit('/')
+                .next()
+                .unwrap_or(&spec.name)
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                .collect();
+            let file = work.path().join(format!("{file_name}.tar"));
+            ensure!(!file.exists(), "two test images named {}", spec.name);
             let built = image::write_oci_archive(&spec, &file)?;
             let repo = spec
                 .name

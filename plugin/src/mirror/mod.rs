@@ -33,6 +33,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
+use crate::catalog::container::Container;
 use crate::catalog::reference::Reference;
 use crate::catalog::Catalog;
 use crate::digest::Digest;
@@ -219,6 +220,19 @@ impl Mirror {
         ))
     }
 
+    /// True when the archives holding `digest` can be read in place
+    /// (plain tar, seekable zstd) rather than through the layer cache.
+    fn reads_in_place(&self, digest: &Digest) -> bool {
+        if self.catalog.document(digest).is_some() {
+            return true;
+        }
+        self.catalog
+            .archives()
+            .iter()
+            .filter(|a| a.index.blobs.contains_key(digest))
+            .all(|a| matches!(a.index.container, Container::Tar | Container::SeekableZstd))
+    }
+
     async fn archived_blob(
         &self,
         digest: Digest,
@@ -241,10 +255,9 @@ impl Mirror {
         let what = digest.to_string();
         match range {
             RangeRequest::Unsatisfiable => Err(MirrorError::RangeNotSatisfiable { size }),
-            RangeRequest::Whole => {
-                // Sequential and checked as it is read; for a compressed
-                // archive the blob is decompressed once into the layer cache,
-                // however many pulls ask for it at the same time.
+            RangeRequest::Whole if self.reads_in_place(&digest) => {
+                // Plain tar or seekable zstd: read in place, checked as it
+                // streams (a mismatch aborts the response).
                 let reader = tokio::task::spawn_blocking(move || catalog.open_blob(&digest))
                     .await
                     .map_err(|e| MirrorError::internal("blob reader task", e))?
@@ -255,6 +268,22 @@ impl Mirror {
                     Some(size),
                     None,
                     body::from_reader(reader, what),
+                ))
+            }
+            RangeRequest::Whole => {
+                // A compressed archive: decompressed once into the layer
+                // cache (single-flight: concurrent pulls of the blob wait for
+                // one fill), checked while it fills, then read from there.
+                let reader = tokio::task::spawn_blocking(move || catalog.blob_reader(&digest))
+                    .await
+                    .map_err(|e| MirrorError::internal("blob reader task", e))?
+                    .map_err(|e| blob_open_error(digest, e))?;
+                Ok(blob_response(
+                    StatusCode::OK,
+                    digest,
+                    Some(size),
+                    None,
+                    body::from_range(reader, 0, size, what),
                 ))
             }
             RangeRequest::Part { start, len } => {

@@ -498,3 +498,310 @@ async fn head_over_http_keeps_content_length() {
     tx.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+/// A fake upstream registry: token flow (`WWW-Authenticate: Bearer`, a
+/// token service that wants basic auth), a path prefix, counters.
+mod fake {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use axum::body::Body;
+    use axum::extract::State;
+    use axum::http::{header, HeaderMap, StatusCode, Uri};
+    use axum::response::{IntoResponse, Response};
+    use bytes::Bytes;
+
+    pub const TOKEN: &str = "tok-3f9a";
+    /// `user:pass`
+    pub const BASIC: &str = "Basic dXNlcjpwYXNz";
+
+    #[derive(Default)]
+    pub struct Fake {
+        pub addr: Mutex<String>,
+        /// Path after `/v2/` -> (content type, bytes).
+        pub content: Mutex<HashMap<String, (String, Bytes)>>,
+        pub token_requests: AtomicUsize,
+        pub requests: AtomicUsize,
+    }
+
+    async fn handle(State(f): State<Arc<Fake>>, uri: Uri, headers: HeaderMap) -> Response {
+        let addr = f.addr.lock().unwrap().clone();
+        let auth = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if uri.path() == "/token" {
+            f.token_requests.fetch_add(1, Ordering::SeqCst);
+            let scope_ok = uri.query().unwrap_or("").contains("scope=repository");
+            if auth != BASIC || !scope_ok {
+                return StatusCode::UNAUTHORIZED.into_response();
+            }
+            return format!(r#"{{"token":"{TOKEN}","expires_in":300}}"#).into_response();
+        }
+        f.requests.fetch_add(1, Ordering::SeqCst);
+        if auth != format!("Bearer {TOKEN}") {
+            let mut r = StatusCode::UNAUTHORIZED.into_response();
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                format!(r#"Bearer realm="http://{addr}/token",service="fake""#)
+                    .parse()
+                    .unwrap(),
+            );
+            return r;
+        }
+        let key = uri.path().trim_start_matches("/v2/").to_string();
+        match f.content.lock().unwrap().get(&key) {
+            Some((t, b)) => {
+                let mut r = Response::new(Body::from(b.clone()));
+                r.headers_mut()
+                    .insert(header::CONTENT_TYPE, t.parse().unwrap());
+                r.headers_mut()
+                    .insert(header::CONTENT_LENGTH, b.len().into());
+                r
+            }
+            None => StatusCode::NOT_FOUND.into_response(),
+        }
+    }
+
+    pub async fn start() -> Arc<Fake> {
+        let f = Arc::new(Fake::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        *f.addr.lock().unwrap() = listener.local_addr().unwrap().to_string();
+        let app = axum::Router::new().fallback(handle).with_state(f.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        f
+    }
+}
+
+fn upstream_config(
+    registry: &str,
+    endpoint: &str,
+    prefix: Option<&str>,
+) -> crate::config::UpstreamConfig {
+    crate::config::UpstreamConfig {
+        registry: registry.into(),
+        endpoint: endpoint.into(),
+        path_prefix: prefix.map(str::to_string),
+        username: Some("user".into()),
+        password: Some("pass".into()),
+        password_file: None,
+        ca_file: None,
+        insecure_skip_verify: false,
+    }
+}
+
+#[tokio::test]
+async fn upstream_token_flow_prefix_and_checks() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let (oci, built) = OciLayout::single("busybox:1.36", &spec());
+    write(dir.path(), "a.tar", &oci.to_tar());
+    let f = fake::start().await;
+    // Upstream content: an image `library/remote:2` under the prefix `hub`.
+    let (up, up_built) = OciLayout::single(
+        "remote:2",
+        &ImageSpec::new(vec![layer_tar(&[("x", b"upstream only\n")])]),
+    );
+    {
+        let mut c = f.content.lock().unwrap();
+        let manifest = up.blobs[&up_built.manifest].clone();
+        for tag in ["2".to_string(), up_built.manifest.to_string()] {
+            c.insert(
+                format!("hub/library/remote/manifests/{tag}"),
+                (MEDIA_OCI_MANIFEST.into(), Bytes::from(manifest.clone())),
+            );
+        }
+        for (d, data) in &up.blobs {
+            c.insert(
+                format!("hub/library/remote/blobs/{d}"),
+                ("application/octet-stream".into(), Bytes::from(data.clone())),
+            );
+        }
+        // A different busybox:1.36 upstream: the archive's tag must win.
+        c.insert(
+            "hub/library/busybox/manifests/1.36".into(),
+            (
+                MEDIA_OCI_MANIFEST.into(),
+                Bytes::from(up.blobs[&up_built.manifest].clone()),
+            ),
+        );
+        // A blob whose bytes do not match its digest.
+        let liar = Digest::of(b"the real bytes");
+        c.insert(
+            format!("hub/library/remote/blobs/{liar}"),
+            (
+                "application/octet-stream".into(),
+                Bytes::from_static(b"other bytes!!!"),
+            ),
+        );
+        // A manifest that does not match the digest asked for.
+        let wrong = Digest::of(b"wrong");
+        c.insert(
+            format!("hub/library/remote/manifests/{wrong}"),
+            (
+                MEDIA_OCI_MANIFEST.into(),
+                Bytes::from(up.blobs[&up_built.manifest].clone()),
+            ),
+        );
+    }
+    let endpoint = format!("http://{}", f.addr.lock().unwrap());
+    let upstreams =
+        Upstreams::new(&[upstream_config("docker.io", &endpoint, Some("hub"))]).unwrap();
+    let router = Mirror::new(catalog(dir.path()), upstreams).router();
+
+    // Archived tag: from the archive, the upstream never asked.
+    let a = call(&router, "GET", &format!("{NAME}/manifests/1.36{NS}"), &[]).await;
+    assert_eq!(
+        a.header("docker-content-digest"),
+        built.manifest.to_string()
+    );
+    assert_eq!(f.requests.load(SeqCst), 0);
+
+    // Upstream-only image: tag, digest, config and layer blobs.
+    let m = call(
+        &router,
+        "HEAD",
+        &format!("/v2/library/remote/manifests/2{NS}"),
+        &[],
+    )
+    .await;
+    assert_eq!(m.status, StatusCode::OK);
+    assert_eq!(
+        m.header("docker-content-digest"),
+        up_built.manifest.to_string()
+    );
+    assert_eq!(m.header("content-type"), MEDIA_OCI_MANIFEST);
+    assert_eq!(
+        m.header("content-length"),
+        up_built.manifest_size.to_string()
+    );
+    let m = call(
+        &router,
+        "GET",
+        &format!("/v2/library/remote/manifests/{}{NS}", up_built.manifest),
+        &[],
+    )
+    .await;
+    assert_eq!(m.body, up.blobs[&up_built.manifest]);
+    for d in up_built.layers.iter().chain([&up_built.config]) {
+        let uri = format!("/v2/library/remote/blobs/{d}{NS}");
+        let h = call(&router, "HEAD", &uri, &[]).await;
+        assert_eq!(h.status, StatusCode::OK);
+        assert_eq!(h.header("content-length"), up.blobs[d].len().to_string());
+        let g = call(&router, "GET", &uri, &[]).await;
+        assert_eq!(g.status, StatusCode::OK);
+        assert_eq!(g.body, up.blobs[d]);
+        assert_eq!(g.header("docker-content-digest"), d.to_string());
+    }
+    // One token for the repository, reused.
+    assert_eq!(f.token_requests.load(SeqCst), 1);
+
+    // Misses upstream are 404s of the right kind.
+    let a = call(
+        &router,
+        "GET",
+        &format!("/v2/library/remote/manifests/9{NS}"),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.error_code().as_str()),
+        (StatusCode::NOT_FOUND, "NAME_UNKNOWN")
+    );
+    let a = call(
+        &router,
+        "GET",
+        &format!("/v2/library/remote/blobs/{}{NS}", Digest::of(b"none")),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.error_code().as_str()),
+        (StatusCode::NOT_FOUND, "BLOB_UNKNOWN")
+    );
+    // Another registry has no upstream.
+    let a = call(
+        &router,
+        "GET",
+        "/v2/library/remote/manifests/2?ns=quay.io",
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+
+    // Bad bytes from the upstream are never passed on as good.
+    let a = call(
+        &router,
+        "GET",
+        &format!("/v2/library/remote/manifests/{}{NS}", Digest::of(b"wrong")),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.error_code().as_str()),
+        (StatusCode::BAD_GATEWAY, "UNAVAILABLE")
+    );
+    let resp = router
+        .clone()
+        .oneshot(
+            Request::get(format!(
+                "/v2/library/remote/blobs/{}{NS}",
+                Digest::of(b"the real bytes")
+            ))
+            .body(Body::empty())
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(to_bytes(resp.into_body(), usize::MAX).await.is_err());
+}
+
+#[tokio::test]
+async fn upstream_down_archives_still_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let (oci, built) = OciLayout::single("busybox:1.36", &spec());
+    write(dir.path(), "a.tar", &oci.to_tar());
+    // A port nobody listens on.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let upstreams = Upstreams::new(&[upstream_config(
+        "*",
+        &format!("http://127.0.0.1:{port}"),
+        None,
+    )])
+    .unwrap();
+    let router = Mirror::new(catalog(dir.path()), upstreams).router();
+    let a = call(&router, "GET", &format!("{NAME}/manifests/1.36{NS}"), &[]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let a = call(
+        &router,
+        "GET",
+        &format!("{NAME}/blobs/{}{NS}", built.layers[1]),
+        &[],
+    )
+    .await;
+    assert_eq!(a.body, oci.blobs[&built.layers[1]]);
+    let a = call(
+        &router,
+        "GET",
+        &format!("/v2/library/other/manifests/1{NS}"),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.error_code().as_str()),
+        (StatusCode::BAD_GATEWAY, "UNAVAILABLE")
+    );
+    assert!(!String::from_utf8_lossy(&a.body).contains("127.0.0.1"));
+    let a = call(
+        &router,
+        "HEAD",
+        &format!("/v2/library/other/blobs/{}{NS}", Digest::of(b"x")),
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::BAD_GATEWAY);
+}

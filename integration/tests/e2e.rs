@@ -475,26 +475,85 @@ fn gc(test: &str, env: &mut Env, images: &Images) -> Result<()> {
 /// `../` repeated: deep enough to leave any snapshot directory.
 const UP: &str = "../../../../../../../../../../../..";
 
-/// A layer whose entries try to write, link, whiteout and follow symlinks
-/// out of the snapshot directory into `canary`.
-fn hostile_layer(canary: &Path) -> Layer {
+/// Hostile layers, one trick each (an extractor stops at the first bad
+/// entry, so every trick gets its own image): each tries to write, link,
+/// white out or follow a symlink out of the snapshot directory into
+/// `canary`, which holds `victim` and `victim2`.
+fn hostile_layers(canary: &Path) -> Vec<(&'static str, Layer)> {
     let c = canary.display().to_string();
     let reg = EntryType::Regular;
-    Layer::new(vec![
-        Entry::raw(&format!("{UP}{c}/escaped-dotdot"), reg, "", "pwned\n"),
-        Entry::raw(&format!("{c}/escaped-absolute"), reg, "", "pwned\n"),
-        Entry::raw("evil-abs", EntryType::Symlink, &c, ""),
-        Entry::raw("evil-abs/through-abs-symlink", reg, "", "pwned\n"),
-        Entry::raw("evil-rel", EntryType::Symlink, &format!("{UP}{c}"), ""),
-        Entry::raw("evil-rel/through-rel-symlink", reg, "", "pwned\n"),
-        Entry::raw("hl-abs", EntryType::Link, &format!("{c}/victim"), ""),
-        Entry::raw("hl-abs", reg, "", "overwritten\n"),
-        Entry::raw("hl-rel", EntryType::Link, &format!("{UP}{c}/victim"), ""),
-        Entry::raw("evil-abs/victim", reg, "", "overwritten\n"),
-        Entry::raw(&format!("{UP}{c}/.wh.victim2"), reg, "", ""),
-        Entry::raw("evil-abs/.wh.victim2", reg, "", ""),
-        Entry::raw("evil-rel/.wh..wh..opq", reg, "", ""),
-    ])
+    let sym = EntryType::Symlink;
+    let raw = |name: &str, kind: EntryType, link: &str, data: &str| {
+        Entry::raw(name, kind, link, data.as_bytes().to_vec())
+    };
+    vec![
+        (
+            "dotdot",
+            vec![raw(&format!("{UP}{c}/escaped-dotdot"), reg, "", "pwned\n")],
+        ),
+        (
+            "absolute",
+            vec![raw(&format!("{c}/escaped-absolute"), reg, "", "pwned\n")],
+        ),
+        (
+            "symlink-abs",
+            vec![
+                raw("evil", sym, &c, ""),
+                raw("evil/through-abs-symlink", reg, "", "pwned\n"),
+                raw("evil/victim", reg, "", "overwritten\n"),
+            ],
+        ),
+        (
+            "symlink-rel",
+            vec![
+                raw("evil", sym, &format!("{UP}{c}"), ""),
+                raw("evil/through-rel-symlink", reg, "", "pwned\n"),
+                raw("evil/victim", reg, "", "overwritten\n"),
+            ],
+        ),
+        (
+            "symlink-file",
+            vec![
+                raw("evil", sym, &format!("{c}/victim"), ""),
+                raw("evil", reg, "", "overwritten\n"),
+            ],
+        ),
+        (
+            "hardlink-abs",
+            vec![
+                raw("hl", EntryType::Link, &format!("{c}/victim"), ""),
+                raw("hl", reg, "", "overwritten\n"),
+            ],
+        ),
+        (
+            "hardlink-rel",
+            vec![
+                raw("hl", EntryType::Link, &format!("{UP}{c}/victim"), ""),
+                raw("hl", reg, "", "overwritten\n"),
+            ],
+        ),
+        (
+            "whiteout-dotdot",
+            vec![raw(&format!("{UP}{c}/.wh.victim2"), reg, "", "")],
+        ),
+        (
+            "whiteout-symlink",
+            vec![
+                raw("evil", sym, &c, ""),
+                raw("evil/.wh.victim2", reg, "", ""),
+            ],
+        ),
+        (
+            "opaque-symlink",
+            vec![
+                raw("evil", sym, &c, ""),
+                raw("evil/.wh..wh..opq", reg, "", ""),
+            ],
+        ),
+    ]
+    .into_iter()
+    .map(|(trick, entries)| (trick, Layer::new(entries)))
+    .collect()
 }
 
 /// Name, content and link count of every file in `dir`.
@@ -514,8 +573,8 @@ fn snapshot_of(dir: &Path) -> Result<Vec<(String, String, u64)>> {
     Ok(out)
 }
 
-/// (e) A hostile archived layer (path traversal, absolute names, symlink,
-/// hardlink and whiteout escapes) leaves the host untouched; the pull falls
+/// (e) Hostile archived layers (path traversal, absolute names, symlink,
+/// hardlink and whiteout escapes) leave the host untouched; each pull falls
 /// back to the download or fails cleanly, and the daemon keeps serving.
 #[test]
 fn hostile_archived_layer_leaves_host_untouched() {
@@ -528,15 +587,21 @@ fn hostile_archived_layer_leaves_host_untouched() {
     run_test(
         test,
         |host| {
-            let mut hostile = sample_spec(host, "hostile", "v1")?;
-            hostile.layers.push(hostile_layer(&canary_path));
-            Ok((vec![hostile, sample_spec(host, "archived", "v1")?], vec![]))
+            let mut specs = Vec::new();
+            for (trick, layer) in hostile_layers(&canary_path) {
+                let mut spec = sample_spec(host, &format!("hostile-{trick}"), "v1")?;
+                // A good base shared by all, then the hostile layer.
+                spec.layers = vec![image::sample_layers("hostile")?.remove(0), layer];
+                specs.push(spec);
+            }
+            specs.push(sample_spec(host, "archived", "v1")?);
+            Ok((specs, vec![]))
         },
         |test, env, images| hostile(test, env, images, canary.path()),
     );
 }
 
-/// A directory with two files the hostile layer aims at.
+/// A directory with two files the hostile layers aim at.
 fn make_canary() -> Result<TestDir> {
     let canary = TestDir::new("canary")?;
     std::fs::write(canary.path().join("victim"), "victim\n")?;
@@ -546,36 +611,61 @@ fn make_canary() -> Result<TestDir> {
 
 fn hostile(test: &str, env: &mut Env, images: &Images, canary: &Path) -> Result<()> {
     let before = snapshot_of(canary)?;
-    let hostile = &images.archived[0];
-    eprintln!("== {test}: CRI PullImage {}", hostile.name);
-    match env.cri.pull_image(&hostile.name) {
-        Ok(_) => eprintln!("== {test}: the hostile image pulled (sanitized or downloaded)"),
-        Err(err) => eprintln!("== {test}: the hostile image failed to pull: {err:#}"),
-    }
-    let after = snapshot_of(canary)?;
-    ensure!(
-        before == after,
-        "the hostile layer changed the host: {before:?} became {after:?}"
-    );
-    for name in ["escaped-dotdot", "escaped-absolute", "through-abs-symlink"] {
-        for dir in [Path::new("/"), Path::new("/tmp"), env.work.path()] {
-            ensure!(
-                !dir.join(name).exists(),
-                "the hostile layer wrote {}",
-                dir.join(name).display()
-            );
+    let (good, hostile) = images.archived.split_last().context("no images")?;
+    for image in hostile {
+        match env.cri.pull_image(&image.name) {
+            Ok(_) => eprintln!("== {test}: {} pulled (sanitized or downloaded)", image.name),
+            Err(err) => eprintln!("== {test}: {} failed to pull: {err:#}", image.name),
         }
+        let after = snapshot_of(canary)?;
+        ensure!(
+            before == after,
+            "{} changed the host: {before:?} became {after:?}",
+            image.name
+        );
+        for name in [
+            "escaped-dotdot",
+            "escaped-absolute",
+            "through-abs-symlink",
+            "through-rel-symlink",
+        ] {
+            for dir in [Path::new("/"), Path::new("/tmp"), env.work.path()] {
+                ensure!(
+                    !dir.join(name).exists(),
+                    "{} wrote {}",
+                    image.name,
+                    dir.join(name).display()
+                );
+            }
+        }
+        env.daemon.check_running()?;
     }
-    env.daemon.check_running()?;
+    // Failed unpacks left no active snapshot behind.
+    let listing = env.containerd.ctr(&[
+        "-n",
+        K8S_NS,
+        "snapshots",
+        "--snapshotter",
+        SNAPSHOTTER,
+        "ls",
+    ])?;
+    let active: Vec<&str> = listing
+        .lines()
+        .skip(1)
+        .filter(|l| l.split_whitespace().last() == Some("Active"))
+        .collect();
+    ensure!(
+        active.is_empty(),
+        "active snapshots left after the hostile pulls: {active:?}"
+    );
     // The daemon still serves: a good archived image pulls from the archive
     // and runs.
-    let good = &images.archived[1];
     let mark = env.registry.mark();
     env.cri.pull_image(&good.name)?;
     let downloaded = layer_gets(env, good, mark);
     ensure!(
         downloaded.is_empty(),
-        "after the hostile pull, an archived image was downloaded: {downloaded:?}"
+        "after the hostile pulls, an archived image was downloaded: {downloaded:?}"
     );
     run_sample_check(env, &good.name, "e")?;
     Ok(())

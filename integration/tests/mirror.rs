@@ -39,11 +39,53 @@ struct TestRegistry {
     port: u16,
     log: PathBuf,
     auth: bool,
+    /// The test CA's certificate, when it serves TLS.
+    ca: Option<PathBuf>,
     dir: TestDir,
 }
 
+/// A CA and a server certificate for 127.0.0.1 signed by it, made with
+/// `openssl` in `dir`; returns (ca.pem, server.pem, server.key).
+fn test_ca(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
+    let (ca, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
+    let (cert, key, csr, ext) = (
+        dir.join("server.pem"),
+        dir.join("server.key"),
+        dir.join("server.csr"),
+        dir.join("server.ext"),
+    );
+    let openssl = |args: &[&str]| -> Result<()> {
+        process::run(
+            Command::new("openssl").current_dir(dir).args(args),
+            Duration::from_secs(60),
+        )?;
+        Ok(())
+    };
+    openssl(&[
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        "-days", "2", "-subj", "/CN=airgap test CA",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+    ])?;
+    openssl(&[
+        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+        "-subj", "/CN=127.0.0.1",
+    ])?;
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )?;
+    openssl(&[
+        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "server.ext",
+    ])?;
+    let _ = (ca_key, csr);
+    Ok((ca, cert, key))
+}
+
 impl TestRegistry {
-    fn start(auth: bool) -> Result<Self> {
+    fn start(auth: bool, tls: bool) -> Result<Self> {
         let dir = TestDir::new("mirror-registry")?;
         let port = free_port()?;
         let storage = dir.path().join("storage");
@@ -63,6 +105,17 @@ impl TestRegistry {
                 htpasswd.display()
             );
         }
+        let mut tls_yaml = String::new();
+        let mut ca = None;
+        if tls {
+            let (ca_pem, cert, key) = test_ca(dir.path())?;
+            tls_yaml = format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            );
+            ca = Some(ca_pem);
+        }
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,
@@ -70,7 +123,7 @@ impl TestRegistry {
                 "version: 0.1\n\
                  log:\n  level: warn\n  accesslog:\n    disabled: false\n\
                  storage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: 127.0.0.1:{port}\n{auth_yaml}",
+                 http:\n  addr: 127.0.0.1:{port}\n{tls_yaml}{auth_yaml}",
                 storage.display()
             ),
         )?;
@@ -80,7 +133,12 @@ impl TestRegistry {
             Command::new("docker-registry").arg("serve").arg(&config),
             &log,
         )?;
-        let want = if auth { 401 } else { 200 };
+        // Plain HTTP to a TLS port gets a 400.
+        let want = match (tls, auth) {
+            (true, _) => 400,
+            (false, true) => 401,
+            (false, false) => 200,
+        };
         process::wait_until("docker-registry to answer", Duration::from_secs(30), || {
             proc.check_running()?;
             Ok(http_status(port, "/v2/").ok() == Some(want))
@@ -90,8 +148,14 @@ impl TestRegistry {
             port,
             log,
             auth,
+            ca,
             dir,
         })
+    }
+
+    fn url(&self) -> String {
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.host())
     }
 
     fn host(&self) -> String {
@@ -246,14 +310,14 @@ impl Drop for MirrorDaemon {
 
 /// Writes the hosts directory with the daemon's own `config --write`:
 /// `_default/hosts.toml` with the mirror first and `server` last.
-fn write_hosts_dir(dir: &Path, mirror: &str, server: &str) -> Result<PathBuf> {
+fn write_hosts_dir(dir: &Path, mirror: &str, server_url: &str) -> Result<PathBuf> {
     let hosts = dir.join("certs.d");
     process::run(
         Command::new(daemon::binary()?)
             .arg("config")
             .args(["--containerd", "1.6", "--mirror", mirror])
             .arg("--upstream")
-            .arg(format!("http://{server}"))
+            .arg(server_url)
             .arg("--write")
             .arg(&hosts),
         Duration::from_secs(30),
@@ -261,7 +325,7 @@ fn write_hosts_dir(dir: &Path, mirror: &str, server: &str) -> Result<PathBuf> {
     let text = std::fs::read_to_string(hosts.join("_default/hosts.toml"))?;
     ensure!(
         text.contains(&format!("[host.\"http://{mirror}\"]"))
-            && text.contains(&format!("server = \"http://{server}\"")),
+            && text.contains(&format!("server = \"{server_url}\"")),
         "unexpected hosts.toml:\n{text}"
     );
     Ok(hosts)
@@ -348,7 +412,7 @@ fn ctr_and_cri_pull_through_the_mirror() {
 }
 
 fn mirror_pull(test: &str) -> Result<()> {
-    let mut registry = TestRegistry::start(false)?;
+    let mut registry = TestRegistry::start(false, false)?;
     let host = registry.host();
     let work = TestDir::new(test)?;
     let archived = build(work.path(), &sample(&host, "archived", "v1")?)?;
@@ -372,7 +436,7 @@ fn mirror_pull(test: &str) -> Result<()> {
 
     let config = format!("[[upstream]]\nregistry = \"{host}\"\nendpoint = \"http://{host}\"\n");
     let mut daemon = MirrorDaemon::start(&[&archived.archive, &saved], &config)?;
-    let hosts = write_hosts_dir(work.path(), &daemon.addr(), &host)?;
+    let hosts = write_hosts_dir(work.path(), &daemon.addr(), &registry.url())?;
     let containerd = PrivateContainerd::start(
         &daemon.socket,
         &ContainerdOptions {
@@ -476,8 +540,9 @@ fn mirror_pull(test: &str) -> Result<()> {
     Ok(())
 }
 
-/// The upstream needs credentials that only the daemon has (htpasswd basic
-/// auth): an image only there pulls through the mirror and runs.
+/// The upstream serves TLS from a test CA and needs credentials (htpasswd
+/// basic auth) that only the daemon has: an image only there pulls through
+/// the mirror and runs.
 #[test]
 fn upstream_with_basic_auth() {
     let test = "mirror_upstream_auth";
@@ -490,21 +555,23 @@ fn upstream_with_basic_auth() {
 }
 
 fn upstream_auth(test: &str) -> Result<()> {
-    let registry = TestRegistry::start(true)?;
+    let registry = TestRegistry::start(true, true)?;
     let host = registry.host();
     let work = TestDir::new(test)?;
     let remote = build(work.path(), &sample(&host, "private", "v1")?)?;
     registry.push(&remote.archive, "v1", "library/private:v1")?;
     let password_file = work.path().join("password");
     std::fs::write(&password_file, format!("{PASSWORD}\n"))?;
-    // `*` and a path prefix-free endpoint; the image names the registry.
+    let ca = registry.ca.clone().context("TLS registry without CA")?;
     let config = format!(
-        "[[upstream]]\nregistry = \"*\"\nendpoint = \"http://{host}\"\n\
-         username = \"{USER}\"\npassword_file = \"{}\"\n",
-        password_file.display()
+        "[[upstream]]\nregistry = \"*\"\nendpoint = \"{}\"\n\
+         username = \"{USER}\"\npassword_file = \"{}\"\nca_file = \"{}\"\n",
+        registry.url(),
+        password_file.display(),
+        ca.display()
     );
     let daemon = MirrorDaemon::start(&[], &config)?;
-    let hosts = write_hosts_dir(work.path(), &daemon.addr(), &host)?;
+    let hosts = write_hosts_dir(work.path(), &daemon.addr(), &registry.url())?;
     let containerd = PrivateContainerd::start(
         &daemon.socket,
         &ContainerdOptions {

@@ -12,8 +12,9 @@
 //! plain name are errors. An existing non-directory at an entry's path is
 //! removed (never followed) before the entry is created, as tar does.
 //!
-//! Speed: decompression writes into one large buffer that is hashed in place
-//! and written to files from there; each regular file costs an `openat`
+//! Speed: decompression, hashing and extraction run on three threads that
+//! pass the same 1 MiB buffers along, and file data is written to disk
+//! straight from those buffers; each regular file costs an `openat`
 //! relative to a cached parent directory fd, its writes, `fchown`, `fchmod`,
 //! `futimens` and `close`.
 
@@ -26,6 +27,7 @@ use std::io::{self, BufReader, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::mpsc::{self, Receiver, SyncSender};
 
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, XattrFlags};
 use rustix::io::Errno;
@@ -34,7 +36,7 @@ use crate::catalog::Compression;
 use crate::digest::Digest;
 
 use self::root::{FsError, Root};
-use self::tar::{display_bytes, Entry, Kind, StreamError, TarStream, Time};
+use self::tar::{display_bytes, ChunkMsg, Entry, Kind, StreamError, TarStream, Time};
 
 /// Counts of what one layer extraction did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -144,63 +146,97 @@ impl ExtractError {
 /// trailing padding included). On error `dest` holds a partial layer: the
 /// caller deletes it.
 pub fn unpack_layer(
-    blob: impl Read,
+    blob: impl Read + Send,
     compression: Compression,
     diff_id: &Digest,
     dest: &Path,
 ) -> Result<UnpackStats, ExtractError> {
-    let read_err = |source| ExtractError::Stream {
-        entry: String::new(),
+    let root = Root::open(dest).map_err(|source| ExtractError::Destination {
+        path: dest.to_owned(),
         source,
-    };
+    })?;
+    // Decompression, hashing and extraction overlap on three threads (see
+    // [`tar`]); at most 2 * QUEUE + 3 chunk buffers exist at once.
+    const QUEUE: usize = 3;
+    let (dec_tx, hash_rx) = mpsc::sync_channel::<ChunkMsg>(QUEUE);
+    let (hash_tx, tar_rx) = mpsc::sync_channel::<ChunkMsg>(QUEUE);
+    let (pool_tx, pool_rx) = mpsc::channel::<Vec<u8>>();
+    std::thread::scope(|s| {
+        let decoder = s.spawn(move || decompress(blob, compression, &dec_tx, &pool_rx));
+        let hasher = s.spawn(move || tar::hash_chunks(hash_rx, hash_tx));
+        let mut ex = Extractor {
+            root,
+            stats: UnpackStats::default(),
+            dir_times: Vec::new(),
+        };
+        // `run` drops the stream when it returns, which stops the other
+        // threads if it returns early.
+        let ran = ex.run(TarStream::new(tar_rx, pool_tx));
+        let hashed = hasher.join();
+        let compressed = decoder.join();
+        ran?;
+        let (actual, total) = hashed.map_err(|_| thread_panicked("hashing"))?;
+        let compressed = compressed.map_err(|_| thread_panicked("decompression"))?;
+        let Extractor {
+            mut root,
+            mut stats,
+            dir_times,
+        } = ex;
+        stats.decompressed_bytes = total;
+        stats.compressed_bytes = compressed;
+        if actual != *diff_id {
+            return Err(ExtractError::DiffIdMismatch {
+                expected: *diff_id,
+                actual,
+            });
+        }
+        // Directory times last: creating entries inside a directory changes its mtime.
+        set_dir_times(&mut root, &dir_times);
+        Ok(stats)
+    })
+}
+
+fn thread_panicked(what: &str) -> ExtractError {
+    ExtractError::Stream {
+        entry: String::new(),
+        source: io::Error::other(format!("the {what} thread panicked")),
+    }
+}
+
+/// The decompression stage: sends the decompressed stream as chunks; returns
+/// the compressed bytes read.
+fn decompress(
+    blob: impl Read,
+    compression: Compression,
+    tx: &SyncSender<ChunkMsg>,
+    pool: &Receiver<Vec<u8>>,
+) -> u64 {
+    const IN_BUF: usize = 256 * 1024;
     let counted = Rc::new(Cell::new(0u64));
     let blob = CountingReader {
         inner: blob,
         count: counted.clone(),
     };
-    const IN_BUF: usize = 256 * 1024;
-    let decoder: Box<dyn Read + '_> = match compression {
-        Compression::None => Box::new(blob),
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(
-            BufReader::with_capacity(IN_BUF, blob),
-        )),
+    match compression {
+        Compression::None => tar::produce_chunks(blob, tx, pool),
+        Compression::Gzip => tar::produce_chunks(
+            flate2::bufread::MultiGzDecoder::new(BufReader::with_capacity(IN_BUF, blob)),
+            tx,
+            pool,
+        ),
         Compression::Zstd => {
-            let mut d =
+            let decoder =
                 zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(IN_BUF, blob))
-                    .map_err(read_err)?;
-            d.window_log_max(31).map_err(read_err)?;
-            Box::new(d)
+                    .and_then(|mut d| d.window_log_max(31).map(|()| d));
+            match decoder {
+                Ok(d) => tar::produce_chunks(d, tx, pool),
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
         }
-    };
-    let root = Root::open(dest).map_err(|source| ExtractError::Destination {
-        path: dest.to_owned(),
-        source,
-    })?;
-    let mut ex = Extractor {
-        root,
-        stream: TarStream::new(decoder),
-        stats: UnpackStats::default(),
-        dir_times: Vec::new(),
-    };
-    ex.run()?;
-    let Extractor {
-        mut root,
-        stream,
-        mut stats,
-        dir_times,
-    } = ex;
-    let (actual, total) = stream.finish().map_err(|e| ExtractError::stream("", e))?;
-    stats.decompressed_bytes = total;
-    stats.compressed_bytes = counted.get();
-    if actual != *diff_id {
-        return Err(ExtractError::DiffIdMismatch {
-            expected: *diff_id,
-            actual,
-        });
     }
-    // Directory times last: creating entries inside a directory changes its mtime.
-    set_dir_times(&mut root, &dir_times);
-    Ok(stats)
+    counted.get()
 }
 
 struct CountingReader<R> {
@@ -216,30 +252,36 @@ impl<R: Read> Read for CountingReader<R> {
     }
 }
 
-struct Extractor<R> {
+struct Extractor {
     root: Root,
-    stream: TarStream<R>,
     stats: UnpackStats,
     /// Directories whose times are set after everything else.
     dir_times: Vec<(Vec<u8>, Time, Option<Time>)>,
 }
 
-impl<R: Read> Extractor<R> {
-    fn run(&mut self) -> Result<(), ExtractError> {
+impl Extractor {
+    /// Extracts every entry, then reads the stream to its end.
+    fn run(&mut self, mut stream: TarStream) -> Result<(), ExtractError> {
         let mut last = String::new();
         loop {
-            let entry = match self.stream.next_entry() {
+            let entry = match stream.next_entry() {
                 Ok(Some(e)) => e,
-                Ok(None) => return Ok(()),
+                Ok(None) => break,
                 Err(e) => return Err(ExtractError::stream(&last, e)),
             };
             last = entry.display_path();
             self.stats.entries += 1;
-            self.entry(&entry, &last)?;
+            self.entry(&mut stream, &entry, &last)?;
         }
+        stream.finish().map_err(|e| ExtractError::stream(&last, e))
     }
 
-    fn entry(&mut self, e: &Entry, shown: &str) -> Result<(), ExtractError> {
+    fn entry(
+        &mut self,
+        stream: &mut TarStream,
+        e: &Entry,
+        shown: &str,
+    ) -> Result<(), ExtractError> {
         let path = normalize(&e.path).map_err(|r| ExtractError::unsafe_path(shown, r))?;
         if path.is_empty() {
             // The layer root itself ("./"): containerd ignores it too.
@@ -264,7 +306,7 @@ impl<R: Read> Extractor<R> {
             Kind::Regular => {
                 let fd = self.root.create_file(&parent, dir, name).map_err(fs)?;
                 let mut written = 0u64;
-                self.stream
+                stream
                     .copy_data(|chunk| {
                         write_all(&fd, chunk)?;
                         written += chunk.len() as u64;

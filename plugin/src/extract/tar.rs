@@ -1,8 +1,11 @@
 //! A streaming tar reader over a decompressed layer.
 //!
-//! One buffer does all the work: the decompressor writes into it, it is hashed
-//! as it fills, headers are parsed from it, and file data is written to disk
-//! straight from it. No byte is copied in user space after decompression.
+//! Three stages on three threads, handing the same buffers along: the
+//! decompressor fills 1 MiB chunks ([`produce_chunks`]), the hasher hashes
+//! them ([`hash_chunks`]), and the extractor parses headers from them and
+//! writes file data to disk straight from them ([`TarStream`]). No byte is
+//! copied in user space after decompression; buffers go back to the
+//! decompressor for reuse.
 //!
 //! Header fields are decoded with the `tar` crate ([`tar::Header`]); the
 //! stream structure (PAX records, GNU long names, padding, end of archive) is
@@ -11,14 +14,12 @@
 
 use std::borrow::Cow;
 use std::io::{self, Read};
+use std::sync::mpsc::{Receiver, Sender, SyncSender};
 
 use crate::digest::{Digest, Hasher};
 
 /// Size of a tar block.
 const BLOCK: usize = 512;
-/// The stream buffer. Large enough that big files are written in large
-/// chunks, small enough to stay in the L2 cache between inflate, hash and write.
-const BUF_SIZE: usize = 512 * 1024;
 /// Largest PAX header or GNU long name accepted (the limit Go's archive/tar uses).
 const MAX_META: u64 = 1 << 20;
 /// Prefix of PAX records that carry extended attributes.
@@ -118,82 +119,147 @@ struct Pax {
     sparse: bool,
 }
 
-/// The decompressed layer as a sequence of tar entries.
-pub(super) struct TarStream<R> {
-    inner: R,
-    buf: Box<[u8]>,
+/// A piece of the decompressed stream: `buf[..len]` is data.
+pub(super) struct Chunk {
+    pub buf: Vec<u8>,
+    pub len: usize,
+}
+
+/// What the decompression side sends: chunks in order, an error, or (by
+/// closing the channel) the end of the stream.
+pub(super) type ChunkMsg = io::Result<Chunk>;
+
+/// Size of the chunks the decompressor fills: large writes for big files,
+/// few channel hand-offs.
+pub(super) const CHUNK_SIZE: usize = 1024 * 1024;
+
+/// Reads `inner` to its end in chunks and sends them; buffers come back
+/// through `pool`. Returns when the stream ended, failed (the error is sent
+/// on), or the receiving side went away.
+pub(super) fn produce_chunks(
+    mut inner: impl Read,
+    tx: &SyncSender<ChunkMsg>,
+    pool: &Receiver<Vec<u8>>,
+) {
+    loop {
+        let mut buf = pool.try_recv().unwrap_or_else(|_| vec![0u8; CHUNK_SIZE]);
+        let mut len = 0;
+        let mut eof = false;
+        while len < buf.len() {
+            match inner.read(&mut buf[len..]) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                // A reader claiming more than it was given is broken; do not trust it.
+                Ok(n) => len = (len + n).min(buf.len()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            }
+        }
+        if len > 0 && tx.send(Ok(Chunk { buf, len })).is_err() {
+            return;
+        }
+        if eof {
+            return;
+        }
+    }
+}
+
+/// Hashes the chunks passing from `rx` to `tx`; returns the digest and the
+/// length of everything that passed (the whole stream, if it ended well).
+pub(super) fn hash_chunks(rx: Receiver<ChunkMsg>, tx: SyncSender<ChunkMsg>) -> (Digest, u64) {
+    let mut hasher = Hasher::new();
+    let mut total = 0u64;
+    for msg in rx {
+        if let Ok(chunk) = &msg {
+            hasher.update(&chunk.buf[..chunk.len]);
+            total += chunk.len as u64;
+        }
+        if tx.send(msg).is_err() {
+            break;
+        }
+    }
+    (hasher.finish(), total)
+}
+
+/// The decompressed layer as a sequence of tar entries, read from chunks.
+pub(super) struct TarStream {
+    rx: Receiver<ChunkMsg>,
+    pool: Sender<Vec<u8>>,
+    cur: Vec<u8>,
     pos: usize,
     end: usize,
-    hasher: Hasher,
-    total: u64,
+    eof: bool,
     /// Data bytes of the current entry not consumed yet.
     data_left: u64,
     /// Padding after the current entry's data.
     pad_left: u64,
 }
 
-impl<R: Read> TarStream<R> {
-    pub fn new(inner: R) -> Self {
+impl TarStream {
+    pub fn new(rx: Receiver<ChunkMsg>, pool: Sender<Vec<u8>>) -> Self {
         TarStream {
-            inner,
-            buf: vec![0u8; BUF_SIZE].into_boxed_slice(),
+            rx,
+            pool,
+            cur: Vec::new(),
             pos: 0,
             end: 0,
-            hasher: Hasher::new(),
-            total: 0,
+            eof: false,
             data_left: 0,
             pad_left: 0,
         }
     }
 
-    /// One read from the inner stream into the free tail of the buffer,
-    /// compacting first if the tail is full. Returns the bytes added (0 at EOF).
-    fn fill(&mut self) -> io::Result<usize> {
-        if self.pos == self.end {
-            self.pos = 0;
-            self.end = 0;
-        } else if self.end == self.buf.len() {
-            self.buf.copy_within(self.pos..self.end, 0);
-            self.end -= self.pos;
-            self.pos = 0;
+    /// Moves to the next chunk, handing the current buffer back for reuse.
+    /// Returns false at the end of the stream.
+    fn next_chunk(&mut self) -> Result<bool, StreamError> {
+        if self.eof {
+            return Ok(false);
         }
-        loop {
-            match self.inner.read(&mut self.buf[self.end..]) {
-                Ok(n) => {
-                    // A reader claiming more than it was given is broken; do not trust it.
-                    let n = n.min(self.buf.len() - self.end);
-                    self.hasher.update(&self.buf[self.end..self.end + n]);
-                    self.end += n;
-                    self.total += n as u64;
-                    return Ok(n);
+        match self.rx.recv() {
+            Ok(Ok(chunk)) => {
+                let old = std::mem::replace(&mut self.cur, chunk.buf);
+                if !old.is_empty() {
+                    let _ = self.pool.send(old);
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                self.pos = 0;
+                self.end = chunk.len.min(self.cur.len());
+                Ok(true)
+            }
+            Ok(Err(e)) => {
+                self.eof = true;
+                Err(StreamError::Read(e))
+            }
+            Err(_) => {
+                self.eof = true;
+                Ok(false)
             }
         }
     }
 
-    /// Makes at least `n` (<= buffer size) bytes available. Returns false if
-    /// the stream ended first (whatever was read stays available).
-    fn ensure(&mut self, n: usize) -> io::Result<bool> {
-        debug_assert!(n <= self.buf.len());
-        while self.end - self.pos < n {
-            if self.pos + n > self.buf.len() {
-                self.buf.copy_within(self.pos..self.end, 0);
-                self.end -= self.pos;
-                self.pos = 0;
+    /// Copies up to `out.len()` bytes; fewer only at the end of the stream.
+    fn read_some(&mut self, out: &mut [u8]) -> Result<usize, StreamError> {
+        let mut done = 0;
+        while done < out.len() {
+            if self.pos == self.end && !self.next_chunk()? {
+                break;
             }
-            if self.fill()? == 0 {
-                return Ok(false);
-            }
+            let take = (self.end - self.pos).min(out.len() - done);
+            out[done..done + take].copy_from_slice(&self.cur[self.pos..self.pos + take]);
+            self.pos += take;
+            done += take;
         }
-        Ok(true)
+        Ok(done)
     }
 
     /// Discards `n` bytes of the stream.
     fn skip(&mut self, mut n: u64) -> Result<(), StreamError> {
         while n > 0 {
-            if self.pos == self.end && self.fill()? == 0 {
+            if self.pos == self.end && !self.next_chunk()? {
                 return Err(StreamError::Truncated);
             }
             let take = (self.end - self.pos).min(usize::try_from(n).unwrap_or(usize::MAX));
@@ -208,57 +274,41 @@ impl<R: Read> TarStream<R> {
         if n > MAX_META {
             return Err(malformed(format!("extension header of {n} bytes")));
         }
-        let n = n as usize;
-        let mut v = Vec::with_capacity(n);
-        while v.len() < n {
-            if self.pos == self.end && self.fill()? == 0 {
-                return Err(StreamError::Truncated);
-            }
-            let take = (self.end - self.pos).min(n - v.len());
-            v.extend_from_slice(&self.buf[self.pos..self.pos + take]);
-            self.pos += take;
+        let mut v = vec![0u8; n as usize];
+        if self.read_some(&mut v)? < v.len() {
+            return Err(StreamError::Truncated);
         }
         Ok(v)
     }
 
-    /// The current entry's data, in chunks as large as the buffer allows:
-    /// calls `sink` with each chunk until the data is consumed.
+    /// The current entry's data, in chunks as large as the stream's: calls
+    /// `sink` with each piece until the data is consumed.
     pub fn copy_data<E>(
         &mut self,
         mut sink: impl FnMut(&[u8]) -> Result<(), E>,
     ) -> Result<Result<(), E>, StreamError> {
         while self.data_left > 0 {
-            if self.pos == self.end {
-                let want = usize::try_from(self.data_left)
-                    .unwrap_or(usize::MAX)
-                    .min(self.buf.len());
-                self.ensure(want)?;
-                if self.pos == self.end {
-                    return Err(StreamError::Truncated);
-                }
+            if self.pos == self.end && !self.next_chunk()? {
+                return Err(StreamError::Truncated);
             }
             let take =
                 (self.end - self.pos).min(usize::try_from(self.data_left).unwrap_or(usize::MAX));
-            let chunk = &self.buf[self.pos..self.pos + take];
+            let piece = &self.cur[self.pos..self.pos + take];
             self.pos += take;
             self.data_left -= take as u64;
-            if let Err(e) = sink(chunk) {
+            if let Err(e) = sink(piece) {
                 return Ok(Err(e));
             }
         }
         Ok(Ok(()))
     }
 
-    /// Reads the rest of the stream (the blocks after the end-of-archive
-    /// marker count for the diffID) and returns its digest and length.
-    pub fn finish(mut self) -> Result<(Digest, u64), StreamError> {
-        self.pos = 0;
-        self.end = 0;
-        while self.fill()? > 0 {
-            self.pos = 0;
-            self.end = 0;
-        }
-        Ok((self.hasher.finish(), self.total))
+    /// Consumes the rest of the stream: the blocks after the end-of-archive
+    /// marker count for the diffID, and a stream that fails there fails.
+    pub fn finish(mut self) -> Result<(), StreamError> {
+        self.pos = self.end;
+        while self.next_chunk()? {}
+        Ok(())
     }
 
     /// The next entry, or `None` at the end of the archive. Unread data of
@@ -272,21 +322,16 @@ impl<R: Read> TarStream<R> {
         let mut long_name: Option<Vec<u8>> = None;
         let mut long_link: Option<Vec<u8>> = None;
         loop {
-            if !self.ensure(BLOCK)? {
-                if self.pos == self.end
-                    && pax.is_none()
-                    && long_name.is_none()
-                    && long_link.is_none()
-                {
+            let mut block = [0u8; BLOCK];
+            let got = self.read_some(&mut block)?;
+            if got < BLOCK {
+                if got == 0 && pax.is_none() && long_name.is_none() && long_link.is_none() {
                     // End of stream on a block boundary without end-of-archive
                     // blocks: accepted, as Go's archive/tar does.
                     return Ok(None);
                 }
                 return Err(StreamError::Truncated);
             }
-            let mut block = [0u8; BLOCK];
-            block.copy_from_slice(&self.buf[self.pos..self.pos + BLOCK]);
-            self.pos += BLOCK;
 
             if block.iter().all(|&b| b == 0) {
                 if pax.is_some() || long_name.is_some() || long_link.is_some() {

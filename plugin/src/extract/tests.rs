@@ -985,3 +985,36 @@ fn missing_destination_is_an_error() {
     .unwrap_err();
     assert!(matches!(err, ExtractError::Destination { .. }), "{err}");
 }
+
+/// Ad-hoc speed check, not a timed test. Run as root with
+/// `EXTRACT_BENCH=<blob>,<none|gzip|zstd>,<diffID>,<empty dest dir>
+/// cargo test --release -p airgap-snapshotter --lib extract::tests::bench -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench() {
+    let Ok(spec) = std::env::var("EXTRACT_BENCH") else {
+        return;
+    };
+    let parts: Vec<&str> = spec.split(',').collect();
+    let [blob, c, diff, dest] = parts[..] else {
+        panic!("EXTRACT_BENCH=<blob>,<compression>,<diffID>,<dest>");
+    };
+    let c = match c {
+        "gzip" => Compression::Gzip,
+        "zstd" => Compression::Zstd,
+        _ => Compression::None,
+    };
+    let start = std::time::Instant::now();
+    let stats = unpack_layer(
+        fs::File::open(blob).unwrap(),
+        c,
+        &diff.parse().unwrap(),
+        Path::new(dest),
+    )
+    .unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "{secs:.2} s, {:.0} MB/s of tar, {stats:?}",
+        stats.decompressed_bytes as f64 / secs / 1e6
+    );
+}

@@ -7,8 +7,9 @@
 //!   request at all, reaching the registry; it has the archive's manifest
 //!   digest and runs.
 //! - An image only in the registry pulls through the mirror's upstream
-//!   fallback; with the registry's htpasswd auth only the daemon holds the
-//!   credentials, so the pull cannot have gone around the mirror.
+//!   fallback; with a registry behind TLS from a test CA and htpasswd auth,
+//!   only the daemon holds the CA and the credentials, so the pull cannot
+//!   have gone around the mirror.
 //! - With the registry gone, archived images still pull (CRI and ctr) and
 //!   the daemon logs that the upstream is down.
 //!
@@ -62,14 +63,35 @@ fn test_ca(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
         Ok(())
     };
     openssl(&[
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
-        "-days", "2", "-subj", "/CN=airgap test CA",
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=airgap test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
     ])?;
     openssl(&[
-        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
-        "-subj", "/CN=127.0.0.1",
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
     ])?;
     std::fs::write(
         &ext,
@@ -77,8 +99,21 @@ fn test_ca(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
          keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
     )?;
     openssl(&[
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "server.ext",
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
     ])?;
     let _ = (ca_key, csr);
     Ok((ca, cert, key))
@@ -544,7 +579,7 @@ fn mirror_pull(test: &str) -> Result<()> {
 /// basic auth) that only the daemon has: an image only there pulls through
 /// the mirror and runs.
 #[test]
-fn upstream_with_basic_auth() {
+fn upstream_with_tls_and_basic_auth() {
     let test = "mirror_upstream_auth";
     if !can_run(test) {
         return;

@@ -6,6 +6,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -102,8 +103,10 @@ impl Registry {
             .collect()
     }
 
-    /// The digests of every successful or attempted `GET /v2/.../blobs/<digest>`.
+    /// The digests of every successful or attempted `GET /v2/.../blobs/<digest>`
+    /// (after [`Registry::settle`]).
     pub fn blob_gets(&self) -> Vec<String> {
+        self.settle();
         self.access_lines()
             .into_iter()
             .filter(|l| l.method == "GET")
@@ -116,8 +119,22 @@ impl Registry {
         self.access_lines().len()
     }
 
-    /// Blob GETs after a [`Registry::mark`].
+    /// Waits until requests answered so far are in the access log: the
+    /// registry writes a line after the response, so a client can be done
+    /// before its line is. A sentinel request is sent and waited for.
+    pub fn settle(&self) {
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        let path = format!("/v2/?settle={}", SEQ.fetch_add(1, Ordering::Relaxed));
+        let _ = http_status(self.port, &path);
+        let _ = process::wait_until("the registry access log", Duration::from_secs(5), || {
+            Ok(self.access_lines().iter().any(|l| l.path == path))
+        });
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    /// Blob GETs after a [`Registry::mark`] (after [`Registry::settle`]).
     pub fn blob_gets_since(&self, mark: usize) -> Vec<String> {
+        self.settle();
         self.access_lines()
             .into_iter()
             .skip(mark)

@@ -21,6 +21,7 @@ export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
 
 started=$(date +%s)
+logs=$(mktemp -d /tmp/airgap-test-logs-XXXXXX)
 summary=()
 failed=0
 
@@ -31,8 +32,9 @@ step() {
     local t0 rc
     t0=$(date +%s)
     printf '\n===== %s: %s\n' "$name" "$*"
+    local log=$logs/$name.log
     rc=0
-    timeout --kill-after=30s "${minutes}m" "$@" || rc=$?
+    timeout --kill-after=30s "${minutes}m" "$@" 2>&1 | tee "$log" || rc=${PIPESTATUS[0]}
     local took=$(($(date +%s) - t0))
     if ((rc == 0)); then
         summary+=("PASS  ${name} (${took}s)")
@@ -42,6 +44,11 @@ step() {
         else
             summary+=("FAIL  ${name} (exit ${rc}, ${took}s)")
         fi
+        # Name the failed tests (nextest, cargo test and go test formats).
+        local line
+        while IFS= read -r line; do
+            summary+=("        ${line}")
+        done < <(grep -E '^ +FAIL \[|^test .* FAILED$|^--- FAIL' "$log" | sed -E 's/^ +//' | sort -u | head -n 20)
         failed=1
     fi
     return 0
@@ -61,7 +68,7 @@ print_summary() {
         printf 'ALL PASSED\n'
     fi
 }
-trap print_summary EXIT
+trap 'print_summary; rm -rf "$logs"' EXIT
 
 is_root=0
 [[ $(id -u) -eq 0 ]] && is_root=1

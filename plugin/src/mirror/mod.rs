@@ -417,11 +417,11 @@ fn blob_open_error(digest: Digest, e: io::Error) -> MirrorError {
     }
 }
 
-/// Logs an upstream failure (one clear line, no credentials) and turns it
-/// into the mirror's answer.
+/// Logs an upstream failure (no credentials; an outage is logged once by
+/// the upstream itself) and turns it into the mirror's answer.
 fn upstream_failed(e: UpstreamError) -> MirrorError {
     if e.is_unreachable() {
-        tracing::warn!(error = %e, "upstream registry is down or unreachable; only archived images are served");
+        tracing::debug!(error = %e, "upstream registry unreachable");
     } else {
         tracing::warn!(error = %e, "upstream registry request failed");
     }

@@ -44,6 +44,8 @@ const SMALL_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error("{endpoint}: cannot read {path}: {source}")]
     CaFile {
         endpoint: String,
@@ -89,11 +91,14 @@ pub struct Upstreams {
 
 impl Upstreams {
     /// Builds a client per table; reads password files and CA files now.
-    pub fn new(configs: &[UpstreamConfig]) -> Result<Upstreams, anyhow::Error> {
+    pub fn new(configs: &[UpstreamConfig]) -> Result<Upstreams, UpstreamError> {
         let mut list = Vec::new();
         for c in configs {
             let password = c.load_password()?;
-            list.push(Arc::new(Upstream::new(c, password)?));
+            let u = Upstream::new(c, password)?;
+            tracing::info!(registry = %u.registry, endpoint = %u.endpoint, prefix = ?u.path_prefix,
+                credentials = u.username.is_some(), "upstream registry configured");
+            list.push(Arc::new(u));
         }
         Ok(Upstreams { list })
     }
@@ -146,6 +151,8 @@ pub struct Upstream {
     tokens: Mutex<HashMap<String, (String, Instant)>>,
     /// The upstream asked for basic auth once: send it up front.
     basic: AtomicBool,
+    /// The last request could not reach it (logged once per outage).
+    down: AtomicBool,
     manifests: Mutex<LruCache<Digest, FetchedManifest>>,
 }
 
@@ -208,6 +215,7 @@ impl Upstream {
             client,
             tokens: Mutex::new(HashMap::new()),
             basic: AtomicBool::new(false),
+            down: AtomicBool::new(false),
             manifests: Mutex::new(LruCache::new(
                 NonZeroUsize::new(MANIFEST_CACHE).expect("non-zero"),
             )),
@@ -427,9 +435,19 @@ impl Upstream {
         } else {
             root_cause(e)
         };
-        UpstreamError::Unreachable {
+        let err = UpstreamError::Unreachable {
             endpoint: self.endpoint.clone(),
             reason,
+        };
+        if !self.down.swap(true, Ordering::Relaxed) {
+            tracing::warn!(error = %err, "upstream registry is down or unreachable; only archived images are served until it is back");
+        }
+        err
+    }
+
+    fn reached(&self) {
+        if self.down.swap(false, Ordering::Relaxed) {
+            tracing::info!(endpoint = %self.endpoint, "upstream registry reachable again");
         }
     }
 
@@ -488,6 +506,7 @@ impl Upstream {
                 },
             };
             let resp = req.send().await.map_err(|e| self.unreachable(&e))?;
+            self.reached();
             if resp.status() != StatusCode::UNAUTHORIZED || challenged {
                 if resp.status() == StatusCode::UNAUTHORIZED
                     || resp.status() == StatusCode::FORBIDDEN

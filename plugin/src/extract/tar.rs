@@ -314,8 +314,9 @@ impl TarStream {
     /// The next entry, or `None` at the end of the archive. Unread data of
     /// the previous entry is skipped.
     pub fn next_entry(&mut self) -> Result<Option<Entry>, StreamError> {
-        self.skip(self.data_left + self.pad_left)?;
+        self.skip(self.data_left)?;
         self.data_left = 0;
+        self.skip(self.pad_left)?;
         self.pad_left = 0;
 
         let mut pax: Option<Pax> = None;

@@ -665,6 +665,37 @@ fn truncated_and_corrupt_streams_fail_cleanly() {
 }
 
 #[test]
+fn absurd_sizes_and_ids_are_errors() {
+    for records in [
+        &[("path", &b"f"[..]), ("size", b"18446744073709551615")][..],
+        &[("path", b"f"), ("size", b"99999999999999999999999")],
+        &[("path", b"f"), ("uid", b"4294967296")],
+        &[("path", b"f"), ("mtime", b"1e9")],
+    ] {
+        let fx = Fixture::new();
+        let mut l = Layer::new();
+        l.pax(records, EntryType::Regular, b"x");
+        let err = fx.unpack(&l.tar(), Compression::None).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ExtractError::Truncated { .. } | ExtractError::Malformed { .. }
+            ),
+            "{err}"
+        );
+    }
+    // An extension header larger than any path or xattr set needs.
+    let fx = Fixture::new();
+    let mut l = Layer::new();
+    let big = vec![b'a'; 2 << 20];
+    l.pax(&[("comment", &big)], EntryType::Regular, b"x");
+    assert!(matches!(
+        fx.unpack(&l.tar(), Compression::None),
+        Err(ExtractError::Malformed { .. })
+    ));
+}
+
+#[test]
 fn mutated_archives_never_panic_or_escape() {
     // A small deterministic fuzzer: random byte edits of a layer full of
     // links, whiteouts and PAX records.

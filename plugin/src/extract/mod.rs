@@ -162,8 +162,18 @@ pub fn unpack_layer(
     let (hash_tx, tar_rx) = mpsc::sync_channel::<ChunkMsg>(QUEUE);
     let (pool_tx, pool_rx) = mpsc::channel::<Vec<u8>>();
     std::thread::scope(|s| {
-        let decoder = s.spawn(move || decompress(blob, compression, &dec_tx, &pool_rx));
-        let hasher = s.spawn(move || tar::hash_chunks(hash_rx, hash_tx));
+        let spawn_err = |source| ExtractError::Stream {
+            entry: String::new(),
+            source,
+        };
+        let decoder = std::thread::Builder::new()
+            .name("extract-inflate".into())
+            .spawn_scoped(s, move || decompress(blob, compression, &dec_tx, &pool_rx))
+            .map_err(spawn_err)?;
+        let hasher = std::thread::Builder::new()
+            .name("extract-hash".into())
+            .spawn_scoped(s, move || tar::hash_chunks(hash_rx, hash_tx))
+            .map_err(spawn_err)?;
         let mut ex = Extractor {
             root,
             stats: UnpackStats::default(),

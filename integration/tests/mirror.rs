@@ -456,10 +456,13 @@ fn mirror_pull(test: &str) -> Result<()> {
         let repo = img.name.strip_prefix(&format!("{host}/")).unwrap();
         registry.push(&img.archive, &img.tag, repo)?;
     }
-    // A docker-save archive of an image the registry never had.
+    // A docker-save archive of an image.
     let saved_name = format!("{host}/library/saved:v1");
     let saved_spec = sample(&host, "saved", "v1")?;
     let saved_oci = build(work.path(), &saved_spec)?;
+    // The registry has it too, under its OCI manifest (another digest than
+    // the one the daemon synthesizes for the docker-save archive).
+    registry.push(&saved_oci.archive, "v1", "library/saved:v1")?;
     let saved = work.path().join("saved-docker.tar");
     process::run(
         Command::new("skopeo")
@@ -497,10 +500,32 @@ fn mirror_pull(test: &str) -> Result<()> {
     );
     run_check(&containerd, "default", &archived.name, "archived")?;
 
-    // 2. The docker-save image, by tag, from its synthesized manifest.
+    // 2. The docker-save image, by tag, from its synthesized manifest: the
+    // archived tag wins, the registry is not asked.
     eprintln!("== {test}: ctr images pull --hosts-dir {saved_name} (docker-save archive)");
+    let mark = registry.access().len();
     ctr_pull(&containerd, "default", &hosts, &saved_name)?;
+    let after = registry.access();
+    ensure!(
+        after.len() == mark,
+        "pulling an archived tag reached the registry: {:?}",
+        &after[mark..]
+    );
     run_check(&containerd, "default", &saved_name, "saved")?;
+    // Pinned to the registry's digest, which no archive holds: the mirror
+    // fetches that manifest from its upstream.
+    let pinned = format!("{host}/library/saved@{}", saved_oci.manifest_digest);
+    eprintln!("== {test}: ctr images pull --hosts-dir {pinned}");
+    let mark = registry.access().len();
+    ctr_pull(&containerd, "default", &hosts, &pinned)?;
+    let wanted = format!("/manifests/{}", saved_oci.manifest_digest);
+    ensure!(
+        registry.access()[mark..]
+            .iter()
+            .any(|l| l.contains("airgap-snapshotter/") && l.contains(&wanted)),
+        "the mirror did not fetch {wanted} from its upstream"
+    );
+    run_check(&containerd, "default", &pinned, "pinned")?;
 
     // 3. Only in the registry: the mirror fetches it from its upstream.
     let mark = registry.access().len();
@@ -533,11 +558,14 @@ fn mirror_pull(test: &str) -> Result<()> {
     );
     ensure!(image_digest(&containerd, "default", &remote.name)? == remote.manifest_digest);
     run_check(&containerd, "default", &remote.name, "remote")?;
+    let mut cri = CriClient::connect(containerd.address())?;
+    eprintln!("== {test}: CRI PullImage {} (registry only)", remote.name);
+    ensure!(cri.pull_image(&remote.name)? == remote.config_digest);
+    run_check(&containerd, K8S_NS, &remote.name, "remote-cri")?;
 
     // 4. No registry at all: archived images still pull, through CRI too.
     eprintln!("== {test}: stopping the registry");
     registry.stop()?;
-    let mut cri = CriClient::connect(containerd.address())?;
     eprintln!(
         "== {test}: CRI PullImage {} with no registry",
         archived.name

@@ -126,9 +126,8 @@ impl Mirror {
         };
         let Some(doc) = self.catalog.document(&digest) else {
             if listed_type.is_some() {
-                return Err(MirrorError::Internal(format!(
-                    "{r} resolves to {digest}, which no archive holds any more"
-                )));
+                // The archive went away between the two lookups: a miss.
+                tracing::debug!(image = %r, %digest, "archive withdrawn while resolving");
             }
             return Ok(None);
         };

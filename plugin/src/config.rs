@@ -55,7 +55,9 @@ pub struct ServeArgs {
     /// TOML configuration file (keys as the long flags, with `_`).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Registry mirror listen address, or `off` [default: 127.0.0.1:5050].
+    /// Registry mirror listen address, or `off` [default: 127.0.0.1:5050];
+    /// a non-loopback address also needs `mirror_allow_non_loopback = true`
+    /// in the config file.
     #[arg(long, value_name = "ADDR|off")]
     pub mirror_listen: Option<MirrorListen>,
     /// Byte budget of the cache of decompressed layers (suffixes K, M, G, T,

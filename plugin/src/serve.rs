@@ -48,12 +48,12 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         cache_bytes: config.cache_bytes,
         ..Default::default()
     };
-    let catalog = tokio::task::spawn_blocking(move || Catalog::open(catalog_options))
+    let catalog = tokio::task::spawn_blocking(move || Catalog::empty(catalog_options))
         .await
         .context("open the archive catalog")??;
-    let images = catalog.images().len();
-    tracing::info!(archives = catalog.archives().len(), images, "catalog ready");
-    // Watches the archive directories until `serve` returns.
+    // The watcher's first scan indexes the archives (or loads their persisted
+    // indexes) while the sockets already answer; lookups wait for that scan.
+    // It watches the directories until `serve` returns.
     let _watch = catalog.watch();
     let upstreams = Upstreams::new(&config.upstream).context("set up the upstream registries")?;
     let mirror = Mirror::new(catalog.clone(), upstreams);

@@ -6,7 +6,7 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use super::container::{self, Container};
@@ -15,6 +15,9 @@ use super::{LayerRef, LayerSource};
 use crate::blob::{BlobReader, FileRange, SeekableRange, SequentialReader, Stats, VerifyingReader};
 use crate::cache::LayerCache;
 use crate::digest::Digest;
+
+/// Longest a lookup waits for the first scan of the archives.
+const FIRST_SCAN_WAIT: Duration = Duration::from_secs(300);
 
 /// How the catalog is set up.
 #[derive(Clone, Debug)]
@@ -107,6 +110,9 @@ pub struct Catalog {
     stats: Arc<Stats>,
     /// Blobs whose every byte was checked (keyed by archive version).
     verified: Mutex<HashSet<(FileKey, Digest)>>,
+    /// Set once the first scan has finished: lookups wait for it, so a pull
+    /// that starts while the archives are first indexed finds them.
+    scanned: (Mutex<bool>, Condvar),
     _cache_tmp: Option<tempfile::TempDir>,
 }
 
@@ -115,6 +121,15 @@ impl Catalog {
     /// archive now in the directories. Broken archives are logged and kept
     /// out; they never fail the whole catalog.
     pub fn open(opts: CatalogOptions) -> Result<Arc<Catalog>, CatalogError> {
+        let catalog = Catalog::empty(opts)?;
+        catalog.rescan();
+        Ok(catalog)
+    }
+
+    /// Sets the catalog up without looking at any archive yet: the daemon
+    /// serves at once and lets [`Catalog::watch`] do the first scan, so a
+    /// large archive indexed for the first time never delays start-up.
+    pub fn empty(opts: CatalogOptions) -> Result<Arc<Catalog>, CatalogError> {
         let (cache_dir, tmp) = match &opts.cache_dir {
             Some(d) => (d.clone(), None),
             None => {
@@ -148,9 +163,9 @@ impl Catalog {
             cache,
             stats: Arc::new(Stats::default()),
             verified: Mutex::new(HashSet::new()),
+            scanned: (Mutex::new(false), Condvar::new()),
             _cache_tmp: tmp,
         });
-        catalog.rescan();
         Ok(catalog)
     }
 
@@ -267,13 +282,37 @@ impl Catalog {
         for p in gone {
             tracing::info!(archive = %p.display(), "archive removed");
             state.archives.remove(&p);
+            if let Some(persisted) = self.persisted_path(&p) {
+                let _ = fs::remove_file(persisted);
+            }
             report.removed.push(p);
         }
         state.broken.retain(|p, _| seen.contains(p));
         if !report.indexed.is_empty() || !report.removed.is_empty() {
             derive(&mut state);
         }
+        let (archives, images) = (state.archives.len(), state.names.len());
+        drop(state);
+        let mut scanned = self.scanned.0.lock().unwrap();
+        if !*scanned {
+            *scanned = true;
+            self.scanned.1.notify_all();
+            tracing::info!(archives, images, "archives scanned");
+        }
         report
+    }
+
+    /// The state, once the first scan is done (waiting at most
+    /// [`FIRST_SCAN_WAIT`]; after that, whatever is indexed so far).
+    fn ready_state(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        let (lock, cond) = &self.scanned;
+        let done = lock.lock().unwrap();
+        if !*done {
+            let _ = cond
+                .wait_timeout_while(done, FIRST_SCAN_WAIT, |d| !*d)
+                .unwrap();
+        }
+        self.state.read().unwrap()
     }
 
     /// Indexes one archive, or loads its persisted index if the file is the
@@ -332,7 +371,7 @@ impl Catalog {
 
     /// Every listed image name (the winning archive's, when several carry it).
     pub fn images(&self) -> Vec<ImageInfo> {
-        let state = self.state.read().unwrap();
+        let state = self.ready_state();
         let mut out: Vec<ImageInfo> = state
             .names
             .values()
@@ -347,7 +386,7 @@ impl Catalog {
 
     /// Archives that could not be read, with the reason.
     pub fn broken(&self) -> Vec<(PathBuf, String)> {
-        let state = self.state.read().unwrap();
+        let state = self.ready_state();
         state
             .broken
             .iter()
@@ -367,7 +406,7 @@ impl Catalog {
 
     /// The image a normalized name points to.
     pub fn resolve(&self, name: &str) -> Option<ImageInfo> {
-        let state = self.state.read().unwrap();
+        let state = self.ready_state();
         state.names.get(name).map(|(a, i)| ImageInfo {
             entry: a.index.images[*i].clone(),
             archive: a.index.path.clone(),
@@ -376,7 +415,7 @@ impl Catalog {
 
     /// A JSON document (index, manifest, config) by digest.
     pub fn document(&self, digest: &Digest) -> Option<String> {
-        let state = self.state.read().unwrap();
+        let state = self.ready_state();
         state
             .archives
             .values()
@@ -388,7 +427,7 @@ impl Catalog {
         if let Some(d) = self.document(digest) {
             return Some(d.len() as u64);
         }
-        let state = self.state.read().unwrap();
+        let state = self.ready_state();
         state
             .blobs
             .get(digest)
@@ -473,7 +512,7 @@ impl Catalog {
     }
 
     fn archive_with(&self, digest: &Digest) -> io::Result<Arc<Archive>> {
-        let state = self.state.read().unwrap();
+        let state = self.ready_state();
         state.blobs.get(digest).cloned().ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::NotFound,
@@ -604,7 +643,7 @@ impl Read for FileAt {
 
 impl LayerSource for Catalog {
     fn layer(&self, chain_id: &Digest) -> Option<LayerRef> {
-        let state = self.state.read().unwrap();
+        let state = self.ready_state();
         state
             .chains
             .get(chain_id)
@@ -612,7 +651,7 @@ impl LayerSource for Catalog {
     }
 
     fn image_layers(&self, chain_id: &Digest) -> Vec<LayerRef> {
-        let state = self.state.read().unwrap();
+        let state = self.ready_state();
         let mut out = Vec::new();
         let mut seen = HashSet::new();
         for a in state.archives.values() {

@@ -42,18 +42,18 @@ struct TestRegistry {
     auth: bool,
     /// The test CA's certificate, when it serves TLS.
     ca: Option<PathBuf>,
-    dir: TestDir,
+    /// Dropped last: removed after the process stopped.
+    _dir: TestDir,
 }
 
 /// A CA and a server certificate for 127.0.0.1 signed by it, made with
 /// `openssl` in `dir`; returns (ca.pem, server.pem, server.key).
 fn test_ca(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
-    let (ca, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
-    let (cert, key, csr, ext) = (
+    // File names are relative to `dir`, where openssl runs.
+    let (ca, cert, key) = (
+        dir.join("ca.pem"),
         dir.join("server.pem"),
         dir.join("server.key"),
-        dir.join("server.csr"),
-        dir.join("server.ext"),
     );
     let openssl = |args: &[&str]| -> Result<()> {
         process::run(
@@ -94,7 +94,7 @@ fn test_ca(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
         "/CN=127.0.0.1",
     ])?;
     std::fs::write(
-        &ext,
+        dir.join("server.ext"),
         "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
          keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
     )?;
@@ -115,7 +115,6 @@ fn test_ca(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
         "-extfile",
         "server.ext",
     ])?;
-    let _ = (ca_key, csr);
     Ok((ca, cert, key))
 }
 
@@ -184,7 +183,7 @@ impl TestRegistry {
             log,
             auth,
             ca,
-            dir,
+            _dir: dir,
         })
     }
 
@@ -241,7 +240,6 @@ impl Drop for TestRegistry {
                 eprintln!("warning: stopping docker-registry: {e:#}");
             }
         }
-        let _ = self.dir.path();
     }
 }
 
@@ -250,10 +248,10 @@ impl Drop for TestRegistry {
 struct MirrorDaemon {
     proc: Option<Proc>,
     socket: PathBuf,
-    archives: PathBuf,
     port: u16,
     log: PathBuf,
-    dir: TestDir,
+    /// Dropped last: removed after the process stopped.
+    _dir: TestDir,
 }
 
 impl MirrorDaemon {
@@ -302,10 +300,9 @@ impl MirrorDaemon {
         Ok(Self {
             proc: Some(proc),
             socket,
-            archives: archives_dir,
             port,
             log,
-            dir,
+            _dir: dir,
         })
     }
 
@@ -339,7 +336,6 @@ impl Drop for MirrorDaemon {
                 eprintln!("warning: stopping airgap-snapshotter: {e:#}");
             }
         }
-        let _ = (&self.archives, self.dir.path());
     }
 }
 

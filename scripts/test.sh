@@ -12,7 +12,9 @@
 # Every step runs even when an earlier one failed (after the build steps),
 # a summary is printed at the end, and the exit status is non-zero if any
 # step failed. Steps 5 and 6 need root and are reported as skipped
-# otherwise. Environment: AIRGAP_TEST_SKIP_DEPS=1 skips step 1.
+# otherwise. Environment: AIRGAP_TEST_SKIP_DEPS=1 skips step 1;
+# AIRGAP_SNAPSHOTTER_BIN=PATH tests that daemon binary instead of building
+# target/debug/airgap-snapshotter.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -94,6 +96,12 @@ if command -v cargo-nextest >/dev/null 2>&1; then
 else
     step unit-tests 30 cargo test --workspace --no-fail-fast \
         --exclude airgap-integration
+fi
+
+# One daemon binary for the conformance suite and the end-to-end tests.
+if [[ -z ${AIRGAP_SNAPSHOTTER_BIN:-} ]]; then
+    step build-daemon 30 cargo build -p airgap-snapshotter --bin airgap-snapshotter
+    export AIRGAP_SNAPSHOTTER_BIN=${CARGO_TARGET_DIR:-$PWD/target}/debug/airgap-snapshotter
 fi
 
 if [[ ! -f integration/conformance.sh ]]; then

@@ -69,6 +69,7 @@ fn build_binary() -> Result<PathBuf> {
 /// A running (or stopped, between restarts) `airgap-snapshotter serve`.
 pub struct Daemon {
     proc: Option<Proc>,
+    extra_args: Vec<String>,
     binary: PathBuf,
     root: PathBuf,
     socket: PathBuf,
@@ -84,11 +85,18 @@ impl Daemon {
         let dir = TestDir::new("daemon")?;
         let archives = dir.path().join("archives");
         std::fs::create_dir_all(&archives)?;
-        Self::start_in(dir, archives)
+        Self::start_in(dir, archives, &[])
     }
 
     /// Starts the daemon on an archives directory that already holds files.
     pub fn start_with_archives(files: &[&Path]) -> Result<Self> {
+        Self::start_with_args(files, &[])
+    }
+
+    /// Like [`Daemon::start_with_archives`], with extra `serve` arguments
+    /// (e.g. `["--mirror-listen", "127.0.0.1:5000"]`, `["--config", FILE]`).
+    /// Without a `--mirror-listen` among them, the mirror is off.
+    pub fn start_with_args(files: &[&Path], args: &[&str]) -> Result<Self> {
         let dir = TestDir::new("daemon")?;
         let archives = dir.path().join("archives");
         std::fs::create_dir_all(&archives)?;
@@ -97,12 +105,17 @@ impl Daemon {
             std::fs::copy(file, archives.join(name))
                 .with_context(|| format!("copying {} into the archives", file.display()))?;
         }
-        Self::start_in(dir, archives)
+        Self::start_in(dir, archives, args)
     }
 
-    fn start_in(dir: TestDir, archives: PathBuf) -> Result<Self> {
+    fn start_in(dir: TestDir, archives: PathBuf, args: &[&str]) -> Result<Self> {
+        let mut extra_args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        if !args.iter().any(|a| a.starts_with("--mirror-listen")) {
+            extra_args.extend(["--mirror-listen".to_string(), "off".to_string()]);
+        }
         let mut this = Self {
             proc: None,
+            extra_args,
             binary: binary()?,
             root: dir.path().join("root"),
             socket: dir.path().join("snap.sock"),
@@ -131,7 +144,7 @@ impl Daemon {
                 .arg(&self.socket)
                 .arg("--archives")
                 .arg(&self.archives)
-                .args(["--mirror-listen", "off"]),
+                .args(&self.extra_args),
             &self.log,
         )?;
         let socket = self.socket.clone();

@@ -81,8 +81,24 @@ impl Mirror {
             .await
     }
 
+    /// Runs catalog lookups on a blocking thread: they read-lock the
+    /// catalog and wait for its first scan of the archives.
+    async fn lookup<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Catalog) -> T + Send + 'static,
+    ) -> Result<T, MirrorError> {
+        let catalog = self.catalog.clone();
+        tokio::task::spawn_blocking(move || f(&catalog))
+            .await
+            .map_err(|e| MirrorError::internal("catalog lookup task", e))
+    }
+
     async fn manifest(&self, r: &Reference, headers: &HeaderMap) -> Result<Manifest, MirrorError> {
-        if let Some(m) = self.archived_manifest(r)? {
+        let reference = r.clone();
+        if let Some(m) = self
+            .lookup(move |c| archived_manifest(c, &reference))
+            .await??
+        {
             return Ok(m);
         }
         if let Some(up) = self.upstreams.for_registry(&r.domain) {
@@ -107,65 +123,11 @@ impl Mirror {
                 Err(e) => return Err(upstream_failed(e)),
             }
         }
-        Err(self.manifest_miss(r))
-    }
-
-    /// The manifest `r` names, from the archives.
-    fn archived_manifest(&self, r: &Reference) -> Result<Option<Manifest>, MirrorError> {
-        let (digest, listed_type) = match (&r.digest, &r.tag) {
-            (Some(d), _) => (
-                d.parse::<Digest>()
-                    .map_err(|e| MirrorError::DigestInvalid(e.to_string()))?,
-                None,
-            ),
-            (None, Some(_)) => match self.catalog.resolve(&r.to_string()) {
-                Some(info) => (info.entry.digest, Some(info.entry.media_type)),
-                None => return Ok(None),
-            },
-            (None, None) => return Ok(None),
-        };
-        let Some(doc) = self.catalog.document(&digest) else {
-            if listed_type.is_some() {
-                // The archive went away between the two lookups: a miss.
-                tracing::debug!(image = %r, %digest, "archive withdrawn while resolving");
-            }
-            return Ok(None);
-        };
-        let bytes = Bytes::from(doc.into_bytes());
-        let Some(sniffed) = media::manifest_media_type(&bytes) else {
-            // A config or other document: not a manifest.
-            return Ok(None);
-        };
-        let media_type = listed_type.filter(|t| !t.is_empty()).unwrap_or(sniffed);
-        Ok(Some(Manifest {
-            digest,
-            media_type,
-            bytes,
-        }))
-    }
-
-    /// The 404 for a manifest nobody has: NAME_UNKNOWN when no archive
-    /// carries the repository at all.
-    fn manifest_miss(&self, r: &Reference) -> MirrorError {
-        let repo = format!("{}:", r.repository());
-        let known = self
-            .catalog
-            .images()
-            .iter()
-            .any(|i| i.entry.name.starts_with(&repo));
-        let upstream = if self.upstreams.for_registry(&r.domain).is_some() {
-            " nor upstream"
-        } else {
-            ""
-        };
-        if r.tag.is_some() && !known {
-            MirrorError::NameUnknown(format!(
-                "repository {} is in no archive{upstream}",
-                r.repository()
-            ))
-        } else {
-            MirrorError::ManifestUnknown(format!("{r} is in no archive{upstream}"))
-        }
+        let upstream = self.upstreams.for_registry(&r.domain).is_some();
+        let reference = r.clone();
+        Err(self
+            .lookup(move |c| manifest_miss(c, &reference, upstream))
+            .await?)
     }
 
     async fn blob(
@@ -175,8 +137,13 @@ impl Mirror {
         headers: &HeaderMap,
         head: bool,
     ) -> Result<Response, MirrorError> {
-        if let Some(size) = self.catalog.blob_size(&digest) {
-            return self.archived_blob(digest, size, headers, head).await;
+        let (size, in_place) = self
+            .lookup(move |c| (c.blob_size(&digest), reads_in_place(c, &digest)))
+            .await?;
+        if let Some(size) = size {
+            return self
+                .archived_blob(digest, size, in_place, headers, head)
+                .await;
         }
         let Some(up) = self.upstreams.for_registry(&r.domain) else {
             return Err(MirrorError::BlobUnknown(format!(
@@ -219,23 +186,11 @@ impl Mirror {
         ))
     }
 
-    /// True when the archives holding `digest` can be read in place
-    /// (plain tar, seekable zstd) rather than through the layer cache.
-    fn reads_in_place(&self, digest: &Digest) -> bool {
-        if self.catalog.document(digest).is_some() {
-            return true;
-        }
-        self.catalog
-            .archives()
-            .iter()
-            .filter(|a| a.index.blobs.contains_key(digest))
-            .all(|a| matches!(a.index.container, Container::Tar | Container::SeekableZstd))
-    }
-
     async fn archived_blob(
         &self,
         digest: Digest,
         size: u64,
+        in_place: bool,
         headers: &HeaderMap,
         head: bool,
     ) -> Result<Response, MirrorError> {
@@ -254,7 +209,7 @@ impl Mirror {
         let what = digest.to_string();
         match range {
             RangeRequest::Unsatisfiable => Err(MirrorError::RangeNotSatisfiable { size }),
-            RangeRequest::Whole if self.reads_in_place(&digest) => {
+            RangeRequest::Whole if in_place => {
                 // Plain tar or seekable zstd: read in place, checked as it
                 // streams (a mismatch aborts the response).
                 let reader = tokio::task::spawn_blocking(move || catalog.open_blob(&digest))
@@ -304,6 +259,72 @@ impl Mirror {
             }
         }
     }
+}
+
+/// The manifest `r` names, from the archives.
+fn archived_manifest(catalog: &Catalog, r: &Reference) -> Result<Option<Manifest>, MirrorError> {
+    let (digest, listed_type) = match (&r.digest, &r.tag) {
+        (Some(d), _) => (
+            d.parse::<Digest>()
+                .map_err(|e| MirrorError::DigestInvalid(e.to_string()))?,
+            None,
+        ),
+        (None, Some(_)) => match catalog.resolve(&r.to_string()) {
+            Some(info) => (info.entry.digest, Some(info.entry.media_type)),
+            None => return Ok(None),
+        },
+        (None, None) => return Ok(None),
+    };
+    let Some(doc) = catalog.document(&digest) else {
+        if listed_type.is_some() {
+            // The archive went away between the two lookups: a miss.
+            tracing::debug!(image = %r, %digest, "archive withdrawn while resolving");
+        }
+        return Ok(None);
+    };
+    let bytes = Bytes::from(doc.into_bytes());
+    let Some(sniffed) = media::manifest_media_type(&bytes) else {
+        // A config or other document: not a manifest.
+        return Ok(None);
+    };
+    let media_type = listed_type.filter(|t| !t.is_empty()).unwrap_or(sniffed);
+    Ok(Some(Manifest {
+        digest,
+        media_type,
+        bytes,
+    }))
+}
+
+/// The 404 for a manifest nobody has: NAME_UNKNOWN when no archive carries
+/// the repository at all.
+fn manifest_miss(catalog: &Catalog, r: &Reference, upstream: bool) -> MirrorError {
+    let repo = format!("{}:", r.repository());
+    let known = catalog
+        .images()
+        .iter()
+        .any(|i| i.entry.name.starts_with(&repo));
+    let upstream = if upstream { " nor upstream" } else { "" };
+    if r.tag.is_some() && !known {
+        MirrorError::NameUnknown(format!(
+            "repository {} is in no archive{upstream}",
+            r.repository()
+        ))
+    } else {
+        MirrorError::ManifestUnknown(format!("{r} is in no archive{upstream}"))
+    }
+}
+
+/// True when the archives holding `digest` can be read in place (plain tar,
+/// seekable zstd) rather than through the layer cache.
+fn reads_in_place(catalog: &Catalog, digest: &Digest) -> bool {
+    if catalog.document(digest).is_some() {
+        return true;
+    }
+    catalog
+        .archives()
+        .iter()
+        .filter(|a| a.index.blobs.contains_key(digest))
+        .all(|a| matches!(a.index.container, Container::Tar | Container::SeekableZstd))
 }
 
 /// The one request handler: method, path, then the lookup.

@@ -805,3 +805,37 @@ async fn upstream_down_archives_still_served() {
     .await;
     assert_eq!(a.status, StatusCode::BAD_GATEWAY);
 }
+
+/// Requests that arrive before the first scan of the archives wait for it on
+/// a blocking thread, never on the runtime's: here the runtime has a single
+/// thread, which must stay free to run the scan.
+#[tokio::test(flavor = "current_thread")]
+async fn requests_before_the_first_scan_wait_off_the_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let (oci, built) = OciLayout::single("busybox:1.36", &spec());
+    write(dir.path(), "a.tar", &oci.to_tar());
+    let c = Catalog::empty(CatalogOptions {
+        dirs: vec![dir.path().to_path_buf()],
+        settle: Duration::ZERO,
+        cache_bytes: 64 << 20,
+        ..Default::default()
+    })
+    .unwrap();
+    let router = Mirror::new(c.clone(), Upstreams::default()).router();
+    let request = tokio::spawn({
+        let router = router.clone();
+        async move { call(&router, "GET", &format!("{NAME}/manifests/1.36{NS}"), &[]).await }
+    });
+    // Let the request start and wait, then scan on this same thread's
+    // runtime (the scan itself runs on a blocking thread).
+    tokio::task::yield_now().await;
+    tokio::task::spawn_blocking(move || c.rescan())
+        .await
+        .unwrap();
+    let a = request.await.unwrap();
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(
+        a.header("docker-content-digest"),
+        built.manifest.to_string()
+    );
+}

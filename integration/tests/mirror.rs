@@ -559,6 +559,46 @@ fn mirror_pull(test: &str) -> Result<()> {
     ensure!(cri.pull_image(&remote.name)? == remote.config_digest);
     run_check(&containerd, K8S_NS, &remote.name, "remote-cri")?;
 
+    // 3b. A registry the mirror has no upstream for: the mirror answers 404
+    // and containerd goes on to the next host, the server.
+    let other = TestRegistry::start(false, false)?;
+    let next = build(work.path(), &sample(&other.host(), "next", "v1")?)?;
+    other.push(&next.archive, "v1", "library/next:v1")?;
+    let other_hosts = hosts.join(other.host());
+    std::fs::create_dir_all(&other_hosts)?;
+    std::fs::write(
+        other_hosts.join("hosts.toml"),
+        format!(
+            "server = \"{}\"\n\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            other.url(),
+            daemon.addr()
+        ),
+    )?;
+    eprintln!(
+        "== {test}: ctr images pull --hosts-dir {} (next host)",
+        next.name
+    );
+    ctr_pull(&containerd, "default", &hosts, &next.name)?;
+    let access = other.access();
+    ensure!(
+        access.iter().all(|l| !l.contains("airgap-snapshotter/")),
+        "the mirror reached a registry it has no upstream for"
+    );
+    for layer in next
+        .layer_digests
+        .iter()
+        .filter(|l| !archived.layer_digests.contains(l))
+    {
+        ensure!(
+            access
+                .iter()
+                .any(|l| l.contains(&format!("/blobs/{layer}"))),
+            "containerd did not fetch {layer} from the next host: {access:?}"
+        );
+    }
+    run_check(&containerd, "default", &next.name, "next")?;
+    drop(other);
+
     // 4. No registry at all: archived images still pull, through CRI too.
     eprintln!("== {test}: stopping the registry");
     registry.stop()?;
@@ -642,10 +682,12 @@ fn upstream_auth(test: &str) -> Result<()> {
     ensure!(image_digest(&containerd, "default", &remote.name)? == remote.manifest_digest);
     run_check(&containerd, "default", &remote.name, "auth")?;
     let log = daemon.log();
-    ensure!(
-        !log.contains(PASSWORD),
-        "the daemon logged the upstream password"
-    );
+    for secret in [PASSWORD.to_string(), base64(&format!("{USER}:{PASSWORD}"))] {
+        ensure!(
+            !log.contains(&secret),
+            "the daemon logged the upstream credentials"
+        );
+    }
     let access = registry.access();
     ensure!(
         access
@@ -655,4 +697,33 @@ fn upstream_auth(test: &str) -> Result<()> {
     );
     drop(containerd);
     Ok(())
+}
+
+/// Standard base64 (the form credentials take in a basic auth header).
+fn base64(s: &str) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in s.as_bytes().chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn base64_as_in_basic_auth() {
+    assert_eq!(base64("user:pass"), "dXNlcjpwYXNz");
+    assert_eq!(base64("a"), "YQ==");
+    assert_eq!(base64("ab"), "YWI=");
 }

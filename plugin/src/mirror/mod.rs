@@ -16,6 +16,13 @@
 //! Request names follow [`request`]: with `ns` the image is `<ns>/<name>`,
 //! without it `<name>` is a whole reference. Content is addressed by digest:
 //! a blob or manifest any archive holds is served under any name.
+//!
+//! Archived blobs are read on blocking threads: from a plain tar or seekable
+//! zstd archive in place, checked against the digest as they stream (a
+//! mismatch aborts the response); from any other compressed archive through
+//! the layer cache, which decompresses a blob once however many pulls ask
+//! for it and checks it while filling. `Range` reads use the random-access
+//! reader, whose bytes were all checked before the first one is served.
 
 mod body;
 pub mod error;

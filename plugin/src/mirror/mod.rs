@@ -277,7 +277,11 @@ fn archived_manifest(catalog: &Catalog, r: &Reference) -> Result<Option<Manifest
             None,
         ),
         (None, Some(_)) => match catalog.resolve(&r.to_string()) {
-            Some(info) => (info.entry.digest, Some(info.entry.media_type)),
+            Some(info) => {
+                tracing::info!(image = %r, digest = %info.entry.digest, archive = %info.archive.display(),
+                    "tag resolved from the archives");
+                (info.entry.digest, Some(info.entry.media_type))
+            }
             None => return Ok(None),
         },
         (None, None) => return Ok(None),

@@ -91,6 +91,11 @@ impl LayerCache {
         }
     }
 
+    /// Whether `digest` is cached, without making it recently used.
+    pub fn contains(&self, digest: &Digest) -> bool {
+        self.inner.lock().unwrap().lru.contains(digest)
+    }
+
     pub fn get(&self, digest: &Digest) -> Option<Arc<CacheEntry>> {
         self.inner.lock().unwrap().lru.get(digest).cloned()
     }
@@ -182,8 +187,8 @@ mod tests {
         // Touch a so b is the least recently used.
         assert!(cache.get(&Digest::of(&[1; 100])).is_some());
         drop(put(&cache, &[3; 100]));
-        assert!(cache.get(&Digest::of(&[2; 100])).is_none(), "b evicted");
-        assert!(cache.get(&Digest::of(&[1; 100])).is_some());
+        assert!(!cache.contains(&Digest::of(&[2; 100])), "b evicted");
+        assert!(cache.contains(&Digest::of(&[1; 100])));
         assert_eq!(
             cache.usage(),
             CacheUsage {
@@ -193,7 +198,7 @@ mod tests {
         );
         drop(put(&cache, &[4; 100]));
         // a is evicted now but still held: its file stays until dropped.
-        assert!(cache.get(&Digest::of(&[1; 100])).is_none());
+        assert!(!cache.contains(&Digest::of(&[1; 100])));
         assert!(a_path.exists());
         drop(a);
         assert!(!a_path.exists());

@@ -7,7 +7,7 @@
 //! `trusted.overlay.opaque=y` xattr on its directory).
 //!
 //! Safety: every path is resolved inside the destination by the kernel
-//! (`openat2` with `RESOLVE_BENEATH`, see [`root`]); entries with `..` or
+//! (`openat2` with `RESOLVE_BENEATH`, see `root.rs`); entries with `..` or
 //! absolute paths, links leading out and whiteouts naming anything but a
 //! plain name are errors. An existing non-directory at an entry's path is
 //! removed (never followed) before the entry is created, as tar does.
@@ -145,6 +145,10 @@ impl ExtractError {
 /// checks the decompressed stream against `diff_id` (read to its end,
 /// trailing padding included). On error `dest` holds a partial layer: the
 /// caller deletes it.
+///
+/// Blocking: run it on a blocking thread. It uses two more threads of its own
+/// (decompression and hashing) for the duration of the call, and at most
+/// about 10 MiB of buffers.
 pub fn unpack_layer(
     blob: impl Read + Send,
     compression: Compression,

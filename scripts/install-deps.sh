@@ -22,10 +22,15 @@ PACKAGES=(
     # archive containers: gzip, zstd, lz4, bzip2
     pigz gzip zstd lz4 bzip2 tar
     # scripts
-    jq curl ca-certificates util-linux procps
+    jq curl ca-certificates util-linux procps python3
     # C toolchain for zstd-sys, bzip2-sys and friends
     build-essential pkg-config
 )
+
+# rustup installs cargo in ~/.cargo/bin, which a non-login shell may lack.
+if ! command -v cargo >/dev/null 2>&1 && [[ -x ${CARGO_HOME:-$HOME/.cargo}/bin/cargo ]]; then
+    export PATH=${CARGO_HOME:-$HOME/.cargo}/bin:$PATH
+fi
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }
 

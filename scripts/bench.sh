@@ -1,0 +1,546 @@
+#!/usr/bin/env bash
+# The benchmark against what sites use today (issue 5). In one run, on this
+# machine, caches dropped before each step, it pulls the largest image of a
+# generated bundle in every way a site can, and measures the time until the
+# image can run, the disk used (containerd's root plus the daemon's root)
+# and the daemon's peak RSS:
+#
+#   1  ctr images import of the bundle (.tar.zst: OCI layout with gzip layers
+#      as `ctr export | zstd` makes, and docker-save as k3s ships it)
+#   2  CRI PullImage (as kubelet) from a local docker-registry
+#   3  ctr pull from that registry
+#   4  ctr pull through the daemon's registry mirror
+#   5  CRI PullImage through mirror + snapshotter, from each kind of archive
+#   6  the floor: pigz -dc | tar -x of the same layers, one process per layer
+#      in parallel and one after the other (and tar -x of the uncompressed
+#      layers: file creation alone)
+#
+# and also: a small image out of the large archive (bytes decompressed
+# against the image's own bytes; single-frame and seekable), the daemon's
+# start-up time with a persisted index, and its idle RSS with the bundle
+# indexed. Prints a table; --write puts it into BENCHMARKS.md. Not a test:
+# nothing here asserts a time.
+#
+#   scripts/bench.sh [--write] [--cache DIR]
+#
+# --cache DIR keeps the generated bundle (debootstrap rootfs, archives) in
+# DIR, so that a rerun skips generating it. Needs root. Everything runs on
+# loopback in a temporary directory: a private containerd 1.6 (its root,
+# state and sockets there; the system containerd is never used), a private
+# docker-registry and the daemon, all stopped by pid at the end, also on
+# failure. containerd runs take the e2e tests' lock (flock integration/).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+repo=$(pwd)
+
+write=0
+cache=
+while (($#)); do
+    case $1 in
+        --write) write=1 ;;
+        --cache) cache=$2; shift ;;
+        -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+[[ $(id -u) -eq 0 ]] || { echo "bench.sh needs root (containerd, mounts, drop_caches)" >&2; exit 1; }
+
+say() { printf '==> %s\n' "$*" >&2; }
+need=(containerd ctr runc docker-registry skopeo pigz zstd tar python3 jq debootstrap flock)
+missing=()
+for c in "${need[@]}"; do command -v "$c" >/dev/null || missing+=("$c"); done
+if ((${#missing[@]})); then
+    say "installing what is missing: ${missing[*]}"
+    scripts/install-deps.sh >/dev/null
+    command -v debootstrap >/dev/null || apt-get install -y -q debootstrap >/dev/null
+fi
+
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+say "building (release)"
+cargo build --release -q -p airgap-snapshotter --bin airgap-snapshotter --example bench-decompressed
+cargo build --release -q -p airgap-integration --bin bench-cri
+target=${CARGO_TARGET_DIR:-$repo/target}/release
+bin=$target/airgap-snapshotter
+cri=$target/bench-cri
+decompressed=$target/examples/bench-decompressed
+
+# ---------------------------------------------------------------- cleanup
+work=$(mktemp -d /tmp/airgap-bench-XXXXXX)
+pids=()         # every long-running process started here
+lock_fd=
+cleanup() {
+    local status=$?
+    set +e
+    for pid in "${pids[@]}"; do stop_pid "$pid"; done
+    kill_shims
+    unmount_under "$work"
+    rm -rf "$work"
+    exit $status
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# stop_pid PID: SIGTERM, up to 10 s, then SIGKILL; only our own children.
+stop_pid() {
+    local pid=$1 i
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null
+    for ((i = 0; i < 200; i++)); do
+        kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null; return 0; }
+        sleep 0.05
+    done
+    echo "warning: pid $pid ignored SIGTERM, killing it" >&2
+    kill -KILL "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    return 0
+}
+forget_pid() {
+    local keep=() p
+    for p in "${pids[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
+    pids=("${keep[@]}")
+}
+# Shims started by a containerd of ours outlive it: recognised by our temp
+# dir on their command line, killed by pid.
+kill_shims() {
+    local p
+    for p in /proc/[0-9]*; do
+        tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q "containerd-shim.*$work" || continue
+        kill -KILL "${p#/proc/}" 2>/dev/null
+    done
+}
+unmount_under() {
+    local m
+    awk -v d="$1" 'index($2, d) == 1 { print $2 }' /proc/self/mounts | sort -r | while read -r m; do
+        umount "$m" 2>/dev/null || umount -l "$m"
+    done
+}
+lock() { exec {lock_fd}<"$repo/integration"; flock "$lock_fd"; }
+unlock() { flock -u "$lock_fd"; exec {lock_fd}<&-; }
+
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# wait_for WHAT SECONDS CMD...: polls CMD every 20 ms.
+wait_for() {
+    local what=$1 secs=$2 deadline
+    shift 2
+    deadline=$(($(date +%s) + secs))
+    until "$@" >/dev/null 2>&1; do
+        (($(date +%s) < deadline)) || { echo "timed out waiting for $what" >&2; return 1; }
+        sleep 0.02
+    done
+}
+http_ok() { curl -sf -o /dev/null --max-time 2 "$@"; }
+du_bytes() { du -sxB1 "$@" 2>/dev/null | awk '{ s += $1 } END { print s + 0 }'; }
+hwm_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+
+# ---------------------------------------------------------------- bundle
+arch=$(dpkg --print-architecture 2>/dev/null || uname -m)
+big=docker.io/bench/debian-go:1
+small=docker.io/bench/busybox:1
+go_tree=/usr=lib/go-1.19,share/go-1.19
+llvm_tree=/usr=lib/llvm-14
+py_tree=/usr=lib/python3
+for d in /usr/lib/go-1.19 /usr/share/go-1.19 /usr/lib/llvm-14 /usr/lib/python3 /bin/busybox; do
+    [[ -e $d ]] || { echo "needs $d (golang-1.19, llvm-14, python3, busybox-static: scripts/install-deps.sh)" >&2; exit 1; }
+done
+bundle=${cache:-$work/cache}
+mkdir -p "$bundle"
+bundle=$(cd "$bundle" && pwd)
+spec="v1 $arch minbase+go minbase+llvm minbase+python busybox $(sha256sum scripts/make-archive.py | cut -c1-16) $($bin --version)"
+if [[ -f $bundle/stamp && $(cat "$bundle/stamp") == "$spec" ]]; then
+    say "reusing the bundle in $bundle"
+else
+    rm -f "$bundle/stamp"
+    if [[ ! -d $bundle/minbase ]]; then
+        say "debootstrap --variant=minbase bookworm (the base layer)"
+        rm -rf "$bundle/minbase.tmp"
+        debootstrap --variant=minbase bookworm "$bundle/minbase.tmp" >"$bundle/debootstrap.log" 2>&1 ||
+            { tail -20 "$bundle/debootstrap.log" >&2; exit 1; }
+        mv "$bundle/minbase.tmp" "$bundle/minbase"
+    fi
+    mkdir -p "$bundle/busybox/bin"
+    cp /bin/busybox "$bundle/busybox/bin/busybox"
+    for a in sh ls cat echo true; do ln -sf busybox "$bundle/busybox/bin/$a"; done
+    say "building the bundle: OCI layout with gzip layers in .tar.zst, and docker-save in .tar.zst"
+    python3 scripts/make-archive.py --out "$bundle/oci.tar.zst" --wrap zstd \
+        --docker-save-out "$bundle/docker.tar.zst" \
+        --name "$big" --layer "$bundle/minbase" --layer-tree "$go_tree" \
+        --name docker.io/bench/debian-llvm:1 --layer "$bundle/minbase" --layer-tree "$llvm_tree" \
+        --name docker.io/bench/debian-python:1 --layer "$bundle/minbase" --layer-tree "$py_tree" \
+        --name "$small" --layer "$bundle/busybox"
+    say "airgap-snapshotter pack (seekable)"
+    "$bin" pack -o "$bundle/packed.tar.zst" --from "$bundle/oci.tar.zst" \
+        "$big" docker.io/bench/debian-llvm:1 docker.io/bench/debian-python:1 "$small" >/dev/null
+    zstd -dc "$bundle/oci.tar.zst" >"$bundle/oci.tar" # for skopeo
+    echo "$spec" >"$bundle/stamp"
+fi
+
+# One archives directory per kind; hard links keep the (device, inode,
+# size, mtime) the persisted indexes are keyed by.
+for kind in oci docker packed; do
+    mkdir -p "$work/archives-$kind"
+    ln "$bundle/$kind.tar.zst" "$work/archives-$kind/" 2>/dev/null ||
+        cp -p "$bundle/$kind.tar.zst" "$work/archives-$kind/"
+done
+"$bin" images --archives "$work/archives-oci" --json >"$work/images.json"
+jq -r --arg r "$big" '.[] | select(.ref == $r) | .manifests[0].layers[].digest' "$work/images.json" >"$work/big-layers"
+jq -r --arg r "$small" '.[] | select(.ref == $r) | .manifests[0].layers[].digest' "$work/images.json" >"$work/small-layers"
+big_layers=$(wc -l <"$work/big-layers")
+small_bytes=$(jq -r --arg r "$small" '.[] | select(.ref == $r) | .size' "$work/images.json")
+# The unpacked size and file count of the largest image, from its layers.
+mkdir -p "$work/floor-blobs"
+zstd -dc "$bundle/oci.tar.zst" | tar -x -C "$work/floor-blobs" --strip-components=2 \
+    $(sed 's/^sha256:/blobs\/sha256\//' "$work/big-layers")
+big_unpacked=0
+big_files=0
+while read -r d; do
+    read -r n b < <(pigz -dc "$work/floor-blobs/${d#sha256:}" | tar -tv | awk '{ n++; s += $3 } END { print n, s }')
+    big_files=$((big_files + n))
+    big_unpacked=$((big_unpacked + b))
+done <"$work/big-layers"
+big_gz=$(jq -r --arg r "$big" '.[] | select(.ref == $r) | .size' "$work/images.json")
+
+# ---------------------------------------------------------------- parts
+reg_port=$(free_port)
+reg_dir=$work/registry
+start_registry() {
+    mkdir -p "$reg_dir/storage"
+    cat >"$reg_dir/config.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: false
+storage:
+  filesystem:
+    rootdirectory: $reg_dir/storage
+http:
+  addr: 127.0.0.1:$reg_port
+EOF
+    docker-registry serve "$reg_dir/config.yml" >"$reg_dir/registry.log" 2>&1 &
+    reg_pid=$!
+    pids+=("$reg_pid")
+    wait_for "docker-registry" 30 http_ok "http://127.0.0.1:$reg_port/v2/"
+    skopeo copy --quiet --dest-tls-verify=false "oci-archive:$bundle/oci.tar:1" \
+        "docker://127.0.0.1:$reg_port/bench/debian-go:1" 2>&1 |
+        grep -v 'ref.name' >&2 || true
+    http_ok "http://127.0.0.1:$reg_port/v2/bench/debian-go/manifests/1" -H 'Accept: application/vnd.oci.image.manifest.v1+json' ||
+        { echo "the registry does not have bench/debian-go:1" >&2; exit 1; }
+}
+registry_blob_gets() { grep -c '"GET /v2/[^ ]*/blobs/' "$reg_dir/registry.log" || true; }
+
+# The daemon, on one archives directory; its root starts from a copy of the
+# persisted indexes (seeded once per kind), so a step measures the pull,
+# not the first indexing.
+mirror_port=$(free_port)
+hosts=$work/certs.d
+"$bin" config --mirror "127.0.0.1:$mirror_port" --upstream "http://127.0.0.1:$reg_port" --write "$hosts" >/dev/null
+start_daemon() { # KIND ROOT
+    local kind=$1 root=$2
+    mkdir -p "$root" "$work/run"
+    rm -f "$work/run/snap.sock"
+    RUST_LOG=info NO_COLOR=1 "$bin" serve --root "$root" --socket "$work/run/snap.sock" \
+        --archives "$work/archives-$kind" --mirror-listen "127.0.0.1:$mirror_port" >>"$root.log" 2>&1 &
+    daemon_pid=$!
+    pids+=("$daemon_pid")
+    wait_for "the daemon's socket" 60 python3 -c "import socket,sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])" "$work/run/snap.sock"
+    # Serving: the mirror resolves the big image (the index is loaded).
+    wait_for "the daemon to index $kind" 600 http_ok -I "http://127.0.0.1:$mirror_port/v2/bench/debian-go/manifests/1?ns=docker.io" \
+        -H 'Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json'
+}
+stop_daemon() {
+    stop_pid "$daemon_pid"
+    forget_pid "$daemon_pid"
+    daemon_pid=
+}
+for kind in oci docker packed; do
+    say "indexing the $kind archive once (persisted)"
+    start_daemon "$kind" "$work/seed-$kind"
+    stop_daemon
+done
+fresh_daemon_root() { # KIND -> path
+    local r=$work/daemon-$((++daemon_seq))
+    mkdir -p "$r"
+    cp -a "$work/seed-$1/catalog" "$r/"
+    echo "$r"
+}
+daemon_seq=0
+
+start_containerd() { # CRI_SNAPSHOTTER
+    cdir=$work/containerd-$((++cd_seq))
+    mkdir -p "$cdir"/{root,state,opt,cni}
+    containerd config default |
+        python3 scripts/bench/containerd-config.py "$cdir" "$work/run/snap.sock" "$1" "$hosts" >"$cdir/config.toml"
+    containerd --config "$cdir/config.toml" --log-level warn >"$cdir/containerd.log" 2>&1 &
+    cd_pid=$!
+    pids+=("$cd_pid")
+    wait_for "containerd" 60 ctr --address "$cdir/containerd.sock" version
+}
+cd_seq=0
+ctrx() { ctr --address "$cdir/containerd.sock" -n k8s.io "$@"; }
+stop_containerd() {
+    local id
+    for id in $(ctrx tasks ls -q 2>/dev/null); do ctrx tasks kill -s SIGKILL "$id"; sleep 0.2; ctrx tasks delete -f "$id"; done >/dev/null 2>&1
+    for id in $(ctrx containers ls -q 2>/dev/null); do ctrx containers delete "$id"; done >/dev/null 2>&1
+    stop_pid "$cd_pid"
+    forget_pid "$cd_pid"
+    kill_shims
+    unmount_under "$cdir"
+    rm -rf "$cdir"
+}
+# The image runs: a container of it runs the Go toolchain of layer 2 with
+# the shell of layer 1.
+check_runs() { # SNAPSHOTTER REF
+    ctrx run --rm --snapshotter "$1" "$2" "bench-check-$cd_seq" /bin/sh -c \
+        '/usr/lib/go-1.19/bin/go version >/dev/null && test -x /usr/bin/apt-get' >/dev/null 2>"$cdir/run.err" ||
+        { echo "the pulled image does not run:" >&2; cat "$cdir/run.err" >&2; exit 1; }
+}
+
+rows=() # "label|seconds|disk bytes|daemon HWM KiB|note"
+row() { rows+=("$1|$2|$3|$4|${5:-}"); printf '    %-60s %8ss  disk %s  daemon peak %s\n' "$1" "$2" "$(human "$3")" "$(kib "$4")" >&2; }
+human() { [[ $1 == - ]] && echo - || numfmt --to=iec --suffix=B --format=%.1f "$1"; }
+kib() { [[ $1 == - ]] && echo - || echo "$(($1 / 1024)) MiB"; }
+
+start_registry
+
+# ---------------------------------------------------------------- 1-3: today
+for kind in oci docker; do
+    lock
+    start_containerd overlayfs
+    drop_caches
+    say "(1) ctr images import $kind.tar.zst"
+    t0=$(now)
+    ctrx images import "$work/archives-$kind/$kind.tar.zst" >/dev/null
+    t=$(since "$t0")
+    disk=$(du_bytes "$cdir/root")
+    check_runs overlayfs "$big"
+    row "(1) \`ctr images import\` of the bundle, $kind (all 4 images)" "$t" "$disk" -
+    stop_containerd
+    unlock
+done
+
+lock
+start_containerd overlayfs
+drop_caches
+say "(2) CRI PullImage from docker-registry"
+t=$("$cri" "$cdir/containerd.sock" "127.0.0.1:$reg_port/bench/debian-go:1" | cut -d' ' -f1)
+disk=$(du_bytes "$cdir/root")
+check_runs overlayfs "127.0.0.1:$reg_port/bench/debian-go:1"
+row "(2) CRI PullImage from docker-registry" "$t" "$disk" -
+t_registry_cri=$t
+stop_containerd
+unlock
+
+lock
+start_containerd overlayfs
+drop_caches
+say "(3) ctr pull from docker-registry"
+t0=$(now)
+ctrx images pull --plain-http "127.0.0.1:$reg_port/bench/debian-go:1" >/dev/null
+t=$(since "$t0")
+disk=$(du_bytes "$cdir/root")
+check_runs overlayfs "127.0.0.1:$reg_port/bench/debian-go:1"
+row "(3) \`ctr pull\` from docker-registry" "$t" "$disk" -
+stop_containerd
+unlock
+
+# ---------------------------------------------------------------- 4-5: this project
+for kind in oci packed; do
+    lock
+    root=$(fresh_daemon_root "$kind")
+    start_daemon "$kind" "$root"
+    start_containerd overlayfs
+    gets=$(registry_blob_gets)
+    drop_caches
+    say "(4) ctr pull through the mirror ($kind)"
+    t0=$(now)
+    ctrx images pull --hosts-dir "$hosts" "$big" >/dev/null
+    t=$(since "$t0")
+    disk=$(du_bytes "$cdir/root" "$root")
+    hwm=$(hwm_kib "$daemon_pid")
+    fetched=$(($(registry_blob_gets) - gets))
+    check_runs overlayfs "$big"
+    row "(4) \`ctr pull\` through the mirror, $kind archive" "$t" "$disk" "$hwm" "registry blob GETs: $fetched"
+    stop_containerd
+    stop_daemon
+    unlock
+done
+
+declare -A t_snap
+for kind in oci packed docker; do
+    lock
+    root=$(fresh_daemon_root "$kind")
+    start_daemon "$kind" "$root"
+    start_containerd airgap
+    gets=$(registry_blob_gets)
+    drop_caches
+    say "(5) CRI PullImage through mirror + snapshotter ($kind)"
+    t=$("$cri" "$cdir/containerd.sock" "$big" | cut -d' ' -f1)
+    disk=$(du_bytes "$cdir/root" "$root")
+    hwm=$(hwm_kib "$daemon_pid")
+    fetched=$(($(registry_blob_gets) - gets))
+    from_archive=$(grep -c 'layer committed from archive' "$root.log" || true)
+    check_runs airgap "$big"
+    t_snap[$kind]=$t
+    row "(5) CRI PullImage, mirror + snapshotter, $kind archive" "$t" "$disk" "$hwm" \
+        "layers from the archive: $from_archive/$big_layers, registry blob GETs: $fetched"
+    stop_containerd
+    stop_daemon
+    unlock
+done
+
+# ---------------------------------------------------------------- 6: the floor
+floor_run() { # MODE (parallel|sequential|tar)
+    rm -rf "$work/floor"
+    mkdir -p "$work/floor"
+    local i=0 d fpids=()
+    drop_caches
+    t0=$(now)
+    while read -r d; do
+        i=$((i + 1))
+        mkdir -p "$work/floor/$i"
+        case $1 in
+            parallel) (pigz -dc "$work/floor-blobs/${d#sha256:}" | tar -x -C "$work/floor/$i") & fpids+=($!) ;;
+            sequential) pigz -dc "$work/floor-blobs/${d#sha256:}" | tar -x -C "$work/floor/$i" ;;
+            tar) tar -x -C "$work/floor/$i" -f "$work/floor-raw/$i.tar" & fpids+=($!) ;;
+        esac
+    done <"$work/big-layers"
+    for d in "${fpids[@]}"; do wait "$d"; done
+    t=$(since "$t0")
+    disk=$(du_bytes "$work/floor")
+}
+say "(6) the floor: pigz -dc | tar -x"
+floor_run parallel
+t_floor=$t
+row "(6) floor: \`pigz -dc | tar -x\`, one process per layer in parallel" "$t" "$disk" -
+floor_run sequential
+row "(6) floor: \`pigz -dc | tar -x\`, layers one after the other" "$t" "$disk" -
+mkdir -p "$work/floor-raw"
+i=0
+while read -r d; do i=$((i + 1)); pigz -dc "$work/floor-blobs/${d#sha256:}" >"$work/floor-raw/$i.tar"; done <"$work/big-layers"
+floor_run tar
+row "(6) file creation alone: \`tar -x\` of the uncompressed layers, in parallel" "$t" "$disk" -
+rm -rf "$work/floor" "$work/floor-raw"
+
+# ---------------------------------------------------------------- small image
+declare -A small_rows
+for kind in oci packed; do
+    lock
+    root=$(fresh_daemon_root "$kind")
+    start_daemon "$kind" "$root"
+    start_containerd airgap
+    drop_caches
+    say "small image out of the large archive ($kind)"
+    io0=$(awk '/^read_bytes:/ { print $2 }' "/proc/$daemon_pid/io")
+    t=$("$cri" "$cdir/containerd.sock" "$small" | cut -d' ' -f1)
+    io1=$(awk '/^read_bytes:/ { print $2 }' "/proc/$daemon_pid/io")
+    from_archive=$(grep -c 'layer committed from archive' "$root.log" || true)
+    stop_containerd
+    stop_daemon
+    unlock
+    # The counter the daemon keeps (bytes its decoders produced), read from
+    # the same library calls in a process of its own.
+    read -r dec blobs < <("$decompressed" "$work/archives-$kind" "$root/catalog" $(cat "$work/small-layers") |
+        sed 's/decompressed=\([0-9]*\) blobs=\([0-9]*\)/\1 \2/')
+    small_rows[$kind]="$t|$dec|$blobs|$((io1 - io0))|$from_archive"
+    printf '    %s: %ss, decompressed %s for %s of layers, read from disk %s\n' "$kind" "$t" \
+        "$(human "$dec")" "$(human "$blobs")" "$(human $((io1 - io0)))" >&2
+done
+
+# ---------------------------------------------------------------- start-up, idle
+say "daemon start-up with a persisted index of the whole bundle; idle RSS"
+mkdir -p "$work/archives-all"
+for kind in oci docker packed; do ln "$work/archives-$kind/$kind.tar.zst" "$work/archives-all/"; done
+all_root=$work/daemon-all
+manifest_path="/v2/bench/debian-go/manifests/1?ns=docker.io"
+drop_caches
+first=$(python3 scripts/bench/startup.py "$bin" "$work/archives-all" "$all_root" "127.0.0.1:$mirror_port" "$manifest_path" --idle 3)
+restarts=()
+for i in 1 2 3; do
+    drop_caches
+    restarts+=("$(python3 scripts/bench/startup.py "$bin" "$work/archives-all" "$all_root" "127.0.0.1:$mirror_port" "$manifest_path" --idle 2)")
+done
+# Each line: "socket_ms serving_ms idle_rss_kib hwm_kib"
+read -r _ first_serving first_rss first_hwm <<<"$first"
+median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+col() { printf '%s\n' "${restarts[@]}" | cut -d' ' -f"$1"; }
+restart_socket=$(median $(col 1))
+restart_serving=$(median $(col 2))
+restart_rss=$(median $(col 3))
+printf '    first start %s ms to serving (rss %s KiB); restarts: %s\n' "$first_serving" "$first_rss" "$(printf '[%s] ' "${restarts[@]}")" >&2
+
+# ---------------------------------------------------------------- report
+load_end=$(cut -d' ' -f1-3 /proc/loadavg)
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a != "-") printf "%.2fx", a / b; else print "-" }'; }
+table="| step | time to runnable | vs (2) | vs (6) parallel | disk (containerd + daemon root) | daemon peak RSS | notes |
+|---|---:|---:|---:|---:|---:|---|"
+for r in "${rows[@]}"; do
+    IFS='|' read -r label t disk hwm note <<<"$r"
+    table+="
+| $label | ${t} s | $(ratio "$t" "$t_registry_cri") | $(ratio "$t" "$t_floor") | $(human "$disk") | $(kib "$hwm") | $note |"
+done
+small_table="| archive | CRI pull | decompressed | image's own bytes | ratio | read from disk by the daemon |
+|---|---:|---:|---:|---:|---:|"
+for kind in oci packed; do
+    IFS='|' read -r t dec blobs io from <<<"${small_rows[$kind]}"
+    name=$([[ $kind == oci ]] && echo "single frame (\`ctr export | zstd\`)" || echo "seekable (\`airgap-snapshotter pack\`)")
+    small_table+="
+| $name, $(human "$(stat -c %s "$bundle/$kind.tar.zst")") | $t s | $(human "$dec") | $(human "$blobs") | $(ratio "$dec" "$blobs") | $(human "$io") |"
+done
+machine="$(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(free -g | awk '/Mem:/ { print $2 }') GiB RAM, $(uname -r), $(findmnt -no FSTYPE -T /tmp) on /tmp, containerd $(containerd --version | awk '{ print $3 }')"
+sizes="oci.tar.zst $(human "$(stat -c %s "$bundle/oci.tar.zst")"), docker.tar.zst $(human "$(stat -c %s "$bundle/docker.tar.zst")"), packed.tar.zst $(human "$(stat -c %s "$bundle/packed.tar.zst")")"
+report="Run $(date -u '+%Y-%m-%d %H:%M UTC') on $machine.
+Load average (1, 5, 15 min) at the start: $load_start; at the end: $load_end (other work was running: figures are noisy).
+
+Bundle: 4 images (\`$big\`: debootstrap minbase bookworm + Go 1.19 toolchain; debian-llvm: minbase + LLVM 14;
+debian-python: minbase + Python 3 stdlib; \`$small\`: static busybox), the base layer shared. Archives: $sizes.
+The largest image: $big_layers layers, $(human "$big_unpacked") unpacked, $big_files files, $(human "$big_gz") of gzip layers.
+
+$table
+
+Time to runnable: until \`ctr\` returns or CRI \`PullImage\` answers (both unpack before returning); each pulled image is then run
+once (\`ctr run\`, not timed) to check it. Caches dropped before each step. Every step starts a fresh private containerd 1.6 and, for
+(4) and (5), a fresh daemon root holding only the persisted indexes. Disk: \`du\` of containerd's root plus the daemon's root after the
+step (for (6), the extracted layers). (1) imports all four images; every other step pulls \`$big\`. (6) does no fsync; the
+snapshotter syncs each layer before committing it.
+
+Small image (\`$small\`, the last blobs of the stream) pulled alone with CRI through mirror + snapshotter out of the large archive:
+
+$small_table
+
+Decompressed: the bytes the archive's decoders produced to read the image's blobs (\`Catalog::open_blob\`, the call the snapshotter
+makes per layer; measured by \`plugin/examples/bench-decompressed.rs\`, as the daemon does not export the counter).
+
+Daemon start-up, the whole bundle (3 archives) in its directory: first start, indexing everything: serving after ${first_serving} ms;
+restart with the persisted indexes (caches dropped, median of 3): socket answers after ${restart_socket} ms, mirror serves the largest
+image's manifest after ${restart_serving} ms. Idle RSS with the bundle indexed: $(kib "$first_rss") after the first indexing (peak
+$(kib "$first_hwm")), $(kib "$restart_rss") after a restart with the persisted indexes.
+
+Reproduce: \`scripts/bench.sh --write [--cache DIR]\` as root on Debian 12 (installs what it needs; \`--cache\` keeps the generated
+bundle for the next run)."
+echo
+echo "$report"
+if ((write)); then
+    python3 - "$report" <<'PY'
+import re, sys
+report = sys.argv[1]
+path = "BENCHMARKS.md"
+try:
+    text = open(path).read()
+except FileNotFoundError:
+    text = "# Benchmarks\n"
+begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
+block = f"{begin}\n## Pulling an image, against what sites use today (`scripts/bench.sh --write`)\n\n{report}\n{end}"
+if begin in text:
+    text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+else:
+    head, sep, rest = text.partition("\n\n")
+    text = head + "\n\n" + block + "\n\n" + rest if sep else text.rstrip("\n") + "\n\n" + block + "\n"
+open(path, "w").write(text)
+PY
+    echo "written to BENCHMARKS.md"
+fi

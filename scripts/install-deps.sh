@@ -73,7 +73,7 @@ for component in fmt clippy; do
         fi
     fi
 done
-if ! command -v cargo-nextest >/dev/null 2>&1; then
+if ! cargo nextest --version >/dev/null 2>&1; then
     log "installing cargo-nextest"
     cargo install --locked cargo-nextest
 fi

@@ -19,6 +19,11 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# rustup installs cargo in ~/.cargo/bin, which a non-login shell may lack.
+if ! command -v cargo >/dev/null 2>&1 && [[ -x ${CARGO_HOME:-$HOME/.cargo}/bin/cargo ]]; then
+    export PATH=${CARGO_HOME:-$HOME/.cargo}/bin:$PATH
+fi
+
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
 
@@ -89,7 +94,7 @@ fi
 step fmt 5 cargo fmt --all --check
 step clippy 30 cargo clippy --workspace --all-targets -- -D warnings
 
-if command -v cargo-nextest >/dev/null 2>&1; then
+if cargo nextest --version >/dev/null 2>&1; then
     # The root-only tests of integration/tests get their own step below.
     step unit-tests 30 cargo nextest run --workspace --no-fail-fast \
         -E 'not (package(airgap-integration) & kind(test))'
@@ -113,7 +118,7 @@ else
 fi
 
 if ((is_root)); then
-    if command -v cargo-nextest >/dev/null 2>&1; then
+    if cargo nextest --version >/dev/null 2>&1; then
         step e2e 25 cargo nextest run -p airgap-integration --no-fail-fast \
             --test-threads 1 -E 'kind(test)'
     else

@@ -106,7 +106,7 @@ impl Root {
 
     fn resolve_dir(&self, dir: &[u8], create: bool) -> FsResult<OwnedFd> {
         let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
-        match rfs::openat2(&*self.root, dir, flags, Mode::empty(), RESOLVE) {
+        match openat2(&self.root, dir, flags) {
             Ok(fd) => return Ok(fd),
             Err(Errno::NOENT) if create => {}
             Err(e) => return Err(resolve_error(e)),
@@ -122,7 +122,7 @@ impl Root {
                 .map_or(dir.len(), |i| start + i);
             let prefix = &dir[..end];
             let name = &dir[start..end];
-            let fd = match rfs::openat2(&*self.root, prefix, flags, Mode::empty(), RESOLVE) {
+            let fd = match openat2(&self.root, prefix, flags) {
                 Ok(fd) => fd,
                 Err(Errno::NOENT) => {
                     let at = match &parent {
@@ -133,8 +133,7 @@ impl Root {
                         Ok(()) | Err(Errno::EXIST) => {}
                         Err(e) => return Err(FsError::io("creating a parent directory", e)),
                     }
-                    rfs::openat2(&*self.root, prefix, flags, Mode::empty(), RESOLVE)
-                        .map_err(resolve_error)?
+                    openat2(&self.root, prefix, flags).map_err(resolve_error)?
                 }
                 Err(e) => return Err(resolve_error(e)),
             };
@@ -267,6 +266,18 @@ impl Root {
             r => r,
         }
         .map_err(|e| FsError::io("creating the hard link", e))
+    }
+}
+
+/// `openat2` confined to the root. The kernel answers `EAGAIN` when a rename
+/// anywhere on the system raced with a `..` step of the resolution: retried.
+fn openat2(root: &OwnedFd, path: &[u8], flags: OFlags) -> Result<OwnedFd, Errno> {
+    let mut tries = 0;
+    loop {
+        match rfs::openat2(root, path, flags, Mode::empty(), RESOLVE) {
+            Err(Errno::AGAIN) if tries < 64 => tries += 1,
+            r => return r,
+        }
     }
 }
 

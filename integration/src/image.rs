@@ -47,6 +47,18 @@ pub enum Entry {
         path: String,
         target: String,
     },
+    /// Any entry type with its ownership and device numbers (for devices,
+    /// FIFOs, files owned by another user).
+    Node {
+        path: String,
+        kind: EntryType,
+        mode: u32,
+        uid: u64,
+        gid: u64,
+        major: u32,
+        minor: u32,
+        data: Vec<u8>,
+    },
     /// Written byte for byte, bypassing the tar crate's path checks: for
     /// hostile layers (`..`, absolute names and link targets). Names and
     /// link targets must fit the 100-byte header fields.
@@ -94,6 +106,50 @@ impl Entry {
         Entry::Hardlink {
             path: path.to_string(),
             target: target.to_string(),
+        }
+    }
+
+    /// A regular file owned by `uid:gid`.
+    pub fn owned(path: &str, uid: u64, gid: u64, mode: u32, data: impl Into<Vec<u8>>) -> Self {
+        Entry::Node {
+            path: path.to_string(),
+            kind: EntryType::Regular,
+            mode,
+            uid,
+            gid,
+            major: 0,
+            minor: 0,
+            data: data.into(),
+        }
+    }
+
+    /// A character device node.
+    pub fn char_device(path: &str, major: u32, minor: u32) -> Self {
+        Entry::Node {
+            path: path.to_string(),
+            kind: EntryType::Char,
+            mode: 0o666,
+            uid: 0,
+            gid: 0,
+            major,
+            minor,
+            data: Vec::new(),
+        }
+    }
+
+    /// A PAX extended header applying to the entry that follows it, e.g.
+    /// `("SCHILY.xattr.user.k", b"v")` for an extended attribute.
+    pub fn pax(records: &[(&str, &[u8])]) -> Self {
+        let mut data = Vec::new();
+        for (key, value) in records {
+            data.extend(pax_record(key, value));
+        }
+        Entry::Raw {
+            name: "PaxHeader".to_string(),
+            kind: EntryType::XHeader,
+            link: String::new(),
+            mode: 0o644,
+            data,
         }
     }
 
@@ -167,6 +223,25 @@ impl Layer {
                     header.set_size(0);
                     builder.append_link(&mut header, path, target)?;
                 }
+                Entry::Node {
+                    path,
+                    kind,
+                    mode,
+                    uid,
+                    gid,
+                    major,
+                    minor,
+                    data,
+                } => {
+                    header.set_entry_type(*kind);
+                    header.set_mode(*mode);
+                    header.set_uid(*uid);
+                    header.set_gid(*gid);
+                    header.set_device_major(*major)?;
+                    header.set_device_minor(*minor)?;
+                    header.set_size(data.len() as u64);
+                    builder.append_data(&mut header, path, data.as_slice())?;
+                }
                 Entry::Raw {
                     name,
                     kind,
@@ -187,6 +262,19 @@ impl Layer {
         }
         Ok(builder.into_inner()?)
     }
+}
+
+/// One PAX record: `"<len> <key>=<value>\n"`, the length counting itself.
+fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+    let rest = key.len() + value.len() + 3; // ' ', '=', '\n'
+    let mut len = rest + 1;
+    while len != rest + len.to_string().len() {
+        len = rest + len.to_string().len();
+    }
+    let mut record = format!("{len} {key}=").into_bytes();
+    record.extend_from_slice(value);
+    record.push(b'\n');
+    record
 }
 
 fn copy_field(field: &mut [u8; 100], value: &str) -> Result<()> {
@@ -382,6 +470,14 @@ pub fn sample_layers(marker: &str) -> Result<Vec<Layer>> {
         Entry::dir("data/opq"),
         Entry::file("data/opq/old", "hidden by the opaque marker\n"),
         Entry::file_mode("data/setuid", 0o4755, "#!/bin/sh\n"),
+        Entry::owned("data/owned", 1000, 2000, 0o640, "owned\n"),
+        Entry::pax(&[(XATTR_PAX_KEY, XATTR_VALUE)]),
+        Entry::file("data/xattr", "with an extended attribute\n"),
+        Entry::char_device("data/null", 1, 3),
+        Entry::Dir {
+            path: "data/sticky".to_string(),
+            mode: 0o1777,
+        },
     ])?;
     let top = Layer::new(vec![
         Entry::dir("data"),
@@ -394,6 +490,11 @@ pub fn sample_layers(marker: &str) -> Result<Vec<Layer>> {
     Ok(vec![base, top])
 }
 
+/// The extended attribute `data/xattr` of [`sample_layers`] carries.
+pub const XATTR_NAME: &str = "user.airgap";
+pub const XATTR_VALUE: &[u8] = b"kept";
+const XATTR_PAX_KEY: &str = "SCHILY.xattr.user.airgap";
+
 /// The shell script run in containers of [`sample_layers`] images, and the
 /// output it must print when the layers were applied right.
 pub const SAMPLE_CHECK: &str = "cat /data/file /data/hardlink /data/symlink /data/abs-symlink; \
@@ -402,7 +503,11 @@ pub const SAMPLE_CHECK: &str = "cat /data/file /data/hardlink /data/symlink /dat
      ls /data/opq; \
      cat /data/added; \
      stat -c '%h %a' /data/file /data/setuid; \
-     test \"$(stat -c %i /data/file)\" = \"$(stat -c %i /data/hardlink)\" && echo same-inode";
+     test \"$(stat -c %i /data/file)\" = \"$(stat -c %i /data/hardlink)\" && echo same-inode; \
+     stat -c '%u:%g %a' /data/owned; \
+     stat -c '%F %t,%T' /data/null; \
+     stat -c %a /data/sticky; \
+     stat -c %Y /data/file /data/owned /bin/busybox";
 
 pub const SAMPLE_EXPECTED: &str = "hello airgap\nhello airgap\nhello airgap\nhello airgap\n\
      file\n\
@@ -410,11 +515,23 @@ pub const SAMPLE_EXPECTED: &str = "hello airgap\nhello airgap\nhello airgap\nhel
      new\n\
      layer two\n\
      2 644\n1 4755\n\
-     same-inode\n";
+     same-inode\n\
+     1000:2000 640\n\
+     character special file 1,3\n\
+     1777\n\
+     1700000000\n1700000000\n1700000000\n";
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pax_records_count_their_own_length() {
+        assert_eq!(pax_record("a", b"b"), b"6 a=b\n");
+        let long = pax_record("k", &[b'v'; 100]);
+        assert_eq!(long.len(), 107);
+        assert!(long.starts_with(b"107 k="));
+    }
 
     #[test]
     fn chain_ids_follow_the_spec() {

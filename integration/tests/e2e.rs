@@ -153,6 +153,56 @@ fn run_sample_check_in(env: &Env, namespace: &str, image: &str, purpose: &str) -
     Ok(())
 }
 
+/// Reads an extended attribute without following symlinks.
+fn lgetxattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let c_name = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0u8; 256];
+    // SAFETY: both strings are NUL-terminated and `buf` is valid for its length.
+    let n = unsafe {
+        libc::lgetxattr(
+            c_path.as_ptr(),
+            c_name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return None;
+    }
+    buf.truncate(n as usize);
+    Some(buf)
+}
+
+/// Asserts that every copy of `data/xattr` in the daemon's snapshot
+/// directories kept its extended attribute (busybox cannot read xattrs
+/// from inside the container, so this looks from the host).
+fn assert_xattrs_kept(env: &Env) -> Result<()> {
+    let mut seen = 0;
+    for dir in daemon_snapshot_dirs(env.daemon.root())? {
+        let file = dir.join("fs/data/xattr");
+        if std::fs::symlink_metadata(&file).is_err() {
+            continue;
+        }
+        seen += 1;
+        let value = lgetxattr(&file, image::XATTR_NAME);
+        ensure!(
+            value.as_deref() == Some(image::XATTR_VALUE),
+            "{} has {}={value:?}, expected {:?}",
+            file.display(),
+            image::XATTR_NAME,
+            String::from_utf8_lossy(image::XATTR_VALUE)
+        );
+    }
+    ensure!(
+        seen > 0,
+        "no data/xattr under {}/snapshots/*/fs",
+        env.daemon.root().display()
+    );
+    Ok(())
+}
+
 /// Layer blobs of `image` that the registry served since `mark`.
 fn layer_gets(env: &Env, image: &BuiltImage, mark: usize) -> Vec<String> {
     env.registry
@@ -236,6 +286,7 @@ fn cri_pull_archived(test: &str, env: &mut Env, images: &Images) -> Result<()> {
     );
     eprintln!("== {test}: running the image");
     run_sample_check(env, &image.name, "a")?;
+    assert_xattrs_kept(env)?;
     env.daemon.check_running()?;
     Ok(())
 }
@@ -270,6 +321,7 @@ fn cri_pull_remote(test: &str, env: &mut Env, images: &Images) -> Result<()> {
     assert_chain_snapshots(env, image)?;
     eprintln!("== {test}: running the image");
     run_sample_check(env, &image.name, "b")?;
+    assert_xattrs_kept(env)?;
     Ok(())
 }
 

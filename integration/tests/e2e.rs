@@ -287,6 +287,32 @@ fn cri_pull_archived(test: &str, env: &mut Env, images: &Images) -> Result<()> {
     eprintln!("== {test}: running the image");
     run_sample_check(env, &image.name, "a")?;
     assert_xattrs_kept(env)?;
+    // Usage reports the real size of a layer taken from the archive.
+    let base = &image.chain_ids[0];
+    let usage = env.containerd.ctr(&[
+        "-n",
+        K8S_NS,
+        "snapshots",
+        "--snapshotter",
+        SNAPSHOTTER,
+        "usage",
+        "-b",
+        base,
+    ])?;
+    let row: Vec<&str> = usage
+        .lines()
+        .nth(1)
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default();
+    let busybox = std::fs::metadata(image::BUSYBOX)?.len();
+    let (size, inodes): (u64, u64) = match row.as_slice() {
+        [_, size, inodes, ..] => (size.parse()?, inodes.parse()?),
+        _ => anyhow::bail!("unexpected ctr snapshots usage output:\n{usage}"),
+    };
+    ensure!(
+        size >= busybox && inodes >= 20,
+        "usage of {base}: {size} bytes, {inodes} inodes; expected at least {busybox} bytes (busybox) and 20 inodes"
+    );
     env.daemon.check_running()?;
     Ok(())
 }

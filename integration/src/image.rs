@@ -26,6 +26,8 @@ pub const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const MEDIA_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const MEDIA_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const MEDIA_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+pub const MEDIA_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 
 /// One tar entry of a layer.
 #[derive(Clone, Debug)]
@@ -342,8 +344,49 @@ fn oci_arch() -> &'static str {
     }
 }
 
-/// Writes `spec` as an OCI image layout tar at `archive`.
+/// How the layer blobs of an image are compressed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LayerCompression {
+    #[default]
+    Gzip,
+    Zstd,
+    /// Plain tar layers (`application/vnd.oci.image.layer.v1.tar`).
+    None,
+}
+
+impl LayerCompression {
+    pub fn media_type(self) -> &'static str {
+        match self {
+            LayerCompression::Gzip => MEDIA_LAYER_GZIP,
+            LayerCompression::Zstd => MEDIA_LAYER_ZSTD,
+            LayerCompression::None => MEDIA_LAYER_TAR,
+        }
+    }
+
+    fn compress(self, tar: Vec<u8>) -> Result<Vec<u8>> {
+        Ok(match self {
+            LayerCompression::Gzip => {
+                let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::default());
+                gz.write_all(&tar)?;
+                gz.finish()?
+            }
+            LayerCompression::Zstd => zstd::encode_all(tar.as_slice(), 3)?,
+            LayerCompression::None => tar,
+        })
+    }
+}
+
+/// Writes `spec` as an OCI image layout tar at `archive`, gzip layers.
 pub fn write_oci_archive(spec: &ImageSpec, archive: &Path) -> Result<BuiltImage> {
+    write_oci_archive_with(spec, archive, LayerCompression::Gzip)
+}
+
+/// Writes `spec` as an OCI image layout tar at `archive`.
+pub fn write_oci_archive_with(
+    spec: &ImageSpec,
+    archive: &Path,
+    compression: LayerCompression,
+) -> Result<BuiltImage> {
     let mut blobs: Vec<(String, Vec<u8>)> = Vec::new();
     let mut layer_descs = Vec::new();
     let mut layer_digests = Vec::new();
@@ -351,17 +394,15 @@ pub fn write_oci_archive(spec: &ImageSpec, archive: &Path) -> Result<BuiltImage>
     for layer in &spec.layers {
         let tar = layer.tar()?;
         diff_ids.push(sha256(&tar));
-        let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::default());
-        gz.write_all(&tar)?;
-        let gz = gz.finish()?;
-        let digest = sha256(&gz);
+        let blob = compression.compress(tar)?;
+        let digest = sha256(&blob);
         layer_descs.push(json!({
-            "mediaType": MEDIA_LAYER_GZIP,
+            "mediaType": compression.media_type(),
             "digest": digest,
-            "size": gz.len(),
+            "size": blob.len(),
         }));
         layer_digests.push(digest.clone());
-        blobs.push((digest, gz));
+        blobs.push((digest, blob));
     }
     let config = serde_json::to_vec(&json!({
         "architecture": oci_arch(),
@@ -429,6 +470,44 @@ pub fn write_oci_archive(spec: &ImageSpec, archive: &Path) -> Result<BuiltImage>
         layer_digests,
         diff_ids,
     })
+}
+
+/// The container of a whole airgap archive.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ArchiveContainer {
+    #[default]
+    Tar,
+    Gzip,
+    Zstd,
+}
+
+/// Writes a compressed copy of the archive `tar` next to it (`.tar.gz`,
+/// `.tar.zst`) and returns its path; `Tar` returns `tar` itself.
+pub fn compress_archive(tar: &Path, container: ArchiveContainer) -> Result<PathBuf> {
+    let extension = match container {
+        ArchiveContainer::Tar => return Ok(tar.to_path_buf()),
+        ArchiveContainer::Gzip => "tar.gz",
+        ArchiveContainer::Zstd => "tar.zst",
+    };
+    let out = tar.with_extension(extension);
+    let mut input =
+        std::fs::File::open(tar).with_context(|| format!("opening {}", tar.display()))?;
+    let output =
+        std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
+    match container {
+        ArchiveContainer::Gzip => {
+            let mut gz = GzEncoder::new(output, flate2::Compression::default());
+            std::io::copy(&mut input, &mut gz)?;
+            gz.finish()?.sync_all()?;
+        }
+        ArchiveContainer::Zstd => {
+            let mut zst = zstd::Encoder::new(output, 3)?;
+            std::io::copy(&mut input, &mut zst)?;
+            zst.finish()?.sync_all()?;
+        }
+        ArchiveContainer::Tar => unreachable!(),
+    }
+    Ok(out)
 }
 
 /// A base layer: `/bin/busybox` (static) with applet symlinks, `/etc`,

@@ -16,7 +16,8 @@ use tar::EntryType;
 
 use airgap_integration::containerd::{ContainerdOptions, K8S_NS, SNAPSHOTTER};
 use airgap_integration::image::{
-    self, BuiltImage, Entry, ImageSpec, Layer, SAMPLE_CHECK, SAMPLE_EXPECTED,
+    self, ArchiveContainer, BuiltImage, Entry, ImageSpec, Layer, LayerCompression, SAMPLE_CHECK,
+    SAMPLE_EXPECTED,
 };
 use airgap_integration::process;
 use airgap_integration::{
@@ -35,6 +36,24 @@ struct Env {
     _serial: SerialGuard,
 }
 
+/// An archived test image: what to build, how its layers are compressed
+/// and in which container the archive is.
+struct TestImage {
+    spec: ImageSpec,
+    layers: LayerCompression,
+    container: ArchiveContainer,
+}
+
+impl From<ImageSpec> for TestImage {
+    fn from(spec: ImageSpec) -> Self {
+        TestImage {
+            spec,
+            layers: LayerCompression::Gzip,
+            container: ArchiveContainer::Tar,
+        }
+    }
+}
+
 /// Images built for a test, pushed to the registry; `archived` ones are
 /// also put into the daemon's archives directory.
 struct Images {
@@ -47,7 +66,7 @@ struct Images {
 /// private containerd wired to it.
 fn setup(
     test: &str,
-    build: impl FnOnce(&str) -> Result<(Vec<ImageSpec>, Vec<ImageSpec>)>,
+    build: impl FnOnce(&str) -> Result<(Vec<TestImage>, Vec<ImageSpec>)>,
 ) -> Result<(Env, Images)> {
     let serial = serial()?;
     eprintln!("== {test}: starting docker-registry");
@@ -58,11 +77,17 @@ fn setup(
         archived: Vec::new(),
         remote_only: Vec::new(),
     };
+    let remote_specs = remote_specs.into_iter().map(TestImage::from).collect();
     for (specs, out) in [
         (archived_specs, &mut images.archived),
         (remote_specs, &mut images.remote_only),
     ] {
-        for spec in specs {
+        for TestImage {
+            spec,
+            layers,
+            container,
+        } in specs
+        {
             // One file per image: `<repository>-<tag>.tar`.
             let file_name: String = spec
                 .name
@@ -74,12 +99,16 @@ fn setup(
                 .collect();
             let file = work.path().join(format!("{file_name}.tar"));
             ensure!(!file.exists(), "two test images named {}", spec.name);
-            let built = image::write_oci_archive(&spec, &file)?;
+            let mut built = image::write_oci_archive_with(&spec, &file, layers)?;
             let repo = spec
                 .name
                 .strip_prefix(&format!("{}/", registry.host()))
                 .context("image name not on the test registry")?;
             registry.push_oci_archive(&file, &spec.tag, repo)?;
+            if container != ArchiveContainer::Tar {
+                built.archive = image::compress_archive(&file, container)?;
+                std::fs::remove_file(&file)?;
+            }
             out.push(built);
         }
     }
@@ -229,7 +258,7 @@ fn assert_chain_snapshots(env: &Env, image: &BuiltImage) -> Result<()> {
 /// out.
 fn run_test(
     test: &str,
-    build: impl FnOnce(&str) -> Result<(Vec<ImageSpec>, Vec<ImageSpec>)>,
+    build: impl FnOnce(&str) -> Result<(Vec<TestImage>, Vec<ImageSpec>)>,
     body: impl FnOnce(&str, &mut Env, &Images) -> Result<()>,
 ) {
     if !can_run(test) {
@@ -256,7 +285,7 @@ fn cri_pull_of_archived_image_downloads_no_layer() {
     let test = "cri_pull_archived";
     run_test(
         test,
-        |host| Ok((vec![sample_spec(host, "archived", "v1")?], vec![])),
+        |host| Ok((vec![sample_spec(host, "archived", "v1")?.into()], vec![])),
         cri_pull_archived,
     );
 }
@@ -325,7 +354,7 @@ fn cri_pull_of_image_not_archived_downloads_it() {
         test,
         |host| {
             Ok((
-                vec![sample_spec(host, "archived", "v1")?],
+                vec![sample_spec(host, "archived", "v1")?.into()],
                 vec![sample_spec(host, "remote", "v1")?],
             ))
         },
@@ -351,6 +380,59 @@ fn cri_pull_remote(test: &str, env: &mut Env, images: &Images) -> Result<()> {
     Ok(())
 }
 
+/// (a*) Archives and layers in every compression: zstd layers in a
+/// `.tar.zst` archive, plain tar layers in a `.tar.gz` archive, gzip layers
+/// in a plain tar. All pulled through CRI from the archives, none
+/// downloaded.
+#[test]
+fn cri_pull_from_compressed_archives_downloads_no_layer() {
+    run_test(
+        "cri_pull_compressed",
+        |host| {
+            let variants = [
+                (
+                    "zstd-in-zst",
+                    LayerCompression::Zstd,
+                    ArchiveContainer::Zstd,
+                ),
+                ("tar-in-gz", LayerCompression::None, ArchiveContainer::Gzip),
+                ("gzip-in-tar", LayerCompression::Gzip, ArchiveContainer::Tar),
+            ];
+            let mut images = Vec::new();
+            for (name, layers, container) in variants {
+                images.push(TestImage {
+                    spec: sample_spec(host, name, "v1")?,
+                    layers,
+                    container,
+                });
+            }
+            Ok((images, vec![]))
+        },
+        cri_pull_compressed,
+    );
+}
+
+fn cri_pull_compressed(test: &str, env: &mut Env, images: &Images) -> Result<()> {
+    for (n, image) in images.archived.iter().enumerate() {
+        let mark = env.registry.mark();
+        eprintln!(
+            "== {test}: CRI PullImage {} from {}",
+            image.name,
+            image.archive.display()
+        );
+        env.cri.pull_image(&image.name)?;
+        let downloaded = layer_gets(env, image, mark);
+        ensure!(
+            downloaded.is_empty(),
+            "layers of {} were downloaded: {downloaded:?}",
+            image.name
+        );
+        assert_chain_snapshots(env, image)?;
+        run_sample_check(env, &image.name, &format!("c{n}"))?;
+    }
+    Ok(())
+}
+
 /// (a') An image whose base layer is archived (through another image of
 /// the archives) and whose top layer is not: the base comes from the
 /// archive, only the top layer is downloaded.
@@ -365,7 +447,10 @@ fn cri_pull_of_partly_archived_image_downloads_only_the_rest() {
             partial.layers[1]
                 .entries
                 .push(Entry::file("data/partial", "only in the registry\n"));
-            Ok((vec![sample_spec(host, "archived", "v1")?], vec![partial]))
+            Ok((
+                vec![sample_spec(host, "archived", "v1")?.into()],
+                vec![partial],
+            ))
         },
         cri_pull_partial,
     );
@@ -401,7 +486,7 @@ fn cri_pull_partial(test: &str, env: &mut Env, images: &Images) -> Result<()> {
 fn plain_ctr_pull_works_as_ordinary_snapshotter() {
     run_test(
         "plain_ctr_pull",
-        |host| Ok((vec![sample_spec(host, "archived", "v1")?], vec![])),
+        |host| Ok((vec![sample_spec(host, "archived", "v1")?.into()], vec![])),
         plain_ctr_pull,
     );
 }
@@ -446,7 +531,7 @@ fn daemon_restart_keeps_snapshots_usable() {
         test,
         |host| {
             Ok((
-                vec![sample_spec(host, "archived", "v1")?],
+                vec![sample_spec(host, "archived", "v1")?.into()],
                 vec![sample_spec(host, "remote", "v1")?],
             ))
         },
@@ -504,7 +589,7 @@ fn image_removal_garbage_collects_snapshots() {
         test,
         |host| {
             Ok((
-                vec![sample_spec(host, "archived", "v1")?],
+                vec![sample_spec(host, "archived", "v1")?.into()],
                 vec![sample_spec(host, "remote", "v1")?],
             ))
         },
@@ -670,9 +755,9 @@ fn hostile_archived_layer_leaves_host_untouched() {
                 let mut spec = sample_spec(host, &format!("hostile-{trick}"), "v1")?;
                 // A good base shared by all, then the hostile layer.
                 spec.layers = vec![image::sample_layers("hostile")?.remove(0), layer];
-                specs.push(spec);
+                specs.push(spec.into());
             }
-            specs.push(sample_spec(host, "archived", "v1")?);
+            specs.push(sample_spec(host, "archived", "v1")?.into());
             Ok((specs, vec![]))
         },
         |test, env, images| hostile(test, env, images, canary.path()),

@@ -21,10 +21,12 @@
 # indexed. Prints a table; --write puts it into BENCHMARKS.md. Not a test:
 # nothing here asserts a time.
 #
-#   scripts/bench.sh [--write] [--cache DIR]
+#   scripts/bench.sh [--write] [--cache DIR] [--logs DIR]
 #
 # --cache DIR keeps the generated bundle (debootstrap rootfs, archives) in
-# DIR, so that a rerun skips generating it. Needs root. Everything runs on
+# DIR, so that a rerun skips generating it. --logs DIR keeps the logs of
+# containerd, the registry and the daemon (kept anyway, under /tmp, when a
+# step fails). Needs root. Everything runs on
 # loopback in a temporary directory: a private containerd 1.6 (its root,
 # state and sockets there; the system containerd is never used), a private
 # docker-registry and the daemon, all stopped by pid at the end, also on
@@ -35,10 +37,12 @@ repo=$(pwd)
 
 write=0
 cache=
+logs=
 while (($#)); do
     case $1 in
         --write) write=1 ;;
         --cache) cache=$2; shift ;;
+        --logs) logs=$2; shift ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -73,6 +77,12 @@ cleanup() {
     local status=$?
     set +e
     for pid in "${pids[@]}"; do stop_pid "$pid"; done
+    if [[ -n $logs ]] || ((status != 0)); then
+        local to=${logs:-/tmp/airgap-bench-logs-$$}
+        mkdir -p "$to"
+        (cd "$work" && find . -name '*.log' -exec cp --parents {} "$to/" \;) 2>/dev/null
+        echo "logs of this run: $to" >&2
+    fi
     kill_shims
     unmount_under "$work"
     rm -rf "$work"
@@ -105,7 +115,7 @@ forget_pid() {
 kill_shims() {
     local p
     for p in /proc/[0-9]*; do
-        tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q "containerd-shim.*$work" || continue
+        { tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null | grep -q "containerd-shim.*$work" || continue
         kill -KILL "${p#/proc/}" 2>/dev/null
     done
 }
@@ -133,7 +143,16 @@ wait_for() {
     done
 }
 http_ok() { curl -sf -o /dev/null --max-time 2 "$@"; }
-du_bytes() { du -sxB1 "$@" 2>/dev/null | awk '{ s += $1 } END { print s + 0 }'; }
+du_bytes() { du -sxB1 "$@" 2>/dev/null | awk '{ s += $1 } END { printf "%d\n", s }'; }
+# cpu_ticks PID: user and system clock ticks so far.
+cpu_ticks() { awk '{ print $14, $15 }' "/proc/$1/stat"; }
+cpu_since() { # PID "USER SYS" -> "user X s, sys Y s"
+    local u0 s0 u1 s1 hz
+    read -r u0 s0 <<<"$2"
+    read -r u1 s1 < <(cpu_ticks "$1")
+    hz=$(getconf CLK_TCK)
+    awk -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v hz="$hz" 'BEGIN { printf "daemon CPU: user %.1f s, sys %.1f s", u / hz, s / hz }'
+}
 hwm_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 
@@ -141,16 +160,16 @@ rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 arch=$(dpkg --print-architecture 2>/dev/null || uname -m)
 big=docker.io/bench/debian-go:1
 small=docker.io/bench/busybox:1
-go_tree=/usr=lib/go-1.19,share/go-1.19
-llvm_tree=/usr=lib/llvm-14
-py_tree=/usr=lib/python3
+go_tree=/=usr/lib/go-1.19,usr/share/go-1.19
+llvm_tree=/=usr/lib/llvm-14
+py_tree=/=usr/lib/python3
 for d in /usr/lib/go-1.19 /usr/share/go-1.19 /usr/lib/llvm-14 /usr/lib/python3 /bin/busybox; do
     [[ -e $d ]] || { echo "needs $d (golang-1.19, llvm-14, python3, busybox-static: scripts/install-deps.sh)" >&2; exit 1; }
 done
 bundle=${cache:-$work/cache}
 mkdir -p "$bundle"
 bundle=$(cd "$bundle" && pwd)
-spec="v1 $arch minbase+go minbase+llvm minbase+python busybox $(sha256sum scripts/make-archive.py | cut -c1-16) $($bin --version)"
+spec="v2 $arch minbase+$go_tree minbase+$llvm_tree minbase+$py_tree busybox $(sha256sum scripts/make-archive.py | cut -c1-16) $($bin --version)"
 if [[ -f $bundle/stamp && $(cat "$bundle/stamp") == "$spec" ]]; then
     say "reusing the bundle in $bundle"
 else
@@ -238,7 +257,7 @@ registry_blob_gets() { grep -c '"GET /v2/[^ ]*/blobs/' "$reg_dir/registry.log" |
 # not the first indexing.
 mirror_port=$(free_port)
 hosts=$work/certs.d
-"$bin" config --mirror "127.0.0.1:$mirror_port" --upstream "http://127.0.0.1:$reg_port" --write "$hosts" >/dev/null
+"$bin" config --mirror "127.0.0.1:$mirror_port" --upstream "http://127.0.0.1:$reg_port" --write "$hosts" >/dev/null 2>&1
 start_daemon() { # KIND ROOT
     local kind=$1 root=$2
     mkdir -p "$root" "$work/run"
@@ -262,11 +281,10 @@ for kind in oci docker packed; do
     start_daemon "$kind" "$work/seed-$kind"
     stop_daemon
 done
-fresh_daemon_root() { # KIND -> path
-    local r=$work/daemon-$((++daemon_seq))
-    mkdir -p "$r"
-    cp -a "$work/seed-$1/catalog" "$r/"
-    echo "$r"
+fresh_daemon_root() { # KIND; sets root
+    root=$work/daemon-$((++daemon_seq))-$1
+    mkdir -p "$root"
+    cp -a "$work/seed-$1/catalog" "$root/"
 }
 daemon_seq=0
 
@@ -303,7 +321,7 @@ check_runs() { # SNAPSHOTTER REF
 rows=() # "label|seconds|disk bytes|daemon HWM KiB|note"
 row() { rows+=("$1|$2|$3|$4|${5:-}"); printf '    %-60s %8ss  disk %s  daemon peak %s\n' "$1" "$2" "$(human "$3")" "$(kib "$4")" >&2; }
 human() { [[ $1 == - ]] && echo - || numfmt --to=iec --suffix=B --format=%.1f "$1"; }
-kib() { [[ $1 == - ]] && echo - || echo "$(($1 / 1024)) MiB"; }
+kib() { [[ $1 == - ]] && echo - || awk -v k="$1" 'BEGIN { printf "%.0f MiB", k / 1024 }'; }
 
 start_registry
 
@@ -312,13 +330,15 @@ for kind in oci docker; do
     lock
     start_containerd overlayfs
     drop_caches
-    say "(1) ctr images import $kind.tar.zst"
+    # containerd 1.6's ctr does not read zstd itself (nor does k3s hand it
+    # the .tar.zst; it decompresses first).
+    say "(1) zstd -dc $kind.tar.zst | ctr images import -"
     t0=$(now)
-    ctrx images import "$work/archives-$kind/$kind.tar.zst" >/dev/null
+    zstd -dc "$work/archives-$kind/$kind.tar.zst" | ctrx images import - >/dev/null
     t=$(since "$t0")
     disk=$(du_bytes "$cdir/root")
     check_runs overlayfs "$big"
-    row "(1) \`ctr images import\` of the bundle, $kind (all 4 images)" "$t" "$disk" -
+    row "(1) \`zstd -dc | ctr images import\` of the bundle, $kind (all 4 images)" "$t" "$disk" -
     stop_containerd
     unlock
 done
@@ -351,20 +371,22 @@ unlock
 # ---------------------------------------------------------------- 4-5: this project
 for kind in oci packed; do
     lock
-    root=$(fresh_daemon_root "$kind")
+    fresh_daemon_root "$kind"
     start_daemon "$kind" "$root"
     start_containerd overlayfs
     gets=$(registry_blob_gets)
     drop_caches
     say "(4) ctr pull through the mirror ($kind)"
+    cpu0=$(cpu_ticks "$daemon_pid")
     t0=$(now)
     ctrx images pull --hosts-dir "$hosts" "$big" >/dev/null
     t=$(since "$t0")
     disk=$(du_bytes "$cdir/root" "$root")
     hwm=$(hwm_kib "$daemon_pid")
+    cpu=$(cpu_since "$daemon_pid" "$cpu0")
     fetched=$(($(registry_blob_gets) - gets))
     check_runs overlayfs "$big"
-    row "(4) \`ctr pull\` through the mirror, $kind archive" "$t" "$disk" "$hwm" "registry blob GETs: $fetched"
+    row "(4) \`ctr pull\` through the mirror, $kind archive" "$t" "$disk" "$hwm" "registry blob GETs: $fetched; $cpu"
     stop_containerd
     stop_daemon
     unlock
@@ -373,21 +395,23 @@ done
 declare -A t_snap
 for kind in oci packed docker; do
     lock
-    root=$(fresh_daemon_root "$kind")
+    fresh_daemon_root "$kind"
     start_daemon "$kind" "$root"
     start_containerd airgap
     gets=$(registry_blob_gets)
     drop_caches
     say "(5) CRI PullImage through mirror + snapshotter ($kind)"
+    cpu0=$(cpu_ticks "$daemon_pid")
     t=$("$cri" "$cdir/containerd.sock" "$big" | cut -d' ' -f1)
     disk=$(du_bytes "$cdir/root" "$root")
     hwm=$(hwm_kib "$daemon_pid")
+    cpu=$(cpu_since "$daemon_pid" "$cpu0")
     fetched=$(($(registry_blob_gets) - gets))
     from_archive=$(grep -c 'layer committed from archive' "$root.log" || true)
     check_runs airgap "$big"
     t_snap[$kind]=$t
     row "(5) CRI PullImage, mirror + snapshotter, $kind archive" "$t" "$disk" "$hwm" \
-        "layers from the archive: $from_archive/$big_layers, registry blob GETs: $fetched"
+        "layers from the archive: $from_archive/$big_layers, registry blob GETs: $fetched; $cpu"
     stop_containerd
     stop_daemon
     unlock
@@ -430,7 +454,7 @@ rm -rf "$work/floor" "$work/floor-raw"
 declare -A small_rows
 for kind in oci packed; do
     lock
-    root=$(fresh_daemon_root "$kind")
+    fresh_daemon_root "$kind"
     start_daemon "$kind" "$root"
     start_containerd airgap
     drop_caches

@@ -6,7 +6,7 @@
                     [--wrap tar|gzip|zstd] [--docker-save-out FILE]
 
 Each --name starts an image; the --layer directories after it are its layers,
-bottom first. `--layer-tree /usr=lib/go-1.19,share/go-1.19` makes a layer of
+bottom first. `--layer-tree /=usr/lib/go-1.19,usr/share/go-1.19` makes a layer of
 those paths under ROOT, keeping the paths (with their parent directories).
 A layer given twice (a shared base) is built once and stored once. Layers are
 written the way `ctr export` writes them (gzip by default) and the whole

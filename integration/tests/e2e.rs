@@ -42,6 +42,9 @@ struct TestImage {
     spec: ImageSpec,
     layers: LayerCompression,
     container: ArchiveContainer,
+    /// Archive it as `docker save` does (skopeo `docker-archive:`) instead
+    /// of as an OCI image layout.
+    docker_save: bool,
 }
 
 impl From<ImageSpec> for TestImage {
@@ -50,6 +53,7 @@ impl From<ImageSpec> for TestImage {
             spec,
             layers: LayerCompression::Gzip,
             container: ArchiveContainer::Tar,
+            docker_save: false,
         }
     }
 }
@@ -86,6 +90,7 @@ fn setup(
             spec,
             layers,
             container,
+            docker_save,
         } in specs
         {
             // One file per image: `<repository>-<tag>.tar`.
@@ -105,6 +110,18 @@ fn setup(
                 .strip_prefix(&format!("{}/", registry.host()))
                 .context("image name not on the test registry")?;
             registry.push_oci_archive(&file, &spec.tag, repo)?;
+            if docker_save {
+                let saved = work.path().join(format!("{file_name}-docker-save.tar"));
+                process::run(
+                    std::process::Command::new("skopeo")
+                        .args(["copy", "--quiet"])
+                        .arg(format!("oci-archive:{}:{}", file.display(), spec.tag))
+                        .arg(format!("docker-archive:{}:{}", saved.display(), spec.name)),
+                    Duration::from_secs(120),
+                )?;
+                std::fs::remove_file(&file)?;
+                std::fs::rename(&saved, &file)?;
+            }
             if container != ArchiveContainer::Tar {
                 built.archive = image::compress_archive(&file, container)?;
                 std::fs::remove_file(&file)?;
@@ -380,30 +397,33 @@ fn cri_pull_remote(test: &str, env: &mut Env, images: &Images) -> Result<()> {
     Ok(())
 }
 
-/// (a*) Archives and layers in every compression: zstd layers in a
-/// `.tar.zst` archive, plain tar layers in a `.tar.gz` archive, gzip layers
-/// in a plain tar. All pulled through CRI from the archives, none
-/// downloaded.
+/// (a*) Archives and layers in every compression and both layouts: zstd
+/// layers in a `.tar.zst` archive, plain tar layers in a `.tar.gz` archive,
+/// gzip layers in a plain tar, and `docker save` archives (plain and in a
+/// `.tar.zst`; their layers are stored uncompressed). All pulled through
+/// CRI from the archives (the registry holds the same image as OCI with
+/// gzip layers: the chain IDs are the same), none downloaded.
 #[test]
 fn cri_pull_from_compressed_archives_downloads_no_layer() {
     run_test(
         "cri_pull_compressed",
         |host| {
+            use ArchiveContainer as A;
+            use LayerCompression as L;
             let variants = [
-                (
-                    "zstd-in-zst",
-                    LayerCompression::Zstd,
-                    ArchiveContainer::Zstd,
-                ),
-                ("tar-in-gz", LayerCompression::None, ArchiveContainer::Gzip),
-                ("gzip-in-tar", LayerCompression::Gzip, ArchiveContainer::Tar),
+                ("zstd-in-zst", L::Zstd, A::Zstd, false),
+                ("tar-in-gz", L::None, A::Gzip, false),
+                ("gzip-in-tar", L::Gzip, A::Tar, false),
+                ("docker-save", L::Gzip, A::Tar, true),
+                ("docker-save-in-zst", L::Gzip, A::Zstd, true),
             ];
             let mut images = Vec::new();
-            for (name, layers, container) in variants {
+            for (name, layers, container, docker_save) in variants {
                 images.push(TestImage {
                     spec: sample_spec(host, name, "v1")?,
                     layers,
                     container,
+                    docker_save,
                 });
             }
             Ok((images, vec![]))

@@ -543,6 +543,54 @@ fn plain_ctr_pull(test: &str, env: &mut Env, images: &Images) -> Result<()> {
     Ok(())
 }
 
+/// (a+) An archive dropped into the watched directory while the daemon
+/// runs is used without a restart.
+#[test]
+fn archive_added_while_running_is_used() {
+    run_test(
+        "archive_added",
+        |host| Ok((vec![], vec![sample_spec(host, "added", "v1")?])),
+        archive_added,
+    );
+}
+
+fn archive_added(test: &str, env: &mut Env, images: &Images) -> Result<()> {
+    let image = &images.remote_only[0];
+    let dest = env.daemon.archives_dir().join("added-later.tar");
+    eprintln!(
+        "== {test}: copying {} into the archives",
+        image.archive.display()
+    );
+    std::fs::copy(&image.archive, &dest)
+        .with_context(|| format!("copying into {}", dest.display()))?;
+    // The catalog logs each archive it indexed; give the watcher its
+    // settle delay. Without that line the pull below tells the story.
+    let needle = dest.display().to_string();
+    let daemon = &env.daemon;
+    let seen = process::wait_until(
+        "the daemon to index the new archive",
+        Duration::from_secs(30),
+        || {
+            Ok(daemon
+                .log()
+                .lines()
+                .any(|l| l.contains("indexed") && l.contains(&needle)))
+        },
+    );
+    if let Err(err) = seen {
+        eprintln!("== {test}: {err:#}; pulling anyway");
+    }
+    let mark = env.registry.mark();
+    env.cri.pull_image(&image.name)?;
+    let downloaded = layer_gets(env, image, mark);
+    ensure!(
+        downloaded.is_empty(),
+        "an archive added while the daemon runs was not used: downloaded {downloaded:?}"
+    );
+    run_sample_check(env, &image.name, "added")?;
+    Ok(())
+}
+
 /// (c) A daemon restart keeps every snapshot usable.
 #[test]
 fn daemon_restart_keeps_snapshots_usable() {

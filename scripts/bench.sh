@@ -208,6 +208,7 @@ done
 "$bin" images --archives "$work/archives-oci" --json >"$work/images.json"
 jq -r --arg r "$big" '.[] | select(.ref == $r) | .manifests[0].layers[].digest' "$work/images.json" >"$work/big-layers"
 jq -r --arg r "$small" '.[] | select(.ref == $r) | .manifests[0].layers[].digest' "$work/images.json" >"$work/small-layers"
+jq -r --arg r "$big" '.[] | select(.ref == $r) | .manifests[0].layers[].diff_id' "$work/images.json" >"$work/big-diff-ids"
 big_layers=$(wc -l <"$work/big-layers")
 small_bytes=$(jq -r --arg r "$small" '.[] | select(.ref == $r) | .size' "$work/images.json")
 # The unpacked size and file count of the largest image, from its layers.
@@ -319,7 +320,8 @@ check_runs() { # SNAPSHOTTER REF
 }
 
 rows=() # "label|seconds|disk bytes|daemon HWM KiB|note"
-row() { rows+=("$1|$2|$3|$4|${5:-}"); printf '    %-60s %8ss  disk %s  daemon peak %s\n' "$1" "$2" "$(human "$3")" "$(kib "$4")" >&2; }
+US=$'\x1f' # field separator of a row (labels hold `|`)
+row() { rows+=("$1$US$2$US$3$US$4$US${5:-}"); printf '    %-60s %8ss  disk %s  daemon peak %s\n' "$1" "$2" "$(human "$3")" "$(kib "$4")" >&2; }
 human() { [[ $1 == - ]] && echo - || numfmt --to=iec --suffix=B --format=%.1f "$1"; }
 kib() { [[ $1 == - ]] && echo - || awk -v k="$1" 'BEGIN { printf "%.0f MiB", k / 1024 }'; }
 
@@ -382,11 +384,12 @@ for kind in oci packed; do
     ctrx images pull --hosts-dir "$hosts" "$big" >/dev/null
     t=$(since "$t0")
     disk=$(du_bytes "$cdir/root" "$root")
+    split="containerd $(human "$(du_bytes "$cdir/root")") + daemon $(human "$(du_bytes "$root")")"
     hwm=$(hwm_kib "$daemon_pid")
     cpu=$(cpu_since "$daemon_pid" "$cpu0")
     fetched=$(($(registry_blob_gets) - gets))
     check_runs overlayfs "$big"
-    row "(4) \`ctr pull\` through the mirror, $kind archive" "$t" "$disk" "$hwm" "registry blob GETs: $fetched; $cpu"
+    row "(4) \`ctr pull\` through the mirror, $kind archive" "$t" "$disk" "$hwm" "disk: $split; registry blob GETs: $fetched; $cpu"
     stop_containerd
     stop_daemon
     unlock
@@ -404,14 +407,16 @@ for kind in oci packed docker; do
     cpu0=$(cpu_ticks "$daemon_pid")
     t=$("$cri" "$cdir/containerd.sock" "$big" | cut -d' ' -f1)
     disk=$(du_bytes "$cdir/root" "$root")
+    split="containerd $(human "$(du_bytes "$cdir/root")") + daemon $(human "$(du_bytes "$root")")"
     hwm=$(hwm_kib "$daemon_pid")
     cpu=$(cpu_since "$daemon_pid" "$cpu0")
     fetched=$(($(registry_blob_gets) - gets))
     from_archive=$(grep -c 'layer committed from archive' "$root.log" || true)
+    extracted=$(grep -c 'layer extracted from archive' "$root.log" || true)
     check_runs airgap "$big"
     t_snap[$kind]=$t
     row "(5) CRI PullImage, mirror + snapshotter, $kind archive" "$t" "$disk" "$hwm" \
-        "layers from the archive: $from_archive/$big_layers, registry blob GETs: $fetched; $cpu"
+        "layers from the archive: $from_archive/$big_layers (extracted by then: $extracted, the others prefetched for other images sharing the base layer); disk: $split; registry blob GETs: $fetched; $cpu"
     stop_containerd
     stop_daemon
     unlock
@@ -421,7 +426,7 @@ done
 floor_run() { # MODE (parallel|sequential|tar)
     rm -rf "$work/floor"
     mkdir -p "$work/floor"
-    local i=0 d fpids=()
+    local i=0 d diff_id fpids=()
     drop_caches
     t0=$(now)
     while read -r d; do
@@ -431,6 +436,11 @@ floor_run() { # MODE (parallel|sequential|tar)
             parallel) (pigz -dc "$work/floor-blobs/${d#sha256:}" | tar -x -C "$work/floor/$i") & fpids+=($!) ;;
             sequential) pigz -dc "$work/floor-blobs/${d#sha256:}" | tar -x -C "$work/floor/$i" ;;
             tar) tar -x -C "$work/floor/$i" -f "$work/floor-raw/$i.tar" & fpids+=($!) ;;
+            zstd)
+                diff_id=$(sed -n "${i}p" "$work/big-diff-ids")
+                (zstd -dc "$work/archives-docker/docker.tar.zst" | tar -xO "${diff_id#sha256:}/layer.tar" | tar -x -C "$work/floor/$i") &
+                fpids+=($!)
+                ;;
         esac
     done <"$work/big-layers"
     for d in "${fpids[@]}"; do wait "$d"; done
@@ -448,6 +458,8 @@ i=0
 while read -r d; do i=$((i + 1)); pigz -dc "$work/floor-blobs/${d#sha256:}" >"$work/floor-raw/$i.tar"; done <"$work/big-layers"
 floor_run tar
 row "(6) file creation alone: \`tar -x\` of the uncompressed layers, in parallel" "$t" "$disk" -
+floor_run zstd
+row "(6) floor for the docker-save archive: \`zstd -dc docker.tar.zst | tar -xO LAYER | tar -x\`, one per layer in parallel" "$t" "$disk" -
 rm -rf "$work/floor" "$work/floor-raw"
 
 # ---------------------------------------------------------------- small image
@@ -503,7 +515,8 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a != "-") printf "%.2fx"
 table="| step | time to runnable | vs (2) | vs (6) parallel | disk (containerd + daemon root) | daemon peak RSS | notes |
 |---|---:|---:|---:|---:|---:|---|"
 for r in "${rows[@]}"; do
-    IFS='|' read -r label t disk hwm note <<<"$r"
+    IFS=$US read -r label t disk hwm note <<<"$r"
+    label=${label//|/\\|}
     table+="
 | $label | ${t} s | $(ratio "$t" "$t_registry_cri") | $(ratio "$t" "$t_floor") | $(human "$disk") | $(kib "$hwm") | $note |"
 done
@@ -512,6 +525,7 @@ small_table="| archive | CRI pull | decompressed | image's own bytes | ratio | r
 for kind in oci packed; do
     IFS='|' read -r t dec blobs io from <<<"${small_rows[$kind]}"
     name=$([[ $kind == oci ]] && echo "single frame (\`ctr export | zstd\`)" || echo "seekable (\`airgap-snapshotter pack\`)")
+    name=${name//|/\\|}
     small_table+="
 | $name, $(human "$(stat -c %s "$bundle/$kind.tar.zst")") | $t s | $(human "$dec") | $(human "$blobs") | $(ratio "$dec" "$blobs") | $(human "$io") |"
 done

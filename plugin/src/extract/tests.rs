@@ -1049,3 +1049,46 @@ fn bench() {
         stats.decompressed_bytes as f64 / secs / 1e6
     );
 }
+
+#[test]
+fn path_rules() {
+    assert_eq!(normalize(b"./a//b/./c/").unwrap(), b"a/b/c");
+    assert_eq!(normalize(b"./").unwrap(), b"");
+    assert!(normalize(b"/a").is_err());
+    assert!(normalize(b"a/../b").is_err());
+    assert!(normalize(b"a/..").is_err());
+    assert!(normalize(b"a\0b").is_err());
+    assert_eq!(normalize(b"a/..b/c..").unwrap(), b"a/..b/c..");
+    assert_eq!(split(b"a/b/c"), (&b"a/b"[..], &b"c"[..]));
+    assert_eq!(split(b"c"), (&b""[..], &b"c"[..]));
+    assert!(symlink_escapes(b"", b"/etc"));
+    assert!(symlink_escapes(b"", b".."));
+    assert!(symlink_escapes(b"a/b", b"../../../x"));
+    assert!(symlink_escapes(b"a", b"b/../../../x"));
+    assert!(!symlink_escapes(b"a/b", b"../../x"));
+    assert!(!symlink_escapes(b"a", b"./b/../c"));
+}
+
+#[test]
+fn cached_directory_replaced_by_a_file() {
+    // The parent fd cache must not outlive the directory it names.
+    let fx = Fixture::new();
+    let mut l = Layer::new();
+    l.dir("a/");
+    l.file("a/.wh..wh..opq", b"");
+    l.file("a", b"now a file");
+    l.file("a/x", b"x");
+    let err = fx.unpack(&l.tar(), Compression::None).unwrap_err();
+    assert!(matches!(err, ExtractError::Io { .. }), "{err}");
+    assert_eq!(fs::read(fx.dest().join("a")).unwrap(), b"now a file");
+
+    let fx = Fixture::new();
+    let mut l = Layer::new();
+    l.dir("a/");
+    l.file("a/.wh..wh..opq", b"");
+    l.file("a", b"now a file");
+    l.dir("a/");
+    l.file("a/x", b"x");
+    fx.unpack(&l.tar(), Compression::None).unwrap();
+    assert_eq!(fs::read(fx.dest().join("a/x")).unwrap(), b"x");
+}

@@ -544,7 +544,8 @@ fn plain_ctr_pull(test: &str, env: &mut Env, images: &Images) -> Result<()> {
 }
 
 /// (a+) An archive dropped into the watched directory while the daemon
-/// runs is used without a restart.
+/// runs is used without a restart; deleting it afterwards breaks nothing
+/// in use.
 #[test]
 fn archive_added_while_running_is_used() {
     run_test(
@@ -588,6 +589,14 @@ fn archive_added(test: &str, env: &mut Env, images: &Images) -> Result<()> {
         "an archive added while the daemon runs was not used: downloaded {downloaded:?}"
     );
     run_sample_check(env, &image.name, "added")?;
+
+    // Deleting the archive breaks nothing that is in use: the snapshots
+    // were materialized, the image still runs.
+    std::fs::remove_file(&dest).with_context(|| format!("removing {}", dest.display()))?;
+    std::thread::sleep(Duration::from_secs(3));
+    env.daemon.check_running()?;
+    assert_chain_snapshots(env, image)?;
+    run_sample_check(env, &image.name, "added-after-delete")?;
     Ok(())
 }
 

@@ -600,6 +600,66 @@ fn archive_added(test: &str, env: &mut Env, images: &Images) -> Result<()> {
     Ok(())
 }
 
+/// (a#) Concurrent pulls (the same image twice, and another image sharing
+/// its base layer) all take the layers from the archives, once.
+#[test]
+fn concurrent_pulls_share_archived_layers() {
+    run_test(
+        "concurrent",
+        |host| {
+            let first = sample_spec(host, "first", "v1")?;
+            let mut second = sample_spec(host, "second", "v1")?;
+            second.layers = image::sample_layers("first:v1")?;
+            second.layers[1]
+                .entries
+                .push(Entry::file("data/second", "second\n"));
+            Ok((vec![first.into(), second.into()], vec![]))
+        },
+        concurrent,
+    );
+}
+
+fn concurrent(test: &str, env: &mut Env, images: &Images) -> Result<()> {
+    let mark = env.registry.mark();
+    let names = [
+        images.archived[0].name.clone(),
+        images.archived[0].name.clone(),
+        images.archived[1].name.clone(),
+    ];
+    eprintln!("== {test}: pulling {names:?} at once");
+    let address = env.containerd.address().to_path_buf();
+    let results: Vec<Result<String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = names
+            .iter()
+            .map(|name| {
+                let address = address.clone();
+                scope.spawn(move || CriClient::connect(&address)?.pull_image(name))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("pull thread panicked")))
+            })
+            .collect()
+    });
+    for (name, result) in names.iter().zip(results) {
+        result.with_context(|| format!("concurrent pull of {name}"))?;
+    }
+    for (n, image) in images.archived.iter().enumerate() {
+        let downloaded = layer_gets(env, image, mark);
+        ensure!(
+            downloaded.is_empty(),
+            "concurrent pulls downloaded layers of {}: {downloaded:?}",
+            image.name
+        );
+        assert_chain_snapshots(env, image)?;
+        run_sample_check(env, &image.name, &format!("conc{n}"))?;
+    }
+    Ok(())
+}
+
 /// (c) A daemon restart keeps every snapshot usable.
 #[test]
 fn daemon_restart_keeps_snapshots_usable() {

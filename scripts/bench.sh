@@ -21,12 +21,14 @@
 # indexed. Prints a table; --write puts it into BENCHMARKS.md. Not a test:
 # nothing here asserts a time.
 #
-#   scripts/bench.sh [--write] [--cache DIR] [--logs DIR]
+#   scripts/bench.sh [--write] [--cache DIR] [--logs DIR] [--reps N] [--no-profile]
 #
 # --cache DIR keeps the generated bundle (debootstrap rootfs, archives) in
 # DIR, so that a rerun skips generating it. --logs DIR keeps the logs of
 # containerd, the registry and the daemon (kept anyway, under /tmp, when a
-# step fails). Needs root. Everything runs on
+# step fails). --reps N runs every step N times (default 3) and reports
+# the median. Unless --no-profile, one more pull of (5) runs under
+# `perf record` and the hottest symbols go into the report. Needs root. Everything runs on
 # loopback in a temporary directory: a private containerd 1.6 (its root,
 # state and sockets there; the system containerd is never used), a private
 # docker-registry and the daemon, all stopped by pid at the end, also on
@@ -38,11 +40,15 @@ repo=$(pwd)
 write=0
 cache=
 logs=
+reps=3
+profile=1
 while (($#)); do
     case $1 in
         --write) write=1 ;;
         --cache) cache=$2; shift ;;
         --logs) logs=$2; shift ;;
+        --reps) reps=$2; shift ;;
+        --no-profile) profile=0 ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -319,111 +325,122 @@ check_runs() { # SNAPSHOTTER REF
         { echo "the pulled image does not run:" >&2; cat "$cdir/run.err" >&2; exit 1; }
 }
 
-rows=() # "label|seconds|disk bytes|daemon HWM KiB|note"
-US=$'\x1f' # field separator of a row (labels hold `|`)
-row() { rows+=("$1$US$2$US$3$US$4$US${5:-}"); printf '    %-60s %8ss  disk %s  daemon peak %s\n' "$1" "$2" "$(human "$3")" "$(kib "$4")" >&2; }
 human() { [[ $1 == - ]] && echo - || numfmt --to=iec --suffix=B --format=%.1f "$1"; }
 kib() { [[ $1 == - ]] && echo - || awk -v k="$1" 'BEGIN { printf "%.0f MiB", k / 1024 }'; }
 
 start_registry
 
-# ---------------------------------------------------------------- 1-3: today
-for kind in oci docker; do
+# ---------------------------------------------------------------- the steps
+# Each step sets t (seconds), disk (bytes), hwm (daemon VmHWM KiB or -) and
+# note, then calls record ID LABEL. Rounds run every step once, in turn, so
+# that load from elsewhere spreads over all of them; the report takes the
+# median per step.
+declare -A T D H N L
+order=()
+record() { # ID LABEL
+    local id=$1
+    [[ -n ${L[$id]:-} ]] || order+=("$id")
+    L[$id]=$2
+    T[$id]+="$t "
+    D[$id]=$disk
+    if [[ $hwm != - ]] && { [[ ${H[$id]:--} == - ]] || ((hwm > H[$id])); }; then H[$id]=$hwm; else H[$id]=${H[$id]:-$hwm}; fi
+    N[$id]=${note:-}
+    printf '    %-90s %7ss  disk %s  daemon peak %s\n' "$2" "$t" "$(human "$disk")" "$(kib "$hwm")" >&2
+    note=
+}
+
+step_import() { # KIND
+    local kind=$1
     lock
     start_containerd overlayfs
     drop_caches
-    # containerd 1.6's ctr does not read zstd itself (nor does k3s hand it
-    # the .tar.zst; it decompresses first).
-    say "(1) zstd -dc $kind.tar.zst | ctr images import -"
+    # containerd 1.6's ctr does not read zstd itself (k3s too decompresses
+    # the .tar.zst before handing it to containerd).
     t0=$(now)
     zstd -dc "$work/archives-$kind/$kind.tar.zst" | ctrx images import - >/dev/null
     t=$(since "$t0")
     disk=$(du_bytes "$cdir/root")
+    hwm=-
     check_runs overlayfs "$big"
-    row "(1) \`zstd -dc | ctr images import\` of the bundle, $kind (all 4 images)" "$t" "$disk" -
     stop_containerd
     unlock
-done
+    record "import-$kind" "(1) \`zstd -dc | ctr images import -\` of the bundle, $kind (all 4 images)"
+}
 
-lock
-start_containerd overlayfs
-drop_caches
-say "(2) CRI PullImage from docker-registry"
-t=$("$cri" "$cdir/containerd.sock" "127.0.0.1:$reg_port/bench/debian-go:1" | cut -d' ' -f1)
-disk=$(du_bytes "$cdir/root")
-check_runs overlayfs "127.0.0.1:$reg_port/bench/debian-go:1"
-row "(2) CRI PullImage from docker-registry" "$t" "$disk" -
-t_registry_cri=$t
-stop_containerd
-unlock
-
-lock
-start_containerd overlayfs
-drop_caches
-say "(3) ctr pull from docker-registry"
-t0=$(now)
-ctrx images pull --plain-http "127.0.0.1:$reg_port/bench/debian-go:1" >/dev/null
-t=$(since "$t0")
-disk=$(du_bytes "$cdir/root")
-check_runs overlayfs "127.0.0.1:$reg_port/bench/debian-go:1"
-row "(3) \`ctr pull\` from docker-registry" "$t" "$disk" -
-stop_containerd
-unlock
-
-# ---------------------------------------------------------------- 4-5: this project
-for kind in oci packed; do
+step_registry() { # cri|ctr
     lock
-    fresh_daemon_root "$kind"
-    start_daemon "$kind" "$root"
     start_containerd overlayfs
-    gets=$(registry_blob_gets)
     drop_caches
-    say "(4) ctr pull through the mirror ($kind)"
-    cpu0=$(cpu_ticks "$daemon_pid")
-    t0=$(now)
-    ctrx images pull --hosts-dir "$hosts" "$big" >/dev/null
-    t=$(since "$t0")
-    disk=$(du_bytes "$cdir/root" "$root")
-    split="containerd $(human "$(du_bytes "$cdir/root")") + daemon $(human "$(du_bytes "$root")")"
-    hwm=$(hwm_kib "$daemon_pid")
-    cpu=$(cpu_since "$daemon_pid" "$cpu0")
-    fetched=$(($(registry_blob_gets) - gets))
-    check_runs overlayfs "$big"
-    row "(4) \`ctr pull\` through the mirror, $kind archive" "$t" "$disk" "$hwm" "disk: $split; registry blob GETs: $fetched; $cpu"
+    if [[ $1 == cri ]]; then
+        t=$("$cri" "$cdir/containerd.sock" "127.0.0.1:$reg_port/bench/debian-go:1" | cut -d' ' -f1)
+    else
+        t0=$(now)
+        ctrx images pull --plain-http "127.0.0.1:$reg_port/bench/debian-go:1" >/dev/null
+        t=$(since "$t0")
+    fi
+    disk=$(du_bytes "$cdir/root")
+    hwm=-
+    check_runs overlayfs "127.0.0.1:$reg_port/bench/debian-go:1"
     stop_containerd
-    stop_daemon
     unlock
-done
+    if [[ $1 == cri ]]; then
+        record registry-cri "(2) CRI PullImage from docker-registry"
+    else
+        record registry-ctr "(3) \`ctr pull\` from docker-registry"
+    fi
+}
 
-declare -A t_snap
-for kind in oci packed docker; do
+# step_daemon mirror|snap KIND [profile]: (4) ctr pull through the mirror,
+# or (5) CRI PullImage through mirror + snapshotter.
+step_daemon() {
+    local how=$1 kind=$2 profile=${3:-} snapshotter=overlayfs gets cpu0 split fetched perf_pid=
+    [[ $how == snap ]] && snapshotter=airgap
     lock
     fresh_daemon_root "$kind"
     start_daemon "$kind" "$root"
-    start_containerd airgap
+    start_containerd "$snapshotter"
     gets=$(registry_blob_gets)
     drop_caches
-    say "(5) CRI PullImage through mirror + snapshotter ($kind)"
+    if [[ -n $profile ]]; then
+        perf record -q -F 999 -g -p "$daemon_pid" -o "$work/perf.data" >/dev/null 2>&1 &
+        perf_pid=$!
+        pids+=("$perf_pid")
+        sleep 0.5
+    fi
     cpu0=$(cpu_ticks "$daemon_pid")
-    t=$("$cri" "$cdir/containerd.sock" "$big" | cut -d' ' -f1)
+    if [[ $how == snap ]]; then
+        t=$("$cri" "$cdir/containerd.sock" "$big" | cut -d' ' -f1)
+    else
+        t0=$(now)
+        ctrx images pull --hosts-dir "$hosts" "$big" >/dev/null
+        t=$(since "$t0")
+    fi
+    if [[ -n $perf_pid ]]; then
+        kill -INT "$perf_pid"
+        wait "$perf_pid" || true
+        forget_pid "$perf_pid"
+    fi
     disk=$(du_bytes "$cdir/root" "$root")
     split="containerd $(human "$(du_bytes "$cdir/root")") + daemon $(human "$(du_bytes "$root")")"
     hwm=$(hwm_kib "$daemon_pid")
-    cpu=$(cpu_since "$daemon_pid" "$cpu0")
-    fetched=$(($(registry_blob_gets) - gets))
-    from_archive=$(grep -c 'layer committed from archive' "$root.log" || true)
-    extracted=$(grep -c 'layer extracted from archive' "$root.log" || true)
-    check_runs airgap "$big"
-    t_snap[$kind]=$t
-    row "(5) CRI PullImage, mirror + snapshotter, $kind archive" "$t" "$disk" "$hwm" \
-        "layers from the archive: $from_archive/$big_layers (extracted by then: $extracted, the others prefetched for other images sharing the base layer); disk: $split; registry blob GETs: $fetched; $cpu"
+    note="disk: $split; registry blob GETs: $(($(registry_blob_gets) - gets)); $(cpu_since "$daemon_pid" "$cpu0")"
+    if [[ $how == snap ]]; then
+        note="layers from the archive: $(grep -c 'layer committed from archive' "$root.log" || true)/$big_layers, layers extracted by then: $(grep -c 'layer extracted from archive' "$root.log" || true); $note"
+    fi
+    check_runs "$snapshotter" "$big"
     stop_containerd
     stop_daemon
     unlock
-done
+    [[ -z $profile ]] || return 0
+    if [[ $how == snap ]]; then
+        record "snap-$kind" "(5) CRI PullImage, mirror + snapshotter, $kind archive"
+    else
+        record "mirror-$kind" "(4) \`ctr pull\` through the mirror, $kind archive"
+    fi
+}
 
-# ---------------------------------------------------------------- 6: the floor
-floor_run() { # MODE (parallel|sequential|tar)
+# step_floor MODE: (6) system tools on the same layers.
+step_floor() {
     rm -rf "$work/floor"
     mkdir -p "$work/floor"
     local i=0 d diff_id fpids=()
@@ -446,21 +463,43 @@ floor_run() { # MODE (parallel|sequential|tar)
     for d in "${fpids[@]}"; do wait "$d"; done
     t=$(since "$t0")
     disk=$(du_bytes "$work/floor")
+    hwm=-
+    rm -rf "$work/floor"
+    case $1 in
+        parallel) record floor-parallel "(6) floor: \`pigz -dc | tar -x\`, one process per layer in parallel" ;;
+        sequential) record floor-sequential "(6) floor: \`pigz -dc | tar -x\`, layers one after the other" ;;
+        tar) record floor-tar "(6) file creation alone: \`tar -x\` of the uncompressed layers, in parallel" ;;
+        zstd) record floor-zstd "(6) floor for the docker-save archive: \`zstd -dc | tar -xO LAYER | tar -x\`, one per layer in parallel" ;;
+    esac
 }
-say "(6) the floor: pigz -dc | tar -x"
-floor_run parallel
-t_floor=$t
-row "(6) floor: \`pigz -dc | tar -x\`, one process per layer in parallel" "$t" "$disk" -
-floor_run sequential
-row "(6) floor: \`pigz -dc | tar -x\`, layers one after the other" "$t" "$disk" -
+
 mkdir -p "$work/floor-raw"
 i=0
 while read -r d; do i=$((i + 1)); pigz -dc "$work/floor-blobs/${d#sha256:}" >"$work/floor-raw/$i.tar"; done <"$work/big-layers"
-floor_run tar
-row "(6) file creation alone: \`tar -x\` of the uncompressed layers, in parallel" "$t" "$disk" -
-floor_run zstd
-row "(6) floor for the docker-save archive: \`zstd -dc docker.tar.zst | tar -xO LAYER | tar -x\`, one per layer in parallel" "$t" "$disk" -
-rm -rf "$work/floor" "$work/floor-raw"
+
+for ((round = 1; round <= reps; round++)); do
+    say "round $round of $reps"
+    for kind in oci docker; do step_import "$kind"; done
+    step_registry cri
+    step_registry ctr
+    for kind in oci packed; do step_daemon mirror "$kind"; done
+    for kind in oci packed docker; do step_daemon snap "$kind"; done
+    for mode in parallel sequential tar zstd; do step_floor "$mode"; done
+done
+rm -rf "$work/floor-raw"
+
+median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+t_registry_cri=$(median ${T[registry-cri]})
+t_floor=$(median ${T[floor-parallel]})
+
+profile_text=
+if ((profile)) && command -v perf >/dev/null; then
+    say "profiling the daemon during (5) on the oci archive (one more pull, not timed)"
+    step_daemon snap oci profile
+    # Self time per symbol, and which thread does what.
+    profile_text=$(perf report -i "$work/perf.data" --stdio --no-children --sort comm,dso,symbol \
+        --percent-limit 1.5 2>/dev/null | grep -E '^ +[0-9]' | head -25 | sed -E 's/( +-)+ *$//; s/ *$//')
+fi
 
 # ---------------------------------------------------------------- small image
 declare -A small_rows
@@ -514,11 +553,14 @@ load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a != "-") printf "%.2fx", a / b; else print "-" }'; }
 table="| step | time to runnable | vs (2) | vs (6) parallel | disk (containerd + daemon root) | daemon peak RSS | notes |
 |---|---:|---:|---:|---:|---:|---|"
-for r in "${rows[@]}"; do
-    IFS=$US read -r label t disk hwm note <<<"$r"
-    label=${label//|/\\|}
+for id in "${order[@]}"; do
+    # shellcheck disable=SC2086
+    t=$(median ${T[$id]})
+    range=$(printf '%s\n' ${T[$id]} | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%s-%s", lo, hi }')
+    label=${L[$id]//|/\\|}
+    note="${N[$id]}${N[$id]:+; }all runs: $range s"
     table+="
-| $label | ${t} s | $(ratio "$t" "$t_registry_cri") | $(ratio "$t" "$t_floor") | $(human "$disk") | $(kib "$hwm") | $note |"
+| $label | ${t} s | $(ratio "$t" "$t_registry_cri") | $(ratio "$t" "$t_floor") | $(human "${D[$id]}") | $(kib "${H[$id]}") | ${note//|/\\|} |"
 done
 small_table="| archive | CRI pull | decompressed | image's own bytes | ratio | read from disk by the daemon |
 |---|---:|---:|---:|---:|---:|"
@@ -531,6 +573,18 @@ for kind in oci packed; do
 done
 machine="$(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(free -g | awk '/Mem:/ { print $2 }') GiB RAM, $(uname -r), $(findmnt -no FSTYPE -T /tmp) on /tmp, containerd $(containerd --version | awk '{ print $3 }')"
 sizes="oci.tar.zst $(human "$(stat -c %s "$bundle/oci.tar.zst")"), docker.tar.zst $(human "$(stat -c %s "$bundle/docker.tar.zst")"), packed.tar.zst $(human "$(stat -c %s "$bundle/packed.tar.zst")")"
+profile_block=
+if [[ -n $profile_text ]]; then
+    fence='```'
+    profile_block="Where the daemon's CPU time goes during (5) on the oci archive (\`perf record -g\` on the daemon during one more
+pull, not timed; self time by thread, object and symbol, entries above 1.5 %):
+
+$fence
+$profile_text
+$fence
+
+"
+fi
 report="Run $(date -u '+%Y-%m-%d %H:%M UTC') on $machine.
 Load average (1, 5, 15 min) at the start: $load_start; at the end: $load_end (other work was running: figures are noisy).
 
@@ -540,11 +594,14 @@ The largest image: $big_layers layers, $(human "$big_unpacked") unpacked, $big_f
 
 $table
 
-Time to runnable: until \`ctr\` returns or CRI \`PullImage\` answers (both unpack before returning); each pulled image is then run
+Times are the median of $reps rounds (every step once per round, in turn); daemon peak RSS is the highest of the rounds, disk the last
+round's. Time to runnable: until \`ctr\` returns or CRI \`PullImage\` answers (both unpack before returning); each pulled image is then run
 once (\`ctr run\`, not timed) to check it. Caches dropped before each step. Every step starts a fresh private containerd 1.6 and, for
 (4) and (5), a fresh daemon root holding only the persisted indexes. Disk: \`du\` of containerd's root plus the daemon's root after the
 step (for (6), the extracted layers). (1) imports all four images; every other step pulls \`$big\`. (6) does no fsync; the
-snapshotter syncs each layer before committing it.
+snapshotter syncs each layer before committing it. \"Layers extracted by then\" in (5) counts what the daemon extracted until the
+pull returned, including layers of the other bundle images that it prefetched because they share the base layer; those staged
+layers are in the disk column until the daemon drops them, unclaimed.
 
 Small image (\`$small\`, the last blobs of the stream) pulled alone with CRI through mirror + snapshotter out of the large archive:
 
@@ -558,7 +615,7 @@ restart with the persisted indexes (caches dropped, median of 3): socket answers
 image's manifest after ${restart_serving} ms. Idle RSS with the bundle indexed: $(kib "$first_rss") after the first indexing (peak
 $(kib "$first_hwm")), $(kib "$restart_rss") after a restart with the persisted indexes.
 
-Reproduce: \`scripts/bench.sh --write [--cache DIR]\` as root on Debian 12 (installs what it needs; \`--cache\` keeps the generated
+${profile_block}Reproduce: \`scripts/bench.sh --write [--cache DIR] [--reps N]\` as root on Debian 12 (installs what it needs; \`--cache\` keeps the generated
 bundle for the next run)."
 echo
 echo "$report"

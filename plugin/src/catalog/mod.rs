@@ -41,9 +41,13 @@ pub struct LayerRef {
 pub trait LayerSource: Send + Sync + 'static {
     /// The archived layer whose chain ID is `chain_id`.
     fn layer(&self, chain_id: &Digest) -> Option<LayerRef>;
-    /// Every archived layer of the images containing `chain_id`, bottom first,
-    /// each once (used to start extracting an image's other layers early).
-    fn image_layers(&self, chain_id: &Digest) -> Vec<LayerRef>;
+    /// The archived layers of the image being pulled, bottom first, each once
+    /// (used to start extracting its other layers early). `manifest` is the
+    /// platform manifest containerd is unpacking, when it says (CRI's
+    /// `cri.manifest-digest` label). Without it, the layers of the one
+    /// manifest containing `chain_id`; none when several images share the
+    /// layer, so a pull never extracts other images' layers.
+    fn image_layers(&self, chain_id: &Digest, manifest: Option<&Digest>) -> Vec<LayerRef>;
     /// Opens a blob's bytes as stored. The reader is verified against `digest`:
     /// it returns an error instead of EOF if the bytes do not match.
     fn open_blob(&self, digest: &Digest) -> std::io::Result<Box<dyn Read + Send>>;

@@ -650,27 +650,27 @@ impl LayerSource for Catalog {
             .map(|(a, i)| self.layer_ref(a, *i))
     }
 
-    fn image_layers(&self, chain_id: &Digest) -> Vec<LayerRef> {
+    fn image_layers(&self, chain_id: &Digest, manifest: Option<&Digest>) -> Vec<LayerRef> {
         let state = self.ready_state();
-        let mut out = Vec::new();
-        let mut seen = HashSet::new();
-        for a in state.archives.values() {
-            for m in a
-                .index
-                .manifests
-                .iter()
-                .filter(|m| m.chain.contains(chain_id))
-            {
-                for c in &m.chain {
-                    if let Some((a, i)) = state.chains.get(c) {
-                        if seen.insert(*c) {
-                            out.push(self.layer_ref(a, *i));
-                        }
-                    }
-                }
-            }
+        let candidates: Vec<&Vec<Digest>> = state
+            .archives
+            .values()
+            .flat_map(|a| a.index.manifests.iter())
+            .filter(|m| m.chain.contains(chain_id))
+            .filter(|m| manifest.is_none_or(|d| m.digest == *d))
+            .map(|m| &m.chain)
+            .collect();
+        // Several images share this layer and nothing says which is pulled.
+        let Some(chain) = candidates.first() else {
+            return Vec::new();
+        };
+        if candidates.iter().any(|c| c != chain) {
+            return Vec::new();
         }
-        out
+        chain
+            .iter()
+            .filter_map(|c| state.chains.get(c).map(|(a, i)| self.layer_ref(a, *i)))
+            .collect()
     }
 
     fn open_blob(&self, digest: &Digest) -> io::Result<Box<dyn Read + Send>> {

@@ -82,7 +82,7 @@ fn every_container_and_layout_is_indexed() {
                 let bytes = read_all(&c, &l.digest);
                 assert_eq!(Digest::of(&bytes), l.digest);
             }
-            assert_eq!(c.image_layers(&chain[1]).len(), 2);
+            assert_eq!(c.image_layers(&chain[1], None).len(), 2);
         }
     }
 }
@@ -545,4 +545,42 @@ fn missing_blobs_and_deep_nesting_are_problems_not_crashes() {
         c.layer(&spec.chain_ids()[1]).is_none(),
         "a missing blob is never offered"
     );
+}
+
+#[test]
+fn prefetch_lists_only_the_image_being_pulled() {
+    let base = layer_tar(&[("bin/busybox", &busybox_bytes())]);
+    let go = ImageSpec::new(vec![base.clone(), layer_tar(&[("go", b"go")])]);
+    let llvm = ImageSpec::new(vec![base, layer_tar(&[("llvm", b"llvm")])]);
+    let mut l = OciLayout::default();
+    let bg = l.add_image(&go);
+    l.tag("go:1", bg.manifest, bg.manifest_size, false);
+    let bl = l.add_image(&llvm);
+    l.tag("llvm:1", bl.manifest, bl.manifest_size, false);
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "bundle.tar", &l.to_tar());
+    let c = open(&[dir.path()]);
+    let chains =
+        |v: Vec<crate::catalog::LayerRef>| v.into_iter().map(|l| l.chain_id).collect::<Vec<_>>();
+    let shared = go.chain_ids()[0];
+    // The base is in both images: without a hint, nothing beyond it.
+    assert!(c.image_layers(&shared, None).is_empty());
+    // CRI names the manifest: exactly that image's layers.
+    assert_eq!(
+        chains(c.image_layers(&shared, Some(&bg.manifest))),
+        go.chain_ids()
+    );
+    assert_eq!(
+        chains(c.image_layers(&shared, Some(&bl.manifest))),
+        llvm.chain_ids()
+    );
+    // A layer of one image only needs no hint.
+    assert_eq!(
+        chains(c.image_layers(&go.chain_ids()[1], None)),
+        go.chain_ids()
+    );
+    // A hint that does not contain the layer gives nothing.
+    assert!(c
+        .image_layers(&go.chain_ids()[1], Some(&bl.manifest))
+        .is_empty());
 }

@@ -31,7 +31,7 @@ use tracing::Instrument;
 
 use crate::catalog::{LayerRef, LayerSource};
 use crate::digest::Digest;
-use crate::labels::TARGET_SNAPSHOT_REF;
+use crate::labels::{CRI_MANIFEST_DIGEST, TARGET_SNAPSHOT_REF};
 
 use super::meta::{clean_labels, Kind, Usage};
 use super::{blocking, disk_usage, mkdir, remove_all, sync_dir, SnapshotError, Snapshotter};
@@ -173,12 +173,12 @@ impl Remote {
     /// committed are skipped). Only layers whose whole parent chain is
     /// archived are worth it: containerd downloads everything above the
     /// first missing layer.
-    fn prefetch(&self, sn: &Snapshotter, layer: &LayerRef) {
+    fn prefetch(&self, sn: &Snapshotter, layer: &LayerRef, manifest: Option<Digest>) {
         if !self.prefetched.lock().unwrap().insert(layer.chain_id) {
             return;
         }
         self.expire();
-        let layers = self.source.image_layers(&layer.chain_id);
+        let layers = self.source.image_layers(&layer.chain_id, manifest.as_ref());
         let mut usable: HashSet<Digest> = HashSet::new();
         let mut wanted = Vec::new();
         for l in &layers {
@@ -364,8 +364,12 @@ pub async fn prepare(
         drop(remote.extraction(&layer));
         let s = sn.clone();
         let l = layer.clone();
+        // CRI names the manifest being unpacked: prefetch that image only.
+        let manifest = labels
+            .get(CRI_MANIFEST_DIGEST)
+            .and_then(|d| d.parse::<Digest>().ok());
         let _ = blocking(move || {
-            remote_of(&s).prefetch(&s, &l);
+            remote_of(&s).prefetch(&s, &l, manifest);
             Ok(())
         })
         .await;

@@ -127,7 +127,7 @@ impl LayerSource for FakeSource {
         self.layers.get(chain_id).cloned()
     }
 
-    fn image_layers(&self, chain_id: &Digest) -> Vec<LayerRef> {
+    fn image_layers(&self, chain_id: &Digest, _manifest: Option<&Digest>) -> Vec<LayerRef> {
         let mut out: Vec<LayerRef> = Vec::new();
         for image in self.images.iter().filter(|i| i.contains(chain_id)) {
             for c in image {

@@ -200,3 +200,98 @@ fn packed_archives_work_with_zstd_tar_and_ctr_import() -> Result<()> {
     ])?;
     Ok(())
 }
+
+/// `pack --from https://registry` fills in what the archives lack: one image
+/// from an archive, one from a real docker-registry, both in the output with
+/// their registry digests.
+#[test]
+fn pack_takes_what_the_archives_lack_from_a_registry() -> Result<()> {
+    if !can_run("pack_takes_what_the_archives_lack_from_a_registry") {
+        return Ok(());
+    }
+    let _serial = serial()?;
+    let work = TestDir::new("catalog-pack-registry")?;
+    let src = work.path().join("src");
+    std::fs::create_dir_all(&src)?;
+    let archived = image::write_oci_archive(
+        &ImageSpec {
+            name: "example.test/pack/archived:v1".into(),
+            tag: "v1".into(),
+            layers: image::sample_layers("archived")?,
+        },
+        &src.join("archived.tar"),
+    )?;
+    let remote = image::write_oci_archive(
+        &ImageSpec {
+            name: "docker.io/library/remote:v3".into(),
+            tag: "v3".into(),
+            layers: image::sample_layers("remote")?,
+        },
+        &work.path().join("remote.tar"),
+    )?;
+    let registry = airgap_integration::Registry::start()?;
+    registry.push_oci_archive(&remote.archive, "v3", "library/remote:v3")?;
+
+    let packed = work.path().join("out.tar.zst");
+    let bin = airgap_integration::daemon::binary()?;
+    let pack = |refs: &[&str]| {
+        Command::new(&bin)
+            .arg("pack")
+            .arg("-o")
+            .arg(&packed)
+            .arg("--from")
+            .arg(&src)
+            .arg("--from")
+            .arg(format!("http://127.0.0.1:{}", registry.port()))
+            .args(refs)
+            .output()
+    };
+    let out = pack(&["example.test/pack/archived:v1", "remote:v3"])?;
+    ensure!(
+        out.status.success(),
+        "pack failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = Command::new(&bin)
+        .args(["images", "--json", "--archives"])
+        .arg(&packed)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "images failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let digest_of = |name: &str| {
+        rows.as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["ref"] == name)
+            .map(|r| r["digest"].as_str().unwrap_or_default().to_string())
+    };
+    ensure!(
+        digest_of("example.test/pack/archived:v1").as_deref()
+            == Some(archived.manifest_digest.as_str()),
+        "archived image: {rows}"
+    );
+    ensure!(
+        digest_of("docker.io/library/remote:v3").as_deref()
+            == Some(remote.manifest_digest.as_str()),
+        "registry image: {rows}"
+    );
+    let verify = Command::new(&bin).arg("verify").arg(&packed).output()?;
+    ensure!(
+        verify.status.success(),
+        "verify: {}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+
+    // A reference neither has is named, and nothing is written.
+    std::fs::remove_file(&packed)?;
+    let out = pack(&["remote:v3", "remote:nope"])?;
+    ensure!(!out.status.success(), "pack of a missing ref succeeded");
+    ensure!(String::from_utf8_lossy(&out.stderr).contains("remote:nope"));
+    ensure!(!packed.exists(), "partial output left behind");
+    Ok(())
+}

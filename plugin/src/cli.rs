@@ -266,7 +266,8 @@ pub struct PackArgs {
     #[arg(long, value_name = "GROUP")]
     pub group: Vec<String>,
     /// Where the images are: archives, directories of archives, OCI layout
-    /// directories (repeatable).
+    /// directories, or a registry (`https://host[:port]`, anonymous; asked
+    /// only for what the other sources lack) (repeatable).
     #[arg(long = "from", value_name = "SOURCE", required = true)]
     pub from: Vec<PathBuf>,
     /// zstd compression level.
@@ -280,6 +281,12 @@ pub struct PackArgs {
     pub refs: Vec<String>,
 }
 
+/// A `--from` that names a registry (`http://` or `https://`) rather than a path.
+fn is_registry(source: &std::path::Path) -> bool {
+    let s = source.to_string_lossy();
+    s.starts_with("https://") || s.starts_with("http://")
+}
+
 pub fn pack(args: PackArgs) -> anyhow::Result<ExitCode> {
     let mut refs = args.refs;
     if let Some(list) = &args.images_from {
@@ -291,7 +298,18 @@ pub fn pack(args: PackArgs) -> anyhow::Result<ExitCode> {
         output: args.output,
         platforms: args.platform,
         refs,
-        sources: args.from,
+        sources: args
+            .from
+            .iter()
+            .filter(|s| !is_registry(s))
+            .cloned()
+            .collect(),
+        registries: args
+            .from
+            .iter()
+            .filter(|s| is_registry(s))
+            .map(|s| s.to_string_lossy().trim_end_matches('/').to_string())
+            .collect(),
         level: args.level,
         frame_size: args.frame_mib.clamp(1, 256) << 20,
         threads: std::thread::available_parallelism().map_or(2, |n| n.get()),

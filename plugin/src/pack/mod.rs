@@ -19,6 +19,8 @@ use crate::catalog::{Catalog, CatalogOptions};
 use crate::digest::Digest;
 use crate::labels;
 
+mod fetch;
+
 /// What to pack.
 #[derive(Clone, Debug, Default)]
 pub struct PackOptions {
@@ -36,6 +38,9 @@ pub struct PackOptions {
     pub frame_size: usize,
     /// Compression threads.
     pub threads: usize,
+    /// Registries (`http[s]://host[:port]`) asked, in order, for the images
+    /// the sources lack.
+    pub registries: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +61,8 @@ pub enum PackError {
     Blob { digest: Digest, source: io::Error },
     #[error(transparent)]
     Catalog(#[from] crate::catalog::CatalogError),
+    #[error("registry: {0}")]
+    Registry(String),
 }
 
 /// What went into the archive.
@@ -216,20 +223,40 @@ pub fn pack(opts: &PackOptions, progress: &dyn Fn(u64, u64)) -> Result<PackSumma
         path: std::env::temp_dir(),
         source,
     })?;
-    let sources = opts
+    let mut sources = opts
         .sources
         .iter()
         .enumerate()
         .map(|(i, s)| source_path(s, scratch.path(), i))
         .collect::<Result<Vec<_>, _>>()?;
-    let catalog: Arc<Catalog> = Catalog::open(CatalogOptions {
-        dirs: sources,
-        settle: Duration::ZERO,
-        cache_bytes: 1 << 30,
-        ..Default::default()
-    })?;
-    for (path, reason) in catalog.broken() {
-        tracing::warn!(source = %path.display(), %reason, "source unusable");
+    let open = |dirs: Vec<PathBuf>| -> Result<Arc<Catalog>, PackError> {
+        let catalog = Catalog::open(CatalogOptions {
+            dirs,
+            settle: Duration::ZERO,
+            cache_bytes: 1 << 30,
+            ..Default::default()
+        })?;
+        for (path, reason) in catalog.broken() {
+            tracing::warn!(source = %path.display(), %reason, "source unusable");
+        }
+        Ok(catalog)
+    };
+    let mut catalog = open(sources.clone())?;
+    // What the archives lack comes from the registries, through an OCI
+    // layout directory packed like any other source.
+    let lacking: Vec<Reference> = opts
+        .refs
+        .iter()
+        .map(|r| Reference::parse(r))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .filter(|r| catalog.resolve(&r.to_string()).is_none())
+        .collect();
+    if !lacking.is_empty() && !opts.registries.is_empty() {
+        let layout = scratch.path().join("from-registries");
+        fetch::fetch_layout(&opts.registries, &lacking, &opts.platforms, &layout)?;
+        sources.push(source_path(&layout, scratch.path(), sources.len())?);
+        catalog = open(sources)?;
     }
 
     let mut missing = Vec::new();
@@ -409,6 +436,7 @@ mod tests {
             level: 3,
             frame_size: 64 * 1024,
             threads: 2,
+            registries: Vec::new(),
         }
     }
 

@@ -8,7 +8,7 @@ use std::path::Path;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use super::{platform_matches, PackError};
+use super::{descriptor_platform, platform_matches, PackError};
 use crate::catalog::reference::Reference;
 use crate::config::UpstreamConfig;
 use crate::digest::Digest;
@@ -106,15 +106,7 @@ async fn fetch_image(
     match doc["manifests"].as_array() {
         Some(children) => {
             for c in children {
-                let p = &c["platform"];
-                let mut plat = format!(
-                    "{}/{}",
-                    p["os"].as_str().unwrap_or(""),
-                    p["architecture"].as_str().unwrap_or("")
-                );
-                if let Some(v) = p["variant"].as_str() {
-                    plat = format!("{plat}/{v}");
-                }
+                let plat = descriptor_platform(c);
                 let Some(d) = c["digest"].as_str().and_then(|d| d.parse::<Digest>().ok()) else {
                     continue;
                 };

@@ -96,6 +96,20 @@ pub fn parse_image_list(text: &str, groups: &[String]) -> Vec<String> {
     out
 }
 
+/// `os/arch[/variant]` of an index entry's `platform`.
+fn descriptor_platform(desc: &Value) -> String {
+    let p = &desc["platform"];
+    let os_arch = format!(
+        "{}/{}",
+        p["os"].as_str().unwrap_or(""),
+        p["architecture"].as_str().unwrap_or("")
+    );
+    match p["variant"].as_str() {
+        Some(v) => format!("{os_arch}/{v}"),
+        None => os_arch,
+    }
+}
+
 /// `os/arch[/variant]` of a manifest matches a requested platform: exactly,
 /// or on os/arch when the request names no variant.
 fn platform_matches(have: &str, want: &[String]) -> bool {
@@ -146,15 +160,7 @@ fn image_blobs(
             .iter()
             .filter_map(|c| {
                 let d: Digest = c["digest"].as_str()?.parse().ok()?;
-                let p = &c["platform"];
-                let mut plat = format!(
-                    "{}/{}",
-                    p["os"].as_str().unwrap_or(""),
-                    p["architecture"].as_str().unwrap_or("")
-                );
-                if let Some(v) = p["variant"].as_str() {
-                    plat = format!("{plat}/{v}");
-                }
+                let plat = descriptor_platform(c);
                 if !platform_matches(&plat, platforms) {
                     return None;
                 }

@@ -293,5 +293,29 @@ fn pack_takes_what_the_archives_lack_from_a_registry() -> Result<()> {
     ensure!(!out.status.success(), "pack of a missing ref succeeded");
     ensure!(String::from_utf8_lossy(&out.stderr).contains("remote:nope"));
     ensure!(!packed.exists(), "partial output left behind");
+
+    // The daemon's [[upstream]] tables serve as well (here: docker.io only).
+    let config = work.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[upstream]]\nregistry = \"docker.io\"\nendpoint = \"http://127.0.0.1:{}\"\n",
+            registry.port()
+        ),
+    )?;
+    let out = Command::new(&bin)
+        .arg("pack")
+        .arg("-o")
+        .arg(&packed)
+        .arg("--config")
+        .arg(&config)
+        .arg("remote:v3")
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "pack --config failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(packed.exists());
     Ok(())
 }

@@ -268,11 +268,19 @@ pub struct PackArgs {
     /// Where the images are: archives, directories of archives, OCI layout
     /// directories, or a registry (`https://host[:port]`, anonymous; asked
     /// only for what the other sources lack) (repeatable).
-    #[arg(long = "from", value_name = "SOURCE", required = true)]
+    #[arg(
+        long = "from",
+        value_name = "SOURCE",
+        required_unless_present = "config"
+    )]
     pub from: Vec<PathBuf>,
     /// zstd compression level.
     #[arg(long, default_value_t = 3)]
     pub level: i32,
+    /// The daemon's config file: its `[[upstream]]` registries (with their
+    /// credentials and CAs) are asked for what the other sources lack.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Largest zstd frame in MiB (a blob always starts a new frame).
     #[arg(long, default_value_t = 4, value_name = "MIB")]
     pub frame_mib: usize,
@@ -294,6 +302,24 @@ pub fn pack(args: PackArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("reading image list {}", list.display()))?;
         refs.extend(crate::pack::parse_image_list(&text, &args.group));
     }
+    // The daemon's [[upstream]] tables (credentials, CA, path prefix) first,
+    // then registries named on the command line, anonymously.
+    let mut registries = match &args.config {
+        Some(file) => crate::config::Config::from_file(file)?.upstream,
+        None => Vec::new(),
+    };
+    registries.extend(args.from.iter().filter(|s| is_registry(s)).map(|s| {
+        crate::config::UpstreamConfig {
+            registry: "*".into(),
+            endpoint: s.to_string_lossy().trim_end_matches('/').to_string(),
+            path_prefix: None,
+            username: None,
+            password: None,
+            password_file: None,
+            ca_file: None,
+            insecure_skip_verify: false,
+        }
+    }));
     let opts = crate::pack::PackOptions {
         output: args.output,
         platforms: args.platform,
@@ -304,12 +330,7 @@ pub fn pack(args: PackArgs) -> anyhow::Result<ExitCode> {
             .filter(|s| !is_registry(s))
             .cloned()
             .collect(),
-        registries: args
-            .from
-            .iter()
-            .filter(|s| is_registry(s))
-            .map(|s| s.to_string_lossy().trim_end_matches('/').to_string())
-            .collect(),
+        registries,
         level: args.level,
         frame_size: args.frame_mib.clamp(1, 256) << 20,
         threads: std::thread::available_parallelism().map_or(2, |n| n.get()),

@@ -27,32 +27,20 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> PackError + '_ {
     }
 }
 
-/// Fetches every reference of `refs` that one of `endpoints` has (tried in
+/// Fetches every reference of `refs` that one of `registries` has (tried in
 /// order) into the layout at `dir`. References no registry has are left out:
 /// `pack` then names them.
 pub fn fetch_layout(
-    endpoints: &[String],
+    registries: &[UpstreamConfig],
     refs: &[Reference],
     platforms: &[String],
     dir: &Path,
 ) -> Result<(), PackError> {
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).map_err(io_err(&blobs))?;
-    let clients: Vec<Upstreams> = endpoints
+    let clients: Vec<Upstreams> = registries
         .iter()
-        .map(|e| {
-            let config = UpstreamConfig {
-                registry: "*".into(),
-                endpoint: e.clone(),
-                path_prefix: None,
-                username: None,
-                password: None,
-                password_file: None,
-                ca_file: None,
-                insecure_skip_verify: false,
-            };
-            Upstreams::new(&[config]).map_err(registry_err)
-        })
+        .map(|c| Upstreams::new(std::slice::from_ref(c)).map_err(registry_err))
         .collect::<Result<_, _>>()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -38,9 +38,9 @@ pub struct PackOptions {
     pub frame_size: usize,
     /// Compression threads.
     pub threads: usize,
-    /// Registries (`http[s]://host[:port]`) asked, in order, for the images
-    /// the sources lack.
-    pub registries: Vec<String>,
+    /// Registries asked, in order, for the images the sources lack (the
+    /// daemon's `[[upstream]]` tables, or anonymous endpoints).
+    pub registries: Vec<crate::config::UpstreamConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]

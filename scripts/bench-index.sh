@@ -72,21 +72,7 @@ kernel $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg) at the end."
 echo
 echo "$table"
 if ((write)); then
-    python3 - "$table" <<'PY'
-import re, sys
-table = sys.argv[1]
-path = "BENCHMARKS.md"
-try:
-    text = open(path).read()
-except FileNotFoundError:
-    text = "# Benchmarks\n"
-begin, end = "<!-- bench-index:begin -->", "<!-- bench-index:end -->"
-block = f"{begin}\n## Indexing an archive (`scripts/bench-index.sh --write`)\n\n{table}\n{end}"
-if begin in text:
-    text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
-else:
-    text = text.rstrip("\n") + "\n\n" + block + "\n"
-open(path, "w").write(text)
-PY
+    printf '%s\n' "$table" | python3 scripts/bench/write-section.py bench-index \
+        'Indexing an archive (`scripts/bench-index.sh --write`)'
     echo "written to BENCHMARKS.md"
 fi

@@ -628,22 +628,7 @@ bundle for the next run)."
 echo
 echo "$report"
 if ((write)); then
-    python3 - "$report" <<'PY'
-import re, sys
-report = sys.argv[1]
-path = "BENCHMARKS.md"
-try:
-    text = open(path).read()
-except FileNotFoundError:
-    text = "# Benchmarks\n"
-begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
-block = f"{begin}\n## Pulling an image, against what sites use today (`scripts/bench.sh --write`)\n\n{report}\n{end}"
-if begin in text:
-    text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
-else:
-    head, sep, rest = text.partition("\n\n")
-    text = head + "\n\n" + block + "\n\n" + rest if sep else text.rstrip("\n") + "\n\n" + block + "\n"
-open(path, "w").write(text)
-PY
+    printf '%s\n' "$report" | python3 scripts/bench/write-section.py --first bench \
+        'Pulling an image, against what sites use today (`scripts/bench.sh --write`)'
     echo "written to BENCHMARKS.md"
 fi

@@ -13,6 +13,35 @@ use airgap_integration::containerd::ContainerdOptions;
 use airgap_integration::image::{self, ImageSpec};
 use airgap_integration::{can_run, serial, Daemon, PrivateContainerd, TestDir};
 
+/// The sample image (busybox plus the test entries) named `name`, written
+/// as an OCI archive at `path`.
+fn sample_archive(name: &str, path: &std::path::Path) -> Result<image::BuiltImage> {
+    let tag = name.rsplit(':').next().unwrap_or("latest");
+    image::write_oci_archive(
+        &ImageSpec {
+            name: name.into(),
+            tag: tag.into(),
+            layers: image::sample_layers(name)?,
+        },
+        path,
+    )
+}
+
+/// `airgap-snapshotter images --json --archives PATH`, parsed.
+fn images_json(archives: &std::path::Path) -> Result<serde_json::Value> {
+    let out = Command::new(airgap_integration::daemon::binary()?)
+        .args(["images", "--json", "--archives"])
+        .arg(archives)
+        .output()
+        .context("running airgap-snapshotter images")?;
+    ensure!(
+        out.status.success(),
+        "images failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
 #[test]
 fn chain_ids_match_containerd() -> Result<()> {
     if !can_run("chain_ids_match_containerd") {
@@ -21,27 +50,10 @@ fn chain_ids_match_containerd() -> Result<()> {
     let _serial = serial()?;
     let work = TestDir::new("catalog-chain")?;
     let archive = work.path().join("three-layers.tar");
-    let built = image::write_oci_archive(
-        &ImageSpec {
-            name: "example.test/chain/check:v1".into(),
-            tag: "v1".into(),
-            layers: image::sample_layers("chain")?,
-        },
-        &archive,
-    )?;
+    let built = sample_archive("example.test/chain/check:v1", &archive)?;
 
     // What we compute.
-    let out = Command::new(airgap_integration::daemon::binary()?)
-        .args(["images", "--json", "--archives"])
-        .arg(work.path())
-        .output()
-        .context("running airgap-snapshotter images")?;
-    ensure!(
-        out.status.success(),
-        "images failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rows: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let rows = images_json(work.path())?;
     let ours: Vec<String> = rows[0]["manifests"][0]["layers"]
         .as_array()
         .context("no layers in images --json")?
@@ -121,14 +133,7 @@ fn packed_archives_work_with_zstd_tar_and_ctr_import() -> Result<()> {
     let work = TestDir::new("catalog-pack")?;
     let src = work.path().join("src");
     std::fs::create_dir_all(&src)?;
-    let built = image::write_oci_archive(
-        &ImageSpec {
-            name: "example.test/pack/check:v2".into(),
-            tag: "v2".into(),
-            layers: image::sample_layers("pack")?,
-        },
-        &src.join("in.tar"),
-    )?;
+    let built = sample_archive("example.test/pack/check:v2", &src.join("in.tar"))?;
     let packed = work.path().join("out.tar.zst");
     let bin = airgap_integration::daemon::binary()?;
     let out = Command::new(&bin)
@@ -213,20 +218,9 @@ fn pack_takes_what_the_archives_lack_from_a_registry() -> Result<()> {
     let work = TestDir::new("catalog-pack-registry")?;
     let src = work.path().join("src");
     std::fs::create_dir_all(&src)?;
-    let archived = image::write_oci_archive(
-        &ImageSpec {
-            name: "example.test/pack/archived:v1".into(),
-            tag: "v1".into(),
-            layers: image::sample_layers("archived")?,
-        },
-        &src.join("archived.tar"),
-    )?;
-    let remote = image::write_oci_archive(
-        &ImageSpec {
-            name: "docker.io/library/remote:v3".into(),
-            tag: "v3".into(),
-            layers: image::sample_layers("remote")?,
-        },
+    let archived = sample_archive("example.test/pack/archived:v1", &src.join("archived.tar"))?;
+    let remote = sample_archive(
+        "docker.io/library/remote:v3",
         &work.path().join("remote.tar"),
     )?;
     let registry = airgap_integration::Registry::start()?;
@@ -253,16 +247,7 @@ fn pack_takes_what_the_archives_lack_from_a_registry() -> Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let out = Command::new(&bin)
-        .args(["images", "--json", "--archives"])
-        .arg(&packed)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "images failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rows: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let rows = images_json(&packed)?;
     let digest_of = |name: &str| {
         rows.as_array()
             .into_iter()

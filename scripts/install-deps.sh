@@ -22,7 +22,7 @@ PACKAGES=(
     # archive containers: gzip, zstd, lz4, bzip2
     pigz gzip zstd lz4 bzip2 tar
     # scripts
-    jq curl ca-certificates util-linux procps python3
+    jq curl ca-certificates openssl util-linux procps python3
     # C toolchain for zstd-sys, bzip2-sys and friends
     build-essential pkg-config
 )

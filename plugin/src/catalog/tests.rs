@@ -1,27 +1,13 @@
 //! Catalog tests over generated archives of every container and layout.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::*;
 use crate::digest::Digest;
 use crate::testsupport::*;
-
-fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, bytes).unwrap();
-    // Old enough to count as settled.
-    let old = std::time::SystemTime::now() - Duration::from_secs(60);
-    std::fs::File::options()
-        .write(true)
-        .open(&p)
-        .unwrap()
-        .set_modified(old)
-        .unwrap();
-    p
-}
 
 fn open(dirs: &[&Path]) -> Arc<Catalog> {
     Catalog::open(CatalogOptions {

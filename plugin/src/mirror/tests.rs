@@ -14,18 +14,6 @@ use crate::catalog::index::{MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST};
 use crate::catalog::CatalogOptions;
 use crate::testsupport::*;
 
-fn write(dir: &Path, name: &str, bytes: &[u8]) {
-    let p = dir.join(name);
-    std::fs::write(&p, bytes).unwrap();
-    let old = std::time::SystemTime::now() - Duration::from_secs(60);
-    std::fs::File::options()
-        .write(true)
-        .open(&p)
-        .unwrap()
-        .set_modified(old)
-        .unwrap();
-}
-
 fn catalog(dir: &Path) -> Arc<Catalog> {
     Catalog::open(CatalogOptions {
         dirs: vec![dir.to_path_buf()],

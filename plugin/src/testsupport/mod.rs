@@ -44,6 +44,21 @@ pub const ALL_WRAPS: [Wrap; 8] = [
     Wrap::Bzip2,
 ];
 
+/// Writes an archive file into `dir`, its mtime set a minute back so the
+/// catalog takes it as settled (not still being copied).
+pub fn write(dir: &std::path::Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    std::fs::File::options()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    p
+}
+
 /// A tar of `files` (path, contents), each a regular file with mode 0644.
 pub fn layer_tar(files: &[(&str, &[u8])]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());

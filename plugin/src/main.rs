@@ -1,11 +1,12 @@
-//! `airgap-snapshotter`: parses arguments, sets up logging and hands over to
-//! the library. Nothing else lives here.
+//! `airgap-snapshotter`: parses arguments, sets up logging and dispatches to
+//! the command in `commands/`.
+
+mod commands;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use airgap_snapshotter::cli;
 use airgap_snapshotter::config::ServeArgs;
 
 #[derive(Parser)]
@@ -23,11 +24,11 @@ enum Command {
     /// Run the daemon: containerd proxy snapshotter (and registry mirror).
     Serve(ServeArgs),
     /// List the images the archives hold, one row per image name.
-    Images(cli::ImagesArgs),
+    Images(commands::images::ImagesArgs),
     /// Check every digest and diffID of the archives.
-    Verify(cli::VerifyArgs),
+    Verify(commands::verify::VerifyArgs),
     /// Write a seekable airgap archive of the given images.
-    Pack(cli::PackArgs),
+    Pack(commands::pack::PackArgs),
     /// Print the containerd config.toml fragment and hosts.toml for this
     /// daemon (--write DIR writes the hosts.toml files).
     Config(airgap_snapshotter::setup::ConfigArgs),
@@ -56,11 +57,11 @@ fn main() -> ExitCode {
     };
     init_tracing(args.log_json, level);
     let result = match args.command {
-        Command::Serve(serve) => airgap_snapshotter::serve::run(serve),
-        Command::Images(a) => cli::images(a),
-        Command::Verify(a) => cli::verify(a),
-        Command::Pack(a) => cli::pack(a),
-        Command::Config(a) => airgap_snapshotter::setup::run(a),
+        Command::Serve(serve) => commands::serve::run(serve),
+        Command::Images(a) => commands::images::run(a),
+        Command::Verify(a) => commands::verify::run(a),
+        Command::Pack(a) => commands::pack::run(a),
+        Command::Config(a) => commands::config::run(a),
     };
     match result {
         Ok(code) => code,

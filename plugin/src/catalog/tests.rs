@@ -74,6 +74,33 @@ fn every_container_and_layout_is_indexed() {
 }
 
 #[test]
+fn every_layer_compression_is_indexed() {
+    for compression in [
+        LayerCompression::None,
+        LayerCompression::Gzip,
+        LayerCompression::Zstd,
+    ] {
+        let spec = ImageSpec {
+            compression,
+            ..two_layer_spec()
+        };
+        let (oci, _) = OciLayout::single("busybox:1.36", &spec);
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "bundle.tar", &oci.to_tar());
+        let c = open(&[dir.path()]);
+        assert!(c.broken().is_empty(), "{compression:?}: {:?}", c.broken());
+        // The diffIDs are those of the uncompressed tars, whatever the blob.
+        for (i, chain_id) in spec.chain_ids().iter().enumerate() {
+            let l = c
+                .layer(chain_id)
+                .unwrap_or_else(|| panic!("{compression:?}: layer {i}"));
+            assert_eq!(l.diff_id, spec.diff_ids()[i], "{compression:?}");
+            assert_eq!(Digest::of(&read_all(&c, &l.digest)), l.digest);
+        }
+    }
+}
+
+#[test]
 fn docker_save_manifests_are_deterministic() {
     let spec = ImageSpec {
         compression: LayerCompression::None,

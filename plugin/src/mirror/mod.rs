@@ -28,7 +28,6 @@ mod body;
 pub mod error;
 pub mod media;
 pub mod request;
-pub mod upstream;
 
 use std::future::Future;
 use std::io;
@@ -45,10 +44,10 @@ use crate::catalog::reference::Reference;
 use crate::catalog::Catalog;
 use crate::digest::Digest;
 
+use crate::registry::{UpstreamError, Upstreams};
 use body::RangeRequest;
 pub use error::MirrorError;
 use request::Route;
-use upstream::{UpstreamError, Upstreams};
 
 /// The mirror's shared state.
 pub struct Mirror {
@@ -189,7 +188,7 @@ impl Mirror {
             digest,
             blob.content_length,
             blob.content_range,
-            blob.body,
+            Body::from_stream(blob.body),
         ))
     }
 

@@ -13,7 +13,7 @@ use crate::catalog::reference::Reference;
 use crate::config::UpstreamConfig;
 use crate::digest::Digest;
 use crate::labels;
-use crate::mirror::upstream::{Upstream, Upstreams};
+use crate::registry::{Upstream, Upstreams};
 
 fn registry_err(e: impl std::fmt::Display) -> PackError {
     PackError::Registry(e.to_string())
@@ -133,7 +133,7 @@ async fn fetch_image(
                 continue; // pack names what is missing
             };
             let mut tmp = tempfile::NamedTempFile::new_in(blobs).map_err(io_err(blobs))?;
-            let mut body = blob.body.into_data_stream();
+            let mut body = blob.body;
             while let Some(chunk) = body.next().await {
                 let chunk = chunk.map_err(|e| PackError::Registry(format!("blob {d}: {e}")))?;
                 tmp.write_all(&chunk).map_err(io_err(&path))?;

@@ -8,20 +8,20 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use anyhow::{bail, Context, Result};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::UnixListenerStream;
 
-use crate::catalog::{Catalog, CatalogOptions, LayerSource};
-use crate::config::{Config, MirrorListen, ServeArgs};
-use crate::mirror::upstream::Upstreams;
-use crate::mirror::Mirror;
-use crate::snapshot::service::SnapshotService;
-use crate::snapshot::{blocking, Snapshotter};
+use airgap_snapshotter::catalog::{Catalog, CatalogOptions, LayerSource};
+use airgap_snapshotter::config::{Config, MirrorListen, ServeArgs};
+use airgap_snapshotter::mirror::Mirror;
+use airgap_snapshotter::registry::Upstreams;
+use airgap_snapshotter::snapshot::service::SnapshotService;
+use airgap_snapshotter::snapshot::{blocking, Snapshotter};
 
 /// Runs the daemon; returns when it was asked to stop.
-pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: ServeArgs) -> Result<ExitCode> {
     let config = Config::load(&args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -31,7 +31,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(serve(config))
 }
 
-async fn serve(config: Config) -> anyhow::Result<ExitCode> {
+async fn serve(config: Config) -> Result<ExitCode> {
     tracing::info!(
         root = %config.root.display(),
         socket = %config.socket.display(),
@@ -126,7 +126,7 @@ const MIRROR_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Binds the unix socket: its directory is created 0700 if missing, a stale
 /// socket (nobody listening) is replaced, the socket is made 0600.
-fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
+fn bind_socket(path: &Path) -> Result<UnixListener> {
     if let Some(dir) = path.parent() {
         if !dir.exists() {
             fs::DirBuilder::new()

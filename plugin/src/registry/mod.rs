@@ -1,4 +1,6 @@
-//! The upstream registries: where the mirror fetches what the archives lack.
+//! The client of the site's private registries (the `[[upstream]]` tables):
+//! where the mirror fetches what the archives lack, and where `pack` fetches
+//! what its other sources lack.
 //!
 //! One [`Upstream`] per `[[upstream]]` table, each with its own HTTP client
 //! (its CA file, its TLS settings). Authentication follows the registry's
@@ -19,7 +21,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
 use bytes::Bytes;
 use futures::StreamExt;
 use lru::LruCache;
@@ -28,9 +29,16 @@ use reqwest::{Method, StatusCode};
 
 use crate::catalog::reference::Reference;
 use crate::config::UpstreamConfig;
-use crate::digest::{Digest, Hasher};
+use crate::digest::Digest;
 
-use super::media;
+use crate::mirror::media;
+
+mod auth;
+mod stream;
+
+use auth::{Auth, Challenge};
+use stream::verified_stream;
+pub use stream::BlobStream;
 
 /// Largest manifest accepted from an upstream (distribution's own limit).
 pub const MAX_MANIFEST: usize = 4 << 20;
@@ -40,7 +48,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait for any single read from the upstream.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Whole-request limit for manifests and token requests.
-const SMALL_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const SMALL_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -130,14 +138,7 @@ pub struct UpstreamBlob {
     /// `Content-Range` of a partial answer.
     pub content_range: Option<HeaderValue>,
     pub content_length: Option<u64>,
-    pub body: Body,
-}
-
-#[derive(Clone)]
-enum Auth {
-    None,
-    Basic,
-    Bearer(String),
+    pub body: BlobStream,
 }
 
 pub struct Upstream {
@@ -377,10 +378,9 @@ impl Upstream {
             .and_then(|v| v.parse().ok());
         let what = format!("{}{path}", self.endpoint);
         let body = if partial {
-            Body::from_stream(
-                resp.bytes_stream()
-                    .map(|c| c.map_err(std::io::Error::other)),
-            )
+            resp.bytes_stream()
+                .map(|c| c.map_err(std::io::Error::other))
+                .boxed()
         } else {
             verified_stream(resp, *digest, what)
         };
@@ -448,31 +448,6 @@ impl Upstream {
     fn reached(&self) {
         if self.down.swap(false, Ordering::Relaxed) {
             tracing::info!(endpoint = %self.endpoint, "upstream registry reachable again");
-        }
-    }
-
-    fn credentials(&self) -> Option<(&str, &str)> {
-        Some((
-            self.username.as_deref()?,
-            self.password.as_deref().unwrap_or(""),
-        ))
-    }
-
-    /// What to send before any challenge: a cached token for the scope, or
-    /// basic auth if the upstream asked for it before.
-    fn auth_for(&self, scope: &str) -> Auth {
-        let mut tokens = self.tokens.lock().unwrap();
-        match tokens.get(scope) {
-            Some((token, until)) if *until > Instant::now() => return Auth::Bearer(token.clone()),
-            Some(_) => {
-                tokens.remove(scope);
-            }
-            None => {}
-        }
-        if self.basic.load(Ordering::Relaxed) && self.credentials().is_some() {
-            Auth::Basic
-        } else {
-            Auth::None
         }
     }
 
@@ -548,76 +523,11 @@ impl Upstream {
             };
         }
     }
-
-    /// The token flow: `GET realm?service=..&scope=..`, with basic auth when
-    /// there are credentials. Returns the token and how long to use it.
-    async fn fetch_token(
-        &self,
-        realm: &str,
-        service: Option<&str>,
-        scope: &str,
-    ) -> Result<(String, Duration), UpstreamError> {
-        let mut params = vec![("scope", scope)];
-        if let Some(s) = service {
-            params.push(("service", s));
-        }
-        let url = reqwest::Url::parse_with_params(realm, &params).map_err(|e| {
-            UpstreamError::BadContent {
-                endpoint: self.endpoint.clone(),
-                what: "token realm".into(),
-                reason: e.to_string(),
-            }
-        })?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(UpstreamError::BadContent {
-                endpoint: self.endpoint.clone(),
-                what: "token realm".into(),
-                reason: format!("scheme {} is not http(s)", url.scheme()),
-            });
-        }
-        let mut req = self.client.get(url).timeout(SMALL_REQUEST_TIMEOUT);
-        if let Some((u, p)) = self.credentials() {
-            req = req.basic_auth(u, Some(p));
-        }
-        let resp = req.send().await.map_err(|e| self.unreachable(&e))?;
-        if !resp.status().is_success() {
-            tracing::warn!(endpoint = %self.endpoint, status = %resp.status(), "upstream token service refused a token (check the credentials of this [[upstream]])");
-            return Err(self.status_error("token request", resp.status()));
-        }
-        let body = self.read_limited(resp, "token request").await?;
-        #[derive(serde::Deserialize)]
-        struct TokenAnswer {
-            #[serde(default)]
-            token: Option<String>,
-            #[serde(default)]
-            access_token: Option<String>,
-            #[serde(default)]
-            expires_in: Option<u64>,
-        }
-        let answer: TokenAnswer =
-            serde_json::from_slice(&body).map_err(|e| UpstreamError::BadContent {
-                endpoint: self.endpoint.clone(),
-                what: "token answer".into(),
-                reason: e.to_string(),
-            })?;
-        let token = answer
-            .token
-            .or(answer.access_token)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| UpstreamError::BadContent {
-                endpoint: self.endpoint.clone(),
-                what: "token answer".into(),
-                reason: "no token in it".into(),
-            })?;
-        // Spec default 60 s; stop using it a little before it expires.
-        let secs = answer.expires_in.unwrap_or(60).max(10);
-        Ok((token, Duration::from_secs(secs - secs / 10)))
-    }
 }
 
 /// The innermost error message (reqwest's top level only says "error
 /// sending request").
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cur = e;
     while let Some(next) = cur.source() {
         cur = next;
@@ -625,149 +535,9 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cur.to_string()
 }
 
-/// Streams an upstream blob, hashing it; at its end a wrong length or digest
-/// aborts the response instead of ending it.
-fn verified_stream(resp: reqwest::Response, digest: Digest, what: String) -> Body {
-    struct St {
-        inner: futures::stream::BoxStream<'static, reqwest::Result<Bytes>>,
-        hasher: Option<Hasher>,
-    }
-    let st = St {
-        inner: resp.bytes_stream().boxed(),
-        hasher: Some(Hasher::new()),
-    };
-    let stream = futures::stream::unfold(st, move |mut st| {
-        let what = what.clone();
-        async move {
-            let hasher = st.hasher.as_mut()?;
-            match st.inner.next().await {
-                Some(Ok(chunk)) => {
-                    hasher.update(&chunk);
-                    Some((Ok(chunk), st))
-                }
-                Some(Err(e)) => {
-                    st.hasher = None;
-                    tracing::warn!(blob = %what, error = %root_cause(&e), "upstream blob transfer failed");
-                    Some((Err(std::io::Error::other("upstream transfer failed")), st))
-                }
-                None => {
-                    let actual = st.hasher.take()?.finish();
-                    if actual != digest {
-                        tracing::error!(blob = %what, %actual, "upstream blob does not match its digest; response aborted");
-                        Some((Err(std::io::Error::other("digest mismatch")), st))
-                    } else {
-                        None
-                    }
-                }
-            }
-        }
-    });
-    Body::from_stream(stream)
-}
-
-/// A `WWW-Authenticate` challenge.
-#[derive(Debug, PartialEq, Eq)]
-enum Challenge {
-    Bearer {
-        realm: String,
-        service: Option<String>,
-        scope: Option<String>,
-    },
-    Basic,
-}
-
-impl Challenge {
-    fn parse(value: &str) -> Option<Challenge> {
-        let value = value.trim();
-        let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
-        if scheme.eq_ignore_ascii_case("basic") {
-            return Some(Challenge::Basic);
-        }
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return None;
-        }
-        let params = auth_params(rest);
-        let get = |k: &str| {
-            params
-                .iter()
-                .find(|(key, _)| key.eq_ignore_ascii_case(k))
-                .map(|(_, v)| v.clone())
-        };
-        Some(Challenge::Bearer {
-            realm: get("realm")?,
-            service: get("service"),
-            scope: get("scope"),
-        })
-    }
-}
-
-/// `k="v", k2=v2` with quoted values that may hold commas.
-fn auth_params(s: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut chars = s.chars().peekable();
-    loop {
-        while chars.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
-            chars.next();
-        }
-        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
-        if key.is_empty() {
-            break;
-        }
-        let mut value = String::new();
-        if chars.peek() == Some(&'"') {
-            chars.next();
-            while let Some(c) = chars.next() {
-                match c {
-                    '\\' => value.extend(chars.next()),
-                    '"' => break,
-                    c => value.push(c),
-                }
-            }
-        } else {
-            while let Some(c) = chars.peek() {
-                if *c == ',' {
-                    break;
-                }
-                value.push(*c);
-                chars.next();
-            }
-        }
-        out.push((key.trim().to_string(), value.trim().to_string()));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn challenges() {
-        assert_eq!(
-            Challenge::parse(
-                r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push""#
-            ),
-            Some(Challenge::Bearer {
-                realm: "https://auth.example/token".into(),
-                service: Some("registry.example".into()),
-                scope: Some("repository:a/b:pull,push".into()),
-            })
-        );
-        assert_eq!(
-            Challenge::parse(r#"bearer realm=https://t/x"#),
-            Some(Challenge::Bearer {
-                realm: "https://t/x".into(),
-                service: None,
-                scope: None
-            })
-        );
-        assert_eq!(
-            Challenge::parse(r#"Basic realm="Registry Realm""#),
-            Some(Challenge::Basic)
-        );
-        assert_eq!(Challenge::parse("Bearer service=x"), None);
-        assert_eq!(Challenge::parse("Negotiate"), None);
-    }
 
     #[test]
     fn lookup_by_registry_then_star() {

@@ -1,0 +1,174 @@
+//! `airgap-snapshotter config`: prints the containerd config.toml fragment and
+//! the hosts.toml for this daemon, and with `--write DIR` writes the hosts.toml
+//! files.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use airgap_snapshotter::setup::{config_toml, hosts_toml, ConfigArgs, DEFAULT_HOSTS_DIR};
+use anyhow::{bail, Context, Result};
+
+/// What `--write` did to one file.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Written {
+    Created(PathBuf),
+    Unchanged(PathBuf),
+    Replaced { path: PathBuf, backup: PathBuf },
+}
+
+/// Writes `content` to `dir/<name>/hosts.toml` (atomically), moving a
+/// different existing file aside first.
+pub fn write_hosts(dir: &Path, name: &str, content: &str) -> Result<Written> {
+    if name.is_empty() || name.contains('/') || name == ".." || name == "." {
+        bail!("{name:?} is not a registry host name");
+    }
+    let sub = dir.join(name);
+    fs::create_dir_all(&sub).with_context(|| format!("create {}", sub.display()))?;
+    let path = sub.join("hosts.toml");
+    let old = match fs::read(&path) {
+        Ok(old) => Some(old),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+    };
+    if old.as_deref() == Some(content.as_bytes()) {
+        return Ok(Written::Unchanged(path));
+    }
+    let mut backup = None;
+    if old.is_some() {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut b = sub.join(format!("hosts.toml.{secs}.bak"));
+        let mut n = 1;
+        while b.exists() {
+            b = sub.join(format!("hosts.toml.{secs}.{n}.bak"));
+            n += 1;
+        }
+        fs::copy(&path, &b)
+            .with_context(|| format!("back up {} to {}", path.display(), b.display()))?;
+        backup = Some(b);
+    }
+    let mut tmp = tempfile::NamedTempFile::new_in(&sub)
+        .with_context(|| format!("create a temporary file in {}", sub.display()))?;
+    tmp.write_all(content.as_bytes())
+        .and_then(|_| tmp.as_file().sync_all())
+        .with_context(|| format!("write {}", tmp.path().display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o644))
+            .with_context(|| format!("chmod {}", tmp.path().display()))?;
+    }
+    tmp.persist(&path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("write {}", path.display()))?;
+    Ok(match backup {
+        Some(backup) => Written::Replaced { path, backup },
+        None => Written::Created(path),
+    })
+}
+
+/// Host directories in `dir` other than `_default` and those written now:
+/// containerd uses them instead of `_default`, so they bypass the mirror.
+fn bypassing(dir: &Path, written: &[String]) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| e.path().join("hosts.toml").is_file())
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name != "_default" && !written.contains(&name)
+        })
+        .map(|e| e.path())
+        .collect();
+    out.sort();
+    out
+}
+
+/// Runs the command.
+pub fn run(args: ConfigArgs) -> Result<ExitCode> {
+    if let Some(u) = &args.upstream {
+        if !(u.starts_with("https://") || u.starts_with("http://")) {
+            bail!("--upstream {u:?}: expected https://host[:port] or http://host[:port]");
+        }
+    }
+    let hosts = hosts_toml(&args);
+    let hosts_dir = args
+        .write
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_HOSTS_DIR));
+    let mut out = String::new();
+    out.push_str(&config_toml(&args));
+    out.push_str(&format!(
+        "\n# ---- {}/_default/hosts.toml ----\n",
+        hosts_dir.display()
+    ));
+    out.push_str(&hosts);
+    print!("{out}");
+    if let Some(dir) = &args.write {
+        let mut names = vec!["_default".to_string()];
+        names.extend(args.registries.iter().cloned());
+        for name in &names {
+            match write_hosts(dir, name, &hosts)? {
+                Written::Created(p) => eprintln!("wrote {}", p.display()),
+                Written::Unchanged(p) => eprintln!("{} is already up to date", p.display()),
+                Written::Replaced { path, backup } => eprintln!(
+                    "wrote {} (the previous file is {})",
+                    path.display(),
+                    backup.display()
+                ),
+            }
+        }
+        for p in bypassing(dir, &names) {
+            eprintln!(
+                "note: {} has its own hosts.toml: containerd uses it instead of _default for that registry, \
+                 so those pulls bypass the mirror (add --registry {} to rewrite it)",
+                p.display(),
+                p.file_name().unwrap_or_default().to_string_lossy()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_keeps_a_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = write_hosts(dir.path(), "_default", "a\n").unwrap();
+        let path = dir.path().join("_default/hosts.toml");
+        assert_eq!(w, Written::Created(path.clone()));
+        assert_eq!(
+            write_hosts(dir.path(), "_default", "a\n").unwrap(),
+            Written::Unchanged(path.clone())
+        );
+        match write_hosts(dir.path(), "_default", "b\n").unwrap() {
+            Written::Replaced { path: p, backup } => {
+                assert_eq!(p, path);
+                assert_eq!(fs::read_to_string(&backup).unwrap(), "a\n");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(fs::read_to_string(&path).unwrap(), "b\n");
+        match write_hosts(dir.path(), "_default", "c\n").unwrap() {
+            Written::Replaced { backup, .. } => {
+                assert_eq!(fs::read_to_string(backup).unwrap(), "b\n")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(write_hosts(dir.path(), "../x", "a").is_err());
+        write_hosts(dir.path(), "quay.io", "q\n").unwrap();
+        assert_eq!(
+            bypassing(dir.path(), &["_default".into()]),
+            [dir.path().join("quay.io")]
+        );
+        assert!(bypassing(dir.path(), &["_default".into(), "quay.io".into()]).is_empty());
+    }
+}

@@ -1,0 +1,135 @@
+//! `airgap-snapshotter images`: what the archives hold, one row per image name.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use airgap_snapshotter::catalog::ImageInfo;
+use airgap_snapshotter::config::DEFAULT_ARCHIVES;
+use anyhow::Result;
+use serde::Serialize;
+
+use super::{human_bytes, open_catalog};
+
+#[derive(clap::Args, Debug)]
+pub struct ImagesArgs {
+    /// A directory of archives (repeatable).
+    #[arg(long = "archives", value_name = "DIR", default_value = DEFAULT_ARCHIVES)]
+    pub archives: Vec<PathBuf>,
+    /// Print a JSON array instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// The daemon's root: reuse (and update) the indexes it persisted there,
+    /// instead of indexing every archive again.
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+}
+
+/// One row of `images --json`.
+#[derive(Serialize)]
+struct ImageRow<'a> {
+    #[serde(rename = "ref")]
+    reference: &'a str,
+    digest: String,
+    media_type: &'a str,
+    platforms: &'a [String],
+    archive: String,
+    size: u64,
+    synthesized: bool,
+    /// Every platform manifest present, with its layers bottom first.
+    manifests: Vec<ManifestRow>,
+}
+
+#[derive(Serialize)]
+struct ManifestRow {
+    digest: String,
+    platform: String,
+    layers: Vec<LayerRow>,
+}
+
+#[derive(Serialize)]
+struct LayerRow {
+    digest: String,
+    diff_id: String,
+    chain_id: String,
+    size: u64,
+    /// False when the archive lacks the blob (it would come from a registry).
+    present: bool,
+}
+
+pub fn run(args: ImagesArgs) -> Result<ExitCode> {
+    let catalog = open_catalog(args.archives, args.root)?;
+    for (path, reason) in catalog.broken() {
+        eprintln!("{}: {reason}", path.display());
+    }
+    for archive in catalog.archives() {
+        for problem in &archive.index.problems {
+            eprintln!("{}: {problem}", archive.path().display());
+        }
+    }
+    let images = catalog.images();
+    if args.json {
+        let archives = catalog.archives();
+        let manifest_rows = |i: &ImageInfo| -> Vec<ManifestRow> {
+            let Some(a) = archives.iter().find(|a| a.path() == i.archive) else {
+                return Vec::new();
+            };
+            let idx = &a.index;
+            i.entry
+                .manifests
+                .iter()
+                .filter_map(|d| idx.manifests.iter().find(|m| m.digest == *d))
+                .map(|m| ManifestRow {
+                    digest: m.digest.to_string(),
+                    platform: m.platform.clone(),
+                    layers: m
+                        .chain
+                        .iter()
+                        .filter_map(|c| idx.layers.iter().find(|l| l.chain_id == *c))
+                        .map(|l| LayerRow {
+                            digest: l.digest.to_string(),
+                            diff_id: l.diff_id.to_string(),
+                            chain_id: l.chain_id.to_string(),
+                            size: l.size,
+                            present: l.present,
+                        })
+                        .collect(),
+                })
+                .collect()
+        };
+        let rows: Vec<ImageRow> = images
+            .iter()
+            .map(|i| ImageRow {
+                manifests: manifest_rows(i),
+                reference: &i.entry.name,
+                digest: i.entry.digest.to_string(),
+                media_type: &i.entry.media_type,
+                platforms: &i.entry.platforms,
+                archive: i.archive.display().to_string(),
+                size: i.entry.size,
+                synthesized: i.entry.synthesized,
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!(
+            "{:<50} {:<19} {:<28} {:>10}  ARCHIVE",
+            "REF", "DIGEST", "PLATFORMS", "SIZE"
+        );
+        for i in &images {
+            let digest = i.entry.digest.to_string();
+            let marker = if i.entry.synthesized { "*" } else { "" };
+            println!(
+                "{:<50} {:<19} {:<28} {:>10}  {}",
+                i.entry.name,
+                format!("{}{marker}", &digest[..19]),
+                i.entry.platforms.join(","),
+                human_bytes(i.entry.size),
+                i.archive.display()
+            );
+        }
+        if images.iter().any(|i| i.entry.synthesized) {
+            println!("* manifest synthesized from a docker-save archive (registry digest unknown)");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

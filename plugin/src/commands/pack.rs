@@ -1,0 +1,123 @@
+//! `airgap-snapshotter pack`: a seekable airgap archive of a list of images.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use airgap_snapshotter::config::{Config, UpstreamConfig};
+use anyhow::{Context, Result};
+
+use super::{human_bytes, progress_bar};
+
+#[derive(clap::Args, Debug)]
+pub struct PackArgs {
+    /// The archive to write (an OCI layout tar in seekable zstd).
+    #[arg(short, long, value_name = "OUT.tar.zst")]
+    pub output: PathBuf,
+    /// Keep only these platforms (`os/arch[/variant]`, repeatable; default all).
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Vec<String>,
+    /// A file of image references, one per line, `#` comments, `[group]` sections.
+    #[arg(long, value_name = "LIST")]
+    pub images_from: Option<PathBuf>,
+    /// With --images-from: only these sections (repeatable; default all).
+    #[arg(long, value_name = "GROUP")]
+    pub group: Vec<String>,
+    /// Where the images are: archives, directories of archives, OCI layout
+    /// directories, or a registry (`https://host[:port]`, anonymous; asked
+    /// only for what the other sources lack) (repeatable).
+    #[arg(
+        long = "from",
+        value_name = "SOURCE",
+        required_unless_present = "config"
+    )]
+    pub from: Vec<PathBuf>,
+    /// zstd compression level.
+    #[arg(long, default_value_t = 3)]
+    pub level: i32,
+    /// The daemon's config file: its `[[upstream]]` registries (with their
+    /// credentials and CAs) are asked for what the other sources lack.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Largest zstd frame in MiB (a blob always starts a new frame).
+    #[arg(long, default_value_t = 4, value_name = "MIB")]
+    pub frame_mib: usize,
+    /// Image references to pack.
+    #[arg(value_name = "REF")]
+    pub refs: Vec<String>,
+}
+
+/// A `--from` that names a registry (`http://` or `https://`) rather than a path.
+fn is_registry(source: &std::path::Path) -> bool {
+    let s = source.to_string_lossy();
+    s.starts_with("https://") || s.starts_with("http://")
+}
+
+pub fn run(args: PackArgs) -> Result<ExitCode> {
+    let mut refs = args.refs;
+    if let Some(list) = &args.images_from {
+        let text = std::fs::read_to_string(list)
+            .with_context(|| format!("reading image list {}", list.display()))?;
+        refs.extend(airgap_snapshotter::pack::parse_image_list(
+            &text,
+            &args.group,
+        ));
+    }
+    // The daemon's [[upstream]] tables (credentials, CA, path prefix) first,
+    // then registries named on the command line, anonymously.
+    let mut registries = match &args.config {
+        Some(file) => Config::from_file(file)?.upstream,
+        None => Vec::new(),
+    };
+    registries.extend(
+        args.from
+            .iter()
+            .filter(|s| is_registry(s))
+            .map(|s| UpstreamConfig {
+                registry: "*".into(),
+                endpoint: s.to_string_lossy().trim_end_matches('/').to_string(),
+                path_prefix: None,
+                username: None,
+                password: None,
+                password_file: None,
+                ca_file: None,
+                insecure_skip_verify: false,
+            }),
+    );
+    let opts = airgap_snapshotter::pack::PackOptions {
+        output: args.output,
+        platforms: args.platform,
+        refs,
+        sources: args
+            .from
+            .iter()
+            .filter(|s| !is_registry(s))
+            .cloned()
+            .collect(),
+        registries,
+        level: args.level,
+        frame_size: args.frame_mib.clamp(1, 256) << 20,
+        threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+    };
+    let bar = progress_bar(
+        0,
+        "packing [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+    );
+    let summary = airgap_snapshotter::pack::pack(&opts, &|done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    });
+    bar.finish_and_clear();
+    let summary = summary?;
+    println!("wrote {}", opts.output.display());
+    for (name, platforms) in &summary.images {
+        println!("  {name}  {}", platforms.join(","));
+    }
+    println!(
+        "{} images, {} blobs, {} in, {} out",
+        summary.images.len(),
+        summary.blobs,
+        human_bytes(summary.bytes_in),
+        human_bytes(summary.bytes_out)
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use ::tar::{EntryType, Header};
 
 use super::*;
+use crate::testsupport::requires_root;
 
 const MTIME: u64 = 1_600_000_000;
 
@@ -205,6 +206,7 @@ fn lstat(p: impl AsRef<Path>) -> fs::Metadata {
 
 #[test]
 fn files_dirs_modes_owners_times() {
+    requires_root!();
     let fx = Fixture::new();
     let mut l = Layer::new();
     let mut h = header(EntryType::Directory, 0o1777);
@@ -264,6 +266,7 @@ fn files_dirs_modes_owners_times() {
 
 #[test]
 fn directory_times_survive_later_entries() {
+    requires_root!();
     let fx = Fixture::new();
     let mut l = Layer::new();
     let mut h = header(EntryType::Directory, 0o755);
@@ -283,6 +286,7 @@ fn directory_times_survive_later_entries() {
 
 #[test]
 fn pax_mtime_keeps_nanoseconds() {
+    requires_root!();
     let fx = Fixture::new();
     let mut l = Layer::new();
     l.pax(
@@ -297,6 +301,7 @@ fn pax_mtime_keeps_nanoseconds() {
 
 #[test]
 fn symlinks_hardlinks_devices_fifos() {
+    requires_root!();
     let fx = Fixture::new();
     let mut l = Layer::new();
     l.file("bin/busybox", b"binary");
@@ -368,6 +373,7 @@ fn symlinks_hardlinks_devices_fifos() {
 
 #[test]
 fn xattrs_from_pax_records() {
+    requires_root!();
     let fx = Fixture::new();
     let mut l = Layer::new();
     // A capability blob with a newline byte in it: PAX records are
@@ -427,6 +433,7 @@ fn xattrs_from_pax_records() {
 
 #[test]
 fn long_names_gnu_and_pax() {
+    requires_root!();
     let fx = Fixture::new();
     let long_dir = "d".repeat(150);
     let long_file = format!("{long_dir}/{}", "f".repeat(200));
@@ -475,6 +482,7 @@ fn opaque(p: &Path) -> Option<Vec<u8>> {
 
 #[test]
 fn whiteouts_become_overlayfs_whiteouts() {
+    requires_root!();
     let fx = Fixture::new();
     let mut l = Layer::new();
     l.file(".wh.gone", b"");
@@ -516,6 +524,7 @@ fn whiteouts_become_overlayfs_whiteouts() {
 
 #[test]
 fn every_compression_round_trips() {
+    requires_root!();
     let mut l = Layer::new();
     let big: Vec<u8> = (0..3 * 1024 * 1024 + 777)
         .map(|i| (i * 7 % 251) as u8)
@@ -539,6 +548,7 @@ fn every_compression_round_trips() {
 
 #[test]
 fn concatenated_gzip_members_and_zstd_frames() {
+    requires_root!();
     let mut l = Layer::new();
     l.file("a", &[b'a'; 100_000]);
     l.file("b", b"b");
@@ -563,6 +573,7 @@ fn concatenated_gzip_members_and_zstd_frames() {
 
 #[test]
 fn trailing_padding_counts_for_the_diff_id() {
+    requires_root!();
     let mut l = Layer::new();
     l.file("f", b"data");
     let mut tar = l.tar();
@@ -586,6 +597,7 @@ fn trailing_padding_counts_for_the_diff_id() {
 
 #[test]
 fn diff_id_mismatch_names_both_digests() {
+    requires_root!();
     let mut l = Layer::new();
     l.file("f", b"data");
     let tar = l.tar();
@@ -606,6 +618,7 @@ fn diff_id_mismatch_names_both_digests() {
 
 #[test]
 fn stream_without_end_blocks_is_accepted() {
+    requires_root!();
     let mut l = Layer::new();
     l.file("f", b"data");
     let tar = l.tar();
@@ -749,6 +762,7 @@ fn mutated_archives_never_panic_or_escape() {
 
 #[test]
 fn replacing_entries_never_follows_them() {
+    requires_root!();
     let fx = Fixture::new();
     let before = fx.host_state();
     let out = fx.outside();
@@ -832,6 +846,7 @@ fn hostile_absolute_paths() {
 
 #[test]
 fn hostile_symlink_parents() {
+    requires_root!();
     // Absolute symlink, then a file through it.
     let err = assert_hostile(|out, l| {
         l.symlink("a", out);
@@ -876,6 +891,7 @@ fn hostile_symlink_parents() {
 
 #[test]
 fn hostile_hardlinks() {
+    requires_root!();
     let err = assert_hostile(|out, l| {
         l.hardlink("h", &format!("{out}/secret"));
     });
@@ -915,6 +931,7 @@ fn hostile_hardlinks() {
 
 #[test]
 fn hardlink_to_symlink_inside_is_fine() {
+    requires_root!();
     let fx = Fixture::new();
     let mut l = Layer::new();
     l.dir("d/");
@@ -929,6 +946,7 @@ fn hardlink_to_symlink_inside_is_fine() {
 
 #[test]
 fn hostile_whiteouts() {
+    requires_root!();
     for name in [&b".wh..."[..], b".wh..", b".wh.", b"d/.wh.../"] {
         let err = assert_hostile(|_, l| {
             l.raw(EntryType::Regular, name, b"", b"");
@@ -952,6 +970,7 @@ fn hostile_whiteouts() {
 
 #[test]
 fn hostile_directory_replaced_by_symlink() {
+    requires_root!();
     // Empty directory replaced by a symlink out, then written through.
     let err = assert_hostile(|out, l| {
         l.dir("d/");
@@ -971,6 +990,7 @@ fn hostile_directory_replaced_by_symlink() {
 
 #[test]
 fn root_entries() {
+    requires_root!();
     let fx = Fixture::new();
     let mut l = Layer::new();
     l.dir("./");
@@ -1071,6 +1091,7 @@ fn path_rules() {
 
 #[test]
 fn cached_directory_replaced_by_a_file() {
+    requires_root!();
     // The parent fd cache must not outlive the directory it names.
     let fx = Fixture::new();
     let mut l = Layer::new();

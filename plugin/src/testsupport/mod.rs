@@ -10,6 +10,31 @@ use serde_json::json;
 use crate::catalog::seekable;
 use crate::digest::Digest;
 
+/// Whether a root-only test (ownership, device nodes, `trusted.*` xattrs,
+/// mounts) can run; when it cannot, says so and the test returns early, as
+/// containerd's `testutil.RequiresRoot` does. `cargo test` works without root
+/// for a contributor; CI runs everything as root.
+#[must_use]
+pub fn has_root() -> bool {
+    if rustix::process::geteuid().is_root() {
+        return true;
+    }
+    // libtest names each test's thread after the test.
+    let thread = std::thread::current();
+    eprintln!("skipped {}: needs root", thread.name().unwrap_or("test"));
+    false
+}
+
+/// Returns from the calling test unless it runs as root (see [`has_root`]).
+macro_rules! requires_root {
+    () => {
+        if !$crate::testsupport::has_root() {
+            return;
+        }
+    };
+}
+pub(crate) use requires_root;
+
 /// How a layer's blob is compressed inside the archive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LayerCompression {

@@ -3,13 +3,11 @@
 //! as an OCI image layout tar. That tar is both an airgap archive for the
 //! daemon and what skopeo pushes to the registry (`oci-archive:`).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use airgap_snapshotter::digest::Digest;
+use airgap_snapshotter::testsupport as fixtures;
 use anyhow::{bail, Context, Result};
-use flate2::write::GzEncoder;
-use serde_json::json;
-use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
 
 /// The statically linked busybox that the test images run.
@@ -289,25 +287,6 @@ fn copy_field(field: &mut [u8; 100], value: &str) -> Result<()> {
     Ok(())
 }
 
-/// `sha256:<hex>` of bytes.
-pub fn sha256(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
-
-/// The chain IDs of a list of diff IDs (OCI image spec: chainID(n) =
-/// sha256(chainID(n-1) + " " + diffID(n))).
-pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
-    for diff_id in diff_ids {
-        let next = match out.last() {
-            None => diff_id.clone(),
-            Some(parent) => sha256(format!("{parent} {diff_id}").as_bytes()),
-        };
-        out.push(next);
-    }
-    out
-}
-
 /// What to build.
 #[derive(Clone, Debug)]
 pub struct ImageSpec {
@@ -344,169 +323,63 @@ fn oci_arch() -> &'static str {
     }
 }
 
-/// How the layer blobs of an image are compressed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum LayerCompression {
-    #[default]
-    Gzip,
-    Zstd,
-    /// Plain tar layers (`application/vnd.oci.image.layer.v1.tar`).
-    None,
-}
-
-impl LayerCompression {
-    pub fn media_type(self) -> &'static str {
-        match self {
-            LayerCompression::Gzip => MEDIA_LAYER_GZIP,
-            LayerCompression::Zstd => MEDIA_LAYER_ZSTD,
-            LayerCompression::None => MEDIA_LAYER_TAR,
-        }
-    }
-
-    fn compress(self, tar: Vec<u8>) -> Result<Vec<u8>> {
-        Ok(match self {
-            LayerCompression::Gzip => {
-                let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::default());
-                gz.write_all(&tar)?;
-                gz.finish()?
-            }
-            LayerCompression::Zstd => zstd::encode_all(tar.as_slice(), 3)?,
-            LayerCompression::None => tar,
-        })
-    }
-}
+/// How the layer blobs and the whole archive are compressed: the fixtures
+/// the unit tests use too.
+pub use airgap_snapshotter::testsupport::{LayerCompression, Wrap as ArchiveContainer};
 
 /// Writes `spec` as an OCI image layout tar at `archive`, gzip layers.
 pub fn write_oci_archive(spec: &ImageSpec, archive: &Path) -> Result<BuiltImage> {
     write_oci_archive_with(spec, archive, LayerCompression::Gzip)
 }
 
-/// Writes `spec` as an OCI image layout tar at `archive`.
+/// Writes `spec` as an OCI image layout tar at `archive` (the layout `ctr
+/// export` writes), for this machine's architecture.
 pub fn write_oci_archive_with(
     spec: &ImageSpec,
     archive: &Path,
     compression: LayerCompression,
 ) -> Result<BuiltImage> {
-    let mut blobs: Vec<(String, Vec<u8>)> = Vec::new();
-    let mut layer_descs = Vec::new();
-    let mut layer_digests = Vec::new();
-    let mut diff_ids = Vec::new();
-    for layer in &spec.layers {
-        let tar = layer.tar()?;
-        diff_ids.push(sha256(&tar));
-        let blob = compression.compress(tar)?;
-        let digest = sha256(&blob);
-        layer_descs.push(json!({
-            "mediaType": compression.media_type(),
-            "digest": digest,
-            "size": blob.len(),
-        }));
-        layer_digests.push(digest.clone());
-        blobs.push((digest, blob));
-    }
-    let config = serde_json::to_vec(&json!({
-        "architecture": oci_arch(),
-        "os": "linux",
-        "config": {
-            "Env": ["PATH=/bin"],
-            "Cmd": ["/bin/sh"],
-            "WorkingDir": "/",
-        },
-        "rootfs": { "type": "layers", "diff_ids": diff_ids },
-        "history": spec.layers.iter().map(|_| json!({"created_by": "airgap-integration"})).collect::<Vec<_>>(),
-    }))?;
-    let config_digest = sha256(&config);
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": MEDIA_MANIFEST,
-        "config": { "mediaType": MEDIA_CONFIG, "digest": config_digest, "size": config.len() },
-        "layers": layer_descs,
-    }))?;
-    let manifest_digest = sha256(&manifest);
-    let index = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": MEDIA_INDEX,
-        "manifests": [{
-            "mediaType": MEDIA_MANIFEST,
-            "digest": manifest_digest,
-            "size": manifest.len(),
-            "annotations": {
-                "io.containerd.image.name": spec.name,
-                "org.opencontainers.image.ref.name": spec.tag,
-            },
-            "platform": { "architecture": oci_arch(), "os": "linux" },
-        }],
-    }))?;
-    blobs.push((config_digest.clone(), config));
-    blobs.push((manifest_digest.clone(), manifest));
-
-    let file = std::fs::File::create(archive)
-        .with_context(|| format!("creating {}", archive.display()))?;
-    let mut builder = tar::Builder::new(std::io::BufWriter::new(file));
-    builder.mode(tar::HeaderMode::Deterministic);
-    let mut add = |path: &str, data: &[u8]| -> Result<()> {
-        let mut header = Header::new_ustar();
-        header.set_entry_type(EntryType::Regular);
-        header.set_mode(0o644);
-        header.set_mtime(MTIME);
-        header.set_size(data.len() as u64);
-        builder.append_data(&mut header, path, data)?;
-        Ok(())
+    let layers = spec.layers.iter().map(Layer::tar).collect::<Result<_>>()?;
+    let image = fixtures::ImageSpec {
+        arch: oci_arch(),
+        compression,
+        ..fixtures::ImageSpec::new(layers)
     };
-    add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-    add("index.json", &index)?;
-    for (digest, data) in &blobs {
-        let hex = digest.trim_start_matches("sha256:");
-        add(&format!("blobs/sha256/{hex}"), data)?;
-    }
-    builder.into_inner()?.flush()?;
+    let mut layout = fixtures::OciLayout::default();
+    let built = layout.add_image(&image);
+    layout.tag_as(
+        &spec.name,
+        &spec.tag,
+        built.manifest,
+        built.manifest_size,
+        false,
+    );
+    std::fs::write(archive, layout.to_tar())
+        .with_context(|| format!("writing {}", archive.display()))?;
+    let strings = |ds: &[Digest]| ds.iter().map(Digest::to_string).collect();
     Ok(BuiltImage {
         archive: archive.to_path_buf(),
         name: spec.name.clone(),
         tag: spec.tag.clone(),
-        manifest_digest,
-        config_digest,
-        chain_ids: chain_ids(&diff_ids),
-        layer_digests,
-        diff_ids,
+        manifest_digest: built.manifest.to_string(),
+        config_digest: built.config.to_string(),
+        layer_digests: strings(&built.layers),
+        diff_ids: strings(&image.diff_ids()),
+        chain_ids: strings(&image.chain_ids()),
     })
 }
 
-/// The container of a whole airgap archive.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum ArchiveContainer {
-    #[default]
-    Tar,
-    Gzip,
-    Zstd,
-}
-
-/// Writes a compressed copy of the archive `tar` next to it (`.tar.gz`,
-/// `.tar.zst`) and returns its path; `Tar` returns `tar` itself.
+/// Writes a copy of the archive `tar` wrapped in `container` next to it
+/// (`.tar.gz`, `.tar.zst`, ...) and returns its path; `Tar` returns `tar`
+/// itself.
 pub fn compress_archive(tar: &Path, container: ArchiveContainer) -> Result<PathBuf> {
-    let extension = match container {
-        ArchiveContainer::Tar => return Ok(tar.to_path_buf()),
-        ArchiveContainer::Gzip => "tar.gz",
-        ArchiveContainer::Zstd => "tar.zst",
-    };
-    let out = tar.with_extension(extension);
-    let mut input =
-        std::fs::File::open(tar).with_context(|| format!("opening {}", tar.display()))?;
-    let output =
-        std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
-    match container {
-        ArchiveContainer::Gzip => {
-            let mut gz = GzEncoder::new(output, flate2::Compression::default());
-            std::io::copy(&mut input, &mut gz)?;
-            gz.finish()?.sync_all()?;
-        }
-        ArchiveContainer::Zstd => {
-            let mut zst = zstd::Encoder::new(output, 3)?;
-            std::io::copy(&mut input, &mut zst)?;
-            zst.finish()?.sync_all()?;
-        }
-        ArchiveContainer::Tar => unreachable!(),
+    if container == ArchiveContainer::Tar {
+        return Ok(tar.to_path_buf());
     }
+    let out = tar.with_extension(container.extension());
+    let bytes = std::fs::read(tar).with_context(|| format!("reading {}", tar.display()))?;
+    std::fs::write(&out, fixtures::wrap(&bytes, container))
+        .with_context(|| format!("writing {}", out.display()))?;
     Ok(out)
 }
 
@@ -613,15 +486,6 @@ mod tests {
     }
 
     #[test]
-    fn chain_ids_follow_the_spec() {
-        let a = "sha256:aaaa".to_string();
-        let b = "sha256:bbbb".to_string();
-        let ids = chain_ids(&[a.clone(), b.clone()]);
-        assert_eq!(ids[0], a);
-        assert_eq!(ids[1], sha256(b"sha256:aaaa sha256:bbbb"));
-    }
-
-    #[test]
     fn writes_an_oci_layout_tar() {
         let dir = tempfile::tempdir().unwrap();
         let spec = ImageSpec {
@@ -640,8 +504,10 @@ mod tests {
         for entry in archive.entries().unwrap() {
             names.push(entry.unwrap().path().unwrap().display().to_string());
         }
+        // As `ctr export` writes it: the layout marker, the blobs (config,
+        // manifest, one layer), the index last.
         assert_eq!(names[0], "oci-layout");
-        assert_eq!(names[1], "index.json");
+        assert_eq!(names.last().unwrap(), "index.json");
         assert_eq!(names.len(), 2 + 3);
         let layer = spec.layers[0].tar().unwrap();
         let mut layer = tar::Archive::new(layer.as_slice());

@@ -19,5 +19,5 @@ pub mod registry;
 pub mod setup;
 pub mod snapshot;
 
-#[cfg(test)]
-pub(crate) mod testsupport;
+#[cfg(any(test, feature = "testsupport"))]
+pub mod testsupport;

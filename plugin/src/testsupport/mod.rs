@@ -1,6 +1,9 @@
-//! Test support: builds small image archives of every kind the catalog
-//! reads, from files on the machine (`/bin/busybox` when present), so tests
-//! never depend on hand-edited binary blobs.
+//! Test fixtures: builds small image archives of every kind the catalog
+//! reads (OCI layouts, docker-save, every container and layer compression),
+//! from files on the machine (`/bin/busybox` when present), so tests never
+//! depend on hand-edited binary blobs. The unit tests use them, and so do the
+//! end-to-end tests (`integration/`, through the `testsupport` feature): one
+//! way to build an archive.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -26,6 +29,7 @@ pub fn has_root() -> bool {
 }
 
 /// Returns from the calling test unless it runs as root (see [`has_root`]).
+#[cfg(test)]
 macro_rules! requires_root {
     () => {
         if !$crate::testsupport::has_root() {
@@ -33,6 +37,7 @@ macro_rules! requires_root {
         }
     };
 }
+#[cfg(test)]
 pub(crate) use requires_root;
 
 /// How a layer's blob is compressed inside the archive.
@@ -187,7 +192,7 @@ impl OciLayout {
         let diff_ids: Vec<String> = spec.diff_ids().iter().map(|d| d.to_string()).collect();
         let mut cfg = json!({
             "architecture": spec.arch, "os": spec.os,
-            "config": {"Cmd": ["/bin/sh"]},
+            "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"], "WorkingDir": "/"},
             "rootfs": {"type": "layers", "diff_ids": diff_ids},
         });
         if let Some(v) = spec.variant {
@@ -240,15 +245,22 @@ impl OciLayout {
     /// Names a manifest or index in `index.json` the way `ctr export` does
     /// (both annotations).
     pub fn tag(&mut self, name: &str, digest: Digest, size: u64, index: bool) {
+        let tag = name.rsplit(':').next().unwrap();
+        self.tag_as(name, tag, digest, size, index);
+    }
+
+    /// Names a manifest or index `name` (`io.containerd.image.name`) and
+    /// `ref_name` (`org.opencontainers.image.ref.name`, what skopeo's
+    /// `oci-archive:FILE:TAG` picks).
+    pub fn tag_as(&mut self, name: &str, ref_name: &str, digest: Digest, size: u64, index: bool) {
         let media_type = if index {
             "application/vnd.oci.image.index.v1+json"
         } else {
             "application/vnd.oci.image.manifest.v1+json"
         };
-        let tag = name.rsplit(':').next().unwrap();
         self.index.push(json!({
             "mediaType": media_type, "digest": digest.to_string(), "size": size,
-            "annotations": {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": tag},
+            "annotations": {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": ref_name},
         }));
     }
 
@@ -307,6 +319,19 @@ pub fn docker_save(spec: &ImageSpec, tags: &[&str]) -> Vec<u8> {
     add("manifest.json", &serde_json::to_vec(&manifest).unwrap());
     add("repositories", b"{}");
     b.into_inner().unwrap()
+}
+
+impl Wrap {
+    /// The file name extension a site would give an archive wrapped so.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Wrap::Tar => "tar",
+            Wrap::Gzip => "tar.gz",
+            Wrap::Zstd | Wrap::ZstdMultiFrame | Wrap::ZstdLong | Wrap::Seekable => "tar.zst",
+            Wrap::Lz4 => "tar.lz4",
+            Wrap::Bzip2 => "tar.bz2",
+        }
+    }
 }
 
 /// Wraps a tar in `w`.

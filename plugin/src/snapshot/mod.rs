@@ -23,7 +23,7 @@ pub mod error;
 pub mod filter;
 pub mod meta;
 pub mod mounts;
-pub mod remote;
+pub(crate) mod remote;
 pub mod service;
 #[cfg(test)]
 pub(crate) mod test_support;

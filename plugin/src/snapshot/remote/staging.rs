@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::{BoxFuture, FutureExt, Shared};
@@ -16,7 +17,7 @@ use crate::digest::Digest;
 
 use super::Remote;
 use crate::snapshot::meta::Usage;
-use crate::snapshot::{blocking, disk_usage, mkdir, remove_all, sync_dir};
+use crate::snapshot::{blocking, disk_usage, mkdir, remove_all, sync_dir, SnapshotError};
 
 /// Staged layers nobody claimed are dropped by Cleanup after this long.
 const STAGED_TTL: Duration = Duration::from_secs(600);
@@ -29,7 +30,35 @@ pub(crate) struct StagedLayer {
     pub(crate) usage: Usage,
 }
 
-type Extraction = Shared<BoxFuture<'static, Result<StagedLayer, String>>>;
+/// Why a layer could not be staged, or taken out of staging. Logged by the
+/// Prepare path, which then goes on as an ordinary snapshotter.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StagingError {
+    #[error("open blob {digest}: {source}")]
+    OpenBlob {
+        digest: Digest,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Extract(#[from] crate::extract::ExtractError),
+    /// Staging directories, disk usage, syncing; or the blocking task.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("no extraction slot: {0}")]
+    Permit(#[from] tokio::sync::AcquireError),
+    #[error("extraction task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("the staged layer was taken by another request")]
+    TakenByAnother,
+    /// The failure of an extraction shared by several requests.
+    #[error(transparent)]
+    Shared(#[from] Arc<StagingError>),
+}
+
+/// One extraction, awaited by every request for its chain ID (so its error
+/// is shared too).
+type Extraction = Shared<BoxFuture<'static, Result<StagedLayer, Arc<StagingError>>>>;
 
 pub(super) struct Job {
     /// Tells this job from a later one for the same chain ID.
@@ -56,18 +85,17 @@ impl Remote {
             tracing::info_span!("extract", chain_id = %layer.chain_id, digest = %layer.digest);
         let task = tokio::spawn(
             async move {
-                let _permit = permits.acquire_owned().await.map_err(|e| e.to_string())?;
-                blocking(move || Ok(extract(source.as_ref(), &layer, &dir)))
-                    .await
-                    .map_err(|e| e.to_string())?
+                let _permit = permits.acquire_owned().await?;
+                blocking(move || Ok(extract(source.as_ref(), &layer, &dir))).await?
             }
             .instrument(span),
         );
         let extraction = async move {
             match task.await {
                 Ok(result) => result,
-                Err(err) => Err(format!("extraction task failed: {err}")),
+                Err(err) => Err(StagingError::Task(err)),
             }
+            .map_err(Arc::new)
         }
         .boxed()
         .shared();
@@ -84,7 +112,7 @@ impl Remote {
 
     /// Waits for `layer`'s extraction (starting it if needed) and takes the
     /// staged directory out of the shared state: the caller owns it now.
-    pub(super) async fn take(&self, layer: &LayerRef) -> Result<StagedLayer, String> {
+    pub(super) async fn take(&self, layer: &LayerRef) -> Result<StagedLayer, StagingError> {
         let (seq, extraction) = self.extraction(layer);
         let result = extraction.await;
         let mine = {
@@ -100,8 +128,8 @@ impl Remote {
         };
         match result {
             Ok(staged) if mine => Ok(staged),
-            Ok(_) => Err("the staged layer was taken by another request".into()),
-            Err(err) => Err(err),
+            Ok(_) => Err(StagingError::TakenByAnother),
+            Err(err) => Err(err.into()),
         }
     }
 
@@ -160,28 +188,33 @@ impl Remote {
 }
 
 /// Extracts `layer` into `dir/fs` (blocking). On failure nothing is left.
-fn extract(source: &dyn LayerSource, layer: &LayerRef, dir: &Path) -> Result<StagedLayer, String> {
+fn extract(
+    source: &dyn LayerSource,
+    layer: &LayerRef,
+    dir: &Path,
+) -> Result<StagedLayer, StagingError> {
     let result = (|| {
-        mkdir(dir, 0o700).map_err(|e| e.to_string())?;
+        mkdir(dir, 0o700)?;
         let fs_dir = dir.join("fs");
-        mkdir(&fs_dir, 0o755).map_err(|e| e.to_string())?;
+        mkdir(&fs_dir, 0o755)?;
         let blob = source
             .open_blob(&layer.digest)
-            .map_err(|e| format!("open blob {}: {e}", layer.digest))?;
+            .map_err(|source| StagingError::OpenBlob {
+                digest: layer.digest,
+                source,
+            })?;
         let started = Instant::now();
         let stats = crate::extract::unpack_layer(blob, layer.compression, &layer.diff_id, &fs_dir)
-            .map_err(|e| {
+            .inspect_err(|e| {
                 if e.is_hostile() {
                     tracing::warn!(chain_id = %layer.chain_id, error = %e, "hostile layer refused");
                 }
-                e.to_string()
             })?;
-        let usage = disk_usage(&fs_dir).map_err(|e| e.to_string())?;
+        let usage = disk_usage(&fs_dir)?;
         // The layer's data must be on disk before a record says it is there.
-        let root =
-            fs::File::open(&fs_dir).map_err(|e| format!("open {}: {e}", fs_dir.display()))?;
-        rustix::fs::syncfs(&root).map_err(|e| format!("syncfs {}: {e}", fs_dir.display()))?;
-        sync_dir(dir).map_err(|e| e.to_string())?;
+        let root = fs::File::open(&fs_dir).map_err(|e| SnapshotError::io("open", &fs_dir, e))?;
+        rustix::fs::syncfs(&root).map_err(|e| SnapshotError::io("syncfs", &fs_dir, e.into()))?;
+        sync_dir(dir)?;
         tracing::info!(
             chain_id = %layer.chain_id,
             entries = stats.entries,
@@ -203,7 +236,6 @@ fn extract(source: &dyn LayerSource, layer: &LayerRef, dir: &Path) -> Result<Sta
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
-    use std::sync::Arc;
 
     use tonic::Code;
 

@@ -243,7 +243,7 @@ mod tests {
     use crate::labels::TARGET_SNAPSHOT_REF;
     use crate::snapshot::proto::containerd::services::snapshots::v1 as api;
     use crate::snapshot::test_support::{dir_names, layer_tar, Entry, FakeSource, TestServer};
-    use crate::snapshot::Kind;
+    use crate::snapshot::{Kind, SnapshotApi};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_prepares_of_one_layer_extract_it_once() {

@@ -7,6 +7,7 @@ use tonic::Code;
 use super::*;
 use crate::snapshot::proto::containerd::services::snapshots::v1 as api;
 use crate::snapshot::test_support::{dir_names, layer_tar, Entry, FakeSource, TestServer};
+use crate::snapshot::SnapshotApi;
 
 fn target_labels(chain: &Digest) -> HashMap<String, String> {
     HashMap::from([

@@ -1,6 +1,6 @@
 //! The snapshotter: containerd's snapshotter API on overlayfs, with metadata
 //! in a [`MetaStore`] and, when a [`LayerSource`] is configured, layers taken
-//! straight from the archives (the remote path, see [`remote`]).
+//! straight from the archives (the remote path, module `remote`).
 //!
 //! On disk, under the root:
 //! ```text
@@ -76,7 +76,7 @@ where
 {
     match tokio::task::spawn_blocking(f).await {
         Ok(result) => result,
-        Err(err) => Err(SnapshotError::Task(err.to_string())),
+        Err(err) => Err(SnapshotError::Task(err)),
     }
 }
 
@@ -138,7 +138,7 @@ pub trait SnapshotApi: Send + Sync + 'static {
     fn cleanup(&self) -> Result<(), SnapshotError>;
 
     /// Work a Prepare may do on the async runtime before [`SnapshotApi::prepare`]:
-    /// the remote path (see [`remote`]). `Some(error)` is the answer to send
+    /// the remote path (module `remote`). `Some(error)` is the answer to send
     /// (`ALREADY_EXISTS` once the requested target is committed); `None` goes
     /// on with `prepare`. None by default.
     fn prepare_remote(

@@ -296,7 +296,7 @@ impl Extractor {
         e: &Entry,
         shown: &str,
     ) -> Result<(), ExtractError> {
-        let path = normalize(&e.path).map_err(|r| ExtractError::unsafe_path(shown, r))?;
+        let path = normalize(&e.path).map_err(|r| ExtractError::unsafe_path(shown, r.reason()))?;
         if path.is_empty() {
             // The layer root itself ("./"): containerd ignores it too.
             return if e.kind == Kind::Dir {
@@ -427,7 +427,7 @@ impl Extractor {
         path: &[u8],
     ) -> Result<(), ExtractError> {
         let target =
-            normalize(&e.link).map_err(|r| ExtractError::unsafe_path(shown, hardlink_reason(r)))?;
+            normalize(&e.link).map_err(|r| ExtractError::unsafe_path(shown, r.link_reason()))?;
         if target.is_empty() {
             return Err(ExtractError::unsafe_path(
                 shown,
@@ -530,11 +530,31 @@ impl Extractor {
     }
 }
 
-fn hardlink_reason(r: &'static str) -> &'static str {
-    match r {
-        "absolute path" => "hard link to an absolute path",
-        "'..' component" => "hard link target with a '..' component",
-        other => other,
+/// Why a path in the archive is not a plain relative path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BadPath {
+    Absolute,
+    DotDot,
+    Nul,
+}
+
+impl BadPath {
+    /// The reason, for an entry's own path.
+    fn reason(self) -> &'static str {
+        match self {
+            BadPath::Absolute => "absolute path",
+            BadPath::DotDot => "'..' component",
+            BadPath::Nul => "NUL byte in path",
+        }
+    }
+
+    /// The reason, for a hard link's target.
+    fn link_reason(self) -> &'static str {
+        match self {
+            BadPath::Absolute => "hard link to an absolute path",
+            BadPath::DotDot => "hard link target with a '..' component",
+            BadPath::Nul => "NUL byte in path",
+        }
     }
 }
 
@@ -553,18 +573,18 @@ fn write_all(fd: &OwnedFd, mut data: &[u8]) -> Result<(), Errno> {
 
 /// The entry path as a list of plain components joined by `/`: `.` and empty
 /// components dropped, `..` and absolute paths refused.
-fn normalize(raw: &[u8]) -> Result<Vec<u8>, &'static str> {
+fn normalize(raw: &[u8]) -> Result<Vec<u8>, BadPath> {
     if raw.first() == Some(&b'/') {
-        return Err("absolute path");
+        return Err(BadPath::Absolute);
     }
     if raw.contains(&0) {
-        return Err("NUL byte in path");
+        return Err(BadPath::Nul);
     }
     let mut out = Vec::with_capacity(raw.len());
     for comp in raw.split(|&b| b == b'/') {
         match comp {
             b"" | b"." => {}
-            b".." => return Err("'..' component"),
+            b".." => return Err(BadPath::DotDot),
             c => {
                 if !out.is_empty() {
                     out.push(b'/');

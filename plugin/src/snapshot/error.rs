@@ -36,7 +36,7 @@ pub enum SnapshotError {
     Corrupt { key: String, reason: String },
     /// A blocking task panicked or was cancelled.
     #[error("background task failed: {0}")]
-    Task(String),
+    Task(#[from] tokio::task::JoinError),
 }
 
 impl SnapshotError {

@@ -54,8 +54,8 @@ impl Filter {
                 alternatives.push(Vec::new());
                 continue;
             }
-            let selectors = Parser::new(f).selectors().map_err(|msg| {
-                SnapshotError::InvalidArgument(format!("filters: parse error: [{f}]: {msg}"))
+            let selectors = Parser::new(f).selectors().map_err(|err| {
+                SnapshotError::InvalidArgument(format!("filters: parse error: [{f}]: {err}"))
             })?;
             alternatives.push(selectors);
         }
@@ -87,7 +87,38 @@ impl Selector {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a filter string does not parse (the messages are containerd's).
+#[derive(Debug, PartialEq, thiserror::Error)]
+enum ParseError {
+    #[error("unexpected null")]
+    Null,
+    #[error("quoted literal not terminated")]
+    Unterminated,
+    #[error("unexpected input: {0}")]
+    UnexpectedInput(char),
+    #[error("unsupported operator {0:?}")]
+    UnsupportedOperator(String),
+    #[error(r#"expected an operator ("=="|"!="|"~=")"#)]
+    ExpectedOperator,
+    #[error("unexpected EOF")]
+    UnexpectedEof,
+    #[error("expected value or quoted")]
+    ExpectedValue,
+    #[error("expected field or quoted")]
+    ExpectedField,
+    #[error("invalid regular expression: {0}")]
+    Regex(#[from] regex::Error),
+    #[error("empty quoted string")]
+    EmptyQuoted,
+    #[error("invalid quote encountered")]
+    InvalidQuote,
+    #[error("unquoting failed: bad escape")]
+    BadEscape,
+    #[error("unquoting failed: illegal escape sequence")]
+    IllegalEscape,
+}
+
+#[derive(Debug, PartialEq)]
 enum Token {
     Eof,
     Quoted(String),
@@ -95,7 +126,7 @@ enum Token {
     Field(String),
     Separator(char),
     Operator(String),
-    Illegal(String),
+    Illegal(ParseError),
 }
 
 struct Parser<'a> {
@@ -141,16 +172,14 @@ impl<'a> Parser<'a> {
         };
         let start = self.pos;
         if c == '\0' {
-            return Token::Illegal("unexpected null".into());
+            return Token::Illegal(ParseError::Null);
         }
         if matches!(c, '"' | '/' | '|') {
             self.pos += 1;
             let mut escaped = false;
             loop {
                 match self.peek_char() {
-                    None | Some('\n') => {
-                        return Token::Illegal("quoted literal not terminated".into())
-                    }
+                    None | Some('\n') => return Token::Illegal(ParseError::Unterminated),
                     Some(ch) => {
                         self.pos += ch.len_utf8();
                         if escaped {
@@ -202,10 +231,10 @@ impl<'a> Parser<'a> {
             return Token::Field(self.input[start..self.pos].to_string());
         }
         self.pos += c.len_utf8();
-        Token::Illegal(format!("unexpected input: {c}"))
+        Token::Illegal(ParseError::UnexpectedInput(c))
     }
 
-    fn selectors(&mut self) -> Result<Vec<Selector>, String> {
+    fn selectors(&mut self) -> Result<Vec<Selector>, ParseError> {
         let mut out = vec![self.selector()?];
         loop {
             match self.peek() {
@@ -214,12 +243,12 @@ impl<'a> Parser<'a> {
                     self.scan();
                     out.push(self.selector()?);
                 }
-                Some(c) => return Err(format!("unexpected input: {c}")),
+                Some(c) => return Err(ParseError::UnexpectedInput(c)),
             }
         }
     }
 
-    fn selector(&mut self) -> Result<Selector, String> {
+    fn selector(&mut self) -> Result<Selector, ParseError> {
         let fieldpath = self.fieldpath()?;
         if matches!(self.peek(), None | Some(',')) {
             return Ok(Selector {
@@ -234,20 +263,20 @@ impl<'a> Parser<'a> {
                 "==" => Operator::Equal,
                 "!=" => Operator::NotEqual,
                 "~=" => Operator::Matches,
-                other => return Err(format!("unsupported operator {other:?}")),
+                other => return Err(ParseError::UnsupportedOperator(other.to_string())),
             },
-            Token::Illegal(msg) => return Err(msg),
-            _ => return Err(r#"expected an operator ("=="|"!="|"~=")"#.into()),
+            Token::Illegal(err) => return Err(err),
+            _ => return Err(ParseError::ExpectedOperator),
         };
         let value = match self.scan() {
             Token::Value(v) | Token::Field(v) => v,
             Token::Quoted(q) => unquote(&q, operator == Operator::Matches)?,
-            Token::Illegal(msg) => return Err(msg),
-            Token::Eof => return Err("unexpected EOF".into()),
-            _ => return Err("expected value or quoted".into()),
+            Token::Illegal(err) => return Err(err),
+            Token::Eof => return Err(ParseError::UnexpectedEof),
+            _ => return Err(ParseError::ExpectedValue),
         };
         let regex = if operator == Operator::Matches {
-            Some(Regex::new(&value).map_err(|e| format!("invalid regular expression: {e}"))?)
+            Some(Regex::new(&value)?)
         } else {
             None
         };
@@ -259,7 +288,7 @@ impl<'a> Parser<'a> {
         })
     }
 
-    fn fieldpath(&mut self) -> Result<Vec<String>, String> {
+    fn fieldpath(&mut self) -> Result<Vec<String>, ParseError> {
         let mut path = vec![self.field()?];
         while self.peek() == Some('.') {
             self.scan();
@@ -268,22 +297,22 @@ impl<'a> Parser<'a> {
         Ok(path)
     }
 
-    fn field(&mut self) -> Result<String, String> {
+    fn field(&mut self) -> Result<String, ParseError> {
         match self.scan() {
             Token::Field(f) => Ok(f),
             Token::Quoted(q) => unquote(&q, false),
-            Token::Illegal(msg) => Err(msg),
-            _ => Err("expected field or quoted".into()),
+            Token::Illegal(err) => Err(err),
+            _ => Err(ParseError::ExpectedField),
         }
     }
 }
 
 /// Go string unquoting, with `/` and `|` as extra quotes for regular
 /// expressions (where they are taken literally, backslashes included).
-fn unquote(quoted: &str, allow_alt: bool) -> Result<String, String> {
-    let quote = quoted.chars().next().ok_or("empty quoted string")?;
+fn unquote(quoted: &str, allow_alt: bool) -> Result<String, ParseError> {
+    let quote = quoted.chars().next().ok_or(ParseError::EmptyQuoted)?;
     if quote != '"' && !allow_alt {
-        return Err("invalid quote encountered".into());
+        return Err(ParseError::InvalidQuote);
     }
     let inner = &quoted[1..quoted.len() - 1];
     if quote != '"' {
@@ -296,7 +325,7 @@ fn unquote(quoted: &str, allow_alt: bool) -> Result<String, String> {
             out.push(c);
             continue;
         }
-        let esc = chars.next().ok_or("unquoting failed: bad escape")?;
+        let esc = chars.next().ok_or(ParseError::BadEscape)?;
         let simple = match esc {
             'a' => Some('\u{7}'),
             'b' => Some('\u{8}'),
@@ -317,7 +346,7 @@ fn unquote(quoted: &str, allow_alt: bool) -> Result<String, String> {
             'u' => (4, 16),
             'U' => (8, 16),
             '0'..='7' => (2, 8),
-            _ => return Err("unquoting failed: illegal escape sequence".into()),
+            _ => return Err(ParseError::IllegalEscape),
         };
         let mut hex: String = if radix == 8 {
             esc.to_string()
@@ -325,8 +354,8 @@ fn unquote(quoted: &str, allow_alt: bool) -> Result<String, String> {
             String::new()
         };
         hex.extend(chars.by_ref().take(digits));
-        let v = u32::from_str_radix(&hex, radix).map_err(|_| "unquoting failed: bad escape")?;
-        out.push(char::from_u32(v).ok_or("unquoting failed: bad escape")?);
+        let v = u32::from_str_radix(&hex, radix).map_err(|_| ParseError::BadEscape)?;
+        out.push(char::from_u32(v).ok_or(ParseError::BadEscape)?);
     }
     Ok(out)
 }

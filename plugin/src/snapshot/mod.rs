@@ -1,6 +1,6 @@
 //! The snapshotter: containerd's snapshotter API on overlayfs, with metadata
 //! in a [`MetaStore`] and, when a [`LayerSource`] is configured, layers taken
-//! straight from the archives (the remote path, see [`remote`]).
+//! straight from the archives (the remote path, module `remote`).
 //!
 //! On disk, under the root:
 //! ```text
@@ -14,16 +14,22 @@
 //! A directory is built under a temporary name and renamed to its id inside
 //! the metadata transaction that records it; directories are deleted only
 //! after the transaction that forgets them committed. A crash therefore leaves
-//! at worst directories without a record, which [`Snapshotter::cleanup`]
+//! at worst directories without a record, which [`SnapshotApi::cleanup`]
 //! removes; never a record without its directory (directories are synced
 //! before the record commits; layers extracted from archives are flushed
 //! with `syncfs` first).
+//!
+//! The gRPC seam, shaped as containerd/rust-extensions' `snapshots` crate:
+//! [`SnapshotApi`] is the snapshotter API in native types, [`convert`] turns
+//! its answers into containerd's wire types, and [`service`] serves any
+//! [`SnapshotApi`] over tonic. [`Snapshotter`] is the implementation.
 
+pub mod convert;
 pub mod error;
 pub mod filter;
 pub mod meta;
 pub mod mounts;
-pub mod remote;
+pub(crate) mod remote;
 pub mod service;
 #[cfg(test)]
 pub(crate) mod test_support;
@@ -45,8 +51,9 @@ pub mod proto {
     }
 }
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
+use std::future::Future;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -69,12 +76,85 @@ where
 {
     match tokio::task::spawn_blocking(f).await {
         Ok(result) => result,
-        Err(err) => Err(SnapshotError::Task(err.to_string())),
+        Err(err) => Err(SnapshotError::Task(err)),
     }
 }
 
-/// The snapshotter proper: synchronous operations, each one short metadata
-/// transaction plus the directory work around it. Call from blocking threads.
+/// containerd's snapshotter API (Prepare, View, Mounts, Commit, Remove, Stat,
+/// Update, List, Usage, Cleanup) in native types, as the gRPC service in
+/// [`service`] serves it. The calls block (files, database): the service
+/// runs them on blocking threads. Snapshot keys and names arrive as
+/// containerd sends them (namespaced); labels as containerd sends them too.
+pub trait SnapshotApi: Send + Sync + 'static {
+    /// A new active snapshot `key` on the committed snapshot `parent` (empty
+    /// for none); its mounts.
+    fn prepare(
+        &self,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>, SnapshotError>;
+
+    /// A new read-only view `key` of the committed snapshot `parent`.
+    fn view(
+        &self,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>, SnapshotError>;
+
+    /// The mounts of an active snapshot or view.
+    fn mounts(&self, key: &str) -> Result<Vec<Mount>, SnapshotError>;
+
+    /// Commits the active snapshot `key` as `name`, with `labels`.
+    fn commit(
+        &self,
+        name: &str,
+        key: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<(), SnapshotError>;
+
+    /// Removes `key` (not if it has children).
+    fn remove(&self, key: &str) -> Result<(), SnapshotError>;
+
+    fn stat(&self, key: &str) -> Result<Info, SnapshotError>;
+
+    /// Updates `name` as containerd's `storage.UpdateInfo` does: only labels
+    /// are mutable; `paths` empty (or `labels`) replaces them all,
+    /// `labels.<key>` sets one (an empty or missing value removes it).
+    fn update(
+        &self,
+        name: &str,
+        labels: HashMap<String, String>,
+        paths: &[String],
+    ) -> Result<Info, SnapshotError>;
+
+    /// Every snapshot matching any of `filters` (containerd syntax).
+    fn list(&self, filters: &[String]) -> Result<Vec<Info>, SnapshotError>;
+
+    fn usage(&self, key: &str) -> Result<Usage, SnapshotError>;
+
+    /// Removes what no snapshot refers to any more.
+    fn cleanup(&self) -> Result<(), SnapshotError>;
+
+    /// Work a Prepare may do on the async runtime before [`SnapshotApi::prepare`]:
+    /// the remote path (module `remote`). `Some(error)` is the answer to send
+    /// (`ALREADY_EXISTS` once the requested target is committed); `None` goes
+    /// on with `prepare`. None by default.
+    fn prepare_remote(
+        self: &Arc<Self>,
+        key: &str,
+        parent: &str,
+        labels: &HashMap<String, String>,
+    ) -> impl Future<Output = Option<SnapshotError>> + Send {
+        let _ = (key, parent, labels);
+        async { None }
+    }
+}
+
+/// The snapshotter proper, on overlayfs: synchronous operations, each one
+/// short metadata transaction plus the directory work around it. Call from
+/// blocking threads.
 pub struct Snapshotter {
     root: PathBuf,
     meta: MetaStore,
@@ -187,7 +267,7 @@ impl Snapshotter {
 
     /// Prepare (`Kind::Active`) or View (`Kind::View`): a new snapshot `key`
     /// on the committed snapshot `parent` (empty for none).
-    pub fn create(
+    fn create(
         &self,
         kind: Kind,
         key: &str,
@@ -249,9 +329,29 @@ impl Snapshotter {
         remove_all(&trash);
         Ok(())
     }
+}
+
+impl SnapshotApi for Snapshotter {
+    fn prepare(
+        &self,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>, SnapshotError> {
+        self.create(Kind::Active, key, parent, labels)
+    }
+
+    fn view(
+        &self,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>, SnapshotError> {
+        self.create(Kind::View, key, parent, labels)
+    }
 
     /// The mounts of an active or view snapshot.
-    pub fn mounts(&self, key: &str) -> Result<Vec<Mount>, SnapshotError> {
+    fn mounts(&self, key: &str) -> Result<Vec<Mount>, SnapshotError> {
         let chain = self.meta.read()?.chain(key)?;
         if chain.kind == Kind::Committed {
             return Err(SnapshotError::FailedPrecondition(format!(
@@ -264,11 +364,11 @@ impl Snapshotter {
     /// Commits the active snapshot `key` as `name`, with `labels` (replacing
     /// the active snapshot's). Measures its disk usage first, outside the
     /// transaction, so the transaction itself stays short.
-    pub fn commit(
+    fn commit(
         &self,
         name: &str,
         key: &str,
-        labels: impl IntoIterator<Item = (String, String)>,
+        labels: HashMap<String, String>,
     ) -> Result<(), SnapshotError> {
         let labels = clean_labels(labels)?;
         let measured = match self.meta.read()?.get(key) {
@@ -289,7 +389,7 @@ impl Snapshotter {
     }
 
     /// Forgets `key` (not if it has children) and then deletes its directory.
-    pub fn remove(&self, key: &str) -> Result<(), SnapshotError> {
+    fn remove(&self, key: &str) -> Result<(), SnapshotError> {
         let txn = self.meta.write()?;
         let record = txn.remove(key)?;
         txn.commit()?;
@@ -297,7 +397,7 @@ impl Snapshotter {
         Ok(())
     }
 
-    pub fn stat(&self, key: &str) -> Result<Info, SnapshotError> {
+    fn stat(&self, key: &str) -> Result<Info, SnapshotError> {
         Ok(Info {
             name: key.to_string(),
             record: self.meta.read()?.get(key)?,
@@ -305,10 +405,10 @@ impl Snapshotter {
     }
 
     /// Updates the labels of `name` (see [`meta::WriteTxn::update`]).
-    pub fn update(
+    fn update(
         &self,
         name: &str,
-        labels: impl IntoIterator<Item = (String, String)>,
+        labels: HashMap<String, String>,
         paths: &[String],
     ) -> Result<Info, SnapshotError> {
         // Empty values mean "remove" here, so validate without dropping them.
@@ -324,7 +424,7 @@ impl Snapshotter {
     }
 
     /// Every snapshot matching any of `filters` (containerd syntax).
-    pub fn list(&self, filters: &[String]) -> Result<Vec<Info>, SnapshotError> {
+    fn list(&self, filters: &[String]) -> Result<Vec<Info>, SnapshotError> {
         let filter = Filter::parse_all(filters)?;
         let mut all = self.meta.read()?.list()?;
         all.retain(|info| filter.matches(info));
@@ -333,7 +433,7 @@ impl Snapshotter {
 
     /// Disk usage: measured now for an active snapshot, as recorded at
     /// commit otherwise.
-    pub fn usage(&self, key: &str) -> Result<Usage, SnapshotError> {
+    fn usage(&self, key: &str) -> Result<Usage, SnapshotError> {
         let record = self.meta.read()?.get(key)?;
         if record.kind == Kind::Active {
             return disk_usage(&self.layout.upper(record.id));
@@ -345,7 +445,7 @@ impl Snapshotter {
     /// or a failed removal), and staged layers nobody is waiting for.
     /// Orphans are moved to the trash under the write lock, so no concurrent
     /// Prepare can be handed one of them, and deleted after.
-    pub fn cleanup(&self) -> Result<(), SnapshotError> {
+    fn cleanup(&self) -> Result<(), SnapshotError> {
         let snapshots = self.layout.snapshots_dir().to_path_buf();
         let trash = self.root.join("trash");
         {
@@ -377,6 +477,15 @@ impl Snapshotter {
             remote.cleanup();
         }
         Ok(())
+    }
+
+    fn prepare_remote(
+        self: &Arc<Self>,
+        key: &str,
+        parent: &str,
+        labels: &HashMap<String, String>,
+    ) -> impl Future<Output = Option<SnapshotError>> + Send {
+        remote::prepare(self, key, parent, labels)
     }
 }
 

@@ -1,38 +1,61 @@
-//! The tonic service: containerd's `Snapshots` gRPC API over a
-//! [`Snapshotter`]. Every call runs its blocking work through [`blocking`];
-//! every error becomes a status through `From<SnapshotError> for Status`.
+//! The tonic service: containerd's `Snapshots` gRPC API over any
+//! [`SnapshotApi`] (as rust-extensions' generic `Wrapper`). Every call runs
+//! the native API on a blocking thread through [`blocking`], inside its RPC's
+//! span; every error becomes a status through `From<SnapshotError> for
+//! Status`, and responses are built by [`super::convert`].
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
 use tonic::{Request, Response, Status};
-use tracing::Instrument;
+use tracing::{Instrument, Span};
 
+use super::convert;
 use super::proto::containerd::services::snapshots::v1 as api;
-use super::proto::containerd::types as types_api;
-use super::{blocking, Info, Kind, Mount, SnapshotError, Snapshotter};
+use super::{blocking, Info, SnapshotApi, SnapshotError};
 
 pub use api::snapshots_server::SnapshotsServer;
 
 /// How many snapshots one `List` response message carries (as containerd).
 const LIST_BATCH: usize = 100;
 
-/// The gRPC face of a [`Snapshotter`].
-#[derive(Clone)]
-pub struct SnapshotService {
-    sn: Arc<Snapshotter>,
+/// The gRPC face of a [`SnapshotApi`].
+pub struct SnapshotService<S> {
+    sn: Arc<S>,
 }
 
-impl SnapshotService {
-    pub fn new(sn: Arc<Snapshotter>) -> Self {
+impl<S> Clone for SnapshotService<S> {
+    fn clone(&self) -> Self {
+        SnapshotService {
+            sn: self.sn.clone(),
+        }
+    }
+}
+
+impl<S: SnapshotApi> SnapshotService<S> {
+    pub fn new(sn: Arc<S>) -> Self {
         SnapshotService { sn }
     }
 
     /// The service, ready for `tonic::transport::Server::add_service`.
     pub fn into_server(self) -> SnapshotsServer<Self> {
         SnapshotsServer::new(self)
+    }
+
+    /// Runs one call of the native API on a blocking thread, inside the
+    /// RPC's `span`; a failure is logged and becomes the status for `op`.
+    async fn call<T, F>(&self, op: &'static str, span: Span, f: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(&S) -> Result<T, SnapshotError> + Send + 'static,
+    {
+        let sn = self.sn.clone();
+        let inner = span.clone();
+        blocking(move || inner.in_scope(|| f(&sn)))
+            .instrument(span)
+            .await
+            .map_err(|e| status(op, e))
     }
 }
 
@@ -50,84 +73,37 @@ fn status(op: &'static str, err: SnapshotError) -> Status {
     Status::from(err)
 }
 
-fn to_api_mounts(mounts: Vec<Mount>) -> Vec<types_api::Mount> {
-    mounts
-        .into_iter()
-        .map(|m| types_api::Mount {
-            r#type: m.kind,
-            source: m.source,
-            target: String::new(),
-            options: m.options,
-        })
-        .collect()
-}
-
-fn to_api_kind(kind: Kind) -> api::Kind {
-    match kind {
-        Kind::View => api::Kind::View,
-        Kind::Active => api::Kind::Active,
-        Kind::Committed => api::Kind::Committed,
-    }
-}
-
-fn to_api_time(t: super::meta::Timestamp) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.seconds,
-        nanos: t.nanos as i32,
-    }
-}
-
-pub(crate) fn to_api_info(info: Info) -> api::Info {
-    api::Info {
-        name: info.name,
-        parent: info.record.parent,
-        kind: to_api_kind(info.record.kind) as i32,
-        created_at: Some(to_api_time(info.record.created)),
-        updated_at: Some(to_api_time(info.record.updated)),
-        labels: info.record.labels.into_iter().collect(),
-    }
-}
-
 type ListStream = Pin<Box<dyn Stream<Item = Result<api::ListSnapshotsResponse, Status>> + Send>>;
 
-impl SnapshotService {
-    async fn create(
-        &self,
-        kind: Kind,
-        key: String,
-        parent: String,
-        labels: HashMap<String, String>,
-    ) -> Result<Vec<types_api::Mount>, Status> {
-        let op = if kind == Kind::View {
-            "view"
-        } else {
-            "prepare"
-        };
-        if kind == Kind::Active && self.sn.remote().is_some() {
-            if let Some(done) = super::remote::prepare(&self.sn, &key, &parent, &labels).await {
-                return Err(status(op, done));
-            }
-        }
-        let sn = self.sn.clone();
-        let mounts = blocking(move || sn.create(kind, &key, &parent, labels))
-            .await
-            .map_err(|e| status(op, e))?;
-        Ok(to_api_mounts(mounts))
+/// `infos` as List answers them: [`LIST_BATCH`] to a message.
+fn list_stream(infos: Vec<Info>) -> ListStream {
+    let mut batches = Vec::new();
+    let mut infos = infos.into_iter().map(api::Info::from).peekable();
+    while infos.peek().is_some() {
+        let info: Vec<api::Info> = infos.by_ref().take(LIST_BATCH).collect();
+        batches.push(Ok(api::ListSnapshotsResponse { info }));
     }
+    Box::pin(futures::stream::iter(batches))
 }
 
 #[tonic::async_trait]
-impl api::snapshots_server::Snapshots for SnapshotService {
+impl<S: SnapshotApi> api::snapshots_server::Snapshots for SnapshotService<S> {
     async fn prepare(
         &self,
         request: Request<api::PrepareSnapshotRequest>,
     ) -> Result<Response<api::PrepareSnapshotResponse>, Status> {
         let r = request.into_inner();
         let span = tracing::info_span!("prepare", key = %r.key, parent = %r.parent);
+        let remote = self.sn.prepare_remote(&r.key, &r.parent, &r.labels);
+        if let Some(answer) = remote.instrument(span.clone()).await {
+            return Err(status("prepare", answer));
+        }
         let mounts = self
-            .create(Kind::Active, r.key, r.parent, r.labels)
-            .instrument(span)
+            .call("prepare", span, move |sn| {
+                sn.prepare(&r.key, &r.parent, r.labels)
+            })
             .await?;
+        let mounts = convert::mounts(mounts);
         Ok(Response::new(api::PrepareSnapshotResponse { mounts }))
     }
 
@@ -138,9 +114,9 @@ impl api::snapshots_server::Snapshots for SnapshotService {
         let r = request.into_inner();
         let span = tracing::info_span!("view", key = %r.key, parent = %r.parent);
         let mounts = self
-            .create(Kind::View, r.key, r.parent, r.labels)
-            .instrument(span)
+            .call("view", span, move |sn| sn.view(&r.key, &r.parent, r.labels))
             .await?;
+        let mounts = convert::mounts(mounts);
         Ok(Response::new(api::ViewSnapshotResponse { mounts }))
     }
 
@@ -149,15 +125,12 @@ impl api::snapshots_server::Snapshots for SnapshotService {
         request: Request<api::MountsRequest>,
     ) -> Result<Response<api::MountsResponse>, Status> {
         let r = request.into_inner();
-        let sn = self.sn.clone();
         let span = tracing::debug_span!("mounts", key = %r.key);
-        let mounts = blocking(move || sn.mounts(&r.key))
-            .instrument(span)
-            .await
-            .map_err(|e| status("mounts", e))?;
-        Ok(Response::new(api::MountsResponse {
-            mounts: to_api_mounts(mounts),
-        }))
+        let mounts = self
+            .call("mounts", span, move |sn| sn.mounts(&r.key))
+            .await?;
+        let mounts = convert::mounts(mounts);
+        Ok(Response::new(api::MountsResponse { mounts }))
     }
 
     async fn commit(
@@ -166,11 +139,10 @@ impl api::snapshots_server::Snapshots for SnapshotService {
     ) -> Result<Response<()>, Status> {
         let r = request.into_inner();
         let span = tracing::info_span!("commit", name = %r.name, key = %r.key);
-        let sn = self.sn.clone();
-        blocking(move || sn.commit(&r.name, &r.key, r.labels))
-            .instrument(span)
-            .await
-            .map_err(|e| status("commit", e))?;
+        self.call("commit", span, move |sn| {
+            sn.commit(&r.name, &r.key, r.labels)
+        })
+        .await?;
         Ok(Response::new(()))
     }
 
@@ -180,11 +152,8 @@ impl api::snapshots_server::Snapshots for SnapshotService {
     ) -> Result<Response<()>, Status> {
         let r = request.into_inner();
         let span = tracing::info_span!("remove", key = %r.key);
-        let sn = self.sn.clone();
-        blocking(move || sn.remove(&r.key))
-            .instrument(span)
-            .await
-            .map_err(|e| status("remove", e))?;
+        self.call("remove", span, move |sn| sn.remove(&r.key))
+            .await?;
         Ok(Response::new(()))
     }
 
@@ -193,15 +162,10 @@ impl api::snapshots_server::Snapshots for SnapshotService {
         request: Request<api::StatSnapshotRequest>,
     ) -> Result<Response<api::StatSnapshotResponse>, Status> {
         let r = request.into_inner();
-        let sn = self.sn.clone();
         let span = tracing::debug_span!("stat", key = %r.key);
-        let info = blocking(move || sn.stat(&r.key))
-            .instrument(span)
-            .await
-            .map_err(|e| status("stat", e))?;
-        Ok(Response::new(api::StatSnapshotResponse {
-            info: Some(to_api_info(info)),
-        }))
+        let info = self.call("stat", span, move |sn| sn.stat(&r.key)).await?;
+        let info = Some(info.into());
+        Ok(Response::new(api::StatSnapshotResponse { info }))
     }
 
     async fn update(
@@ -210,21 +174,18 @@ impl api::snapshots_server::Snapshots for SnapshotService {
     ) -> Result<Response<api::UpdateSnapshotResponse>, Status> {
         let r = request.into_inner();
         let Some(info) = r.info else {
-            return Err(status(
-                "update",
-                SnapshotError::InvalidArgument("update request without info".into()),
-            ));
+            let err = SnapshotError::InvalidArgument("update request without info".into());
+            return Err(status("update", err));
         };
         let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
         let span = tracing::info_span!("update", name = %info.name);
-        let sn = self.sn.clone();
-        let updated = blocking(move || sn.update(&info.name, info.labels, &paths))
-            .instrument(span)
-            .await
-            .map_err(|e| status("update", e))?;
-        Ok(Response::new(api::UpdateSnapshotResponse {
-            info: Some(to_api_info(updated)),
-        }))
+        let updated = self
+            .call("update", span, move |sn| {
+                sn.update(&info.name, info.labels, &paths)
+            })
+            .await?;
+        let info = Some(updated.into());
+        Ok(Response::new(api::UpdateSnapshotResponse { info }))
     }
 
     type ListStream = ListStream;
@@ -234,21 +195,13 @@ impl api::snapshots_server::Snapshots for SnapshotService {
         request: Request<api::ListSnapshotsRequest>,
     ) -> Result<Response<Self::ListStream>, Status> {
         let r = request.into_inner();
-        let sn = self.sn.clone();
         // Collected first: no transaction stays open while the client reads
         // (containerd calls Stat from inside its Walk callback).
         let span = tracing::debug_span!("list", filters = ?r.filters);
-        let infos = blocking(move || sn.list(&r.filters))
-            .instrument(span)
-            .await
-            .map_err(|e| status("list", e))?;
-        let mut batches = Vec::new();
-        let mut infos = infos.into_iter().map(to_api_info).peekable();
-        while infos.peek().is_some() {
-            let info: Vec<api::Info> = infos.by_ref().take(LIST_BATCH).collect();
-            batches.push(Ok(api::ListSnapshotsResponse { info }));
-        }
-        Ok(Response::new(Box::pin(futures::stream::iter(batches))))
+        let infos = self
+            .call("list", span, move |sn| sn.list(&r.filters))
+            .await?;
+        Ok(Response::new(list_stream(infos)))
     }
 
     async fn usage(
@@ -256,16 +209,9 @@ impl api::snapshots_server::Snapshots for SnapshotService {
         request: Request<api::UsageRequest>,
     ) -> Result<Response<api::UsageResponse>, Status> {
         let r = request.into_inner();
-        let sn = self.sn.clone();
         let span = tracing::debug_span!("usage", key = %r.key);
-        let usage = blocking(move || sn.usage(&r.key))
-            .instrument(span)
-            .await
-            .map_err(|e| status("usage", e))?;
-        Ok(Response::new(api::UsageResponse {
-            size: usage.size,
-            inodes: usage.inodes,
-        }))
+        let usage = self.call("usage", span, move |sn| sn.usage(&r.key)).await?;
+        Ok(Response::new(usage.into()))
     }
 
     async fn cleanup(
@@ -273,20 +219,21 @@ impl api::snapshots_server::Snapshots for SnapshotService {
         _request: Request<api::CleanupRequest>,
     ) -> Result<Response<()>, Status> {
         let span = tracing::info_span!("cleanup");
-        let sn = self.sn.clone();
-        blocking(move || sn.cleanup())
-            .instrument(span)
-            .await
-            .map_err(|e| status("cleanup", e))?;
+        self.call("cleanup", span, |sn| sn.cleanup()).await?;
         Ok(Response::new(()))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{dir_names, TestServer};
-    use super::*;
+    use std::collections::HashMap;
+    use std::io;
+
     use tonic::Code;
+
+    use super::*;
+    use crate::snapshot::test_support::{dir_names, FakeSnapshotter, TestServer};
+    use crate::snapshot::{Kind, Snapshotter};
 
     fn prepare(key: &str, parent: &str) -> api::PrepareSnapshotRequest {
         api::PrepareSnapshotRequest {
@@ -474,5 +421,118 @@ mod tests {
         assert_eq!(dir_names(&snapshots), ["1"]);
         assert!(dir_names(&server.root().join("trash")).is_empty());
         server.stop().await;
+    }
+
+    fn stat(k: &str) -> api::StatSnapshotRequest {
+        api::StatSnapshotRequest {
+            snapshotter: "airgap".into(),
+            key: key(k),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn internal_errors_never_reach_the_client_as_api_errors() {
+        let fake = Arc::new(FakeSnapshotter::default());
+        let server = TestServer::serve(fake.clone()).await;
+        let mut c = server.client.clone();
+        c.prepare(prepare("a", "")).await.unwrap();
+        c.commit(commit("c", "a")).await.unwrap();
+        c.prepare(prepare("b", "c")).await.unwrap();
+        // A file the snapshotter needs is gone: tonic would make NotFound of
+        // the io::Error; the snapshot itself is there.
+        fake.fail_with(|key| {
+            SnapshotError::io(
+                "open",
+                format!("/fake/{key}"),
+                io::ErrorKind::NotFound.into(),
+            )
+        });
+        assert_eq!(code(c.prepare(prepare("x", "c")).await), Code::Internal);
+        let view = api::ViewSnapshotRequest {
+            snapshotter: "airgap".into(),
+            key: key("v"),
+            parent: key("c"),
+            labels: HashMap::new(),
+        };
+        assert_eq!(code(c.view(view).await), Code::Internal);
+        let mounts = api::MountsRequest {
+            snapshotter: "airgap".into(),
+            key: key("b"),
+        };
+        assert_eq!(code(c.mounts(mounts).await), Code::Internal);
+        assert_eq!(code(c.commit(commit("d", "b")).await), Code::Internal);
+        let remove = api::RemoveSnapshotRequest {
+            snapshotter: "airgap".into(),
+            key: key("b"),
+        };
+        assert_eq!(code(c.remove(remove).await), Code::Internal);
+        assert_eq!(code(c.stat(stat("c")).await), Code::Internal);
+        let update = api::UpdateSnapshotRequest {
+            snapshotter: "airgap".into(),
+            info: Some(api::Info {
+                name: "c".into(),
+                ..Default::default()
+            }),
+            update_mask: None,
+        };
+        assert_eq!(code(c.update(update).await), Code::Internal);
+        let list = api::ListSnapshotsRequest {
+            snapshotter: "airgap".into(),
+            filters: vec![],
+        };
+        assert_eq!(code(c.list(list).await), Code::Internal);
+        let usage = api::UsageRequest {
+            snapshotter: "airgap".into(),
+            key: key("c"),
+        };
+        assert_eq!(code(c.usage(usage).await), Code::Internal);
+        let cleanup = api::CleanupRequest {
+            snapshotter: "airgap".into(),
+        };
+        assert_eq!(code(c.cleanup(cleanup).await), Code::Internal);
+
+        // Nor does an io AlreadyExists become ALREADY_EXISTS.
+        fake.fail_with(|key| {
+            SnapshotError::io(
+                "create",
+                format!("/fake/{key}"),
+                io::ErrorKind::AlreadyExists.into(),
+            )
+        });
+        assert_eq!(code(c.prepare(prepare("y", "")).await), Code::Internal);
+        // A call that panics is a failed task, INTERNAL too; the service
+        // goes on serving.
+        fake.fail_with(|_| panic!("the fake snapshotter panics"));
+        assert_eq!(code(c.stat(stat("c")).await), Code::Internal);
+        assert_eq!(code(c.stat(stat("c")).await), Code::Internal);
+        server.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn list_sends_batches_of_100_in_order() {
+        for (n, want) in [(0, vec![]), (100, vec![100]), (250, vec![100, 100, 50])] {
+            let fake = Arc::new(FakeSnapshotter::default());
+            for i in 0..n {
+                fake.prepare(&format!("s{i:03}"), "", HashMap::new())
+                    .unwrap();
+            }
+            let server = TestServer::serve(fake).await;
+            let mut c = server.client.clone();
+            let list = api::ListSnapshotsRequest {
+                snapshotter: "airgap".into(),
+                filters: vec![],
+            };
+            let mut stream = c.list(list).await.unwrap().into_inner();
+            let mut sizes = Vec::new();
+            let mut names = Vec::new();
+            while let Some(msg) = stream.message().await.unwrap() {
+                sizes.push(msg.info.len());
+                names.extend(msg.info.into_iter().map(|i| i.name));
+            }
+            assert_eq!(sizes, want, "{n} snapshots");
+            let expected: Vec<String> = (0..n).map(|i| format!("s{i:03}")).collect();
+            assert_eq!(names, expected);
+            server.stop().await;
+        }
     }
 }

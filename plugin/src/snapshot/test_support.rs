@@ -1,10 +1,11 @@
 //! Test helpers for the snapshotter: an in-memory [`LayerSource`], layer
-//! blobs built on the fly, and the gRPC service on a temporary unix socket.
+//! blobs built on the fly, an in-memory [`SnapshotApi`], and the gRPC
+//! service on a temporary unix socket.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use hyper_util::rt::TokioIo;
@@ -15,9 +16,11 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use crate::catalog::{Compression, LayerRef, LayerSource};
 use crate::digest::Digest;
 
+use super::filter::Filter;
+use super::meta::{Record, Timestamp};
 use super::proto::containerd::services::snapshots::v1::snapshots_client::SnapshotsClient;
 use super::service::SnapshotService;
-use super::Snapshotter;
+use super::{Info, Kind, Mount, SnapshotApi, SnapshotError, Snapshotter, Usage};
 
 /// One file of a test layer.
 pub enum Entry<'a> {
@@ -155,20 +158,210 @@ impl LayerSource for FakeSource {
     }
 }
 
+/// Makes the error a failing call answers, from the call's key.
+pub type Failure = fn(&str) -> SnapshotError;
+
+/// An in-memory [`SnapshotApi`]: records in a map, no files, bind mounts of
+/// made-up paths. [`FakeSnapshotter::fail_with`] makes every call fail.
+#[derive(Default)]
+pub struct FakeSnapshotter {
+    snapshots: Mutex<BTreeMap<String, Record>>,
+    ids: AtomicU64,
+    fail: Mutex<Option<Failure>>,
+}
+
+impl FakeSnapshotter {
+    /// From now on every call fails with what `fail` makes of its key.
+    pub fn fail_with(&self, fail: Failure) {
+        *self.fail.lock().unwrap() = Some(fail);
+    }
+
+    fn check(&self, key: &str) -> Result<(), SnapshotError> {
+        let fail = *self.fail.lock().unwrap();
+        match fail {
+            Some(fail) => Err(fail(key)),
+            None => Ok(()),
+        }
+    }
+
+    fn get(&self, key: &str) -> Result<Record, SnapshotError> {
+        self.check(key)?;
+        let snapshots = self.snapshots.lock().unwrap();
+        snapshots
+            .get(key)
+            .cloned()
+            .ok_or_else(|| SnapshotError::NotFound(format!("snapshot {key:?}")))
+    }
+
+    fn create(
+        &self,
+        kind: Kind,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>, SnapshotError> {
+        self.check(key)?;
+        let mut snapshots = self.snapshots.lock().unwrap();
+        if snapshots.contains_key(key) {
+            return Err(SnapshotError::AlreadyExists(format!("snapshot {key:?}")));
+        }
+        if !parent.is_empty() && !snapshots.contains_key(parent) {
+            return Err(SnapshotError::NotFound(format!("parent {parent:?}")));
+        }
+        let id = self.ids.fetch_add(1, Ordering::SeqCst) + 1;
+        let now = Timestamp::now();
+        let record = Record {
+            id,
+            kind,
+            parent: parent.to_string(),
+            labels: labels.into_iter().collect(),
+            created: now,
+            updated: now,
+            usage: Usage::default(),
+        };
+        snapshots.insert(key.to_string(), record);
+        Ok(vec![Mount {
+            kind: "bind".into(),
+            source: format!("/fake/{id}"),
+            options: vec!["rbind".into(), "rw".into()],
+        }])
+    }
+}
+
+impl SnapshotApi for FakeSnapshotter {
+    fn prepare(
+        &self,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>, SnapshotError> {
+        self.create(Kind::Active, key, parent, labels)
+    }
+
+    fn view(
+        &self,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>, SnapshotError> {
+        self.create(Kind::View, key, parent, labels)
+    }
+
+    fn mounts(&self, key: &str) -> Result<Vec<Mount>, SnapshotError> {
+        let record = self.get(key)?;
+        Ok(vec![Mount {
+            kind: "bind".into(),
+            source: format!("/fake/{}", record.id),
+            options: vec!["rbind".into(), "rw".into()],
+        }])
+    }
+
+    fn commit(
+        &self,
+        name: &str,
+        key: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<(), SnapshotError> {
+        let mut record = self.get(key)?;
+        let mut snapshots = self.snapshots.lock().unwrap();
+        if snapshots.contains_key(name) {
+            return Err(SnapshotError::AlreadyExists(format!("snapshot {name:?}")));
+        }
+        snapshots.remove(key);
+        record.kind = Kind::Committed;
+        record.labels = labels.into_iter().collect();
+        snapshots.insert(name.to_string(), record);
+        Ok(())
+    }
+
+    fn remove(&self, key: &str) -> Result<(), SnapshotError> {
+        self.get(key)?;
+        self.snapshots.lock().unwrap().remove(key);
+        Ok(())
+    }
+
+    fn stat(&self, key: &str) -> Result<Info, SnapshotError> {
+        let record = self.get(key)?;
+        Ok(Info {
+            name: key.to_string(),
+            record,
+        })
+    }
+
+    fn update(
+        &self,
+        name: &str,
+        labels: HashMap<String, String>,
+        _paths: &[String],
+    ) -> Result<Info, SnapshotError> {
+        let mut record = self.get(name)?;
+        record.labels = labels.into_iter().collect();
+        record.updated = Timestamp::now();
+        self.snapshots
+            .lock()
+            .unwrap()
+            .insert(name.to_string(), record.clone());
+        Ok(Info {
+            name: name.to_string(),
+            record,
+        })
+    }
+
+    fn list(&self, filters: &[String]) -> Result<Vec<Info>, SnapshotError> {
+        self.check("")?;
+        let filter = Filter::parse_all(filters)?;
+        let snapshots = self.snapshots.lock().unwrap();
+        Ok(snapshots
+            .iter()
+            .map(|(name, record)| Info {
+                name: name.clone(),
+                record: record.clone(),
+            })
+            .filter(|info| filter.matches(info))
+            .collect())
+    }
+
+    fn usage(&self, key: &str) -> Result<Usage, SnapshotError> {
+        Ok(self.get(key)?.usage)
+    }
+
+    fn cleanup(&self) -> Result<(), SnapshotError> {
+        self.check("")
+    }
+}
+
 /// The snapshots service on a unix socket in a temporary directory, and a
-/// client connected to it.
-pub struct TestServer {
+/// client connected to it. Serves the real [`Snapshotter`] unless told
+/// otherwise.
+pub struct TestServer<S = Snapshotter> {
     pub dir: tempfile::TempDir,
-    pub sn: Arc<Snapshotter>,
+    pub sn: Arc<S>,
     pub client: SnapshotsClient<Channel>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl TestServer {
+    /// A [`Snapshotter`] rooted in a fresh temporary directory, served.
     pub async fn start(source: Option<Arc<dyn LayerSource>>) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let sn = Snapshotter::open(&dir.path().join("root"), source).unwrap();
+        TestServer::serve_in(dir, sn).await
+    }
+
+    /// The snapshotter's root directory.
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+}
+
+impl<S: SnapshotApi> TestServer<S> {
+    /// Serves `sn` (a fake, say).
+    pub async fn serve(sn: Arc<S>) -> TestServer<S> {
+        TestServer::serve_in(tempfile::tempdir().unwrap(), sn).await
+    }
+
+    async fn serve_in(dir: tempfile::TempDir, sn: Arc<S>) -> TestServer<S> {
         let socket = dir.path().join("s.sock");
         let listener = tokio::net::UnixListener::bind(&socket).unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -190,11 +383,6 @@ impl TestServer {
             shutdown: Some(tx),
             task: Some(task),
         }
-    }
-
-    /// The snapshotter's root directory.
-    pub fn root(&self) -> PathBuf {
-        self.dir.path().join("root")
     }
 
     pub async fn stop(self) {

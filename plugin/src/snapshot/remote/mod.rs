@@ -1,0 +1,290 @@
+//! The remote path: layers taken straight from the archives.
+//!
+//! containerd unpacking an image calls Prepare with the label
+//! `containerd.io/snapshot.ref=<chainID>` (the "target"). When the
+//! [`LayerSource`] holds that layer and the requested parent is the layer
+//! below it, the layer is extracted into a staging directory, committed here
+//! under the target name with exactly the requested parent and the request's
+//! labels, and Prepare answers `ALREADY_EXISTS`: containerd then finds the
+//! snapshot with `List` and downloads nothing.
+//!
+//! Anything going wrong (layer not archived, parent not the layer below,
+//! digest mismatch, archive gone) is logged and Prepare goes on as an
+//! ordinary overlay snapshotter, so containerd downloads the layer itself: a
+//! pull never fails because of this path. `ALREADY_EXISTS` is never answered
+//! without a target label.
+//!
+//! Speed: the first Prepare of an image starts extracting the image's other
+//! archived layers in parallel (bounded by the number of cores, one
+//! extraction per chain ID), so later Prepares find them staged.
+//!
+//! Files: this one holds the Prepare path ([`prepare`]) and the shared
+//! [`Remote`] state; `staging.rs` extracts layers into the staging directory
+//! (one extraction per chain ID) and cleans it up; `prefetch.rs` picks the
+//! other layers of an image to extract ahead of their Prepare.
+
+mod prefetch;
+mod staging;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+
+use crate::catalog::LayerSource;
+use crate::digest::Digest;
+use crate::labels::{CRI_MANIFEST_DIGEST, TARGET_SNAPSHOT_REF};
+
+use super::meta::{clean_labels, Kind};
+use super::{blocking, remove_all, sync_dir, SnapshotError, Snapshotter};
+use staging::{Job, StagedLayer};
+
+/// Layer extraction state shared by all requests.
+pub(crate) struct Remote {
+    source: Arc<dyn LayerSource>,
+    staging: PathBuf,
+    /// Bounds parallel extractions to the number of cores.
+    permits: Arc<Semaphore>,
+    /// One extraction per chain ID (single-flight), until a Prepare takes it.
+    jobs: Mutex<HashMap<Digest, Job>>,
+    /// Serializes remote Prepares of one chain ID, so a second one sees what
+    /// the first committed.
+    prepares: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    /// Chain IDs whose Prepare already sent their images' layers to
+    /// prefetch.
+    prefetched: Mutex<HashSet<Digest>>,
+    /// Chain IDs taken out of staging and not committed yet: not to be
+    /// prefetched again meanwhile.
+    taken: Mutex<HashSet<Digest>>,
+    seq: AtomicU64,
+}
+
+impl Remote {
+    pub(crate) fn new(source: Arc<dyn LayerSource>, staging: PathBuf) -> Self {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        Remote {
+            source,
+            staging,
+            permits: Arc::new(Semaphore::new(cores)),
+            jobs: Mutex::new(HashMap::new()),
+            prepares: Mutex::new(HashMap::new()),
+            prefetched: Mutex::new(HashSet::new()),
+            taken: Mutex::new(HashSet::new()),
+            seq: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn source(&self) -> &Arc<dyn LayerSource> {
+        &self.source
+    }
+
+    fn prepare_lock(&self, chain_id: &Digest) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.prepares.lock().unwrap();
+        locks.retain(|_, l| Arc::strong_count(l) > 1);
+        locks.entry(*chain_id).or_default().clone()
+    }
+}
+
+/// Tries the remote path for a Prepare. `Some(error)` is the answer to send
+/// (`ALREADY_EXISTS` once the target exists); `None` means: go on with the
+/// ordinary path.
+pub(crate) async fn prepare(
+    sn: &Arc<Snapshotter>,
+    key: &str,
+    parent: &str,
+    labels: &HashMap<String, String>,
+) -> Option<SnapshotError> {
+    let remote = sn.remote()?;
+    let target = labels.get(TARGET_SNAPSHOT_REF)?.clone();
+    let span = tracing::info_span!("remote", %target, %key, %parent);
+    async move {
+        let chain_id: Digest = match target.parse() {
+            Ok(d) => d,
+            Err(_) => {
+                tracing::debug!("target is not a chain ID: ordinary path");
+                return None;
+            }
+        };
+        let lock = remote.prepare_lock(&chain_id);
+        let _serialized = lock.lock().await;
+
+        // The same layer on the same parent may be here already (another
+        // namespace pulled the image): nothing to do.
+        let (s, t, p) = (sn.clone(), target.clone(), parent.to_string());
+        match blocking(move || s.find_target(&t, &p)).await {
+            Ok(Some(name)) => {
+                tracing::info!(snapshot = %name, "target exists");
+                return Some(SnapshotError::AlreadyExists(format!("target snapshot {target:?}")));
+            }
+            Ok(None) => {}
+            Err(err) => {
+                tracing::warn!(error = %err, "looking up the target failed: ordinary path");
+                return None;
+            }
+        }
+
+        let source = remote.source().clone();
+        let layer = match blocking(move || Ok(source.layer(&chain_id))).await {
+            Ok(Some(layer)) => layer,
+            _ => {
+                tracing::debug!("layer not in the archives: ordinary path");
+                return None;
+            }
+        };
+        let (s, p, want) = (sn.clone(), parent.to_string(), layer.parent);
+        match blocking(move || s.parent_is(&p, want)).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(expected = ?layer.parent, "parent is not the layer below: ordinary path");
+                return None;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "checking the parent failed: ordinary path");
+                return None;
+            }
+        }
+        let labels = match clean_labels(labels.clone()) {
+            Ok(l) => l,
+            Err(_) => return None, // the ordinary path reports it
+        };
+
+        // This layer first: the semaphore is fair, so prefetches queue
+        // behind the layer containerd is waiting for.
+        drop(remote.extraction(&layer));
+        let s = sn.clone();
+        let l = layer.clone();
+        // CRI names the manifest being unpacked: prefetch that image only.
+        let manifest = labels
+            .get(CRI_MANIFEST_DIGEST)
+            .and_then(|d| d.parse::<Digest>().ok());
+        let _ = blocking(move || {
+            remote_of(&s).prefetch(&s, &l, manifest);
+            Ok(())
+        })
+        .await;
+
+        let staged = match remote.take(&layer).await {
+            Ok(staged) => staged,
+            Err(err) => {
+                tracing::warn!(error = %err, "extraction from the archive failed: ordinary path (containerd downloads the layer)");
+                return None;
+            }
+        };
+        let (s, t, p) = (sn.clone(), target.clone(), parent.to_string());
+        let committed = blocking(move || s.commit_staged(&t, &p, labels, staged)).await;
+        remote.settled(&chain_id);
+        match committed {
+            Ok(name) => {
+                tracing::info!(snapshot = %name, "layer committed from archive");
+                Some(SnapshotError::AlreadyExists(format!("target snapshot {target:?}")))
+            }
+            Err(err) if err.is_already_exists() => Some(err),
+            Err(err) => {
+                tracing::warn!(error = %err, "committing the extracted layer failed: ordinary path");
+                None
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn remote_of(sn: &Snapshotter) -> &Remote {
+    sn.remote().expect("remote path without a layer source")
+}
+
+impl Snapshotter {
+    /// Name of a committed snapshot carrying `target` on `parent`, if any.
+    pub(crate) fn find_target(
+        &self,
+        target: &str,
+        parent: &str,
+    ) -> Result<Option<String>, SnapshotError> {
+        let all = self.meta.read()?.list()?;
+        Ok(all
+            .into_iter()
+            .find(|i| {
+                i.record.kind == Kind::Committed
+                    && i.record.parent == parent
+                    && i.record.labels.get(TARGET_SNAPSHOT_REF).map(String::as_str) == Some(target)
+            })
+            .map(|i| i.name))
+    }
+
+    /// Whether the committed snapshot `parent` is the layer whose chain ID is
+    /// `want` (`None`: no parent). A chain ID covers every layer below, so
+    /// the parent's own chain ID decides: from its target label, or from its
+    /// name (containerd commits unpacked layers as `<ns>/<n>/<chainID>`).
+    fn parent_is(&self, parent: &str, want: Option<Digest>) -> Result<bool, SnapshotError> {
+        let Some(want) = want else {
+            return Ok(parent.is_empty());
+        };
+        if parent.is_empty() {
+            return Ok(false);
+        }
+        let record = match self.meta.read()?.get(parent) {
+            Ok(r) => r,
+            Err(e) if e.is_not_found() => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if record.kind != Kind::Committed {
+            return Ok(false);
+        }
+        let want = want.to_string();
+        Ok(match record.labels.get(TARGET_SNAPSHOT_REF) {
+            Some(t) => *t == want,
+            None => parent.ends_with(&want),
+        })
+    }
+
+    /// Records the staged layer as the committed snapshot for `target` on
+    /// `parent` and moves its directory into place, in one transaction.
+    /// Returns the snapshot's name: `target` itself, unless that name is
+    /// taken (same layer on a different parent name).
+    fn commit_staged(
+        &self,
+        target: &str,
+        parent: &str,
+        labels: std::collections::BTreeMap<String, String>,
+        staged: StagedLayer,
+    ) -> Result<String, SnapshotError> {
+        let result = (|| {
+            let txn = self.meta.write()?;
+            if let Some(existing) = txn.list()?.into_iter().find(|i| {
+                i.record.kind == Kind::Committed
+                    && i.record.parent == parent
+                    && i.record.labels.get(TARGET_SNAPSHOT_REF).map(String::as_str) == Some(target)
+            }) {
+                return Err(SnapshotError::AlreadyExists(format!(
+                    "target snapshot {target:?} (as {:?})",
+                    existing.name
+                )));
+            }
+            let mut name = target.to_string();
+            let mut n = 1;
+            while txn.get(&name)?.is_some() {
+                name = format!("{target}@{n}");
+                n += 1;
+            }
+            let chain = txn.create(Kind::Committed, &name, parent, labels, staged.usage)?;
+            let dir = self.layout.dir(chain.id);
+            self.install(&staged.dir, &dir)?;
+            if let Err(err) = sync_dir(self.layout.snapshots_dir()).and_then(|()| txn.commit()) {
+                remove_all(&dir);
+                return Err(err);
+            }
+            Ok(name)
+        })();
+        if result.is_err() {
+            remove_all(&staged.dir);
+        }
+        result
+    }
+}

@@ -1,0 +1,368 @@
+//! The Prepare path over gRPC, against an in-memory layer source.
+
+use std::path::Path;
+
+use tonic::Code;
+
+use super::*;
+use crate::snapshot::proto::containerd::services::snapshots::v1 as api;
+use crate::snapshot::test_support::{dir_names, layer_tar, Entry, FakeSource, TestServer};
+use crate::snapshot::SnapshotApi;
+
+fn target_labels(chain: &Digest) -> HashMap<String, String> {
+    HashMap::from([
+        (TARGET_SNAPSHOT_REF.to_string(), chain.to_string()),
+        (
+            "containerd.io/snapshot/cri.layer-digest".into(),
+            "hint".into(),
+        ),
+    ])
+}
+
+fn prepare(
+    key: &str,
+    parent: &str,
+    labels: HashMap<String, String>,
+) -> api::PrepareSnapshotRequest {
+    api::PrepareSnapshotRequest {
+        snapshotter: "airgap".into(),
+        key: key.into(),
+        parent: parent.into(),
+        labels,
+    }
+}
+
+/// containerd's lookup after ALREADY_EXISTS (metadata/snapshot.go):
+/// committed snapshots carrying the target on the parent.
+async fn lookup(server: &mut TestServer, target: &Digest, parent: &str) -> Vec<api::Info> {
+    let filter = format!(r#"labels."containerd.io/snapshot.ref"=={target},parent=={parent:?}"#);
+    let mut stream = server
+        .client
+        .list(api::ListSnapshotsRequest {
+            snapshotter: "airgap".into(),
+            filters: vec![filter],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(msg) = stream.message().await.unwrap() {
+        out.extend(msg.info);
+    }
+    // containerd takes the first committed one.
+    out.retain(|i| i.kind == api::Kind::Committed as i32);
+    out
+}
+
+fn image(n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let name = format!("layer{i}");
+            let body = format!("content of layer {i}\n");
+            layer_tar(&[
+                Entry::Dir("etc"),
+                Entry::File(&format!("etc/{name}"), body.as_bytes()),
+                Entry::File("etc/top", body.as_bytes()),
+                Entry::Symlink("link", "etc/top"),
+            ])
+        })
+        .collect()
+}
+
+fn staging_is_empty(server: &TestServer) -> bool {
+    dir_names(&server.root().join("staging")).is_empty()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archived_layers_are_committed_and_answer_already_exists() {
+    let mut fake = FakeSource::default();
+    let layers = fake.add_image(&image(2), &[]);
+    let fake = Arc::new(fake);
+    let mut server = TestServer::start(Some(fake.clone())).await;
+
+    let key0 = "k8s.io/1/extract-1 sha256:x";
+    let err = server
+        .client
+        .prepare(prepare(key0, "", target_labels(&layers[0].chain_id)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    let found = lookup(&mut server, &layers[0].chain_id, "").await;
+    assert_eq!(found.len(), 1);
+    let bottom = found[0].clone();
+    assert_eq!(bottom.kind, api::Kind::Committed as i32);
+    assert_eq!(bottom.name, layers[0].chain_id.to_string());
+    assert_eq!(
+        bottom.labels["containerd.io/snapshot/cri.layer-digest"],
+        "hint"
+    );
+    // The active key was never created.
+    let err = server
+        .client
+        .stat(api::StatSnapshotRequest {
+            snapshotter: "airgap".into(),
+            key: key0.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    // The second layer on top of it, with the parent containerd names.
+    let err = server
+        .client
+        .prepare(prepare(
+            "k8s.io/2/extract-2",
+            &bottom.name,
+            target_labels(&layers[1].chain_id),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+    let found = lookup(&mut server, &layers[1].chain_id, &bottom.name).await;
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].parent, bottom.name);
+
+    // A container on top sees both layers through the mounts.
+    let view = server
+        .client
+        .view(api::ViewSnapshotRequest {
+            snapshotter: "airgap".into(),
+            key: "view".into(),
+            parent: found[0].name.clone(),
+            labels: HashMap::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let lower = view.mounts[0]
+        .options
+        .iter()
+        .find_map(|o| o.strip_prefix("lowerdir="))
+        .unwrap()
+        .to_string();
+    let dirs: Vec<&str> = lower.split(':').collect();
+    assert_eq!(dirs.len(), 2);
+    assert_eq!(
+        std::fs::read_to_string(Path::new(dirs[0]).join("etc/top")).unwrap(),
+        "content of layer 1\n",
+        "nearest layer first"
+    );
+    assert_eq!(
+        std::fs::read_to_string(Path::new(dirs[1]).join("etc/layer0")).unwrap(),
+        "content of layer 0\n"
+    );
+    assert_eq!(
+        std::fs::read_link(Path::new(dirs[1]).join("link")).unwrap(),
+        Path::new("etc/top")
+    );
+
+    // Usage is real.
+    let usage = server
+        .client
+        .usage(api::UsageRequest {
+            snapshotter: "airgap".into(),
+            key: bottom.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(usage.size > 0 && usage.inodes >= 4, "{usage:?}");
+
+    // Each blob was read once: the second layer was prefetched.
+    assert_eq!(fake.opened(&layers[0].digest), 1);
+    assert_eq!(fake.opened(&layers[1].digest), 1);
+    assert!(staging_is_empty(&server));
+
+    // Another namespace pulling the same image: ALREADY_EXISTS at once.
+    let err = server
+        .client
+        .prepare(prepare(
+            "other/1/extract-3",
+            "",
+            target_labels(&layers[0].chain_id),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+    assert_eq!(fake.total_opens(), 2);
+
+    // containerd's GC removes them, directories included.
+    let snapshots = server.root().join("snapshots");
+    for key in ["view", found[0].name.as_str(), bottom.name.as_str()] {
+        server
+            .client
+            .remove(api::RemoveSnapshotRequest {
+                snapshotter: "airgap".into(),
+                key: key.into(),
+            })
+            .await
+            .unwrap();
+    }
+    assert!(dir_names(&snapshots).is_empty());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_target_label_prepare_is_ordinary() {
+    let mut fake = FakeSource::default();
+    fake.add_image(&image(1), &[]);
+    let fake = Arc::new(fake);
+    let mut server = TestServer::start(Some(fake.clone())).await;
+    let resp = server
+        .client
+        .prepare(prepare("plain", "", HashMap::new()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.mounts[0].r#type, "bind");
+    assert_eq!(fake.total_opens(), 0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anything_wrong_falls_back_to_the_ordinary_path() {
+    let mut fake = FakeSource::default();
+    // Layer 1 is not archived.
+    let layers = fake.add_image(&image(3), &[1]);
+    let fake = Arc::new(fake);
+    let mut server = TestServer::start(Some(fake.clone())).await;
+
+    // Not archived: an active snapshot, containerd downloads.
+    let resp = server
+        .client
+        .prepare(prepare("a1", "", target_labels(&layers[1].chain_id)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.mounts[0].r#type, "bind");
+
+    // Archived, but on the wrong parent: ordinary path.
+    let resp = server
+        .client
+        .prepare(prepare("a2", "", target_labels(&layers[2].chain_id)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.mounts[0].r#type, "bind");
+
+    // Not a chain ID at all.
+    let mut labels = HashMap::new();
+    labels.insert(TARGET_SNAPSHOT_REF.to_string(), "whatever".to_string());
+    server
+        .client
+        .prepare(prepare("a3", "", labels))
+        .await
+        .unwrap();
+
+    // Archived but corrupt: the diffID check fails, nothing is left.
+    fake.corrupt(
+        &layers[0].digest,
+        super::super::test_support::gzip(b"not a tar"),
+    );
+    let resp = server
+        .client
+        .prepare(prepare("a4", "", target_labels(&layers[0].chain_id)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.mounts[0].r#type, "bind");
+    assert!(lookup(&mut server, &layers[0].chain_id, "")
+        .await
+        .is_empty());
+    assert!(staging_is_empty(&server));
+    let all = server.sn.list(&[]).unwrap();
+    let names: Vec<&str> = all.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["a1", "a2", "a3", "a4"]);
+    assert!(all.iter().all(|i| i.record.kind == Kind::Active));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parents_downloaded_by_containerd_count_by_their_name() {
+    let mut fake = FakeSource::default();
+    let layers = fake.add_image(&image(2), &[0]);
+    let fake = Arc::new(fake);
+    let mut server = TestServer::start(Some(fake.clone())).await;
+    // containerd downloaded layer 0 and committed it as <ns>/<n>/<chainID>.
+    server
+        .client
+        .prepare(prepare("k8s.io/1/extract", "", HashMap::new()))
+        .await
+        .unwrap();
+    let parent = format!("k8s.io/2/{}", layers[0].chain_id);
+    server
+        .client
+        .commit(api::CommitSnapshotRequest {
+            snapshotter: "airgap".into(),
+            name: parent.clone(),
+            key: "k8s.io/1/extract".into(),
+            labels: HashMap::new(),
+        })
+        .await
+        .unwrap();
+    let err = server
+        .client
+        .prepare(prepare(
+            "k8s.io/3/extract",
+            &parent,
+            target_labels(&layers[1].chain_id),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+    assert_eq!(
+        lookup(&mut server, &layers[1].chain_id, &parent)
+            .await
+            .len(),
+        1
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_layer_on_another_parent_name_gets_its_own_snapshot() {
+    let mut fake = FakeSource::default();
+    let layers = fake.add_image(&image(2), &[]);
+    let fake = Arc::new(fake);
+    let mut server = TestServer::start(Some(fake.clone())).await;
+    // Namespace a: both layers from the archive.
+    let err = server
+        .client
+        .prepare(prepare("a/1", "", target_labels(&layers[0].chain_id)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+    let bottom = layers[0].chain_id.to_string();
+    server
+        .client
+        .prepare(prepare("a/2", &bottom, target_labels(&layers[1].chain_id)))
+        .await
+        .unwrap_err();
+    // Namespace b downloaded layer 0 itself, then asks for layer 1.
+    server
+        .client
+        .prepare(prepare("b/1", "", HashMap::new()))
+        .await
+        .unwrap();
+    let parent = format!("b/2/{}", layers[0].chain_id);
+    server
+        .client
+        .commit(api::CommitSnapshotRequest {
+            snapshotter: "airgap".into(),
+            name: parent.clone(),
+            key: "b/1".into(),
+            labels: HashMap::new(),
+        })
+        .await
+        .unwrap();
+    let err = server
+        .client
+        .prepare(prepare("b/3", &parent, target_labels(&layers[1].chain_id)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+    let found = lookup(&mut server, &layers[1].chain_id, &parent).await;
+    assert_eq!(found.len(), 1);
+    assert_ne!(found[0].name, layers[1].chain_id.to_string());
+    server.stop().await;
+}

@@ -247,6 +247,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_prepares_of_one_layer_extract_it_once() {
+        crate::testsupport::requires_root!();
         let mut fake = FakeSource::default();
         let tars: Vec<Vec<u8>> = (0..3)
             .map(|i| layer_tar(&[Entry::File(&format!("f{i}"), b"x")]))

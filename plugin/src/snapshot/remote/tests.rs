@@ -8,6 +8,7 @@ use super::*;
 use crate::snapshot::proto::containerd::services::snapshots::v1 as api;
 use crate::snapshot::test_support::{dir_names, layer_tar, Entry, FakeSource, TestServer};
 use crate::snapshot::SnapshotApi;
+use crate::testsupport::requires_root;
 
 fn target_labels(chain: &Digest) -> HashMap<String, String> {
     HashMap::from([
@@ -75,6 +76,7 @@ fn staging_is_empty(server: &TestServer) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn archived_layers_are_committed_and_answer_already_exists() {
+    requires_root!();
     let mut fake = FakeSource::default();
     let layers = fake.add_image(&image(2), &[]);
     let fake = Arc::new(fake);
@@ -279,6 +281,7 @@ async fn anything_wrong_falls_back_to_the_ordinary_path() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parents_downloaded_by_containerd_count_by_their_name() {
+    requires_root!();
     let mut fake = FakeSource::default();
     let layers = fake.add_image(&image(2), &[0]);
     let fake = Arc::new(fake);
@@ -321,6 +324,7 @@ async fn parents_downloaded_by_containerd_count_by_their_name() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_layer_on_another_parent_name_gets_its_own_snapshot() {
+    requires_root!();
     let mut fake = FakeSource::default();
     let layers = fake.add_image(&image(2), &[]);
     let fake = Arc::new(fake);

@@ -73,6 +73,49 @@ async fn call(router: &axum::Router, method: &str, uri: &str, headers: &[(&str, 
     }
 }
 
+/// A request the mirror must refuse, and the status and OCI error code of
+/// its answer (`""`: status only, as for HEAD, which has no body).
+struct Refusal {
+    method: &'static str,
+    uri: String,
+    headers: Vec<(&'static str, &'static str)>,
+    status: StatusCode,
+    code: &'static str,
+}
+
+fn refused(
+    method: &'static str,
+    uri: impl Into<String>,
+    status: StatusCode,
+    code: &'static str,
+) -> Refusal {
+    Refusal {
+        method,
+        uri: uri.into(),
+        headers: Vec::new(),
+        status,
+        code,
+    }
+}
+
+impl Refusal {
+    fn with_header(mut self, name: &'static str, value: &'static str) -> Refusal {
+        self.headers.push((name, value));
+        self
+    }
+}
+
+/// Sends every request of the table and checks its refusal.
+async fn assert_refused(router: &axum::Router, table: &[Refusal]) {
+    for r in table {
+        let a = call(router, r.method, &r.uri, &r.headers).await;
+        assert_eq!(a.status, r.status, "{} {}", r.method, r.uri);
+        if !r.code.is_empty() {
+            assert_eq!(a.error_code(), r.code, "{} {}", r.method, r.uri);
+        }
+    }
+}
+
 fn mirror_over(dir: &Path) -> (Arc<Catalog>, axum::Router) {
     let c = catalog(dir);
     let m = Mirror::new(c.clone(), Upstreams::default());
@@ -124,87 +167,26 @@ async fn manifests_by_tag_and_digest_with_headers() {
         }
     }
 
-    // Accept that excludes what we hold: a 404 so containerd tries elsewhere.
-    let a = call(
-        &router,
-        "GET",
-        &format!("{NAME}/manifests/1.36{NS}"),
-        &[(
-            "accept",
-            "application/vnd.docker.distribution.manifest.v2+json",
-        )],
-    )
-    .await;
-    assert_eq!(a.status, StatusCode::NOT_FOUND);
-    assert_eq!(a.error_code(), "MANIFEST_UNKNOWN");
-
-    // A config is a document but no manifest.
-    let a = call(
-        &router,
-        "GET",
-        &format!("{NAME}/manifests/{}{NS}", built.config),
-        &[],
-    )
-    .await;
-    assert_eq!(
-        (a.status, a.error_code().as_str()),
-        (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN")
-    );
-    // Another tag of a known repository; an unknown repository.
-    let a = call(&router, "GET", &format!("{NAME}/manifests/9{NS}"), &[]).await;
-    assert_eq!(
-        (a.status, a.error_code().as_str()),
-        (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN")
-    );
-    let a = call(
-        &router,
-        "GET",
-        "/v2/library/nginx/manifests/1?ns=docker.io",
-        &[],
-    )
-    .await;
-    assert_eq!(
-        (a.status, a.error_code().as_str()),
-        (StatusCode::NOT_FOUND, "NAME_UNKNOWN")
-    );
-    // The same name under another registry is another image.
-    let a = call(
-        &router,
-        "HEAD",
-        &format!("{NAME}/manifests/1.36?ns=quay.io"),
-        &[],
-    )
-    .await;
-    assert_eq!(a.status, StatusCode::NOT_FOUND);
-    let a = call(
-        &router,
-        "GET",
-        &format!("{NAME}/manifests/sha256:123{NS}"),
-        &[],
-    )
-    .await;
-    assert_eq!(
-        (a.status, a.error_code().as_str()),
-        (StatusCode::BAD_REQUEST, "DIGEST_INVALID")
-    );
-    let a = call(&router, "GET", "/v2/UPPER/manifests/1", &[]).await;
-    assert_eq!(
-        (a.status, a.error_code().as_str()),
-        (StatusCode::BAD_REQUEST, "NAME_INVALID")
-    );
-    let a = call(&router, "PUT", &format!("{NAME}/manifests/1.36{NS}"), &[]).await;
-    assert_eq!(
-        (a.status, a.error_code().as_str()),
-        (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED")
-    );
-    let a = call(
-        &router,
-        "DELETE",
-        &format!("{NAME}/blobs/{}", built.config),
-        &[],
-    )
-    .await;
-    assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED);
+    use StatusCode as S;
+    #[rustfmt::skip]
+    let refusals = [
+        // Accept that excludes what we hold: a 404 so containerd tries
+        // elsewhere.
+        refused("GET", format!("{NAME}/manifests/1.36{NS}"), S::NOT_FOUND, "MANIFEST_UNKNOWN")
+            .with_header("accept", "application/vnd.docker.distribution.manifest.v2+json"),
+        // A config is a document but no manifest.
+        refused("GET", format!("{NAME}/manifests/{}{NS}", built.config), S::NOT_FOUND, "MANIFEST_UNKNOWN"),
+        // Another tag of a known repository; an unknown repository.
+        refused("GET", format!("{NAME}/manifests/9{NS}"), S::NOT_FOUND, "MANIFEST_UNKNOWN"),
+        refused("GET", "/v2/library/nginx/manifests/1?ns=docker.io", S::NOT_FOUND, "NAME_UNKNOWN"),
+        // The same name under another registry is another image.
+        refused("HEAD", format!("{NAME}/manifests/1.36?ns=quay.io"), S::NOT_FOUND, ""),
+        refused("GET", format!("{NAME}/manifests/sha256:123{NS}"), S::BAD_REQUEST, "DIGEST_INVALID"),
+        refused("GET", "/v2/UPPER/manifests/1", S::BAD_REQUEST, "NAME_INVALID"),
+        refused("PUT", format!("{NAME}/manifests/1.36{NS}"), S::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
+        refused("DELETE", format!("{NAME}/blobs/{}", built.config), S::METHOD_NOT_ALLOWED, ""),
+    ];
+    assert_refused(&router, &refusals).await;
 }
 
 #[tokio::test]
@@ -332,18 +314,13 @@ async fn blobs_whole_ranges_and_misses() {
     assert_eq!(Digest::of(&a.body), built.config);
 
     let unknown = Digest::of(b"nothing");
-    let a = call(&router, "HEAD", &format!("{NAME}/blobs/{unknown}{NS}"), &[]).await;
-    assert_eq!(a.status, StatusCode::NOT_FOUND);
-    let a = call(&router, "GET", &format!("{NAME}/blobs/{unknown}{NS}"), &[]).await;
-    assert_eq!(
-        (a.status, a.error_code().as_str()),
-        (StatusCode::NOT_FOUND, "BLOB_UNKNOWN")
-    );
-    let a = call(&router, "GET", &format!("{NAME}/blobs/sha256:XYZ{NS}"), &[]).await;
-    assert_eq!(
-        (a.status, a.error_code().as_str()),
-        (StatusCode::BAD_REQUEST, "DIGEST_INVALID")
-    );
+    #[rustfmt::skip]
+    let refusals = [
+        refused("HEAD", format!("{NAME}/blobs/{unknown}{NS}"), StatusCode::NOT_FOUND, ""),
+        refused("GET", format!("{NAME}/blobs/{unknown}{NS}"), StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
+        refused("GET", format!("{NAME}/blobs/sha256:XYZ{NS}"), StatusCode::BAD_REQUEST, "DIGEST_INVALID"),
+    ];
+    assert_refused(&router, &refusals).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -685,51 +662,18 @@ async fn upstream_token_flow_prefix_and_checks() {
     // One token for the repository, reused.
     assert_eq!(f.token_requests.load(SeqCst), 1);
 
-    // Misses upstream are 404s of the right kind.
-    let a = call(
-        &router,
-        "GET",
-        &format!("/v2/library/remote/manifests/9{NS}"),
-        &[],
-    )
-    .await;
-    assert_eq!(
-        (a.status, a.error_code().as_str()),
-        (StatusCode::NOT_FOUND, "NAME_UNKNOWN")
-    );
-    let a = call(
-        &router,
-        "GET",
-        &format!("/v2/library/remote/blobs/{}{NS}", Digest::of(b"none")),
-        &[],
-    )
-    .await;
-    assert_eq!(
-        (a.status, a.error_code().as_str()),
-        (StatusCode::NOT_FOUND, "BLOB_UNKNOWN")
-    );
-    // Another registry has no upstream.
-    let a = call(
-        &router,
-        "GET",
-        "/v2/library/remote/manifests/2?ns=quay.io",
-        &[],
-    )
-    .await;
-    assert_eq!(a.status, StatusCode::NOT_FOUND);
-
-    // Bad bytes from the upstream are never passed on as good.
-    let a = call(
-        &router,
-        "GET",
-        &format!("/v2/library/remote/manifests/{}{NS}", Digest::of(b"wrong")),
-        &[],
-    )
-    .await;
-    assert_eq!(
-        (a.status, a.error_code().as_str()),
-        (StatusCode::BAD_GATEWAY, "UNAVAILABLE")
-    );
+    use StatusCode as S;
+    #[rustfmt::skip]
+    let refusals = [
+        // Misses upstream are 404s of the right kind.
+        refused("GET", format!("/v2/library/remote/manifests/9{NS}"), S::NOT_FOUND, "NAME_UNKNOWN"),
+        refused("GET", format!("/v2/library/remote/blobs/{}{NS}", Digest::of(b"none")), S::NOT_FOUND, "BLOB_UNKNOWN"),
+        // Another registry has no upstream.
+        refused("GET", "/v2/library/remote/manifests/2?ns=quay.io", S::NOT_FOUND, ""),
+        // Bad bytes from the upstream are never passed on as good.
+        refused("GET", format!("/v2/library/remote/manifests/{}{NS}", Digest::of(b"wrong")), S::BAD_GATEWAY, "UNAVAILABLE"),
+    ];
+    assert_refused(&router, &refusals).await;
     let resp = router
         .clone()
         .oneshot(
@@ -779,19 +723,13 @@ async fn upstream_down_archives_still_served() {
         &[],
     )
     .await;
-    assert_eq!(
-        (a.status, a.error_code().as_str()),
-        (StatusCode::BAD_GATEWAY, "UNAVAILABLE")
-    );
     assert!(!String::from_utf8_lossy(&a.body).contains("127.0.0.1"));
-    let a = call(
-        &router,
-        "HEAD",
-        &format!("/v2/library/other/blobs/{}{NS}", Digest::of(b"x")),
-        &[],
-    )
-    .await;
-    assert_eq!(a.status, StatusCode::BAD_GATEWAY);
+    #[rustfmt::skip]
+    let refusals = [
+        refused("GET", format!("/v2/library/other/manifests/1{NS}"), StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
+        refused("HEAD", format!("/v2/library/other/blobs/{}{NS}", Digest::of(b"x")), StatusCode::BAD_GATEWAY, ""),
+    ];
+    assert_refused(&router, &refusals).await;
 }
 
 /// Requests that arrive before the first scan of the archives wait for it on

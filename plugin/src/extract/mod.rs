@@ -352,22 +352,9 @@ impl Extractor {
             }
             Kind::Symlink => {
                 self.root.symlink(&parent, dir, name, &e.link).map_err(fs)?;
-                rfs::chownat(
-                    &*parent,
-                    name,
-                    Some(root::uid(e.uid)),
-                    Some(root::gid(e.gid)),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )
-                .map_err(|err| ExtractError::io(shown, "setting the owner", err))?;
+                chown_at(&parent, name, e, shown)?;
                 set_xattrs_opath(&parent, name, e, shown)?;
-                rfs::utimensat(
-                    &*parent,
-                    name,
-                    &root::timestamps(e.mtime, e.atime),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )
-                .map_err(|err| ExtractError::io(shown, "setting the times", err))?;
+                set_times_at(&parent, name, e, shown)?;
                 self.stats.symlinks += 1;
             }
             Kind::HardLink => self.hardlink(e, shown, &parent, dir, name, &path)?,
@@ -387,14 +374,7 @@ impl Extractor {
                         rfs::makedev(e.dev_major, e.dev_minor),
                     )
                     .map_err(fs)?;
-                rfs::chownat(
-                    &*parent,
-                    name,
-                    Some(root::uid(e.uid)),
-                    Some(root::gid(e.gid)),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )
-                .map_err(|err| ExtractError::io(shown, "setting the owner", err))?;
+                chown_at(&parent, name, e, shown)?;
                 // mknod applied the umask, and chown cleared setuid/setgid.
                 rfs::chmodat(
                     &*parent,
@@ -404,13 +384,7 @@ impl Extractor {
                 )
                 .map_err(|err| ExtractError::io(shown, "setting the mode", err))?;
                 set_xattrs_opath(&parent, name, e, shown)?;
-                rfs::utimensat(
-                    &*parent,
-                    name,
-                    &root::timestamps(e.mtime, e.atime),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )
-                .map_err(|err| ExtractError::io(shown, "setting the times", err))?;
+                set_times_at(&parent, name, e, shown)?;
                 self.stats.devices += 1;
             }
         }
@@ -671,6 +645,30 @@ fn set_xattrs_fd(fd: &OwnedFd, e: &Entry, shown: &str) -> Result<(), ExtractErro
     apply_xattrs(e, shown, |name, value| {
         rfs::fsetxattr(fd, name.as_c_str(), value, XattrFlags::empty()).map_err(Into::into)
     })
+}
+
+/// Sets the owner of `parent/name` without following it (a symlink or a
+/// device node, which cannot be opened for `fchown`).
+fn chown_at(parent: &OwnedFd, name: &[u8], e: &Entry, shown: &str) -> Result<(), ExtractError> {
+    rfs::chownat(
+        parent,
+        name,
+        Some(root::uid(e.uid)),
+        Some(root::gid(e.gid)),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(|err| ExtractError::io(shown, "setting the owner", err))
+}
+
+/// Sets the times of `parent/name` without following it.
+fn set_times_at(parent: &OwnedFd, name: &[u8], e: &Entry, shown: &str) -> Result<(), ExtractError> {
+    rfs::utimensat(
+        parent,
+        name,
+        &root::timestamps(e.mtime, e.atime),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(|err| ExtractError::io(shown, "setting the times", err))
 }
 
 fn set_xattrs_opath(

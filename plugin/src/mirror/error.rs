@@ -22,6 +22,9 @@ pub enum MirrorError {
     DigestInvalid(String),
     #[error("{0}")]
     Unsupported(String),
+    /// A pagination `n` that is not a count.
+    #[error("{0}")]
+    PaginationNumberInvalid(String),
     /// A `Range` outside the blob.
     #[error("range not satisfiable for a blob of {size} bytes")]
     RangeNotSatisfiable { size: u64 },
@@ -47,6 +50,9 @@ impl MirrorError {
             MirrorError::NameInvalid(_) => (StatusCode::BAD_REQUEST, "NAME_INVALID"),
             MirrorError::DigestInvalid(_) => (StatusCode::BAD_REQUEST, "DIGEST_INVALID"),
             MirrorError::Unsupported(_) => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
+            MirrorError::PaginationNumberInvalid(_) => {
+                (StatusCode::BAD_REQUEST, "PAGINATION_NUMBER_INVALID")
+            }
             MirrorError::RangeNotSatisfiable { .. } => {
                 (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UNKNOWN")
             }

@@ -25,6 +25,7 @@
 //! reader, whose bytes were all checked before the first one is served.
 
 mod body;
+mod discovery;
 pub mod error;
 pub mod media;
 pub mod request;
@@ -359,6 +360,19 @@ async fn handle(
             Err(e) => Err(e),
         },
         Ok(Route::Blob(r, digest)) => mirror.blob(&r, digest, &headers, head).await,
+        Ok(Route::Tags {
+            name,
+            ns,
+            repository,
+            page,
+        }) => mirror
+            .lookup(move |c| discovery::tags(c, &name, ns.as_deref(), &repository, &page))
+            .await
+            .and_then(|r| r),
+        Ok(Route::Catalog { ns, page }) => mirror
+            .lookup(move |c| discovery::repositories(c, ns.as_deref(), &page))
+            .await
+            .and_then(|r| r),
     };
     let response = result.unwrap_or_else(|e| e.into_response());
     tracing::debug!(%method, path = %uri.path(), status = response.status().as_u16(), "mirror request");

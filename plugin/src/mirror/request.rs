@@ -1,6 +1,7 @@
 //! What a request asks for: the distribution API path
-//! (`/v2/<name>/manifests/<tag|digest>`, `/v2/<name>/blobs/<digest>`) and
-//! containerd's `?ns=<registry>`, turned into a normalized [`Reference`].
+//! (`/v2/<name>/manifests/<tag|digest>`, `/v2/<name>/blobs/<digest>`,
+//! `/v2/<name>/tags/list`, `/v2/_catalog`) and containerd's
+//! `?ns=<registry>`, turned into a normalized [`Reference`].
 //!
 //! With `ns`, the image is `<ns>/<name>` (what containerd sends to a mirror
 //! in `hosts.toml`). Without it, `<name>` is read as a whole image reference
@@ -20,6 +21,52 @@ pub enum Route {
     Manifest(Reference),
     /// A blob of the repository the reference names.
     Blob(Reference, Digest),
+    /// The tags of a repository (`name` as the request spelled it; the
+    /// reference's tag is a placeholder).
+    Tags {
+        name: String,
+        ns: Option<String>,
+        repository: Reference,
+        page: Page,
+    },
+    /// The repositories: of the registry `ns`, or all of them as whole
+    /// names (`docker.io/library/busybox`) without it.
+    Catalog { ns: Option<String>, page: Page },
+}
+
+/// Pagination of a list (`?n=<count>&last=<entry>`): entries after `last`,
+/// at most `n` of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Page {
+    pub n: Option<usize>,
+    pub last: Option<String>,
+}
+
+impl Page {
+    /// Takes this page of a sorted list; returns it and whether more follow.
+    pub fn apply(&self, sorted: Vec<String>) -> (Vec<String>, bool) {
+        let after: Vec<String> = match &self.last {
+            Some(last) => sorted.into_iter().filter(|e| e > last).collect(),
+            None => sorted,
+        };
+        match self.n {
+            Some(n) if after.len() > n => (after.into_iter().take(n).collect(), true),
+            _ => (after, false),
+        }
+    }
+
+    fn of(query: Option<&str>) -> Result<Page, MirrorError> {
+        let n = match query_param(query, "n") {
+            Some(n) => Some(n.parse().map_err(|_| {
+                MirrorError::PaginationNumberInvalid(format!("n={n:?} is not a count"))
+            })?),
+            None => None,
+        };
+        Ok(Page {
+            n,
+            last: query_param(query, "last"),
+        })
+    }
 }
 
 /// Parses the path and query of a request.
@@ -30,7 +77,21 @@ pub fn parse(path: &str, query: Option<&str>) -> Result<Route, MirrorError> {
     let rest = path
         .strip_prefix("/v2/")
         .ok_or_else(|| MirrorError::NameUnknown(format!("{path} is not a registry API path")))?;
-    let ns = query.and_then(namespace).transpose()?;
+    let ns = namespace(query)?;
+    if rest == "_catalog" {
+        return Ok(Route::Catalog {
+            ns,
+            page: Page::of(query)?,
+        });
+    }
+    if let Some(name) = rest.strip_suffix("/tags/list").filter(|n| !n.is_empty()) {
+        return Ok(Route::Tags {
+            name: name.to_string(),
+            repository: reference_of(ns.as_deref(), name, ":latest")?,
+            ns,
+            page: Page::of(query)?,
+        });
+    }
     let split = |sep: &str| {
         rest.rsplit_once(sep)
             .filter(|(name, last)| !name.is_empty() && !last.is_empty() && !last.contains('/'))
@@ -81,13 +142,18 @@ fn reference_of(ns: Option<&str>, name: &str, by: &str) -> Result<Reference, Mir
     Ok(r)
 }
 
-/// The `ns` query parameter, percent-decoded and checked to be a host name
-/// with an optional port.
-fn namespace(query: &str) -> Option<Result<String, MirrorError>> {
-    let raw = query.split('&').find_map(|kv| kv.strip_prefix("ns="))?;
-    let value = match percent_decode(raw) {
-        Some(v) => v,
-        None => return Some(Err(MirrorError::NameInvalid(format!("bad ns {raw:?}")))),
+/// The first value of `key` in a query string, percent-decoded.
+fn query_param(query: Option<&str>, key: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// The `ns` query parameter, checked to be a host name with an optional
+/// port.
+fn namespace(query: Option<&str>) -> Result<Option<String>, MirrorError> {
+    let Some(value) = query_param(query, "ns") else {
+        return Ok(None);
     };
     let ok = !value.is_empty()
         && value.len() <= 255
@@ -95,35 +161,11 @@ fn namespace(query: &str) -> Option<Result<String, MirrorError>> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b".-:".contains(&b))
         && !value.starts_with(['.', '-', ':']);
-    Some(if ok {
-        Ok(value.to_ascii_lowercase())
+    if ok {
+        Ok(Some(value.to_ascii_lowercase()))
     } else {
         Err(MirrorError::NameInvalid(format!("bad ns {value:?}")))
-    })
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' => {
-                let hex = s.get(i + 1..i + 3)?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
     }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]
@@ -190,6 +232,61 @@ mod tests {
     }
 
     #[test]
+    fn content_discovery() {
+        match parse(
+            "/v2/library/busybox/tags/list",
+            Some("ns=docker.io&n=2&last=1.35"),
+        )
+        .unwrap()
+        {
+            Route::Tags {
+                name,
+                ns,
+                repository,
+                page,
+            } => {
+                assert_eq!(ns.as_deref(), Some("docker.io"));
+                assert_eq!(name, "library/busybox");
+                assert_eq!(repository.repository(), "docker.io/library/busybox");
+                assert_eq!(
+                    page,
+                    Page {
+                        n: Some(2),
+                        last: Some("1.35".into())
+                    }
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            parse("/v2/_catalog", Some("ns=quay.io")).unwrap(),
+            Route::Catalog {
+                ns: Some("quay.io".into()),
+                page: Page::default()
+            }
+        );
+        assert!(matches!(
+            parse("/v2/_catalog", Some("n=x")),
+            Err(MirrorError::PaginationNumberInvalid(_))
+        ));
+        let tags = || vec!["1".to_string(), "2".into(), "3".into()];
+        let page = |n, last: Option<&str>| Page {
+            n,
+            last: last.map(str::to_string),
+        };
+        assert_eq!(page(None, None).apply(tags()), (tags(), false));
+        assert_eq!(
+            page(Some(2), None).apply(tags()),
+            (vec!["1".into(), "2".into()], true)
+        );
+        assert_eq!(
+            page(Some(2), Some("2")).apply(tags()),
+            (vec!["3".into()], false)
+        );
+        assert_eq!(page(Some(0), None).apply(tags()), (vec![], true));
+    }
+
+    #[test]
     fn bad_requests() {
         let code = |p: &str, q: Option<&str>| match parse(p, q).unwrap_err() {
             MirrorError::DigestInvalid(_) => "DIGEST_INVALID",
@@ -204,7 +301,8 @@ mod tests {
         assert_eq!(code("/v2/X/manifests/t", None), "NAME_INVALID");
         assert_eq!(code("/v2/../etc/manifests/t", None), "NAME_INVALID");
         assert_eq!(code("/v2/x/manifests/-t", None), "MANIFEST_UNKNOWN");
-        assert_eq!(code("/v2/x/tags/list", None), "NAME_UNKNOWN");
+        assert_eq!(code("/v2/tags/list", None), "NAME_UNKNOWN");
+        assert_eq!(code("/v2/X/tags/list", None), "NAME_INVALID");
         assert_eq!(code("/v3/x", None), "NAME_UNKNOWN");
         assert_eq!(code("/v2/x/manifests/t", Some("ns=a/b")), "NAME_INVALID");
         assert_eq!(code("/v2/x/manifests/t", Some("ns=%zz")), "NAME_INVALID");

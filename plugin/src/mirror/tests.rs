@@ -765,3 +765,53 @@ async fn requests_before_the_first_scan_wait_off_the_runtime() {
         built.manifest.to_string()
     );
 }
+
+#[tokio::test]
+async fn content_discovery_lists_archived_tags_and_repositories() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut oci, built) = OciLayout::single("busybox:1.36", &spec());
+    oci.tag("busybox:1.37", built.manifest, built.manifest_size, false);
+    oci.tag("quay.io/x/y:1", built.manifest, built.manifest_size, false);
+    write(dir.path(), "a.tar", &oci.to_tar());
+    let (_c, router) = mirror_over(dir.path());
+    let json = |a: &Answer| serde_json::from_slice::<serde_json::Value>(&a.body).unwrap();
+
+    let a = call(&router, "GET", &format!("{NAME}/tags/list{NS}"), &[]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(
+        json(&a),
+        serde_json::json!({"name": "library/busybox", "tags": ["1.36", "1.37"]})
+    );
+    assert!(a.headers.get("link").is_none());
+    // One at a time: a Link to the next page, then the rest.
+    let a = call(&router, "GET", &format!("{NAME}/tags/list{NS}&n=1"), &[]).await;
+    assert_eq!(json(&a)["tags"], serde_json::json!(["1.36"]));
+    assert_eq!(
+        a.header("link"),
+        "</v2/library/busybox/tags/list?ns=docker.io&n=1&last=1.36>; rel=\"next\""
+    );
+    let a = call(
+        &router,
+        "GET",
+        &format!("{NAME}/tags/list{NS}&n=1&last=1.36"),
+        &[],
+    )
+    .await;
+    assert_eq!(json(&a)["tags"], serde_json::json!(["1.37"]));
+    assert!(a.headers.get("link").is_none());
+
+    let a = call(&router, "GET", "/v2/_catalog", &[]).await;
+    assert_eq!(
+        json(&a)["repositories"],
+        serde_json::json!(["docker.io/library/busybox", "quay.io/x/y"])
+    );
+    let a = call(&router, "GET", "/v2/_catalog?ns=quay.io", &[]).await;
+    assert_eq!(json(&a)["repositories"], serde_json::json!(["x/y"]));
+
+    #[rustfmt::skip]
+    let refusals = [
+        refused("GET", format!("/v2/library/nginx/tags/list{NS}"), StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
+        refused("GET", "/v2/_catalog?n=many", StatusCode::BAD_REQUEST, "PAGINATION_NUMBER_INVALID"),
+    ];
+    assert_refused(&router, &refusals).await;
+}

@@ -642,6 +642,45 @@ fn mirror_pull(test: &str) -> Result<()> {
 /// The upstream serves TLS from a test CA and needs credentials (htpasswd
 /// basic auth) that only the daemon has: an image only there pulls through
 /// the mirror and runs.
+/// Real clients of the distribution API, no containerd: `skopeo list-tags`
+/// gets the archived tags of a repository from the mirror, and `skopeo
+/// inspect` the archive's manifest digest.
+#[test]
+fn skopeo_lists_and_inspects_through_the_mirror() {
+    let test = "skopeo_discovery";
+    if !can_run(test) {
+        return;
+    }
+    or_panic(test, skopeo_discovery(test));
+    eprintln!("== {test}: passed");
+}
+
+fn skopeo_discovery(test: &str) -> Result<()> {
+    let work = TestDir::new(test)?;
+    let one = build(work.path(), &sample("example.com", "tools", "1")?)?;
+    let two = build(work.path(), &sample("example.com", "tools", "2")?)?;
+    let daemon = MirrorDaemon::start(&[&one.archive, &two.archive], "")?;
+    let repo = format!("docker://{}/example.com/library/tools", daemon.addr());
+    let skopeo = |args: &[&str]| {
+        process::run(
+            Command::new("skopeo").args(args).arg("--tls-verify=false"),
+            Duration::from_secs(60),
+        )
+    };
+    let listed: serde_json::Value = serde_json::from_str(&skopeo(&["list-tags", &repo])?)?;
+    ensure!(
+        listed["Tags"] == serde_json::json!(["1", "2"]),
+        "skopeo list-tags: {listed}"
+    );
+    let digest = skopeo(&["inspect", "--format", "{{.Digest}}", &format!("{repo}:2")])?;
+    ensure!(
+        digest.trim() == two.manifest_digest,
+        "skopeo inspect: {digest} (archived: {})",
+        two.manifest_digest
+    );
+    Ok(())
+}
+
 #[test]
 fn upstream_with_tls_and_basic_auth() {
     let test = "mirror_upstream_auth";

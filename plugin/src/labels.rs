@@ -10,6 +10,10 @@ pub const CRI_IMAGE_REF: &str = "containerd.io/snapshot/cri.image-ref";
 pub const CRI_LAYER_DIGEST: &str = "containerd.io/snapshot/cri.layer-digest";
 pub const CRI_MANIFEST_DIGEST: &str = "containerd.io/snapshot/cri.manifest-digest";
 pub const CRI_IMAGE_LAYERS: &str = "containerd.io/snapshot/cri.image-layers";
+/// containerd 2.3+ on Prepare: the diffID of the layer being unpacked, and
+/// the chain ID of the layer below it (absent for the bottom layer).
+pub const SNAPSHOT_DIFF_ID: &str = "containerd.io/snapshot/diff-id";
+pub const SNAPSHOT_PARENT_CHAIN_ID: &str = "containerd.io/snapshot/parent-chain-id";
 /// Marks a snapshot this daemon filled from an archive (value: layer digest).
 pub const REMOTE_LAYER: &str = "containerd.io/snapshot/airgap.layer-digest";
 

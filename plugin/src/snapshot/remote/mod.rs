@@ -36,9 +36,11 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
-use crate::catalog::LayerSource;
+use crate::catalog::{LayerRef, LayerSource};
 use crate::digest::Digest;
-use crate::labels::{CRI_MANIFEST_DIGEST, TARGET_SNAPSHOT_REF};
+use crate::labels::{
+    CRI_MANIFEST_DIGEST, SNAPSHOT_DIFF_ID, SNAPSHOT_PARENT_CHAIN_ID, TARGET_SNAPSHOT_REF,
+};
 
 use super::meta::{clean_labels, Kind};
 use super::{blocking, remove_all, sync_dir, SnapshotError, Snapshotter};
@@ -138,6 +140,10 @@ pub(crate) async fn prepare(
                 return None;
             }
         };
+        if let Some(why) = disagreement(labels, &layer) {
+            tracing::warn!(%why, "containerd's layer labels disagree with the archive: ordinary path");
+            return None;
+        }
         let (s, p, want) = (sn.clone(), parent.to_string(), layer.parent);
         match blocking(move || s.parent_is(&p, want)).await {
             Ok(true) => {}
@@ -194,6 +200,25 @@ pub(crate) async fn prepare(
     }
     .instrument(span)
     .await
+}
+
+/// What containerd 2.3+ says of the layer (its diffID and its parent's chain
+/// ID, when it sends them) against the archived layer found by chain ID;
+/// `None` when nothing disagrees. A chain ID already covers both, so a
+/// disagreement means a broken index or a broken client: neither is trusted.
+fn disagreement(labels: &HashMap<String, String>, layer: &LayerRef) -> Option<String> {
+    if let Some(diff_id) = labels.get(SNAPSHOT_DIFF_ID) {
+        if *diff_id != layer.diff_id.to_string() {
+            return Some(format!("diff-id {diff_id}, archived {}", layer.diff_id));
+        }
+    }
+    if let Some(parent) = labels.get(SNAPSHOT_PARENT_CHAIN_ID) {
+        let archived = layer.parent.map(|p| p.to_string()).unwrap_or_default();
+        if *parent != archived {
+            return Some(format!("parent-chain-id {parent}, archived {archived:?}"));
+        }
+    }
+    None
 }
 
 fn remote_of(sn: &Snapshotter) -> &Remote {

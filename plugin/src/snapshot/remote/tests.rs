@@ -370,3 +370,47 @@ async fn the_same_layer_on_another_parent_name_gets_its_own_snapshot() {
     assert_ne!(found[0].name, layers[1].chain_id.to_string());
     server.stop().await;
 }
+
+#[test]
+fn containerd_2_3_layer_labels_are_checked_against_the_archive() {
+    use crate::catalog::{Compression, LayerRef};
+    use crate::labels::{SNAPSHOT_DIFF_ID, SNAPSHOT_PARENT_CHAIN_ID};
+    let (diff_id, parent) = (Digest::of(b"layer"), Digest::of(b"parent"));
+    let layer = LayerRef {
+        chain_id: Digest::of(format!("{parent} {diff_id}").as_bytes()),
+        parent: Some(parent),
+        digest: Digest::of(b"blob"),
+        diff_id,
+        size: 4,
+        compression: Compression::Gzip,
+    };
+    let labels = |pairs: &[(&str, String)]| -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    };
+    // Before 2.3 there are none; when they agree, nothing to say.
+    assert_eq!(disagreement(&labels(&[]), &layer), None);
+    let agreeing = labels(&[
+        (SNAPSHOT_DIFF_ID, diff_id.to_string()),
+        (SNAPSHOT_PARENT_CHAIN_ID, parent.to_string()),
+    ]);
+    assert_eq!(disagreement(&agreeing, &layer), None);
+    let other = Digest::of(b"other").to_string();
+    assert!(disagreement(&labels(&[(SNAPSHOT_DIFF_ID, other.clone())]), &layer).is_some());
+    assert!(disagreement(&labels(&[(SNAPSHOT_PARENT_CHAIN_ID, other)]), &layer).is_some());
+    // The bottom layer has no parent: an empty or absent label agrees.
+    let bottom = LayerRef {
+        parent: None,
+        ..layer.clone()
+    };
+    assert_eq!(
+        disagreement(
+            &labels(&[(SNAPSHOT_PARENT_CHAIN_ID, String::new())]),
+            &bottom
+        ),
+        None
+    );
+    assert!(disagreement(&agreeing, &bottom).is_some());
+}

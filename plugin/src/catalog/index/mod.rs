@@ -1,0 +1,213 @@
+//! One streaming pass over an archive builds its [`ArchiveIndex`]: which image
+//! names it holds, where every blob's bytes are in the decompressed stream,
+//! and every layer's diffID and chainID.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use self::resolve::Resolver;
+use super::container::{self, Container, ContainerError};
+use super::seekable::SeekTable;
+use super::Compression;
+use crate::digest::Digest;
+
+mod docker_save;
+mod model;
+mod oci;
+mod resolve;
+mod walk;
+
+/// Bumped whenever the persisted form changes; older files are re-indexed.
+pub(crate) const INDEX_FORMAT: u32 = 1;
+/// Largest JSON document (manifest, index, config) read from an archive.
+pub(crate) const MAX_JSON: u64 = 8 << 20;
+/// Most tar entries accepted in one archive.
+pub(crate) const MAX_ENTRIES: usize = 1 << 20;
+/// Deepest index nesting followed.
+pub(crate) const MAX_DEPTH: usize = 8;
+/// Most bytes of JSON kept from one archive.
+const MAX_JSON_TOTAL: u64 = 256 << 20;
+
+/// What identifies one version of an archive file: a replaced or modified
+/// file gets a new key, and so a new index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FileKey {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i128,
+}
+
+impl FileKey {
+    pub fn of(meta: &std::fs::Metadata) -> FileKey {
+        use std::os::unix::fs::MetadataExt;
+        FileKey {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Layout {
+    Oci,
+    DockerSave,
+}
+
+/// Where a blob's bytes are: a range of the archive's decompressed stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobLocation {
+    pub offset: u64,
+    pub size: u64,
+}
+
+/// One image name and what it points to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageEntry {
+    /// Normalized `domain/path:tag`.
+    pub name: String,
+    /// The manifest or index the name points to.
+    pub digest: Digest,
+    pub media_type: String,
+    /// Bytes of every blob of the image (each once).
+    pub size: u64,
+    /// `os/arch[/variant]` of every platform manifest present.
+    pub platforms: Vec<String>,
+    /// Its platform manifests (the image itself when it is one).
+    pub manifests: Vec<Digest>,
+    /// True for docker-save images, whose manifest this daemon wrote.
+    pub synthesized: bool,
+}
+
+/// One platform manifest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestEntry {
+    pub digest: Digest,
+    pub platform: String,
+    pub config: Digest,
+    /// Chain IDs of its layers, bottom first.
+    pub chain: Vec<Digest>,
+}
+
+/// One layer, keyed by chain ID.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerEntry {
+    pub chain_id: Digest,
+    pub parent: Option<Digest>,
+    pub digest: Digest,
+    pub diff_id: Digest,
+    pub size: u64,
+    pub media_type: String,
+    pub compression: Compression,
+    /// False when a manifest names the layer but the archive lacks its blob.
+    pub present: bool,
+}
+
+/// The persisted index of one archive.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ArchiveIndex {
+    pub format: u32,
+    pub path: PathBuf,
+    pub key: FileKey,
+    pub container: Container,
+    pub(crate) layout: Layout,
+    pub seek_table: Option<SeekTable>,
+    pub images: Vec<ImageEntry>,
+    pub manifests: Vec<ManifestEntry>,
+    pub layers: Vec<LayerEntry>,
+    /// Every blob the archive carries, by digest.
+    pub blobs: BTreeMap<Digest, BlobLocation>,
+    /// The JSON documents (indexes, manifests, configs) the images use, kept
+    /// in memory; synthesized docker-save manifests exist only here.
+    pub(crate) documents: BTreeMap<Digest, String>,
+    /// What is wrong with some images of an otherwise readable archive.
+    pub problems: Vec<String>,
+    /// Length of the decompressed stream walked.
+    pub stream_len: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error(transparent)]
+    Container(#[from] ContainerError),
+    #[error("reading the tar stream: {0}")]
+    Tar(io::Error),
+    #[error("more than {MAX_ENTRIES} tar entries")]
+    TooManyEntries,
+    #[error("more than {} MiB of JSON documents", MAX_JSON_TOTAL >> 20)]
+    TooMuchJson,
+    #[error("blob {digest} does not match its digest (read {actual})")]
+    DigestMismatch { digest: Digest, actual: Digest },
+    #[error("{file}: {reason}")]
+    BadDocument { file: String, reason: String },
+    #[error("no image layout: neither index.json (OCI) nor manifest.json (docker save) found")]
+    NoLayout,
+}
+
+/// Indexes the archive at `path`, open as `file`.
+pub fn index_archive(path: &Path, file: &File, key: FileKey) -> Result<ArchiveIndex, IndexError> {
+    let (container, seek_table) = container::sniff(file, key.size)?;
+    let stream = container::decoder(file.try_clone().map_err(IndexError::Tar)?, container)
+        .map_err(IndexError::Tar)?;
+    let pass = walk::walk(stream)?;
+    let mut out = ArchiveIndex {
+        format: INDEX_FORMAT,
+        path: path.to_path_buf(),
+        key,
+        container,
+        layout: Layout::Oci,
+        seek_table,
+        images: Vec::new(),
+        manifests: Vec::new(),
+        layers: Vec::new(),
+        blobs: BTreeMap::new(),
+        documents: BTreeMap::new(),
+        problems: Vec::new(),
+        stream_len: pass.stream_len,
+    };
+    if let Some(table) = &out.seek_table {
+        if table.decompressed_len() < pass.stream_len {
+            return Err(ContainerError::SeekTable(format!(
+                "table covers {} bytes but the stream has {}",
+                table.decompressed_len(),
+                pass.stream_len
+            ))
+            .into());
+        }
+    }
+    let mut b = Resolver {
+        pass: &pass,
+        out: &mut out,
+        layer_seen: BTreeSet::new(),
+        saved_layers: HashMap::new(),
+    };
+    if pass.json_files.contains_key("index.json") {
+        b.out.layout = Layout::Oci;
+        b.oci()?;
+    } else if pass.json_files.contains_key("manifest.json") {
+        b.out.layout = Layout::DockerSave;
+        b.docker_save()?;
+    } else {
+        return Err(IndexError::NoLayout);
+    }
+    for (digest, e) in &pass.blobs {
+        out.blobs.entry(*digest).or_insert(e.loc);
+    }
+    out.images.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+pub(crate) const MEDIA_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub(crate) const MEDIA_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub(crate) const MEDIA_OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub(crate) const MEDIA_DOCKER_LIST: &str =
+    "application/vnd.docker.distribution.manifest.list.v2+json";
+pub(crate) const MEDIA_DOCKER_MANIFEST: &str =
+    "application/vnd.docker.distribution.manifest.v2+json";

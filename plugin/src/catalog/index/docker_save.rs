@@ -6,9 +6,9 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::model::{parse_json, DockerManifest};
-use super::resolve::{ImageResult, Resolver};
+use super::resolve::Resolver;
 use super::walk::{entry_name, Entry};
-use super::{IndexError, MEDIA_OCI_CONFIG, MEDIA_OCI_MANIFEST};
+use super::{ImageError, ImageResult, IndexError, MEDIA_OCI_CONFIG, MEDIA_OCI_MANIFEST};
 use crate::catalog::container::{sniff_compression, Container};
 use crate::catalog::reference::Reference;
 use crate::digest::Digest;
@@ -66,11 +66,16 @@ impl Resolver<'_> {
     }
 
     fn docker_image(&mut self, m: &DockerManifest) -> ImageResult<()> {
-        let (config_entry, config_bytes) = self
-            .docker_file(&m.config)
-            .ok_or_else(|| format!("config {} is not in the archive", m.config))?;
+        let (config_entry, config_bytes) =
+            self.docker_file(&m.config)
+                .ok_or_else(|| ImageError::FileMissing {
+                    what: "config",
+                    path: m.config.clone(),
+                })?;
         let config_bytes = config_bytes
-            .ok_or_else(|| format!("config {} is not JSON", m.config))?
+            .ok_or_else(|| ImageError::ConfigNotJson {
+                path: m.config.clone(),
+            })?
             .clone();
         let config_loc = config_entry.loc;
         let config_digest = Digest::of(&config_bytes);
@@ -78,7 +83,10 @@ impl Resolver<'_> {
         for path in &m.layers {
             let (e, _) = self
                 .docker_file(path)
-                .ok_or_else(|| format!("layer {path} is not in the archive"))?;
+                .ok_or_else(|| ImageError::FileMissing {
+                    what: "layer",
+                    path: path.clone(),
+                })?;
             let e = e.clone();
             let digest = e.digest.expect("every docker-save file is hashed");
             let media_type = match sniff_compression(&e.head) {

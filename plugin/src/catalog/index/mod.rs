@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use self::resolve::Resolver;
 use super::container::{self, Container, ContainerError};
-use super::seekable::SeekTable;
+use super::seekable::{SeekTable, SeekTableError};
 use super::Compression;
-use crate::digest::Digest;
+use crate::digest::{Digest, DigestError};
 
 mod docker_save;
 mod model;
@@ -151,6 +151,65 @@ pub enum IndexError {
     NoLayout,
 }
 
+/// What makes one image of an archive unusable. Recorded in
+/// [`ArchiveIndex::problems`]; the archive's other images stay.
+#[derive(Debug, thiserror::Error)]
+enum ImageError {
+    #[error("indexes nested deeper than {MAX_DEPTH} at {digest}")]
+    TooDeep { digest: Digest },
+    #[error("index cycle: {digest} refers back to itself")]
+    Cycle { digest: Digest },
+    #[error("manifest {digest} is not in the archive")]
+    ManifestMissing { digest: Digest },
+    #[error("{digest}: descriptor says {declared} bytes, blob has {actual}")]
+    SizeMismatch {
+        digest: Digest,
+        declared: u64,
+        actual: u64,
+    },
+    #[error("{digest}: {source}")]
+    BadManifest {
+        digest: Digest,
+        source: serde_json::Error,
+    },
+    #[error("config {digest}: {source}")]
+    BadConfig {
+        digest: Digest,
+        source: serde_json::Error,
+    },
+    /// A digest field of a document that is not a digest.
+    #[error("{document}: {field}: {source}")]
+    BadDigest {
+        document: Digest,
+        field: &'static str,
+        source: DigestError,
+    },
+    #[error("none of the {count} manifests of index {digest} is in the archive")]
+    NoManifestPresent { digest: Digest, count: usize },
+    #[error("{digest} ({media_type}) is neither an image index nor a manifest")]
+    NotAManifest { digest: Digest, media_type: String },
+    #[error("config {config} of manifest {manifest} is not in the archive")]
+    ConfigMissing { config: Digest, manifest: Digest },
+    #[error(
+        "manifest {manifest} has {layers} layers but its config {config} lists {diff_ids} diff_ids"
+    )]
+    LayerCountMismatch {
+        manifest: Digest,
+        layers: usize,
+        config: Digest,
+        diff_ids: usize,
+    },
+    /// A docker-save file named by `manifest.json` that the archive lacks.
+    #[error("{what} {path} is not in the archive")]
+    FileMissing { what: &'static str, path: String },
+    #[error("config {path} is not JSON")]
+    ConfigNotJson { path: String },
+}
+
+/// A per-image result: an error is recorded as a problem, the rest of the
+/// archive stays.
+type ImageResult<T> = Result<T, ImageError>;
+
 /// Indexes the archive at `path`, open as `file`.
 pub fn index_archive(path: &Path, file: &File, key: FileKey) -> Result<ArchiveIndex, IndexError> {
     let (container, seek_table) = container::sniff(file, key.size)?;
@@ -174,11 +233,10 @@ pub fn index_archive(path: &Path, file: &File, key: FileKey) -> Result<ArchiveIn
     };
     if let Some(table) = &out.seek_table {
         if table.decompressed_len() < pass.stream_len {
-            return Err(ContainerError::SeekTable(format!(
-                "table covers {} bytes but the stream has {}",
-                table.decompressed_len(),
-                pass.stream_len
-            ))
+            return Err(ContainerError::from(SeekTableError::ShortOfStream {
+                covers: table.decompressed_len(),
+                stream: pass.stream_len,
+            })
             .into());
         }
     }

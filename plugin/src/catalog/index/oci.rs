@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use super::model::{parse_json, Descriptor, Document, Platform};
-use super::resolve::{ImageResult, Resolver, Summary};
-use super::{IndexError, MAX_DEPTH, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST};
+use super::resolve::{Resolver, Summary};
+use super::{ImageError, ImageResult, IndexError, MAX_DEPTH, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST};
 use crate::catalog::reference::Reference;
 use crate::digest::Digest;
 use crate::labels;
@@ -58,26 +58,25 @@ impl Resolver<'_> {
         stack: &mut Vec<Digest>,
     ) -> ImageResult<Summary> {
         if stack.len() >= MAX_DEPTH {
-            return Err(format!(
-                "indexes nested deeper than {MAX_DEPTH} at {digest}"
-            ));
+            return Err(ImageError::TooDeep { digest });
         }
         if stack.contains(&digest) {
-            return Err(format!("index cycle: {digest} refers back to itself"));
+            return Err(ImageError::Cycle { digest });
         }
         let bytes = self
             .pass
             .json_blobs
             .get(&digest)
-            .ok_or_else(|| format!("manifest {digest} is not in the archive"))?;
+            .ok_or(ImageError::ManifestMissing { digest })?;
         if desc.size != 0 && desc.size != bytes.len() as u64 {
-            return Err(format!(
-                "{digest}: descriptor says {} bytes, blob has {}",
-                desc.size,
-                bytes.len()
-            ));
+            return Err(ImageError::SizeMismatch {
+                digest,
+                declared: desc.size,
+                actual: bytes.len() as u64,
+            });
         }
-        let doc: Document = serde_json::from_slice(bytes).map_err(|e| format!("{digest}: {e}"))?;
+        let doc: Document = serde_json::from_slice(bytes)
+            .map_err(|source| ImageError::BadManifest { digest, source })?;
         self.out
             .documents
             .insert(digest, String::from_utf8_lossy(bytes).into_owned());
@@ -90,9 +89,16 @@ impl Resolver<'_> {
             stack.push(digest);
             let mut present = 0;
             for child in &children {
-                let Ok(child_digest) = child.digest.parse::<Digest>() else {
-                    stack.pop();
-                    return Err(format!("{digest}: bad digest {:?}", child.digest));
+                let child_digest = match child.digest.parse::<Digest>() {
+                    Ok(d) => d,
+                    Err(source) => {
+                        stack.pop();
+                        return Err(ImageError::BadDigest {
+                            document: digest,
+                            field: "manifests[].digest",
+                            source,
+                        });
+                    }
                 };
                 let p = child.platform.as_ref();
                 if p.is_some_and(|p| p.os == "unknown") {
@@ -118,10 +124,10 @@ impl Resolver<'_> {
             }
             stack.pop();
             if present == 0 {
-                return Err(format!(
-                    "none of the {} manifests of index {digest} is in the archive",
-                    children.len()
-                ));
+                return Err(ImageError::NoManifestPresent {
+                    digest,
+                    count: children.len(),
+                });
             }
             summary.platforms.sort();
             summary.platforms.dedup();
@@ -130,19 +136,29 @@ impl Resolver<'_> {
         let (config, layers) = match (doc.config, doc.layers) {
             (Some(c), Some(l)) => (c, l),
             _ => {
-                return Err(format!(
-                    "{digest} ({}) is neither an image index nor a manifest",
-                    doc.media_type
-                ))
+                return Err(ImageError::NotAManifest {
+                    digest,
+                    media_type: doc.media_type,
+                })
             }
         };
-        let config_digest: Digest = config
-            .digest
-            .parse()
-            .map_err(|e| format!("{digest}: config: {e}"))?;
-        let config_bytes = self.pass.json_blobs.get(&config_digest).ok_or_else(|| {
-            format!("config {config_digest} of manifest {digest} is not in the archive")
-        })?;
+        let config_digest: Digest =
+            config
+                .digest
+                .parse()
+                .map_err(|source| ImageError::BadDigest {
+                    document: digest,
+                    field: "config.digest",
+                    source,
+                })?;
+        let config_bytes =
+            self.pass
+                .json_blobs
+                .get(&config_digest)
+                .ok_or(ImageError::ConfigMissing {
+                    config: config_digest,
+                    manifest: digest,
+                })?;
         self.out.documents.insert(
             config_digest,
             String::from_utf8_lossy(config_bytes).into_owned(),
@@ -156,7 +172,11 @@ impl Resolver<'_> {
                 Ok((
                     l.digest
                         .parse::<Digest>()
-                        .map_err(|e| format!("{digest}: layer: {e}"))?,
+                        .map_err(|source| ImageError::BadDigest {
+                            document: digest,
+                            field: "layers[].digest",
+                            source,
+                        })?,
                     l.media_type.clone(),
                     l.size,
                 ))

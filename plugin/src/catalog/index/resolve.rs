@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::model::{ImageConfig, Platform};
 use super::walk::{Entry, Pass};
-use super::{ArchiveIndex, ImageEntry, LayerEntry, ManifestEntry};
+use super::{ArchiveIndex, ImageEntry, ImageError, ImageResult, LayerEntry, ManifestEntry};
 use crate::catalog::container::{sniff_compression, Container};
 use crate::catalog::Compression;
 use crate::digest::Digest;
@@ -27,9 +27,6 @@ fn layer_compression(media_type: &str, head: Option<&[u8]>) -> Compression {
         Compression::None
     }
 }
-
-/// A per-image failure: recorded as a problem, the rest of the archive stays.
-pub(super) type ImageResult<T> = Result<T, String>;
 
 pub(super) struct Summary {
     pub(super) platforms: Vec<String>,
@@ -83,23 +80,30 @@ impl Resolver<'_> {
         layers: &[(Digest, String, u64)],
         platform: Option<&Platform>,
     ) -> ImageResult<Summary> {
-        let config: ImageConfig = serde_json::from_slice(config_bytes)
-            .map_err(|e| format!("config {config_digest}: {e}"))?;
+        let config: ImageConfig =
+            serde_json::from_slice(config_bytes).map_err(|source| ImageError::BadConfig {
+                digest: config_digest,
+                source,
+            })?;
         let diff_ids: Vec<Digest> = config
             .rootfs
             .diff_ids
             .iter()
             .map(|d| {
-                d.parse()
-                    .map_err(|e| format!("config {config_digest}: diff_ids: {e}"))
+                d.parse().map_err(|source| ImageError::BadDigest {
+                    document: config_digest,
+                    field: "rootfs.diff_ids",
+                    source,
+                })
             })
             .collect::<ImageResult<_>>()?;
         if diff_ids.len() != layers.len() {
-            return Err(format!(
-                "manifest {digest} has {} layers but its config {config_digest} lists {} diff_ids",
-                layers.len(),
-                diff_ids.len()
-            ));
+            return Err(ImageError::LayerCountMismatch {
+                manifest: digest,
+                layers: layers.len(),
+                config: config_digest,
+                diff_ids: diff_ids.len(),
+            });
         }
         let platform = match platform {
             Some(p) if !p.os.is_empty() => p.render(),

@@ -292,7 +292,7 @@ fn archived_manifest(catalog: &Catalog, r: &Reference) -> Result<Option<Manifest
         }
         return Ok(None);
     };
-    let bytes = Bytes::from(doc.into_bytes());
+    let bytes = doc;
     let Some(sniffed) = media::manifest_media_type(&bytes) else {
         // A config or other document: not a manifest.
         return Ok(None);

@@ -3,10 +3,11 @@
 
 use std::path::Path;
 
+use bytes::Bytes;
 use serde::Serialize;
 
 use super::model::{parse_json, DockerManifest};
-use super::resolve::Resolver;
+use super::resolve::{json_text, Resolver};
 use super::walk::{entry_name, Entry};
 use super::{ImageError, ImageResult, IndexError, MEDIA_OCI_CONFIG, MEDIA_OCI_MANIFEST};
 use crate::catalog::container::{sniff_compression, Container};
@@ -53,7 +54,7 @@ impl Resolver<'_> {
 
     /// A docker-save entry: finds a file by its manifest.json path, which
     /// may also be a `blobs/sha256/<hex>` path (Docker 25+).
-    fn docker_file(&self, path: &str) -> Option<(&Entry, Option<&Vec<u8>>)> {
+    fn docker_file(&self, path: &str) -> Option<(&Entry, Option<&Bytes>)> {
         let name = entry_name(Path::new(path));
         if let Some(e) = self.pass.files.get(&name) {
             return Some((e, self.pass.json_files.get(&name)));
@@ -118,10 +119,10 @@ impl Resolver<'_> {
         let manifest_json = serde_json::to_string(&manifest).expect("plain structs serialize");
         let manifest_digest = Digest::of(manifest_json.as_bytes());
         self.out.blobs.insert(config_digest, config_loc);
-        self.out.documents.insert(
-            config_digest,
-            String::from_utf8_lossy(&config_bytes).into_owned(),
-        );
+        json_text(config_digest, &config_bytes)?;
+        self.out
+            .documents
+            .insert(config_digest, config_bytes.clone());
         let mut summary =
             self.add_manifest(manifest_digest, config_digest, &config_bytes, &layers, None)?;
         summary
@@ -130,7 +131,9 @@ impl Resolver<'_> {
         summary
             .blobs
             .insert(config_digest, config_bytes.len() as u64);
-        self.out.documents.insert(manifest_digest, manifest_json);
+        self.out
+            .documents
+            .insert(manifest_digest, Bytes::from(manifest_json));
         for tag in m.repo_tags.iter().flatten() {
             match Reference::parse(tag) {
                 Ok(r) => self.push_image(

@@ -7,6 +7,7 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use self::resolve::Resolver;
@@ -22,7 +23,9 @@ mod resolve;
 mod walk;
 
 /// Bumped whenever the persisted form changes; older files are re-indexed.
-pub(crate) const INDEX_FORMAT: u32 = 1;
+/// 2: documents are kept byte for byte (format 1 could hold a non-UTF-8
+/// document changed by a lossy conversion).
+pub(crate) const INDEX_FORMAT: u32 = 2;
 /// Largest JSON document (manifest, index, config) read from an archive.
 pub(crate) const MAX_JSON: u64 = 8 << 20;
 /// Most tar entries accepted in one archive.
@@ -125,8 +128,10 @@ pub struct ArchiveIndex {
     /// Every blob the archive carries, by digest.
     pub blobs: BTreeMap<Digest, BlobLocation>,
     /// The JSON documents (indexes, manifests, configs) the images use, kept
-    /// in memory; synthesized docker-save manifests exist only here.
-    pub(crate) documents: BTreeMap<Digest, String>,
+    /// in memory, byte for byte; synthesized docker-save manifests exist
+    /// only here. Persisted as JSON strings: each was checked to be UTF-8.
+    #[serde(with = "documents_as_text")]
+    pub(crate) documents: BTreeMap<Digest, Bytes>,
     /// What is wrong with some images of an otherwise readable archive.
     pub problems: Vec<String>,
     /// Length of the decompressed stream walked.
@@ -149,6 +154,38 @@ pub enum IndexError {
     BadDocument { file: String, reason: String },
     #[error("no image layout: neither index.json (OCI) nor manifest.json (docker save) found")]
     NoLayout,
+}
+
+/// [`ArchiveIndex::documents`] in the persisted JSON: a map of digest to
+/// document text, as format 1 had it.
+mod documents_as_text {
+    use std::collections::BTreeMap;
+
+    use bytes::Bytes;
+    use serde::ser::{Error as _, SerializeMap};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::digest::Digest;
+
+    pub(super) fn serialize<S: Serializer>(
+        docs: &BTreeMap<Digest, Bytes>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(docs.len()))?;
+        for (digest, bytes) in docs {
+            let text = std::str::from_utf8(bytes)
+                .map_err(|e| S::Error::custom(format!("document {digest}: {e}")))?;
+            map.serialize_entry(digest, text)?;
+        }
+        map.end()
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<Digest, Bytes>, D::Error> {
+        let docs = BTreeMap::<Digest, String>::deserialize(d)?;
+        Ok(docs.into_iter().map(|(k, v)| (k, Bytes::from(v))).collect())
+    }
 }
 
 /// What makes one image of an archive unusable. Recorded in
@@ -204,6 +241,11 @@ enum ImageError {
     FileMissing { what: &'static str, path: String },
     #[error("config {path} is not JSON")]
     ConfigNotJson { path: String },
+    #[error("{digest} is not UTF-8, so not JSON: {source}")]
+    NotUtf8 {
+        digest: Digest,
+        source: std::str::Utf8Error,
+    },
 }
 
 /// A per-image result: an error is recorded as a problem, the rest of the
@@ -269,3 +311,84 @@ pub(crate) const MEDIA_DOCKER_LIST: &str =
     "application/vnd.docker.distribution.manifest.list.v2+json";
 pub(crate) const MEDIA_DOCKER_MANIFEST: &str =
     "application/vnd.docker.distribution.manifest.v2+json";
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::labels;
+
+    /// An OCI layout of one image with no layers: `config` and its manifest.
+    fn index_of(config: &[u8]) -> (ArchiveIndex, Digest, Digest) {
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": MEDIA_OCI_MANIFEST,
+            "config": {"mediaType": MEDIA_OCI_CONFIG, "digest": Digest::of(config).to_string(), "size": config.len()},
+            "layers": [],
+        }))
+        .unwrap();
+        let index = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{
+                "mediaType": MEDIA_OCI_MANIFEST,
+                "digest": Digest::of(&manifest).to_string(),
+                "size": manifest.len(),
+                "annotations": {labels::CONTAINERD_IMAGE_NAME: "docker.io/library/x:1"},
+            }],
+        }))
+        .unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, bytes) in [
+            (
+                "oci-layout".to_string(),
+                &br#"{"imageLayoutVersion":"1.0.0"}"#[..],
+            ),
+            ("index.json".to_string(), &index[..]),
+            (
+                format!("blobs/sha256/{}", Digest::of(&manifest).hex()),
+                &manifest[..],
+            ),
+            (format!("blobs/sha256/{}", Digest::of(config).hex()), config),
+        ] {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(bytes.len() as u64);
+            b.append_data(&mut h, path, bytes).unwrap();
+        }
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&b.into_inner().unwrap()).unwrap();
+        // Opened again: the handle written through is at the end.
+        let file = File::open(f.path()).unwrap();
+        let key = FileKey::of(&file.metadata().unwrap());
+        let index = index_archive(f.path(), &file, key).unwrap();
+        (index, Digest::of(&manifest), Digest::of(config))
+    }
+
+    #[test]
+    fn documents_are_kept_byte_for_byte_and_persist() {
+        let config = "{\"os\":\"linux\",\"architecture\":\"amd64\",\"author\":\"Zoë\",\
+                      \"rootfs\":{\"type\":\"layers\",\"diff_ids\":[]}}";
+        let (index, manifest, config_digest) = index_of(config.as_bytes());
+        assert_eq!(index.problems, Vec::<String>::new());
+        assert_eq!(index.images.len(), 1);
+        assert_eq!(&index.documents[&config_digest][..], config.as_bytes());
+        assert_eq!(Digest::of(&index.documents[&manifest]), manifest);
+        let json = serde_json::to_vec(&index).unwrap();
+        let back: ArchiveIndex = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back.documents, index.documents);
+    }
+
+    #[test]
+    fn a_document_that_is_not_utf8_is_a_problem_naming_it() {
+        let config = b"{\"os\":\"linux\",\"architecture\":\"amd64\",\"author\":\"Zo\xeb\",\
+                       \"rootfs\":{\"type\":\"layers\",\"diff_ids\":[]}}";
+        let (index, _, config_digest) = index_of(config);
+        assert!(index.images.is_empty(), "{:?}", index.images);
+        assert!(!index.documents.contains_key(&config_digest));
+        let problems = index.problems.join("\n");
+        assert!(
+            problems.contains(&format!("{config_digest} is not UTF-8")),
+            "{problems}"
+        );
+    }
+}

@@ -3,8 +3,10 @@
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
+
 use super::model::{parse_json, Descriptor, Document, Platform};
-use super::resolve::{Resolver, Summary};
+use super::resolve::{json_text, Resolver, Summary};
 use super::{ImageError, ImageResult, IndexError, MAX_DEPTH, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST};
 use crate::catalog::reference::Reference;
 use crate::digest::Digest;
@@ -75,11 +77,10 @@ impl Resolver<'_> {
                 actual: bytes.len() as u64,
             });
         }
+        json_text(digest, bytes)?;
         let doc: Document = serde_json::from_slice(bytes)
             .map_err(|source| ImageError::BadManifest { digest, source })?;
-        self.out
-            .documents
-            .insert(digest, String::from_utf8_lossy(bytes).into_owned());
+        self.out.documents.insert(digest, bytes.clone());
         let mut summary = Summary {
             platforms: Vec::new(),
             manifests: Vec::new(),
@@ -159,10 +160,10 @@ impl Resolver<'_> {
                     config: config_digest,
                     manifest: digest,
                 })?;
-        self.out.documents.insert(
-            config_digest,
-            String::from_utf8_lossy(config_bytes).into_owned(),
-        );
+        json_text(config_digest, config_bytes)?;
+        self.out
+            .documents
+            .insert(config_digest, config_bytes.clone());
         summary
             .blobs
             .insert(config_digest, config_bytes.len() as u64);
@@ -192,7 +193,7 @@ impl Resolver<'_> {
 
 /// The media type of a top-level descriptor, from the document when the
 /// descriptor is silent.
-fn media_type_of(desc: &Descriptor, doc: Option<&Vec<u8>>) -> String {
+fn media_type_of(desc: &Descriptor, doc: Option<&Bytes>) -> String {
     if !desc.media_type.is_empty() {
         return desc.media_type.clone();
     }

@@ -35,6 +35,12 @@ pub(super) struct Summary {
     pub(super) blobs: BTreeMap<Digest, u64>,
 }
 
+/// Checks that a document the images use is JSON's UTF-8 (RFC 8259): bytes
+/// that are not are no JSON document, and are never altered to fit.
+pub(super) fn json_text(digest: Digest, bytes: &[u8]) -> ImageResult<&str> {
+    std::str::from_utf8(bytes).map_err(|source| ImageError::NotUtf8 { digest, source })
+}
+
 /// Turns what the pass collected into the index, one layout's documents at
 /// a time (`oci.rs`, `docker_save.rs`).
 pub(super) struct Resolver<'a> {

@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::io::{self, Read};
 use std::path::Path;
 
+use bytes::Bytes;
+
 use super::{BlobLocation, IndexError, MAX_ENTRIES, MAX_JSON, MAX_JSON_TOTAL};
 use crate::digest::{Digest, Hasher};
 
@@ -26,8 +28,8 @@ pub(super) struct Pass {
     /// `blobs/sha256/<hex>` entries.
     pub(super) blobs: HashMap<Digest, Entry>,
     /// Small JSON files and blobs, by path and by digest.
-    pub(super) json_files: HashMap<String, Vec<u8>>,
-    pub(super) json_blobs: HashMap<Digest, Vec<u8>>,
+    pub(super) json_files: HashMap<String, Bytes>,
+    pub(super) json_blobs: HashMap<Digest, Bytes>,
     json_total: u64,
     pub(super) stream_len: u64,
 }
@@ -115,8 +117,8 @@ pub(super) fn walk(stream: Box<dyn Read + Send>) -> Result<Pass, IndexError> {
                         return Err(IndexError::TooMuchJson);
                     }
                     match named {
-                        Some(d) => pass.json_blobs.insert(d, bytes),
-                        None => pass.json_files.insert(name.clone(), bytes),
+                        Some(d) => pass.json_blobs.insert(d, bytes.into()),
+                        None => pass.json_files.insert(name.clone(), bytes.into()),
                     };
                 }
                 match named {

@@ -7,7 +7,7 @@
 //! and normalized as containerd does: `/v2/library/busybox/...` is
 //! `docker.io/library/busybox`, `/v2/quay.io/x/y/...` is `quay.io/x/y`.
 
-use crate::catalog::reference::Reference;
+use crate::catalog::reference::{Reference, ReferenceError, ReferenceErrorKind};
 use crate::digest::Digest;
 
 use super::error::MirrorError;
@@ -44,11 +44,11 @@ pub fn parse(path: &str, query: Option<&str>) -> Result<Route, MirrorError> {
         } else {
             format!(":{reference}")
         };
-        let r = reference_of(ns.as_deref(), name, &by).map_err(|e| match e {
-            MirrorError::NameInvalid(m) if m.contains("tag") => {
+        let r = reference_of(ns.as_deref(), name, &by).map_err(|e| match e.kind {
+            ReferenceErrorKind::Tag => {
                 MirrorError::ManifestUnknown(format!("invalid tag {reference:?}"))
             }
-            other => other,
+            _ => MirrorError::NameInvalid(e.to_string()),
         })?;
         return Ok(Route::Manifest(r));
     }
@@ -56,7 +56,8 @@ pub fn parse(path: &str, query: Option<&str>) -> Result<Route, MirrorError> {
         let digest: Digest = digest
             .parse()
             .map_err(|e| MirrorError::DigestInvalid(format!("{e}")))?;
-        let r = reference_of(ns.as_deref(), name, &format!("@{digest}"))?;
+        let r = reference_of(ns.as_deref(), name, &format!("@{digest}"))
+            .map_err(|e| MirrorError::NameInvalid(e.to_string()))?;
         return Ok(Route::Blob(r, digest));
     }
     Err(MirrorError::NameUnknown(format!(
@@ -66,12 +67,12 @@ pub fn parse(path: &str, query: Option<&str>) -> Result<Route, MirrorError> {
 
 /// `<ns>/<name><by>` (or `<name><by>`) as a normalized reference. With `ns`
 /// the registry is `ns` even when it is a single-label host name.
-fn reference_of(ns: Option<&str>, name: &str, by: &str) -> Result<Reference, MirrorError> {
+fn reference_of(ns: Option<&str>, name: &str, by: &str) -> Result<Reference, ReferenceError> {
     let full = match ns {
         Some(ns) => format!("{ns}/{name}{by}"),
         None => format!("{name}{by}"),
     };
-    let mut r = Reference::parse(&full).map_err(|e| MirrorError::NameInvalid(e.to_string()))?;
+    let mut r = Reference::parse(&full)?;
     if let Some(ns) = ns {
         if r.domain != ns {
             r.domain = ns.to_string();
@@ -204,6 +205,8 @@ mod tests {
         assert_eq!(code("/v2/X/manifests/t", None), "NAME_INVALID");
         assert_eq!(code("/v2/../etc/manifests/t", None), "NAME_INVALID");
         assert_eq!(code("/v2/x/manifests/-t", None), "MANIFEST_UNKNOWN");
+        // A bad name is NAME_INVALID even when it contains the word "tag".
+        assert_eq!(code("/v2/tag/Bad/manifests/t", None), "NAME_INVALID");
         assert_eq!(code("/v2/x/tags/list", None), "NAME_UNKNOWN");
         assert_eq!(code("/v3/x", None), "NAME_UNKNOWN");
         assert_eq!(code("/v2/x/manifests/t", Some("ns=a/b")), "NAME_INVALID");

@@ -3,8 +3,16 @@
 //! decompressed size of every frame). Every other zstd tool still reads the
 //! file as an ordinary `.tar.zst`.
 //!
-//! Parsed by hand: the format is a few fixed-size fields, and the only crate
-//! for it binds zstd's unmaintained contrib C code.
+//! Hand-written over the `zstd` crate that every other zstd stream here
+//! already uses, although crates for the format exist (`zeekstd`, a Rust
+//! implementation over `zstd-safe`; `zstd-seekable`, bindings that compile
+//! zstd's `contrib/seekable_format` C code). What is needed is small: reading
+//! is one table of fixed-size fields, checked against the file's length
+//! before anything is allocated, after which `blob::SeekableRange`
+//! decompresses single frames read with positional reads on one shared file
+//! handle; writing cuts a frame at every blob boundary and compresses several
+//! frames in parallel ([`SeekableWriter`]), which `zeekstd`'s encoder (one
+//! frame at a time) does not.
 
 use std::fs::File;
 

@@ -8,7 +8,7 @@ use std::os::unix::fs::FileExt;
 
 use serde::{Deserialize, Serialize};
 
-use super::seekable::{SeekTable, SEEKABLE_MAGIC};
+use super::seekable::{SeekTable, SeekTableError, SEEKABLE_MAGIC};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -101,7 +101,7 @@ pub enum ContainerError {
     #[error("not an image archive: neither tar, gzip, zstd, lz4 nor bzip2")]
     Unknown,
     #[error("bad zstd seek table: {0}")]
-    SeekTable(String),
+    SeekTable(#[from] SeekTableError),
 }
 
 /// Tells the container of `file` (of length `len`) from its first and last
@@ -120,7 +120,7 @@ pub fn sniff(file: &File, len: u64) -> Result<(Container, Option<SeekTable>), Co
                 && read_full_at(file, &mut tail, len - 4)? == 4
                 && u32::from_le_bytes(tail) == SEEKABLE_MAGIC
             {
-                let table = SeekTable::read(file, len).map_err(ContainerError::SeekTable)?;
+                let table = SeekTable::read(file, len)?;
                 Ok((Container::SeekableZstd, Some(table)))
             } else {
                 Ok((Container::Zstd, None))

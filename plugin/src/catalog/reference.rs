@@ -9,11 +9,40 @@
 
 use std::fmt;
 
+use crate::digest::Digest;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid image reference {value:?}: {reason}")]
+#[error("invalid image reference {value:?}: {kind}")]
 pub struct ReferenceError {
+    /// The reference (its first 200 characters).
     pub value: String,
-    pub reason: &'static str,
+    pub kind: ReferenceErrorKind,
+}
+
+/// Which part of a reference is wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReferenceErrorKind {
+    Empty,
+    TooLong,
+    Digest,
+    Tag,
+    Domain,
+    Path,
+}
+
+impl fmt::Display for ReferenceErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ReferenceErrorKind::Empty => "empty",
+            ReferenceErrorKind::TooLong => "longer than 1024 bytes",
+            ReferenceErrorKind::Digest => "digest is not sha256:<64 hex>",
+            ReferenceErrorKind::Tag => "tag must be [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}",
+            ReferenceErrorKind::Domain => "bad registry host",
+            ReferenceErrorKind::Path => {
+                "repository path must be lowercase [a-z0-9] separated by . _ __ - or /"
+            }
+        })
+    }
 }
 
 /// A normalized reference: `domain/path[:tag][@digest]`, with at least a tag
@@ -23,7 +52,7 @@ pub struct Reference {
     pub domain: String,
     pub path: String,
     pub tag: Option<String>,
-    pub digest: Option<String>,
+    pub digest: Option<Digest>,
 }
 
 const DEFAULT_DOMAIN: &str = "docker.io";
@@ -32,22 +61,19 @@ const MAX_LEN: usize = 1024;
 impl Reference {
     /// Parses and normalizes `s`.
     pub fn parse(s: &str) -> Result<Reference, ReferenceError> {
-        let err = |reason| ReferenceError {
+        use ReferenceErrorKind as Kind;
+        let err = |kind| ReferenceError {
             value: s.chars().take(200).collect(),
-            reason,
+            kind,
         };
         if s.is_empty() {
-            return Err(err("empty"));
+            return Err(err(Kind::Empty));
         }
         if s.len() > MAX_LEN {
-            return Err(err("longer than 1024 bytes"));
+            return Err(err(Kind::TooLong));
         }
         let (rest, digest) = match s.split_once('@') {
-            Some((r, d)) => {
-                d.parse::<crate::digest::Digest>()
-                    .map_err(|_| err("digest is not sha256:<64 hex>"))?;
-                (r, Some(d.to_string()))
-            }
+            Some((r, d)) => (r, Some(d.parse::<Digest>().map_err(|_| err(Kind::Digest))?)),
             None => (s, None),
         };
         // A tag follows the last ':' that comes after the last '/'.
@@ -61,7 +87,7 @@ impl Reference {
         };
         if let Some(tag) = &tag {
             if !valid_tag(tag) {
-                return Err(err("tag must be [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"));
+                return Err(err(Kind::Tag));
             }
         }
         let (domain, path) = match name.split_once('/') {
@@ -73,7 +99,7 @@ impl Reference {
             _ => (DEFAULT_DOMAIN.to_string(), name.to_string()),
         };
         if !valid_domain(&domain) {
-            return Err(err("bad registry host"));
+            return Err(err(Kind::Domain));
         }
         let path = if domain == DEFAULT_DOMAIN && !path.contains('/') {
             format!("library/{path}")
@@ -81,9 +107,7 @@ impl Reference {
             path
         };
         if path.is_empty() || !path.split('/').all(valid_path_component) {
-            return Err(err(
-                "repository path must be lowercase [a-z0-9] separated by . _ __ - or /",
-            ));
+            return Err(err(Kind::Path));
         }
         let tag = if tag.is_none() && digest.is_none() {
             Some("latest".to_string())
@@ -195,5 +219,29 @@ mod tests {
         ] {
             assert!(Reference::parse(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn errors_say_which_part_is_wrong() {
+        use ReferenceErrorKind as Kind;
+        let kind = |s: &str| Reference::parse(s).unwrap_err().kind;
+        assert_eq!(kind(""), Kind::Empty);
+        assert_eq!(kind(&"a".repeat(1025)), Kind::TooLong);
+        assert_eq!(kind("a@sha256:12"), Kind::Digest);
+        assert_eq!(kind("a:-x"), Kind::Tag);
+        assert_eq!(kind("bad_host.io/a"), Kind::Domain);
+        assert_eq!(kind("tag/UPPER"), Kind::Path);
+        let e = Reference::parse("a:-x").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            r#"invalid image reference "a:-x": tag must be [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"#
+        );
+    }
+
+    #[test]
+    fn the_digest_is_typed() {
+        let d = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let r = Reference::parse(&format!("quay.io/x/y@{d}")).unwrap();
+        assert_eq!(r.digest, Some(d.parse::<Digest>().unwrap()));
     }
 }

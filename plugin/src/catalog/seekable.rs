@@ -3,8 +3,16 @@
 //! decompressed size of every frame). Every other zstd tool still reads the
 //! file as an ordinary `.tar.zst`.
 //!
-//! Parsed by hand: the format is a few fixed-size fields, and the only crate
-//! for it binds zstd's unmaintained contrib C code.
+//! Hand-written over the `zstd` crate that every other zstd stream here
+//! already uses, although crates for the format exist (`zeekstd`, a Rust
+//! implementation over `zstd-safe`; `zstd-seekable`, bindings that compile
+//! zstd's `contrib/seekable_format` C code). What is needed is small: reading
+//! is one table of fixed-size fields, checked against the file's length
+//! before anything is allocated, after which `blob::SeekableRange`
+//! decompresses single frames read with positional reads on one shared file
+//! handle; writing cuts a frame at every blob boundary and compresses several
+//! frames in parallel ([`SeekableWriter`]), which `zeekstd`'s encoder (one
+//! frame at a time) does not.
 
 use std::fs::File;
 
@@ -30,6 +38,31 @@ pub struct Frame {
     pub decompressed_size: u32,
 }
 
+/// What is wrong with a seek table.
+#[derive(Debug, thiserror::Error)]
+pub enum SeekTableError {
+    #[error("reading the seek table: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("file too short for a seek table")]
+    TooShort,
+    #[error("short read of the {0}")]
+    ShortRead(&'static str),
+    #[error("reserved descriptor bits set ({0:#04x})")]
+    ReservedBits(u8),
+    #[error("{0} frames is more than the {MAX_FRAMES} accepted")]
+    TooManyFrames(u64),
+    #[error("table of {0} frames is larger than the file")]
+    LargerThanFile(u64),
+    #[error("skippable frame header does not match the footer")]
+    HeaderMismatch,
+    #[error("frames cover {compressed_end} compressed bytes but the table starts at {start}")]
+    Misplaced { compressed_end: u64, start: u64 },
+    #[error("frame {0} has a compressed size of 0")]
+    EmptyFrame(usize),
+    #[error("table covers {covers} bytes but the stream has {stream}")]
+    ShortOfStream { covers: u64, stream: u64 },
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeekTable {
     pub frames: Vec<Frame>,
@@ -37,45 +70,39 @@ pub struct SeekTable {
 
 impl SeekTable {
     /// Reads and checks the table at the end of `file` (`len` bytes long).
-    pub fn read(file: &File, len: u64) -> Result<SeekTable, String> {
+    pub fn read(file: &File, len: u64) -> Result<SeekTable, SeekTableError> {
         if len < FOOTER_LEN + 8 {
-            return Err("file too short for a seek table".into());
+            return Err(SeekTableError::TooShort);
         }
         let mut footer = [0u8; FOOTER_LEN as usize];
-        if read_full_at(file, &mut footer, len - FOOTER_LEN).map_err(|e| e.to_string())?
-            != footer.len()
-        {
-            return Err("short read of the footer".into());
+        if read_full_at(file, &mut footer, len - FOOTER_LEN)? != footer.len() {
+            return Err(SeekTableError::ShortRead("footer"));
         }
         let num_frames = u32::from_le_bytes(footer[0..4].try_into().unwrap()) as u64;
         let descriptor = footer[4];
         if descriptor & 0x7c != 0 {
-            return Err(format!("reserved descriptor bits set ({descriptor:#04x})"));
+            return Err(SeekTableError::ReservedBits(descriptor));
         }
         let entry_len: u64 = if descriptor & 0x80 != 0 { 12 } else { 8 };
         if num_frames > MAX_FRAMES {
-            return Err(format!(
-                "{num_frames} frames is more than the {MAX_FRAMES} accepted"
-            ));
+            return Err(SeekTableError::TooManyFrames(num_frames));
         }
         let table_len = num_frames * entry_len;
         let frame_len = 8 + table_len + FOOTER_LEN;
         if frame_len > len {
-            return Err(format!(
-                "table of {num_frames} frames is larger than the file"
-            ));
+            return Err(SeekTableError::LargerThanFile(num_frames));
         }
         let start = len - frame_len;
         let mut header = [0u8; 8];
-        read_full_at(file, &mut header, start).map_err(|e| e.to_string())?;
+        read_full_at(file, &mut header, start)?;
         let magic = u32::from_le_bytes(header[0..4].try_into().unwrap());
         let size = u32::from_le_bytes(header[4..8].try_into().unwrap()) as u64;
         if magic != SEEK_TABLE_FRAME_MAGIC || size != table_len + FOOTER_LEN {
-            return Err("skippable frame header does not match the footer".into());
+            return Err(SeekTableError::HeaderMismatch);
         }
         let mut raw = vec![0u8; table_len as usize];
-        if read_full_at(file, &mut raw, start + 8).map_err(|e| e.to_string())? != raw.len() {
-            return Err("short read of the table".into());
+        if read_full_at(file, &mut raw, start + 8)? != raw.len() {
+            return Err(SeekTableError::ShortRead("table"));
         }
         let table = Self::from_entries(&raw, entry_len as usize)?;
         let compressed_end = table
@@ -83,22 +110,23 @@ impl SeekTable {
             .last()
             .map_or(0, |f| f.compressed_offset + f.compressed_size as u64);
         if compressed_end != start {
-            return Err(format!(
-                "frames cover {compressed_end} compressed bytes but the table starts at {start}"
-            ));
+            return Err(SeekTableError::Misplaced {
+                compressed_end,
+                start,
+            });
         }
         Ok(table)
     }
 
     /// Parses the entries (without header or footer).
-    pub fn from_entries(raw: &[u8], entry_len: usize) -> Result<SeekTable, String> {
+    pub fn from_entries(raw: &[u8], entry_len: usize) -> Result<SeekTable, SeekTableError> {
         let mut frames = Vec::with_capacity(raw.len() / entry_len);
         let (mut c_off, mut d_off) = (0u64, 0u64);
         for entry in raw.chunks_exact(entry_len) {
             let compressed_size = u32::from_le_bytes(entry[0..4].try_into().unwrap());
             let decompressed_size = u32::from_le_bytes(entry[4..8].try_into().unwrap());
             if compressed_size == 0 {
-                return Err(format!("frame {} has a compressed size of 0", frames.len()));
+                return Err(SeekTableError::EmptyFrame(frames.len()));
             }
             frames.push(Frame {
                 compressed_offset: c_off,
@@ -331,5 +359,29 @@ mod tests {
         bad[entries_at] ^= 1;
         assert!(check(&bad).is_err());
         assert!(check(&good[..10]).is_err());
+    }
+
+    #[test]
+    fn errors_say_what_is_wrong() {
+        let good = encode(&[7u8; 1000], 300, &[], 1).unwrap();
+        let check = |bytes: &[u8]| {
+            let mut f = tempfile::NamedTempFile::new().unwrap();
+            f.write_all(bytes).unwrap();
+            SeekTable::read(f.as_file(), bytes.len() as u64).unwrap_err()
+        };
+        let n = good.len();
+        let mut bad = good.clone();
+        bad[n - 5] = 0x04;
+        let e = check(&bad);
+        assert!(matches!(e, SeekTableError::ReservedBits(0x04)), "{e}");
+        assert_eq!(e.to_string(), "reserved descriptor bits set (0x04)");
+        let mut bad = good.clone();
+        bad[n - 9..n - 5].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(check(&bad), SeekTableError::TooManyFrames(_)));
+        assert!(matches!(check(&good[..10]), SeekTableError::TooShort));
+        let mut entries = vec![0u8; 16];
+        entries[8..12].copy_from_slice(&5u32.to_le_bytes());
+        let e = SeekTable::from_entries(&entries, 8).unwrap_err();
+        assert_eq!(e.to_string(), "frame 0 has a compressed size of 0");
     }
 }

@@ -9,6 +9,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
+
 use super::container::{self, Container};
 use super::index::{index_archive, ArchiveIndex, FileKey, ImageEntry, LayerEntry, INDEX_FORMAT};
 use super::{LayerRef, LayerSource};
@@ -413,8 +415,8 @@ impl Catalog {
         })
     }
 
-    /// A JSON document (index, manifest, config) by digest.
-    pub fn document(&self, digest: &Digest) -> Option<String> {
+    /// A JSON document (index, manifest, config) by digest, byte for byte.
+    pub fn document(&self, digest: &Digest) -> Option<Bytes> {
         let state = self.ready_state();
         state
             .archives
@@ -439,7 +441,7 @@ impl Catalog {
     /// against its digest before it is returned.
     pub fn blob_reader(&self, digest: &Digest) -> io::Result<Arc<dyn BlobReader>> {
         if let Some(doc) = self.document(digest) {
-            return Ok(Arc::new(doc.into_bytes()));
+            return Ok(Arc::new(doc.to_vec()));
         }
         let archive = self.archive_with(digest)?;
         let reader = self.raw_reader(&archive, digest)?;
@@ -465,7 +467,7 @@ impl Catalog {
     /// read: it ends in an error instead of EOF if the bytes are wrong.
     pub fn open_blob(&self, digest: &Digest) -> io::Result<Box<dyn Read + Send>> {
         if let Some(doc) = self.document(digest) {
-            return Ok(Box::new(io::Cursor::new(doc.into_bytes())));
+            return Ok(Box::new(io::Cursor::new(doc)));
         }
         let archive = self.archive_with(digest)?;
         let what = archive.index.path.display().to_string();

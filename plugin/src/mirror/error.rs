@@ -62,6 +62,13 @@ impl MirrorError {
     }
 }
 
+/// A name that is no image reference.
+impl From<crate::catalog::reference::ReferenceError> for MirrorError {
+    fn from(e: crate::catalog::reference::ReferenceError) -> Self {
+        MirrorError::NameInvalid(e.to_string())
+    }
+}
+
 impl IntoResponse for MirrorError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_code();

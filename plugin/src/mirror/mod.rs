@@ -271,11 +271,7 @@ impl Mirror {
 /// The manifest `r` names, from the archives.
 fn archived_manifest(catalog: &Catalog, r: &Reference) -> Result<Option<Manifest>, MirrorError> {
     let (digest, listed_type) = match (&r.digest, &r.tag) {
-        (Some(d), _) => (
-            d.parse::<Digest>()
-                .map_err(|e| MirrorError::DigestInvalid(e.to_string()))?,
-            None,
-        ),
+        (Some(d), _) => (*d, None),
         (None, Some(_)) => match catalog.resolve(&r.to_string()) {
             Some(info) => {
                 tracing::info!(image = %r, digest = %info.entry.digest, archive = %info.archive.display(),
@@ -293,7 +289,7 @@ fn archived_manifest(catalog: &Catalog, r: &Reference) -> Result<Option<Manifest
         }
         return Ok(None);
     };
-    let bytes = Bytes::from(doc.into_bytes());
+    let bytes = doc;
     let Some(sniffed) = media::manifest_media_type(&bytes) else {
         // A config or other document: not a manifest.
         return Ok(None);

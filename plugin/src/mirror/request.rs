@@ -8,7 +8,7 @@
 //! and normalized as containerd does: `/v2/library/busybox/...` is
 //! `docker.io/library/busybox`, `/v2/quay.io/x/y/...` is `quay.io/x/y`.
 
-use crate::catalog::reference::Reference;
+use crate::catalog::reference::{Reference, ReferenceError, ReferenceErrorKind};
 use crate::digest::Digest;
 
 use super::error::MirrorError;
@@ -105,11 +105,11 @@ pub fn parse(path: &str, query: Option<&str>) -> Result<Route, MirrorError> {
         } else {
             format!(":{reference}")
         };
-        let r = reference_of(ns.as_deref(), name, &by).map_err(|e| match e {
-            MirrorError::NameInvalid(m) if m.contains("tag") => {
+        let r = reference_of(ns.as_deref(), name, &by).map_err(|e| match e.kind {
+            ReferenceErrorKind::Tag => {
                 MirrorError::ManifestUnknown(format!("invalid tag {reference:?}"))
             }
-            other => other,
+            _ => e.into(),
         })?;
         return Ok(Route::Manifest(r));
     }
@@ -127,12 +127,12 @@ pub fn parse(path: &str, query: Option<&str>) -> Result<Route, MirrorError> {
 
 /// `<ns>/<name><by>` (or `<name><by>`) as a normalized reference. With `ns`
 /// the registry is `ns` even when it is a single-label host name.
-fn reference_of(ns: Option<&str>, name: &str, by: &str) -> Result<Reference, MirrorError> {
+fn reference_of(ns: Option<&str>, name: &str, by: &str) -> Result<Reference, ReferenceError> {
     let full = match ns {
         Some(ns) => format!("{ns}/{name}{by}"),
         None => format!("{name}{by}"),
     };
-    let mut r = Reference::parse(&full).map_err(|e| MirrorError::NameInvalid(e.to_string()))?;
+    let mut r = Reference::parse(&full)?;
     if let Some(ns) = ns {
         if r.domain != ns {
             r.domain = ns.to_string();
@@ -303,6 +303,8 @@ mod tests {
         assert_eq!(code("/v2/x/manifests/-t", None), "MANIFEST_UNKNOWN");
         assert_eq!(code("/v2/tags/list", None), "NAME_UNKNOWN");
         assert_eq!(code("/v2/X/tags/list", None), "NAME_INVALID");
+        // A bad name is NAME_INVALID even when it contains the word "tag".
+        assert_eq!(code("/v2/tag/Bad/manifests/t", None), "NAME_INVALID");
         assert_eq!(code("/v3/x", None), "NAME_UNKNOWN");
         assert_eq!(code("/v2/x/manifests/t", Some("ns=a/b")), "NAME_INVALID");
         assert_eq!(code("/v2/x/manifests/t", Some("ns=%zz")), "NAME_INVALID");

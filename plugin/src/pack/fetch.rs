@@ -102,7 +102,7 @@ async fn fetch_image(
                     continue;
                 }
                 let child = Reference {
-                    digest: Some(d.to_string()),
+                    digest: Some(d),
                     tag: None,
                     ..r.clone()
                 };

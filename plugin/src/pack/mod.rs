@@ -154,7 +154,7 @@ fn image_blobs(
         missing.push(format!("{name}: manifest {top}"));
         return (blobs, found_platforms);
     };
-    let doc: Value = serde_json::from_str(&doc).unwrap_or(Value::Null);
+    let doc: Value = serde_json::from_slice(&doc).unwrap_or(Value::Null);
     let manifests: Vec<(Digest, Value)> = match doc["manifests"].as_array() {
         Some(children) => children
             .iter()
@@ -167,7 +167,7 @@ fn image_blobs(
                 let m = catalog.document(&d)?;
                 blobs.push(d);
                 found_platforms.push(plat);
-                Some((d, serde_json::from_str(&m).unwrap_or(Value::Null)))
+                Some((d, serde_json::from_slice(&m).unwrap_or(Value::Null)))
             })
             .collect(),
         None => {
@@ -351,7 +351,7 @@ pub fn pack(opts: &PackOptions, progress: &dyn Fn(u64, u64)) -> Result<PackSumma
         .iter()
         .map(|(name, digest, _)| {
             let doc = catalog.document(digest).unwrap_or_default();
-            let v: Value = serde_json::from_str(&doc).unwrap_or(Value::Null);
+            let v: Value = serde_json::from_slice(&doc).unwrap_or(Value::Null);
             let media_type = v["mediaType"]
                 .as_str()
                 .map(str::to_string)

@@ -242,7 +242,7 @@ impl Upstream {
         r: &Reference,
         accept: Option<&str>,
     ) -> Result<Option<FetchedManifest>, UpstreamError> {
-        let pinned: Option<Digest> = r.digest.as_deref().and_then(|d| d.parse().ok());
+        let pinned: Option<Digest> = r.digest;
         if let Some(d) = &pinned {
             if let Some(m) = self.manifests.lock().unwrap().get(d) {
                 return Ok(Some(m.clone()));
@@ -251,7 +251,7 @@ impl Upstream {
         let repo = self.repository(r);
         let by = r
             .digest
-            .clone()
+            .map(|d| d.to_string())
             .or_else(|| r.tag.clone())
             .unwrap_or_else(|| "latest".into());
         let path = format!("/v2/{repo}/manifests/{by}");

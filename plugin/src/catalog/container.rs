@@ -5,6 +5,7 @@
 use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -147,6 +148,28 @@ pub fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usiz
 }
 
 /// A decoder for the whole stream of `container` over `input`.
+/// Decodes a whole archive file from its first byte. Reads with `pread`, so
+/// the stream neither depends on nor moves the offset of a shared handle:
+/// concurrent decoders of one file, and a handle someone already read from,
+/// are fine.
+pub fn decode_file(file: Arc<File>, container: Container) -> io::Result<Box<dyn Read + Send>> {
+    decoder(FileAt { file, pos: 0 }, container)
+}
+
+/// A `Read` over a file from its start with a position of its own (`pread`).
+struct FileAt {
+    file: Arc<File>,
+    pos: u64,
+}
+
+impl Read for FileAt {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
 pub fn decoder<R: Read + Send + 'static>(
     input: R,
     container: Container,

@@ -479,13 +479,7 @@ impl Catalog {
             // random access.
             let loc = archive.index.blobs[digest];
             let stream = Counted {
-                inner: container::decoder(
-                    FileAt {
-                        file: archive.file.clone(),
-                        pos: 0,
-                    },
-                    container,
-                )?,
+                inner: container::decode_file(archive.file.clone(), container)?,
                 stats: self.stats.clone(),
             };
             let mut stream = stream;
@@ -547,7 +541,7 @@ impl Catalog {
                 let file = archive.file.clone();
                 let what = archive.index.path.display().to_string();
                 let (entry, hit) = self.cache.get_or_fill(digest, |out| {
-                    let mut stream = container::decoder(FileAt { file, pos: 0 }, container)?;
+                    let mut stream = container::decode_file(file, container)?;
                     let skipped = io::copy(&mut (&mut stream).take(loc.offset), &mut io::sink())?;
                     if skipped != loc.offset {
                         return Err(io::Error::new(
@@ -624,21 +618,6 @@ impl Read for Counted {
         self.stats
             .decompressed
             .fetch_add(n as u64, Ordering::Relaxed);
-        Ok(n)
-    }
-}
-
-/// A `Read` over a shared file handle from its start, with a position of
-/// its own (`pread`), so concurrent decoders never move each other's offset.
-struct FileAt {
-    file: Arc<File>,
-    pos: u64,
-}
-
-impl Read for FileAt {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = std::os::unix::fs::FileExt::read_at(&*self.file, buf, self.pos)?;
-        self.pos += n as u64;
         Ok(n)
     }
 }

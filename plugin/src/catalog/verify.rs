@@ -57,7 +57,7 @@ pub fn verify_archive(
     blobs.sort_by_key(|(_, l)| l.offset);
     let stream = match file
         .try_clone()
-        .and_then(|f| container::decoder(f, index.container))
+        .and_then(|f| container::decode_file(std::sync::Arc::new(f), index.container))
     {
         Ok(s) => s,
         Err(e) => {

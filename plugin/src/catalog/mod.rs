@@ -62,7 +62,7 @@ pub mod verify;
 pub mod watch;
 
 pub use index::{ArchiveIndex, FileKey, ImageEntry, IndexError};
-pub use store::{Archive, Catalog, CatalogError, CatalogOptions, ImageInfo, ScanReport};
+pub use store::{Archive, BlobError, Catalog, CatalogError, CatalogOptions, ImageInfo, ScanReport};
 
 #[cfg(test)]
 mod tests;

@@ -50,6 +50,34 @@ impl Default for CatalogOptions {
     }
 }
 
+/// Why a blob cannot be read. Kept apart from I/O errors on purpose: a
+/// reader that fails (a missing cache directory, bad bytes) is never "not
+/// here".
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    /// No archive holds it (any more).
+    #[error("blob {0} is in no archive")]
+    Unknown(Digest),
+    /// An archive holds it, and reading it failed.
+    #[error("blob {digest} of {archive}: {source}")]
+    Read {
+        digest: Digest,
+        archive: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl BlobError {
+    fn read(digest: &Digest, archive: &Archive, source: io::Error) -> BlobError {
+        BlobError::Read {
+            digest: *digest,
+            archive: archive.index.path.clone(),
+            source,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     #[error("{path}: {source}")]
@@ -439,12 +467,21 @@ impl Catalog {
 
     /// A random-access reader over a blob, every byte of which was checked
     /// against its digest before it is returned.
-    pub fn blob_reader(&self, digest: &Digest) -> io::Result<Arc<dyn BlobReader>> {
+    pub fn blob_reader(&self, digest: &Digest) -> Result<Arc<dyn BlobReader>, BlobError> {
         if let Some(doc) = self.document(digest) {
             return Ok(Arc::new(doc.to_vec()));
         }
         let archive = self.archive_with(digest)?;
-        let reader = self.raw_reader(&archive, digest)?;
+        self.verified_reader(&archive, digest)
+            .map_err(|source| BlobError::read(digest, &archive, source))
+    }
+
+    fn verified_reader(
+        &self,
+        archive: &Archive,
+        digest: &Digest,
+    ) -> io::Result<Arc<dyn BlobReader>> {
+        let reader = self.raw_reader(archive, digest)?;
         let key = (archive.index.key, *digest);
         if !self.verified.lock().unwrap().contains(&key) {
             let size = reader.size();
@@ -465,11 +502,20 @@ impl Catalog {
 
     /// A sequential reader over a blob, checked against its digest as it is
     /// read: it ends in an error instead of EOF if the bytes are wrong.
-    pub fn open_blob(&self, digest: &Digest) -> io::Result<Box<dyn Read + Send>> {
+    pub fn open_blob(&self, digest: &Digest) -> Result<Box<dyn Read + Send>, BlobError> {
         if let Some(doc) = self.document(digest) {
             return Ok(Box::new(io::Cursor::new(doc)));
         }
         let archive = self.archive_with(digest)?;
+        self.open_archived(&archive, digest)
+            .map_err(|source| BlobError::read(digest, &archive, source))
+    }
+
+    fn open_archived(
+        &self,
+        archive: &Archive,
+        digest: &Digest,
+    ) -> io::Result<Box<dyn Read + Send>> {
         let what = archive.index.path.display().to_string();
         let container = archive.index.container;
         let streamed = !matches!(container, Container::Tar | Container::SeekableZstd);
@@ -497,7 +543,7 @@ impl Catalog {
                 what,
             )));
         }
-        let reader = self.raw_reader(&archive, digest)?;
+        let reader = self.raw_reader(archive, digest)?;
         let size = reader.size();
         Ok(Box::new(VerifyingReader::new(
             SequentialReader::new(reader),
@@ -507,14 +553,13 @@ impl Catalog {
         )))
     }
 
-    fn archive_with(&self, digest: &Digest) -> io::Result<Arc<Archive>> {
+    fn archive_with(&self, digest: &Digest) -> Result<Arc<Archive>, BlobError> {
         let state = self.ready_state();
-        state.blobs.get(digest).cloned().ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("blob {digest} is in no archive"),
-            )
-        })
+        state
+            .blobs
+            .get(digest)
+            .cloned()
+            .ok_or(BlobError::Unknown(*digest))
     }
 
     /// The unverified reader for `digest` in `archive`, by container.
@@ -655,7 +700,7 @@ impl LayerSource for Catalog {
     }
 
     fn open_blob(&self, digest: &Digest) -> io::Result<Box<dyn Read + Send>> {
-        Catalog::open_blob(self, digest)
+        Catalog::open_blob(self, digest).map_err(io::Error::other)
     }
 }
 

@@ -247,11 +247,10 @@ fn corrupt_blob_is_never_handed_out_as_good() {
         let path = write(dir.path(), "x.tar", &wrap(&tar, w));
         let c = open(&[dir.path()]);
         // Caught when opened (a cached fill checks it) or at the end of the read.
-        let err = match c.open_blob(&b.layers[0]) {
-            Err(e) => e,
-            Ok(mut r) => r.read_to_end(&mut Vec::new()).unwrap_err(),
+        let msg = match c.open_blob(&b.layers[0]) {
+            Err(e) => e.to_string(),
+            Ok(mut r) => r.read_to_end(&mut Vec::new()).unwrap_err().to_string(),
         };
-        let msg = err.to_string();
         assert!(
             msg.contains(&b.layers[0].to_string()) && msg.contains(&path.display().to_string()),
             "{w:?}: {msg}"

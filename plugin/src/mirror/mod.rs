@@ -42,7 +42,7 @@ use bytes::Bytes;
 
 use crate::catalog::container::Container;
 use crate::catalog::reference::Reference;
-use crate::catalog::Catalog;
+use crate::catalog::{BlobError, Catalog};
 use crate::digest::Digest;
 
 use crate::registry::{UpstreamError, Upstreams};
@@ -212,16 +212,15 @@ impl Mirror {
                 Body::empty(),
             ));
         }
-        let catalog = self.catalog.clone();
         let what = digest.to_string();
         match range {
             RangeRequest::Unsatisfiable => Err(MirrorError::RangeNotSatisfiable { size }),
             RangeRequest::Whole if in_place => {
                 // Plain tar or seekable zstd: read in place, checked as it
                 // streams (a mismatch aborts the response).
-                let reader = tokio::task::spawn_blocking(move || catalog.open_blob(&digest))
-                    .await
-                    .map_err(|e| MirrorError::internal("blob reader task", e))?
+                let reader = self
+                    .lookup(move |c| c.open_blob(&digest))
+                    .await?
                     .map_err(|e| blob_open_error(digest, e))?;
                 Ok(blob_response(
                     StatusCode::OK,
@@ -235,9 +234,9 @@ impl Mirror {
                 // A compressed archive: decompressed once into the layer
                 // cache (single-flight: concurrent pulls of the blob wait for
                 // one fill), checked while it fills, then read from there.
-                let reader = tokio::task::spawn_blocking(move || catalog.blob_reader(&digest))
-                    .await
-                    .map_err(|e| MirrorError::internal("blob reader task", e))?
+                let reader = self
+                    .lookup(move |c| c.blob_reader(&digest))
+                    .await?
                     .map_err(|e| blob_open_error(digest, e))?;
                 Ok(blob_response(
                     StatusCode::OK,
@@ -249,9 +248,9 @@ impl Mirror {
             }
             RangeRequest::Part { start, len } => {
                 // Random access, every byte checked once before serving.
-                let reader = tokio::task::spawn_blocking(move || catalog.blob_reader(&digest))
-                    .await
-                    .map_err(|e| MirrorError::internal("blob reader task", e))?
+                let reader = self
+                    .lookup(move |c| c.blob_reader(&digest))
+                    .await?
                     .map_err(|e| blob_open_error(digest, e))?;
                 let content_range =
                     HeaderValue::from_str(&format!("bytes {start}-{}/{size}", start + len - 1))
@@ -449,11 +448,13 @@ fn common_headers(h: &mut HeaderMap, digest: Digest, len: Option<u64>) {
     }
 }
 
-fn blob_open_error(digest: Digest, e: io::Error) -> MirrorError {
-    if e.kind() == io::ErrorKind::NotFound {
-        MirrorError::BlobUnknown(format!("blob {digest} is in no archive"))
-    } else {
-        MirrorError::internal(&format!("opening blob {digest}"), e)
+fn blob_open_error(digest: Digest, e: BlobError) -> MirrorError {
+    match e {
+        // The archive went away since the lookup.
+        BlobError::Unknown(_) => {
+            MirrorError::BlobUnknown(format!("blob {digest} is in no archive"))
+        }
+        e @ BlobError::Read { .. } => MirrorError::internal(&format!("opening blob {digest}"), e),
     }
 }
 

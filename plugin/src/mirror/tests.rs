@@ -815,3 +815,30 @@ async fn content_discovery_lists_archived_tags_and_repositories() {
     ];
     assert_refused(&router, &refusals).await;
 }
+
+/// A reader that fails is never "not here": with the layer cache's
+/// directory gone, a blob of a compressed archive is a 500, not a
+/// BLOB_UNKNOWN that would send containerd on as if the archive lacked it.
+#[tokio::test]
+async fn a_failing_cache_is_an_internal_error_not_a_missing_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let (oci, built) = OciLayout::single("busybox:1.36", &spec());
+    write(dir.path(), "a.tar.gz", &wrap(&oci.to_tar(), Wrap::Gzip));
+    let c = Catalog::open(CatalogOptions {
+        dirs: vec![dir.path().to_path_buf()],
+        cache_dir: Some(cache.path().join("cache")),
+        settle: Duration::ZERO,
+        cache_bytes: 64 << 20,
+        ..Default::default()
+    })
+    .unwrap();
+    let router = Mirror::new(c, Upstreams::default()).router();
+    std::fs::remove_dir_all(cache.path().join("cache")).unwrap();
+    let uri = format!("{NAME}/blobs/{}{NS}", built.layers[0]);
+    #[rustfmt::skip]
+    let refusals = [
+        refused("GET", uri, StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN").with_header("range", "bytes=0-9"),
+    ];
+    assert_refused(&router, &refusals).await;
+}

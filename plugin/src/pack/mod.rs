@@ -60,6 +60,8 @@ pub enum PackError {
     #[error("reading blob {digest}: {source}")]
     Blob { digest: Digest, source: io::Error },
     #[error(transparent)]
+    Open(#[from] crate::catalog::BlobError),
+    #[error(transparent)]
     Catalog(#[from] crate::catalog::CatalogError),
     #[error("registry: {0}")]
     Registry(String),
@@ -328,9 +330,7 @@ pub fn pack(opts: &PackOptions, progress: &dyn Fn(u64, u64)) -> Result<PackSumma
         let header = tar_header(&format!("blobs/sha256/{}", d.hex()), *size).map_err(io_out)?;
         w.write_all(header.as_bytes()).map_err(io_out)?;
         w.cut().map_err(io_out)?;
-        let mut r = catalog
-            .open_blob(d)
-            .map_err(|source| PackError::Blob { digest: *d, source })?;
+        let mut r = catalog.open_blob(d)?;
         let mut copied = 0u64;
         loop {
             let n = r

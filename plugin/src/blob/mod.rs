@@ -212,14 +212,17 @@ impl Read for SequentialReader {
     }
 }
 
-/// Passes a blob through, and at its end checks its length and digest: a
-/// mismatch is an error in place of EOF, so bad bytes are never taken as
-/// good by a reader that reads to the end.
+/// Passes a blob through, checking its length and digest, and holds back
+/// its last byte until both hold: a mismatch is an error in place of that
+/// byte, so no reader ever gets a whole blob of bad bytes, not even one that
+/// stops after `size` bytes without reading to EOF (an HTTP body with a
+/// `Content-Length`). After an error every read repeats it.
 pub struct VerifyingReader<R> {
     inner: Option<HashingReader<R>>,
     digest: Digest,
     size: u64,
     what: String,
+    failed: Option<(io::ErrorKind, String)>,
 }
 
 impl<R: Read> VerifyingReader<R> {
@@ -230,47 +233,91 @@ impl<R: Read> VerifyingReader<R> {
             digest,
             size,
             what,
+            failed: None,
+        }
+    }
+
+    fn fail(&mut self, kind: io::ErrorKind, message: String) -> io::Error {
+        self.inner = None;
+        self.failed = Some((kind, message.clone()));
+        io::Error::new(kind, message)
+    }
+
+    fn short(&mut self, count: u64) -> io::Error {
+        let message = format!(
+            "blob {} in {} ends after {count} of {} bytes",
+            self.digest, self.what, self.size
+        );
+        self.fail(io::ErrorKind::UnexpectedEof, message)
+    }
+
+    /// Reads the last byte (if the blob has one), makes sure nothing
+    /// follows, and checks the digest; returns that byte.
+    fn finish(&mut self, remaining: u64) -> io::Result<Option<u8>> {
+        let inner = self.inner.as_mut().expect("not finished");
+        let mut last = [0u8; 1];
+        if remaining == 1 && read_some(inner, &mut last)? == 0 {
+            return Err(self.short(self.size - 1));
+        }
+        let mut probe = [0u8; 1];
+        if read_some(inner, &mut probe)? != 0 {
+            let message = format!(
+                "blob {} in {} is longer than {} bytes",
+                self.digest, self.what, self.size
+            );
+            return Err(self.fail(io::ErrorKind::InvalidData, message));
+        }
+        let (actual, _, _) = self.inner.take().expect("not finished").finish();
+        if actual != self.digest {
+            let message = format!(
+                "blob {} in {} does not match its digest (got {actual})",
+                self.digest, self.what
+            );
+            return Err(self.fail(io::ErrorKind::InvalidData, message));
+        }
+        Ok((remaining == 1).then_some(last[0]))
+    }
+}
+
+/// One `read`, retried when interrupted.
+fn read_some(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match r.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
         }
     }
 }
 
 impl<R: Read> Read for VerifyingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some((kind, message)) = &self.failed {
+            return Err(io::Error::new(*kind, message.clone()));
+        }
         let Some(inner) = self.inner.as_mut() else {
-            return Ok(0);
+            return Ok(0); // verified and handed out whole
         };
-        let n = inner.read(buf)?;
-        if inner.count() > self.size {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "blob {} in {} is longer than {} bytes",
-                    self.digest, self.what, self.size
-                ),
-            ));
+        if buf.is_empty() {
+            return Ok(0);
         }
-        if n == 0 && !buf.is_empty() {
-            let (actual, count, _) = self.inner.take().unwrap().finish();
-            if count != self.size {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "blob {} in {} ends after {count} of {} bytes",
-                        self.digest, self.what, self.size
-                    ),
-                ));
+        let remaining = self.size - inner.count();
+        if remaining > 1 {
+            // Everything but the last byte passes straight through.
+            let cap = buf.len().min((remaining - 1) as usize);
+            let n = inner.read(&mut buf[..cap])?;
+            if n == 0 {
+                let count = inner.count();
+                return Err(self.short(count));
             }
-            if actual != self.digest {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "blob {} in {} does not match its digest (got {actual})",
-                        self.digest, self.what
-                    ),
-                ));
-            }
+            return Ok(n);
         }
-        Ok(n)
+        Ok(match self.finish(remaining)? {
+            Some(byte) => {
+                buf[0] = byte;
+                1
+            }
+            None => 0,
+        })
     }
 }
 
@@ -300,6 +347,35 @@ mod tests {
         assert!(VerifyingReader::new(&b"hello!"[..], d, 5, "t".into())
             .read_to_end(&mut Vec::new())
             .is_err());
+        // A reader that stops after `size` bytes never gets all of a bad
+        // blob: the last byte is held back until the digest holds.
+        let mut r = VerifyingReader::new(&b"hellx"[..], d, 5, "t".into());
+        let mut got = vec![0u8; 5];
+        let mut n = 0;
+        while n < 5 {
+            match r.read(&mut got[n..]) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => n += k,
+            }
+        }
+        assert_eq!(n, 4, "the bad blob's last byte was handed out");
+        // Errors repeat; they never turn into EOF.
+        assert!(r.read(&mut got).is_err());
+        assert!(r.read(&mut got).is_err());
+        // Empty blobs and one-byte reads.
+        let empty = Digest::of(b"");
+        let mut out = Vec::new();
+        VerifyingReader::new(&b""[..], empty, 0, "t".into())
+            .read_to_end(&mut out)
+            .unwrap();
+        assert!(out.is_empty());
+        let mut r = VerifyingReader::new(&good[..], d, 5, "t".into());
+        let mut byte = [0u8; 1];
+        let mut out = Vec::new();
+        while r.read(&mut byte).unwrap() == 1 {
+            out.push(byte[0]);
+        }
+        assert_eq!(out, good);
     }
 
     #[test]

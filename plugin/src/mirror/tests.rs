@@ -372,13 +372,17 @@ async fn concurrent_pulls_of_a_blob_decompress_it_once() {
 #[tokio::test]
 async fn bad_bytes_are_never_served_and_paths_never_leak() {
     let dir = tempfile::tempdir().unwrap();
-    // Big enough not to be verified while indexing (larger than MAX_JSON).
-    let big: Vec<u8> = (0..9_000_000u32)
+    // Big enough not to be verified while indexing (larger than MAX_JSON),
+    // and a layer of exactly 36 of the body's 256 KiB chunks (a header, the
+    // data, the two end blocks): the last chunk is full, so only a reader
+    // that holds back the blob's last byte keeps the whole from going out.
+    let big: Vec<u8> = (0..36 * 262_144 - 1536u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
         .collect();
     let mut s = spec();
     s.compression = LayerCompression::None;
     s.layers[0] = layer_tar(&[("big", &big)]);
+    assert_eq!(s.layers[0].len(), 36 * 262_144);
     let (oci, built) = OciLayout::single("busybox:1.36", &s);
     write(dir.path(), "a.tar", &oci.to_tar());
     let (_c, router) = mirror_over(dir.path());
@@ -414,6 +418,38 @@ async fn bad_bytes_are_never_served_and_paths_never_leak() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert!(to_bytes(resp.into_body(), usize::MAX).await.is_err());
+
+    // Over a real socket, a client that stops at Content-Length (as
+    // containerd does) never receives the whole blob: its last byte is held
+    // back until the digest holds, so the transfer fails instead.
+    let (addr, stop, server) = serve_on_loopback(&router).await;
+    let got = reqwest::get(format!("http://{addr}{uri}")).await.unwrap();
+    assert_eq!(got.status(), 200);
+    assert!(got.bytes().await.is_err(), "a bad blob arrived whole");
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
+/// Serves `router` on a loopback port until the sender fires.
+async fn serve_on_loopback(
+    router: &axum::Router,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let router = router.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await
+    });
+    (addr, tx, server)
 }
 
 /// Over a real socket: HEAD keeps its Content-Length (containerd needs it).

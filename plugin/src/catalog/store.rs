@@ -481,8 +481,17 @@ impl Catalog {
         archive: &Archive,
         digest: &Digest,
     ) -> io::Result<Arc<dyn BlobReader>> {
-        let reader = self.raw_reader(archive, digest)?;
+        // Ranges are read in place after one check of the whole blob: only
+        // while the file is the one that was indexed and checked.
         let key = (archive.index.key, *digest);
+        if FileKey::of(&archive.file.metadata()?) != archive.index.key {
+            self.verified.lock().unwrap().remove(&key);
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the archive changed since it was indexed",
+            ));
+        }
+        let reader = self.raw_reader(archive, digest)?;
         if !self.verified.lock().unwrap().contains(&key) {
             let size = reader.size();
             let what = archive.index.path.display().to_string();

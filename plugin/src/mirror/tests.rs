@@ -878,3 +878,37 @@ async fn a_failing_cache_is_an_internal_error_not_a_missing_blob() {
     ];
     assert_refused(&router, &refusals).await;
 }
+
+/// Range reads of a plain tar are served in place after one check of the
+/// whole blob: a byte flipped in the archive afterwards, its mtime put back,
+/// is never served.
+#[tokio::test]
+async fn a_range_read_never_serves_an_archive_changed_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spec();
+    s.compression = LayerCompression::None;
+    let (oci, built) = OciLayout::single("busybox:1.36", &s);
+    let path = write(dir.path(), "a.tar", &oci.to_tar());
+    let (_c, router) = mirror_over(dir.path());
+    let layer = &oci.blobs[&built.layers[0]];
+    let uri = format!("{NAME}/blobs/{}{NS}", built.layers[0]);
+    let a = call(&router, "GET", &uri, &[("range", "bytes=0-99")]).await;
+    assert_eq!(a.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(a.body, layer[..100]);
+
+    let bytes = std::fs::read(&path).unwrap();
+    let at = bytes.windows(64).position(|w| w == &layer[..64]).unwrap();
+    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.write_all_at(&[bytes[at + 10] ^ 0xff], at as u64 + 10)
+            .unwrap();
+        f.set_modified(mtime).unwrap();
+    }
+    #[rustfmt::skip]
+    let refusals = [
+        refused("GET", uri, StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN").with_header("range", "bytes=0-99"),
+    ];
+    assert_refused(&router, &refusals).await;
+}

@@ -24,8 +24,8 @@ mod walk;
 
 /// Bumped whenever the persisted form changes; older files are re-indexed.
 /// 2: documents are kept byte for byte (format 1 could hold a non-UTF-8
-/// document changed by a lossy conversion).
-pub(crate) const INDEX_FORMAT: u32 = 2;
+/// document changed by a lossy conversion). 3: the key has the ctime.
+pub(crate) const INDEX_FORMAT: u32 = 3;
 /// Largest JSON document (manifest, index, config) read from an archive.
 pub(crate) const MAX_JSON: u64 = 8 << 20;
 /// Most tar entries accepted in one archive.
@@ -36,13 +36,16 @@ pub(crate) const MAX_DEPTH: usize = 8;
 const MAX_JSON_TOTAL: u64 = 256 << 20;
 
 /// What identifies one version of an archive file: a replaced or modified
-/// file gets a new key, and so a new index.
+/// file gets a new key, and so a new index. The ctime is in it because
+/// nobody can set it: a file written in place with its mtime put back
+/// (`touch -d`) still changes key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct FileKey {
     pub dev: u64,
     pub ino: u64,
     pub size: u64,
     pub mtime_ns: i128,
+    pub ctime_ns: i128,
 }
 
 impl FileKey {
@@ -53,6 +56,7 @@ impl FileKey {
             ino: meta.ino(),
             size: meta.size(),
             mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+            ctime_ns: meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
         }
     }
 }

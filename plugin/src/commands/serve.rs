@@ -41,6 +41,10 @@ async fn serve(config: Config) -> Result<ExitCode> {
         "starting"
     );
 
+    // Before anything touches the root: a second daemon on the same root
+    // must not empty the first one's cache, staging or trash.
+    let _root_lock = lock_root(&config.root)?;
+
     let catalog_options = CatalogOptions {
         dirs: config.archives.clone(),
         state_dir: Some(config.root.join("catalog")),
@@ -158,6 +162,32 @@ fn bind_socket(path: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
+/// Takes the root's lock (an `flock` on `<root>/lock`, held until the
+/// process exits) or fails with one line naming the root.
+fn lock_root(root: &Path) -> Result<fs::File> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(root)
+        .with_context(|| format!("create root {}", root.display()))?;
+    let path = root.join("lock");
+    let file = fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("open {}", path.display()))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => bail!(
+            "another airgap-snapshotter is serving {} (it holds {})",
+            root.display(),
+            path.display()
+        ),
+        Err(e) => Err(e).with_context(|| format!("lock {}", path.display())),
+    }
+}
+
 /// Resolves on the first SIGTERM or SIGINT.
 async fn shutdown_signal() {
     let mut term = match signal(SignalKind::terminate()) {
@@ -208,5 +238,19 @@ mod tests {
         fs::write(&file, b"x").unwrap();
         assert!(bind_socket(&file).is_err());
         assert_eq!(fs::read(&file).unwrap(), b"x");
+    }
+
+    #[test]
+    fn one_daemon_per_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let held = lock_root(&root).unwrap();
+        let err = lock_root(&root).unwrap_err().to_string();
+        assert!(
+            err.contains("another airgap-snapshotter") && err.contains(&root.display().to_string()),
+            "{err}"
+        );
+        drop(held);
+        lock_root(&root).unwrap();
     }
 }

@@ -475,6 +475,7 @@ fn mirror_pull(test: &str) -> Result<()> {
         &daemon.socket,
         &ContainerdOptions {
             hosts_dir: Some(hosts.clone()),
+            ..Default::default()
         },
     )?;
 
@@ -675,6 +676,7 @@ fn upstream_auth(test: &str) -> Result<()> {
         &daemon.socket,
         &ContainerdOptions {
             hosts_dir: Some(hosts.clone()),
+            ..Default::default()
         },
     )?;
     eprintln!("== {test}: ctr images pull --hosts-dir {}", remote.name);

@@ -67,20 +67,24 @@ fetch() {
         return 0
     fi
     local apt=$cache/.apt/$suite
-    mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$apt/download"
+    mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$apt/download" "$apt/empty.d"
     printf 'deb [signed-by=%s] %s %s main\n' "$keyring" "$mirror" "$suite" >"$apt/sources.list"
     local opts=(
         -o "Dir::Etc::sourcelist=$apt/sources.list"
-        -o "Dir::Etc::sourceparts=-"
+        -o "Dir::Etc::sourceparts=$apt/empty.d"
         -o "Dir::State::Lists=$apt/lists"
         -o "Dir::Cache=$apt/cache"
-        -o "Dir::Etc::preferencesparts=-"
+        -o "Dir::Etc::preferencesparts=$apt/empty.d"
         -o "Dir::Etc::preferences=/dev/null"
+        # what this machine has installed must not be the candidate
+        -o "Dir::State::status=/dev/null"
         -o "APT::Get::List-Cleanup=0"
         -o "Acquire::Retries=2"
     )
     log "$suite: apt-get update (private lists in $apt)"
-    if ! apt-get "${opts[@]}" -qq update >"$apt/update.log" 2>&1; then
+    # --error-on=any: a mirror that cannot be reached is an error, not a
+    # warning over stale (or no) lists.
+    if ! apt-get "${opts[@]}" -qq --error-on=any update >"$apt/update.log" 2>&1; then
         log "$suite: apt-get update failed (no network?):"
         tail -n 5 "$apt/update.log" >&2
         return 1

@@ -80,13 +80,7 @@ impl PrivateContainerd {
         }
 
         let version = version()?;
-        let default = process::run(
-            command("containerd").args(["config", "default"]),
-            Duration::from_secs(30),
-        )?;
-        let fragment = airgap_fragment(&version, snapshotter_socket)?;
-        let text = write_config(&default, &fragment, &version, dir.path(), options)?;
-        check_config(&text, &version, dir.path(), snapshotter_socket, options)?;
+        let text = private_config(dir.path(), snapshotter_socket, options)?;
         std::fs::write(&config, &text).with_context(|| format!("writing {}", config.display()))?;
 
         let run_containerd_existed = Path::new("/run/containerd").exists();
@@ -424,6 +418,25 @@ pub fn version() -> Result<Version> {
         out.trim()
     );
     Ok(VERSION.get_or_init(|| version).clone())
+}
+
+/// The config.toml of a private containerd living in `dir` (see
+/// [`write_config`]), checked: what [`PrivateContainerd::start`] writes, and
+/// what `scripts/demo.sh` uses (through the `containerd-config` binary).
+pub fn private_config(
+    dir: &Path,
+    snapshotter_socket: &Path,
+    options: &ContainerdOptions,
+) -> Result<String> {
+    let version = version()?;
+    let default = process::run(
+        command("containerd").args(["config", "default"]),
+        Duration::from_secs(30),
+    )?;
+    let fragment = airgap_fragment(&version, snapshotter_socket)?;
+    let text = write_config(&default, &fragment, &version, dir, options)?;
+    check_config(&text, &version, dir, snapshotter_socket, options)?;
+    Ok(text)
 }
 
 /// `airgap-snapshotter config --containerd <version> --socket SOCKET`: the

@@ -8,6 +8,11 @@
 # on this machine: every byte comes from the archives.
 #
 #   scripts/demo.sh [WORK_DIR]     (default: a temporary directory, removed at the end)
+#
+# AIRGAP_CONTAINERD_DIR=DIR runs the containerd and ctr in DIR (or DIR/usr/bin,
+# e.g. /var/cache/airgap-snapshotter/containerd/sid from
+# scripts/fetch-containerd.sh) instead of the system's 1.6; its config is
+# built for its version as the end-to-end tests build it.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -19,6 +24,18 @@ if ! command -v cargo >/dev/null 2>&1 && [[ -x ${CARGO_HOME:-$HOME/.cargo}/bin/c
 fi
 
 say() { printf '\n==> %s\n' "$*"; }
+
+# The containerd to run: AIRGAP_CONTAINERD_DIR first on PATH (containerd
+# also finds its shim there).
+if [[ -n ${AIRGAP_CONTAINERD_DIR:-} ]]; then
+    containerd_bin=$AIRGAP_CONTAINERD_DIR
+    [[ -x $containerd_bin/usr/bin/containerd ]] && containerd_bin=$containerd_bin/usr/bin
+    [[ -x $containerd_bin/containerd ]] || {
+        echo "AIRGAP_CONTAINERD_DIR=$AIRGAP_CONTAINERD_DIR holds no containerd" >&2
+        exit 1
+    }
+    export PATH=$containerd_bin:$PATH
+fi
 
 if [[ $(id -u) -eq 0 ]]; then
     say "installing dependencies"
@@ -117,9 +134,10 @@ if [[ $(id -u) -ne 0 ]]; then
     exit 0
 fi
 
-say "building the CRI client that plays kubelet"
-cargo build --release -q -p airgap-integration --bin bench-cri
+say "building the CRI client that plays kubelet, and the config writer of the tests"
+cargo build --release -q -p airgap-integration --bin bench-cri --bin containerd-config
 cri=$target_dir/release/bench-cri
+containerd_config=$target_dir/release/containerd-config
 
 # --- the daemon and a private containerd -------------------------------------
 pids=()
@@ -165,23 +183,13 @@ say "writing a private containerd config and hosts.toml"
 cd_dir=$work/containerd
 mkdir -p "$cd_dir/root" "$cd_dir/state" "$cd_dir/certs.d"
 "$bin" config --mirror "$mirror" --write "$cd_dir/certs.d" >/dev/null
-containerd config default >"$cd_dir/config.toml"
-sed -i \
-    -e "s|^root = .*|root = \"$cd_dir/root\"|" \
-    -e "s|^state = .*|state = \"$cd_dir/state\"|" \
-    -e "s|\"/run/containerd/containerd.sock\"|\"$cd_dir/containerd.sock\"|" \
-    -e "s|snapshotter = \"overlayfs\"|snapshotter = \"airgap\"|" \
-    -e "s|disable_snapshot_annotations = true|disable_snapshot_annotations = false|" \
-    -e "s|config_path = \"\"|config_path = \"$cd_dir/certs.d\"|" \
-    "$cd_dir/config.toml"
-# The default config already has a [proxy_plugins] table: add ours below it.
-sed -i "s|^\[proxy_plugins\]$|[proxy_plugins]\n  [proxy_plugins.airgap]\n    type = \"snapshot\"\n    address = \"$sock\"|" \
-    "$cd_dir/config.toml"
-# Never the system containerd: root, state and the gRPC socket must be ours.
-grpc_address=$(awk '/^\[grpc\]/ { g = 1; next } /^\[/ { g = 0 } g && /^  address = / { print; exit }' "$cd_dir/config.toml")
-for line in "$(grep -m1 '^root = ' "$cd_dir/config.toml")" "$(grep -m1 '^state = ' "$cd_dir/config.toml")" "$grpc_address"; do
-    [[ $line == *"$cd_dir/"* ]] || { echo "config does not point into $cd_dir: $line" >&2; exit 1; }
-done
+# `containerd config default` with `airgap-snapshotter config --containerd
+# <this containerd's version>` merged in, root, state and sockets moved into
+# $cd_dir (checked: never the system containerd's), CRI pointed at the
+# hosts directory; on 2.x NRI off.
+AIRGAP_SNAPSHOTTER_BIN=$bin "$containerd_config" "$cd_dir" "$sock" "$cd_dir/certs.d" \
+    >"$cd_dir/config.toml"
+grep -q "address = \"$cd_dir/containerd.sock\"" "$cd_dir/config.toml"
 grep -q "address = \"$sock\"" "$cd_dir/config.toml"
 cat "$cd_dir/certs.d/_default/hosts.toml"
 

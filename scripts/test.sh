@@ -7,14 +7,24 @@
 #   4. unit and in-process tests of the whole workspace (cargo nextest)
 #   5. containerd's snapshotter conformance suite (integration/conformance.sh)
 #   6. the root-only end-to-end tests (integration/tests/*.rs): a private
-#      containerd, runc, docker-registry and a CRI client playing kubelet
+#      containerd, runc, docker-registry and a CRI client playing kubelet,
+#      once per containerd version, each its own step `e2e-<version>`:
+#      the system's (Debian 12: 1.6), and Debian trixie's (1.7) and sid's
+#      (2.x) packages, fetched (not installed) by scripts/fetch-containerd.sh
+#      into /var/cache/airgap-snapshotter/containerd. The full suite runs on
+#      every version (about 1.5 min each on 2 cores): version-specific
+#      behaviour is asserted per version inside the tests.
 #
 # Every step runs even when an earlier one failed (after the build steps),
 # a summary is printed at the end, and the exit status is non-zero if any
 # step failed. Steps 5 and 6 need root and are reported as skipped
-# otherwise. Environment: AIRGAP_TEST_SKIP_DEPS=1 skips step 1;
-# AIRGAP_SNAPSHOTTER_BIN=PATH tests that daemon binary instead of building
-# target/debug/airgap-snapshotter.
+# otherwise. A containerd version that could not be fetched (no network) is
+# a FAIL of its e2e step, with the reason. Environment:
+# AIRGAP_TEST_SKIP_DEPS=1 skips step 1; AIRGAP_SNAPSHOTTER_BIN=PATH tests
+# that daemon binary instead of building target/debug/airgap-snapshotter;
+# AIRGAP_CONTAINERD_DIRS="system DIR..." replaces the list of containerds
+# (`system` is the one on PATH; a DIR holds containerd, ctr and
+# containerd-shim-runc-v2, directly or in usr/bin) and skips the fetch.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -117,14 +127,63 @@ else
     skip conformance "needs root"
 fi
 
-if ((is_root)); then
-    if cargo nextest --version >/dev/null 2>&1; then
-        step e2e 25 cargo nextest run -p airgap-integration --no-fail-fast \
-            --test-threads 1 -E 'kind(test)'
+# The containerd versions of the end-to-end tests: `system` (the one on
+# PATH, Debian 12's 1.6) and one Debian suite per later version. Adding a
+# version is one more suite here (its containerd package is fetched into
+# $containerd_cache/<suite>), or one more directory in AIRGAP_CONTAINERD_DIRS.
+CONTAINERD_SUITES=(trixie sid) # 1.7, 2.x
+containerd_cache=${AIRGAP_CONTAINERD_CACHE:-/var/cache/airgap-snapshotter/containerd}
+
+# e2e_step DIR: the end-to-end tests against the containerd in DIR (or the
+# system's), as step `e2e-<version>`.
+e2e_step() {
+    local dir=$1 bin version
+    if [[ $dir == system ]]; then
+        bin=$(dirname "$(command -v containerd 2>/dev/null || echo /usr/bin/containerd)")
+    elif [[ -x $dir/usr/bin/containerd ]]; then
+        bin=$dir/usr/bin
     else
-        step e2e 25 cargo test -p airgap-integration --no-fail-fast \
-            --tests -- --test-threads 1
+        bin=$dir
     fi
+    if [[ ! -x $bin/containerd || ! -x $bin/ctr ]]; then
+        local name
+        name=e2e-$(basename "$dir")
+        printf '\n===== %s: no containerd in %s\n' "$name" "$dir"
+        summary+=("FAIL  ${name} (no containerd and ctr in ${dir}: fetching it failed, see the fetch-containerd step)")
+        failed=1
+        return 0
+    fi
+    version=$("$bin/containerd" --version 2>/dev/null | awk '{ print $3 }' | sed -E 's/^v//; s/[~+-].*//')
+    [[ -n $version ]] || version=unknown
+    local test_cmd
+    if cargo nextest --version >/dev/null 2>&1; then
+        test_cmd=(cargo nextest run -p airgap-integration --no-fail-fast
+            --test-threads 1 -E 'kind(test)')
+    else
+        test_cmd=(cargo test -p airgap-integration --no-fail-fast
+            --tests -- --test-threads 1)
+    fi
+    if [[ $dir == system ]]; then
+        step "e2e-$version" 25 env -u AIRGAP_CONTAINERD_DIR "${test_cmd[@]}"
+    else
+        step "e2e-$version" 25 env AIRGAP_CONTAINERD_DIR="$dir" "${test_cmd[@]}"
+    fi
+}
+
+if ((is_root)); then
+    if [[ -n ${AIRGAP_CONTAINERD_DIRS:-} ]]; then
+        read -r -a containerd_dirs <<<"$AIRGAP_CONTAINERD_DIRS"
+    else
+        containerd_dirs=(system)
+        for suite in "${CONTAINERD_SUITES[@]}"; do
+            containerd_dirs+=("$containerd_cache/$suite")
+        done
+        step fetch-containerd 10 env AIRGAP_CONTAINERD_CACHE="$containerd_cache" \
+            scripts/fetch-containerd.sh "${CONTAINERD_SUITES[@]}"
+    fi
+    for dir in "${containerd_dirs[@]}"; do
+        e2e_step "$dir"
+    done
 else
     skip e2e "needs root"
 fi

@@ -1,10 +1,16 @@
-//! A private containerd 1.6: its own root, state and sockets in a temporary
+//! A private containerd: its own root, state and sockets in a temporary
 //! directory, the airgap proxy snapshotter plugged in, CRI set to use it.
 //! The system containerd (`/run/containerd/containerd.sock`,
 //! `/var/lib/containerd`) is never touched.
+//!
+//! Which containerd: the one on PATH (Debian 12: 1.6), or the binaries in
+//! `AIRGAP_CONTAINERD_DIR` (`scripts/fetch-containerd.sh` unpacks 1.7 and
+//! 2.x there). Its config is `containerd config default` with the output of
+//! `airgap-snapshotter config --containerd <its version>` merged in.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -17,6 +23,9 @@ pub const SNAPSHOTTER: &str = "airgap";
 
 /// The CRI namespace.
 pub const K8S_NS: &str = "k8s.io";
+
+/// Selects the containerd binaries (see [`bin_dir`]).
+pub const DIR_ENV: &str = "AIRGAP_CONTAINERD_DIR";
 
 const SYSTEM_ROOT: &str = "/var/lib/containerd";
 const SYSTEM_SOCKET: &str = "/run/containerd/containerd.sock";
@@ -32,6 +41,11 @@ const SHIM_DIRS: [&str; 3] = [
 pub struct ContainerdOptions {
     /// A registry hosts directory (`certs.d` layout) for CRI pulls.
     pub hosts_dir: Option<PathBuf>,
+    /// containerd 2.x only: leave CRI's `disable_snapshot_annotations` at
+    /// its default (true), so that CRI pulls go through the transfer
+    /// service. Otherwise it is false: the layer hints reach the
+    /// snapshotter, and 2.1+ pulls on the client side ("local pull").
+    pub cri_transfer_service: bool,
 }
 
 /// A running private containerd, stopped and cleaned up on drop.
@@ -40,6 +54,7 @@ pub struct PrivateContainerd {
     address: PathBuf,
     config: PathBuf,
     log: PathBuf,
+    version: Version,
     run_containerd_existed: bool,
     // Dropped last: removed after containerd stopped and mounts are detached.
     dir: TestDir,
@@ -64,18 +79,14 @@ impl PrivateContainerd {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
 
-        let default = process::run(
-            Command::new("containerd").args(["config", "default"]),
-            Duration::from_secs(30),
-        )?;
-        let text = write_config(&default, dir.path(), snapshotter_socket, options)?;
-        check_config(&text, dir.path(), snapshotter_socket)?;
+        let version = version()?;
+        let text = private_config(dir.path(), snapshotter_socket, options)?;
         std::fs::write(&config, &text).with_context(|| format!("writing {}", config.display()))?;
 
         let run_containerd_existed = Path::new("/run/containerd").exists();
         let proc = Proc::spawn(
             "containerd",
-            Command::new("containerd")
+            command("containerd")
                 .arg("--config")
                 .arg(&config)
                 .args(["--log-level", "info"]),
@@ -86,6 +97,7 @@ impl PrivateContainerd {
             address,
             config,
             log,
+            version,
             run_containerd_existed,
             dir,
         };
@@ -103,10 +115,7 @@ impl PrivateContainerd {
                 return Ok(false);
             }
             let out = process::run_unchecked(
-                Command::new("ctr")
-                    .arg("--address")
-                    .arg(&address)
-                    .arg("version"),
+                command("ctr").arg("--address").arg(&address).arg("version"),
                 Duration::from_secs(10),
             )?;
             Ok(out.status.success())
@@ -117,6 +126,11 @@ impl PrivateContainerd {
     /// The gRPC socket of this containerd (for CRI clients too).
     pub fn address(&self) -> &Path {
         &self.address
+    }
+
+    /// The version of this containerd.
+    pub fn version(&self) -> &Version {
+        &self.version
     }
 
     pub fn config_path(&self) -> &Path {
@@ -144,7 +158,7 @@ impl PrivateContainerd {
     }
 
     fn ctr_command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("ctr");
+        let mut cmd = command("ctr");
         cmd.arg("--address").arg(&self.address).args(args);
         cmd
     }
@@ -286,87 +300,330 @@ impl Drop for PrivateContainerd {
     }
 }
 
-fn quoted(path: &Path) -> String {
-    format!("\"{}\"", path.display())
+/// The directory `AIRGAP_CONTAINERD_DIR` names, if set: where `containerd`,
+/// `ctr` and `containerd-shim-runc-v2` are, directly or under `usr/bin`
+/// (the layout `scripts/fetch-containerd.sh` unpacks a Debian package into).
+pub fn bin_dir() -> Option<PathBuf> {
+    let dir = PathBuf::from(std::env::var_os(DIR_ENV).filter(|d| !d.is_empty())?);
+    let usr_bin = dir.join("usr/bin");
+    Some(if usr_bin.join("containerd").exists() {
+        usr_bin
+    } else {
+        dir
+    })
 }
 
-/// Rewrites `containerd config default` so that every path containerd
-/// writes to lives under `dir`, and wires in the airgap proxy snapshotter.
-fn write_config(
-    default: &str,
+/// The path of a containerd binary (`containerd`, `ctr`): in
+/// `AIRGAP_CONTAINERD_DIR` when it is set, else the name (found on PATH).
+pub fn binary(name: &str) -> PathBuf {
+    match bin_dir() {
+        Some(dir) => dir.join(name),
+        None => PathBuf::from(name),
+    }
+}
+
+/// A command running a containerd binary, with `AIRGAP_CONTAINERD_DIR`
+/// first on its PATH (containerd finds its shim on PATH).
+pub fn command(name: &str) -> Command {
+    let mut cmd = Command::new(binary(name));
+    if let Some(dir) = bin_dir() {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let paths = std::iter::once(dir).chain(std::env::split_paths(&path));
+        if let Ok(joined) = std::env::join_paths(paths) {
+            cmd.env("PATH", joined);
+        }
+    }
+    cmd
+}
+
+/// A containerd release, as `containerd --version` prints it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Version {
+    pub major: u32,
+    pub minor: u32,
+    pub patch: u32,
+}
+
+impl Version {
+    /// Parses `containerd --version` output, e.g. `containerd
+    /// github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3` or
+    /// `containerd github.com/containerd/containerd/v2 2.1.9+unknown`.
+    pub fn parse(output: &str) -> Result<Self> {
+        let word = output
+            .split_whitespace()
+            .nth(2)
+            .with_context(|| format!("unexpected `containerd --version` output {output:?}"))?;
+        let word = word.trim_start_matches('v');
+        let numbers: Vec<u32> = word
+            .split(|c: char| !c.is_ascii_digit() && c != '.')
+            .next()
+            .unwrap_or("")
+            .split('.')
+            .map(|n| n.parse::<u32>())
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("no version number in {output:?}"))?;
+        match numbers.as_slice() {
+            [major, minor, patch, ..] => Ok(Self {
+                major: *major,
+                minor: *minor,
+                patch: *patch,
+            }),
+            [major, minor] => Ok(Self {
+                major: *major,
+                minor: *minor,
+                patch: 0,
+            }),
+            _ => bail!("no version number in {output:?}"),
+        }
+    }
+
+    /// containerd 2.x: `version = 3` config, CRI split into
+    /// `io.containerd.cri.v1.*`, `ctr pull` through the transfer service.
+    pub fn is_2x(&self) -> bool {
+        self.major >= 2
+    }
+
+    /// The `airgap-snapshotter config --containerd` argument for it.
+    pub fn config_arg(&self) -> &'static str {
+        match (self.major, self.minor) {
+            (1, 6) => "1.6",
+            (1, _) => "1.7",
+            _ => "2",
+        }
+    }
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
+/// The version of the containerd the tests run (`AIRGAP_CONTAINERD_DIR`, or
+/// the one on PATH), detected once per process and printed.
+pub fn version() -> Result<Version> {
+    static VERSION: OnceLock<Version> = OnceLock::new();
+    if let Some(v) = VERSION.get() {
+        return Ok(v.clone());
+    }
+    let out = process::run(
+        command("containerd").arg("--version"),
+        Duration::from_secs(30),
+    )
+    .with_context(|| format!("running {} --version", binary("containerd").display()))?;
+    let version = Version::parse(&out)?;
+    eprintln!(
+        "containerd {version} ({}: {})",
+        binary("containerd").display(),
+        out.trim()
+    );
+    Ok(VERSION.get_or_init(|| version).clone())
+}
+
+/// The config.toml of a private containerd living in `dir` (see
+/// [`write_config`]), checked: what [`PrivateContainerd::start`] writes, and
+/// what `scripts/demo.sh` uses (through the `containerd-config` binary).
+pub fn private_config(
     dir: &Path,
     snapshotter_socket: &Path,
     options: &ContainerdOptions,
 ) -> Result<String> {
-    let mut section = String::new();
-    let mut out = String::new();
-    let mut seen_proxy_header = false;
-    for line in default.lines() {
-        let trimmed = line.trim();
-        if trimmed.starts_with('[') {
-            section = trimmed.to_string();
-            if section == "[proxy_plugins]" {
-                seen_proxy_header = true;
-            }
+    let version = version()?;
+    let default = process::run(
+        command("containerd").args(["config", "default"]),
+        Duration::from_secs(30),
+    )?;
+    let fragment = airgap_fragment(&version, snapshotter_socket)?;
+    let text = write_config(&default, &fragment, &version, dir, options)?;
+    check_config(&text, &version, dir, snapshotter_socket, options)?;
+    Ok(text)
+}
+
+/// `airgap-snapshotter config --containerd <version> --socket SOCKET`: the
+/// config.toml fragment the project tells users to merge (the hosts.toml
+/// part it prints after it is cut off).
+fn airgap_fragment(version: &Version, snapshotter_socket: &Path) -> Result<String> {
+    let out = process::run(
+        Command::new(crate::daemon::binary()?)
+            .args(["config", "--containerd", version.config_arg(), "--socket"])
+            .arg(snapshotter_socket)
+            .args(["--mirror", "off"]),
+        Duration::from_secs(30),
+    )
+    .context("airgap-snapshotter config")?;
+    Ok(config_part(&out).to_string())
+}
+
+/// The config.toml part of `airgap-snapshotter config` output: what comes
+/// before the `# ---- .../hosts.toml ----` line.
+fn config_part(output: &str) -> &str {
+    let mut offset = 0;
+    for line in output.split_inclusive('\n') {
+        if line.starts_with("# ----") && line.contains("hosts.toml") {
+            return &output[..offset];
         }
-        let key = trimmed.split('=').next().unwrap_or("").trim();
-        let indent = &line[..line.len() - line.trim_start().len()];
-        let replacement = match (section.as_str(), key) {
-            ("", "root") => Some(quoted(&dir.join("root"))),
-            ("", "state") => Some(quoted(&dir.join("state"))),
-            ("[grpc]", "address") => Some(quoted(&dir.join("containerd.sock"))),
-            ("[ttrpc]", "address") => Some(quoted(&dir.join("containerd.sock.ttrpc"))),
-            ("[plugins.\"io.containerd.internal.v1.opt\"]", "path") => {
-                Some(quoted(&dir.join("opt")))
-            }
-            // CRI creates its CNI config directory: keep it private too.
-            ("[plugins.\"io.containerd.grpc.v1.cri\".cni]", "conf_dir") => {
-                Some(quoted(&dir.join("cni")))
-            }
-            ("[plugins.\"io.containerd.grpc.v1.cri\".containerd]", "snapshotter") => {
-                Some(format!("\"{SNAPSHOTTER}\""))
-            }
-            (
-                "[plugins.\"io.containerd.grpc.v1.cri\".containerd]",
-                "disable_snapshot_annotations",
-            ) => Some("false".to_string()),
-            ("[plugins.\"io.containerd.grpc.v1.cri\".registry]", "config_path") => {
-                options.hosts_dir.as_deref().map(quoted)
-            }
-            _ => None,
-        };
-        match replacement {
-            Some(value) => out.push_str(&format!("{indent}{key} = {value}\n")),
-            None => {
-                out.push_str(line);
-                out.push('\n');
+        offset += line.len();
+    }
+    output
+}
+
+/// Merges `overlay` into `base`: tables recursively, any other value
+/// (arrays of tables included) replaces the base's.
+fn deep_merge(base: &mut toml::Table, overlay: toml::Table) {
+    for (key, value) in overlay {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => deep_merge(b, o),
+            (_, value) => {
+                base.insert(key, value);
             }
         }
     }
-    ensure!(
-        seen_proxy_header,
-        "containerd's default config has no [proxy_plugins] table"
-    );
-    out.push_str(&format!(
-        "\n[proxy_plugins.{SNAPSHOTTER}]\n  type = \"snapshot\"\n  address = {}\n",
-        quoted(snapshotter_socket)
-    ));
-    Ok(out)
+}
+
+/// Sets `path` in `table`, creating the tables on the way.
+fn set(table: &mut toml::Table, path: &[&str], value: impl Into<toml::Value>) -> Result<()> {
+    let (last, parents) = path.split_last().context("empty key path")?;
+    let mut t = table;
+    for key in parents {
+        t = t
+            .entry(key.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .with_context(|| format!("{key} in {path:?} is not a table"))?;
+    }
+    t.insert(last.to_string(), value.into());
+    Ok(())
+}
+
+fn path_str(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+/// The CRI tables of a config version: (snapshotter and annotations table,
+/// registry table, CNI table).
+fn cri_tables(version: &Version) -> ([&'static str; 3], [&'static str; 3], [&'static str; 3]) {
+    if version.is_2x() {
+        (
+            ["plugins", "io.containerd.cri.v1.images", ""],
+            ["plugins", "io.containerd.cri.v1.images", "registry"],
+            ["plugins", "io.containerd.cri.v1.runtime", "cni"],
+        )
+    } else {
+        (
+            ["plugins", "io.containerd.grpc.v1.cri", "containerd"],
+            ["plugins", "io.containerd.grpc.v1.cri", "registry"],
+            ["plugins", "io.containerd.grpc.v1.cri", "cni"],
+        )
+    }
+}
+
+/// A table path without its empty trailing parts.
+fn key_path<'a>(table: &[&'a str], key: &'a str) -> Vec<&'a str> {
+    table
+        .iter()
+        .copied()
+        .filter(|k| !k.is_empty())
+        .chain([key])
+        .collect()
+}
+
+/// The private containerd's config: `containerd config default` with
+/// `airgap-snapshotter config --containerd <version>` (the `fragment`)
+/// merged in, as a node's config would be, then every path containerd
+/// writes to moved under `dir`, the CRI registry hosts directory set from
+/// the options (none by default: not the node's `/etc/containerd/certs.d`)
+/// and, on 2.x, NRI disabled (it would open a socket under `/var/run/nri`).
+fn write_config(
+    default: &str,
+    fragment: &str,
+    version: &Version,
+    dir: &Path,
+    options: &ContainerdOptions,
+) -> Result<String> {
+    let mut config: toml::Table = default
+        .parse()
+        .context("parsing `containerd config default`")?;
+    let fragment: toml::Table = fragment
+        .parse()
+        .context("parsing `airgap-snapshotter config` output")?;
+    deep_merge(&mut config, fragment);
+
+    set(&mut config, &["root"], path_str(&dir.join("root")))?;
+    set(&mut config, &["state"], path_str(&dir.join("state")))?;
+    set(
+        &mut config,
+        &["grpc", "address"],
+        path_str(&dir.join("containerd.sock")),
+    )?;
+    set(
+        &mut config,
+        &["ttrpc", "address"],
+        path_str(&dir.join("containerd.sock.ttrpc")),
+    )?;
+    set(
+        &mut config,
+        &["plugins", "io.containerd.internal.v1.opt", "path"],
+        path_str(&dir.join("opt")),
+    )?;
+    let (images, registry, cni) = cri_tables(version);
+    // CRI creates its CNI config directory: keep it private too.
+    set(
+        &mut config,
+        &key_path(&cni, "conf_dir"),
+        path_str(&dir.join("cni")),
+    )?;
+    set(
+        &mut config,
+        &key_path(&registry, "config_path"),
+        options
+            .hosts_dir
+            .as_deref()
+            .map(path_str)
+            .unwrap_or_default(),
+    )?;
+    if version.is_2x() {
+        // `disable_snapshot_annotations = false` makes 2.1+ CRI fall back to
+        // the client-side ("local") pull; the default (true) pulls through
+        // the transfer service. Both must take the layers from the archive.
+        set(
+            &mut config,
+            &key_path(&images, "disable_snapshot_annotations"),
+            options.cri_transfer_service,
+        )?;
+        set(
+            &mut config,
+            &["plugins", "io.containerd.nri.v1.nri", "disable"],
+            true,
+        )?;
+    } else if options.cri_transfer_service {
+        bail!("containerd {version} has no CRI pull through the transfer service");
+    }
+    toml::to_string(&config).context("writing the containerd config")
 }
 
 /// Parses the generated config and asserts it points containerd at the
-/// private directory, never at the system containerd's.
-fn check_config(text: &str, dir: &Path, snapshotter_socket: &Path) -> Result<()> {
+/// private directory, never at the system containerd's, with the airgap
+/// snapshotter wired in as `airgap-snapshotter config` says.
+fn check_config(
+    text: &str,
+    version: &Version,
+    dir: &Path,
+    snapshotter_socket: &Path,
+    options: &ContainerdOptions,
+) -> Result<()> {
     let value: toml::Value = text
         .parse()
         .context("parsing the generated containerd config")?;
-    let get = |path: &[&str]| -> Option<String> {
+    let lookup = |path: &[&str]| -> Option<toml::Value> {
         let mut v = &value;
         for key in path {
             v = v.get(key)?;
         }
-        match v {
-            toml::Value::String(s) => Some(s.clone()),
+        Some(v.clone())
+    };
+    let get = |path: &[&str]| -> Option<String> {
+        match lookup(path)? {
+            toml::Value::String(s) => Some(s),
             other => Some(other.to_string()),
         }
     };
@@ -389,12 +646,58 @@ fn check_config(text: &str, dir: &Path, snapshotter_socket: &Path) -> Result<()>
         &["proxy_plugins", SNAPSHOTTER, "address"],
         &snapshotter_socket.to_string_lossy(),
     )?;
-    let cri = ["plugins", "io.containerd.grpc.v1.cri", "containerd"];
-    expect(&[cri[0], cri[1], cri[2], "snapshotter"], SNAPSHOTTER)?;
+    let (images, registry, cni) = cri_tables(version);
+    expect(&key_path(&images, "snapshotter"), SNAPSHOTTER)?;
     expect(
-        &[cri[0], cri[1], cri[2], "disable_snapshot_annotations"],
-        "false",
+        &key_path(&images, "disable_snapshot_annotations"),
+        if options.cri_transfer_service {
+            "true"
+        } else {
+            "false"
+        },
     )?;
+    expect(
+        &key_path(&registry, "config_path"),
+        &options
+            .hosts_dir
+            .as_deref()
+            .map(path_str)
+            .unwrap_or_default(),
+    )?;
+    expect(&key_path(&cni, "conf_dir"), &under("cni"))?;
+    if version.is_2x() {
+        expect(&["version"], "3")?;
+        expect(&["plugins", "io.containerd.nri.v1.nri", "disable"], "true")?;
+        expect(
+            &[
+                "proxy_plugins",
+                SNAPSHOTTER,
+                "exports",
+                "enable_remote_snapshot_annotations",
+            ],
+            "true",
+        )?;
+        // The transfer service unpacks only into the snapshotters listed,
+        // and the list replaces the default one: overlayfs must stay.
+        let unpack = lookup(&[
+            "plugins",
+            "io.containerd.transfer.v1.local",
+            "unpack_config",
+        ]);
+        let names: Vec<String> = unpack
+            .as_ref()
+            .and_then(toml::Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.get("snapshotter")?.as_str().map(str::to_string))
+            .collect();
+        for want in [SNAPSHOTTER, "overlayfs"] {
+            ensure!(
+                names.iter().any(|n| n == want),
+                "generated containerd config: the transfer service's unpack_config lists {names:?}, not {want}"
+            );
+        }
+    }
     for forbidden in [SYSTEM_ROOT, SYSTEM_SOCKET] {
         if text.contains(forbidden) {
             bail!("generated containerd config still mentions {forbidden}");
@@ -407,7 +710,7 @@ fn check_config(text: &str, dir: &Path, snapshotter_socket: &Path) -> Result<()>
 mod tests {
     use super::*;
 
-    const DEFAULT_EXCERPT: &str = r#"root = "/var/lib/containerd"
+    const DEFAULT_1_6: &str = r#"root = "/var/lib/containerd"
 state = "/run/containerd"
 version = 2
 
@@ -418,6 +721,9 @@ version = 2
 
   [plugins."io.containerd.grpc.v1.cri"]
 
+    [plugins."io.containerd.grpc.v1.cri".cni]
+      conf_dir = "/etc/cni/net.d"
+
     [plugins."io.containerd.grpc.v1.cri".containerd]
       disable_snapshot_annotations = true
       snapshotter = "overlayfs"
@@ -425,27 +731,179 @@ version = 2
     [plugins."io.containerd.grpc.v1.cri".registry]
       config_path = ""
 
+  [plugins."io.containerd.internal.v1.opt"]
+    path = "/opt/containerd"
+
 [proxy_plugins]
 
 [ttrpc]
   address = ""
 "#;
 
+    const DEFAULT_2: &str = r#"version = 3
+root = '/var/lib/containerd'
+state = '/run/containerd'
+
+[grpc]
+  address = '/run/containerd/containerd.sock'
+
+[ttrpc]
+  address = ''
+
+[plugins]
+  [plugins.'io.containerd.cri.v1.images']
+    snapshotter = 'overlayfs'
+    disable_snapshot_annotations = true
+
+    [plugins.'io.containerd.cri.v1.images'.registry]
+      config_path = ''
+
+  [plugins.'io.containerd.cri.v1.runtime']
+    [plugins.'io.containerd.cri.v1.runtime'.cni]
+      conf_dir = '/etc/cni/net.d'
+
+  [plugins.'io.containerd.internal.v1.opt']
+    path = '/opt/containerd'
+
+  [plugins.'io.containerd.nri.v1.nri']
+    disable = false
+    socket_path = '/var/run/nri/nri.sock'
+
+  [plugins.'io.containerd.transfer.v1.local']
+    config_path = ''
+"#;
+
+    /// What `airgap-snapshotter config --containerd 1.6` prints (the
+    /// config part), abridged.
+    const FRAGMENT_1: &str = r#"[proxy_plugins.airgap]
+  type = "snapshot"
+  address = "/tmp/y/snap.sock"
+
+[plugins."io.containerd.grpc.v1.cri".containerd]
+  snapshotter = "airgap"
+  disable_snapshot_annotations = false
+
+[plugins."io.containerd.grpc.v1.cri".registry]
+  config_path = "/etc/containerd/certs.d"
+"#;
+
+    const FRAGMENT_2: &str = r#"[proxy_plugins.airgap]
+  type = "snapshot"
+  address = "/tmp/y/snap.sock"
+  [proxy_plugins.airgap.exports]
+    enable_remote_snapshot_annotations = "true"
+
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "airgap"
+
+[plugins."io.containerd.cri.v1.images".registry]
+  config_path = "/etc/containerd/certs.d"
+
+[[plugins."io.containerd.transfer.v1.local".unpack_config]]
+  platform = "linux/amd64"
+  snapshotter = "airgap"
+
+[[plugins."io.containerd.transfer.v1.local".unpack_config]]
+  platform = "linux/amd64"
+  snapshotter = "overlayfs"
+"#;
+
+    fn v(text: &str) -> Version {
+        Version::parse(text).unwrap()
+    }
+
     #[test]
-    fn config_points_into_the_private_dir() {
+    fn versions_parse() {
+        let v16 = v("containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3");
+        assert_eq!(v16.to_string(), "1.6.20");
+        assert_eq!(v16.config_arg(), "1.6");
+        assert!(!v16.is_2x());
+        let v17 = v("containerd github.com/containerd/containerd 1.7.24~ds1 1.7.24~ds1-6+deb13u1");
+        assert_eq!(
+            (v17.to_string().as_str(), v17.config_arg()),
+            ("1.7.24", "1.7")
+        );
+        let v2 = v("containerd github.com/containerd/containerd/v2 2.1.9+unknown ");
+        assert_eq!((v2.to_string().as_str(), v2.config_arg()), ("2.1.9", "2"));
+        assert!(v2.is_2x() && v2 > v17 && v17 > v16);
+        assert_eq!(v("containerd x v2.2.0 abc").to_string(), "2.2.0");
+        assert!(Version::parse("containerd").is_err());
+    }
+
+    #[test]
+    fn config_part_cuts_the_hosts_file() {
+        let out = "[a]\nb = 1\n\n# ---- /etc/containerd/certs.d/_default/hosts.toml ----\nserver = \"x\"\n";
+        assert_eq!(config_part(out), "[a]\nb = 1\n\n");
+        assert_eq!(config_part("[a]\n"), "[a]\n");
+    }
+
+    #[test]
+    fn merge_keeps_defaults_and_replaces_arrays() {
+        let mut base: toml::Table = "[t]\na = 1\nb = [1]\n[t.u]\nc = 2\n".parse().unwrap();
+        let overlay: toml::Table = "[t]\nb = [2, 3]\n[t.u]\nd = 4\n[v]\ne = 5\n"
+            .parse()
+            .unwrap();
+        deep_merge(&mut base, overlay);
+        let want: toml::Table = "[t]\na = 1\nb = [2, 3]\n[t.u]\nc = 2\nd = 4\n[v]\ne = 5\n"
+            .parse()
+            .unwrap();
+        assert_eq!(base, want);
+    }
+
+    #[test]
+    fn config_1_points_into_the_private_dir() {
         let dir = Path::new("/tmp/x");
         let sock = Path::new("/tmp/y/snap.sock");
+        let version = v("containerd x 1.6.20");
         let options = ContainerdOptions {
             hosts_dir: Some(PathBuf::from("/tmp/x/certs.d")),
+            ..Default::default()
         };
-        let text = write_config(DEFAULT_EXCERPT, dir, sock, &options).unwrap();
-        check_config(&text, dir, sock).unwrap();
-        assert!(text.contains("config_path = \"/tmp/x/certs.d\""), "{text}");
+        let text = write_config(DEFAULT_1_6, FRAGMENT_1, &version, dir, &options).unwrap();
+        check_config(&text, &version, dir, sock, &options).unwrap();
+        assert!(!text.contains("/etc/containerd/certs.d"), "{text}");
+        // Without a hosts directory: not the node's either.
+        let options = ContainerdOptions::default();
+        let text = write_config(DEFAULT_1_6, FRAGMENT_1, &version, dir, &options).unwrap();
+        check_config(&text, &version, dir, sock, &options).unwrap();
+        let transfer = ContainerdOptions {
+            cri_transfer_service: true,
+            ..Default::default()
+        };
+        assert!(write_config(DEFAULT_1_6, FRAGMENT_1, &version, dir, &transfer).is_err());
+    }
+
+    #[test]
+    fn config_2_points_into_the_private_dir() {
+        let dir = Path::new("/tmp/x");
+        let sock = Path::new("/tmp/y/snap.sock");
+        let version = v("containerd x 2.1.9");
+        for transfer in [false, true] {
+            let options = ContainerdOptions {
+                hosts_dir: Some(PathBuf::from("/tmp/x/certs.d")),
+                cri_transfer_service: transfer,
+            };
+            let text = write_config(DEFAULT_2, FRAGMENT_2, &version, dir, &options).unwrap();
+            check_config(&text, &version, dir, sock, &options).unwrap();
+        }
+        // The transfer service must keep unpacking into overlayfs.
+        let one_entry = FRAGMENT_2
+            .rsplit_once("[[plugins")
+            .map(|(head, _)| head)
+            .unwrap();
+        let options = ContainerdOptions::default();
+        let text = write_config(DEFAULT_2, one_entry, &version, dir, &options).unwrap();
+        let err = check_config(&text, &version, dir, sock, &options).unwrap_err();
+        assert!(err.to_string().contains("overlayfs"), "{err}");
     }
 
     #[test]
     fn check_rejects_the_system_paths() {
         let sock = Path::new("/tmp/y/snap.sock");
-        assert!(check_config(DEFAULT_EXCERPT, Path::new("/tmp/x"), sock).is_err());
+        let options = ContainerdOptions::default();
+        let version = v("containerd x 1.6.20");
+        assert!(check_config(DEFAULT_1_6, &version, Path::new("/tmp/x"), sock, &options).is_err());
+        let version = v("containerd x 2.1.9");
+        assert!(check_config(DEFAULT_2, &version, Path::new("/tmp/x"), sock, &options).is_err());
     }
 }

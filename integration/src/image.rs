@@ -473,9 +473,27 @@ pub const SAMPLE_EXPECTED: &str = "hello airgap\nhello airgap\nhello airgap\nhel
      1777\n\
      1700000000\n1700000000\n1700000000\n";
 
+/// True when `out` is a strict beginning of [`SAMPLE_EXPECTED`] cut at a
+/// line end: what `ctr run` printed when it lost the end of the output,
+/// never what a wrong layer produces (a missing or different line).
+pub fn is_truncated_sample_output(out: &str) -> bool {
+    out.len() < SAMPLE_EXPECTED.len()
+        && SAMPLE_EXPECTED.starts_with(out)
+        && (out.is_empty() || out.ends_with('\n'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn truncated_output_is_a_prefix_at_a_line_end() {
+        assert!(is_truncated_sample_output("hello airgap\n"));
+        assert!(is_truncated_sample_output(""));
+        assert!(!is_truncated_sample_output(SAMPLE_EXPECTED));
+        assert!(!is_truncated_sample_output("hello air"));
+        assert!(!is_truncated_sample_output("hello airgap\nfile\n"));
+    }
 
     #[test]
     fn pax_records_count_their_own_length() {

@@ -1,7 +1,8 @@
 //! Harness for the root-only end-to-end tests of `airgap-snapshotter`.
 //!
 //! Every test starts its own real parts, each in its own temporary directory:
-//! a private containerd 1.6 ([`PrivateContainerd`]), a `docker-registry` on
+//! a private containerd ([`PrivateContainerd`]: the system's 1.6, or the
+//! one in `AIRGAP_CONTAINERD_DIR`, e.g. 1.7 or 2.x), a `docker-registry` on
 //! loopback ([`Registry`]), the daemon under test ([`Daemon`]), and plays
 //! kubelet through the CRI ImageService ([`CriClient`]). Test images are OCI
 //! image layouts built here from files on the machine ([`image`]).
@@ -14,6 +15,7 @@
 //!
 //! ```text
 //! cargo nextest run -p airgap-integration      # or: cargo test -p airgap-integration
+//! AIRGAP_CONTAINERD_DIR=/var/cache/airgap-snapshotter/containerd/sid cargo nextest run -p airgap-integration
 //! AIRGAP_SNAPSHOTTER_BIN=target/release/airgap-snapshotter cargo test -p airgap-integration
 //! ```
 //!

@@ -176,8 +176,9 @@ fn packed_archives_work_with_zstd_tar_and_ctr_import() -> Result<()> {
     let import = Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "zstd -dc '{}' | ctr --address '{}' -n default images import --snapshotter overlayfs -",
+            "zstd -dc '{}' | '{}' --address '{}' -n default images import --snapshotter overlayfs -",
             packed.display(),
+            airgap_integration::containerd::binary("ctr").display(),
             containerd.address().display()
         ))
         .output()?;

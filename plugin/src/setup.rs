@@ -132,10 +132,16 @@ pub fn config_toml(args: &ConfigArgs) -> String {
   config_path = {hosts_dir}
 
 # so that `ctr pull --snapshotter {SNAPSHOTTER}` (transfer service) unpacks
-# through the snapshotter's fast path too
+# through the snapshotter's fast path too. These entries replace containerd's
+# default list: keep overlayfs, or `ctr pull`/`ctr images import` into
+# overlayfs stop unpacking.
 [[plugins."io.containerd.transfer.v1.local".unpack_config]]
   platform = "{platform}"
   snapshotter = "{SNAPSHOTTER}"
+
+[[plugins."io.containerd.transfer.v1.local".unpack_config]]
+  platform = "{platform}"
+  snapshotter = "overlayfs"
 "#,
             platform = platform()
         ),
@@ -254,10 +260,18 @@ mod tests {
             ],
         );
         assert_eq!(unpack[0]["snapshotter"].as_str(), Some("airgap"));
-        assert!(unpack[0]["platform"]
+        // An entry replaces containerd's default list: overlayfs stays.
+        assert_eq!(unpack[1]["snapshotter"].as_str(), Some("overlayfs"));
+        assert_eq!(unpack.as_array().unwrap().len(), 2);
+        for entry in unpack.as_array().unwrap() {
+            assert!(entry["platform"].as_str().unwrap().starts_with("linux/"));
+        }
+        // One hosts directory: with a list (2.2's default), transfer-service
+        // pulls ignore hosts.toml.
+        assert!(!get(&v, &[images[0], images[1], "registry", "config_path"])
             .as_str()
             .unwrap()
-            .starts_with("linux/"));
+            .contains(':'));
         assert!(args(&["--containerd", "2.1"]).containerd == ContainerdVersion::V2);
         assert!(Cli::try_parse_from(["x", "--containerd", "1.5"]).is_err());
     }

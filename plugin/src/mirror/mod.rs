@@ -470,4 +470,6 @@ fn upstream_failed(e: UpstreamError) -> MirrorError {
 }
 
 #[cfg(test)]
+mod spec_tests;
+#[cfg(test)]
 mod tests;

@@ -31,14 +31,14 @@ fn spec() -> ImageSpec {
     ])
 }
 
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
+pub(super) struct Answer {
+    pub(super) status: StatusCode,
+    pub(super) headers: HeaderMap,
+    pub(super) body: Bytes,
 }
 
 impl Answer {
-    fn header(&self, name: &str) -> &str {
+    pub(super) fn header(&self, name: &str) -> &str {
         self.headers
             .get(name)
             .unwrap_or_else(|| panic!("no {name} header in {:?}", self.headers))
@@ -46,14 +46,19 @@ impl Answer {
             .unwrap()
     }
 
-    fn error_code(&self) -> String {
+    pub(super) fn error_code(&self) -> String {
         let v: serde_json::Value = serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("error body {:?}: {e}", self.body));
         v["errors"][0]["code"].as_str().unwrap().to_string()
     }
 }
 
-async fn call(router: &axum::Router, method: &str, uri: &str, headers: &[(&str, &str)]) -> Answer {
+pub(super) async fn call(
+    router: &axum::Router,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+) -> Answer {
     let mut req = Request::builder().method(method).uri(uri);
     for (k, v) in headers {
         req = req.header(*k, *v);
@@ -116,7 +121,7 @@ async fn assert_refused(router: &axum::Router, table: &[Refusal]) {
     }
 }
 
-fn mirror_over(dir: &Path) -> (Arc<Catalog>, axum::Router) {
+pub(super) fn mirror_over(dir: &Path) -> (Arc<Catalog>, axum::Router) {
     let c = catalog(dir);
     let m = Mirror::new(c.clone(), Upstreams::default());
     (c, m.router())

@@ -305,6 +305,8 @@ impl Drop for PrivateContainerd {
 /// (the layout `scripts/fetch-containerd.sh` unpacks a Debian package into).
 pub fn bin_dir() -> Option<PathBuf> {
     let dir = PathBuf::from(std::env::var_os(DIR_ENV).filter(|d| !d.is_empty())?);
+    // Absolute, so that it still means the same on a child's PATH.
+    let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
     let usr_bin = dir.join("usr/bin");
     Some(if usr_bin.join("containerd").exists() {
         usr_bin

@@ -21,7 +21,17 @@
 # indexed. Prints a table; --write puts it into BENCHMARKS.md. Not a test:
 # nothing here asserts a time.
 #
-#   scripts/bench.sh [--write] [--cache DIR] [--logs DIR] [--reps N] [--no-profile]
+#   scripts/bench.sh [--write] [--cache DIR] [--logs DIR] [--reps N] [--no-profile] [--pulls]
+#
+# --pulls runs only the pulls a site compares across containerd versions:
+# (2), (3), (4) and (5) on the oci archive, `ctr pull --snapshotter airgap`
+# through mirror + snapshotter (4b), and the parallel floor (6), and writes
+# them into a section of their own per containerd version. With
+# AIRGAP_CONTAINERD_DIR=DIR the private containerds are the one in DIR
+# (e.g. /var/cache/airgap-snapshotter/containerd/sid, see
+# scripts/fetch-containerd.sh), configured as the end-to-end tests do
+# (`containerd config default` + `airgap-snapshotter config --containerd
+# <version>`, written by integration's containerd-config).
 #
 # --cache DIR keeps the generated bundle (debootstrap rootfs, archives) in
 # DIR, so that a rerun skips generating it. --logs DIR keeps the logs of
@@ -29,7 +39,7 @@
 # step fails). --reps N runs every step N times (default 3) and reports
 # the median. Unless --no-profile, one more pull of (5) runs under
 # `perf record` and the hottest symbols go into the report. Needs root. Everything runs on
-# loopback in a temporary directory: a private containerd 1.6 (its root,
+# loopback in a temporary directory: a private containerd (its root,
 # state and sockets there; the system containerd is never used), a private
 # docker-registry and the daemon, all stopped by pid at the end, also on
 # failure. containerd runs take the e2e tests' lock (flock integration/).
@@ -42,6 +52,7 @@ cache=
 logs=
 reps=3
 profile=1
+pulls=0
 while (($#)); do
     case $1 in
         --write) write=1 ;;
@@ -49,12 +60,14 @@ while (($#)); do
         --logs) logs=$2; shift ;;
         --reps) reps=$2; shift ;;
         --no-profile) profile=0 ;;
+        --pulls) pulls=1 profile=0 ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
 [[ $(id -u) -eq 0 ]] || { echo "bench.sh needs root (containerd, mounts, drop_caches)" >&2; exit 1; }
+source scripts/lib/containerd-dir.sh
 
 say() { printf '==> %s\n' "$*" >&2; }
 need=(containerd ctr runc docker-registry skopeo pigz zstd tar python3 jq debootstrap flock)
@@ -69,9 +82,12 @@ fi
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 say "building (release)"
 cargo build --release -q -p airgap-snapshotter --bin airgap-snapshotter --example bench-decompressed
-cargo build --release -q -p airgap-integration --bin bench-cri
+cargo build --release -q -p airgap-integration --bin bench-cri --bin containerd-config
 target=${CARGO_TARGET_DIR:-$repo/target}/release
 bin=$target/airgap-snapshotter
+containerd_config=$target/containerd-config
+export AIRGAP_SNAPSHOTTER_BIN=$bin
+containerd_version=$(containerd --version | awk '{ print $3 }')
 cri=$target/bench-cri
 decompressed=$target/examples/bench-decompressed
 
@@ -301,8 +317,7 @@ daemon_seq=0
 start_containerd() { # CRI_SNAPSHOTTER
     cdir=$work/containerd-$((++cd_seq))
     mkdir -p "$cdir"/{root,state,opt,cni}
-    containerd config default |
-        python3 scripts/bench/containerd-config.py "$cdir" "$work/run/snap.sock" "$1" "$hosts" >"$cdir/config.toml"
+    "$containerd_config" --cri-snapshotter "$1" "$cdir" "$work/run/snap.sock" "$hosts" >"$cdir/config.toml" 2>/dev/null
     containerd --config "$cdir/config.toml" --log-level warn >"$cdir/containerd.log" 2>&1 &
     cd_pid=$!
     pids+=("$cd_pid")
@@ -393,11 +408,12 @@ step_registry() { # cri|ctr
     fi
 }
 
-# step_daemon mirror|snap KIND [profile]: (4) ctr pull through the mirror,
-# or (5) CRI PullImage through mirror + snapshotter.
+# step_daemon mirror|ctr-snap|snap KIND [profile]: (4) ctr pull through the
+# mirror, (4b) ctr pull --snapshotter airgap through mirror + snapshotter, or
+# (5) CRI PullImage through mirror + snapshotter.
 step_daemon() {
     local how=$1 kind=$2 profile=${3:-} snapshotter=overlayfs gets cpu0 split fetched perf_pid=
-    [[ $how == snap ]] && snapshotter=airgap
+    [[ $how == mirror ]] || snapshotter=airgap
     lock
     fresh_daemon_root "$kind"
     start_daemon "$kind" "$root"
@@ -415,7 +431,7 @@ step_daemon() {
         t=$("$cri" "$cdir/containerd.sock" "$big" | cut -d' ' -f1)
     else
         t0=$(now)
-        ctrx images pull --hosts-dir "$hosts" "$big" >/dev/null
+        ctrx images pull --hosts-dir "$hosts" --snapshotter "$snapshotter" "$big" >/dev/null
         t=$(since "$t0")
     fi
     if [[ -n $perf_pid ]]; then
@@ -427,7 +443,7 @@ step_daemon() {
     split="containerd $(human "$(du_bytes "$cdir/root")") + daemon $(human "$(du_bytes "$root")")"
     hwm=$(hwm_kib "$daemon_pid")
     note="disk: $split; registry blob GETs: $(($(registry_blob_gets) - gets)); $(cpu_since "$daemon_pid" "$cpu0")"
-    if [[ $how == snap ]]; then
+    if [[ $how != mirror ]]; then
         note="layers from the archive: $(grep -c 'layer committed from archive' "$root.log" || true)/$big_layers, layers extracted by then: $(grep -c 'layer extracted from archive' "$root.log" || true); $note"
     fi
     check_runs "$snapshotter" "$big"
@@ -441,6 +457,8 @@ step_daemon() {
         else
             record "snap-$kind" "(5) CRI PullImage, mirror + snapshotter, $kind archive"
         fi
+    elif [[ $how == ctr-snap ]]; then
+        record "ctr-snap-$kind" "(4b) \`ctr pull --snapshotter airgap\` through mirror + snapshotter, $kind archive"
     else
         record "mirror-$kind" "(4) \`ctr pull\` through the mirror, $kind archive"
     fi
@@ -484,12 +502,64 @@ mkdir -p "$work/floor-raw"
 i=0
 while read -r d; do i=$((i + 1)); pigz -dc "$work/floor-blobs/${d#sha256:}" >"$work/floor-raw/$i.tar"; done <"$work/big-layers"
 
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a != "-") printf "%.2fx", a / b; else print "-" }'; }
+# The steps recorded, median of the rounds, against (2) and the parallel floor.
+results_table() {
+    local id t range label note
+    echo "| step | time to runnable | vs (2) | vs (6) parallel | disk (containerd + daemon root) | daemon peak RSS | notes |"
+    echo "|---|---:|---:|---:|---:|---:|---|"
+    for id in "${order[@]}"; do
+        # shellcheck disable=SC2086
+        t=$(median ${T[$id]})
+        range=$(printf '%s\n' ${T[$id]} | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%s-%s", lo, hi }')
+        label=${L[$id]//|/\\|}
+        note="${N[$id]}${N[$id]:+; }all runs: $range s"
+        echo "| $label | ${t} s | $(ratio "$t" "$t_registry_cri") | $(ratio "$t" "$t_floor") | $(human "${D[$id]}") | $(kib "${H[$id]}") | ${note//|/\\|} |"
+    done
+}
+machine_line() {
+    echo "$(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(free -g | awk '/Mem:/ { print $2 }') GiB RAM, $(uname -r), $(findmnt -no FSTYPE -T /tmp) on /tmp, containerd $containerd_version"
+}
+# --pulls: the version comparison, in a section per containerd version.
+pulls_report() {
+    local report
+    report="Run $(date -u '+%Y-%m-%d %H:%M UTC') on $(machine_line).
+Load average (1, 5, 15 min) at the start: $load_start; at the end: $(cut -d' ' -f1-3 /proc/loadavg) (other work was running: figures are noisy).
+
+$(results_table)
+
+The largest image of the bundle (\`$big\`, $big_layers layers, $(human "$big_unpacked") unpacked), median of $reps rounds, caches dropped before
+each step, a fresh private containerd $containerd_version per step configured as the end-to-end tests do. (4b) is what a site
+running \`ctr pull --snapshotter airgap\` sees: on 1.6 and 1.7 ctr fetches every blob itself (through the mirror) and unpacks;
+on 2.x the transfer service passes \`snapshot.ref\` and the layers come from the archive (see \"layers from the archive\").
+
+Reproduce: \`AIRGAP_CONTAINERD_DIR=DIR scripts/bench.sh --pulls --write [--cache DIR] [--reps N]\` as root (DIR from
+\`scripts/fetch-containerd.sh\`; unset: the system's containerd)."
+    echo
+    echo "$report"
+    if ((write)); then
+        printf '%s\n' "$report" | python3 scripts/bench/write-section.py "bench-pulls-$containerd_version" \
+            "Pulls on containerd $containerd_version (\`scripts/bench.sh --pulls --write\`)"
+        echo "written to BENCHMARKS.md"
+    fi
+}
+
 for ((round = 1; round <= reps; round++)); do
     say "round $round of $reps"
+    if ((pulls)); then
+        step_registry cri
+        step_registry ctr
+        step_daemon mirror oci
+        step_daemon ctr-snap oci
+        step_daemon snap oci
+        step_floor parallel
+        continue
+    fi
     for kind in oci docker; do step_import "$kind"; done
     step_registry cri
     step_registry ctr
     for kind in oci packed; do step_daemon mirror "$kind"; done
+    step_daemon ctr-snap oci
     for kind in oci packed docker alone; do step_daemon snap "$kind"; done
     for mode in parallel sequential tar zstd; do step_floor "$mode"; done
 done
@@ -498,6 +568,11 @@ rm -rf "$work/floor-raw"
 median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 t_registry_cri=$(median ${T[registry-cri]})
 t_floor=$(median ${T[floor-parallel]})
+
+if ((pulls)); then
+    pulls_report
+    exit 0
+fi
 
 profile_text=
 if ((profile)) && command -v perf >/dev/null; then
@@ -557,18 +632,7 @@ printf '    first start %s ms to serving (rss %s KiB); restarts: %s\n' "$first_s
 
 # ---------------------------------------------------------------- report
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a != "-") printf "%.2fx", a / b; else print "-" }'; }
-table="| step | time to runnable | vs (2) | vs (6) parallel | disk (containerd + daemon root) | daemon peak RSS | notes |
-|---|---:|---:|---:|---:|---:|---|"
-for id in "${order[@]}"; do
-    # shellcheck disable=SC2086
-    t=$(median ${T[$id]})
-    range=$(printf '%s\n' ${T[$id]} | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%s-%s", lo, hi }')
-    label=${L[$id]//|/\\|}
-    note="${N[$id]}${N[$id]:+; }all runs: $range s"
-    table+="
-| $label | ${t} s | $(ratio "$t" "$t_registry_cri") | $(ratio "$t" "$t_floor") | $(human "${D[$id]}") | $(kib "${H[$id]}") | ${note//|/\\|} |"
-done
+table=$(results_table)
 small_table="| archive | CRI pull | decompressed | image's own bytes | ratio | read from disk by the daemon |
 |---|---:|---:|---:|---:|---:|"
 for kind in oci packed; do
@@ -578,7 +642,7 @@ for kind in oci packed; do
     small_table+="
 | $name, $(human "$(stat -c %s "$bundle/$kind.tar.zst")") | $t s | $(human "$dec") | $(human "$blobs") | $(ratio "$dec" "$blobs") | $(human "$io") |"
 done
-machine="$(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(free -g | awk '/Mem:/ { print $2 }') GiB RAM, $(uname -r), $(findmnt -no FSTYPE -T /tmp) on /tmp, containerd $(containerd --version | awk '{ print $3 }')"
+machine=$(machine_line)
 sizes="oci.tar.zst $(human "$(stat -c %s "$bundle/oci.tar.zst")"), docker.tar.zst $(human "$(stat -c %s "$bundle/docker.tar.zst")"), packed.tar.zst $(human "$(stat -c %s "$bundle/packed.tar.zst")"), and alone.tar.zst (the largest image alone, packed) $(human "$(stat -c %s "$bundle/alone.tar.zst")")"
 profile_block=
 if [[ -n $profile_text ]]; then
@@ -603,7 +667,7 @@ $table
 
 Times are the median of $reps rounds (every step once per round, in turn); daemon peak RSS is the highest of the rounds, disk the last
 round's. Time to runnable: until \`ctr\` returns or CRI \`PullImage\` answers (both unpack before returning); each pulled image is then run
-once (\`ctr run\`, not timed) to check it. Caches dropped before each step. Every step starts a fresh private containerd 1.6 and, for
+once (\`ctr run\`, not timed) to check it. Caches dropped before each step. Every step starts a fresh private containerd $containerd_version and, for
 (4) and (5), a fresh daemon root holding only the persisted indexes. Disk: \`du\` of containerd's root plus the daemon's root after the
 step (for (6), the extracted layers). (1) imports all four images; every other step pulls \`$big\`. (6) does no fsync; the
 snapshotter syncs each layer before committing it. \"Layers extracted by then\" in (5) counts what the daemon extracted until the

@@ -25,17 +25,8 @@ fi
 
 say() { printf '\n==> %s\n' "$*"; }
 
-# The containerd to run: AIRGAP_CONTAINERD_DIR first on PATH (containerd
-# also finds its shim there).
-if [[ -n ${AIRGAP_CONTAINERD_DIR:-} ]]; then
-    containerd_bin=$AIRGAP_CONTAINERD_DIR
-    [[ -x $containerd_bin/usr/bin/containerd ]] && containerd_bin=$containerd_bin/usr/bin
-    [[ -x $containerd_bin/containerd ]] || {
-        echo "AIRGAP_CONTAINERD_DIR=$AIRGAP_CONTAINERD_DIR holds no containerd" >&2
-        exit 1
-    }
-    export PATH=$containerd_bin:$PATH
-fi
+# The containerd to run (AIRGAP_CONTAINERD_DIR, else the system's).
+source scripts/lib/containerd-dir.sh
 
 if [[ $(id -u) -eq 0 ]]; then
     say "installing dependencies"

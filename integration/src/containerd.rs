@@ -46,6 +46,9 @@ pub struct ContainerdOptions {
     /// service. Otherwise it is false: the layer hints reach the
     /// snapshotter, and 2.1+ pulls on the client side ("local pull").
     pub cri_transfer_service: bool,
+    /// The snapshotter CRI unpacks into, when not `airgap` (the benchmark's
+    /// baselines use `overlayfs`, as sites run containerd today).
+    pub cri_snapshotter: Option<String>,
 }
 
 /// A running private containerd, stopped and cleaned up on drop.
@@ -583,6 +586,9 @@ fn write_config(
             .map(path_str)
             .unwrap_or_default(),
     )?;
+    if let Some(name) = &options.cri_snapshotter {
+        set(&mut config, &key_path(&images, "snapshotter"), name.as_str())?;
+    }
     if version.is_2x() {
         // `disable_snapshot_annotations = false` makes 2.1+ CRI fall back to
         // the client-side ("local") pull; the default (true) pulls through
@@ -649,7 +655,10 @@ fn check_config(
         &snapshotter_socket.to_string_lossy(),
     )?;
     let (images, registry, cni) = cri_tables(version);
-    expect(&key_path(&images, "snapshotter"), SNAPSHOTTER)?;
+    expect(
+        &key_path(&images, "snapshotter"),
+        options.cri_snapshotter.as_deref().unwrap_or(SNAPSHOTTER),
+    )?;
     expect(
         &key_path(&images, "disable_snapshot_annotations"),
         if options.cri_transfer_service {
@@ -884,10 +893,19 @@ state = '/run/containerd'
             let options = ContainerdOptions {
                 hosts_dir: Some(PathBuf::from("/tmp/x/certs.d")),
                 cri_transfer_service: transfer,
+                ..Default::default()
             };
             let text = write_config(DEFAULT_2, FRAGMENT_2, &version, dir, &options).unwrap();
             check_config(&text, &version, dir, sock, &options).unwrap();
         }
+        // The benchmark's baseline: CRI on containerd's own overlayfs.
+        let options = ContainerdOptions {
+            cri_snapshotter: Some("overlayfs".into()),
+            ..Default::default()
+        };
+        let text = write_config(DEFAULT_2, FRAGMENT_2, &version, dir, &options).unwrap();
+        check_config(&text, &version, dir, sock, &options).unwrap();
+        assert!(text.contains("snapshotter = \"overlayfs\""), "{text}");
         // The transfer service must keep unpacking into overlayfs.
         let one_entry = FRAGMENT_2
             .rsplit_once("[[plugins")

@@ -33,7 +33,8 @@
 #
 #   integration/conformance2.sh [--refresh]            # builds the daemon (debug) first
 #   AIRGAP_SNAPSHOTTER_BIN=/path/to/bin integration/conformance2.sh
-#   integration/conformance2.sh -test.run 'Basic'      # extra args go to the test binary
+#   AIRGAP_CONFORMANCE2_CASES='^Basic$' integration/conformance2.sh   # some cases only
+#   integration/conformance2.sh -test.count 2          # other args go to the test binary
 #   integration/conformance2.sh --fetch-only
 set -euo pipefail
 
@@ -303,8 +304,9 @@ result() {
     sed -nE "s/^ *--- (PASS|FAIL|SKIP): $2\/([^ ]+) .*/\2 \1/p" "$work/$1.out" | sort
 }
 
-run overlayfs '^TestOverlayReference$'
-run airgap '^TestAirgapSnapshotter$'
+cases=${AIRGAP_CONFORMANCE2_CASES:-}
+run overlayfs "^TestOverlayReference\$${cases:+/$cases}"
+run airgap "^TestAirgapSnapshotter\$${cases:+/$cases}"
 # Rename again under the name the suite exempts from renaming a directory of
 # a lower layer (the name containerd's own overlayfs test runs under).
 run overlayfs-name '^Test(OverlayReference|AirgapSnapshotter)$/^Rename$' -suite.overlayfs-name

@@ -55,6 +55,7 @@ declare -A OVERRIDES=(
 
 refresh=0
 fetch_only=0
+fail_reason=
 args=()
 for arg in "$@"; do
     case $arg in
@@ -175,6 +176,7 @@ download_into() {
     if ! (cd "$apt/download" && apt-get "${opts[@]}" -qq download "$@") >"$apt/download.log" 2>&1; then
         log "apt-get download failed for: $*"
         grep -v 'unsandboxed' "$apt/download.log" | tail -n 5 >&2
+        fail_reason="apt-get download failed: $(grep -m 1 '^E:' "$apt/download.log" || tail -n 1 "$apt/download.log")"
         return 1
     fi
     local deb
@@ -192,6 +194,7 @@ fetch() {
     if ! apt-get "${opts[@]}" -qq --error-on=any update >"$apt/update.log" 2>&1; then
         log "$dist: apt-get update failed (no network?):"
         tail -n 5 "$apt/update.log" >&2
+        fail_reason="apt-get update failed: $(grep -m 1 '^E:' "$apt/update.log" || tail -n 1 "$apt/update.log")"
         return 1
     fi
     index_names
@@ -230,6 +233,7 @@ fetch() {
         if ((${#unmapped[@]})); then
             log "$dist: no Debian package found for these imports:"
             printf '    %s\n' "${unmapped[@]}" >&2
+            fail_reason="no $dist package found for: ${unmapped[*]}"
             rm -rf "$new"
             return 1
         fi
@@ -239,6 +243,7 @@ fetch() {
     done
     if ((${#missing[@]})); then
         log "$dist: still missing after 30 rounds: ${missing[*]}"
+        fail_reason="still missing after 30 rounds: ${missing[*]}"
         rm -rf "$new"
         return 1
     fi
@@ -252,7 +257,7 @@ t0=$(now)
 mkdir -p "$cache"
 if ((refresh)) || [[ ! -s $root/PACKAGES ]] || ! goroot "$root" >/dev/null; then
     fetch || {
-        echo "--- FAIL: conformance-2.x: could not fetch containerd 2.x's Go sources from Debian $dist (reason above; no network?)"
+        echo "--- FAIL: conformance-2.x: could not fetch containerd 2.x's Go sources from Debian $dist: ${fail_reason:-see above}"
         exit 1
     }
     log "fetch: $(since "$t0")s"

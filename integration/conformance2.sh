@@ -27,7 +27,8 @@
 # (GO111MODULE=off); its Go build cache is kept in the cache directory.
 #
 # Idempotent: a complete cache is used as is (no network); --refresh fetches
-# again. Needs root (the suite mounts). Exits non-zero, with the reason, if
+# again (a lock in the cache directory serializes fetches and keeps a
+# refresh from replacing the sources under a running build). Needs root (the suite mounts). Exits non-zero, with the reason, if
 # the fetch fails (e.g. no network), the build fails, or a case the reference
 # passes does not pass against the daemon.
 #
@@ -255,6 +256,10 @@ fetch() {
 
 t0=$(now)
 mkdir -p "$cache"
+# One fetch at a time; a run holds the cache shared until it exits, so a
+# concurrent --refresh waits instead of replacing the sources under a build.
+exec 9>"$cache/.lock"
+flock -x 9
 if ((refresh)) || [[ ! -s $root/PACKAGES ]] || ! goroot "$root" >/dev/null; then
     fetch || {
         echo "--- FAIL: conformance-2.x: could not fetch containerd 2.x's Go sources from Debian $dist: ${fail_reason:-see above}"
@@ -264,6 +269,7 @@ if ((refresh)) || [[ ! -s $root/PACKAGES ]] || ! goroot "$root" >/dev/null; then
 else
     log "using $root ($(wc -l <"$root/PACKAGES") packages; --refresh to fetch again)"
 fi
+flock -s 9
 gr=$(goroot "$root")
 gopath=$root/usr/share/gocode
 log "containerd $(grep -E '^golang-github-containerd-containerd-dev ' "$root/PACKAGES" | cut -d' ' -f2), $("$gr/bin/go" version)"

@@ -165,7 +165,7 @@ missing_imports() {
         GOROOT=$gr GO111MODULE=off GOFLAGS= GOPATH="$w:$gp" GOCACHE="$w/cache" \
             "$gr/bin/go" list -e -deps -test \
             -f '{{with .Error}}{{.}}{{"\n"}}{{end}}{{range .DepsErrors}}{{.}}{{"\n"}}{{end}}' . 2>&1 || true) |
-        grep -o 'cannot find package "[^"]*"' | sed -E 's/.*"(.*)"/\1/' | sort -u
+        { grep -o 'cannot find package "[^"]*"' || true; } | sed -E 's/.*"(.*)"/\1/' | sort -u
     rm -rf "$w"
 }
 

@@ -5,7 +5,12 @@
 #   2. cargo fmt --all --check
 #   3. cargo clippy --workspace --all-targets -- -D warnings
 #   4. unit and in-process tests of the whole workspace (cargo nextest)
-#   5. containerd's snapshotter conformance suite (integration/conformance.sh)
+#   5. containerd's snapshotter conformance suite, twice: 1.6's from Debian
+#      12's packages (integration/conformance.sh, step `conformance`) and
+#      2.x's from Debian sid's Go sources, fetched (not installed) into
+#      /var/cache/airgap-snapshotter/containerd-go (integration/conformance2.sh,
+#      step `conformance-2.x`: every case 2.x's own overlayfs snapshotter
+#      passes must pass; about 3 min cold, 40 s warm)
 #   6. the root-only end-to-end tests (integration/tests/*.rs): a private
 #      containerd, runc, docker-registry and a CRI client playing kubelet,
 #      once per containerd version, each its own step `e2e-<version>`:
@@ -18,8 +23,8 @@
 # Every step runs even when an earlier one failed (after the build steps),
 # a summary is printed at the end, and the exit status is non-zero if any
 # step failed. Steps 5 and 6 need root and are reported as skipped
-# otherwise. A containerd version that could not be fetched (no network) is
-# a FAIL of its e2e step, with the reason. Environment:
+# otherwise. A containerd version (or 2.x's Go sources) that could not be
+# fetched (no network) is a FAIL of its step, with the reason. Environment:
 # AIRGAP_TEST_SKIP_DEPS=1 skips step 1; AIRGAP_SNAPSHOTTER_BIN=PATH tests
 # that daemon binary instead of building target/debug/airgap-snapshotter;
 # AIRGAP_CONTAINERD_DIRS="system DIR..." replaces the list of containerds
@@ -125,6 +130,14 @@ elif ((is_root)); then
     step conformance 20 bash integration/conformance.sh
 else
     skip conformance "needs root"
+fi
+
+if [[ ! -f integration/conformance2.sh ]]; then
+    skip conformance-2.x "integration/conformance2.sh does not exist yet"
+elif ((is_root)); then
+    step conformance-2.x 20 bash integration/conformance2.sh
+else
+    skip conformance-2.x "needs root"
 fi
 
 # The containerd versions of the end-to-end tests: `system` (the one on

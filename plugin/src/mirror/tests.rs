@@ -410,7 +410,9 @@ async fn bad_bytes_are_never_served_and_paths_never_leak() {
     );
     let text = String::from_utf8_lossy(&a.body);
     assert!(!text.contains(dir.path().to_str().unwrap()), "{text}");
-    // The whole blob streams, and ends in an error instead of EOF.
+    // A catalog that indexed the archive as it now is: the whole blob
+    // streams, and ends in an error instead of EOF.
+    let (c, router) = mirror_over(dir.path());
     let resp = router
         .clone()
         .oneshot(Request::get(&uri).body(Body::empty()).unwrap())
@@ -418,10 +420,17 @@ async fn bad_bytes_are_never_served_and_paths_never_leak() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert!(to_bytes(resp.into_body(), usize::MAX).await.is_err());
+    // That copy is marked bad: with no other copy, the next GET is refused.
+    assert!(c.copy_is_bad(&path, &built.layers[0]));
+    assert_eq!(
+        call(&router, "GET", &uri, &[]).await.status,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
 
     // Over a real socket, a client that stops at Content-Length (as
     // containerd does) never receives the whole blob: its last byte is held
     // back until the digest holds, so the transfer fails instead.
+    let (_c, router) = mirror_over(dir.path());
     let (addr, stop, server) = serve_on_loopback(&router).await;
     let got = reqwest::get(format!("http://{addr}{uri}")).await.unwrap();
     assert_eq!(got.status(), 200);
@@ -911,4 +920,59 @@ async fn a_range_read_never_serves_an_archive_changed_in_place() {
         refused("GET", uri, StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN").with_header("range", "bytes=0-99"),
     ];
     assert_refused(&router, &refusals).await;
+}
+
+/// Two archives hold the same layer and the newer one is corrupted in
+/// place (its mtime put back): whole and Range reads still serve the good
+/// copy of the older archive, never a bad byte, and the bad copy is marked.
+#[tokio::test]
+async fn a_bad_copy_falls_back_to_another_archive_holding_the_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spec();
+    s.compression = LayerCompression::None;
+    let (oci, built) = OciLayout::single("busybox:1.36", &s);
+    let old = write(dir.path(), "a.tar", &oci.to_tar());
+    let new = write(dir.path(), "b.tar", &oci.to_tar());
+    let now = std::time::SystemTime::now();
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(now - Duration::from_secs(3600))
+        .unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&new)
+        .unwrap()
+        .set_modified(now - Duration::from_secs(60))
+        .unwrap();
+    let (c, router) = mirror_over(dir.path());
+    let layer = &oci.blobs[&built.layers[0]];
+
+    let bytes = std::fs::read(&new).unwrap();
+    let at = bytes.windows(64).position(|w| w == &layer[..64]).unwrap();
+    let mtime = std::fs::metadata(&new).unwrap().modified().unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::options().write(true).open(&new).unwrap();
+        f.write_all_at(&[bytes[at + 10] ^ 0xff], at as u64 + 10)
+            .unwrap();
+        f.set_modified(mtime).unwrap();
+    }
+    let uri = format!("{NAME}/blobs/{}{NS}", built.layers[0]);
+    let whole = call(&router, "GET", &uri, &[]).await;
+    assert_eq!(whole.status, StatusCode::OK);
+    assert_eq!(whole.body, layer[..]);
+    assert!(
+        c.copy_is_bad(&new, &built.layers[0]),
+        "the bad copy is marked"
+    );
+    assert!(!c.copy_is_bad(&old, &built.layers[0]));
+    let part = call(&router, "GET", &uri, &[("range", "bytes=0-99")]).await;
+    assert_eq!(part.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(part.body, layer[..100]);
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut c.open_blob(&built.layers[0]).unwrap(), &mut out).unwrap();
+    assert_eq!(out, layer[..]);
+    assert_eq!(c.bad_copies(), 1);
 }

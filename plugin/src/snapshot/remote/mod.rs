@@ -57,8 +57,8 @@ pub(crate) struct Remote {
     /// Serializes remote Prepares of one chain ID, so a second one sees what
     /// the first committed.
     prepares: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
-    /// Chain IDs whose Prepare already sent their images' layers to
-    /// prefetch.
+    /// Chain IDs whose Prepare is sending, or sent, their images' layers
+    /// to prefetch; each is forgotten when that Prepare is over.
     prefetched: Mutex<HashSet<Digest>>,
     /// Chain IDs taken out of staging and not committed yet: not to be
     /// prefetched again meanwhile.
@@ -179,6 +179,7 @@ pub(crate) async fn prepare(
         let staged = match remote.take(&layer).await {
             Ok(staged) => staged,
             Err(err) => {
+                remote.settled(&chain_id);
                 tracing::warn!(error = %err, "extraction from the archive failed: ordinary path (containerd downloads the layer)");
                 return None;
             }

@@ -513,7 +513,7 @@ async fn head_over_http_keeps_content_length() {
 /// token service that wants basic auth), a path prefix, counters.
 mod fake {
     use std::collections::HashMap;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
 
     use axum::body::Body;
@@ -533,6 +533,28 @@ mod fake {
         pub content: Mutex<HashMap<String, (String, Bytes)>>,
         pub token_requests: AtomicUsize,
         pub requests: AtomicUsize,
+        /// Bumped to revoke every token handed out so far.
+        pub generation: AtomicUsize,
+        /// Harbor's way: a bad bearer token is challenged with `Basic`
+        /// (an anonymous request still with `Bearer`), and basic auth is
+        /// accepted on the API.
+        pub harbor: AtomicBool,
+        /// Token requests still to refuse.
+        pub refuse_tokens: AtomicUsize,
+        /// Requests that came with a bearer token no longer valid.
+        pub stale_tokens: AtomicUsize,
+        /// Requests to the API that came with basic auth.
+        pub basic_requests: AtomicUsize,
+    }
+
+    impl Fake {
+        /// The token valid now.
+        pub fn token(&self) -> String {
+            match self.generation.load(Ordering::SeqCst) {
+                0 => TOKEN.to_string(),
+                n => format!("{TOKEN}-{n}"),
+            }
+        }
     }
 
     async fn handle(State(f): State<Arc<Fake>>, uri: Uri, headers: HeaderMap) -> Response {
@@ -544,20 +566,33 @@ mod fake {
         if uri.path() == "/token" {
             f.token_requests.fetch_add(1, Ordering::SeqCst);
             let scope_ok = uri.query().unwrap_or("").contains("scope=repository");
-            if auth != BASIC || !scope_ok {
+            let refuse = f
+                .refuse_tokens
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if auth != BASIC || !scope_ok || refuse {
                 return StatusCode::UNAUTHORIZED.into_response();
             }
-            return format!(r#"{{"token":"{TOKEN}","expires_in":300}}"#).into_response();
+            let token = f.token();
+            return format!(r#"{{"token":"{token}","expires_in":300}}"#).into_response();
         }
         f.requests.fetch_add(1, Ordering::SeqCst);
-        if auth != format!("Bearer {TOKEN}") {
-            let mut r = StatusCode::UNAUTHORIZED.into_response();
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
+        let harbor = f.harbor.load(Ordering::SeqCst);
+        if auth == BASIC {
+            f.basic_requests.fetch_add(1, Ordering::SeqCst);
+        }
+        if auth.starts_with("Bearer ") && auth != format!("Bearer {}", f.token()) {
+            f.stale_tokens.fetch_add(1, Ordering::SeqCst);
+        }
+        if auth != format!("Bearer {}", f.token()) && !(harbor && auth == BASIC) {
+            let challenge = if harbor && auth.starts_with("Bearer ") {
+                r#"Basic realm="harbor""#.to_string()
+            } else {
                 format!(r#"Bearer realm="http://{addr}/token",service="fake""#)
-                    .parse()
-                    .unwrap(),
-            );
+            };
+            let mut r = StatusCode::UNAUTHORIZED.into_response();
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, challenge.parse().unwrap());
             return r;
         }
         let key = uri.path().trim_start_matches("/v2/").to_string();
@@ -975,4 +1010,68 @@ async fn a_bad_copy_falls_back_to_another_archive_holding_the_blob() {
     std::io::Read::read_to_end(&mut c.open_blob(&built.layers[0]).unwrap(), &mut out).unwrap();
     assert_eq!(out, layer[..]);
     assert_eq!(c.bad_copies(), 1);
+}
+
+/// Serves `library/remote`'s one blob from the fake upstream; returns the
+/// mirror over no archive and the blob's URI.
+async fn upstream_with_one_blob(f: &fake::Fake) -> (axum::Router, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let blob = Bytes::from_static(b"upstream blob\n");
+    let d = Digest::of(&blob);
+    f.content.lock().unwrap().insert(
+        format!("library/remote/blobs/{d}"),
+        ("application/octet-stream".into(), blob),
+    );
+    let endpoint = format!("http://{}", f.addr.lock().unwrap());
+    let upstreams = Upstreams::new(&[upstream_config("docker.io", &endpoint, None)]).unwrap();
+    let router = Mirror::new(catalog(dir.path()), upstreams).router();
+    (router, format!("/v2/library/remote/blobs/{d}{NS}"), dir)
+}
+
+/// A 401 to a cached bearer token evicts it: it is never sent again, even
+/// when fetching the next token fails.
+#[tokio::test]
+async fn an_upstream_401_evicts_the_cached_token() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let f = fake::start().await;
+    let (router, uri, _dir) = upstream_with_one_blob(&f).await;
+    assert_eq!(call(&router, "GET", &uri, &[]).await.status, StatusCode::OK);
+    assert_eq!(f.token_requests.load(SeqCst), 1);
+    // The registry revokes the token, and its token service fails once.
+    f.generation.fetch_add(1, SeqCst);
+    f.refuse_tokens.store(1, SeqCst);
+    assert_eq!(
+        call(&router, "GET", &uri, &[]).await.status,
+        StatusCode::BAD_GATEWAY
+    );
+    assert_eq!(call(&router, "GET", &uri, &[]).await.status, StatusCode::OK);
+    assert_eq!(f.token_requests.load(SeqCst), 3);
+    assert_eq!(
+        f.stale_tokens.load(SeqCst),
+        1,
+        "a refused token was sent again"
+    );
+}
+
+/// Harbor challenges an expired bearer token with `Basic`: the client asks
+/// again without the token, takes a new one, and never turns to basic auth.
+#[tokio::test]
+async fn a_basic_challenge_to_a_stale_token_does_not_switch_to_basic_auth() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let f = fake::start().await;
+    f.harbor.store(true, SeqCst);
+    let (router, uri, _dir) = upstream_with_one_blob(&f).await;
+    assert_eq!(call(&router, "GET", &uri, &[]).await.status, StatusCode::OK);
+    f.generation.fetch_add(1, SeqCst);
+    assert_eq!(call(&router, "GET", &uri, &[]).await.status, StatusCode::OK);
+    assert_eq!(f.token_requests.load(SeqCst), 2, "a new token was taken");
+    let before = f.requests.load(SeqCst);
+    assert_eq!(call(&router, "GET", &uri, &[]).await.status, StatusCode::OK);
+    assert_eq!(
+        f.requests.load(SeqCst) - before,
+        1,
+        "the new token is used at once"
+    );
+    assert_eq!(f.basic_requests.load(SeqCst), 0, "switched to basic auth");
+    assert_eq!(f.stale_tokens.load(SeqCst), 1);
 }

@@ -13,6 +13,7 @@ pub mod config;
 pub mod digest;
 pub mod extract;
 pub mod labels;
+pub mod metrics;
 pub mod mirror;
 pub mod pack;
 pub mod registry;

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -98,6 +98,9 @@ pub struct Archive {
     pub index: ArchiveIndex,
     file: Arc<File>,
     seek_table: Option<Arc<super::seekable::SeekTable>>,
+    /// Bytes decompressed from this archive (shared by every version of
+    /// the file at this path; a metric).
+    decompressed: Arc<AtomicU64>,
 }
 
 impl Archive {
@@ -181,6 +184,8 @@ pub struct Catalog {
     verified: Mutex<HashSet<(FileKey, Digest)>>,
     /// Copies found bad: the next archive holding the digest is used.
     bad: Arc<BadCopies>,
+    /// Bytes decompressed, per archive path.
+    decompressed: Mutex<BTreeMap<PathBuf, Arc<AtomicU64>>>,
     /// Set once the first scan has finished: lookups wait for it, so a pull
     /// that starts while the archives are first indexed finds them.
     scanned: (Mutex<bool>, Condvar),
@@ -235,6 +240,7 @@ impl Catalog {
             stats: Arc::new(Stats::default()),
             verified: Mutex::new(HashSet::new()),
             bad: Arc::default(),
+            decompressed: Mutex::default(),
             scanned: (Mutex::new(false), Condvar::new()),
             _cache_tmp: tmp,
         });
@@ -354,6 +360,7 @@ impl Catalog {
         for p in gone {
             tracing::info!(archive = %p.display(), "archive removed");
             state.archives.remove(&p);
+            self.decompressed.lock().unwrap().remove(&p);
             if let Some(persisted) = self.persisted_path(&p) {
                 let _ = fs::remove_file(persisted);
             }
@@ -428,10 +435,18 @@ impl Catalog {
             }
         };
         let seek_table = index.seek_table.clone().map(Arc::new);
+        let decompressed = self
+            .decompressed
+            .lock()
+            .unwrap()
+            .entry(path.to_path_buf())
+            .or_default()
+            .clone();
         Ok(Archive {
             index,
             file: Arc::new(file),
             seek_table,
+            decompressed,
         })
     }
 
@@ -508,6 +523,22 @@ impl Catalog {
             .and_then(|all| all.first())
             .and_then(|a| a.index.blobs.get(digest))
             .map(|l| l.size)
+    }
+
+    /// How many archives are indexed, and how many are broken.
+    pub fn archive_counts(&self) -> (usize, usize) {
+        let state = self.state.read().unwrap();
+        (state.archives.len(), state.broken.len())
+    }
+
+    /// Bytes decompressed so far from each archive.
+    pub fn decompressed_by_archive(&self) -> Vec<(PathBuf, u64)> {
+        self.decompressed
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(p, n)| (p.clone(), n.load(Ordering::Relaxed)))
+            .collect()
     }
 
     /// How many copies of blobs were found bad and set aside.
@@ -635,6 +666,7 @@ impl Catalog {
             let stream = Counted {
                 inner: container::decode_file(archive.file.clone(), container)?,
                 stats: self.stats.clone(),
+                archive: archive.decompressed.clone(),
             };
             let mut stream = stream;
             let skipped = io::copy(&mut (&mut stream).take(loc.offset), &mut io::sink())?;
@@ -703,9 +735,11 @@ impl Catalog {
                 loc.offset,
                 loc.size,
                 self.stats.clone(),
+                archive.decompressed.clone(),
             ))),
             (container, _) => {
                 let stats = self.stats.clone();
+                let per_archive = archive.decompressed.clone();
                 let file = archive.file.clone();
                 let what = archive.index.path.display().to_string();
                 let (entry, hit) = self.cache.get_or_fill(digest, |out| {
@@ -723,6 +757,7 @@ impl Catalog {
                     stats
                         .decompressed
                         .fetch_add(loc.offset + copied, Ordering::Relaxed);
+                    per_archive.fetch_add(loc.offset + copied, Ordering::Relaxed);
                     Ok(())
                 })?;
                 let counter = if hit {
@@ -797,6 +832,7 @@ impl Read for MarkOnFailure {
 struct Counted {
     inner: Box<dyn Read + Send>,
     stats: Arc<Stats>,
+    archive: Arc<AtomicU64>,
 }
 
 impl Read for Counted {
@@ -805,6 +841,7 @@ impl Read for Counted {
         self.stats
             .decompressed
             .fetch_add(n as u64, Ordering::Relaxed);
+        self.archive.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 }

@@ -1,6 +1,7 @@
 //! `airgap-snapshotter serve`: the daemon. Loads the configuration, opens the
-//! snapshotter, serves containerd's snapshots API on a unix socket and the
-//! registry mirror on its TCP address until SIGTERM or SIGINT.
+//! snapshotter, serves containerd's snapshots API on a unix socket, the
+//! registry mirror and the Prometheus metrics on their TCP addresses until
+//! SIGTERM or SIGINT.
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
@@ -14,7 +15,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::UnixListenerStream;
 
 use airgap_snapshotter::catalog::{Catalog, CatalogOptions, LayerSource};
-use airgap_snapshotter::config::{Config, MirrorListen, ServeArgs};
+use airgap_snapshotter::config::{Config, Listen, ServeArgs};
 use airgap_snapshotter::mirror::Mirror;
 use airgap_snapshotter::registry::Upstreams;
 use airgap_snapshotter::snapshot::service::SnapshotService;
@@ -37,6 +38,7 @@ async fn serve(config: Config) -> Result<ExitCode> {
         socket = %config.socket.display(),
         archives = ?config.archives,
         mirror_listen = %config.mirror_listen,
+        metrics_listen = %config.metrics_listen,
         cache_bytes = config.cache_bytes,
         "starting"
     );
@@ -61,6 +63,7 @@ async fn serve(config: Config) -> Result<ExitCode> {
     let _watch = catalog.watch();
     let upstreams = Upstreams::new(&config.upstream).context("set up the upstream registries")?;
     let mirror = Mirror::new(catalog.clone(), upstreams);
+    let metrics_catalog = catalog.clone();
     let source: Option<Arc<dyn LayerSource>> = Some(catalog);
 
     let root = config.root.clone();
@@ -69,11 +72,19 @@ async fn serve(config: Config) -> Result<ExitCode> {
         .with_context(|| format!("open snapshotter state in {}", config.root.display()))?;
 
     let mirror_listener = match config.mirror_listen {
-        MirrorListen::Off => None,
-        MirrorListen::Addr(addr) => Some(
+        Listen::Off => None,
+        Listen::Addr(addr) => Some(
             tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("bind the registry mirror to {addr} (mirror_listen)"))?,
+        ),
+    };
+    let metrics_listener = match config.metrics_listen {
+        Listen::Off => None,
+        Listen::Addr(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("bind the metrics listener to {addr} (metrics_listen)"))?,
         ),
     };
     let listener = bind_socket(&config.socket)?;
@@ -98,6 +109,16 @@ async fn serve(config: Config) -> Result<ExitCode> {
         let shutdown = stopped(stop_rx.clone());
         tokio::spawn(async move { mirror.serve(l, shutdown).await })
     });
+    let metrics_task = metrics_listener.map(|l| {
+        let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(listen = %addr, "serving Prometheus metrics on /metrics");
+        let shutdown = stopped(stop_rx.clone());
+        tokio::spawn(airgap_snapshotter::metrics::serve(
+            metrics_catalog,
+            l,
+            shutdown,
+        ))
+    });
 
     let result = tonic::transport::Server::builder()
         .add_service(SnapshotService::new(snapshotter).into_server())
@@ -118,6 +139,14 @@ async fn serve(config: Config) -> Result<ExitCode> {
                 tracing::warn!("registry mirror transfers still running at shutdown; cut off");
                 task.abort();
             }
+        }
+    }
+    if let Some(task) = metrics_task {
+        match tokio::time::timeout(std::time::Duration::from_secs(1), task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(err))) => tracing::error!(error = %err, "metrics listener failed"),
+            Ok(Err(err)) => tracing::error!(error = %err, "metrics task failed"),
+            Err(_) => tracing::debug!("metrics scrape still running at shutdown; cut off"),
         }
     }
     result.context("serve the snapshots API")?;

@@ -347,7 +347,16 @@ async fn handle(
         ))
         .into_response();
     }
-    let result = match request::parse(uri.path(), uri.query()) {
+    let route = request::parse(uri.path(), uri.query());
+    let route_name = match &route {
+        Err(_) => "invalid",
+        Ok(Route::Base) => "base",
+        Ok(Route::Manifest(_)) => "manifest",
+        Ok(Route::Blob(..)) => "blob",
+        Ok(Route::Tags { .. }) => "tags",
+        Ok(Route::Catalog { .. }) => "catalog",
+    };
+    let result = match route {
         Err(e) => Err(e),
         Ok(Route::Base) => Ok(base()),
         Ok(Route::Manifest(r)) => match mirror.manifest(&r, &headers).await {
@@ -370,6 +379,7 @@ async fn handle(
             .and_then(|r| r),
     };
     let response = result.unwrap_or_else(|e| e.into_response());
+    crate::metrics::global().mirror_request(route_name, response.status().as_u16());
     tracing::debug!(%method, path = %uri.path(), status = response.status().as_u16(), "mirror request");
     response
 }
@@ -461,6 +471,12 @@ fn blob_open_error(digest: Digest, e: BlobError) -> MirrorError {
 /// Logs an upstream failure (no credentials; an outage is logged once by
 /// the upstream itself) and turns it into the mirror's answer.
 fn upstream_failed(e: UpstreamError) -> MirrorError {
+    let kind = if e.is_unreachable() {
+        "unreachable"
+    } else {
+        "failed"
+    };
+    crate::metrics::global().upstream_error(kind);
     if e.is_unreachable() {
         tracing::debug!(error = %e, "upstream registry unreachable");
     } else {

@@ -419,6 +419,9 @@ impl Upstream {
         let mut stream = resp.bytes_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| self.unreachable(&e))?;
+            crate::metrics::global()
+                .upstream_bytes
+                .inc_by(chunk.len() as u64);
             out.extend_from_slice(&chunk);
             if out.len() > MAX_MANIFEST {
                 return Err(bad(format!("larger than {MAX_MANIFEST} bytes")));
@@ -489,6 +492,7 @@ impl Upstream {
                     None => req,
                 },
             };
+            crate::metrics::global().upstream_requests.inc();
             let resp = req.send().await.map_err(|e| self.unreachable(&e))?;
             self.reached();
             let refused = |resp: reqwest::Response| {

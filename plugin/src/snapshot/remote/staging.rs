@@ -86,6 +86,7 @@ impl Remote {
         let task = tokio::spawn(
             async move {
                 let _permit = permits.acquire_owned().await?;
+                let _timed = crate::metrics::global().extraction();
                 blocking(move || Ok(extract(source.as_ref(), &layer, &dir))).await?
             }
             .instrument(span),

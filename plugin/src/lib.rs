@@ -19,6 +19,7 @@ pub mod pack;
 pub mod registry;
 pub mod setup;
 pub mod snapshot;
+pub mod systemd;
 
 #[cfg(any(test, feature = "testsupport"))]
 pub mod testsupport;

@@ -541,6 +541,12 @@ impl Catalog {
             .collect()
     }
 
+    /// True when some archive holds `digest` in a copy not found bad (or
+    /// it is a document).
+    pub fn has_good_copy(&self, digest: &Digest) -> bool {
+        self.document(digest).is_some() || self.archives_with(digest).is_ok()
+    }
+
     /// How many copies of blobs were found bad and set aside.
     pub fn bad_copies(&self) -> u64 {
         self.bad.marked.load(Ordering::Relaxed)

@@ -144,15 +144,34 @@ impl Mirror {
         headers: &HeaderMap,
         head: bool,
     ) -> Result<Response, MirrorError> {
-        let (size, in_place) = self
-            .lookup(move |c| (c.blob_size(&digest), reads_in_place(c, &digest)))
+        let (size, in_place, good) = self
+            .lookup(move |c| {
+                let good = c.has_good_copy(&digest);
+                (c.blob_size(&digest), reads_in_place(c, &digest), good)
+            })
             .await?;
+        let upstream = self.upstreams.for_registry(&r.domain);
         if let Some(size) = size {
-            return self
-                .archived_blob(digest, size, in_place, headers, head)
-                .await;
+            if good || upstream.is_none() {
+                match self
+                    .archived_blob(digest, size, in_place, headers, head)
+                    .await
+                {
+                    Ok(resp) => return Ok(resp),
+                    // Every archived copy turned out bad just now: the
+                    // upstream, if there is one.
+                    Err(e)
+                        if upstream.is_none()
+                            || self.lookup(move |c| c.has_good_copy(&digest)).await? =>
+                    {
+                        return Err(e)
+                    }
+                    Err(_) => {}
+                }
+            }
+            tracing::warn!(%digest, "every archived copy of the blob is bad; asking the upstream");
         }
-        let Some(up) = self.upstreams.for_registry(&r.domain) else {
+        let Some(up) = upstream else {
             return Err(MirrorError::BlobUnknown(format!(
                 "blob {digest} is in no archive"
             )));

@@ -1075,3 +1075,49 @@ async fn a_basic_challenge_to_a_stale_token_does_not_switch_to_basic_auth() {
     assert_eq!(f.basic_requests.load(SeqCst), 0, "switched to basic auth");
     assert_eq!(f.stale_tokens.load(SeqCst), 1);
 }
+
+/// The only archived copy of a layer is bad (changed in place, mtime put
+/// back): the mirror asks the upstream for it instead, and serves its good
+/// bytes, whole and in part.
+#[tokio::test]
+async fn every_archived_copy_bad_falls_back_to_the_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spec();
+    s.compression = LayerCompression::None;
+    let (oci, built) = OciLayout::single("busybox:1.36", &s);
+    let path = write(dir.path(), "a.tar", &oci.to_tar());
+    let digest = built.layers[0];
+    let layer = oci.blobs[&digest].clone();
+    let f = fake::start().await;
+    f.content.lock().unwrap().insert(
+        format!("library/busybox/blobs/{digest}"),
+        (
+            "application/octet-stream".into(),
+            Bytes::from(layer.clone()),
+        ),
+    );
+    let endpoint = format!("http://{}", f.addr.lock().unwrap());
+    let upstreams = Upstreams::new(&[upstream_config("docker.io", &endpoint, None)]).unwrap();
+    let c = catalog(dir.path());
+    let router = Mirror::new(c.clone(), upstreams).router();
+
+    let bytes = std::fs::read(&path).unwrap();
+    let at = bytes.windows(64).position(|w| w == &layer[..64]).unwrap();
+    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.write_all_at(&[bytes[at + 10] ^ 0xff], at as u64 + 10)
+            .unwrap();
+        file.set_modified(mtime).unwrap();
+    }
+    let uri = format!("{NAME}/blobs/{digest}{NS}");
+    // The fake upstream ignores Range and answers the whole blob.
+    let part = call(&router, "GET", &uri, &[("range", "bytes=0-99")]).await;
+    assert_eq!(part.status, StatusCode::OK);
+    assert_eq!(part.body, layer[..]);
+    assert!(c.copy_is_bad(&path, &digest));
+    let whole = call(&router, "GET", &uri, &[]).await;
+    assert_eq!(whole.status, StatusCode::OK);
+    assert_eq!(whole.body, layer[..]);
+}

@@ -53,7 +53,8 @@ func newSnapshotter(ctx context.Context, root string) (snapshots.Snapshotter, fu
 		"--root", filepath.Join(root, "state"),
 		"--socket", socket,
 		"--archives", filepath.Join(root, "archives"),
-		"--mirror-listen", "off")
+		"--mirror-listen", "off",
+		"--metrics-listen", "off")
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	if err := cmd.Start(); err != nil {

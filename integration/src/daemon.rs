@@ -95,7 +95,8 @@ impl Daemon {
 
     /// Like [`Daemon::start_with_archives`], with extra `serve` arguments
     /// (e.g. `["--mirror-listen", "127.0.0.1:5000"]`, `["--config", FILE]`).
-    /// Without a `--mirror-listen` among them, the mirror is off.
+    /// Without a `--mirror-listen` among them, the mirror is off; without a
+    /// `--metrics-listen`, so are the metrics (daemons run side by side).
     pub fn start_with_args(files: &[&Path], args: &[&str]) -> Result<Self> {
         let dir = TestDir::new("daemon")?;
         let archives = dir.path().join("archives");
@@ -112,6 +113,9 @@ impl Daemon {
         let mut extra_args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         if !args.iter().any(|a| a.starts_with("--mirror-listen")) {
             extra_args.extend(["--mirror-listen".to_string(), "off".to_string()]);
+        }
+        if !args.iter().any(|a| a.starts_with("--metrics-listen")) {
+            extra_args.extend(["--metrics-listen".to_string(), "off".to_string()]);
         }
         let mut this = Self {
             proc: None,

@@ -282,7 +282,9 @@ impl MirrorDaemon {
                 .arg("--archives")
                 .arg(&archives_dir)
                 .arg("--mirror-listen")
-                .arg(format!("127.0.0.1:{port}")),
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("--metrics-listen")
+                .arg("off"),
             &log,
         )?;
         let s = socket.clone();

@@ -1,12 +1,15 @@
 //! The layer cache: decompressed blobs on disk, bounded in bytes, evicted
 //! least-recently-used first. One fill per digest at a time; an evicted
-//! entry's file is deleted only when its last reader drops it.
+//! entry's file is deleted only when its last reader drops it. Every fill
+//! has a file name of its own (`<digest hex>.<fill number>`), so the last
+//! reader of an evicted entry deletes that entry's file, never a newer fill
+//! of the same digest.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
@@ -51,7 +54,12 @@ pub struct LayerCache {
     dir: PathBuf,
     budget: u64,
     inner: Mutex<Inner>,
+    /// One lock per digest being filled, shared by everyone waiting for
+    /// that fill; removed by the last of them.
     fills: Mutex<HashMap<Digest, Arc<Mutex<()>>>>,
+    /// Numbers fills, for their file names.
+    generation: AtomicU64,
+    evictions: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -80,7 +88,14 @@ impl LayerCache {
                 bytes: 0,
             }),
             fills: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
         })
+    }
+
+    /// Entries evicted so far (a metric).
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
     }
 
     pub fn usage(&self) -> CacheUsage {
@@ -119,9 +134,18 @@ impl LayerCache {
             .entry(*digest)
             .or_default()
             .clone();
-        let _guard = lock.lock().unwrap();
+        let guard = lock.lock().unwrap();
         let result = self.fill_locked(digest, fill);
-        self.fills.lock().unwrap().remove(digest);
+        // Only the last caller of this fill removes its lock: one still
+        // waiting for it (after a failed fill, it fills next) must not find
+        // a newcomer filling beside it under a fresh lock.
+        let mut fills = self.fills.lock().unwrap();
+        if Arc::strong_count(&lock) == 2 && fills.get(digest).is_some_and(|l| Arc::ptr_eq(l, &lock))
+        {
+            fills.remove(digest);
+        }
+        drop(fills);
+        drop(guard);
         result
     }
 
@@ -136,7 +160,8 @@ impl LayerCache {
         let tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
         let mut file = tmp.reopen()?;
         fill(&mut file)?;
-        let path = self.dir.join(digest.hex());
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+        let path = self.dir.join(format!("{}.{generation}", digest.hex()));
         tmp.persist(&path).map_err(|e| e.error)?;
         let size = file.metadata()?.len();
         let entry = Arc::new(CacheEntry {
@@ -147,13 +172,19 @@ impl LayerCache {
         });
         let mut inner = self.inner.lock().unwrap();
         inner.bytes += size;
-        inner.lru.put(*digest, entry.clone());
+        if let Some(replaced) = inner.lru.put(*digest, entry.clone()) {
+            // Never expected (one fill per digest at a time); if it
+            // happens, its bytes are not counted twice.
+            inner.bytes -= replaced.size;
+            replaced.evicted.store(true, Ordering::Release);
+        }
         while inner.bytes > self.budget && inner.lru.len() > 1 {
             let Some((old, e)) = inner.lru.pop_lru() else {
                 break;
             };
             inner.bytes -= e.size;
             e.evicted.store(true, Ordering::Release);
+            self.evictions.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(digest = %old, size = e.size, "evicted from the layer cache");
         }
         if inner.bytes > self.budget && inner.lru.len() == 1 && size > self.budget {
@@ -161,6 +192,7 @@ impl LayerCache {
             inner.lru.pop(digest);
             inner.bytes -= size;
             entry.evicted.store(true, Ordering::Release);
+            self.evictions.fetch_add(1, Ordering::Relaxed);
         }
         Ok((entry, false))
     }
@@ -202,6 +234,7 @@ mod tests {
         assert!(a_path.exists());
         drop(a);
         assert!(!a_path.exists());
+        assert_eq!(cache.evictions(), 2);
         let files = fs::read_dir(dir.path().join("c")).unwrap().count();
         assert_eq!(files, 2);
     }
@@ -237,5 +270,81 @@ mod tests {
         assert!(err.is_err());
         assert!(cache.get(&Digest::of(b"x")).is_none());
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    /// An evicted entry still read, then a new fill of the same digest: the
+    /// old reader letting go never deletes the new fill's file.
+    #[test]
+    fn dropping_an_evicted_entry_keeps_a_newer_fill_of_its_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = LayerCache::open(&dir.path().join("c"), 150).unwrap();
+        let old = put(&cache, &[1; 100]);
+        drop(put(&cache, &[2; 100]));
+        assert!(!cache.contains(&Digest::of(&[1; 100])), "evicted");
+        let new = put(&cache, &[1; 100]);
+        assert!(new.path.exists());
+        drop(old);
+        assert!(new.path.exists(), "the newer fill's file was deleted");
+        assert_eq!(cache.usage().bytes, 100);
+        drop(new);
+    }
+
+    /// A fill that fails while another caller waits for it: that caller
+    /// fills next, and a third caller arriving meanwhile waits for it
+    /// instead of running a second fill beside it; its bytes count once.
+    #[test]
+    fn after_a_failed_fill_one_fill_runs_and_counts_once() {
+        use std::sync::mpsc::channel;
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(LayerCache::open(dir.path(), 1 << 20).unwrap());
+        let d = Digest::of(b"data");
+        let fills = Arc::new(AtomicUsize::new(0));
+        let (release1, wait1) = channel::<()>();
+        let (started2, wait_started2) = channel::<()>();
+        let (release2, wait2) = channel::<()>();
+        type Fill = Box<dyn FnOnce(&mut File) -> io::Result<()> + Send>;
+        let spawn = |f: Fill| {
+            let (cache, fills) = (cache.clone(), fills.clone());
+            std::thread::spawn(move || {
+                cache
+                    .get_or_fill(&d, |file| {
+                        fills.fetch_add(1, Ordering::SeqCst);
+                        f(file)
+                    })
+                    .map(|(e, _)| e.size())
+            })
+        };
+        let t1 = spawn(Box::new(move |_| {
+            wait1.recv().unwrap();
+            Err(io::Error::other("bad bytes"))
+        }));
+        std::thread::sleep(Duration::from_millis(100));
+        let t2 = spawn(Box::new(move |f| {
+            started2.send(()).unwrap();
+            wait2.recv().unwrap();
+            f.write_all(b"data")
+        }));
+        std::thread::sleep(Duration::from_millis(100));
+        release1.send(()).unwrap();
+        wait_started2.recv().unwrap();
+        let t3 = spawn(Box::new(|f| f.write_all(b"data")));
+        std::thread::sleep(Duration::from_millis(200));
+        release2.send(()).unwrap();
+        assert!(t1.join().unwrap().is_err());
+        assert_eq!(t2.join().unwrap().unwrap(), 4);
+        assert_eq!(t3.join().unwrap().unwrap(), 4);
+        assert_eq!(
+            fills.load(Ordering::SeqCst),
+            2,
+            "a second fill ran beside the first"
+        );
+        assert_eq!(
+            cache.usage(),
+            CacheUsage {
+                entries: 1,
+                bytes: 4
+            }
+        );
     }
 }

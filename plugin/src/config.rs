@@ -6,7 +6,8 @@
 //! socket = "/run/airgap-snapshotter/snapshotter.sock"
 //! archives = ["/var/lib/airgap-snapshotter/archives"]
 //! mirror_listen = "127.0.0.1:5050"   # or "off"
-//! mirror_allow_non_loopback = false  # true to let the mirror bind a non-loopback address
+//! mirror_allow_non_loopback = false  # true to let the mirror (and metrics) bind a non-loopback address
+//! metrics_listen = "127.0.0.1:5051"  # Prometheus `GET /metrics`, or "off"
 //! cache_bytes = "10GiB"              # or a number of bytes
 //!
 //! # What the archives lack is fetched from these registries (first match
@@ -31,6 +32,7 @@ pub const DEFAULT_ROOT: &str = "/var/lib/airgap-snapshotter";
 pub const DEFAULT_SOCKET: &str = "/run/airgap-snapshotter/snapshotter.sock";
 pub const DEFAULT_ARCHIVES: &str = "/var/lib/airgap-snapshotter/archives";
 pub const DEFAULT_MIRROR_LISTEN: &str = "127.0.0.1:5050";
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:5051";
 /// 10 GiB of decompressed layers.
 pub const DEFAULT_CACHE_BYTES: u64 = 10 << 30;
 
@@ -59,7 +61,12 @@ pub struct ServeArgs {
     /// a non-loopback address also needs `mirror_allow_non_loopback = true`
     /// in the config file.
     #[arg(long, value_name = "ADDR|off")]
-    pub mirror_listen: Option<MirrorListen>,
+    pub mirror_listen: Option<Listen>,
+    /// Prometheus metrics listen address (`GET /metrics`), or `off`
+    /// [default: 127.0.0.1:5051]; a non-loopback address also needs
+    /// `mirror_allow_non_loopback = true` in the config file.
+    #[arg(long, value_name = "ADDR|off")]
+    pub metrics_listen: Option<Listen>,
     /// Byte budget of the cache of decompressed layers (suffixes K, M, G, T,
     /// KiB.. are binary) [default: 10GiB].
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
@@ -82,10 +89,14 @@ pub struct Config {
     /// `.tar.zst`). Missing or empty directories are fine.
     pub archives: Vec<PathBuf>,
     /// Where the registry mirror listens (`host:port`), or `"off"`.
-    pub mirror_listen: MirrorListen,
+    pub mirror_listen: Listen,
     /// The mirror serves every archived image to whoever reaches it, so it
-    /// binds only loopback addresses unless this is true.
+    /// binds only loopback addresses unless this is true (the metrics
+    /// listener too: they name the archives).
     pub mirror_allow_non_loopback: bool,
+    /// Where Prometheus metrics are served (`host:port`, `GET /metrics`),
+    /// or `"off"`.
+    pub metrics_listen: Listen,
     /// Byte budget of the cache of decompressed layers, as a number of
     /// bytes or a string with a unit (`"512MiB"`, `"10G"`).
     #[serde(
@@ -152,50 +163,51 @@ impl Default for Config {
             root: PathBuf::from(DEFAULT_ROOT),
             socket: PathBuf::from(DEFAULT_SOCKET),
             archives: vec![PathBuf::from(DEFAULT_ARCHIVES)],
-            mirror_listen: MirrorListen::Addr(DEFAULT_MIRROR_LISTEN.parse().expect("valid")),
+            mirror_listen: Listen::Addr(DEFAULT_MIRROR_LISTEN.parse().expect("valid")),
             mirror_allow_non_loopback: false,
+            metrics_listen: Listen::Addr(DEFAULT_METRICS_LISTEN.parse().expect("valid")),
             cache_bytes: DEFAULT_CACHE_BYTES,
             upstream: Vec::new(),
         }
     }
 }
 
-/// The mirror's listen address, or off.
+/// A listen address (the mirror's, the metrics'), or off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MirrorListen {
+pub enum Listen {
     Off,
     Addr(SocketAddr),
 }
 
-impl FromStr for MirrorListen {
+impl FromStr for Listen {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s.eq_ignore_ascii_case("off") {
-            return Ok(MirrorListen::Off);
+            return Ok(Listen::Off);
         }
         s.parse()
-            .map(MirrorListen::Addr)
+            .map(Listen::Addr)
             .map_err(|_| format!("{s:?} is neither `off` nor an address like 127.0.0.1:5050"))
     }
 }
 
-impl fmt::Display for MirrorListen {
+impl fmt::Display for Listen {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            MirrorListen::Off => f.write_str("off"),
-            MirrorListen::Addr(a) => write!(f, "{a}"),
+            Listen::Off => f.write_str("off"),
+            Listen::Addr(a) => write!(f, "{a}"),
         }
     }
 }
 
-impl Serialize for MirrorListen {
+impl Serialize for Listen {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
     }
 }
 
-impl<'de> Deserialize<'de> for MirrorListen {
+impl<'de> Deserialize<'de> for Listen {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         String::deserialize(d)?
             .parse()
@@ -277,6 +289,9 @@ impl Config {
         if let Some(m) = args.mirror_listen {
             config.mirror_listen = m;
         }
+        if let Some(m) = args.metrics_listen {
+            config.metrics_listen = m;
+        }
         if let Some(c) = args.cache_bytes {
             config.cache_bytes = c;
         }
@@ -327,7 +342,7 @@ impl Config {
                 return invalid("archives", "an entry is empty".into());
             }
         }
-        if let MirrorListen::Addr(addr) = self.mirror_listen {
+        if let Listen::Addr(addr) = self.mirror_listen {
             if !addr.ip().is_loopback() && !self.mirror_allow_non_loopback {
                 return invalid(
                     "mirror_listen",
@@ -336,6 +351,20 @@ impl Config {
                          image to whoever reaches it: set mirror_allow_non_loopback = true to allow it"
                     ),
                 );
+            }
+        }
+        if let Listen::Addr(addr) = self.metrics_listen {
+            if !addr.ip().is_loopback() && !self.mirror_allow_non_loopback {
+                return invalid(
+                    "metrics_listen",
+                    format!(
+                        "{addr} is not a loopback address; the metrics name the archives: \
+                         set mirror_allow_non_loopback = true to allow it"
+                    ),
+                );
+            }
+            if self.mirror_listen == Listen::Addr(addr) {
+                return invalid("metrics_listen", format!("{addr} is also mirror_listen"));
             }
         }
         for (i, u) in self.upstream.iter().enumerate() {
@@ -456,7 +485,7 @@ mod tests {
         let c = Config::load(&args(&["--config", f])).unwrap();
         assert_eq!(c.root, Path::new("/srv/a"));
         assert_eq!(c.archives, [Path::new("/x"), Path::new("/y")]);
-        assert_eq!(c.mirror_listen, MirrorListen::Off);
+        assert_eq!(c.mirror_listen, Listen::Off);
         assert_eq!(c.cache_bytes, 2 << 30);
         let c = Config::load(&args(&[
             "--config",
@@ -509,6 +538,28 @@ mod tests {
         .unwrap();
         let c = Config::load(&args(&["--config", file.to_str().unwrap()])).unwrap();
         assert_eq!(c.mirror_listen.to_string(), "0.0.0.0:5050");
+    }
+
+    #[test]
+    fn metrics_listen_defaults_binds_loopback_unless_allowed_and_turns_off() {
+        let c = Config::load(&args(&[])).unwrap();
+        assert_eq!(c.metrics_listen.to_string(), "127.0.0.1:5051");
+        let c = Config::load(&args(&["--metrics-listen", "off"])).unwrap();
+        assert_eq!(c.metrics_listen, Listen::Off);
+        let err = Config::load(&args(&["--metrics-listen", "0.0.0.0:9100"])).unwrap_err();
+        assert!(err.to_string().contains("`metrics_listen`"), "{err}");
+        let err = Config::load(&args(&["--metrics-listen", "127.0.0.1:5050"])).unwrap_err();
+        assert!(err.to_string().contains("`metrics_listen`"), "{err}");
+        assert!(Cli::try_parse_from(["x", "--metrics-listen", "nope"]).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "metrics_listen = \"0.0.0.0:9100\"\nmirror_allow_non_loopback = true\n",
+        )
+        .unwrap();
+        let c = Config::load(&args(&["--config", file.to_str().unwrap()])).unwrap();
+        assert_eq!(c.metrics_listen.to_string(), "0.0.0.0:9100");
     }
 
     #[test]

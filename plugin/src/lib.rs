@@ -13,11 +13,13 @@ pub mod config;
 pub mod digest;
 pub mod extract;
 pub mod labels;
+pub mod metrics;
 pub mod mirror;
 pub mod pack;
 pub mod registry;
 pub mod setup;
 pub mod snapshot;
+pub mod systemd;
 
 #[cfg(any(test, feature = "testsupport"))]
 pub mod testsupport;

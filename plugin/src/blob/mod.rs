@@ -87,6 +87,8 @@ pub struct SeekableRange {
     size: u64,
     frames: Mutex<LruCache<usize, Arc<Vec<u8>>>>,
     stats: Arc<Stats>,
+    /// The archive's own count of decompressed bytes.
+    archive_decompressed: Arc<AtomicU64>,
 }
 
 /// Largest frame accepted from a seek table (a hostile table could claim 4 GiB).
@@ -99,6 +101,7 @@ impl SeekableRange {
         base: u64,
         size: u64,
         stats: Arc<Stats>,
+        archive_decompressed: Arc<AtomicU64>,
     ) -> Self {
         SeekableRange {
             file,
@@ -107,6 +110,7 @@ impl SeekableRange {
             size,
             frames: Mutex::new(LruCache::new(NonZeroUsize::new(4).unwrap())),
             stats,
+            archive_decompressed,
         }
     }
 
@@ -142,6 +146,8 @@ impl SeekableRange {
         }
         self.stats
             .decompressed
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.archive_decompressed
             .fetch_add(data.len() as u64, Ordering::Relaxed);
         let data = Arc::new(data);
         self.frames.lock().unwrap().put(index, data.clone());
@@ -393,6 +399,7 @@ mod tests {
             500_000,
             1000,
             stats.clone(),
+            Arc::default(),
         );
         let mut out = Vec::new();
         SequentialReader::new(Arc::new(r))

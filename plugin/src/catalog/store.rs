@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -98,6 +98,9 @@ pub struct Archive {
     pub index: ArchiveIndex,
     file: Arc<File>,
     seek_table: Option<Arc<super::seekable::SeekTable>>,
+    /// Bytes decompressed from this archive (shared by every version of
+    /// the file at this path; a metric).
+    decompressed: Arc<AtomicU64>,
 }
 
 impl Archive {
@@ -127,10 +130,49 @@ pub struct ScanReport {
 struct State {
     archives: BTreeMap<PathBuf, Arc<Archive>>,
     broken: BTreeMap<PathBuf, (FileKey, String)>,
-    /// Derived from `archives`: the winner for each name, chain ID and blob.
+    /// Derived from `archives`: the winner for each name and chain ID, and
+    /// every archive holding each blob, newest first.
     names: HashMap<String, (Arc<Archive>, usize)>,
     chains: HashMap<Digest, (Arc<Archive>, usize)>,
-    blobs: HashMap<Digest, Arc<Archive>>,
+    blobs: HashMap<Digest, Vec<Arc<Archive>>>,
+}
+
+/// Copies of blobs found bad, by archive version and digest: never read
+/// again while the archive is that version (a rescan that indexes a new
+/// version of the file gives it a new key, and a fresh chance).
+#[derive(Default)]
+pub(crate) struct BadCopies {
+    set: Mutex<HashSet<(FileKey, Digest)>>,
+    /// Copies marked bad so far (a metric).
+    pub marked: std::sync::atomic::AtomicU64,
+}
+
+impl BadCopies {
+    fn contains(&self, archive: &Archive, digest: &Digest) -> bool {
+        self.set
+            .lock()
+            .unwrap()
+            .contains(&(archive.index.key, *digest))
+    }
+
+    /// Marks a copy bad and logs it, once.
+    fn mark(&self, key: FileKey, path: &Path, digest: &Digest, error: &io::Error) {
+        if self.set.lock().unwrap().insert((key, *digest)) {
+            self.marked.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(archive = %path.display(), %digest, %error,
+                "bad copy of a blob: not read from this archive again; using another archive holding it");
+        }
+    }
+}
+
+/// True for the errors that say a copy's bytes are wrong (a digest or
+/// length mismatch, a corrupt compressed stream, an archive changed since it
+/// was indexed), as opposed to a failure to read them at all.
+fn is_bad_copy(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+    )
 }
 
 pub struct Catalog {
@@ -140,6 +182,10 @@ pub struct Catalog {
     stats: Arc<Stats>,
     /// Blobs whose every byte was checked (keyed by archive version).
     verified: Mutex<HashSet<(FileKey, Digest)>>,
+    /// Copies found bad: the next archive holding the digest is used.
+    bad: Arc<BadCopies>,
+    /// Bytes decompressed, per archive path.
+    decompressed: Mutex<BTreeMap<PathBuf, Arc<AtomicU64>>>,
     /// Set once the first scan has finished: lookups wait for it, so a pull
     /// that starts while the archives are first indexed finds them.
     scanned: (Mutex<bool>, Condvar),
@@ -193,6 +239,8 @@ impl Catalog {
             cache,
             stats: Arc::new(Stats::default()),
             verified: Mutex::new(HashSet::new()),
+            bad: Arc::default(),
+            decompressed: Mutex::default(),
             scanned: (Mutex::new(false), Condvar::new()),
             _cache_tmp: tmp,
         });
@@ -312,6 +360,7 @@ impl Catalog {
         for p in gone {
             tracing::info!(archive = %p.display(), "archive removed");
             state.archives.remove(&p);
+            self.decompressed.lock().unwrap().remove(&p);
             if let Some(persisted) = self.persisted_path(&p) {
                 let _ = fs::remove_file(persisted);
             }
@@ -386,10 +435,18 @@ impl Catalog {
             }
         };
         let seek_table = index.seek_table.clone().map(Arc::new);
+        let decompressed = self
+            .decompressed
+            .lock()
+            .unwrap()
+            .entry(path.to_path_buf())
+            .or_default()
+            .clone();
         Ok(Archive {
             index,
             file: Arc::new(file),
             seek_table,
+            decompressed,
         })
     }
 
@@ -457,12 +514,51 @@ impl Catalog {
         if let Some(d) = self.document(digest) {
             return Some(d.len() as u64);
         }
+        // Any archive's, even a copy found bad: a blob the archives hold
+        // but cannot serve is an error, never "unknown".
         let state = self.ready_state();
         state
             .blobs
             .get(digest)
+            .and_then(|all| all.first())
             .and_then(|a| a.index.blobs.get(digest))
             .map(|l| l.size)
+    }
+
+    /// How many archives are indexed, and how many are broken.
+    pub fn archive_counts(&self) -> (usize, usize) {
+        let state = self.state.read().unwrap();
+        (state.archives.len(), state.broken.len())
+    }
+
+    /// Bytes decompressed so far from each archive.
+    pub fn decompressed_by_archive(&self) -> Vec<(PathBuf, u64)> {
+        self.decompressed
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(p, n)| (p.clone(), n.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// True when some archive holds `digest` in a copy not found bad (or
+    /// it is a document).
+    pub fn has_good_copy(&self, digest: &Digest) -> bool {
+        self.document(digest).is_some() || self.archives_with(digest).is_ok()
+    }
+
+    /// How many copies of blobs were found bad and set aside.
+    pub fn bad_copies(&self) -> u64 {
+        self.bad.marked.load(Ordering::Relaxed)
+    }
+
+    /// True when the copy of `digest` in `archive` was found bad.
+    pub fn copy_is_bad(&self, archive: &Path, digest: &Digest) -> bool {
+        let state = self.state.read().unwrap();
+        state
+            .archives
+            .get(archive)
+            .is_some_and(|a| self.bad.contains(a, digest))
     }
 
     /// A random-access reader over a blob, every byte of which was checked
@@ -471,9 +567,19 @@ impl Catalog {
         if let Some(doc) = self.document(digest) {
             return Ok(Arc::new(doc.to_vec()));
         }
-        let archive = self.archive_with(digest)?;
-        self.verified_reader(&archive, digest)
-            .map_err(|source| BlobError::read(digest, &archive, source))
+        let mut first_error = None;
+        for archive in self.archives_with(digest)? {
+            match self.verified_reader(&archive, digest) {
+                Ok(reader) => return Ok(reader),
+                Err(e) => {
+                    if is_bad_copy(&e) {
+                        self.bad.mark(archive.index.key, archive.path(), digest, &e);
+                    }
+                    first_error.get_or_insert_with(|| BlobError::read(digest, &archive, e));
+                }
+            }
+        }
+        Err(first_error.unwrap_or(BlobError::Unknown(*digest)))
     }
 
     fn verified_reader(
@@ -484,13 +590,7 @@ impl Catalog {
         // Ranges are read in place after one check of the whole blob: only
         // while the file is the one that was indexed and checked.
         let key = (archive.index.key, *digest);
-        if FileKey::of(&archive.file.metadata()?) != archive.index.key {
-            self.verified.lock().unwrap().remove(&key);
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "the archive changed since it was indexed",
-            ));
-        }
+        self.check_unchanged(archive, digest)?;
         let reader = self.raw_reader(archive, digest)?;
         if !self.verified.lock().unwrap().contains(&key) {
             let size = reader.size();
@@ -515,9 +615,44 @@ impl Catalog {
         if let Some(doc) = self.document(digest) {
             return Ok(Box::new(io::Cursor::new(doc)));
         }
-        let archive = self.archive_with(digest)?;
-        self.open_archived(&archive, digest)
-            .map_err(|source| BlobError::read(digest, &archive, source))
+        let mut first_error = None;
+        for archive in self.archives_with(digest)? {
+            match self.open_archived(&archive, digest) {
+                Ok(inner) => {
+                    // A failure while it streams marks this copy bad, so
+                    // the next open reads another archive's.
+                    return Ok(Box::new(MarkOnFailure {
+                        inner,
+                        bad: self.bad.clone(),
+                        key: archive.index.key,
+                        path: archive.index.path.clone(),
+                        digest: *digest,
+                    }));
+                }
+                Err(e) => {
+                    if is_bad_copy(&e) {
+                        self.bad.mark(archive.index.key, archive.path(), digest, &e);
+                    }
+                    first_error.get_or_insert_with(|| BlobError::read(digest, &archive, e));
+                }
+            }
+        }
+        Err(first_error.unwrap_or(BlobError::Unknown(*digest)))
+    }
+
+    /// Fails when `archive`'s file is no longer the version indexed.
+    fn check_unchanged(&self, archive: &Archive, digest: &Digest) -> io::Result<()> {
+        if FileKey::of(&archive.file.metadata()?) != archive.index.key {
+            self.verified
+                .lock()
+                .unwrap()
+                .remove(&(archive.index.key, *digest));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the archive changed since it was indexed",
+            ));
+        }
+        Ok(())
     }
 
     fn open_archived(
@@ -525,6 +660,7 @@ impl Catalog {
         archive: &Archive,
         digest: &Digest,
     ) -> io::Result<Box<dyn Read + Send>> {
+        self.check_unchanged(archive, digest)?;
         let what = archive.index.path.display().to_string();
         let container = archive.index.container;
         let streamed = !matches!(container, Container::Tar | Container::SeekableZstd);
@@ -536,6 +672,7 @@ impl Catalog {
             let stream = Counted {
                 inner: container::decode_file(archive.file.clone(), container)?,
                 stats: self.stats.clone(),
+                archive: archive.decompressed.clone(),
             };
             let mut stream = stream;
             let skipped = io::copy(&mut (&mut stream).take(loc.offset), &mut io::sink())?;
@@ -562,13 +699,28 @@ impl Catalog {
         )))
     }
 
-    fn archive_with(&self, digest: &Digest) -> Result<Arc<Archive>, BlobError> {
+    /// The archives holding `digest`, newest first, without those whose
+    /// copy was found bad. `Unknown` only when no archive holds it at all;
+    /// when every copy is bad, an error saying so.
+    fn archives_with(&self, digest: &Digest) -> Result<Vec<Arc<Archive>>, BlobError> {
         let state = self.ready_state();
-        state
-            .blobs
-            .get(digest)
+        let all = state.blobs.get(digest).ok_or(BlobError::Unknown(*digest))?;
+        let good: Vec<Arc<Archive>> = all
+            .iter()
+            .filter(|a| !self.bad.contains(a, digest))
             .cloned()
-            .ok_or(BlobError::Unknown(*digest))
+            .collect();
+        if good.is_empty() {
+            return Err(BlobError::read(
+                digest,
+                &all[0],
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "every archive's copy of the blob was found bad",
+                ),
+            ));
+        }
+        Ok(good)
     }
 
     /// The unverified reader for `digest` in `archive`, by container.
@@ -589,9 +741,11 @@ impl Catalog {
                 loc.offset,
                 loc.size,
                 self.stats.clone(),
+                archive.decompressed.clone(),
             ))),
             (container, _) => {
                 let stats = self.stats.clone();
+                let per_archive = archive.decompressed.clone();
                 let file = archive.file.clone();
                 let what = archive.index.path.display().to_string();
                 let (entry, hit) = self.cache.get_or_fill(digest, |out| {
@@ -609,6 +763,7 @@ impl Catalog {
                     stats
                         .decompressed
                         .fetch_add(loc.offset + copied, Ordering::Relaxed);
+                    per_archive.fetch_add(loc.offset + copied, Ordering::Relaxed);
                     Ok(())
                 })?;
                 let counter = if hit {
@@ -660,10 +815,30 @@ impl BlobReader for Pinned {
     }
 }
 
+/// Marks the copy it reads bad when reading it fails as a bad copy does.
+struct MarkOnFailure {
+    inner: Box<dyn Read + Send>,
+    bad: Arc<BadCopies>,
+    key: FileKey,
+    path: PathBuf,
+    digest: Digest,
+}
+
+impl Read for MarkOnFailure {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).inspect_err(|e| {
+            if is_bad_copy(e) {
+                self.bad.mark(self.key, &self.path, &self.digest, e);
+            }
+        })
+    }
+}
+
 /// Counts what a decoder produces into [`Stats::decompressed`].
 struct Counted {
     inner: Box<dyn Read + Send>,
     stats: Arc<Stats>,
+    archive: Arc<AtomicU64>,
 }
 
 impl Read for Counted {
@@ -672,6 +847,7 @@ impl Read for Counted {
         self.stats
             .decompressed
             .fetch_add(n as u64, Ordering::Relaxed);
+        self.archive.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 }
@@ -714,13 +890,14 @@ impl LayerSource for Catalog {
 }
 
 /// Recomputes the lookup maps. Archives are visited oldest first, so for a
-/// name carried by several archives the most recently modified one wins.
+/// name carried by several archives the most recently modified one wins;
+/// every archive holding a blob is kept, newest first.
 fn derive(state: &mut State) {
     let mut archives: Vec<&Arc<Archive>> = state.archives.values().collect();
     archives.sort_by_key(|a| (a.index.key.mtime_ns, a.index.path.clone()));
     let mut names: HashMap<String, (Arc<Archive>, usize)> = HashMap::new();
     let mut chains = HashMap::new();
-    let mut blobs = HashMap::new();
+    let mut blobs: HashMap<Digest, Vec<Arc<Archive>>> = HashMap::new();
     for a in archives {
         for (i, img) in a.index.images.iter().enumerate() {
             if let Some((old, _)) = names.get(&img.name) {
@@ -734,7 +911,7 @@ fn derive(state: &mut State) {
             }
         }
         for d in a.index.blobs.keys() {
-            blobs.insert(*d, a.clone());
+            blobs.entry(*d).or_default().insert(0, a.clone());
         }
     }
     state.names = names;

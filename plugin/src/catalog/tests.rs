@@ -596,3 +596,50 @@ fn prefetch_lists_only_the_image_being_pulled() {
         .image_layers(&go.chain_ids()[1], Some(&bl.manifest))
         .is_empty());
 }
+
+/// The newer of two archives holding a layer has bad bytes from the start
+/// (one compressed stream, so `open_blob` streams it): the stream fails
+/// instead of ending, the copy is marked bad, and the next open reads the
+/// older archive's good copy.
+#[test]
+fn a_stream_that_fails_verification_marks_the_copy_and_the_next_open_falls_back() {
+    // Larger than a document, so indexing does not check it.
+    let big: Vec<u8> = (0..9_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
+        .collect();
+    let spec = ImageSpec {
+        compression: LayerCompression::None,
+        ..ImageSpec::new(vec![layer_tar(&[("big", &big)])])
+    };
+    let (good, built) = OciLayout::single("busybox:1.36", &spec);
+    let digest = built.layers[0];
+    let mut bad = good.clone();
+    bad.blobs.get_mut(&digest).unwrap()[4096] ^= 0xff;
+    let dir = tempfile::tempdir().unwrap();
+    let old = write(dir.path(), "a.tar.zst", &wrap(&good.to_tar(), Wrap::Zstd));
+    let new = write(dir.path(), "b.tar.zst", &wrap(&bad.to_tar(), Wrap::Zstd));
+    let now = std::time::SystemTime::now();
+    for (p, age) in [(&old, 3600), (&new, 60)] {
+        std::fs::File::options()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_modified(now - Duration::from_secs(age))
+            .unwrap();
+    }
+    let c = open(&[dir.path()]);
+    assert!(c.broken().is_empty(), "{:?}", c.broken());
+    let mut out = Vec::new();
+    let first = c.open_blob(&digest).unwrap().read_to_end(&mut out);
+    assert!(first.is_err(), "the bad copy ended without an error");
+    assert!(c.copy_is_bad(&new, &digest));
+    assert_eq!(read_all(&c, &digest), good.blobs[&digest]);
+    // Random access falls back at once.
+    let reader = c.blob_reader(&digest).unwrap();
+    let mut buf = vec![0u8; reader.size() as usize];
+    crate::blob::SequentialReader::new(reader)
+        .read_exact(&mut buf)
+        .unwrap();
+    assert_eq!(buf, good.blobs[&digest]);
+    assert!(!c.copy_is_bad(&old, &digest));
+}

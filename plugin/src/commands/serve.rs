@@ -1,6 +1,8 @@
 //! `airgap-snapshotter serve`: the daemon. Loads the configuration, opens the
-//! snapshotter, serves containerd's snapshots API on a unix socket and the
-//! registry mirror on its TCP address until SIGTERM or SIGINT.
+//! snapshotter, serves containerd's snapshots API on a unix socket, the
+//! registry mirror and the Prometheus metrics on their TCP addresses until
+//! SIGTERM or SIGINT. Under systemd (`Type=notify`) it reports `READY=1`
+//! once every socket is bound and `STOPPING=1` when it starts shutting down.
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
@@ -14,11 +16,12 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::UnixListenerStream;
 
 use airgap_snapshotter::catalog::{Catalog, CatalogOptions, LayerSource};
-use airgap_snapshotter::config::{Config, MirrorListen, ServeArgs};
+use airgap_snapshotter::config::{Config, Listen, ServeArgs};
 use airgap_snapshotter::mirror::Mirror;
 use airgap_snapshotter::registry::Upstreams;
 use airgap_snapshotter::snapshot::service::SnapshotService;
 use airgap_snapshotter::snapshot::{blocking, Snapshotter};
+use airgap_snapshotter::systemd;
 
 /// Runs the daemon; returns when it was asked to stop.
 pub fn run(args: ServeArgs) -> Result<ExitCode> {
@@ -28,15 +31,20 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         .thread_name("airgap-snapshotter")
         .build()
         .context("start the async runtime")?;
-    runtime.block_on(serve(config))
+    runtime.block_on(serve(config, shutdown_signal()))
 }
 
-async fn serve(config: Config) -> Result<ExitCode> {
+/// Serves until `shutdown` resolves (a signal, in the daemon).
+async fn serve(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<ExitCode> {
     tracing::info!(
         root = %config.root.display(),
         socket = %config.socket.display(),
         archives = ?config.archives,
         mirror_listen = %config.mirror_listen,
+        metrics_listen = %config.metrics_listen,
         cache_bytes = config.cache_bytes,
         "starting"
     );
@@ -61,6 +69,7 @@ async fn serve(config: Config) -> Result<ExitCode> {
     let _watch = catalog.watch();
     let upstreams = Upstreams::new(&config.upstream).context("set up the upstream registries")?;
     let mirror = Mirror::new(catalog.clone(), upstreams);
+    let metrics_catalog = catalog.clone();
     let source: Option<Arc<dyn LayerSource>> = Some(catalog);
 
     let root = config.root.clone();
@@ -69,11 +78,19 @@ async fn serve(config: Config) -> Result<ExitCode> {
         .with_context(|| format!("open snapshotter state in {}", config.root.display()))?;
 
     let mirror_listener = match config.mirror_listen {
-        MirrorListen::Off => None,
-        MirrorListen::Addr(addr) => Some(
+        Listen::Off => None,
+        Listen::Addr(addr) => Some(
             tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("bind the registry mirror to {addr} (mirror_listen)"))?,
+        ),
+    };
+    let metrics_listener = match config.metrics_listen {
+        Listen::Off => None,
+        Listen::Addr(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("bind the metrics listener to {addr} (metrics_listen)"))?,
         ),
     };
     let listener = bind_socket(&config.socket)?;
@@ -85,7 +102,8 @@ async fn serve(config: Config) -> Result<ExitCode> {
     tokio::spawn({
         let stop_tx = stop_tx.clone();
         async move {
-            shutdown_signal().await;
+            shutdown.await;
+            tell_systemd(systemd::STOPPING);
             let _ = stop_tx.send(true);
         }
     });
@@ -98,11 +116,24 @@ async fn serve(config: Config) -> Result<ExitCode> {
         let shutdown = stopped(stop_rx.clone());
         tokio::spawn(async move { mirror.serve(l, shutdown).await })
     });
+    let metrics_task = metrics_listener.map(|l| {
+        let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(listen = %addr, "serving Prometheus metrics on /metrics");
+        let shutdown = stopped(stop_rx.clone());
+        tokio::spawn(airgap_snapshotter::metrics::serve(
+            metrics_catalog,
+            l,
+            shutdown,
+        ))
+    });
 
-    let result = tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .add_service(SnapshotService::new(snapshotter).into_server())
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped(stop_rx))
-        .await;
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped(stop_rx));
+    // Every socket is bound (connections queue until the servers accept
+    // them): containerd, ordered after this unit, may start.
+    tell_systemd(systemd::READY);
+    let result = server.await;
     if let Err(err) = fs::remove_file(&config.socket) {
         tracing::warn!(socket = %config.socket.display(), error = %err, "could not remove socket");
     }
@@ -120,9 +151,26 @@ async fn serve(config: Config) -> Result<ExitCode> {
             }
         }
     }
+    if let Some(task) = metrics_task {
+        match tokio::time::timeout(std::time::Duration::from_secs(1), task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(err))) => tracing::error!(error = %err, "metrics listener failed"),
+            Ok(Err(err)) => tracing::error!(error = %err, "metrics task failed"),
+            Err(_) => tracing::debug!("metrics scrape still running at shutdown; cut off"),
+        }
+    }
     result.context("serve the snapshots API")?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Tells systemd `state`, logging a failure (never fatal).
+fn tell_systemd(state: &str) {
+    match systemd::notify(state) {
+        Ok(true) => tracing::debug!(state, "told systemd"),
+        Ok(false) => {}
+        Err(err) => tracing::warn!(state, error = %err, "cannot tell systemd"),
+    }
 }
 
 /// How long blob transfers in flight may run on after the stop signal.
@@ -238,6 +286,51 @@ mod tests {
         fs::write(&file, b"x").unwrap();
         assert!(bind_socket(&file).is_err());
         assert_eq!(fs::read(&file).unwrap(), b"x");
+    }
+
+    /// With `NOTIFY_SOCKET` set, `READY=1` arrives once the snapshots
+    /// socket answers, and `STOPPING=1` when the daemon is asked to stop.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tells_systemd_ready_then_stopping() {
+        use std::os::unix::net::UnixDatagram;
+        let dir = tempfile::tempdir().unwrap();
+        let notify = dir.path().join("notify");
+        let listener = UnixDatagram::bind(&notify).unwrap();
+        listener
+            .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        // Safe here: nextest runs each test in its own process.
+        std::env::set_var("NOTIFY_SOCKET", &notify);
+        let config = Config {
+            root: dir.path().join("root"),
+            socket: dir.path().join("run/snapshotter.sock"),
+            archives: vec![dir.path().join("archives")],
+            mirror_listen: Listen::Off,
+            metrics_listen: Listen::Off,
+            ..Config::default()
+        };
+        let socket = config.socket.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let daemon = tokio::spawn(serve(config, async {
+            let _ = stopped.await;
+        }));
+        let recv = |listener: UnixDatagram| {
+            tokio::task::spawn_blocking(move || {
+                let mut buf = [0u8; 64];
+                let n = listener.recv(&mut buf).expect("a notification");
+                (String::from_utf8_lossy(&buf[..n]).into_owned(), listener)
+            })
+        };
+        let (state, listener) = recv(listener).await.unwrap();
+        assert_eq!(state, "READY=1");
+        assert!(
+            std::os::unix::net::UnixStream::connect(&socket).is_ok(),
+            "READY=1 before the socket answers"
+        );
+        stop.send(()).unwrap();
+        let (state, _) = recv(listener).await.unwrap();
+        assert_eq!(state, "STOPPING=1");
+        assert_eq!(daemon.await.unwrap().unwrap(), ExitCode::SUCCESS);
     }
 
     #[test]

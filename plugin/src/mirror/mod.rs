@@ -144,15 +144,34 @@ impl Mirror {
         headers: &HeaderMap,
         head: bool,
     ) -> Result<Response, MirrorError> {
-        let (size, in_place) = self
-            .lookup(move |c| (c.blob_size(&digest), reads_in_place(c, &digest)))
+        let (size, in_place, good) = self
+            .lookup(move |c| {
+                let good = c.has_good_copy(&digest);
+                (c.blob_size(&digest), reads_in_place(c, &digest), good)
+            })
             .await?;
+        let upstream = self.upstreams.for_registry(&r.domain);
         if let Some(size) = size {
-            return self
-                .archived_blob(digest, size, in_place, headers, head)
-                .await;
+            if good || upstream.is_none() {
+                match self
+                    .archived_blob(digest, size, in_place, headers, head)
+                    .await
+                {
+                    Ok(resp) => return Ok(resp),
+                    // Every archived copy turned out bad just now: the
+                    // upstream, if there is one.
+                    Err(e)
+                        if upstream.is_none()
+                            || self.lookup(move |c| c.has_good_copy(&digest)).await? =>
+                    {
+                        return Err(e)
+                    }
+                    Err(_) => {}
+                }
+            }
+            tracing::warn!(%digest, "every archived copy of the blob is bad; asking the upstream");
         }
-        let Some(up) = self.upstreams.for_registry(&r.domain) else {
+        let Some(up) = upstream else {
             return Err(MirrorError::BlobUnknown(format!(
                 "blob {digest} is in no archive"
             )));
@@ -347,7 +366,16 @@ async fn handle(
         ))
         .into_response();
     }
-    let result = match request::parse(uri.path(), uri.query()) {
+    let route = request::parse(uri.path(), uri.query());
+    let route_name = match &route {
+        Err(_) => "invalid",
+        Ok(Route::Base) => "base",
+        Ok(Route::Manifest(_)) => "manifest",
+        Ok(Route::Blob(..)) => "blob",
+        Ok(Route::Tags { .. }) => "tags",
+        Ok(Route::Catalog { .. }) => "catalog",
+    };
+    let result = match route {
         Err(e) => Err(e),
         Ok(Route::Base) => Ok(base()),
         Ok(Route::Manifest(r)) => match mirror.manifest(&r, &headers).await {
@@ -370,6 +398,7 @@ async fn handle(
             .and_then(|r| r),
     };
     let response = result.unwrap_or_else(|e| e.into_response());
+    crate::metrics::global().mirror_request(route_name, response.status().as_u16());
     tracing::debug!(%method, path = %uri.path(), status = response.status().as_u16(), "mirror request");
     response
 }
@@ -461,6 +490,12 @@ fn blob_open_error(digest: Digest, e: BlobError) -> MirrorError {
 /// Logs an upstream failure (no credentials; an outage is logged once by
 /// the upstream itself) and turns it into the mirror's answer.
 fn upstream_failed(e: UpstreamError) -> MirrorError {
+    let kind = if e.is_unreachable() {
+        "unreachable"
+    } else {
+        "failed"
+    };
+    crate::metrics::global().upstream_error(kind);
     if e.is_unreachable() {
         tracing::debug!(error = %e, "upstream registry unreachable");
     } else {

@@ -415,7 +415,9 @@ async fn bad_bytes_are_never_served_and_paths_never_leak() {
     );
     let text = String::from_utf8_lossy(&a.body);
     assert!(!text.contains(dir.path().to_str().unwrap()), "{text}");
-    // The whole blob streams, and ends in an error instead of EOF.
+    // A catalog that indexed the archive as it now is: the whole blob
+    // streams, and ends in an error instead of EOF.
+    let (c, router) = mirror_over(dir.path());
     let resp = router
         .clone()
         .oneshot(Request::get(&uri).body(Body::empty()).unwrap())
@@ -423,10 +425,17 @@ async fn bad_bytes_are_never_served_and_paths_never_leak() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert!(to_bytes(resp.into_body(), usize::MAX).await.is_err());
+    // That copy is marked bad: with no other copy, the next GET is refused.
+    assert!(c.copy_is_bad(&path, &built.layers[0]));
+    assert_eq!(
+        call(&router, "GET", &uri, &[]).await.status,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
 
     // Over a real socket, a client that stops at Content-Length (as
     // containerd does) never receives the whole blob: its last byte is held
     // back until the digest holds, so the transfer fails instead.
+    let (_c, router) = mirror_over(dir.path());
     let (addr, stop, server) = serve_on_loopback(&router).await;
     let got = reqwest::get(format!("http://{addr}{uri}")).await.unwrap();
     assert_eq!(got.status(), 200);
@@ -509,7 +518,7 @@ async fn head_over_http_keeps_content_length() {
 /// token service that wants basic auth), a path prefix, counters.
 mod fake {
     use std::collections::HashMap;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
 
     use axum::body::Body;
@@ -529,6 +538,28 @@ mod fake {
         pub content: Mutex<HashMap<String, (String, Bytes)>>,
         pub token_requests: AtomicUsize,
         pub requests: AtomicUsize,
+        /// Bumped to revoke every token handed out so far.
+        pub generation: AtomicUsize,
+        /// Harbor's way: a bad bearer token is challenged with `Basic`
+        /// (an anonymous request still with `Bearer`), and basic auth is
+        /// accepted on the API.
+        pub harbor: AtomicBool,
+        /// Token requests still to refuse.
+        pub refuse_tokens: AtomicUsize,
+        /// Requests that came with a bearer token no longer valid.
+        pub stale_tokens: AtomicUsize,
+        /// Requests to the API that came with basic auth.
+        pub basic_requests: AtomicUsize,
+    }
+
+    impl Fake {
+        /// The token valid now.
+        pub fn token(&self) -> String {
+            match self.generation.load(Ordering::SeqCst) {
+                0 => TOKEN.to_string(),
+                n => format!("{TOKEN}-{n}"),
+            }
+        }
     }
 
     async fn handle(State(f): State<Arc<Fake>>, uri: Uri, headers: HeaderMap) -> Response {
@@ -540,20 +571,33 @@ mod fake {
         if uri.path() == "/token" {
             f.token_requests.fetch_add(1, Ordering::SeqCst);
             let scope_ok = uri.query().unwrap_or("").contains("scope=repository");
-            if auth != BASIC || !scope_ok {
+            let refuse = f
+                .refuse_tokens
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if auth != BASIC || !scope_ok || refuse {
                 return StatusCode::UNAUTHORIZED.into_response();
             }
-            return format!(r#"{{"token":"{TOKEN}","expires_in":300}}"#).into_response();
+            let token = f.token();
+            return format!(r#"{{"token":"{token}","expires_in":300}}"#).into_response();
         }
         f.requests.fetch_add(1, Ordering::SeqCst);
-        if auth != format!("Bearer {TOKEN}") {
-            let mut r = StatusCode::UNAUTHORIZED.into_response();
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
+        let harbor = f.harbor.load(Ordering::SeqCst);
+        if auth == BASIC {
+            f.basic_requests.fetch_add(1, Ordering::SeqCst);
+        }
+        if auth.starts_with("Bearer ") && auth != format!("Bearer {}", f.token()) {
+            f.stale_tokens.fetch_add(1, Ordering::SeqCst);
+        }
+        if auth != format!("Bearer {}", f.token()) && !(harbor && auth == BASIC) {
+            let challenge = if harbor && auth.starts_with("Bearer ") {
+                r#"Basic realm="harbor""#.to_string()
+            } else {
                 format!(r#"Bearer realm="http://{addr}/token",service="fake""#)
-                    .parse()
-                    .unwrap(),
-            );
+            };
+            let mut r = StatusCode::UNAUTHORIZED.into_response();
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, challenge.parse().unwrap());
             return r;
         }
         let key = uri.path().trim_start_matches("/v2/").to_string();
@@ -916,4 +960,169 @@ async fn a_range_read_never_serves_an_archive_changed_in_place() {
         refused("GET", uri, StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN").with_header("range", "bytes=0-99"),
     ];
     assert_refused(&router, &refusals).await;
+}
+
+/// Two archives hold the same layer and the newer one is corrupted in
+/// place (its mtime put back): whole and Range reads still serve the good
+/// copy of the older archive, never a bad byte, and the bad copy is marked.
+#[tokio::test]
+async fn a_bad_copy_falls_back_to_another_archive_holding_the_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spec();
+    s.compression = LayerCompression::None;
+    let (oci, built) = OciLayout::single("busybox:1.36", &s);
+    let old = write(dir.path(), "a.tar", &oci.to_tar());
+    let new = write(dir.path(), "b.tar", &oci.to_tar());
+    let now = std::time::SystemTime::now();
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(now - Duration::from_secs(3600))
+        .unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&new)
+        .unwrap()
+        .set_modified(now - Duration::from_secs(60))
+        .unwrap();
+    let (c, router) = mirror_over(dir.path());
+    let layer = &oci.blobs[&built.layers[0]];
+
+    let bytes = std::fs::read(&new).unwrap();
+    let at = bytes.windows(64).position(|w| w == &layer[..64]).unwrap();
+    let mtime = std::fs::metadata(&new).unwrap().modified().unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::options().write(true).open(&new).unwrap();
+        f.write_all_at(&[bytes[at + 10] ^ 0xff], at as u64 + 10)
+            .unwrap();
+        f.set_modified(mtime).unwrap();
+    }
+    let uri = format!("{NAME}/blobs/{}{NS}", built.layers[0]);
+    let whole = call(&router, "GET", &uri, &[]).await;
+    assert_eq!(whole.status, StatusCode::OK);
+    assert_eq!(whole.body, layer[..]);
+    assert!(
+        c.copy_is_bad(&new, &built.layers[0]),
+        "the bad copy is marked"
+    );
+    assert!(!c.copy_is_bad(&old, &built.layers[0]));
+    let part = call(&router, "GET", &uri, &[("range", "bytes=0-99")]).await;
+    assert_eq!(part.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(part.body, layer[..100]);
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut c.open_blob(&built.layers[0]).unwrap(), &mut out).unwrap();
+    assert_eq!(out, layer[..]);
+    assert_eq!(c.bad_copies(), 1);
+}
+
+/// Serves `library/remote`'s one blob from the fake upstream; returns the
+/// mirror over no archive and the blob's URI.
+async fn upstream_with_one_blob(f: &fake::Fake) -> (axum::Router, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let blob = Bytes::from_static(b"upstream blob\n");
+    let d = Digest::of(&blob);
+    f.content.lock().unwrap().insert(
+        format!("library/remote/blobs/{d}"),
+        ("application/octet-stream".into(), blob),
+    );
+    let endpoint = format!("http://{}", f.addr.lock().unwrap());
+    let upstreams = Upstreams::new(&[upstream_config("docker.io", &endpoint, None)]).unwrap();
+    let router = Mirror::new(catalog(dir.path()), upstreams).router();
+    (router, format!("/v2/library/remote/blobs/{d}{NS}"), dir)
+}
+
+/// A 401 to a cached bearer token evicts it: it is never sent again, even
+/// when fetching the next token fails.
+#[tokio::test]
+async fn an_upstream_401_evicts_the_cached_token() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let f = fake::start().await;
+    let (router, uri, _dir) = upstream_with_one_blob(&f).await;
+    assert_eq!(call(&router, "GET", &uri, &[]).await.status, StatusCode::OK);
+    assert_eq!(f.token_requests.load(SeqCst), 1);
+    // The registry revokes the token, and its token service fails once.
+    f.generation.fetch_add(1, SeqCst);
+    f.refuse_tokens.store(1, SeqCst);
+    assert_eq!(
+        call(&router, "GET", &uri, &[]).await.status,
+        StatusCode::BAD_GATEWAY
+    );
+    assert_eq!(call(&router, "GET", &uri, &[]).await.status, StatusCode::OK);
+    assert_eq!(f.token_requests.load(SeqCst), 3);
+    assert_eq!(
+        f.stale_tokens.load(SeqCst),
+        1,
+        "a refused token was sent again"
+    );
+}
+
+/// Harbor challenges an expired bearer token with `Basic`: the client asks
+/// again without the token, takes a new one, and never turns to basic auth.
+#[tokio::test]
+async fn a_basic_challenge_to_a_stale_token_does_not_switch_to_basic_auth() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let f = fake::start().await;
+    f.harbor.store(true, SeqCst);
+    let (router, uri, _dir) = upstream_with_one_blob(&f).await;
+    assert_eq!(call(&router, "GET", &uri, &[]).await.status, StatusCode::OK);
+    f.generation.fetch_add(1, SeqCst);
+    assert_eq!(call(&router, "GET", &uri, &[]).await.status, StatusCode::OK);
+    assert_eq!(f.token_requests.load(SeqCst), 2, "a new token was taken");
+    let before = f.requests.load(SeqCst);
+    assert_eq!(call(&router, "GET", &uri, &[]).await.status, StatusCode::OK);
+    assert_eq!(
+        f.requests.load(SeqCst) - before,
+        1,
+        "the new token is used at once"
+    );
+    assert_eq!(f.basic_requests.load(SeqCst), 0, "switched to basic auth");
+    assert_eq!(f.stale_tokens.load(SeqCst), 1);
+}
+
+/// The only archived copy of a layer is bad (changed in place, mtime put
+/// back): the mirror asks the upstream for it instead, and serves its good
+/// bytes, whole and in part.
+#[tokio::test]
+async fn every_archived_copy_bad_falls_back_to_the_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spec();
+    s.compression = LayerCompression::None;
+    let (oci, built) = OciLayout::single("busybox:1.36", &s);
+    let path = write(dir.path(), "a.tar", &oci.to_tar());
+    let digest = built.layers[0];
+    let layer = oci.blobs[&digest].clone();
+    let f = fake::start().await;
+    f.content.lock().unwrap().insert(
+        format!("library/busybox/blobs/{digest}"),
+        (
+            "application/octet-stream".into(),
+            Bytes::from(layer.clone()),
+        ),
+    );
+    let endpoint = format!("http://{}", f.addr.lock().unwrap());
+    let upstreams = Upstreams::new(&[upstream_config("docker.io", &endpoint, None)]).unwrap();
+    let c = catalog(dir.path());
+    let router = Mirror::new(c.clone(), upstreams).router();
+
+    let bytes = std::fs::read(&path).unwrap();
+    let at = bytes.windows(64).position(|w| w == &layer[..64]).unwrap();
+    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.write_all_at(&[bytes[at + 10] ^ 0xff], at as u64 + 10)
+            .unwrap();
+        file.set_modified(mtime).unwrap();
+    }
+    let uri = format!("{NAME}/blobs/{digest}{NS}");
+    // The fake upstream ignores Range and answers the whole blob.
+    let part = call(&router, "GET", &uri, &[("range", "bytes=0-99")]).await;
+    assert_eq!(part.status, StatusCode::OK);
+    assert_eq!(part.body, layer[..]);
+    assert!(c.copy_is_bad(&path, &digest));
+    let whole = call(&router, "GET", &uri, &[]).await;
+    assert_eq!(whole.status, StatusCode::OK);
+    assert_eq!(whole.body, layer[..]);
 }

@@ -39,6 +39,15 @@ impl Upstream {
         }
     }
 
+    /// Drops `token` from the cache of `scope` (a 401 answered it), unless
+    /// another request already replaced it.
+    pub(super) fn forget_token(&self, scope: &str, token: &str) {
+        let mut tokens = self.tokens.lock().unwrap();
+        if tokens.get(scope).is_some_and(|(t, _)| t == token) {
+            tokens.remove(scope);
+        }
+    }
+
     /// The token flow: `GET realm?service=..&scope=..`, with basic auth when
     /// there are credentials. Returns the token and how long to use it.
     pub(super) async fn fetch_token(
@@ -69,6 +78,7 @@ impl Upstream {
         if let Some((u, p)) = self.credentials() {
             req = req.basic_auth(u, Some(p));
         }
+        crate::metrics::global().upstream_requests.inc();
         let resp = req.send().await.map_err(|e| self.unreachable(&e))?;
         if !resp.status().is_success() {
             tracing::warn!(endpoint = %self.endpoint, status = %resp.status(), "upstream token service refused a token (check the credentials of this [[upstream]])");

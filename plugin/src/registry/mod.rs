@@ -419,6 +419,9 @@ impl Upstream {
         let mut stream = resp.bytes_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| self.unreachable(&e))?;
+            crate::metrics::global()
+                .upstream_bytes
+                .inc_by(chunk.len() as u64);
             out.extend_from_slice(&chunk);
             if out.len() > MAX_MANIFEST {
                 return Err(bad(format!("larger than {MAX_MANIFEST} bytes")));
@@ -451,7 +454,13 @@ impl Upstream {
         }
     }
 
-    /// Sends a request, answering one authentication challenge.
+    /// Sends a request, answering its authentication challenges: a 401 to
+    /// a cached bearer token evicts it; a `Bearer` challenge fetches a token
+    /// (once per call); a `Basic` challenge to a bearer token means the
+    /// token is no longer valid (Harbor answers so), so the request is sent
+    /// again without it to learn the registry's real challenge, and only a
+    /// `Basic` challenge to a request without credentials turns to basic
+    /// auth.
     async fn send(
         &self,
         method: Method,
@@ -460,11 +469,14 @@ impl Upstream {
         headers: HeaderMap,
         timeout: Option<Duration>,
     ) -> Result<reqwest::Response, UpstreamError> {
+        /// At most this many requests for one call: token refused,
+        /// anonymous, new token.
+        const MAX_SENDS: usize = 4;
         let url = format!("{}{path}", self.endpoint);
         let scope = format!("repository:{repo}:pull");
         let mut auth = self.auth_for(&scope);
-        let mut challenged = false;
-        loop {
+        let mut fetched = false;
+        for sent in 1.. {
             let mut req = self
                 .client
                 .request(method.clone(), &url)
@@ -480,41 +492,61 @@ impl Upstream {
                     None => req,
                 },
             };
+            crate::metrics::global().upstream_requests.inc();
             let resp = req.send().await.map_err(|e| self.unreachable(&e))?;
             self.reached();
-            if resp.status() != StatusCode::UNAUTHORIZED || challenged {
-                if resp.status() == StatusCode::UNAUTHORIZED
-                    || resp.status() == StatusCode::FORBIDDEN
-                {
-                    tracing::warn!(endpoint = %self.endpoint, repository = %repo, status = %resp.status(),
-                        "upstream registry refused access (check username and password of this [[upstream]])");
+            let refused = |resp: reqwest::Response| {
+                tracing::warn!(endpoint = %self.endpoint, repository = %repo, status = %resp.status(),
+                    "upstream registry refused access (check username and password of this [[upstream]])");
+                Ok(resp)
+            };
+            if resp.status() != StatusCode::UNAUTHORIZED {
+                if resp.status() == StatusCode::FORBIDDEN {
+                    return refused(resp);
                 }
                 return Ok(resp);
             }
-            challenged = true;
+            if let Auth::Bearer(token) = &auth {
+                self.forget_token(&scope, token);
+            }
+            if sent >= MAX_SENDS {
+                return refused(resp);
+            }
             let challenge = resp
                 .headers()
                 .get(header::WWW_AUTHENTICATE)
                 .and_then(|v| v.to_str().ok())
                 .and_then(Challenge::parse);
-            auth = match challenge {
-                Some(Challenge::Bearer {
-                    realm,
-                    service,
-                    scope: s,
-                }) => {
+            auth = match (challenge, &auth) {
+                (Some(Challenge::Bearer { .. }), _) if fetched => return refused(resp),
+                (
+                    Some(Challenge::Bearer {
+                        realm,
+                        service,
+                        scope: s,
+                    }),
+                    _,
+                ) => {
+                    self.basic.store(false, Ordering::Relaxed);
                     let s = s.unwrap_or_else(|| scope.clone());
                     let (token, ttl) = self.fetch_token(&realm, service.as_deref(), &s).await?;
+                    fetched = true;
                     self.tokens
                         .lock()
                         .unwrap()
                         .insert(scope.clone(), (token.clone(), Instant::now() + ttl));
                     Auth::Bearer(token)
                 }
-                Some(Challenge::Basic) if self.credentials().is_some() => {
+                (Some(Challenge::Basic), Auth::Bearer(_)) => {
+                    tracing::debug!(endpoint = %self.endpoint, repository = %repo,
+                        "basic challenge to a bearer token: the token is no longer valid; asking again without it");
+                    Auth::None
+                }
+                (Some(Challenge::Basic), Auth::None) if self.credentials().is_some() => {
                     self.basic.store(true, Ordering::Relaxed);
                     Auth::Basic
                 }
+                (Some(Challenge::Basic), Auth::Basic) => return refused(resp),
                 _ => {
                     tracing::warn!(endpoint = %self.endpoint, repository = %repo,
                         "upstream registry asks for credentials this [[upstream]] does not have");
@@ -522,6 +554,7 @@ impl Upstream {
                 }
             };
         }
+        unreachable!("the loop returns")
     }
 }
 

@@ -26,17 +26,22 @@ pub(super) fn verified_stream(resp: reqwest::Response, digest: Digest, what: Str
             let hasher = st.hasher.as_mut()?;
             match st.inner.next().await {
                 Some(Ok(chunk)) => {
+                    crate::metrics::global()
+                        .upstream_bytes
+                        .inc_by(chunk.len() as u64);
                     hasher.update(&chunk);
                     Some((Ok(chunk), st))
                 }
                 Some(Err(e)) => {
                     st.hasher = None;
+                    crate::metrics::global().upstream_error("transfer");
                     tracing::warn!(blob = %what, error = %root_cause(&e), "upstream blob transfer failed");
                     Some((Err(std::io::Error::other("upstream transfer failed")), st))
                 }
                 None => {
                     let actual = st.hasher.take()?.finish();
                     if actual != digest {
+                        crate::metrics::global().upstream_error("digest");
                         tracing::error!(blob = %what, %actual, "upstream blob does not match its digest; response aborted");
                         Some((Err(std::io::Error::other("digest mismatch")), st))
                     } else {

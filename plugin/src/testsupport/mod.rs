@@ -172,7 +172,7 @@ pub struct BuiltImage {
 }
 
 /// An OCI image layout under construction.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct OciLayout {
     pub blobs: BTreeMap<Digest, Vec<u8>>,
     pub index: Vec<serde_json::Value>,

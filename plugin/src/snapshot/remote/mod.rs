@@ -57,8 +57,8 @@ pub(crate) struct Remote {
     /// Serializes remote Prepares of one chain ID, so a second one sees what
     /// the first committed.
     prepares: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
-    /// Chain IDs whose Prepare already sent their images' layers to
-    /// prefetch.
+    /// Chain IDs whose Prepare is sending, or sent, their images' layers
+    /// to prefetch; each is forgotten when that Prepare is over.
     prefetched: Mutex<HashSet<Digest>>,
     /// Chain IDs taken out of staging and not committed yet: not to be
     /// prefetched again meanwhile.
@@ -106,12 +106,17 @@ pub(crate) async fn prepare(
     let remote = sn.remote()?;
     let target = labels.get(TARGET_SNAPSHOT_REF)?.clone();
     let span = tracing::info_span!("remote", %target, %key, %parent);
+    let metrics = crate::metrics::global();
+    let fallback = |reason: &'static str| {
+        metrics.layer_fallback(reason);
+        None
+    };
     async move {
         let chain_id: Digest = match target.parse() {
             Ok(d) => d,
             Err(_) => {
                 tracing::debug!("target is not a chain ID: ordinary path");
-                return None;
+                return fallback("target_not_a_chain_id");
             }
         };
         let lock = remote.prepare_lock(&chain_id);
@@ -128,7 +133,7 @@ pub(crate) async fn prepare(
             Ok(None) => {}
             Err(err) => {
                 tracing::warn!(error = %err, "looking up the target failed: ordinary path");
-                return None;
+                return fallback("lookup_failed");
             }
         }
 
@@ -137,28 +142,28 @@ pub(crate) async fn prepare(
             Ok(Some(layer)) => layer,
             _ => {
                 tracing::debug!("layer not in the archives: ordinary path");
-                return None;
+                return fallback("not_archived");
             }
         };
         if let Some(why) = disagreement(labels, &layer) {
             tracing::warn!(%why, "containerd's layer labels disagree with the archive: ordinary path");
-            return None;
+            return fallback("labels_disagree");
         }
         let (s, p, want) = (sn.clone(), parent.to_string(), layer.parent);
         match blocking(move || s.parent_is(&p, want)).await {
             Ok(true) => {}
             Ok(false) => {
                 tracing::info!(expected = ?layer.parent, "parent is not the layer below: ordinary path");
-                return None;
+                return fallback("parent_mismatch");
             }
             Err(err) => {
                 tracing::warn!(error = %err, "checking the parent failed: ordinary path");
-                return None;
+                return fallback("lookup_failed");
             }
         }
         let labels = match clean_labels(labels.clone()) {
             Ok(l) => l,
-            Err(_) => return None, // the ordinary path reports it
+            Err(_) => return fallback("bad_labels"), // the ordinary path reports it
         };
 
         // This layer first: the semaphore is fair, so prefetches queue
@@ -179,8 +184,9 @@ pub(crate) async fn prepare(
         let staged = match remote.take(&layer).await {
             Ok(staged) => staged,
             Err(err) => {
+                remote.settled(&chain_id);
                 tracing::warn!(error = %err, "extraction from the archive failed: ordinary path (containerd downloads the layer)");
-                return None;
+                return fallback("extraction_failed");
             }
         };
         let (s, t, p) = (sn.clone(), target.clone(), parent.to_string());
@@ -189,12 +195,13 @@ pub(crate) async fn prepare(
         match committed {
             Ok(name) => {
                 tracing::info!(snapshot = %name, "layer committed from archive");
+                metrics.layers_from_archive.inc();
                 Some(SnapshotError::AlreadyExists(format!("target snapshot {target:?}")))
             }
             Err(err) if err.is_already_exists() => Some(err),
             Err(err) => {
                 tracing::warn!(error = %err, "committing the extracted layer failed: ordinary path");
-                None
+                fallback("commit_failed")
             }
         }
     }

@@ -86,6 +86,7 @@ impl Remote {
         let task = tokio::spawn(
             async move {
                 let _permit = permits.acquire_owned().await?;
+                let _timed = crate::metrics::global().extraction();
                 blocking(move || Ok(extract(source.as_ref(), &layer, &dir))).await?
             }
             .instrument(span),
@@ -133,9 +134,13 @@ impl Remote {
         }
     }
 
-    /// The staged layer of `chain_id` was committed or dropped.
+    /// The Prepare of `chain_id` is over: its staged layer was committed or
+    /// dropped, or its extraction failed. A later Prepare of the same layer
+    /// (the image pulled again after containerd's GC removed it) prefetches
+    /// the image's other layers again.
     pub(super) fn settled(&self, chain_id: &Digest) {
         self.taken.lock().unwrap().remove(chain_id);
+        self.prefetched.lock().unwrap().remove(chain_id);
     }
 
     /// Deletes staged layers nobody claimed for a while, and forgets failed

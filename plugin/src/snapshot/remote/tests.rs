@@ -1,6 +1,7 @@
 //! The Prepare path over gRPC, against an in-memory layer source.
 
 use std::path::Path;
+use std::time::Duration;
 
 use tonic::Code;
 
@@ -413,4 +414,66 @@ fn containerd_2_3_layer_labels_are_checked_against_the_archive() {
         None
     );
     assert!(disagreement(&agreeing, &bottom).is_some());
+}
+
+/// After containerd's GC removed an image's snapshots, pulling it again
+/// prefetches its other layers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_after_gc_prefetches_again() {
+    requires_root!();
+    let mut fake = FakeSource::default();
+    let layers = fake.add_image(&image(2), &[]);
+    let fake = Arc::new(fake);
+    let mut server = TestServer::start(Some(fake.clone())).await;
+    let pull = |server: &mut TestServer, round: usize| {
+        let client = server.client.clone();
+        let layers = layers.clone();
+        let fake = fake.clone();
+        async move {
+            let mut client = client;
+            let err = client
+                .prepare(prepare(
+                    &format!("k8s.io/{round}/extract-0"),
+                    "",
+                    target_labels(&layers[0].chain_id),
+                ))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+            // The upper layer is prefetched before its own Prepare.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while fake.opened(&layers[1].digest) < round {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "round {round}: the upper layer was not prefetched"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let err = client
+                .prepare(prepare(
+                    &format!("k8s.io/{round}/extract-1"),
+                    &layers[0].chain_id.to_string(),
+                    target_labels(&layers[1].chain_id),
+                ))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+        }
+    };
+    pull(&mut server, 1).await;
+    // containerd's GC removes the image's snapshots, top first.
+    for layer in layers.iter().rev() {
+        server
+            .client
+            .remove(api::RemoveSnapshotRequest {
+                snapshotter: "airgap".into(),
+                key: layer.chain_id.to_string(),
+            })
+            .await
+            .unwrap();
+    }
+    pull(&mut server, 2).await;
+    assert_eq!(fake.opened(&layers[1].digest), 2, "extracted once per pull");
+    assert!(staging_is_empty(&server));
+    server.stop().await;
 }

@@ -1,0 +1,399 @@
+//! Prometheus metrics, served as text on `metrics_listen` (`GET /metrics`).
+//!
+//! Two kinds: events counted where they happen (layers taken from the
+//! archives and fallbacks, extractions, mirror requests, upstream requests),
+//! kept in one process-wide [`Metrics`]; and figures the catalog and the
+//! layer cache already keep ([`crate::blob::Stats`], cache usage), read at
+//! scrape time by a collector rather than counted twice. Every name starts
+//! with `airgap_`.
+
+use std::sync::{Arc, LazyLock};
+use std::time::Instant;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::catalog::Catalog;
+
+/// Label set of a counter family: `(name, value)` pairs.
+pub type Labels = Vec<(&'static str, String)>;
+
+/// Events counted as they happen.
+pub struct Metrics {
+    /// Layers the remote path committed from an archive.
+    pub layers_from_archive: Counter,
+    /// Prepares that went the ordinary way (containerd downloads the
+    /// layer), by reason.
+    pub layer_fallbacks: Family<Labels, Counter>,
+    /// Seconds each layer extraction from an archive took.
+    pub extraction_seconds: Histogram,
+    /// Extractions running now.
+    pub extractions_in_flight: Gauge,
+    /// Mirror requests by route and status code.
+    pub mirror_requests: Family<Labels, Counter>,
+    /// Requests sent to upstream registries (token requests included).
+    pub upstream_requests: Counter,
+    /// Upstream failures, by kind.
+    pub upstream_errors: Family<Labels, Counter>,
+    /// Bytes received from upstream registries.
+    pub upstream_bytes: Counter,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
+    layers_from_archive: Counter::default(),
+    layer_fallbacks: Family::default(),
+    // 10 ms .. ~10 min.
+    extraction_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 16)),
+    extractions_in_flight: Gauge::default(),
+    mirror_requests: Family::default(),
+    upstream_requests: Counter::default(),
+    upstream_errors: Family::default(),
+    upstream_bytes: Counter::default(),
+});
+
+/// The process-wide event metrics.
+pub fn global() -> &'static Metrics {
+    &METRICS
+}
+
+impl Metrics {
+    /// Counts a Prepare that took the ordinary path.
+    pub fn layer_fallback(&self, reason: &'static str) {
+        self.layer_fallbacks
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc();
+    }
+
+    pub fn mirror_request(&self, route: &'static str, status: u16) {
+        self.mirror_requests
+            .get_or_create(&vec![
+                ("route", route.to_string()),
+                ("status", status.to_string()),
+            ])
+            .inc();
+    }
+
+    pub fn upstream_error(&self, kind: &'static str) {
+        self.upstream_errors
+            .get_or_create(&vec![("kind", kind.to_string())])
+            .inc();
+    }
+
+    /// Counts one extraction in flight until the guard drops, then records
+    /// its duration.
+    pub fn extraction(&'static self) -> ExtractionGuard {
+        self.extractions_in_flight.inc();
+        ExtractionGuard {
+            metrics: self,
+            started: Instant::now(),
+        }
+    }
+}
+
+pub struct ExtractionGuard {
+    metrics: &'static Metrics,
+    started: Instant,
+}
+
+impl Drop for ExtractionGuard {
+    fn drop(&mut self) {
+        self.metrics.extractions_in_flight.dec();
+        self.metrics
+            .extraction_seconds
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// The registry a scrape encodes: the event metrics and the catalog's own
+/// figures.
+pub fn registry(catalog: Arc<Catalog>) -> Registry {
+    let m = global();
+    let mut r = Registry::default();
+    r.register(
+        "airgap_layers_from_archive",
+        "Layers the snapshotter took straight from an archive",
+        m.layers_from_archive.clone(),
+    );
+    r.register(
+        "airgap_layer_fallbacks",
+        "Prepares that took the ordinary path (containerd downloads the layer), by reason",
+        m.layer_fallbacks.clone(),
+    );
+    r.register(
+        "airgap_extraction_duration_seconds",
+        "Time to extract one layer from an archive",
+        m.extraction_seconds.clone(),
+    );
+    r.register(
+        "airgap_extractions_in_flight",
+        "Layer extractions running now",
+        m.extractions_in_flight.clone(),
+    );
+    r.register(
+        "airgap_mirror_requests",
+        "Registry mirror requests by route and status",
+        m.mirror_requests.clone(),
+    );
+    r.register(
+        "airgap_upstream_requests",
+        "Requests sent to upstream registries",
+        m.upstream_requests.clone(),
+    );
+    r.register(
+        "airgap_upstream_errors",
+        "Upstream registry failures by kind",
+        m.upstream_errors.clone(),
+    );
+    r.register(
+        "airgap_upstream_read_bytes",
+        "Bytes received from upstream registries",
+        m.upstream_bytes.clone(),
+    );
+    r.register_collector(Box::new(CatalogCollector(catalog)));
+    r
+}
+
+/// Encodes `registry` in the Prometheus text format.
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut out, registry)
+        .expect("writing to a String cannot fail");
+    out
+}
+
+/// The `Content-Type` of [`encode`]'s output.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// Reads the catalog's and the layer cache's counters at scrape time.
+struct CatalogCollector(Arc<Catalog>);
+
+impl std::fmt::Debug for CatalogCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CatalogCollector")
+    }
+}
+
+fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    let c = ConstCounter::new(v);
+    c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> std::fmt::Result {
+    let g = ConstGauge::new(v);
+    g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+impl Collector for CatalogCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &self.0;
+        let stats = c.stats();
+        let (indexed, broken) = c.archive_counts();
+        gauge(
+            &mut e,
+            "airgap_archives_indexed",
+            "Archives indexed and served",
+            indexed as i64,
+        )?;
+        gauge(
+            &mut e,
+            "airgap_archives_broken",
+            "Archives that could not be read",
+            broken as i64,
+        )?;
+        counter(
+            &mut e,
+            "airgap_archive_read_bytes",
+            "Bytes read in place from plain tar archives",
+            stats.read.load(Relaxed),
+        )?;
+        let per_archive = c.decompressed_by_archive();
+        {
+            let family = ConstCounter::new(0u64);
+            let mut fe = e.encode_descriptor(
+                "airgap_archive_decompressed_bytes",
+                "Bytes produced by decompressing each archive (bytes skipped to reach a blob included)",
+                None,
+                family.metric_type(),
+            )?;
+            for (archive, bytes) in per_archive {
+                let labels: Labels = vec![("archive", archive.display().to_string())];
+                ConstCounter::new(bytes).encode(fe.encode_family(&labels)?)?;
+            }
+        }
+        counter(
+            &mut e,
+            "airgap_blob_bad_copies",
+            "Copies of blobs found bad (another archive holding the blob is used)",
+            c.bad_copies(),
+        )?;
+        counter(
+            &mut e,
+            "airgap_cache_hits",
+            "Layer cache lookups that found the blob",
+            stats.cache_hits.load(Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "airgap_cache_misses",
+            "Layer cache lookups that decompressed the blob",
+            stats.cache_misses.load(Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "airgap_cache_evictions",
+            "Layer cache entries evicted",
+            c.cache().evictions(),
+        )?;
+        let usage = c.cache().usage();
+        gauge(
+            &mut e,
+            "airgap_cache_bytes",
+            "Bytes in the layer cache",
+            usage.bytes as i64,
+        )?;
+        gauge(
+            &mut e,
+            "airgap_cache_entries",
+            "Blobs in the layer cache",
+            usage.entries as i64,
+        )?;
+        Ok(())
+    }
+}
+
+/// The metrics HTTP service: `GET /metrics` in the Prometheus text format,
+/// 404 for anything else.
+pub fn router(catalog: Arc<Catalog>) -> axum::Router {
+    use axum::http::header;
+    use axum::response::IntoResponse;
+    let registry = Arc::new(registry(catalog));
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let registry = registry.clone();
+            async move {
+                // The collector takes the catalog's locks: off the runtime.
+                match tokio::task::spawn_blocking(move || encode(&registry)).await {
+                    Ok(text) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
+                    Err(e) => {
+                        tracing::error!(error = %e, "encoding the metrics failed");
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response()
+                    }
+                }
+            }
+        }),
+    )
+}
+
+/// Serves [`router`] on `listener` until `shutdown` resolves.
+pub async fn serve(
+    catalog: Arc<Catalog>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(catalog))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::body::{to_bytes, Body};
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::catalog::CatalogOptions;
+    use crate::mirror::Mirror;
+    use crate::registry::Upstreams;
+    use crate::testsupport::*;
+
+    async fn get(router: &axum::Router, uri: &str) -> (StatusCode, String) {
+        let resp = router
+            .clone()
+            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body = to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// The value of the sample `name{labels}` (`name` alone: no labels).
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// A scrape after a mirror blob request of a compressed archive shows
+    /// the counters moved: the request by route and status, the archive's
+    /// decompressed bytes, the cache miss, then the cache hit.
+    #[tokio::test]
+    async fn a_scrape_shows_what_a_mirror_blob_request_did() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = ImageSpec::new(vec![layer_tar(&[("etc/hello", b"hello\n")])]);
+        let (oci, built) = OciLayout::single("busybox:1.36", &spec);
+        let archive = write(dir.path(), "a.tar.gz", &wrap(&oci.to_tar(), Wrap::Gzip));
+        let catalog = Catalog::open(CatalogOptions {
+            dirs: vec![dir.path().to_path_buf()],
+            settle: Duration::ZERO,
+            cache_bytes: 64 << 20,
+            ..Default::default()
+        })
+        .unwrap();
+        let mirror = Mirror::new(catalog.clone(), Upstreams::default()).router();
+        let metrics = router(catalog);
+
+        let (status, before) = get(&metrics, "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(sample(&before, "airgap_archives_indexed"), Some(1.0));
+        assert_eq!(sample(&before, "airgap_archives_broken"), Some(0.0));
+        assert_eq!(sample(&before, "airgap_cache_misses_total"), Some(0.0));
+        let decompressed = format!(
+            "airgap_archive_decompressed_bytes_total{{archive=\"{}\"}}",
+            archive.display()
+        );
+        let decompressed_before = sample(&before, &decompressed).unwrap_or(0.0);
+
+        let uri = format!("/v2/library/busybox/blobs/{}?ns=docker.io", built.layers[0]);
+        for _ in 0..2 {
+            let (status, _) = get(&mirror, &uri).await;
+            assert_eq!(status, StatusCode::OK);
+        }
+        let (_, after) = get(&metrics, "/metrics").await;
+        // Process-wide: other tests in this process may count too.
+        let blob_200 = "airgap_mirror_requests_total{route=\"blob\",status=\"200\"}";
+        let served =
+            sample(&after, blob_200).unwrap_or(0.0) - sample(&before, blob_200).unwrap_or(0.0);
+        assert!(served >= 2.0, "{after}");
+        assert_eq!(sample(&after, "airgap_cache_misses_total"), Some(1.0));
+        assert_eq!(sample(&after, "airgap_cache_hits_total"), Some(1.0));
+        assert!(sample(&after, "airgap_cache_bytes").unwrap() > 0.0);
+        assert!(
+            sample(&after, &decompressed).unwrap() > decompressed_before,
+            "{after}"
+        );
+        for name in [
+            "airgap_layers_from_archive_total",
+            "airgap_upstream_requests_total",
+            "airgap_extractions_in_flight",
+            "airgap_extraction_duration_seconds_count",
+            "airgap_cache_evictions_total",
+            "airgap_blob_bad_copies_total",
+            "airgap_archive_read_bytes_total",
+            "airgap_upstream_read_bytes_total",
+        ] {
+            assert!(sample(&after, name).is_some(), "{name} missing:\n{after}");
+        }
+        assert_eq!(get(&metrics, "/other").await.0, StatusCode::NOT_FOUND);
+    }
+}

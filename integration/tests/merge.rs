@@ -1,0 +1,177 @@
+//! `airgap-snapshotter config --merge` end to end: the containerd under test
+//! (`AIRGAP_CONTAINERD_DIR`, or the system's 1.6) starts from its own
+//! `containerd config default` (private paths only), wired by nothing but
+//! `config --merge`; it loads the plugin, and a CRI pull of an archived
+//! image takes every layer from the archive, resolved through the mirror
+//! the merged hosts.toml names. A second merge changes nothing.
+//!
+//! Root only (skipped with a message otherwise), serialized with the other
+//! end-to-end tests.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+
+use airgap_integration::containerd::{self, K8S_NS, SNAPSHOTTER};
+use airgap_integration::image::{self, ImageSpec};
+use airgap_integration::{
+    can_run, daemon, free_port, process, serial, CriClient, Daemon, PrivateContainerd, Registry,
+    TestDir,
+};
+
+const COMMENT: &str = "# this node's containerd, kept by hand: comments must survive a merge\n";
+
+/// `airgap-snapshotter config --merge FILE ARGS...`: its stdout.
+fn merge(config: &Path, args: &[&str]) -> Result<String> {
+    process::run(
+        Command::new(daemon::binary()?)
+            .arg("config")
+            .arg("--merge")
+            .arg(config)
+            .args(args),
+        Duration::from_secs(30),
+    )
+    .context("airgap-snapshotter config --merge")
+}
+
+#[test]
+fn config_merge_wires_containerd_default_config() {
+    let test = "config_merge";
+    if !can_run(test) {
+        return;
+    }
+    if let Err(err) = config_merge(test) {
+        panic!("{test}: {err:#}");
+    }
+    eprintln!("== {test}: passed");
+}
+
+fn config_merge(test: &str) -> Result<()> {
+    let _serial = serial()?;
+    let version = containerd::version()?;
+    let registry = Registry::start()?;
+    let host = registry.host();
+    let work = TestDir::new(test)?;
+    let spec = ImageSpec {
+        name: format!("{host}/library/merged:v1"),
+        tag: "v1".into(),
+        layers: image::sample_layers("merged:v1")?,
+    };
+    let file = work.path().join("merged.tar");
+    let built = image::write_oci_archive(&spec, &file)?;
+    registry.push_oci_archive(&file, "v1", "library/merged:v1")?;
+    let mirror = format!("127.0.0.1:{}", free_port()?);
+    let daemon = Daemon::start_with_args(&[&file], &["--mirror-listen", &mirror])?;
+
+    // containerd's own default config, with only its paths made private.
+    let dir = PrivateContainerd::dir()?;
+    let config = dir.path().join("config.toml");
+    let text = containerd::private_paths(&containerd::default_config()?, &version, dir.path())?;
+    std::fs::write(&config, format!("{COMMENT}{text}"))?;
+
+    let hosts = work.path().join("certs.d");
+    let socket = daemon.socket().to_string_lossy().into_owned();
+    let hosts_arg = hosts.to_string_lossy().into_owned();
+    let upstream = format!("http://{host}");
+    let args = [
+        "--socket",
+        socket.as_str(),
+        "--mirror",
+        mirror.as_str(),
+        "--upstream",
+        upstream.as_str(),
+        "--write",
+        hosts_arg.as_str(),
+    ];
+    eprintln!("== {test}: config --merge on containerd {version}'s default config");
+    let out = merge(&config, &args)?;
+    eprintln!("{out}");
+    ensure!(
+        out.contains("+++ ") && out.contains("wrote "),
+        "no diff / write reported:\n{out}"
+    );
+    let merged = std::fs::read_to_string(&config)?;
+    ensure!(
+        merged.starts_with(COMMENT),
+        "the comment was lost:\n{merged}"
+    );
+    let backups: Vec<_> = std::fs::read_dir(dir.path())?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".bak"))
+        .collect();
+    ensure!(backups.len() == 1, "expected one backup, found {backups:?}");
+    ensure!(
+        std::fs::read_to_string(hosts.join("_default/hosts.toml"))?
+            .contains(&format!("[host.\"http://{mirror}\"]")),
+        "hosts.toml without the mirror"
+    );
+    // Twice: nothing changes.
+    let out = merge(&config, &args)?;
+    ensure!(out.contains("nothing changed"), "second merge:\n{out}");
+    ensure!(
+        std::fs::read_to_string(&config)? == merged,
+        "the second merge changed the file"
+    );
+
+    eprintln!("== {test}: starting containerd {version} with the merged config");
+    let containerd = PrivateContainerd::start_with_config(dir, config)?;
+    let plugins = containerd.ctr(&["plugins", "ls"])?;
+    let airgap = plugins
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.get(1) == Some(&SNAPSHOTTER));
+    ensure!(
+        airgap
+            .as_ref()
+            .is_some_and(|f| f[0] == "io.containerd.snapshotter.v1" && f.last() == Some(&"ok")),
+        "ctr plugins ls does not list the airgap snapshotter as ok: {airgap:?}\n{plugins}"
+    );
+
+    eprintln!("== {test}: CRI PullImage {}", built.name);
+    let mut cri = CriClient::connect(containerd.address())?;
+    let mark = registry.mark();
+    let image_ref = cri.pull_image(&built.name)?;
+    ensure!(
+        image_ref == built.config_digest,
+        "PullImage answered {image_ref}, expected {}",
+        built.config_digest
+    );
+    // The merged config_path and hosts.toml send containerd to the mirror
+    // first: the registry is not asked at all.
+    registry.settle();
+    let asked: Vec<String> = registry
+        .access_lines()
+        .into_iter()
+        .skip(mark)
+        .map(|l| l.path)
+        .filter(|p| p.contains("/merged/"))
+        .collect();
+    ensure!(
+        asked.is_empty(),
+        "the pull went to the registry, not through the mirror: {asked:?}"
+    );
+    let downloaded: Vec<String> = registry
+        .blob_gets_since(mark)
+        .into_iter()
+        .filter(|d| built.layer_digests.contains(d))
+        .collect();
+    ensure!(
+        downloaded.is_empty(),
+        "containerd downloaded layer blobs {downloaded:?} of an archived image"
+    );
+    let log = daemon.log();
+    ensure!(
+        log.contains("committed from archive"),
+        "the daemon did not commit a layer from the archive:\n{log}"
+    );
+    let keys = containerd.snapshot_keys(K8S_NS)?;
+    for chain_id in &built.chain_ids {
+        ensure!(
+            keys.contains(chain_id),
+            "no snapshot {chain_id} in the airgap snapshotter; it has {keys:?}"
+        );
+    }
+    Ok(())
+}

@@ -3,7 +3,11 @@
 //! `containerd config default` (private paths only), wired by nothing but
 //! `config --merge`; it loads the plugin, and a CRI pull of an archived
 //! image takes every layer from the archive, resolved through the mirror
-//! the merged hosts.toml names. A second merge changes nothing.
+//! the merged hosts.toml names. A second merge changes nothing. Then
+//! `doctor` on that node: all checks pass, the archived image is present
+//! and an unknown one missing, and a mistake made on purpose (a registry
+//! directory without the mirror, a broken archive, a wrong socket) is a
+//! failed check with its fix and exit status 1.
 //!
 //! Root only (skipped with a message otherwise), serialized with the other
 //! end-to-end tests.
@@ -173,5 +177,136 @@ fn config_merge(test: &str) -> Result<()> {
             "no snapshot {chain_id} in the airgap snapshotter; it has {keys:?}"
         );
     }
+
+    eprintln!("== {test}: doctor on this node");
+    let list = work.path().join("images.txt");
+    std::fs::write(
+        &list,
+        format!("# next release\n{}\n{host}/library/absent:v9\n", built.name),
+    )?;
+    let doctor_cmd = |extra: &[&str]| -> Result<Command> {
+        let mut cmd = Command::new(daemon::binary()?);
+        cmd.arg("doctor")
+            .arg("--containerd-config")
+            .arg(containerd.config_path())
+            .arg("--containerd-address")
+            .arg(containerd.address())
+            .arg("--ctr")
+            .arg(containerd::binary("ctr"))
+            .arg("--root")
+            .arg(daemon.root())
+            .arg("--archives")
+            .arg(daemon.archives_dir())
+            .args(["--mirror-listen", mirror.as_str()])
+            .args(extra);
+        Ok(cmd)
+    };
+    let doctor = |extra: &[&str]| -> Result<(bool, serde_json::Value)> {
+        let out =
+            process::run_unchecked(doctor_cmd(extra)?.arg("--json"), Duration::from_secs(60))?;
+        let json: serde_json::Value = serde_json::from_str(&out.stdout)
+            .with_context(|| format!("doctor output:\n{}\n{}", out.stdout, out.stderr))?;
+        Ok((out.status.success(), json))
+    };
+    let failing = |json: &serde_json::Value| -> Vec<String> {
+        json["checks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["status"] == "fail")
+            .map(|c| format!("{}: {} (fix: {})", c["name"], c["detail"], c["fix"]))
+            .collect()
+    };
+    let (ok, json) = doctor(&["--socket", &socket])?;
+    ensure!(
+        ok,
+        "doctor failed on a node wired right: {:#?}",
+        failing(&json)
+    );
+    let names: Vec<&str> = json["checks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    for want in [
+        "daemon socket",
+        "containerd",
+        "containerd loaded airgap",
+        "registry config_path",
+        "hosts.toml _default",
+        "mirror",
+    ] {
+        ensure!(
+            names.contains(&want),
+            "doctor has no check {want:?}: {names:?}"
+        );
+    }
+    let list_arg = list.to_string_lossy().into_owned();
+    let table = process::run_unchecked(
+        &mut doctor_cmd(&["--socket", &socket, "--images-from", &list_arg])?,
+        Duration::from_secs(60),
+    )?;
+    eprintln!("{}", table.stdout);
+    let (ok, json) = doctor(&["--socket", &socket, "--images-from", &list_arg])?;
+    let statuses: Vec<(&str, &str)> = json["images"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| {
+            (
+                i["ref"].as_str().unwrap_or(""),
+                i["status"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    ensure!(
+        statuses
+            == [
+                (built.name.as_str(), "present"),
+                (&*format!("{host}/library/absent:v9"), "missing")
+            ],
+        "image statuses {statuses:?}"
+    );
+    ensure!(!ok, "doctor exited 0 with a missing image");
+    ensure!(failing(&json).is_empty(), "{:#?}", failing(&json));
+
+    // Mistakes, one at a time: each a failed check naming it, exit 1.
+    let registry_dir = hosts.join(&host);
+    std::fs::create_dir_all(&registry_dir)?;
+    std::fs::write(
+        registry_dir.join("hosts.toml"),
+        format!("server = \"http://{host}\"\n"),
+    )?;
+    let (ok, json) = doctor(&["--socket", &socket])?;
+    let bad = failing(&json);
+    ensure!(
+        !ok && bad.len() == 1
+            && bad[0].contains(&format!("hosts.toml {host}"))
+            && bad[0].contains("--registry"),
+        "a registry directory without the mirror: {bad:#?}"
+    );
+    std::fs::remove_dir_all(&registry_dir)?;
+
+    let broken = daemon.archives_dir().join("broken.tar");
+    std::fs::write(&broken, b"this is not an archive")?;
+    let (ok, json) = doctor(&["--socket", &socket])?;
+    let bad = failing(&json);
+    ensure!(
+        !ok && bad.len() == 1 && bad[0].contains("broken.tar"),
+        "a broken archive: {bad:#?}"
+    );
+    std::fs::remove_file(&broken)?;
+
+    let wrong = work.path().join("wrong.sock");
+    let (ok, json) = doctor(&["--socket", &wrong.to_string_lossy()])?;
+    let bad = failing(&json);
+    ensure!(
+        !ok && bad.iter().any(|b| b.contains("daemon socket"))
+            && bad
+                .iter()
+                .any(|b| b.contains("address") && b.contains(&socket)),
+        "a wrong socket: {bad:#?}"
+    );
     Ok(())
 }

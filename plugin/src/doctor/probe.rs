@@ -164,10 +164,12 @@ pub fn free_space(root: &Path, budget: u64) -> Check {
     match rustix::fs::statvfs(dir) {
         Ok(s) => {
             let free = s.f_bavail.saturating_mul(s.f_frsize);
+            let gib = |n: u64| format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64);
             let detail = format!(
-                "{} bytes free under {}, cache budget {budget} bytes",
-                free,
-                dir.display()
+                "{} free under {}, cache budget {}",
+                gib(free),
+                dir.display(),
+                gib(budget)
             );
             if free >= budget {
                 Check::ok("free space", detail)

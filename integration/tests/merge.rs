@@ -66,8 +66,26 @@ fn config_merge(test: &str) -> Result<()> {
     let file = work.path().join("merged.tar");
     let built = image::write_oci_archive(&spec, &file)?;
     registry.push_oci_archive(&file, "v1", "library/merged:v1")?;
+    // An image only the registry has, for doctor's `upstream` status.
+    let remote_spec = ImageSpec {
+        name: format!("{host}/library/remote:v1"),
+        tag: "v1".into(),
+        layers: image::sample_layers("remote:v1")?,
+    };
+    let remote_file = work.path().join("remote.tar");
+    image::write_oci_archive(&remote_spec, &remote_file)?;
+    registry.push_oci_archive(&remote_file, "v1", "library/remote:v1")?;
+    let daemon_config = work.path().join("daemon.toml");
+    std::fs::write(
+        &daemon_config,
+        format!("[[upstream]]\nregistry = \"{host}\"\nendpoint = \"http://{host}\"\n"),
+    )?;
+    let daemon_config = daemon_config.to_string_lossy().into_owned();
     let mirror = format!("127.0.0.1:{}", free_port()?);
-    let daemon = Daemon::start_with_args(&[&file], &["--mirror-listen", &mirror])?;
+    let daemon = Daemon::start_with_args(
+        &[&file],
+        &["--mirror-listen", &mirror, "--config", &daemon_config],
+    )?;
 
     // containerd's own default config, with only its paths made private.
     let dir = PrivateContainerd::dir()?;
@@ -182,7 +200,10 @@ fn config_merge(test: &str) -> Result<()> {
     let list = work.path().join("images.txt");
     std::fs::write(
         &list,
-        format!("# next release\n{}\n{host}/library/absent:v9\n", built.name),
+        format!(
+            "# next release\n{}\n{host}/library/absent:v9\n{host}/library/remote:v1\n",
+            built.name
+        ),
     )?;
     let doctor_cmd = |extra: &[&str]| -> Result<Command> {
         let mut cmd = Command::new(daemon::binary()?);
@@ -198,6 +219,7 @@ fn config_merge(test: &str) -> Result<()> {
             .arg("--archives")
             .arg(daemon.archives_dir())
             .args(["--mirror-listen", mirror.as_str()])
+            .args(["--config", daemon_config.as_str()])
             .args(extra);
         Ok(cmd)
     };
@@ -236,6 +258,7 @@ fn config_merge(test: &str) -> Result<()> {
         "registry config_path",
         "hosts.toml _default",
         "mirror",
+        &format!("upstream {host}"),
     ] {
         ensure!(
             names.contains(&want),
@@ -264,7 +287,8 @@ fn config_merge(test: &str) -> Result<()> {
         statuses
             == [
                 (built.name.as_str(), "present"),
-                (&*format!("{host}/library/absent:v9"), "missing")
+                (&*format!("{host}/library/absent:v9"), "missing"),
+                (&*format!("{host}/library/remote:v1"), "upstream"),
             ],
         "image statuses {statuses:?}"
     );

@@ -9,10 +9,12 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use airgap_snapshotter::catalog::reference::Reference;
 use airgap_snapshotter::config::{Config, MirrorListen, ServeArgs};
 use airgap_snapshotter::doctor::{
-    config_file, hosts, images, probe, Check, ImageStatus, Report, Status,
+    config_file, hosts, images, probe, upstream, Check, ImageStatus, Report, Status,
 };
+use airgap_snapshotter::registry::Upstreams;
 use airgap_snapshotter::setup::{platform, DEFAULT_HOSTS_DIR};
 use anyhow::{Context, Result};
 
@@ -133,6 +135,46 @@ pub fn run(args: DoctorArgs) -> Result<ExitCode> {
             .extend(images::classify(&refs, &all_images, &platform));
     }
 
+    // The upstreams: each pinged; listed images no archive holds are
+    // looked up there (`upstream` rather than `missing`).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match Upstreams::new(&config.upstream) {
+        Err(e) => report.checks.push(Check::fail(
+            "upstream config",
+            e.to_string(),
+            "fix the [[upstream]] tables of the daemon's config (password_file, ca_file)",
+        )),
+        Ok(ups) => {
+            for c in &config.upstream {
+                if let Some(u) = ups.for_registry(&c.registry) {
+                    let result = runtime.block_on(u.ping());
+                    report
+                        .checks
+                        .push(upstream::ping_check(u.registry(), u.endpoint(), &result));
+                }
+            }
+            for i in report
+                .images
+                .iter_mut()
+                .filter(|i| i.status == ImageStatus::Missing)
+            {
+                let Ok(r) = Reference::parse(&i.reference) else {
+                    continue;
+                };
+                let Some(u) = ups.for_registry(&r.domain) else {
+                    continue;
+                };
+                if let Ok(Some(m)) = runtime.block_on(u.manifest(&r, None)) {
+                    i.status = ImageStatus::Upstream;
+                    i.digest = Some(m.digest.to_string());
+                }
+            }
+        }
+    }
+
     let failed = report.failed(args.strict);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -178,6 +220,7 @@ fn print_table(report: &Report, platform: &str) {
                     format!("{a} has only {}", i.platforms.join(", "))
                 }
                 (Some(a), _) => a.clone(),
+                (None, ImageStatus::Upstream) => "in no archive; the upstream has it".to_string(),
                 (None, _) => "in no archive".to_string(),
             };
             println!("  {status:<15} {:<50} {where_}", i.reference);

@@ -9,6 +9,7 @@ pub mod config_file;
 pub mod hosts;
 pub mod images;
 pub mod probe;
+pub mod upstream;
 
 use serde::Serialize;
 

@@ -293,6 +293,23 @@ fn config_merge(test: &str) -> Result<()> {
         "image statuses {statuses:?}"
     );
     ensure!(!ok, "doctor exited 0 with a missing image");
+    // Another node's platform: the archive holds only this machine's.
+    let (ok, json) = doctor(&[
+        "--socket",
+        &socket,
+        "--images-from",
+        &list_arg,
+        "--platform",
+        "linux/s390x",
+    ])?;
+    let first = &json["images"][0];
+    ensure!(
+        !ok && first["status"] == "wrong-platform"
+            && first["platforms"][0]
+                .as_str()
+                .is_some_and(|p| p.starts_with("linux/")),
+        "for linux/s390x: {first}"
+    );
     ensure!(failing(&json).is_empty(), "{:#?}", failing(&json));
 
     // Mistakes, one at a time: each a failed check naming it, exit 1.

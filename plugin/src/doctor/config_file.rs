@@ -177,6 +177,19 @@ pub fn check(path: &Path, text: &str, socket: &Path) -> ConfigFindings {
             format!("config_path is {cp:?}, several directories: from containerd 2.2 transfer-service pulls then ignore hosts.toml"),
             fix_dir(first),
         ));
+    } else if let Some(mirrors) = {
+        let mut m = registry_table.clone();
+        m.push("mirrors");
+        lookup(&value, &m)
+            .and_then(toml::Value::as_table)
+            .filter(|t| !t.is_empty())
+    } {
+        let names: Vec<&str> = mirrors.keys().map(String::as_str).collect();
+        out.checks.push(Check::fail(
+            "registry config_path",
+            format!("[{header}.mirrors] lists {}: containerd refuses legacy mirrors together with config_path", names.join(", ")),
+            format!("move each mirror into a hosts.toml under {cp} (`airgap-snapshotter config --write {cp} --registry HOST`) and delete the mirrors tables from {file}"),
+        ));
     } else {
         out.hosts_dir = Some(PathBuf::from(cp));
         out.checks
@@ -413,6 +426,16 @@ mod tests {
             .unwrap()
             .contains("\"/etc/containerd/certs.d\""));
         assert!(f.hosts_dir.is_none());
+    }
+
+    #[test]
+    fn legacy_mirrors_with_config_path() {
+        let text = format!(
+            "{}\n[plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"docker.io\"]\nendpoint = [\"https://m\"]\n",
+            merged(V1_6, ContainerdVersion::V1)
+        );
+        let c = one_failure(&run(&text), "docker.io");
+        assert!(c.fix.unwrap().contains("--registry HOST"));
     }
 
     #[test]

@@ -33,6 +33,18 @@ pub enum MergeError {
         path.display()
     )]
     UnknownVersion { path: PathBuf, found: String },
+    #[error(
+        "{}: [{table}] lists registry mirrors ({names}), and containerd refuses `mirrors` \
+         together with `config_path`: move each mirror into a hosts.toml under the hosts \
+         directory (`airgap-snapshotter config --write DIR --registry HOST` writes one with the \
+         airgap mirror first), delete the mirrors tables, then merge again",
+        path.display()
+    )]
+    LegacyMirrors {
+        path: PathBuf,
+        table: String,
+        names: String,
+    },
     #[error("{}: `{key}` is {found}, not a table", path.display())]
     NotATable {
         path: PathBuf,
@@ -89,6 +101,7 @@ pub struct Merged {
 pub fn merge(path: &Path, original: &str, wiring: &Wiring) -> Result<Merged, MergeError> {
     let mut doc = parse(path, original)?;
     version_of(path, &doc)?;
+    legacy_mirrors(path, &doc, wiring)?;
     let mut edits = Vec::new();
     for table in &wiring.tables {
         let t = table_at(path, &mut doc, &table.path)?;
@@ -119,6 +132,32 @@ pub fn merge(path: &Path, original: &str, wiring: &Wiring) -> Result<Merged, Mer
         changed: text != original,
         text,
         edits,
+    })
+}
+
+/// Refuses a config whose CRI registry table has legacy `mirrors`:
+/// containerd does not start with those and a `config_path`.
+fn legacy_mirrors(path: &Path, doc: &DocumentMut, wiring: &Wiring) -> Result<(), MergeError> {
+    let registry = super::cri_registry_table(wiring.version);
+    let mut item = doc.as_item();
+    for k in &registry {
+        match item.get(k) {
+            Some(i) => item = i,
+            None => return Ok(()),
+        }
+    }
+    let names: Vec<String> = item
+        .get("mirrors")
+        .and_then(Item::as_table_like)
+        .map(|t| t.iter().map(|(k, _)| k.to_string()).collect())
+        .unwrap_or_default();
+    if names.is_empty() {
+        return Ok(());
+    }
+    Err(MergeError::LegacyMirrors {
+        path: path.to_path_buf(),
+        table: table_header(&[&registry[..], &["mirrors"]].concat()),
+        names: names.join(", "),
     })
 }
 
@@ -480,6 +519,24 @@ mod tests {
             .len(),
             3
         );
+    }
+
+    #[test]
+    fn refuses_legacy_mirrors() {
+        let path = Path::new("c.toml");
+        // containerd 1.6's default has an empty mirrors table: fine.
+        assert!(V1_6.contains("registry.mirrors]"));
+        let text = format!(
+            "{V1_6}\n[plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"docker.io\"]\n  endpoint = [\"https://m\"]\n"
+        );
+        let text = text.replacen(
+            "[plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors]\n",
+            "",
+            1,
+        );
+        let err = merge(path, &text, &wiring(ContainerdVersion::V1)).unwrap_err();
+        assert!(matches!(err, MergeError::LegacyMirrors { .. }), "{err}");
+        assert!(err.to_string().contains("docker.io"), "{err}");
     }
 
     #[test]

@@ -151,7 +151,12 @@ fn write_hosts_files(dir: &Path, args: &ConfigArgs, hosts: &str) -> Result<()> {
 /// `config --merge FILE`: the wiring merged into FILE (backup, diff,
 /// atomic write keeping the file's mode), then the hosts.toml files.
 fn run_merge(file: &Path, args: &ConfigArgs) -> Result<ExitCode> {
-    let original = fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
+    let original = fs::read_to_string(file).with_context(|| {
+        format!(
+            "read {0} (no config yet? `containerd config default > {0}` first)",
+            file.display()
+        )
+    })?;
     let from_file = file_version(file, &original)?;
     let version = args.containerd.unwrap_or(from_file);
     if version != from_file {

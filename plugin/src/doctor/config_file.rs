@@ -187,7 +187,7 @@ pub fn check(path: &Path, text: &str, socket: &Path) -> ConfigFindings {
         let names: Vec<&str> = mirrors.keys().map(String::as_str).collect();
         out.checks.push(Check::fail(
             "registry config_path",
-            format!("[{header}.mirrors] lists {}: containerd refuses legacy mirrors together with config_path", names.join(", ")),
+            format!("[{header}.mirrors] lists {}: containerd's CRI plugin does not load with legacy mirrors and config_path (\"`mirrors` cannot be set when `config_path` is provided\")", names.join(", ")),
             format!("move each mirror into a hosts.toml under {cp} (`airgap-snapshotter config --write {cp} --registry HOST`) and delete the mirrors tables from {file}"),
         ));
     } else {

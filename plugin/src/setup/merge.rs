@@ -34,7 +34,7 @@ pub enum MergeError {
     )]
     UnknownVersion { path: PathBuf, found: String },
     #[error(
-        "{}: [{table}] lists registry mirrors ({names}), and containerd refuses `mirrors` \
+        "{}: [{table}] lists registry mirrors ({names}), and containerd's CRI plugin does not load with `mirrors` \
          together with `config_path`: move each mirror into a hosts.toml under the hosts \
          directory (`airgap-snapshotter config --write DIR --registry HOST` writes one with the \
          airgap mirror first), delete the mirrors tables, then merge again",
@@ -136,7 +136,8 @@ pub fn merge(path: &Path, original: &str, wiring: &Wiring) -> Result<Merged, Mer
 }
 
 /// Refuses a config whose CRI registry table has legacy `mirrors`:
-/// containerd does not start with those and a `config_path`.
+/// containerd's CRI plugin does not load with those and a `config_path`
+/// (checked on 1.6.20).
 fn legacy_mirrors(path: &Path, doc: &DocumentMut, wiring: &Wiring) -> Result<(), MergeError> {
     let registry = super::cri_registry_table(wiring.version);
     let mut item = doc.as_item();

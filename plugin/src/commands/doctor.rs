@@ -105,6 +105,16 @@ pub fn run(args: DoctorArgs) -> Result<ExitCode> {
     checks.push(probe::overlayfs());
     checks.push(probe::free_space(&config.root, config.cache_bytes));
 
+    for dir in config.archives.iter().filter(|d| !d.is_dir()) {
+        report.checks.push(Check::warn(
+            format!("archives {}", dir.display()),
+            "the archives directory does not exist: no image can come from it",
+            format!(
+                "`mkdir -p {}` and put the archives there, or pass the right --archives",
+                dir.display()
+            ),
+        ));
+    }
     let catalog = open_catalog(config.archives.clone(), Some(config.root.clone()))?;
     let problems: Vec<(PathBuf, String)> = catalog
         .archives()

@@ -97,6 +97,14 @@ fn ctr(ctr: &Path, address: &Path, args: &[&str]) -> Result<String, String> {
 /// the airgap snapshotter as loaded.
 pub fn containerd(ctr_bin: &Path, address: &Path) -> Vec<Check> {
     let a = address.display();
+    if !address.exists() {
+        // ctr would wait out its dial timeout.
+        return vec![Check::fail(
+            "containerd",
+            format!("{a} does not exist: containerd is not running there"),
+            format!("start containerd (`systemctl start containerd`), or point --containerd-address at its socket (not {a})"),
+        )];
+    }
     let version = match ctr(ctr_bin, address, &["version"]) {
         Ok(out) => parse_ctr_version(&out),
         Err(e) => {

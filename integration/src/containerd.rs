@@ -67,25 +67,40 @@ impl PrivateContainerd {
     /// Writes the config and starts containerd with the airgap proxy
     /// snapshotter at `snapshotter_socket`; waits until it answers.
     pub fn start(snapshotter_socket: &Path, options: &ContainerdOptions) -> Result<Self> {
-        let dir = TestDir::new("containerd")?;
-        let root = dir.path().join("root");
-        let state = dir.path().join("state");
-        let address = dir.path().join("containerd.sock");
+        let dir = Self::dir()?;
         let config = dir.path().join("config.toml");
-        let log = dir.path().join("containerd.log");
-        for d in [
-            &root,
-            &state,
-            &dir.path().join("opt"),
-            &dir.path().join("cni"),
-        ] {
-            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-        }
-
-        let version = version()?;
         let text = private_config(dir.path(), snapshotter_socket, options)?;
         std::fs::write(&config, &text).with_context(|| format!("writing {}", config.display()))?;
+        Self::start_with_config(dir, config)
+    }
 
+    /// A directory for a private containerd whose config the caller writes
+    /// (see [`private_paths`] and [`PrivateContainerd::start_with_config`]).
+    pub fn dir() -> Result<TestDir> {
+        let dir = TestDir::new("containerd")?;
+        for d in ["root", "state", "opt", "cni"] {
+            let d = dir.path().join(d);
+            std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        Ok(dir)
+    }
+
+    /// Starts containerd in `dir` (from [`PrivateContainerd::dir`]) with the
+    /// config file `config`, which must point root, state and sockets into
+    /// `dir` as [`private_paths`] does; waits until it answers.
+    pub fn start_with_config(dir: TestDir, config: PathBuf) -> Result<Self> {
+        let address = dir.path().join("containerd.sock");
+        let log = dir.path().join("containerd.log");
+        let version = version()?;
+        let text = std::fs::read_to_string(&config)
+            .with_context(|| format!("reading {}", config.display()))?;
+        for forbidden in [SYSTEM_ROOT, SYSTEM_SOCKET] {
+            ensure!(
+                !text.contains(forbidden),
+                "{} still mentions {forbidden}: not starting a containerd on the system's paths",
+                config.display()
+            );
+        }
         let run_containerd_existed = Path::new("/run/containerd").exists();
         let proc = Proc::spawn(
             "containerd",
@@ -434,14 +449,80 @@ pub fn private_config(
     options: &ContainerdOptions,
 ) -> Result<String> {
     let version = version()?;
-    let default = process::run(
-        command("containerd").args(["config", "default"]),
-        Duration::from_secs(30),
-    )?;
+    let default = default_config()?;
     let fragment = airgap_fragment(&version, snapshotter_socket)?;
     let text = write_config(&default, &fragment, &version, dir, options)?;
     check_config(&text, &version, dir, snapshotter_socket, options)?;
     Ok(text)
+}
+
+/// `containerd config default` of the containerd the tests run.
+pub fn default_config() -> Result<String> {
+    process::run(
+        command("containerd").args(["config", "default"]),
+        Duration::from_secs(30),
+    )
+}
+
+/// A containerd config text (e.g. `containerd config default`) with every
+/// path containerd writes to moved under `dir` as [`write_config`] does
+/// (root, state, gRPC and ttrpc sockets, opt, CNI config) and, on 2.x, NRI
+/// disabled; edited in place (`toml_edit`), so comments and order stay
+/// and nothing of the airgap wiring is added: that is left to
+/// `airgap-snapshotter config --merge`.
+pub fn private_paths(text: &str, version: &Version, dir: &Path) -> Result<String> {
+    use toml_edit::{value, DocumentMut, Item, Table};
+    let mut doc: DocumentMut = text.parse().context("parsing the containerd config")?;
+    let (_, _, cni) = cri_tables(version);
+    let nri = ["plugins", "io.containerd.nri.v1.nri", "disable"];
+    let mut edits: Vec<(Vec<&str>, Item)> = vec![
+        (vec!["root"], value(path_str(&dir.join("root")))),
+        (vec!["state"], value(path_str(&dir.join("state")))),
+        (
+            vec!["grpc", "address"],
+            value(path_str(&dir.join("containerd.sock"))),
+        ),
+        (
+            vec!["ttrpc", "address"],
+            value(path_str(&dir.join("containerd.sock.ttrpc"))),
+        ),
+        (
+            vec!["plugins", "io.containerd.internal.v1.opt", "path"],
+            value(path_str(&dir.join("opt"))),
+        ),
+        (
+            key_path(&cni, "conf_dir"),
+            value(path_str(&dir.join("cni"))),
+        ),
+    ];
+    if version.is_2x() {
+        edits.push((nri.to_vec(), value(true)));
+    }
+    for (path, item) in edits {
+        let (last, parents) = path.split_last().context("empty key path")?;
+        let mut t = doc.as_table_mut() as &mut dyn toml_edit::TableLike;
+        for key in parents {
+            t = t
+                .entry(key)
+                .or_insert_with(|| Item::Table(Table::new()))
+                .as_table_like_mut()
+                .with_context(|| format!("{key} in {path:?} is not a table"))?;
+        }
+        match t.get_mut(last) {
+            // In place: the key keeps its comments and indentation.
+            Some(old) => {
+                let decor = old.as_value().map(|v| v.decor().clone());
+                *old = item;
+                if let (Some(decor), Some(v)) = (decor, old.as_value_mut()) {
+                    *v.decor_mut() = decor;
+                }
+            }
+            None => {
+                t.insert(last, item);
+            }
+        }
+    }
+    Ok(doc.to_string())
 }
 
 /// `airgap-snapshotter config --containerd <version> --socket SOCKET`: the
@@ -915,6 +996,35 @@ state = '/run/containerd'
         let text = write_config(DEFAULT_2, one_entry, &version, dir, &options).unwrap();
         let err = check_config(&text, &version, dir, sock, &options).unwrap_err();
         assert!(err.to_string().contains("overlayfs"), "{err}");
+    }
+
+    #[test]
+    fn private_paths_keep_comments_and_leave_the_wiring_out() {
+        let dir = Path::new("/tmp/x");
+        for (default, version) in [
+            (DEFAULT_1_6, v("containerd x 1.6.20")),
+            (DEFAULT_2, v("containerd x 2.1.9")),
+        ] {
+            let text = format!("# kept\n{default}");
+            let out = private_paths(&text, &version, dir).unwrap();
+            assert!(out.starts_with("# kept\n"), "{out}");
+            assert!(
+                !out.contains(SYSTEM_ROOT) && !out.contains(SYSTEM_SOCKET),
+                "{out}"
+            );
+            assert!(!out.contains(SNAPSHOTTER), "{out}");
+            let value: toml::Value = out.parse().unwrap();
+            assert_eq!(
+                value["grpc"]["address"].as_str(),
+                Some("/tmp/x/containerd.sock")
+            );
+            assert_eq!(
+                value["plugins"]
+                    .get("io.containerd.nri.v1.nri")
+                    .map(|t| t["disable"].as_bool() == Some(true)),
+                version.is_2x().then_some(true)
+            );
+        }
     }
 
     #[test]

@@ -748,6 +748,65 @@ fn upstream_auth(test: &str) -> Result<()> {
         "no blob request from the mirror in the registry log"
     );
     drop(containerd);
+
+    // doctor's upstream check: accepted as configured; a wrong password and
+    // a missing CA are failures naming the fix.
+    let upstream_check = |name: &str, config: &str| -> Result<serde_json::Value> {
+        let dir = work.path().join(name);
+        std::fs::create_dir_all(dir.join("archives"))?;
+        std::fs::write(dir.join("daemon.toml"), config)?;
+        let out = process::run_unchecked(
+            Command::new(daemon::binary()?)
+                .args(["doctor", "--json", "--config"])
+                .arg(dir.join("daemon.toml"))
+                .arg("--root")
+                .arg(dir.join("root"))
+                .arg("--archives")
+                .arg(dir.join("archives"))
+                .arg("--containerd-config")
+                .arg(dir.join("none.toml"))
+                .arg("--containerd-address")
+                .arg(dir.join("none.sock"))
+                .arg("--hosts-dir")
+                .arg(&hosts)
+                .args(["--mirror-listen", "off"]),
+            Duration::from_secs(60),
+        )?;
+        let json: serde_json::Value = serde_json::from_str(&out.stdout)
+            .with_context(|| format!("doctor output:\n{}\n{}", out.stdout, out.stderr))?;
+        json["checks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["name"] == "upstream *")
+            .cloned()
+            .with_context(|| format!("no upstream check in {json}"))
+    };
+    let c = upstream_check("right", &config)?;
+    ensure!(c["status"] == "ok", "doctor on the right credentials: {c}");
+    let wrong_password = work.path().join("wrong-password");
+    std::fs::write(&wrong_password, "not-the-password\n")?;
+    let c = upstream_check(
+        "wrong",
+        &config.replace(
+            &password_file.display().to_string(),
+            &wrong_password.display().to_string(),
+        ),
+    )?;
+    ensure!(
+        c["status"] == "fail"
+            && c["detail"].as_str().unwrap_or("").contains("credentials")
+            && c["fix"].as_str().unwrap_or("").contains("password_file"),
+        "doctor on a wrong password: {c}"
+    );
+    let c = upstream_check(
+        "no-ca",
+        &config.replace(&format!("ca_file = \"{}\"\n", ca.display()), ""),
+    )?;
+    ensure!(
+        c["status"] == "fail" && c["fix"].as_str().unwrap_or("").contains("ca_file"),
+        "doctor without the CA: {c}"
+    );
     Ok(())
 }
 

@@ -11,6 +11,7 @@ pub mod cache;
 pub mod catalog;
 pub mod config;
 pub mod digest;
+pub mod doctor;
 pub mod extract;
 pub mod labels;
 pub mod metrics;

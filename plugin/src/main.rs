@@ -32,6 +32,9 @@ enum Command {
     /// Print the containerd config.toml fragment and hosts.toml for this
     /// daemon (--write DIR writes the hosts.toml files).
     Config(airgap_snapshotter::setup::ConfigArgs),
+    /// Check that containerd is wired to the daemon and which images of a
+    /// list this node has; each problem with its fix (exit 1 on a failure).
+    Doctor(commands::doctor::DoctorArgs),
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default: `info` for the daemon,
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
         Command::Verify(a) => commands::verify::run(a),
         Command::Pack(a) => commands::pack::run(a),
         Command::Config(a) => commands::config::run(a),
+        Command::Doctor(a) => commands::doctor::run(a),
     };
     match result {
         Ok(code) => code,

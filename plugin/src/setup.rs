@@ -3,6 +3,12 @@
 //! directory) for containerd 1.6/1.7 (`version = 2` config) or 2.x
 //! (`version = 3`), and the `hosts.toml` that puts the mirror first and the
 //! private registry last. The `config` command prints and writes them.
+//!
+//! [`Wiring`] lists what the config needs per version (tables, keys, values
+//! and the 2.x `unpack_config` entries): [`render`] prints it as a fragment,
+//! [`merge`] edits an existing config.toml to match it.
+
+pub mod merge;
 
 use std::path::{Path, PathBuf};
 
@@ -15,9 +21,10 @@ pub const SNAPSHOTTER: &str = "airgap";
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ConfigArgs {
-    /// containerd version the fragment is for: 1.6, 1.7 or 2 (2.x).
-    #[arg(long, value_name = "1.6|1.7|2", default_value = "1.7", value_parser = parse_version)]
-    pub containerd: ContainerdVersion,
+    /// containerd version the fragment is for: 1.6, 1.7 (the default) or 2
+    /// (2.x). With --merge, read from the file's `version` unless given.
+    #[arg(long, value_name = "1.6|1.7|2", value_parser = parse_version)]
+    pub containerd: Option<ContainerdVersion>,
     /// The daemon's snapshotter socket.
     #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
@@ -38,6 +45,15 @@ pub struct ConfigArgs {
     /// reads `DIR/<registry>/hosts.toml` instead of `_default` when it exists.
     #[arg(long = "registry", value_name = "HOST")]
     pub registries: Vec<String>,
+    /// Edit this containerd config.toml in place instead of printing the
+    /// fragment: comments and order kept, a backup `FILE.<unix time>.bak`,
+    /// a unified diff printed; the hosts.toml files are written too
+    /// (into --write DIR, default /etc/containerd/certs.d).
+    #[arg(long, value_name = "FILE")]
+    pub merge: Option<PathBuf>,
+    /// With --merge: print the diff, write nothing.
+    #[arg(long, requires = "merge")]
+    pub dry_run: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,7 +89,8 @@ fn toml_str(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
 }
 
-fn platform() -> String {
+/// This node's platform as containerd names it (`linux/amd64`).
+pub fn platform() -> String {
     let arch = match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
@@ -83,69 +100,269 @@ fn platform() -> String {
     format!("linux/{arch}")
 }
 
-/// The config.toml fragment.
-pub fn config_toml(args: &ConfigArgs) -> String {
-    let socket = toml_str(&args.socket.display().to_string());
-    let hosts_dir = toml_str(
-        &args
-            .write
-            .as_deref()
-            .unwrap_or(Path::new(DEFAULT_HOSTS_DIR))
-            .display()
-            .to_string(),
-    );
-    match args.containerd {
-        ContainerdVersion::V1 => format!(
-            r#"# containerd 1.6 / 1.7: /etc/containerd/config.toml (version = 2).
-# Merge these keys into the tables of the same name: containerd refuses a
-# table defined twice (the default config already has [proxy_plugins] and
-# both plugin tables).
-[proxy_plugins.{SNAPSHOTTER}]
-  type = "snapshot"
-  address = {socket}
+/// A value the wiring sets in containerd's config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SettingValue {
+    Str(String),
+    Bool(bool),
+}
 
-[plugins."io.containerd.grpc.v1.cri".containerd]
-  snapshotter = "{SNAPSHOTTER}"
-  # containerd passes the layer hints to the snapshotter only with this:
-  disable_snapshot_annotations = false
-
-[plugins."io.containerd.grpc.v1.cri".registry]
-  # hosts.toml files: the mirror first, the private registry last
-  config_path = {hosts_dir}
-"#
-        ),
-        ContainerdVersion::V2 => format!(
-            r#"# containerd 2.x: /etc/containerd/config.toml (version = 3).
-# Merge these keys into the tables of the same name: containerd refuses a
-# table defined twice.
-[proxy_plugins.{SNAPSHOTTER}]
-  type = "snapshot"
-  address = {socket}
-  [proxy_plugins.{SNAPSHOTTER}.exports]
-    enable_remote_snapshot_annotations = "true"
-
-[plugins."io.containerd.cri.v1.images"]
-  snapshotter = "{SNAPSHOTTER}"
-
-[plugins."io.containerd.cri.v1.images".registry]
-  # hosts.toml files: the mirror first, the private registry last
-  config_path = {hosts_dir}
-
-# so that `ctr pull --snapshotter {SNAPSHOTTER}` (transfer service) unpacks
-# through the snapshotter's fast path too. These entries replace containerd's
-# default list: keep overlayfs, or `ctr pull`/`ctr images import` into
-# overlayfs stop unpacking.
-[[plugins."io.containerd.transfer.v1.local".unpack_config]]
-  platform = "{platform}"
-  snapshotter = "{SNAPSHOTTER}"
-
-[[plugins."io.containerd.transfer.v1.local".unpack_config]]
-  platform = "{platform}"
-  snapshotter = "overlayfs"
-"#,
-            platform = platform()
-        ),
+impl SettingValue {
+    /// The value as TOML source.
+    pub fn to_toml(&self) -> String {
+        match self {
+            SettingValue::Str(s) => toml_str(s),
+            SettingValue::Bool(b) => b.to_string(),
+        }
     }
+}
+
+/// One key of containerd's config the wiring sets.
+#[derive(Clone, Debug)]
+pub struct Setting {
+    pub key: &'static str,
+    pub value: SettingValue,
+    /// Shown above the key in the printed fragment.
+    pub comment: Option<&'static str>,
+}
+
+/// The keys set in one table (`path`: the table's keys from the root).
+#[derive(Clone, Debug)]
+pub struct TableSettings {
+    pub path: Vec<&'static str>,
+    pub settings: Vec<Setting>,
+    /// Shown above the table header in the printed fragment.
+    pub comment: Option<&'static str>,
+}
+
+/// An entry of containerd 2.x's transfer service `unpack_config` list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnpackEntry {
+    pub platform: String,
+    pub snapshotter: String,
+}
+
+/// The table holding the transfer service's `unpack_config` array of tables.
+pub const TRANSFER_TABLE: [&str; 2] = ["plugins", "io.containerd.transfer.v1.local"];
+/// The key of that array.
+pub const UNPACK_CONFIG: &str = "unpack_config";
+
+/// Everything a containerd config needs for this daemon, per config version:
+/// what `config` prints, what `config --merge` writes into an existing file
+/// and what `doctor` checks. The one source of truth for the wiring.
+#[derive(Clone, Debug)]
+pub struct Wiring {
+    pub version: ContainerdVersion,
+    pub tables: Vec<TableSettings>,
+    /// 2.x: entries that must be in the transfer service's `unpack_config`
+    /// (an entry replaces containerd's defaults, so overlayfs is one).
+    pub unpack: Vec<UnpackEntry>,
+}
+
+/// The CRI table holding `snapshotter` (and `disable_snapshot_annotations`).
+pub fn cri_images_table(version: ContainerdVersion) -> Vec<&'static str> {
+    match version {
+        ContainerdVersion::V1 => vec!["plugins", "io.containerd.grpc.v1.cri", "containerd"],
+        ContainerdVersion::V2 => vec!["plugins", "io.containerd.cri.v1.images"],
+    }
+}
+
+/// The CRI table holding the registry `config_path`.
+pub fn cri_registry_table(version: ContainerdVersion) -> Vec<&'static str> {
+    match version {
+        ContainerdVersion::V1 => vec!["plugins", "io.containerd.grpc.v1.cri", "registry"],
+        ContainerdVersion::V2 => vec!["plugins", "io.containerd.cri.v1.images", "registry"],
+    }
+}
+
+/// The hosts directory the wiring points CRI at: `--write`, else
+/// [`DEFAULT_HOSTS_DIR`].
+pub fn hosts_dir(args: &ConfigArgs) -> PathBuf {
+    args.write
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_HOSTS_DIR))
+}
+
+impl Wiring {
+    /// The wiring for `version` with the daemon's socket and hosts directory.
+    pub fn new(version: ContainerdVersion, socket: &Path, hosts_dir: &Path) -> Self {
+        let s = |v: &Path| SettingValue::Str(v.display().to_string());
+        let mut proxy = vec![
+            Setting {
+                key: "type",
+                value: SettingValue::Str("snapshot".into()),
+                comment: None,
+            },
+            Setting {
+                key: "address",
+                value: s(socket),
+                comment: None,
+            },
+        ];
+        let mut tables = Vec::new();
+        let config_path = Setting {
+            key: "config_path",
+            value: s(hosts_dir),
+            comment: Some("hosts.toml files: the mirror first, the private registry last"),
+        };
+        let snapshotter = Setting {
+            key: "snapshotter",
+            value: SettingValue::Str(SNAPSHOTTER.into()),
+            comment: None,
+        };
+        match version {
+            ContainerdVersion::V1 => {
+                tables.push(TableSettings {
+                    path: vec!["proxy_plugins", SNAPSHOTTER],
+                    settings: std::mem::take(&mut proxy),
+                    comment: None,
+                });
+                tables.push(TableSettings {
+                    path: cri_images_table(version),
+                    settings: vec![
+                        snapshotter,
+                        Setting {
+                            key: "disable_snapshot_annotations",
+                            value: SettingValue::Bool(false),
+                            comment: Some(
+                                "containerd passes the layer hints to the snapshotter only with this:",
+                            ),
+                        },
+                    ],
+                    comment: None,
+                });
+            }
+            ContainerdVersion::V2 => {
+                tables.push(TableSettings {
+                    path: vec!["proxy_plugins", SNAPSHOTTER],
+                    settings: std::mem::take(&mut proxy),
+                    comment: None,
+                });
+                tables.push(TableSettings {
+                    path: vec!["proxy_plugins", SNAPSHOTTER, "exports"],
+                    settings: vec![Setting {
+                        key: "enable_remote_snapshot_annotations",
+                        value: SettingValue::Str("true".into()),
+                        comment: None,
+                    }],
+                    comment: None,
+                });
+                tables.push(TableSettings {
+                    path: cri_images_table(version),
+                    settings: vec![snapshotter],
+                    comment: None,
+                });
+            }
+        }
+        tables.push(TableSettings {
+            path: cri_registry_table(version),
+            settings: vec![config_path],
+            comment: None,
+        });
+        let unpack = match version {
+            ContainerdVersion::V1 => Vec::new(),
+            ContainerdVersion::V2 => [SNAPSHOTTER, "overlayfs"]
+                .into_iter()
+                .map(|snapshotter| UnpackEntry {
+                    platform: platform(),
+                    snapshotter: snapshotter.into(),
+                })
+                .collect(),
+        };
+        Self {
+            version,
+            tables,
+            unpack,
+        }
+    }
+
+    /// The wiring `config` arguments describe (`--containerd`, default 1.7).
+    pub fn from_args(args: &ConfigArgs) -> Self {
+        Self::new(
+            args.containerd.unwrap_or(ContainerdVersion::V1),
+            &args.socket,
+            &hosts_dir(args),
+        )
+    }
+}
+
+/// A table path as a TOML header: `plugins."io.containerd.grpc.v1.cri"`.
+pub fn table_header(path: &[&str]) -> String {
+    path.iter()
+        .map(|k| {
+            if !k.is_empty()
+                && k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                k.to_string()
+            } else {
+                toml_str(k)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// The config.toml fragment, rendered from [`Wiring`].
+pub fn config_toml(args: &ConfigArgs) -> String {
+    render(&Wiring::from_args(args))
+}
+
+/// Renders a wiring as the fragment to paste into config.toml.
+pub fn render(wiring: &Wiring) -> String {
+    let mut out = String::from(match wiring.version {
+        ContainerdVersion::V1 => {
+            "# containerd 1.6 / 1.7: /etc/containerd/config.toml (version = 2).\n\
+             # Merge these keys into the tables of the same name: containerd refuses a\n\
+             # table defined twice (the default config already has [proxy_plugins] and\n\
+             # both plugin tables); `config --merge FILE` does it for you.\n"
+        }
+        ContainerdVersion::V2 => {
+            "# containerd 2.x: /etc/containerd/config.toml (version = 3).\n\
+             # Merge these keys into the tables of the same name: containerd refuses a\n\
+             # table defined twice; `config --merge FILE` does it for you.\n"
+        }
+    });
+    let mut previous: Option<&[&str]> = None;
+    for table in &wiring.tables {
+        // A sub-table right after its parent stays in the parent's block.
+        let nested = previous.is_some_and(|p| table.path.starts_with(p));
+        let indent = if nested { "  " } else { "" };
+        if !nested {
+            out.push('\n');
+        }
+        if let Some(c) = table.comment {
+            out.push_str(&format!("{indent}# {c}\n"));
+        }
+        out.push_str(&format!("{indent}[{}]\n", table_header(&table.path)));
+        for s in &table.settings {
+            if let Some(c) = s.comment {
+                out.push_str(&format!("{indent}  # {c}\n"));
+            }
+            out.push_str(&format!("{indent}  {} = {}\n", s.key, s.value.to_toml()));
+        }
+        previous = Some(&table.path);
+    }
+    if !wiring.unpack.is_empty() {
+        out.push_str(&format!(
+            "\n# so that `ctr pull --snapshotter {SNAPSHOTTER}` (transfer service) unpacks\n\
+             # through the snapshotter's fast path too. These entries replace containerd's\n\
+             # default list: keep overlayfs, or `ctr pull`/`ctr images import` into\n\
+             # overlayfs stop unpacking.\n"
+        ));
+        let header = table_header(&[TRANSFER_TABLE[0], TRANSFER_TABLE[1], UNPACK_CONFIG]);
+        for (i, e) in wiring.unpack.iter().enumerate() {
+            if i > 0 {
+                out.push('\n');
+            }
+            out.push_str(&format!(
+                "[[{header}]]\n  platform = {}\n  snapshotter = {}\n",
+                toml_str(&e.platform),
+                toml_str(&e.snapshotter)
+            ));
+        }
+    }
+    out
 }
 
 /// The hosts.toml: the private registry as `server` (tried last), the
@@ -272,7 +489,7 @@ mod tests {
             .as_str()
             .unwrap()
             .contains(':'));
-        assert!(args(&["--containerd", "2.1"]).containerd == ContainerdVersion::V2);
+        assert!(args(&["--containerd", "2.1"]).containerd == Some(ContainerdVersion::V2));
         assert!(Cli::try_parse_from(["x", "--containerd", "1.5"]).is_err());
     }
 

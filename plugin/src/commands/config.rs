@@ -1,13 +1,17 @@
 //! `airgap-snapshotter config`: prints the containerd config.toml fragment and
 //! the hosts.toml for this daemon, and with `--write DIR` writes the hosts.toml
-//! files.
+//! files. With `--merge FILE` it edits a containerd config.toml in place
+//! instead (see `setup::merge`).
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use airgap_snapshotter::setup::{config_toml, hosts_toml, ConfigArgs, DEFAULT_HOSTS_DIR};
+use airgap_snapshotter::setup::merge::{file_version, merge};
+use airgap_snapshotter::setup::{
+    config_toml, hosts_dir, hosts_toml, ConfigArgs, ContainerdVersion, Wiring,
+};
 use anyhow::{bail, Context, Result};
 
 /// What `--write` did to one file.
@@ -96,11 +100,11 @@ pub fn run(args: ConfigArgs) -> Result<ExitCode> {
             bail!("--upstream {u:?}: expected https://host[:port] or http://host[:port]");
         }
     }
+    if let Some(file) = &args.merge {
+        return run_merge(file, &args);
+    }
     let hosts = hosts_toml(&args);
-    let hosts_dir = args
-        .write
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_HOSTS_DIR));
+    let hosts_dir = hosts_dir(&args);
     let mut out = String::new();
     out.push_str(&config_toml(&args));
     out.push_str(&format!(
@@ -110,10 +114,19 @@ pub fn run(args: ConfigArgs) -> Result<ExitCode> {
     out.push_str(&hosts);
     print!("{out}");
     if let Some(dir) = &args.write {
+        write_hosts_files(dir, &args, &hosts)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `DIR/_default/hosts.toml` and one per `--registry`, and names the
+/// registry directories that bypass the mirror.
+fn write_hosts_files(dir: &Path, args: &ConfigArgs, hosts: &str) -> Result<()> {
+    {
         let mut names = vec!["_default".to_string()];
         names.extend(args.registries.iter().cloned());
         for name in &names {
-            match write_hosts(dir, name, &hosts)? {
+            match write_hosts(dir, name, hosts)? {
                 Written::Created(p) => eprintln!("wrote {}", p.display()),
                 Written::Unchanged(p) => eprintln!("{} is already up to date", p.display()),
                 Written::Replaced { path, backup } => eprintln!(
@@ -132,7 +145,116 @@ pub fn run(args: ConfigArgs) -> Result<ExitCode> {
             );
         }
     }
+    Ok(())
+}
+
+/// `config --merge FILE`: the wiring merged into FILE (backup, diff,
+/// atomic write keeping the file's mode), then the hosts.toml files.
+fn run_merge(file: &Path, args: &ConfigArgs) -> Result<ExitCode> {
+    let original = fs::read_to_string(file).with_context(|| {
+        format!(
+            "read {0} (no config yet? `containerd config default > {0}` first)",
+            file.display()
+        )
+    })?;
+    let from_file = file_version(file, &original)?;
+    let version = args.containerd.unwrap_or(from_file);
+    if version != from_file {
+        eprintln!(
+            "note: {} is a {} config, merging the {} layout as --containerd says",
+            file.display(),
+            layout_name(from_file),
+            layout_name(version)
+        );
+    }
+    let wiring = Wiring::new(version, &args.socket, &hosts_dir(args));
+    let merged = merge(file, &original, &wiring)?;
+    let hosts = hosts_toml(args);
+    let dir = hosts_dir(args);
+    if !merged.changed {
+        println!(
+            "{} already has everything airgap-snapshotter needs ({}): nothing changed",
+            file.display(),
+            layout_name(version)
+        );
+    } else {
+        let diff = similar::TextDiff::from_lines(&original, &merged.text);
+        print!(
+            "{}",
+            diff.unified_diff()
+                .context_radius(2)
+                .header(&file.display().to_string(), &file.display().to_string())
+        );
+        if args.dry_run {
+            println!("dry run: {} not written", file.display());
+        } else {
+            let backup = write_config(file, &merged.text)?;
+            println!(
+                "wrote {} ({} edits, {}; the previous file is {})",
+                file.display(),
+                merged.edits.len(),
+                layout_name(version),
+                backup.display()
+            );
+            println!("restart containerd to apply it");
+        }
+    }
+    if args.dry_run {
+        println!("dry run: {}/_default/hosts.toml not written", dir.display());
+    } else {
+        write_hosts_files(&dir, args, &hosts)?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+fn layout_name(v: ContainerdVersion) -> &'static str {
+    match v {
+        ContainerdVersion::V1 => "containerd 1.6/1.7 (version = 2)",
+        ContainerdVersion::V2 => "containerd 2.x (version = 3)",
+    }
+}
+
+/// Replaces `file` with `text` atomically (a temporary file in the same
+/// directory, the old file's mode, a rename) after copying it to
+/// `FILE.<unix time>.bak`; returns the backup's path.
+fn write_config(file: &Path, text: &str) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let name = file
+        .file_name()
+        .with_context(|| format!("{} is not a file name", file.display()))?
+        .to_string_lossy()
+        .into_owned();
+    let dir = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut backup = file.with_file_name(format!("{name}.{secs}.bak"));
+    let mut n = 1;
+    while backup.exists() {
+        backup = file.with_file_name(format!("{name}.{secs}.{n}.bak"));
+        n += 1;
+    }
+    let meta = fs::metadata(file).with_context(|| format!("stat {}", file.display()))?;
+    fs::copy(file, &backup)
+        .with_context(|| format!("back up {} to {}", file.display(), backup.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir)
+        .with_context(|| format!("create a temporary file in {}", dir.display()))?;
+    tmp.write_all(text.as_bytes())
+        .and_then(|_| tmp.as_file().sync_all())
+        .with_context(|| format!("write {}", tmp.path().display()))?;
+    fs::set_permissions(
+        tmp.path(),
+        fs::Permissions::from_mode(meta.permissions().mode() & 0o7777),
+    )
+    .with_context(|| format!("chmod {}", tmp.path().display()))?;
+    tmp.persist(file)
+        .map_err(|e| e.error)
+        .with_context(|| format!("write {}", file.display()))?;
+    Ok(backup)
 }
 
 #[cfg(test)]
@@ -170,5 +292,24 @@ mod tests {
             [dir.path().join("quay.io")]
         );
         assert!(bypassing(dir.path(), &["_default".into(), "quay.io".into()]).is_empty());
+    }
+
+    #[test]
+    fn config_write_keeps_mode_and_backup() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        fs::write(&file, "version = 2\n").unwrap();
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+        let backup = write_config(&file, "version = 2\n# x\n").unwrap();
+        assert_eq!(fs::read_to_string(&backup).unwrap(), "version = 2\n");
+        assert!(backup.to_string_lossy().ends_with(".bak"));
+        assert_eq!(fs::read_to_string(&file).unwrap(), "version = 2\n# x\n");
+        assert_eq!(
+            fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let second = write_config(&file, "version = 2\n").unwrap();
+        assert_ne!(second, backup);
     }
 }

@@ -3,6 +3,7 @@
 //! everything they build on is in the library.
 
 pub mod config;
+pub mod doctor;
 pub mod images;
 pub mod pack;
 pub mod serve;

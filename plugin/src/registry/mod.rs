@@ -227,6 +227,27 @@ impl Upstream {
         &self.endpoint
     }
 
+    /// The registry name this upstream serves (`docker.io`, `*`).
+    pub fn registry(&self) -> &str {
+        &self.registry
+    }
+
+    /// `GET /v2/` with this upstream's credentials (answering a token or
+    /// basic challenge as for any request): the HTTP status it ends with.
+    /// 200 means reachable, TLS verified and credentials accepted.
+    pub async fn ping(&self) -> Result<u16, UpstreamError> {
+        let resp = self
+            .send(
+                Method::GET,
+                "/v2/",
+                "",
+                HeaderMap::new(),
+                Some(SMALL_REQUEST_TIMEOUT),
+            )
+            .await?;
+        Ok(resp.status().as_u16())
+    }
+
     /// The repository path on the upstream: `[prefix/]path`.
     fn repository(&self, r: &Reference) -> String {
         match &self.path_prefix {

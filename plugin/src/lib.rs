@@ -18,6 +18,7 @@ pub mod pack;
 pub mod registry;
 pub mod setup;
 pub mod snapshot;
+pub mod version;
 
 #[cfg(any(test, feature = "testsupport"))]
 pub mod testsupport;

@@ -106,7 +106,8 @@ else
     commit=${AIRGAP_COMMIT:-unknown}
     epoch=$(date +%s)
 fi
-export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$epoch}
+# Not exported: the cc crate reruns the -sys crates' builds when it changes.
+epoch=${SOURCE_DATE_EPOCH:-$epoch}
 target_dir=${CARGO_TARGET_DIR:-$repo/target}
 dist=$repo/dist
 rm -rf "$dist"
@@ -210,7 +211,7 @@ EOF
 # tar_gz DIR NAME OUT: a reproducible tarball of DIR/NAME.
 tar_gz() {
     tar -C "$1" --sort=name --owner=0 --group=0 --numeric-owner \
-        --mtime="@${SOURCE_DATE_EPOCH}" -cf - "$2" | gzip -9n >"$3"
+        --mtime="@${epoch}" -cf - "$2" | gzip -9n >"$3"
 }
 
 package() {
@@ -258,8 +259,8 @@ if [ "$1" = configure ] && [ -d /run/systemd/system ]; then
 fi
 EOF
     chmod 0755 "$deb/DEBIAN/postinst"
-    find "$deb" -exec touch -h -d "@${SOURCE_DATE_EPOCH}" {} +
-    dpkg-deb --root-owner-group -Zgzip --build "$deb" \
+    find "$deb" -exec touch -h -d "@${epoch}" {} +
+    SOURCE_DATE_EPOCH=$epoch dpkg-deb --root-owner-group -Zgzip --build "$deb" \
         "$dist/airgap-snapshotter_${version}_${arch}.deb" >&2
 }
 

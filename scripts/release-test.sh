@@ -217,6 +217,7 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 cat >"$tmp/airgap-snapshotter-arm64" <<EOF
 #!/bin/sh
+echo "\$*" >>$tmp/arm64-calls
 exec qemu-aarch64 $arm64_bin "\$@"
 EOF
 chmod 0755 "$tmp/airgap-snapshotter-arm64"
@@ -230,6 +231,7 @@ else
     env -u AIRGAP_CONTAINERD_DIR AIRGAP_SNAPSHOTTER_BIN="$tmp/airgap-snapshotter-arm64" \
         cargo test -p airgap-integration --test e2e -- --exact "$e2e_test"
 fi
+grep -q '^serve ' "$tmp/arm64-calls" 2>/dev/null || fail "the end-to-end test did not run the arm64 daemon"
 echo "arm64 end to end: $(($(date +%s) - t0)) s"
 
 # --- 6. arm64 unit tests under qemu (opt-in) ------------------------------------

@@ -18,7 +18,7 @@
 #      tarballs and .debs for linux-amd64 and linux-arm64 into dist/), then
 #      their tests (scripts/release-test.sh: checksums, contents, --version,
 #      the .debs unpacked, never installed, and the arm64 daemon under
-#      qemu-user serving a CRI pull of the system containerd end to end).
+#      qemu-user serving the system containerd through integration/tests/e2e.rs).
 #
 # Every step runs even when an earlier one failed (after the build steps),
 # a summary is printed at the end, and the exit status is non-zero if any

@@ -24,8 +24,9 @@
 #   scripts/release.sh
 #
 # Environment: AIRGAP_RELEASE_ARCHES="amd64 arm64" (the default) picks the
-# arches; CARGO_TARGET_DIR as for cargo (cross builds go to
-# <dir>/<triple>/release); AIRGAP_RELEASE_SKIP_DEPS=1 skips the installs.
+# arches; AIRGAP_RELEASE_TARGET_DIR (else CARGO_TARGET_DIR, else target/)
+# is cargo's target directory (cross builds go to <dir>/<triple>/release);
+# AIRGAP_RELEASE_SKIP_DEPS=1 skips the installs.
 # The tarballs and .debs are reproducible for a given commit (mtimes from
 # the commit, owner root, sorted).
 set -euo pipefail
@@ -108,7 +109,8 @@ else
 fi
 # Not exported: the cc crate reruns the -sys crates' builds when it changes.
 epoch=${SOURCE_DATE_EPOCH:-$epoch}
-target_dir=${CARGO_TARGET_DIR:-$repo/target}
+target_dir=${AIRGAP_RELEASE_TARGET_DIR:-${CARGO_TARGET_DIR:-$repo/target}}
+export CARGO_TARGET_DIR=$target_dir
 dist=$repo/dist
 rm -rf "$dist"
 mkdir -p "$dist"

@@ -270,8 +270,8 @@ impl Root {
     }
 }
 
-/// Set once `openat2` answered `ENOSYS`: kernels before 5.6, and qemu-user
-/// before 9.1 (the arm64 build tested under Debian 12's qemu).
+/// Set once `openat2` answered `ENOSYS`: kernels before 5.6, and older
+/// qemu-user such as Debian 12's 7.2 (where the arm64 build is tested).
 static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
 
 /// `openat2` confined to the root. The kernel answers `EAGAIN` when a rename

@@ -19,13 +19,20 @@
 #      into /var/cache/airgap-snapshotter/containerd. The full suite runs on
 #      every version (about 1.5 min each on 2 cores): version-specific
 #      behaviour is asserted per version inside the tests.
+#   7. the release artifacts (scripts/release.sh: static musl binaries,
+#      tarballs and .debs for linux-amd64 and linux-arm64 into dist/), then
+#      their tests (scripts/release-test.sh: checksums, contents, --version,
+#      the .debs unpacked, never installed, and the arm64 daemon under
+#      qemu-user serving the system containerd through integration/tests/e2e.rs).
 #
 # Every step runs even when an earlier one failed (after the build steps),
 # a summary is printed at the end, and the exit status is non-zero if any
 # step failed. Steps 5 and 6 need root and are reported as skipped
 # otherwise. A containerd version (or 2.x's Go sources) that could not be
 # fetched (no network) is a FAIL of its step, with the reason. Environment:
-# AIRGAP_TEST_SKIP_DEPS=1 skips step 1; AIRGAP_SNAPSHOTTER_BIN=PATH tests
+# AIRGAP_TEST_SKIP_DEPS=1 skips step 1; AIRGAP_TEST_SKIP_RELEASE=1 skips
+# the release steps; AIRGAP_RELEASE_TEST_ARM64_UNIT=1 adds the unit tests built for
+# aarch64 and run under qemu-aarch64 to it (slow, see scripts/release-test.sh); AIRGAP_SNAPSHOTTER_BIN=PATH tests
 # that daemon binary instead of building target/debug/airgap-snapshotter;
 # AIRGAP_CONTAINERD_DIRS="system DIR..." replaces the list of containerds
 # (`system` is the one on PATH; a DIR holds containerd, ctr and
@@ -199,6 +206,15 @@ if ((is_root)); then
     done
 else
     skip e2e "needs root"
+fi
+
+if [[ ${AIRGAP_TEST_SKIP_RELEASE:-0} == 1 ]]; then
+    skip release "AIRGAP_TEST_SKIP_RELEASE=1"
+elif ((is_root)); then
+    step release 30 scripts/release.sh
+    step release-test 20 scripts/release-test.sh
+else
+    skip release "needs root (it installs the cross toolchains; the tests run containerd)"
 fi
 
 exit "$failed"

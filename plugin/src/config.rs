@@ -634,4 +634,60 @@ mod tests {
         assert!(parse_bytes("G").is_err());
         assert!(parse_bytes("99999999999T").is_err());
     }
+
+    /// `scripts/airgap-snapshotter.toml`, the commented default config the
+    /// release artifacts install: as shipped it loads as the defaults, with
+    /// its top-level lines uncommented it is exactly the defaults, and it
+    /// names every key (the `[[upstream]]` example's included).
+    #[test]
+    fn shipped_default_config_lists_every_key_with_its_default() {
+        const SHIPPED: &str = include_str!("../../scripts/airgap-snapshotter.toml");
+        assert_eq!(
+            toml::from_str::<Config>(SHIPPED).unwrap(),
+            Config::default()
+        );
+
+        let (top, upstream) = SHIPPED.split_once("# [[upstream]]").unwrap();
+        let key_line = regex::Regex::new(r"^# ([a-z_]+) = ").unwrap();
+        let uncommented: String = top
+            .lines()
+            .filter(|l| key_line.is_match(l))
+            .map(|l| format!("{}\n", &l[2..]))
+            .collect();
+        let parsed: Config = toml::from_str(&uncommented).unwrap();
+        assert_eq!(parsed, Config::default());
+        let toml::Value::Table(defaults) = toml::Value::try_from(Config::default()).unwrap() else {
+            panic!("Config serializes to a table");
+        };
+        let shown: toml::Table = toml::from_str(&uncommented).unwrap();
+        for key in defaults.keys().filter(|k| *k != "upstream") {
+            assert!(shown.contains_key(key), "{key} is missing");
+        }
+
+        let example: String = upstream
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let example: toml::Table = toml::from_str(&format!("[[upstream]]\n{example}")).unwrap();
+        let example = &example["upstream"][0];
+        for key in [
+            "registry",
+            "endpoint",
+            "path_prefix",
+            "username",
+            "password_file",
+            "ca_file",
+            "insecure_skip_verify",
+        ] {
+            assert!(example.get(key).is_some(), "upstream.{key} is missing");
+        }
+        assert!(
+            upstream.contains("# # password = "),
+            "upstream.password is missing"
+        );
+        let one: UpstreamConfig = example.clone().try_into().unwrap();
+        assert!(one.validate().is_ok());
+    }
 }

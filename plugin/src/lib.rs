@@ -21,6 +21,7 @@ pub mod registry;
 pub mod setup;
 pub mod snapshot;
 pub mod systemd;
+pub mod version;
 
 #[cfg(any(test, feature = "testsupport"))]
 pub mod testsupport;

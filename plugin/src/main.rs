@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use airgap_snapshotter::config::ServeArgs;
 
 #[derive(Parser)]
-#[command(name = "airgap-snapshotter", version, about)]
+#[command(name = "airgap-snapshotter", version = airgap_snapshotter::version::VERSION, about)]
 struct Cli {
     /// Log as JSON lines instead of text (logs go to stderr).
     #[arg(long, global = true, env = "AIRGAP_LOG_JSON")]

@@ -19,6 +19,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::fs::{
     self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps, XattrFlags,
@@ -269,16 +270,74 @@ impl Root {
     }
 }
 
+/// Set once `openat2` answered `ENOSYS`: kernels before 5.6, and older
+/// qemu-user such as Debian 12's 7.2 (where the arm64 build is tested).
+static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
+
 /// `openat2` confined to the root. The kernel answers `EAGAIN` when a rename
 /// anywhere on the system raced with a `..` step of the resolution: retried.
+/// Without `openat2`, [`walk_beneath`].
 fn openat2(root: &OwnedFd, path: &[u8], flags: OFlags) -> Result<OwnedFd, Errno> {
-    let mut tries = 0;
-    loop {
-        match rfs::openat2(root, path, flags, Mode::empty(), RESOLVE) {
-            Err(Errno::AGAIN) if tries < 64 => tries += 1,
-            r => return r,
+    if !NO_OPENAT2.load(Ordering::Relaxed) {
+        let mut tries = 0;
+        loop {
+            match rfs::openat2(root, path, flags, Mode::empty(), RESOLVE) {
+                Err(Errno::AGAIN) if tries < 64 => tries += 1,
+                Err(Errno::NOSYS) => {
+                    NO_OPENAT2.store(true, Ordering::Relaxed);
+                    break;
+                }
+                r => return r,
+            }
         }
     }
+    walk_beneath(root, path, flags)
+}
+
+/// What `openat2(RESOLVE_BENEATH)` does, one component at a time with
+/// `O_NOFOLLOW`, and stricter: any symlink among the components and any `..`
+/// is refused (`EXDEV`, an escape), where `openat2` would follow what stays
+/// inside the root. A layer that needs that falls back to containerd's
+/// differ on such systems.
+fn walk_beneath(root: &OwnedFd, path: &[u8], flags: OFlags) -> Result<OwnedFd, Errno> {
+    let components: Vec<&[u8]> = path
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty() && *c != b".")
+        .collect();
+    if components.is_empty() {
+        return rfs::openat(root, c".", flags | OFlags::NOFOLLOW, Mode::empty());
+    }
+    let mut dir: Option<OwnedFd> = None;
+    for (i, name) in components.iter().enumerate() {
+        if *name == b".." {
+            return Err(Errno::XDEV);
+        }
+        let last = i + 1 == components.len();
+        let at = dir.as_ref().map_or(root.as_fd(), |fd| fd.as_fd());
+        let step_flags = if last {
+            flags | OFlags::NOFOLLOW
+        } else {
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
+        };
+        let fd = match rfs::openat(at, *name, step_flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(e) => {
+                let symlink = rfs::statat(at, *name, AtFlags::SYMLINK_NOFOLLOW)
+                    .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Symlink);
+                return Err(if symlink { Errno::XDEV } else { e });
+            }
+        };
+        // `O_PATH | O_NOFOLLOW` opens a symlink itself when O_DIRECTORY is
+        // not asked for: refuse it too.
+        if last && !flags.contains(OFlags::DIRECTORY) {
+            let st = rfs::fstat(&fd)?;
+            if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
+                return Err(Errno::XDEV);
+            }
+        }
+        dir = Some(fd);
+    }
+    dir.ok_or(Errno::NOENT)
 }
 
 pub(super) fn resolve_error(e: Errno) -> FsError {
@@ -327,4 +386,50 @@ pub(super) fn open_path(parent: &OwnedFd, name: &[u8]) -> io::Result<OwnedFd> {
         Mode::empty(),
     )
     .map_err(Into::into)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The walk used without `openat2` (kernels before 5.6, old qemu-user)
+    /// resolves plain directories and refuses every symlink and `..`.
+    #[test]
+    fn walk_beneath_refuses_symlinks_and_dotdot() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("root");
+        std::fs::create_dir_all(dest.join("a/b")).unwrap();
+        std::fs::write(dest.join("a/file"), b"x").unwrap();
+        std::os::unix::fs::symlink("/etc", dest.join("out")).unwrap();
+        std::os::unix::fs::symlink("a", dest.join("in")).unwrap();
+        let root = rfs::open(&dest, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        let dir = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+
+        for ok in [&b"a"[..], b"a/b", b"./a//b/"] {
+            assert!(walk_beneath(&root, ok, dir).is_ok(), "{ok:?}");
+        }
+        assert!(walk_beneath(&root, b"a/file", OFlags::PATH).is_ok());
+        for (path, flags) in [
+            (&b"out"[..], dir),
+            (b"out/passwd", OFlags::PATH),
+            (b"in/b", dir),
+            (b"in", OFlags::PATH),
+            (b"a/../a", dir),
+            (b"..", dir),
+        ] {
+            assert_eq!(
+                walk_beneath(&root, path, flags).err(),
+                Some(Errno::XDEV),
+                "{path:?}"
+            );
+        }
+        assert_eq!(
+            walk_beneath(&root, b"a/none", dir).err(),
+            Some(Errno::NOENT)
+        );
+        assert_eq!(
+            walk_beneath(&root, b"a/file/x", dir).err(),
+            Some(Errno::NOTDIR)
+        );
+    }
 }

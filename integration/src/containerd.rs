@@ -668,7 +668,11 @@ fn write_config(
             .unwrap_or_default(),
     )?;
     if let Some(name) = &options.cri_snapshotter {
-        set(&mut config, &key_path(&images, "snapshotter"), name.as_str())?;
+        set(
+            &mut config,
+            &key_path(&images, "snapshotter"),
+            name.as_str(),
+        )?;
     }
     if version.is_2x() {
         // `disable_snapshot_annotations = false` makes 2.1+ CRI fall back to

@@ -19,7 +19,10 @@ fn main() -> Result<()> {
         "usage: containerd-config [--cri-snapshotter NAME] DIR SNAPSHOTTER_SOCKET [HOSTS_DIR]";
     let mut args: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
     let mut cri_snapshotter = None;
-    if args.first().is_some_and(|a| a.as_os_str() == "--cri-snapshotter") {
+    if args
+        .first()
+        .is_some_and(|a| a.as_os_str() == "--cri-snapshotter")
+    {
         if args.len() < 2 {
             bail!(USAGE);
         }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use airgap_snapshotter::catalog::reference::Reference;
-use airgap_snapshotter::config::{Config, MirrorListen, ServeArgs};
+use airgap_snapshotter::config::{Config, Listen, ServeArgs};
 use airgap_snapshotter::doctor::{
     config_file, hosts, images, probe, upstream, Check, ImageStatus, Report, Status,
 };
@@ -95,11 +95,11 @@ pub fn run(args: DoctorArgs) -> Result<ExitCode> {
     }
     let hosts_dir = hosts_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_HOSTS_DIR));
     let mirror_url = match config.mirror_listen {
-        MirrorListen::Off => None,
-        MirrorListen::Addr(a) => Some(format!("http://{a}")),
+        Listen::Off => None,
+        Listen::Addr(a) => Some(format!("http://{a}")),
     };
     checks.extend(hosts::check(&hosts_dir, mirror_url.as_deref()));
-    if let MirrorListen::Addr(a) = config.mirror_listen {
+    if let Listen::Addr(a) = config.mirror_listen {
         checks.push(probe::mirror(a));
     }
     checks.push(probe::overlayfs());

@@ -41,6 +41,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
+source "$repo/scripts/lib/private-apt.sh"
 cache=${AIRGAP_CONFORMANCE2_CACHE:-/var/cache/airgap-snapshotter/containerd-go}
 dist=${AIRGAP_CONFORMANCE2_SUITE:-sid}
 mirror=${AIRGAP_DEBIAN_MIRROR:-http://deb.debian.org/debian}
@@ -81,18 +82,8 @@ fi
 
 root=$cache/root
 apt=$cache/.apt/$dist
-opts=(
-    -o "Dir::Etc::sourcelist=$apt/sources.list"
-    -o "Dir::Etc::sourceparts=$apt/empty.d"
-    -o "Dir::State::Lists=$apt/lists"
-    -o "Dir::Cache=$apt/cache"
-    -o "Dir::Etc::preferencesparts=$apt/empty.d"
-    -o "Dir::Etc::preferences=/dev/null"
-    # what this machine has installed must not be the candidate
-    -o "Dir::State::status=/dev/null"
-    -o "APT::Get::List-Cleanup=0"
-    -o "Acquire::Retries=2"
-)
+private_apt_opts "$apt"
+opts=("${apt_opts[@]}")
 
 # goroot DIR: the Go toolchain unpacked in DIR (usr/lib/go-1.N), newest first.
 goroot() {

@@ -20,6 +20,7 @@
 #
 #   scripts/fetch-containerd.sh [--refresh] [SUITE...]
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib/private-apt.sh"
 
 cache=${AIRGAP_CONTAINERD_CACHE:-/var/cache/airgap-snapshotter/containerd}
 mirror=${AIRGAP_DEBIAN_MIRROR:-http://deb.debian.org/debian}
@@ -69,18 +70,8 @@ fetch() {
     local apt=$cache/.apt/$suite
     mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$apt/download" "$apt/empty.d"
     printf 'deb [signed-by=%s] %s %s main\n' "$keyring" "$mirror" "$suite" >"$apt/sources.list"
-    local opts=(
-        -o "Dir::Etc::sourcelist=$apt/sources.list"
-        -o "Dir::Etc::sourceparts=$apt/empty.d"
-        -o "Dir::State::Lists=$apt/lists"
-        -o "Dir::Cache=$apt/cache"
-        -o "Dir::Etc::preferencesparts=$apt/empty.d"
-        -o "Dir::Etc::preferences=/dev/null"
-        # what this machine has installed must not be the candidate
-        -o "Dir::State::status=/dev/null"
-        -o "APT::Get::List-Cleanup=0"
-        -o "Acquire::Retries=2"
-    )
+    private_apt_opts "$apt"
+    local opts=("${apt_opts[@]}")
     log "$suite: apt-get update (private lists in $apt)"
     # --error-on=any: a mirror that cannot be reached is an error, not a
     # warning over stale (or no) lists.

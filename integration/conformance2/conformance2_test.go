@@ -136,7 +136,8 @@ func newAirgapSnapshotter(ctx context.Context, root string) (snapshots.Snapshott
 		"--root", filepath.Join(root, "state"),
 		"--socket", socket,
 		"--archives", filepath.Join(root, "archives"),
-		"--mirror-listen", "off")
+		"--mirror-listen", "off",
+		"--metrics-listen", "off")
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	if err := cmd.Start(); err != nil {

@@ -1,4 +1,4 @@
-//! Compiles containerd's snapshots API (`proto/`) with `protox`, so building
+//! Compiles containerd's snapshots, content, images and leases APIs (`proto/`) with `protox`, so building
 //! needs no system `protoc`, and records what `--version` prints: the target
 //! triple and the git commit (`AIRGAP_BUILD_TARGET`, `AIRGAP_BUILD_COMMIT`).
 
@@ -13,7 +13,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_root = manifest_dir.join("../proto").canonicalize()?;
     let files = [
         "containerd/types/mount.proto",
+        "containerd/types/descriptor.proto",
         "containerd/services/snapshots/v1/snapshots.proto",
+        "containerd/services/content/v1/content.proto",
+        "containerd/services/images/v1/images.proto",
+        "containerd/services/leases/v1/leases.proto",
     ];
     for file in &files {
         println!("cargo:rerun-if-changed={}", proto_root.join(file).display());

@@ -289,7 +289,7 @@ start_daemon() { # KIND ROOT
     mkdir -p "$root" "$work/run"
     rm -f "$work/run/snap.sock"
     RUST_LOG=info NO_COLOR=1 "$bin" serve --root "$root" --socket "$work/run/snap.sock" \
-        --archives "$work/archives-$kind" --mirror-listen "127.0.0.1:$mirror_port" --metrics-listen off >>"$root.log" 2>&1 &
+        --archives "$work/archives-$kind" --mirror-listen "127.0.0.1:$mirror_port" --metrics-listen off --import-mode off >>"$root.log" 2>&1 &
     daemon_pid=$!
     pids+=("$daemon_pid")
     wait_for "the daemon's socket" 60 python3 -c "import socket,sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])" "$work/run/snap.sock"

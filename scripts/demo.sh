@@ -164,7 +164,7 @@ elapsed() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f s", b - a 
 say "starting airgap-snapshotter (snapshotter on $sock, mirror on $mirror)"
 step=$(date +%s.%N)
 "$bin" serve --root "$work/airgap/root" --socket "$sock" --archives "$archives" \
-    --mirror-listen "$mirror" >"$work/airgap.log" 2>&1 &
+    --mirror-listen "$mirror" --metrics-listen off --import-mode off >"$work/airgap.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do [[ -S $sock ]] && break; sleep 0.1; done
 [[ -S $sock ]] || { cat "$work/airgap.log"; echo "daemon did not start" >&2; exit 1; }

@@ -54,7 +54,7 @@ func newSnapshotter(ctx context.Context, root string) (snapshots.Snapshotter, fu
 		"--socket", socket,
 		"--archives", filepath.Join(root, "archives"),
 		"--mirror-listen", "off",
-		"--metrics-listen", "off")
+		"--metrics-listen", "off", "--import-mode", "off")
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	if err := cmd.Start(); err != nil {

@@ -137,7 +137,7 @@ func newAirgapSnapshotter(ctx context.Context, root string) (snapshots.Snapshott
 		"--socket", socket,
 		"--archives", filepath.Join(root, "archives"),
 		"--mirror-listen", "off",
-		"--metrics-listen", "off")
+		"--metrics-listen", "off", "--import-mode", "off")
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	if err := cmd.Start(); err != nil {

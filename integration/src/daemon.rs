@@ -96,7 +96,9 @@ impl Daemon {
     /// Like [`Daemon::start_with_archives`], with extra `serve` arguments
     /// (e.g. `["--mirror-listen", "127.0.0.1:5000"]`, `["--config", FILE]`).
     /// Without a `--mirror-listen` among them, the mirror is off; without a
-    /// `--metrics-listen`, so are the metrics (daemons run side by side).
+    /// `--metrics-listen`, so are the metrics (daemons run side by side);
+    /// without `--containerd-address` or `--import-mode`, registration
+    /// into containerd is off.
     pub fn start_with_args(files: &[&Path], args: &[&str]) -> Result<Self> {
         let dir = TestDir::new("daemon")?;
         let archives = dir.path().join("archives");
@@ -116,6 +118,14 @@ impl Daemon {
         }
         if !args.iter().any(|a| a.starts_with("--metrics-listen")) {
             extra_args.extend(["--metrics-listen".to_string(), "off".to_string()]);
+        }
+        // Registration into containerd only where a test points it at its
+        // own containerd: never the machine's.
+        if !args
+            .iter()
+            .any(|a| a.starts_with("--import-mode") || a.starts_with("--containerd-address"))
+        {
+            extra_args.extend(["--import-mode".to_string(), "off".to_string()]);
         }
         let mut this = Self {
             proc: None,

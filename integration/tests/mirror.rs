@@ -284,7 +284,8 @@ impl MirrorDaemon {
                 .arg("--mirror-listen")
                 .arg(format!("127.0.0.1:{port}"))
                 .arg("--metrics-listen")
-                .arg("off"),
+                .arg("off")
+                .args(["--import-mode", "off"]),
             &log,
         )?;
         let s = socket.clone();

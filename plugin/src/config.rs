@@ -9,6 +9,13 @@
 //! mirror_allow_non_loopback = false  # true to let the mirror (and metrics) bind a non-loopback address
 //! metrics_listen = "127.0.0.1:5051"  # Prometheus `GET /metrics`, or "off"
 //! cache_bytes = "10GiB"              # or a number of bytes
+//! containerd_address = "/run/containerd/containerd.sock"
+//!
+//! # Archived images registered in containerd before anyone pulls them.
+//! [import]
+//! namespaces = ["k8s.io"]
+//! mode = "lazy"                      # "eager", or "off"
+//! snapshotter = "airgap"             # the [proxy_plugins] name
 //!
 //! # What the archives lack is fetched from these registries (first match
 //! # of `registry`, then `*`).
@@ -28,11 +35,17 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub use crate::import::ImportMode;
+
 pub const DEFAULT_ROOT: &str = "/var/lib/airgap-snapshotter";
 pub const DEFAULT_SOCKET: &str = "/run/airgap-snapshotter/snapshotter.sock";
 pub const DEFAULT_ARCHIVES: &str = "/var/lib/airgap-snapshotter/archives";
 pub const DEFAULT_MIRROR_LISTEN: &str = "127.0.0.1:5050";
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:5051";
+pub const DEFAULT_CONTAINERD_ADDRESS: &str = "/run/containerd/containerd.sock";
+pub const DEFAULT_IMPORT_NAMESPACE: &str = "k8s.io";
+/// The proxy plugin name the wiring (`config`) gives this snapshotter.
+pub const DEFAULT_SNAPSHOTTER: &str = "airgap";
 /// 10 GiB of decompressed layers.
 pub const DEFAULT_CACHE_BYTES: u64 = 10 << 30;
 
@@ -71,6 +84,42 @@ pub struct ServeArgs {
     /// KiB.. are binary) [default: 10GiB].
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     pub cache_bytes: Option<u64>,
+    /// containerd's gRPC socket: archived images are registered there
+    /// [default: /run/containerd/containerd.sock].
+    #[arg(long, value_name = "SOCK")]
+    pub containerd_address: Option<PathBuf>,
+    /// containerd namespace to register archived images in; repeat for
+    /// several [default: k8s.io].
+    #[arg(long = "import-namespace", value_name = "NS")]
+    pub import_namespaces: Vec<String>,
+    /// How registered layers get their data: `lazy` (on first use),
+    /// `eager` (extracted in the background at once) or `off` (no
+    /// registration) [default: lazy].
+    #[arg(long, value_name = "MODE")]
+    pub import_mode: Option<ImportMode>,
+}
+
+/// The `[import]` table: archived images registered in containerd before
+/// anyone pulls them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImportConfig {
+    /// containerd namespaces to register in (`k8s.io` is CRI's).
+    pub namespaces: Vec<String>,
+    pub mode: ImportMode,
+    /// The name containerd's config gives this snapshotter
+    /// (`[proxy_plugins.<name>]`).
+    pub snapshotter: String,
+}
+
+impl Default for ImportConfig {
+    fn default() -> Self {
+        ImportConfig {
+            namespaces: vec![DEFAULT_IMPORT_NAMESPACE.to_string()],
+            mode: ImportMode::Lazy,
+            snapshotter: DEFAULT_SNAPSHOTTER.to_string(),
+        }
+    }
 }
 
 /// The daemon's configuration. Every field has a default; a TOML file may
@@ -107,6 +156,9 @@ pub struct Config {
     /// Registries the mirror fetches from what the archives lack
     /// (`[[upstream]]` tables).
     pub upstream: Vec<UpstreamConfig>,
+    /// containerd's gRPC socket, where archived images are registered.
+    pub containerd_address: PathBuf,
+    pub import: ImportConfig,
 }
 
 /// One `[[upstream]]` table: where images of `registry` are fetched from
@@ -168,6 +220,8 @@ impl Default for Config {
             metrics_listen: Listen::Addr(DEFAULT_METRICS_LISTEN.parse().expect("valid")),
             cache_bytes: DEFAULT_CACHE_BYTES,
             upstream: Vec::new(),
+            containerd_address: PathBuf::from(DEFAULT_CONTAINERD_ADDRESS),
+            import: ImportConfig::default(),
         }
     }
 }
@@ -213,6 +267,15 @@ impl<'de> Deserialize<'de> for Listen {
             .parse()
             .map_err(serde::de::Error::custom)
     }
+}
+
+/// containerd's namespace rule (`namespaces.Validate`): labels of letters
+/// and digits joined by single `.`, `_` or `-`, at most 76 bytes.
+fn valid_namespace(s: &str) -> bool {
+    s.len() <= 76
+        && !s.is_empty()
+        && s.split(['.', '_', '-'])
+            .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
 /// Parses a byte count: `1048576`, `512M`, `512MiB`, `10G` (units binary).
@@ -295,6 +358,15 @@ impl Config {
         if let Some(c) = args.cache_bytes {
             config.cache_bytes = c;
         }
+        if let Some(a) = &args.containerd_address {
+            config.containerd_address = a.clone();
+        }
+        if !args.import_namespaces.is_empty() {
+            config.import.namespaces = args.import_namespaces.clone();
+        }
+        if let Some(m) = args.import_mode {
+            config.import.mode = m;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -313,6 +385,26 @@ impl Config {
     /// Checks what serde cannot, naming the field that is wrong.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |field, reason: String| Err(ConfigError::Invalid { field, reason });
+        if self.import.mode != ImportMode::Off {
+            if self.import.namespaces.is_empty() {
+                return invalid(
+                    "import.namespaces",
+                    "empty: name at least one namespace, or set import.mode = \"off\"".into(),
+                );
+            }
+            if let Some(bad) = self.import.namespaces.iter().find(|n| !valid_namespace(n)) {
+                return invalid(
+                    "import.namespaces",
+                    format!("{bad:?} is not a containerd namespace (letters and digits, separated by single . _ or -)"),
+                );
+            }
+            if !valid_namespace(&self.import.snapshotter) {
+                return invalid(
+                    "import.snapshotter",
+                    format!("{:?} is not a snapshotter name", self.import.snapshotter),
+                );
+            }
+        }
         if !self.root.is_absolute() {
             return invalid(
                 "root",

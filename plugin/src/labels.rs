@@ -21,3 +21,22 @@ pub const REMOTE_LAYER: &str = "containerd.io/snapshot/airgap.layer-digest";
 pub const CONTAINERD_IMAGE_NAME: &str = "io.containerd.image.name";
 /// OCI image layout ref name annotation (a tag, or a full reference).
 pub const OCI_REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+/// On Prepare, from the importer: register the layer without extracting it
+/// (`lazy`: materialized on first use; `eager`: extracted in the background
+/// at once). Kept on the committed snapshot while its data is not there yet.
+pub const AIRGAP_IMPORT: &str = "containerd.io/snapshot/airgap.import";
+
+/// On image records the importer creates: the archive they come from.
+pub const AIRGAP_ARCHIVE: &str = "io.airgap-snapshotter.archive";
+/// CRI's marks on the image records it creates, and on pinned ones
+/// (kubelet's image garbage collection leaves pinned images alone).
+pub const CRI_IMAGE: &str = "io.cri-containerd.image";
+pub const CRI_PINNED: &str = "io.cri-containerd.pinned";
+
+/// containerd's garbage-collection references, as its pull and unpack write
+/// them on content: an index to its manifests (`.m.<i>`), a manifest to its
+/// config and layers (`.config`, `.l.<i>`), a config to the unpacked
+/// snapshot of its top layer (`.snapshot.<snapshotter>`).
+pub const GC_REF_CONTENT: &str = "containerd.io/gc.ref.content";
+pub const GC_REF_SNAPSHOT: &str = "containerd.io/gc.ref.snapshot";

@@ -25,6 +25,9 @@ enum Command {
     Serve(ServeArgs),
     /// List the images the archives hold, one row per image name.
     Images(commands::images::ImagesArgs),
+    /// Register the archives' images in containerd once (the daemon keeps
+    /// them registered in the background), then exit.
+    Import(commands::import::ImportArgs),
     /// Check every digest and diffID of the archives.
     Verify(commands::verify::VerifyArgs),
     /// Write a seekable airgap archive of the given images.
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
     let result = match args.command {
         Command::Serve(serve) => commands::serve::run(serve),
         Command::Images(a) => commands::images::run(a),
+        Command::Import(a) => commands::import::run(a),
         Command::Verify(a) => commands::verify::run(a),
         Command::Pack(a) => commands::pack::run(a),
         Command::Config(a) => commands::config::run(a),

@@ -100,6 +100,14 @@ pub fn platform() -> String {
     format!("linux/{arch}")
 }
 
+/// Whether an archived platform serves a node of `platform`
+/// (`linux/arm64` matches `linux/arm64/v8`, as containerd's matcher does).
+pub fn platform_matches(archived: &str, platform: &str) -> bool {
+    archived == platform
+        || archived.starts_with(&format!("{platform}/"))
+        || platform.starts_with(&format!("{archived}/"))
+}
+
 /// A value the wiring sets in containerd's config.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SettingValue {

@@ -46,7 +46,7 @@ def main():
     with open(root + ".log", "ab") as log:
         t0 = time.monotonic()
         proc = subprocess.Popen([binary, "serve", "--root", root, "--socket", sock, "--archives", archives,
-                                 "--mirror-listen", mirror, "--metrics-listen", "off"], stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env)
+                                 "--mirror-listen", mirror, "--metrics-listen", "off", "--import-mode", "off"], stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env)
     try:
         deadline = t0 + 600
         socket_ms = None

@@ -61,7 +61,7 @@ mod store;
 pub mod verify;
 pub mod watch;
 
-pub use index::{ArchiveIndex, FileKey, ImageEntry, IndexError};
+pub use index::{ArchiveIndex, FileKey, ImageEntry, IndexError, ManifestEntry};
 pub use store::{Archive, BlobError, Catalog, CatalogError, CatalogOptions, ImageInfo, ScanReport};
 
 #[cfg(test)]

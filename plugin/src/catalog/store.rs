@@ -12,7 +12,9 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 
 use super::container::{self, Container};
-use super::index::{index_archive, ArchiveIndex, FileKey, ImageEntry, LayerEntry, INDEX_FORMAT};
+use super::index::{
+    index_archive, ArchiveIndex, FileKey, ImageEntry, LayerEntry, ManifestEntry, INDEX_FORMAT,
+};
 use super::{LayerRef, LayerSource};
 use crate::blob::{BlobReader, FileRange, SeekableRange, SequentialReader, Stats, VerifyingReader};
 use crate::cache::LayerCache;
@@ -165,6 +167,12 @@ impl BadCopies {
     }
 }
 
+/// k3s keeps image lists (`*.txt`) beside its archives: they are read as
+/// lists ([`Catalog::image_lists`]), never indexed as archives.
+fn is_image_list(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "txt")
+}
+
 /// True for the errors that say a copy's bytes are wrong (a digest or
 /// length mismatch, a corrupt compressed stream, an archive changed since it
 /// was indexed), as opposed to a failure to read them at all.
@@ -189,6 +197,9 @@ pub struct Catalog {
     /// Set once the first scan has finished: lookups wait for it, so a pull
     /// that starts while the archives are first indexed finds them.
     scanned: (Mutex<bool>, Condvar),
+    /// Bumped whenever a scan changes what the archives hold (the
+    /// importer follows it).
+    changes: tokio::sync::watch::Sender<u64>,
     _cache_tmp: Option<tempfile::TempDir>,
 }
 
@@ -242,6 +253,7 @@ impl Catalog {
             bad: Arc::default(),
             decompressed: Mutex::default(),
             scanned: (Mutex::new(false), Condvar::new()),
+            changes: tokio::sync::watch::Sender::new(0),
             _cache_tmp: tmp,
         });
         Ok(catalog)
@@ -290,7 +302,7 @@ impl Catalog {
                 let Ok(meta) = fs::metadata(&path) else {
                     continue;
                 };
-                if hidden || !meta.is_file() {
+                if hidden || !meta.is_file() || is_image_list(&path) {
                     continue;
                 }
                 seen.insert(path.clone());
@@ -373,10 +385,15 @@ impl Catalog {
         let (archives, images) = (state.archives.len(), state.names.len());
         drop(state);
         let mut scanned = self.scanned.0.lock().unwrap();
-        if !*scanned {
+        let first = !*scanned;
+        if first {
             *scanned = true;
             self.scanned.1.notify_all();
             tracing::info!(archives, images, "archives scanned");
+        }
+        drop(scanned);
+        if first || !report.indexed.is_empty() || !report.removed.is_empty() {
+            self.changes.send_modify(|generation| *generation += 1);
         }
         report
     }
@@ -468,6 +485,57 @@ impl Catalog {
             })
             .collect();
         out.sort_by(|a, b| a.entry.name.cmp(&b.entry.name));
+        out
+    }
+
+    /// Follows changes to what the archives hold: the value is bumped after
+    /// each scan that indexed or forgot an archive (and after the first).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// The platform manifest `digest` of an archived image.
+    pub fn manifest(&self, digest: &Digest) -> Option<ManifestEntry> {
+        let state = self.ready_state();
+        state
+            .archives
+            .values()
+            .find_map(|a| a.index.manifests.iter().find(|m| m.digest == *digest))
+            .cloned()
+    }
+
+    /// The references listed in the image lists (`*.txt`, k3s's habit) of
+    /// the archive directories, each once, with the file naming it. Lines
+    /// are references; blank lines and `#` comments are skipped.
+    pub fn image_lists(&self) -> Vec<(String, PathBuf)> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for dir in &self.opts.dirs {
+            let Ok(entries) = fs::read_dir(dir) else {
+                continue;
+            };
+            let mut lists: Vec<PathBuf> = entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| is_image_list(p) && p.is_file())
+                .collect();
+            lists.sort();
+            for list in lists {
+                let text = match fs::read_to_string(&list) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::warn!(list = %list.display(), error = %e, "cannot read image list");
+                        continue;
+                    }
+                };
+                for line in text.lines() {
+                    let line = line.split('#').next().unwrap_or("").trim();
+                    if !line.is_empty() && seen.insert(line.to_string()) {
+                        out.push((line.to_string(), list.clone()));
+                    }
+                }
+            }
+        }
         out
     }
 

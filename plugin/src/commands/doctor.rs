@@ -33,13 +33,6 @@ pub struct DoctorArgs {
         default_value = "/etc/containerd/config.toml"
     )]
     pub containerd_config: PathBuf,
-    /// containerd's gRPC socket.
-    #[arg(
-        long,
-        value_name = "SOCK",
-        default_value = "/run/containerd/containerd.sock"
-    )]
-    pub containerd_address: PathBuf,
     /// The registry hosts directory [default: CRI's config_path in the
     /// containerd config, else /etc/containerd/certs.d].
     #[arg(long, value_name = "DIR")]
@@ -72,7 +65,7 @@ pub fn run(args: DoctorArgs) -> Result<ExitCode> {
     let checks = &mut report.checks;
 
     checks.push(probe::daemon_socket(&config.socket));
-    checks.extend(probe::containerd(&args.ctr, &args.containerd_address));
+    checks.extend(probe::containerd(&args.ctr, &config.containerd_address));
 
     let file = &args.containerd_config;
     let mut hosts_dir = args.hosts_dir.clone();

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod doctor;
 pub mod images;
+pub mod import;
 pub mod pack;
 pub mod serve;
 pub mod verify;

@@ -17,6 +17,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 use airgap_snapshotter::catalog::{Catalog, CatalogOptions, LayerSource};
 use airgap_snapshotter::config::{Config, Listen, ServeArgs};
+use airgap_snapshotter::import::{ImportMode, ImportOptions, Importer};
 use airgap_snapshotter::mirror::Mirror;
 use airgap_snapshotter::registry::Upstreams;
 use airgap_snapshotter::snapshot::service::SnapshotService;
@@ -70,6 +71,7 @@ async fn serve(
     let upstreams = Upstreams::new(&config.upstream).context("set up the upstream registries")?;
     let mirror = Mirror::new(catalog.clone(), upstreams);
     let metrics_catalog = catalog.clone();
+    let import_catalog = catalog.clone();
     let source: Option<Arc<dyn LayerSource>> = Some(catalog);
 
     let root = config.root.clone();
@@ -127,12 +129,18 @@ async fn serve(
         ))
     });
 
+    let import_stop = stop_rx.clone();
     let server = tonic::transport::Server::builder()
         .add_service(SnapshotService::new(snapshotter).into_server())
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped(stop_rx));
     // Every socket is bound (connections queue until the servers accept
     // them): containerd, ordered after this unit, may start.
     tell_systemd(systemd::READY);
+    // Registration waits for containerd, which waits for this daemon.
+    let import_task = (config.import.mode != ImportMode::Off).then(|| {
+        let importer = Importer::new(import_catalog, ImportOptions::from_config(&config));
+        tokio::spawn(importer.run(import_stop))
+    });
     let result = server.await;
     if let Err(err) = fs::remove_file(&config.socket) {
         tracing::warn!(socket = %config.socket.display(), error = %err, "could not remove socket");
@@ -149,6 +157,12 @@ async fn serve(
                 tracing::warn!("registry mirror transfers still running at shutdown; cut off");
                 task.abort();
             }
+        }
+    }
+    if let Some(task) = import_task {
+        // Between calls it stops at once; a call in flight has its timeout.
+        if tokio::time::timeout(std::time::Duration::from_secs(2), task).await.is_err() {
+            tracing::debug!("registration still running at shutdown; cut off");
         }
     }
     if let Some(task) = metrics_task {

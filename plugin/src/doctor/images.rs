@@ -62,14 +62,6 @@ fn kubekey_images(text: &str) -> Vec<String> {
     out
 }
 
-/// Whether an archived platform serves a node of `platform`
-/// (`linux/arm64` matches `linux/arm64/v8`).
-fn platform_matches(archived: &str, platform: &str) -> bool {
-    archived == platform
-        || archived.starts_with(&format!("{platform}/"))
-        || platform.starts_with(&format!("{archived}/"))
-}
-
 /// Where each reference stands: `images` is what the catalog holds
 /// (`Catalog::images`), `platform` this node's.
 pub fn classify(refs: &[String], images: &[ImageInfo], platform: &str) -> Vec<ImageReport> {
@@ -96,7 +88,7 @@ pub fn classify(refs: &[String], images: &[ImageInfo], platform: &str) -> Vec<Im
                         .entry
                         .platforms
                         .iter()
-                        .any(|p| platform_matches(p, platform))
+                        .any(|p| crate::setup::platform_matches(p, platform))
                     {
                         ImageStatus::Present
                     } else {

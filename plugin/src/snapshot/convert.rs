@@ -90,6 +90,7 @@ mod tests {
                     nanos: 999_999_999,
                 },
                 usage: Usage::default(),
+                pending: None,
             },
         };
         let api = api::Info::from(info);

@@ -83,6 +83,11 @@ pub struct Record {
     /// Measured at commit; zero for active and view snapshots.
     #[serde(default)]
     pub usage: Usage,
+    /// Committed by the importer without its data: the chain ID of the
+    /// archived layer its directory is to be filled from before first use
+    /// (`snapshot::remote::lazy`). Not a label, so no label update can lose it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<String>,
 }
 
 /// A snapshot as the API shows it: its name and record.
@@ -338,6 +343,7 @@ impl WriteTxn {
             created: now,
             updated: now,
             usage,
+            pending: None,
         };
         table.insert(key, encode(&record).as_slice())?;
         if let Some(&pid) = parent_ids.first() {
@@ -415,6 +421,22 @@ impl WriteTxn {
             }
         }
         table.remove(key)?;
+        Ok(record)
+    }
+
+    /// Marks the committed snapshot `name` as waiting for its data (`Some`
+    /// chain ID), or as filled (`None`, with its measured usage).
+    pub fn set_pending(
+        &self,
+        name: &str,
+        pending: Option<String>,
+        usage: Usage,
+    ) -> Result<Record, SnapshotError> {
+        let mut table = self.txn.open_table(SNAPSHOTS)?;
+        let mut record = require(&table, name)?;
+        record.pending = pending;
+        record.usage = usage;
+        table.insert(name, encode(&record).as_slice())?;
         Ok(record)
     }
 

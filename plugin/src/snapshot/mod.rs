@@ -34,22 +34,9 @@ pub mod service;
 #[cfg(test)]
 pub(crate) mod test_support;
 
-/// containerd's snapshots API, compiled from `proto/` by `build.rs`.
-pub mod proto {
-    #![allow(clippy::all, clippy::pedantic, missing_docs)]
-    pub mod containerd {
-        pub mod types {
-            tonic::include_proto!("containerd.types");
-        }
-        pub mod services {
-            pub mod snapshots {
-                pub mod v1 {
-                    tonic::include_proto!("containerd.services.snapshots.v1");
-                }
-            }
-        }
-    }
-}
+/// containerd's API (crate-level [`crate::proto`]), where the snapshot
+/// modules have always found it.
+pub use crate::proto;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
@@ -149,6 +136,15 @@ pub trait SnapshotApi: Send + Sync + 'static {
     ) -> impl Future<Output = Option<SnapshotError>> + Send {
         let _ = (key, parent, labels);
         async { None }
+    }
+
+    /// Work before a snapshot's data is used (a Prepare or View on `name`,
+    /// the Mounts of a snapshot whose chain holds it): imported layers
+    /// committed without data are filled first (`remote/lazy.rs`). Nothing
+    /// by default.
+    fn before_use(self: &Arc<Self>, name: &str) -> impl Future<Output = Result<(), SnapshotError>> + Send {
+        let _ = name;
+        async { Ok(()) }
     }
 }
 
@@ -315,6 +311,19 @@ impl Snapshotter {
             self.discard(dir)?;
         }
         fs::rename(built, dir).map_err(|e| SnapshotError::io("rename into place", dir, e))
+    }
+
+    /// An empty snapshot directory (`fs/` only) at `dir`, for a layer
+    /// committed before its data is there. Called with the write
+    /// transaction open, as [`Snapshotter::install`].
+    pub(crate) fn install_empty(&self, dir: &Path) -> Result<(), SnapshotError> {
+        if fs::symlink_metadata(dir).is_ok() {
+            tracing::warn!(path = %dir.display(), "replacing orphaned snapshot directory");
+            self.discard(dir)?;
+        }
+        mkdir(dir, 0o700)?;
+        mkdir(&dir.join("fs"), 0o755)?;
+        sync_dir(dir)
     }
 
     /// Moves `path` into the trash (instantly), then deletes it.
@@ -486,6 +495,11 @@ impl SnapshotApi for Snapshotter {
         labels: &HashMap<String, String>,
     ) -> impl Future<Output = Option<SnapshotError>> + Send {
         remote::prepare(self, key, parent, labels)
+    }
+
+    fn before_use(self: &Arc<Self>, name: &str) -> impl Future<Output = Result<(), SnapshotError>> + Send {
+        let (sn, name) = (self.clone(), name.to_string());
+        async move { remote::materialize(&sn, &name).await }
     }
 }
 

@@ -59,6 +59,17 @@ impl<S: SnapshotApi> SnapshotService<S> {
     }
 }
 
+impl<S: SnapshotApi> SnapshotService<S> {
+    /// [`SnapshotApi::before_use`] of `name`, inside the RPC's span.
+    async fn before_use(&self, op: &'static str, span: &Span, name: &str) -> Result<(), Status> {
+        self.sn
+            .before_use(name)
+            .instrument(span.clone())
+            .await
+            .map_err(|e| status(op, e))
+    }
+}
+
 /// Logs what the client will not see in detail, then converts.
 fn status(op: &'static str, err: SnapshotError) -> Status {
     match &err {
@@ -98,6 +109,7 @@ impl<S: SnapshotApi> api::snapshots_server::Snapshots for SnapshotService<S> {
         if let Some(answer) = remote.instrument(span.clone()).await {
             return Err(status("prepare", answer));
         }
+        self.before_use("prepare", &span, &r.parent).await?;
         let mounts = self
             .call("prepare", span, move |sn| {
                 sn.prepare(&r.key, &r.parent, r.labels)
@@ -113,6 +125,7 @@ impl<S: SnapshotApi> api::snapshots_server::Snapshots for SnapshotService<S> {
     ) -> Result<Response<api::ViewSnapshotResponse>, Status> {
         let r = request.into_inner();
         let span = tracing::info_span!("view", key = %r.key, parent = %r.parent);
+        self.before_use("view", &span, &r.parent).await?;
         let mounts = self
             .call("view", span, move |sn| sn.view(&r.key, &r.parent, r.labels))
             .await?;
@@ -126,6 +139,7 @@ impl<S: SnapshotApi> api::snapshots_server::Snapshots for SnapshotService<S> {
     ) -> Result<Response<api::MountsResponse>, Status> {
         let r = request.into_inner();
         let span = tracing::debug_span!("mounts", key = %r.key);
+        self.before_use("mounts", &span, &r.key).await?;
         let mounts = self
             .call("mounts", span, move |sn| sn.mounts(&r.key))
             .await?;

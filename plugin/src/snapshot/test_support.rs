@@ -218,6 +218,7 @@ impl FakeSnapshotter {
             created: now,
             updated: now,
             usage: Usage::default(),
+            pending: None,
         };
         snapshots.insert(key.to_string(), record);
         Ok(vec![Mount {

@@ -23,6 +23,7 @@
 //! (one extraction per chain ID) and cleans it up; `prefetch.rs` picks the
 //! other layers of an image to extract ahead of their Prepare.
 
+mod lazy;
 mod prefetch;
 mod staging;
 #[cfg(test)]
@@ -39,11 +40,12 @@ use tracing::Instrument;
 use crate::catalog::{LayerRef, LayerSource};
 use crate::digest::Digest;
 use crate::labels::{
-    CRI_MANIFEST_DIGEST, SNAPSHOT_DIFF_ID, SNAPSHOT_PARENT_CHAIN_ID, TARGET_SNAPSHOT_REF,
+    AIRGAP_IMPORT, CRI_MANIFEST_DIGEST, SNAPSHOT_DIFF_ID, SNAPSHOT_PARENT_CHAIN_ID, TARGET_SNAPSHOT_REF,
 };
 
 use super::meta::{clean_labels, Kind};
 use super::{blocking, remove_all, sync_dir, SnapshotError, Snapshotter};
+pub(crate) use lazy::materialize;
 use staging::{Job, StagedLayer};
 
 /// Layer extraction state shared by all requests.
@@ -161,10 +163,13 @@ pub(crate) async fn prepare(
                 return fallback("lookup_failed");
             }
         }
-        let labels = match clean_labels(labels.clone()) {
+        let mut labels = match clean_labels(labels.clone()) {
             Ok(l) => l,
             Err(_) => return fallback("bad_labels"), // the ordinary path reports it
         };
+        if let Some(mode) = labels.remove(AIRGAP_IMPORT) {
+            return Some(lazy::register(sn, &target, parent, labels, &layer, &mode).await);
+        }
 
         // This layer first: the semaphore is fair, so prefetches queue
         // behind the layer containerd is waiting for.
@@ -190,7 +195,7 @@ pub(crate) async fn prepare(
             }
         };
         let (s, t, p) = (sn.clone(), target.clone(), parent.to_string());
-        let committed = blocking(move || s.commit_staged(&t, &p, labels, staged)).await;
+        let committed = blocking(move || s.commit_staged(&t, &p, labels, Some(staged))).await;
         remote.settled(&chain_id);
         match committed {
             Ok(name) => {
@@ -278,14 +283,16 @@ impl Snapshotter {
 
     /// Records the staged layer as the committed snapshot for `target` on
     /// `parent` and moves its directory into place, in one transaction.
-    /// Returns the snapshot's name: `target` itself, unless that name is
-    /// taken (same layer on a different parent name).
+    /// Without a staged layer (an import), the snapshot is committed empty
+    /// and pending (see `lazy.rs`). Returns the snapshot's name: `target`
+    /// itself, unless that name is taken (same layer on a different parent
+    /// name).
     fn commit_staged(
         &self,
         target: &str,
         parent: &str,
         labels: std::collections::BTreeMap<String, String>,
-        staged: StagedLayer,
+        staged: Option<StagedLayer>,
     ) -> Result<String, SnapshotError> {
         let result = (|| {
             let txn = self.meta.write()?;
@@ -305,16 +312,23 @@ impl Snapshotter {
                 name = format!("{target}@{n}");
                 n += 1;
             }
-            let chain = txn.create(Kind::Committed, &name, parent, labels, staged.usage)?;
+            let usage = staged.as_ref().map(|s| s.usage).unwrap_or_default();
+            let chain = txn.create(Kind::Committed, &name, parent, labels, usage)?;
             let dir = self.layout.dir(chain.id);
-            self.install(&staged.dir, &dir)?;
+            match &staged {
+                Some(staged) => self.install(&staged.dir, &dir)?,
+                None => {
+                    self.install_empty(&dir)?;
+                    txn.set_pending(&name, Some(target.to_string()), usage)?;
+                }
+            }
             if let Err(err) = sync_dir(self.layout.snapshots_dir()).and_then(|()| txn.commit()) {
                 remove_all(&dir);
                 return Err(err);
             }
             Ok(name)
         })();
-        if result.is_err() {
+        if let (Err(_), Some(staged)) = (&result, &staged) {
             remove_all(&staged.dir);
         }
         result

@@ -1,0 +1,203 @@
+//! What should be registered: the catalog's images for this node's platform,
+//! each as the image records, documents and layers a CRI pull leaves in
+//! containerd.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use crate::catalog::reference::Reference;
+use crate::catalog::{Catalog, ImageInfo, LayerSource};
+use crate::digest::Digest;
+use crate::labels::{AIRGAP_ARCHIVE, CRI_IMAGE, CRI_PINNED, GC_REF_CONTENT, GC_REF_SNAPSHOT};
+use crate::proto::containerd::types::Descriptor;
+
+/// One archived image, ready to register.
+#[derive(Clone, Debug)]
+pub struct Registration {
+    /// The catalog's name for it (`docker.io/library/busybox:1.36`).
+    pub name: String,
+    pub archive: PathBuf,
+    /// The image records CRI keeps for a pulled image: the tag, the repo
+    /// digest (`repo@<target digest>`) and the image id (`sha256:<config>`).
+    pub records: Vec<String>,
+    /// What every record points to: the index (multi-arch images keep their
+    /// digest) or the manifest.
+    pub target: Descriptor,
+    /// Labels on every record: CRI's, the pin, the archive.
+    pub labels: HashMap<String, String>,
+    /// The small blobs to put in the content store, children first.
+    pub documents: Vec<Document>,
+    /// Chain IDs of the platform manifest's layers, bottom first.
+    pub chain: Vec<Digest>,
+}
+
+/// A blob for the content store, with the labels that keep its children.
+#[derive(Clone, Debug)]
+pub struct Document {
+    pub digest: Digest,
+    pub data: Bytes,
+    pub labels: HashMap<String, String>,
+}
+
+/// Every image of the catalog to register for `platform` (`linux/amd64`),
+/// and why the others are not (name, reason).
+pub fn plan(
+    catalog: &Catalog,
+    platform: &str,
+    snapshotter: &str,
+) -> (Vec<Registration>, Vec<(String, String)>) {
+    let mut registrations = Vec::new();
+    let mut skipped = Vec::new();
+    for image in catalog.images() {
+        match registration(catalog, &image, platform, snapshotter) {
+            Ok(r) => registrations.push(r),
+            Err(why) => skipped.push((image.entry.name.clone(), why)),
+        }
+    }
+    (registrations, skipped)
+}
+
+fn registration(
+    catalog: &Catalog,
+    image: &ImageInfo,
+    platform: &str,
+    snapshotter: &str,
+) -> Result<Registration, String> {
+    let entry = &image.entry;
+    let document = |digest: &Digest| {
+        catalog
+            .document(digest)
+            .ok_or_else(|| format!("the archive lacks document {digest}"))
+    };
+    let manifests: Vec<_> = entry
+        .manifests
+        .iter()
+        .filter_map(|d| catalog.manifest(d))
+        .collect();
+    // containerd's matcher prefers the exact platform to a variant of it.
+    let manifest = manifests
+        .iter()
+        .find(|m| m.platform == platform)
+        .or_else(|| {
+            manifests
+                .iter()
+                .find(|m| crate::setup::platform_matches(&m.platform, platform))
+        })
+        .ok_or_else(|| {
+            format!(
+                "no manifest for {platform} (archived: {})",
+                entry.platforms.join(", ")
+            )
+        })?;
+    if let Some(missing) = manifest.chain.iter().find(|c| catalog.layer(c).is_none()) {
+        return Err(format!(
+            "layer {missing} (chain ID) is not in the archive: pulled from a registry instead"
+        ));
+    }
+    let top = manifest
+        .chain
+        .last()
+        .ok_or_else(|| "the manifest has no layers".to_string())?;
+
+    let target_data = document(&entry.digest)?;
+    let manifest_data = document(&manifest.digest)?;
+    let config_data = document(&manifest.config)?;
+    let mut documents = vec![
+        Document {
+            digest: manifest.config,
+            data: config_data,
+            labels: HashMap::from([(format!("{GC_REF_SNAPSHOT}.{snapshotter}"), top.to_string())]),
+        },
+        Document {
+            digest: manifest.digest,
+            labels: children_labels(&manifest_data, &[("config", "config"), ("layers", "l")]),
+            data: manifest_data,
+        },
+    ];
+    if entry.digest != manifest.digest {
+        documents.push(Document {
+            digest: entry.digest,
+            labels: children_labels(&target_data, &[("manifests", "m")]),
+            data: target_data.clone(),
+        });
+    }
+
+    let reference = Reference::parse(&entry.name).map_err(|e| e.to_string())?;
+    let mut records = vec![manifest.config.to_string()];
+    if reference.tag.is_some() {
+        records.push(entry.name.clone());
+    }
+    records.push(format!("{}@{}", reference.repository(), entry.digest));
+
+    Ok(Registration {
+        name: entry.name.clone(),
+        archive: image.archive.clone(),
+        records,
+        target: Descriptor {
+            media_type: entry.media_type.clone(),
+            digest: entry.digest.to_string(),
+            size: target_data.len() as i64,
+            annotations: HashMap::new(),
+        },
+        labels: HashMap::from([
+            (CRI_IMAGE.to_string(), "managed".to_string()),
+            (CRI_PINNED.to_string(), "pinned".to_string()),
+            (
+                AIRGAP_ARCHIVE.to_string(),
+                image.archive.display().to_string(),
+            ),
+        ]),
+        documents,
+        chain: manifest.chain.clone(),
+    })
+}
+
+/// containerd's GC labels for the children a document names: for each
+/// `(field, label)`, a descriptor field (`config`) gives
+/// `gc.ref.content.<label>`, a list (`layers`) `gc.ref.content.<label>.<i>`.
+fn children_labels(document: &[u8], fields: &[(&str, &str)]) -> HashMap<String, String> {
+    let mut labels = HashMap::new();
+    let Ok(json) = serde_json::from_slice::<Value>(document) else {
+        return labels;
+    };
+    let digest_of = |v: &Value| v.get("digest").and_then(Value::as_str).map(str::to_string);
+    for (field, label) in fields {
+        match json.get(field) {
+            Some(Value::Array(children)) => {
+                for (i, child) in children.iter().enumerate() {
+                    if let Some(d) = digest_of(child) {
+                        labels.insert(format!("{GC_REF_CONTENT}.{label}.{i}"), d);
+                    }
+                }
+            }
+            Some(child) => {
+                if let Some(d) = digest_of(child) {
+                    labels.insert(format!("{GC_REF_CONTENT}.{label}"), d);
+                }
+            }
+            None => {}
+        }
+    }
+    labels
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gc_labels_name_every_child() {
+        let manifest = br#"{"config":{"digest":"sha256:c"},"layers":[{"digest":"sha256:a"},{"digest":"sha256:b"}]}"#;
+        let labels = children_labels(manifest, &[("config", "config"), ("layers", "l")]);
+        assert_eq!(labels["containerd.io/gc.ref.content.config"], "sha256:c");
+        assert_eq!(labels["containerd.io/gc.ref.content.l.0"], "sha256:a");
+        assert_eq!(labels["containerd.io/gc.ref.content.l.1"], "sha256:b");
+        assert_eq!(labels.len(), 3);
+        let index = br#"{"manifests":[{"digest":"sha256:m0"},{"digest":"sha256:m1"}]}"#;
+        let labels = children_labels(index, &[("manifests", "m")]);
+        assert_eq!(labels["containerd.io/gc.ref.content.m.1"], "sha256:m1");
+    }
+}

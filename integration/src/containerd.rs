@@ -102,14 +102,7 @@ impl PrivateContainerd {
             );
         }
         let run_containerd_existed = Path::new("/run/containerd").exists();
-        let proc = Proc::spawn(
-            "containerd",
-            command("containerd")
-                .arg("--config")
-                .arg(&config)
-                .args(["--log-level", "info"]),
-            &log,
-        )?;
+        let proc = spawn_containerd(&config, &log)?;
         let mut this = Self {
             proc: Some(proc),
             address,
@@ -139,6 +132,16 @@ impl PrivateContainerd {
             Ok(out.status.success())
         });
         ready.with_context(|| format!("end of {}:\n{}", log.display(), process::tail(&log, 40)))
+    }
+
+    /// Stops containerd (SIGTERM; running containers' shims stay up, as on
+    /// a node) and starts it again on the same config and state.
+    pub fn restart(&mut self) -> Result<()> {
+        if let Some(mut proc) = self.proc.take() {
+            proc.stop(process::STOP_TIMEOUT)?;
+        }
+        self.proc = Some(spawn_containerd(&self.config, &self.log)?);
+        self.wait_ready()
     }
 
     /// The gRPC socket of this containerd (for CRI clients too).
@@ -280,6 +283,17 @@ impl PrivateContainerd {
             }
         }
     }
+}
+
+fn spawn_containerd(config: &Path, log: &Path) -> Result<Proc> {
+    Proc::spawn(
+        "containerd",
+        command("containerd")
+            .arg("--config")
+            .arg(config)
+            .args(["--log-level", "info"]),
+        log,
+    )
 }
 
 impl Drop for PrivateContainerd {

@@ -187,6 +187,21 @@ impl Daemon {
         self.spawn()
     }
 
+    /// [`Daemon::restart`] with `args` added to its `serve` arguments from
+    /// now on (e.g. `--containerd-address` of a containerd started after it).
+    pub fn restart_with_args(&mut self, args: &[&str]) -> Result<()> {
+        for arg in args {
+            if arg.starts_with("--import-mode") || arg.starts_with("--containerd-address") {
+                // The harness's `--import-mode off` gives way.
+                if let Some(i) = self.extra_args.iter().position(|a| a == "--import-mode") {
+                    self.extra_args.drain(i..i + 2);
+                }
+            }
+        }
+        self.extra_args.extend(args.iter().map(|a| a.to_string()));
+        self.restart()
+    }
+
     /// Stops the daemon; it must exit cleanly on SIGTERM.
     pub fn stop(&mut self) -> Result<()> {
         if let Some(mut proc) = self.proc.take() {

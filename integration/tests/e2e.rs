@@ -1091,3 +1091,142 @@ fn hostile(test: &str, env: &mut Env, images: &Images, canary: &Path) -> Result<
     run_sample_check(env, &good.name, "e")?;
     Ok(())
 }
+
+/// Restarts the daemon pointed at the test's containerd, so that it
+/// registers the archived images there (`--import-mode MODE`).
+fn start_importing(env: &mut Env, mode: &str) -> Result<()> {
+    let address = env.containerd.address().display().to_string();
+    env.daemon
+        .restart_with_args(&["--containerd-address", &address, "--import-mode", mode])?;
+    env.containerd
+        .wait_snapshotter_reachable(Duration::from_secs(30))
+}
+
+/// Waits until CRI lists `image` (by tag), as kubelet would see it.
+fn wait_listed(env: &mut Env, image: &str) -> Result<airgap_integration::cri::v1::Image> {
+    let mut found = None;
+    process::wait_until(
+        &format!("CRI to list {image}"),
+        Duration::from_secs(60),
+        || {
+            found = env
+                .cri
+                .list_images()?
+                .into_iter()
+                .find(|i| i.repo_tags.iter().any(|t| t == image));
+            Ok(found.is_some())
+        },
+    )?;
+    Ok(found.expect("found"))
+}
+
+/// (k) An archive in the watched directory is registered in containerd
+/// with no pull at all: CRI lists and finds the image with the archive's
+/// digests, pinned; a container runs from it (its layers filled from the
+/// archive on first use), the registry sees no request; containerd's
+/// garbage collection, and a restart of both daemons, keep it; the
+/// archive deleted, it is unregistered.
+#[test]
+fn imported_image_runs_without_a_pull() {
+    let test = "import_lazy";
+    run_test(
+        test,
+        |host| Ok((vec![sample_spec(host, "imported", "v1")?.into()], vec![])),
+        import_lazy,
+    );
+}
+
+fn import_lazy(test: &str, env: &mut Env, images: &Images) -> Result<()> {
+    let image = &images.archived[0];
+    let mark = env.registry.mark();
+    eprintln!("== {test}: daemon registering into containerd");
+    start_importing(env, "lazy")?;
+    let listed = wait_listed(env, &image.name)?;
+    ensure!(
+        listed.id == image.config_digest,
+        "CRI image id {} is not the config digest {}",
+        listed.id,
+        image.config_digest
+    );
+    let repo = image.name.rsplit_once(':').context("tagged name")?.0;
+    let repo_digest = format!("{repo}@{}", image.manifest_digest);
+    ensure!(
+        listed.repo_digests.contains(&repo_digest),
+        "RepoDigests {:?} lack {repo_digest}",
+        listed.repo_digests
+    );
+    ensure!(
+        env.cri.image_status(&image.name)?.is_some(),
+        "CRI ImageStatus does not find {}",
+        image.name
+    );
+    let labels = env.containerd.ctr(&["-n", K8S_NS, "images", "ls"])?;
+    ensure!(
+        labels.contains("io.cri-containerd.pinned=pinned"),
+        "image records are not pinned:\n{labels}"
+    );
+    // Registered layers are committed but not extracted yet.
+    assert_chain_snapshots(env, image)?;
+    ensure!(
+        !env.daemon.log().contains("imported layer extracted"),
+        "lazy registration extracted layers"
+    );
+
+    eprintln!("== {test}: running a container, never pulled");
+    run_sample_check(env, &image.name, "import-first")?;
+    let fills = env.daemon.log().matches("imported layer extracted").count();
+    ensure!(
+        fills == image.chain_ids.len(),
+        "{fills} layer fills for {} layers",
+        image.chain_ids.len()
+    );
+
+    eprintln!("== {test}: containerd's garbage collection keeps it");
+    env.containerd.ctr(&["-n", K8S_NS, "content", "ls"])?;
+    let other = format!("{repo}:garbage");
+    env.containerd.ctr(&[
+        "-n",
+        K8S_NS,
+        "images",
+        "tag",
+        &image.name,
+        &other,
+    ])?;
+    env.containerd
+        .ctr(&["-n", K8S_NS, "images", "rm", "--sync", &other])?;
+    run_sample_check(env, &image.name, "import-after-gc")?;
+
+    eprintln!("== {test}: both daemons restarted");
+    env.daemon.restart()?;
+    env.containerd.restart()?;
+    env.containerd
+        .wait_snapshotter_reachable(Duration::from_secs(30))?;
+    env.cri = CriClient::connect(env.containerd.address())?;
+    let again = wait_listed(env, &image.name)?;
+    ensure!(again.id == image.config_digest, "image changed on restart");
+    run_sample_check(env, &image.name, "import-after-restart")?;
+    ensure!(
+        env.registry.access_lines().len() == mark,
+        "the registry was asked: {:?}",
+        &env.registry.access_lines()[mark..]
+    );
+
+    eprintln!("== {test}: archive deleted");
+    std::fs::remove_file(
+        env.daemon
+            .archives_dir()
+            .join(image.archive.file_name().context("archive name")?),
+    )?;
+    process::wait_until(
+        "the image to be unregistered",
+        Duration::from_secs(60),
+        || {
+            Ok(!env
+                .cri
+                .list_images()?
+                .iter()
+                .any(|i| i.repo_tags.contains(&image.name)))
+        },
+    )?;
+    Ok(())
+}

@@ -180,6 +180,28 @@ impl<'a> Namespaced<'a> {
         }
     }
 
+    /// Adds something that exists already to the current lease, so that
+    /// the garbage collector keeps it until the image records refer to it
+    /// (`kind`: `content`, or `snapshots/<snapshotter>`).
+    pub async fn lease_resource(&self, kind: &str, id: &str) -> Result<(), ImportError> {
+        let Some(lease) = self.lease else {
+            return Ok(());
+        };
+        let request = self.request(leases::AddResourceRequest {
+            id: lease.to_string(),
+            resource: Some(leases::Resource {
+                id: id.to_string(),
+                r#type: kind.to_string(),
+            }),
+        });
+        let mut client = leases::leases_client::LeasesClient::new(self.client.channel.clone());
+        client
+            .add_resource(request)
+            .await
+            .map_err(failed("leases.AddResource"))?;
+        Ok(())
+    }
+
     /// The labels of a blob in the content store, `None` when it is not there.
     pub async fn content_labels(
         &self,

@@ -298,10 +298,15 @@ impl Importer {
                     ns.write_content(&doc.digest, doc.data.clone(), doc.labels.clone())
                         .await?
                 }
-                Some(have) if doc.labels.iter().any(|(k, v)| have.get(k) != Some(v)) => {
-                    ns.label_content(&doc.digest, doc.labels.clone()).await?
+                Some(have) => {
+                    // Unreferenced content (an earlier pass that failed) may
+                    // be collected any moment: the lease holds it now.
+                    ns.lease_resource("content", &doc.digest.to_string())
+                        .await?;
+                    if doc.labels.iter().any(|(k, v)| have.get(k) != Some(v)) {
+                        ns.label_content(&doc.digest, doc.labels.clone()).await?
+                    }
                 }
-                Some(_) => {}
             }
         }
         self.register_layers(ns, registration).await?;
@@ -342,7 +347,10 @@ impl Importer {
         let mut parent = String::new();
         for chain_id in &registration.chain {
             let name = chain_id.to_string();
-            if !ns.snapshot_exists(snapshotter, &name).await? {
+            if ns.snapshot_exists(snapshotter, &name).await? {
+                ns.lease_resource(&format!("snapshots/{snapshotter}"), &name)
+                    .await?;
+            } else {
                 let key = format!("airgap-import-{}-{} {name}", unix_nanos(), std::process::id());
                 let labels = HashMap::from([
                     (TARGET_SNAPSHOT_REF.to_string(), name.clone()),
@@ -372,6 +380,11 @@ impl Importer {
         let mut changes = self.catalog.subscribe();
         let mut waiting_logged = false;
         let mut backoff = Duration::from_millis(200);
+        let wait = |backoff: &mut Duration| {
+            let sleep = tokio::time::sleep(*backoff);
+            *backoff = (*backoff * 2).min(Duration::from_secs(10));
+            sleep
+        };
         while !*shutdown.borrow() {
             let client = match Containerd::connect(&self.opts.address).await {
                 Ok(c) => c,
@@ -381,23 +394,35 @@ impl Importer {
                         waiting_logged = true;
                     }
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = wait(&mut backoff) => {}
                         _ = shutdown.changed() => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
                     continue;
                 }
             };
-            tracing::info!(address = %client.address().display(), namespaces = ?self.opts.namespaces,
-                mode = self.opts.mode.as_str(), "registering archived images in containerd");
-            backoff = Duration::from_millis(200);
-            waiting_logged = false;
+            if !waiting_logged {
+                tracing::info!(address = %client.address().display(), namespaces = ?self.opts.namespaces,
+                    mode = self.opts.mode.as_str(), "registering archived images in containerd");
+            }
             loop {
                 changes.borrow_and_update();
                 match self.pass(&client).await {
-                    Ok(report) => log_report(&report),
+                    Ok(report) => {
+                        log_report(&report);
+                        backoff = Duration::from_millis(200);
+                        waiting_logged = false;
+                    }
                     Err(e) if e.is_unavailable() => {
-                        tracing::info!(error = %e, "containerd went away; reconnecting");
+                        // containerd restarting, or not connected to this
+                        // snapshotter yet: again after a while.
+                        if !waiting_logged {
+                            tracing::info!(error = %e, "containerd or its connection to this snapshotter is not up; retrying");
+                            waiting_logged = true;
+                        }
+                        tokio::select! {
+                            _ = wait(&mut backoff) => {}
+                            _ = shutdown.changed() => return,
+                        }
                         break;
                     }
                     Err(e) => tracing::warn!(error = %e, "registration pass failed; retrying later"),

@@ -1184,14 +1184,8 @@ fn import_lazy(test: &str, env: &mut Env, images: &Images) -> Result<()> {
     eprintln!("== {test}: containerd's garbage collection keeps it");
     env.containerd.ctr(&["-n", K8S_NS, "content", "ls"])?;
     let other = format!("{repo}:garbage");
-    env.containerd.ctr(&[
-        "-n",
-        K8S_NS,
-        "images",
-        "tag",
-        &image.name,
-        &other,
-    ])?;
+    env.containerd
+        .ctr(&["-n", K8S_NS, "images", "tag", &image.name, &other])?;
     env.containerd
         .ctr(&["-n", K8S_NS, "images", "rm", "--sync", &other])?;
     run_sample_check(env, &image.name, "import-after-gc")?;

@@ -43,7 +43,9 @@ pub fn run(args: ImportArgs) -> Result<ExitCode> {
         .context("start the async runtime")?;
     let report = runtime.block_on(async {
         let client = Containerd::connect(&opts.address).await?;
-        Importer::new(Arc::clone(&catalog), opts).pass(&client).await
+        Importer::new(Arc::clone(&catalog), opts)
+            .pass(&client)
+            .await
     })?;
     for (image, why) in &report.skipped {
         println!("skipped     {image}: {why}");

@@ -161,7 +161,10 @@ async fn serve(
     }
     if let Some(task) = import_task {
         // Between calls it stops at once; a call in flight has its timeout.
-        if tokio::time::timeout(std::time::Duration::from_secs(2), task).await.is_err() {
+        if tokio::time::timeout(std::time::Duration::from_secs(2), task)
+            .await
+            .is_err()
+        {
             tracing::debug!("registration still running at shutdown; cut off");
         }
     }

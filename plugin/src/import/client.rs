@@ -149,7 +149,9 @@ impl<'a> Namespaced<'a> {
     /// A lease that expires by itself after [`LEASE_TTL`], so a crash
     /// mid-registration leaves nothing pinned for good.
     pub async fn create_lease(&self) -> Result<String, ImportError> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         let id = format!("airgap-import-{}-{}", now.as_nanos(), std::process::id());
         let expire = crate::import::rfc3339(now + LEASE_TTL);
         let request = self.request(leases::CreateRequest {
@@ -211,7 +213,9 @@ impl<'a> Namespaced<'a> {
             digest: digest.to_string(),
         });
         match self.content().info(request).await {
-            Ok(r) => Ok(Some(r.into_inner().info.map(|i| i.labels).unwrap_or_default())),
+            Ok(r) => Ok(Some(
+                r.into_inner().info.map(|i| i.labels).unwrap_or_default(),
+            )),
             Err(s) if s.code() == Code::NotFound => Ok(None),
             Err(s) => Err(failed("content.Info")(s)),
         }

@@ -218,7 +218,9 @@ impl Importer {
                 Err(e) => {
                     tracing::warn!(namespace = ns.namespace(), image = %registration.name,
                         archive = %registration.archive.display(), error = %e, "image not registered");
-                    report.failed.push((registration.name.clone(), e.to_string()));
+                    report
+                        .failed
+                        .push((registration.name.clone(), e.to_string()));
                 }
             }
         }
@@ -351,10 +353,17 @@ impl Importer {
                 ns.lease_resource(&format!("snapshots/{snapshotter}"), &name)
                     .await?;
             } else {
-                let key = format!("airgap-import-{}-{} {name}", unix_nanos(), std::process::id());
+                let key = format!(
+                    "airgap-import-{}-{} {name}",
+                    unix_nanos(),
+                    std::process::id()
+                );
                 let labels = HashMap::from([
                     (TARGET_SNAPSHOT_REF.to_string(), name.clone()),
-                    (AIRGAP_IMPORT.to_string(), self.opts.mode.as_str().to_string()),
+                    (
+                        AIRGAP_IMPORT.to_string(),
+                        self.opts.mode.as_str().to_string(),
+                    ),
                 ]);
                 let prepared = ns
                     .prepare_target(snapshotter, &key, &parent, labels)
@@ -425,7 +434,9 @@ impl Importer {
                         }
                         break;
                     }
-                    Err(e) => tracing::warn!(error = %e, "registration pass failed; retrying later"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "registration pass failed; retrying later")
+                    }
                 }
                 tokio::select! {
                     _ = changes.changed() => {}

@@ -142,7 +142,10 @@ pub trait SnapshotApi: Send + Sync + 'static {
     /// the Mounts of a snapshot whose chain holds it): imported layers
     /// committed without data are filled first (`remote/lazy.rs`). Nothing
     /// by default.
-    fn before_use(self: &Arc<Self>, name: &str) -> impl Future<Output = Result<(), SnapshotError>> + Send {
+    fn before_use(
+        self: &Arc<Self>,
+        name: &str,
+    ) -> impl Future<Output = Result<(), SnapshotError>> + Send {
         let _ = name;
         async { Ok(()) }
     }
@@ -497,7 +500,10 @@ impl SnapshotApi for Snapshotter {
         remote::prepare(self, key, parent, labels)
     }
 
-    fn before_use(self: &Arc<Self>, name: &str) -> impl Future<Output = Result<(), SnapshotError>> + Send {
+    fn before_use(
+        self: &Arc<Self>,
+        name: &str,
+    ) -> impl Future<Output = Result<(), SnapshotError>> + Send {
         let (sn, name) = (self.clone(), name.to_string());
         async move { remote::materialize(&sn, &name).await }
     }

@@ -74,10 +74,7 @@ pub(crate) async fn materialize(sn: &Arc<Snapshotter>, name: &str) -> Result<(),
     let fills = pending
         .into_iter()
         .map(|(snapshot, chain)| fill(sn, snapshot, chain));
-    futures::future::join_all(fills)
-        .await
-        .into_iter()
-        .collect()
+    futures::future::join_all(fills).await.into_iter().collect()
 }
 
 /// Extracts the layer of the pending snapshot `name` and swaps it in.

@@ -40,7 +40,8 @@ use tracing::Instrument;
 use crate::catalog::{LayerRef, LayerSource};
 use crate::digest::Digest;
 use crate::labels::{
-    AIRGAP_IMPORT, CRI_MANIFEST_DIGEST, SNAPSHOT_DIFF_ID, SNAPSHOT_PARENT_CHAIN_ID, TARGET_SNAPSHOT_REF,
+    AIRGAP_IMPORT, CRI_MANIFEST_DIGEST, SNAPSHOT_DIFF_ID, SNAPSHOT_PARENT_CHAIN_ID,
+    TARGET_SNAPSHOT_REF,
 };
 
 use super::meta::{clean_labels, Kind};

@@ -6,6 +6,7 @@ use std::time::Duration;
 use tonic::Code;
 
 use super::*;
+use crate::labels::AIRGAP_IMPORT;
 use crate::snapshot::proto::containerd::services::snapshots::v1 as api;
 use crate::snapshot::test_support::{dir_names, layer_tar, Entry, FakeSource, TestServer};
 use crate::snapshot::SnapshotApi;
@@ -475,5 +476,142 @@ async fn a_pull_after_gc_prefetches_again() {
     pull(&mut server, 2).await;
     assert_eq!(fake.opened(&layers[1].digest), 2, "extracted once per pull");
     assert!(staging_is_empty(&server));
+    server.stop().await;
+}
+
+fn import_labels(chain: &Digest, mode: &str) -> HashMap<String, String> {
+    HashMap::from([
+        (TARGET_SNAPSHOT_REF.to_string(), chain.to_string()),
+        (AIRGAP_IMPORT.to_string(), mode.to_string()),
+    ])
+}
+
+/// Registers `layers` the way the importer does; returns the top's name.
+async fn import(server: &mut TestServer, layers: &[LayerRef]) -> String {
+    let mut parent = String::new();
+    for (i, layer) in layers.iter().enumerate() {
+        let key = format!("k8s.io/{i}/airgap-import-{i} {}", layer.chain_id);
+        let err = server
+            .client
+            .prepare(prepare(
+                &key,
+                &parent,
+                import_labels(&layer.chain_id, "lazy"),
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+        parent = lookup(server, &layer.chain_id, &parent).await[0]
+            .name
+            .clone();
+    }
+    parent
+}
+
+fn view(key: &str, parent: &str) -> api::ViewSnapshotRequest {
+    api::ViewSnapshotRequest {
+        snapshotter: "airgap".into(),
+        key: key.into(),
+        parent: parent.into(),
+        labels: HashMap::new(),
+    }
+}
+
+/// Imported layers are committed without reading the archive, and filled
+/// on first use: ten containers of two images sharing a base layer, at
+/// once, extract each layer exactly once and all see their files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imported_layers_are_filled_once_on_first_use() {
+    requires_root!();
+    let mut fake = FakeSource::default();
+    let a = fake.add_image(&image(3), &[]);
+    let mut b_tars = image(2);
+    b_tars.push(layer_tar(&[
+        Entry::Dir("etc"),
+        Entry::File("etc/top", b"image b\n"),
+    ]));
+    let b = fake.add_image(&b_tars, &[]);
+    assert_eq!(a[1].chain_id, b[1].chain_id, "the images share two layers");
+    let fake = Arc::new(fake);
+    let mut server = TestServer::start(Some(fake.clone())).await;
+
+    let top_a = import(&mut server, &a).await;
+    let top_b = import(&mut server, &b).await;
+    assert_eq!(fake.total_opens(), 0, "registration read no layer");
+    let usage = server
+        .client
+        .usage(api::UsageRequest {
+            snapshotter: "airgap".into(),
+            key: top_a.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(usage.size, 0, "nothing extracted yet");
+
+    let mut views = Vec::new();
+    for i in 0..10 {
+        let mut client = server.client.clone();
+        let parent = if i % 2 == 0 { &top_a } else { &top_b }.clone();
+        views.push(tokio::spawn(async move {
+            client.view(view(&format!("view-{i}"), &parent)).await
+        }));
+    }
+    for (i, v) in views.into_iter().enumerate() {
+        let mounts = v.await.unwrap().unwrap().into_inner().mounts;
+        let lower = mounts[0]
+            .options
+            .iter()
+            .find_map(|o| o.strip_prefix("lowerdir="))
+            .unwrap()
+            .to_string();
+        let top =
+            std::fs::read_to_string(Path::new(lower.split(':').next().unwrap()).join("etc/top"))
+                .unwrap();
+        let want = if i % 2 == 0 {
+            "content of layer 2\n"
+        } else {
+            "image b\n"
+        };
+        assert_eq!(top, want, "view {i}");
+    }
+    for layer in a.iter().chain(&b[2..]) {
+        assert_eq!(
+            fake.opened(&layer.digest),
+            1,
+            "layer {} extracted once",
+            layer.digest
+        );
+    }
+    assert!(staging_is_empty(&server));
+    server.stop().await;
+}
+
+/// A layer that cannot be filled fails the request that needs it with
+/// the layer's digest, and stays pending (the next use tries again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_imported_layer_that_cannot_be_filled_fails_naming_it() {
+    requires_root!();
+    let mut fake = FakeSource::default();
+    let layers = fake.add_image(&image(2), &[]);
+    fake.corrupt(&layers[1].digest, b"not the layer".to_vec());
+    let fake = Arc::new(fake);
+    let mut server = TestServer::start(Some(fake.clone())).await;
+    let top = import(&mut server, &layers).await;
+
+    let err = server.client.view(view("v1", &top)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains(&layers[1].digest.to_string()),
+        "{}",
+        err.message()
+    );
+    let err = server.client.view(view("v2", &top)).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::FailedPrecondition,
+        "still pending, tried again"
+    );
+    assert_eq!(fake.opened(&layers[1].digest), 2);
     server.stop().await;
 }

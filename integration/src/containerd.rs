@@ -49,6 +49,15 @@ pub struct ContainerdOptions {
     /// The snapshotter CRI unpacks into, when not `airgap` (the benchmark's
     /// baselines use `overlayfs`, as sites run containerd today).
     pub cri_snapshotter: Option<String>,
+    /// The CRI sandbox ("pause") image every pod runs, e.g. an image the
+    /// test put into an archive and pushed to its registry
+    /// ([`crate::image::write_pause_archive`]). containerd pulls it through
+    /// CRI on the first RunPodSandbox and reports it pinned. `None`: the
+    /// default (`registry.k8s.io/pause:<version>`, which an air-gapped test
+    /// cannot pull). Set as `plugins."io.containerd.grpc.v1.cri".sandbox_image`
+    /// (1.6, 1.7) or `plugins."io.containerd.cri.v1.images".pinned_images.sandbox`
+    /// (2.x).
+    pub sandbox_image: Option<String>,
 }
 
 /// A running private containerd, stopped and cleaned up on drop.
@@ -252,12 +261,20 @@ impl PrivateContainerd {
         }
     }
 
-    /// Kills shims that this containerd started and that outlived it,
-    /// recognised by our socket address on their command line.
-    fn kill_leftover_shims(&self) {
+    /// The directory everything of this containerd lives in (root, state,
+    /// sockets, config, log): for checks that nothing stays mounted there.
+    pub fn private_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Process ids and command lines of the shims this containerd started
+    /// that are still running, recognised by its socket address on their
+    /// command line (a runc shim exits once its last task is deleted).
+    pub fn shims(&self) -> Vec<(i32, String)> {
         let needle = self.address.to_string_lossy().into_owned();
+        let mut shims = Vec::new();
         let Ok(entries) = std::fs::read_dir("/proc") else {
-            return;
+            return shims;
         };
         for entry in entries.flatten() {
             let Some(pid) = entry
@@ -272,12 +289,20 @@ impl PrivateContainerd {
             };
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
             if cmdline.contains("containerd-shim") && cmdline.contains(&needle) {
-                eprintln!("warning: killing leftover shim pid {pid}: {cmdline}");
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+                shims.push((pid, cmdline));
             }
+        }
+        shims
+    }
+
+    /// Kills shims that this containerd started and that outlived it.
+    fn kill_leftover_shims(&self) {
+        for (pid, cmdline) in self.shims() {
+            eprintln!("warning: killing leftover shim pid {pid}: {cmdline}");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }
@@ -603,6 +628,20 @@ fn cri_tables(version: &Version) -> ([&'static str; 3], [&'static str; 3], [&'st
     }
 }
 
+/// Where a config version names the CRI sandbox ("pause") image.
+fn sandbox_image_key(version: &Version) -> Vec<&'static str> {
+    if version.is_2x() {
+        vec![
+            "plugins",
+            "io.containerd.cri.v1.images",
+            "pinned_images",
+            "sandbox",
+        ]
+    } else {
+        vec!["plugins", "io.containerd.grpc.v1.cri", "sandbox_image"]
+    }
+}
+
 /// A table path without its empty trailing parts.
 fn key_path<'a>(table: &[&'a str], key: &'a str) -> Vec<&'a str> {
     table
@@ -673,6 +712,9 @@ fn write_config(
             &key_path(&images, "snapshotter"),
             name.as_str(),
         )?;
+    }
+    if let Some(image) = &options.sandbox_image {
+        set(&mut config, &sandbox_image_key(version), image.as_str())?;
     }
     if version.is_2x() {
         // `disable_snapshot_annotations = false` makes 2.1+ CRI fall back to
@@ -761,6 +803,9 @@ fn check_config(
             .unwrap_or_default(),
     )?;
     expect(&key_path(&cni, "conf_dir"), &under("cni"))?;
+    if let Some(image) = &options.sandbox_image {
+        expect(&sandbox_image_key(version), image)?;
+    }
     if version.is_2x() {
         expect(&["version"], "3")?;
         expect(&["plugins", "io.containerd.nri.v1.nri", "disable"], "true")?;
@@ -953,10 +998,16 @@ state = '/run/containerd'
         let version = v("containerd x 1.6.20");
         let options = ContainerdOptions {
             hosts_dir: Some(PathBuf::from("/tmp/x/certs.d")),
+            sandbox_image: Some("127.0.0.1:1/library/pause:v1".into()),
             ..Default::default()
         };
         let text = write_config(DEFAULT_1_6, FRAGMENT_1, &version, dir, &options).unwrap();
         check_config(&text, &version, dir, sock, &options).unwrap();
+        let value: toml::Value = text.parse().unwrap();
+        assert_eq!(
+            value["plugins"]["io.containerd.grpc.v1.cri"]["sandbox_image"].as_str(),
+            Some("127.0.0.1:1/library/pause:v1")
+        );
         assert!(!text.contains("/etc/containerd/certs.d"), "{text}");
         // Without a hosts directory: not the node's either.
         let options = ContainerdOptions::default();
@@ -978,10 +1029,17 @@ state = '/run/containerd'
             let options = ContainerdOptions {
                 hosts_dir: Some(PathBuf::from("/tmp/x/certs.d")),
                 cri_transfer_service: transfer,
+                sandbox_image: Some("127.0.0.1:1/library/pause:v1".into()),
                 ..Default::default()
             };
             let text = write_config(DEFAULT_2, FRAGMENT_2, &version, dir, &options).unwrap();
             check_config(&text, &version, dir, sock, &options).unwrap();
+            let value: toml::Value = text.parse().unwrap();
+            assert_eq!(
+                value["plugins"]["io.containerd.cri.v1.images"]["pinned_images"]["sandbox"]
+                    .as_str(),
+                Some("127.0.0.1:1/library/pause:v1")
+            );
         }
         // The benchmark's baseline: CRI on containerd's own overlayfs.
         let options = ContainerdOptions {

@@ -58,6 +58,14 @@ pub struct ContainerdOptions {
     /// (1.6, 1.7) or `plugins."io.containerd.cri.v1.images".pinned_images.sandbox`
     /// (2.x).
     pub sandbox_image: Option<String>,
+    /// CRI's `restrict_oom_score_adj`: never give a container a lower OOM
+    /// score adjustment than containerd's own. containerd gives every pod
+    /// sandbox -998, which runc cannot set without CAP_SYS_RESOURCE (e.g.
+    /// when the tests run in a container: RunPodSandbox then fails with
+    /// "can't get final child's PID from pipe: EOF"). [`private_config`]
+    /// turns it on by itself when this machine cannot lower an OOM score
+    /// adjustment; kind's nodes set it for the same reason.
+    pub restrict_oom_score_adj: bool,
 }
 
 /// A running private containerd, stopped and cleaned up on drop.
@@ -476,9 +484,28 @@ pub fn private_config(
     let version = version()?;
     let default = default_config()?;
     let fragment = airgap_fragment(&version, snapshotter_socket)?;
-    let text = write_config(&default, &fragment, &version, dir, options)?;
-    check_config(&text, &version, dir, snapshotter_socket, options)?;
+    let mut options = options.clone();
+    options.restrict_oom_score_adj |= !can_lower_oom_score_adj();
+    let text = write_config(&default, &fragment, &version, dir, &options)?;
+    check_config(&text, &version, dir, snapshotter_socket, &options)?;
     Ok(text)
+}
+
+/// Whether a child process may lower its OOM score adjustment below 0, as
+/// runc must for a pod sandbox (-998): not without CAP_SYS_RESOURCE.
+fn can_lower_oom_score_adj() -> bool {
+    static CAN: OnceLock<bool> = OnceLock::new();
+    *CAN.get_or_init(|| {
+        let can = Command::new("sh")
+            .args(["-c", "echo -999 > /proc/self/oom_score_adj"])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !can {
+            eprintln!("cannot lower oom_score_adj here: CRI restrict_oom_score_adj = true");
+        }
+        can
+    })
 }
 
 /// `containerd config default` of the containerd the tests run.
@@ -642,6 +669,23 @@ fn sandbox_image_key(version: &Version) -> Vec<&'static str> {
     }
 }
 
+/// Where a config version has CRI's `restrict_oom_score_adj`.
+fn restrict_oom_key(version: &Version) -> Vec<&'static str> {
+    if version.is_2x() {
+        vec![
+            "plugins",
+            "io.containerd.cri.v1.runtime",
+            "restrict_oom_score_adj",
+        ]
+    } else {
+        vec![
+            "plugins",
+            "io.containerd.grpc.v1.cri",
+            "restrict_oom_score_adj",
+        ]
+    }
+}
+
 /// A table path without its empty trailing parts.
 fn key_path<'a>(table: &[&'a str], key: &'a str) -> Vec<&'a str> {
     table
@@ -715,6 +759,9 @@ fn write_config(
     }
     if let Some(image) = &options.sandbox_image {
         set(&mut config, &sandbox_image_key(version), image.as_str())?;
+    }
+    if options.restrict_oom_score_adj {
+        set(&mut config, &restrict_oom_key(version), true)?;
     }
     if version.is_2x() {
         // `disable_snapshot_annotations = false` makes 2.1+ CRI fall back to
@@ -805,6 +852,9 @@ fn check_config(
     expect(&key_path(&cni, "conf_dir"), &under("cni"))?;
     if let Some(image) = &options.sandbox_image {
         expect(&sandbox_image_key(version), image)?;
+    }
+    if options.restrict_oom_score_adj {
+        expect(&restrict_oom_key(version), "true")?;
     }
     if version.is_2x() {
         expect(&["version"], "3")?;
@@ -999,15 +1049,18 @@ state = '/run/containerd'
         let options = ContainerdOptions {
             hosts_dir: Some(PathBuf::from("/tmp/x/certs.d")),
             sandbox_image: Some("127.0.0.1:1/library/pause:v1".into()),
+            restrict_oom_score_adj: true,
             ..Default::default()
         };
         let text = write_config(DEFAULT_1_6, FRAGMENT_1, &version, dir, &options).unwrap();
         check_config(&text, &version, dir, sock, &options).unwrap();
         let value: toml::Value = text.parse().unwrap();
+        let cri = &value["plugins"]["io.containerd.grpc.v1.cri"];
         assert_eq!(
-            value["plugins"]["io.containerd.grpc.v1.cri"]["sandbox_image"].as_str(),
+            cri["sandbox_image"].as_str(),
             Some("127.0.0.1:1/library/pause:v1")
         );
+        assert_eq!(cri["restrict_oom_score_adj"].as_bool(), Some(true));
         assert!(!text.contains("/etc/containerd/certs.d"), "{text}");
         // Without a hosts directory: not the node's either.
         let options = ContainerdOptions::default();
@@ -1030,11 +1083,17 @@ state = '/run/containerd'
                 hosts_dir: Some(PathBuf::from("/tmp/x/certs.d")),
                 cri_transfer_service: transfer,
                 sandbox_image: Some("127.0.0.1:1/library/pause:v1".into()),
+                restrict_oom_score_adj: true,
                 ..Default::default()
             };
             let text = write_config(DEFAULT_2, FRAGMENT_2, &version, dir, &options).unwrap();
             check_config(&text, &version, dir, sock, &options).unwrap();
             let value: toml::Value = text.parse().unwrap();
+            assert_eq!(
+                value["plugins"]["io.containerd.cri.v1.runtime"]["restrict_oom_score_adj"]
+                    .as_bool(),
+                Some(true)
+            );
             assert_eq!(
                 value["plugins"]["io.containerd.cri.v1.images"]["pinned_images"]["sandbox"]
                     .as_str(),

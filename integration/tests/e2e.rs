@@ -584,6 +584,20 @@ fn cri_pod(test: &str, env: &mut Env, images: &Images) -> Result<()> {
         pause_status.id,
         pause.config_digest
     );
+    // CRI reports the sandbox image pinned from 1.7 on (1.6 leaves the
+    // field unset); the pod's image is not pinned.
+    let pins = env.containerd.version().major >= 2 || env.containerd.version().minor >= 7;
+    ensure!(
+        pause_status.pinned == pins,
+        "containerd {}: the sandbox image has pinned={}, expected {pins}",
+        env.containerd.version(),
+        pause_status.pinned
+    );
+    let image_status = env
+        .cri
+        .image_status(&image.name)?
+        .with_context(|| format!("CRI ImageStatus does not find {}", image.name))?;
+    ensure!(!image_status.pinned, "{} is pinned", image.name);
     let listed: Vec<String> = env.cri.list_images()?.into_iter().map(|i| i.id).collect();
     for built in [image, pause] {
         ensure!(

@@ -193,7 +193,10 @@ impl OciLayout {
 
     fn config_json(spec: &ImageSpec) -> Vec<u8> {
         let diff_ids: Vec<String> = spec.diff_ids().iter().map(|d| d.to_string()).collect();
-        let cmd = spec.cmd.clone().unwrap_or_else(|| vec!["/bin/sh".to_string()]);
+        let cmd = spec
+            .cmd
+            .clone()
+            .unwrap_or_else(|| vec!["/bin/sh".to_string()]);
         let mut cfg = json!({
             "architecture": spec.arch, "os": spec.os,
             "config": {"Env": ["PATH=/bin"], "Cmd": cmd, "WorkingDir": "/"},

@@ -705,9 +705,10 @@ fn host_dns_config() -> v1::DnsConfig {
     dns
 }
 
-/// The cgroup directories of a pod that kubelet would create and remove:
-/// the ones that did not exist before the pod ran, in every mounted
-/// hierarchy, removed (when empty) after the pod.
+/// The cgroup directories of a pod that kubelet would create and remove
+/// (containerd's default cgroupfs driver): the ones that did not exist
+/// before the pod ran, in every mounted hierarchy, removed (when empty)
+/// after the pod.
 struct PodCgroups {
     created: Vec<PathBuf>,
 }
@@ -715,17 +716,23 @@ struct PodCgroups {
 impl PodCgroups {
     fn new(parent: &str) -> Self {
         let mut created = Vec::new();
-        let mut seen = std::collections::BTreeSet::new();
-        let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") else {
-            return Self { created };
+        let root = Path::new("/sys/fs/cgroup");
+        // cgroup v2: one hierarchy; v1 (or hybrid): one per directory.
+        let hierarchies: Vec<PathBuf> = if root.join("cgroup.controllers").exists() {
+            vec![root.to_path_buf()]
+        } else {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(root)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| std::fs::canonicalize(e.path()).ok())
+                .filter(|p| p.is_dir())
+                .collect();
+            found.sort();
+            found.dedup();
+            found
         };
-        for entry in entries.flatten() {
-            let Ok(hierarchy) = std::fs::canonicalize(entry.path()) else {
-                continue;
-            };
-            if !hierarchy.is_dir() || !seen.insert(hierarchy.clone()) {
-                continue;
-            }
+        for hierarchy in hierarchies {
             // Deepest first: pod<uid>, besteffort, kubepods.
             let mut dir = hierarchy.join(parent.trim_start_matches('/'));
             while dir != hierarchy {

@@ -337,14 +337,14 @@ impl Drop for PrivateContainerd {
         // The shims' directories under /run/containerd: remove them only if
         // they did not exist before and are empty now.
         if !self.run_containerd_existed {
-            for d in [
-                "/run/containerd/runc/k8s.io",
-                "/run/containerd/runc/default",
-            ]
-            .iter()
-            .chain(SHIM_DIRS.iter())
-            .chain(["/run/containerd"].iter())
-            {
+            // One directory per containerd namespace the tests used
+            // (k8s.io, default, local, ...): remove_dir only takes empty ones.
+            if let Ok(entries) = std::fs::read_dir("/run/containerd/runc") {
+                for entry in entries.flatten() {
+                    let _ = std::fs::remove_dir(entry.path());
+                }
+            }
+            for d in SHIM_DIRS.iter().chain(["/run/containerd"].iter()) {
                 let _ = std::fs::remove_dir(d);
             }
         }

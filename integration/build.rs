@@ -1,5 +1,6 @@
-//! Compiles the trimmed CRI v1 ImageService (`proto/cri/api.proto`) into a
-//! tonic client, with `protox` so that no system `protoc` is needed.
+//! Compiles the trimmed CRI v1 RuntimeService and ImageService
+//! (`proto/cri/api.proto`) into tonic clients, with `protox` so that no
+//! system `protoc` is needed.
 
 use std::path::PathBuf;
 

@@ -49,6 +49,23 @@ pub struct ContainerdOptions {
     /// The snapshotter CRI unpacks into, when not `airgap` (the benchmark's
     /// baselines use `overlayfs`, as sites run containerd today).
     pub cri_snapshotter: Option<String>,
+    /// The CRI sandbox ("pause") image every pod runs, e.g. an image the
+    /// test put into an archive and pushed to its registry
+    /// ([`crate::image::write_pause_archive`]). containerd pulls it through
+    /// CRI on the first RunPodSandbox and reports it pinned. `None`: the
+    /// default (`registry.k8s.io/pause:<version>`, which an air-gapped test
+    /// cannot pull). Set as `plugins."io.containerd.grpc.v1.cri".sandbox_image`
+    /// (1.6, 1.7) or `plugins."io.containerd.cri.v1.images".pinned_images.sandbox`
+    /// (2.x).
+    pub sandbox_image: Option<String>,
+    /// CRI's `restrict_oom_score_adj`: never give a container a lower OOM
+    /// score adjustment than containerd's own. containerd gives every pod
+    /// sandbox -998, which runc cannot set without CAP_SYS_RESOURCE (e.g.
+    /// when the tests run in a container: RunPodSandbox then fails with
+    /// "can't get final child's PID from pipe: EOF"). [`private_config`]
+    /// turns it on by itself when this machine cannot lower an OOM score
+    /// adjustment; kind's nodes set it for the same reason.
+    pub restrict_oom_score_adj: bool,
 }
 
 /// A running private containerd, stopped and cleaned up on drop.
@@ -255,12 +272,20 @@ impl PrivateContainerd {
         }
     }
 
-    /// Kills shims that this containerd started and that outlived it,
-    /// recognised by our socket address on their command line.
-    fn kill_leftover_shims(&self) {
+    /// The directory everything of this containerd lives in (root, state,
+    /// sockets, config, log): for checks that nothing stays mounted there.
+    pub fn private_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Process ids and command lines of the shims this containerd started
+    /// that are still running, recognised by its socket address on their
+    /// command line (a runc shim exits once its last task is deleted).
+    pub fn shims(&self) -> Vec<(i32, String)> {
         let needle = self.address.to_string_lossy().into_owned();
+        let mut shims = Vec::new();
         let Ok(entries) = std::fs::read_dir("/proc") else {
-            return;
+            return shims;
         };
         for entry in entries.flatten() {
             let Some(pid) = entry
@@ -275,12 +300,20 @@ impl PrivateContainerd {
             };
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
             if cmdline.contains("containerd-shim") && cmdline.contains(&needle) {
-                eprintln!("warning: killing leftover shim pid {pid}: {cmdline}");
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+                shims.push((pid, cmdline));
             }
+        }
+        shims
+    }
+
+    /// Kills shims that this containerd started and that outlived it.
+    fn kill_leftover_shims(&self) {
+        for (pid, cmdline) in self.shims() {
+            eprintln!("warning: killing leftover shim pid {pid}: {cmdline}");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }
@@ -318,14 +351,14 @@ impl Drop for PrivateContainerd {
         // The shims' directories under /run/containerd: remove them only if
         // they did not exist before and are empty now.
         if !self.run_containerd_existed {
-            for d in [
-                "/run/containerd/runc/k8s.io",
-                "/run/containerd/runc/default",
-            ]
-            .iter()
-            .chain(SHIM_DIRS.iter())
-            .chain(["/run/containerd"].iter())
-            {
+            // One directory per containerd namespace the tests used
+            // (k8s.io, default, local, ...): remove_dir only takes empty ones.
+            if let Ok(entries) = std::fs::read_dir("/run/containerd/runc") {
+                for entry in entries.flatten() {
+                    let _ = std::fs::remove_dir(entry.path());
+                }
+            }
+            for d in SHIM_DIRS.iter().chain(["/run/containerd"].iter()) {
                 let _ = std::fs::remove_dir(d);
             }
         }
@@ -465,9 +498,28 @@ pub fn private_config(
     let version = version()?;
     let default = default_config()?;
     let fragment = airgap_fragment(&version, snapshotter_socket)?;
-    let text = write_config(&default, &fragment, &version, dir, options)?;
-    check_config(&text, &version, dir, snapshotter_socket, options)?;
+    let mut options = options.clone();
+    options.restrict_oom_score_adj |= !can_lower_oom_score_adj();
+    let text = write_config(&default, &fragment, &version, dir, &options)?;
+    check_config(&text, &version, dir, snapshotter_socket, &options)?;
     Ok(text)
+}
+
+/// Whether a child process may lower its OOM score adjustment below 0, as
+/// runc must for a pod sandbox (-998): not without CAP_SYS_RESOURCE.
+fn can_lower_oom_score_adj() -> bool {
+    static CAN: OnceLock<bool> = OnceLock::new();
+    *CAN.get_or_init(|| {
+        let can = Command::new("sh")
+            .args(["-c", "echo -999 > /proc/self/oom_score_adj"])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !can {
+            eprintln!("cannot lower oom_score_adj here: CRI restrict_oom_score_adj = true");
+        }
+        can
+    })
 }
 
 /// `containerd config default` of the containerd the tests run.
@@ -617,6 +669,37 @@ fn cri_tables(version: &Version) -> ([&'static str; 3], [&'static str; 3], [&'st
     }
 }
 
+/// Where a config version names the CRI sandbox ("pause") image.
+fn sandbox_image_key(version: &Version) -> Vec<&'static str> {
+    if version.is_2x() {
+        vec![
+            "plugins",
+            "io.containerd.cri.v1.images",
+            "pinned_images",
+            "sandbox",
+        ]
+    } else {
+        vec!["plugins", "io.containerd.grpc.v1.cri", "sandbox_image"]
+    }
+}
+
+/// Where a config version has CRI's `restrict_oom_score_adj`.
+fn restrict_oom_key(version: &Version) -> Vec<&'static str> {
+    if version.is_2x() {
+        vec![
+            "plugins",
+            "io.containerd.cri.v1.runtime",
+            "restrict_oom_score_adj",
+        ]
+    } else {
+        vec![
+            "plugins",
+            "io.containerd.grpc.v1.cri",
+            "restrict_oom_score_adj",
+        ]
+    }
+}
+
 /// A table path without its empty trailing parts.
 fn key_path<'a>(table: &[&'a str], key: &'a str) -> Vec<&'a str> {
     table
@@ -687,6 +770,12 @@ fn write_config(
             &key_path(&images, "snapshotter"),
             name.as_str(),
         )?;
+    }
+    if let Some(image) = &options.sandbox_image {
+        set(&mut config, &sandbox_image_key(version), image.as_str())?;
+    }
+    if options.restrict_oom_score_adj {
+        set(&mut config, &restrict_oom_key(version), true)?;
     }
     if version.is_2x() {
         // `disable_snapshot_annotations = false` makes 2.1+ CRI fall back to
@@ -775,6 +864,12 @@ fn check_config(
             .unwrap_or_default(),
     )?;
     expect(&key_path(&cni, "conf_dir"), &under("cni"))?;
+    if let Some(image) = &options.sandbox_image {
+        expect(&sandbox_image_key(version), image)?;
+    }
+    if options.restrict_oom_score_adj {
+        expect(&restrict_oom_key(version), "true")?;
+    }
     if version.is_2x() {
         expect(&["version"], "3")?;
         expect(&["plugins", "io.containerd.nri.v1.nri", "disable"], "true")?;
@@ -967,10 +1062,19 @@ state = '/run/containerd'
         let version = v("containerd x 1.6.20");
         let options = ContainerdOptions {
             hosts_dir: Some(PathBuf::from("/tmp/x/certs.d")),
+            sandbox_image: Some("127.0.0.1:1/library/pause:v1".into()),
+            restrict_oom_score_adj: true,
             ..Default::default()
         };
         let text = write_config(DEFAULT_1_6, FRAGMENT_1, &version, dir, &options).unwrap();
         check_config(&text, &version, dir, sock, &options).unwrap();
+        let value: toml::Value = text.parse().unwrap();
+        let cri = &value["plugins"]["io.containerd.grpc.v1.cri"];
+        assert_eq!(
+            cri["sandbox_image"].as_str(),
+            Some("127.0.0.1:1/library/pause:v1")
+        );
+        assert_eq!(cri["restrict_oom_score_adj"].as_bool(), Some(true));
         assert!(!text.contains("/etc/containerd/certs.d"), "{text}");
         // Without a hosts directory: not the node's either.
         let options = ContainerdOptions::default();
@@ -992,10 +1096,23 @@ state = '/run/containerd'
             let options = ContainerdOptions {
                 hosts_dir: Some(PathBuf::from("/tmp/x/certs.d")),
                 cri_transfer_service: transfer,
+                sandbox_image: Some("127.0.0.1:1/library/pause:v1".into()),
+                restrict_oom_score_adj: true,
                 ..Default::default()
             };
             let text = write_config(DEFAULT_2, FRAGMENT_2, &version, dir, &options).unwrap();
             check_config(&text, &version, dir, sock, &options).unwrap();
+            let value: toml::Value = text.parse().unwrap();
+            assert_eq!(
+                value["plugins"]["io.containerd.cri.v1.runtime"]["restrict_oom_score_adj"]
+                    .as_bool(),
+                Some(true)
+            );
+            assert_eq!(
+                value["plugins"]["io.containerd.cri.v1.images"]["pinned_images"]["sandbox"]
+                    .as_str(),
+                Some("127.0.0.1:1/library/pause:v1")
+            );
         }
         // The benchmark's baseline: CRI on containerd's own overlayfs.
         let options = ContainerdOptions {

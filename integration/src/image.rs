@@ -339,10 +339,22 @@ pub fn write_oci_archive_with(
     archive: &Path,
     compression: LayerCompression,
 ) -> Result<BuiltImage> {
+    write_oci_archive_with_cmd(spec, archive, compression, None)
+}
+
+/// [`write_oci_archive_with`] with the image config's `Cmd` set to `cmd`
+/// (`None`: `["/bin/sh"]`, what the other test images have).
+pub fn write_oci_archive_with_cmd(
+    spec: &ImageSpec,
+    archive: &Path,
+    compression: LayerCompression,
+    cmd: Option<&[&str]>,
+) -> Result<BuiltImage> {
     let layers = spec.layers.iter().map(Layer::tar).collect::<Result<_>>()?;
     let image = fixtures::ImageSpec {
         arch: oci_arch(),
         compression,
+        cmd: cmd.map(|c| c.iter().map(|s| s.to_string()).collect()),
         ..fixtures::ImageSpec::new(layers)
     };
     let mut layout = fixtures::OciLayout::default();
@@ -404,6 +416,44 @@ pub fn busybox_layer(extra: Vec<Entry>) -> Result<Layer> {
     }
     entries.extend(extra);
     Ok(Layer::new(entries))
+}
+
+/// The command of [`write_pause_archive`] images: what the sandbox
+/// ("pause") container of every CRI pod runs. It sleeps until a signal
+/// and exits 0 on SIGTERM, as `registry.k8s.io/pause` does (containerd
+/// stops a sandbox with SIGKILL anyway).
+pub const PAUSE_CMD: &[&str] = &[
+    "/bin/sh",
+    "-c",
+    "trap 'exit 0' TERM INT; sleep 2147483647 & wait",
+];
+
+/// The layer of a pause-like image: [`busybox_layer`] plus `marker` in
+/// `/pause-marker`, so that it shares no layer with other test images.
+/// Archive it with `Cmd` [`PAUSE_CMD`] ([`write_pause_archive`], or
+/// [`write_oci_archive_with_cmd`]) and set it as containerd's sandbox image
+/// with [`crate::containerd::ContainerdOptions::sandbox_image`].
+pub fn pause_layers(marker: &str) -> Result<Vec<Layer>> {
+    Ok(vec![busybox_layer(vec![Entry::file(
+        "pause-marker",
+        format!("{marker}\n"),
+    )])?])
+}
+
+/// Writes a pause-like image ([`pause_layers`], `Cmd` [`PAUSE_CMD`])
+/// named `name` (`org.opencontainers.image.ref.name` `tag`) at `archive`.
+pub fn write_pause_archive(
+    name: &str,
+    tag: &str,
+    marker: &str,
+    archive: &Path,
+) -> Result<BuiltImage> {
+    let spec = ImageSpec {
+        name: name.to_string(),
+        tag: tag.to_string(),
+        layers: pause_layers(marker)?,
+    };
+    write_oci_archive_with_cmd(&spec, archive, LayerCompression::Gzip, Some(PAUSE_CMD))
 }
 
 /// The two-layer image the tests run: hardlinks, symlinks, a setuid file

@@ -4,7 +4,10 @@
 //! a private containerd ([`PrivateContainerd`]: the system's 1.6, or the
 //! one in `AIRGAP_CONTAINERD_DIR`, e.g. 1.7 or 2.x), a `docker-registry` on
 //! loopback ([`Registry`]), the daemon under test ([`Daemon`]), and plays
-//! kubelet through the CRI ImageService ([`CriClient`]). Test images are OCI
+//! kubelet through CRI ([`CriClient`]): it pulls, inspects and lists images
+//! (ImageService) and runs pods ([`CriClient::run_pod_once`], RuntimeService;
+//! the sandbox image is a test image too, see
+//! [`containerd::ContainerdOptions::sandbox_image`]). Test images are OCI
 //! image layouts built here from files on the machine ([`image`]).
 //!
 //! Every part is stopped by process id and cleaned up on `Drop`, also when a

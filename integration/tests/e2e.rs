@@ -16,14 +16,15 @@ use anyhow::{ensure, Context, Result};
 use tar::EntryType;
 
 use airgap_integration::containerd::{ContainerdOptions, K8S_NS, SNAPSHOTTER};
+use airgap_integration::cri::ImageNeverPull;
 use airgap_integration::image::{
     self, ArchiveContainer, BuiltImage, Entry, ImageSpec, Layer, LayerCompression, SAMPLE_CHECK,
     SAMPLE_EXPECTED,
 };
-use airgap_integration::process;
 use airgap_integration::{
     can_run, serial, CriClient, Daemon, PrivateContainerd, Registry, SerialGuard, TestDir,
 };
+use airgap_integration::{mounts, process};
 
 /// Every part of one test. Fields drop in order: the CRI client, containerd
 /// (its workloads removed first), the registry, the daemon, the work
@@ -46,6 +47,8 @@ struct TestImage {
     /// Archive it as `docker save` does (skopeo `docker-archive:`) instead
     /// of as an OCI image layout.
     docker_save: bool,
+    /// The image config's `Cmd` (`None`: `/bin/sh`).
+    cmd: Option<&'static [&'static str]>,
 }
 
 impl From<ImageSpec> for TestImage {
@@ -55,6 +58,7 @@ impl From<ImageSpec> for TestImage {
             layers: LayerCompression::Gzip,
             container: ArchiveContainer::Tar,
             docker_save: false,
+            cmd: None,
         }
     }
 }
@@ -68,10 +72,11 @@ struct Images {
 
 /// Starts the registry, builds and pushes the images `build` describes
 /// (given the registry host), starts the daemon on the archived ones and a
-/// private containerd wired to it.
+/// private containerd wired to it, with the `options` made for the
+/// registry host.
 fn setup(
     test: &str,
-    options: &ContainerdOptions,
+    options: impl FnOnce(&str) -> ContainerdOptions,
     build: impl FnOnce(&str) -> Result<(Vec<TestImage>, Vec<ImageSpec>)>,
 ) -> Result<(Env, Images)> {
     let serial = serial()?;
@@ -93,6 +98,7 @@ fn setup(
             layers,
             container,
             docker_save,
+            cmd,
         } in specs
         {
             // One file per image: `<repository>-<tag>.tar`.
@@ -106,7 +112,7 @@ fn setup(
                 .collect();
             let file = work.path().join(format!("{file_name}.tar"));
             ensure!(!file.exists(), "two test images named {}", spec.name);
-            let mut built = image::write_oci_archive_with(&spec, &file, layers)?;
+            let mut built = image::write_oci_archive_with_cmd(&spec, &file, layers, cmd)?;
             let repo = spec
                 .name
                 .strip_prefix(&format!("{}/", registry.host()))
@@ -142,7 +148,7 @@ fn setup(
     );
     let daemon = Daemon::start_with_archives(&files)?;
     eprintln!("== {test}: starting a private containerd");
-    let containerd = PrivateContainerd::start(daemon.socket(), options)?;
+    let containerd = PrivateContainerd::start(daemon.socket(), &options(&registry.host()))?;
     let cri = CriClient::connect(containerd.address())?;
     Ok((
         Env {
@@ -295,6 +301,17 @@ fn run_test(
 fn run_test_with(
     test: &str,
     options: &ContainerdOptions,
+    build: impl FnOnce(&str) -> Result<(Vec<TestImage>, Vec<ImageSpec>)>,
+    body: impl FnOnce(&str, &mut Env, &Images) -> Result<()>,
+) {
+    run_test_with_host(test, |_| options.clone(), build, body)
+}
+
+/// [`run_test_with`] with options that name the registry host (given to
+/// `options`), e.g. a sandbox image pushed there.
+fn run_test_with_host(
+    test: &str,
+    options: impl FnOnce(&str) -> ContainerdOptions,
     build: impl FnOnce(&str) -> Result<(Vec<TestImage>, Vec<ImageSpec>)>,
     body: impl FnOnce(&str, &mut Env, &Images) -> Result<()>,
 ) {
@@ -457,6 +474,180 @@ fn cri_pull_transfer(test: &str, env: &mut Env, images: &Images) -> Result<()> {
     Ok(())
 }
 
+/// The sandbox ("pause") image of [`cri_pod_runs_archived_image`], on the
+/// test registry and in the archives.
+fn pause_image(host: &str) -> Result<TestImage> {
+    Ok(TestImage {
+        cmd: Some(image::PAUSE_CMD),
+        ..TestImage::from(ImageSpec {
+            name: format!("{host}/library/pause:e2e"),
+            tag: "e2e".to_string(),
+            layers: image::pause_layers("pause:e2e")?,
+        })
+    })
+}
+
+/// (a, pod) kubelet runs a pod of an archived image: CRI PullImage, then
+/// RunPodSandbox (containerd pulls the sandbox image, archived too),
+/// CreateContainer, StartContainer, ..., RemovePodSandbox. The container
+/// prints what the layers must hold, no layer of either image is
+/// downloaded, and nothing of the pod stays: no sandbox, no container, no
+/// shim, no mount.
+#[test]
+fn cri_pod_runs_archived_image() {
+    let test = "cri_pod";
+    run_test_with_host(
+        test,
+        |host| ContainerdOptions {
+            sandbox_image: Some(format!("{host}/library/pause:e2e")),
+            ..Default::default()
+        },
+        |host| {
+            Ok((
+                vec![
+                    sample_spec(host, "podimage", "v1")?.into(),
+                    pause_image(host)?,
+                ],
+                vec![],
+            ))
+        },
+        cri_pod,
+    );
+}
+
+fn cri_pod(test: &str, env: &mut Env, images: &Images) -> Result<()> {
+    let (image, pause) = (&images.archived[0], &images.archived[1]);
+    let version = env.cri.version()?;
+    eprintln!(
+        "== {test}: CRI Version: {} {} (CRI {})",
+        version.runtime_name, version.runtime_version, version.runtime_api_version
+    );
+    ensure!(
+        version.runtime_name == "containerd" && version.runtime_api_version == "v1",
+        "unexpected CRI Version answer {version:?}"
+    );
+    let mark = env.registry.mark();
+    eprintln!("== {test}: CRI PullImage {}", image.name);
+    let image_ref = env.cri.pull_image(&image.name)?;
+    ensure!(
+        image_ref == image.config_digest,
+        "PullImage answered {image_ref}, expected the image id {}",
+        image.config_digest
+    );
+
+    eprintln!("== {test}: running a pod of {}", image.name);
+    let run = env
+        .cri
+        .run_pod_once(&image.name, &["/bin/sh", "-c", SAMPLE_CHECK])?;
+    ensure!(
+        run.exit_code == 0 && run.stderr.is_empty(),
+        "the pod's container exited with {} ({}), stderr:\n{}",
+        run.exit_code,
+        run.reason,
+        run.stderr
+    );
+    ensure!(
+        run.output == SAMPLE_EXPECTED,
+        "pod output of {} differs\n--- got:\n{}--- expected:\n{SAMPLE_EXPECTED}",
+        image.name,
+        run.output
+    );
+    ensure!(
+        run.image_id == image.config_digest,
+        "the container ran image id {}, expected {}",
+        run.image_id,
+        image.config_digest
+    );
+    for built in [image, pause] {
+        let downloaded = layer_gets(env, built, mark);
+        ensure!(
+            downloaded.is_empty(),
+            "layer blobs {downloaded:?} of the archived {} were downloaded",
+            built.name
+        );
+        assert_chain_snapshots(env, built)?;
+    }
+    // containerd pulled the sandbox image itself, and pins it.
+    let pause_status = env.cri.image_status(&pause.name)?.with_context(|| {
+        format!(
+            "CRI ImageStatus does not find the sandbox image {}",
+            pause.name
+        )
+    })?;
+    eprintln!(
+        "== {test}: sandbox image {} pinned={}",
+        pause_status.id, pause_status.pinned
+    );
+    ensure!(
+        pause_status.id == pause.config_digest,
+        "the sandbox image is {}, expected {}",
+        pause_status.id,
+        pause.config_digest
+    );
+    // CRI reports the sandbox image pinned from 1.7 on (1.6 leaves the
+    // field unset); the pod's image is not pinned.
+    let pins = env.containerd.version().major >= 2 || env.containerd.version().minor >= 7;
+    ensure!(
+        pause_status.pinned == pins,
+        "containerd {}: the sandbox image has pinned={}, expected {pins}",
+        env.containerd.version(),
+        pause_status.pinned
+    );
+    let image_status = env
+        .cri
+        .image_status(&image.name)?
+        .with_context(|| format!("CRI ImageStatus does not find {}", image.name))?;
+    ensure!(!image_status.pinned, "{} is pinned", image.name);
+    let listed: Vec<String> = env.cri.list_images()?.into_iter().map(|i| i.id).collect();
+    for built in [image, pause] {
+        ensure!(
+            listed.contains(&built.config_digest),
+            "ListImages {listed:?} lacks {} ({})",
+            built.config_digest,
+            built.name
+        );
+    }
+
+    // A failing command: exit code and streams come back apart.
+    let failed = env.cri.run_pod_once(
+        &image.name,
+        &["/bin/sh", "-c", "echo out; echo err >&2; exit 3"],
+    )?;
+    ensure!(
+        (
+            failed.exit_code,
+            failed.stdout.as_str(),
+            failed.stderr.as_str()
+        ) == (3, "out\n", "err\n"),
+        "expected exit code 3, stdout \"out\", stderr \"err\"; got {failed:?}"
+    );
+    // imagePullPolicy: Never with an image containerd lacks.
+    let absent = image.name.replace("podimage", "absent");
+    match env.cri.run_pod_once(&absent, &["/bin/true"]) {
+        Err(err) if err.downcast_ref::<ImageNeverPull>().is_some() => {}
+        other => anyhow::bail!(
+            "a pod of {absent} (not present) gave {other:?}, expected ErrImageNeverPull"
+        ),
+    }
+
+    // Nothing of the pods stays.
+    let sandboxes = env.cri.list_pod_sandboxes()?;
+    ensure!(sandboxes.is_empty(), "pod sandboxes left: {sandboxes:?}");
+    let containers = env.cri.list_containers()?;
+    ensure!(containers.is_empty(), "containers left: {containers:?}");
+    process::wait_until("the pods' shims to exit", Duration::from_secs(15), || {
+        Ok(env.containerd.shims().is_empty())
+    })
+    .with_context(|| format!("shims left: {:?}", env.containerd.shims()))?;
+    let mounts = mounts::mounts_under(env.containerd.private_dir());
+    ensure!(
+        mounts.is_empty(),
+        "mounts left under containerd's directory: {mounts:?}"
+    );
+    env.daemon.check_running()?;
+    Ok(())
+}
+
 /// (b) An image whose layers are in no archive still pulls, by download.
 #[test]
 fn cri_pull_of_image_not_archived_downloads_it() {
@@ -518,6 +709,7 @@ fn cri_pull_from_compressed_archives_downloads_no_layer() {
                     layers,
                     container,
                     docker_save,
+                    cmd: None,
                 });
             }
             Ok((images, vec![]))

@@ -140,6 +140,8 @@ pub struct ImageSpec {
     pub variant: Option<&'static str>,
     pub layers: Vec<Vec<u8>>,
     pub compression: LayerCompression,
+    /// The config's `Cmd`; `None`: `["/bin/sh"]`.
+    pub cmd: Option<Vec<String>>,
 }
 
 impl ImageSpec {
@@ -150,6 +152,7 @@ impl ImageSpec {
             variant: None,
             layers,
             compression: LayerCompression::Gzip,
+            cmd: None,
         }
     }
 
@@ -190,9 +193,13 @@ impl OciLayout {
 
     fn config_json(spec: &ImageSpec) -> Vec<u8> {
         let diff_ids: Vec<String> = spec.diff_ids().iter().map(|d| d.to_string()).collect();
+        let cmd = spec
+            .cmd
+            .clone()
+            .unwrap_or_else(|| vec!["/bin/sh".to_string()]);
         let mut cfg = json!({
             "architecture": spec.arch, "os": spec.os,
-            "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"], "WorkingDir": "/"},
+            "config": {"Env": ["PATH=/bin"], "Cmd": cmd, "WorkingDir": "/"},
             "rootfs": {"type": "layers", "diff_ids": diff_ids},
         });
         if let Some(v) = spec.variant {

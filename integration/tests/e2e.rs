@@ -1314,26 +1314,40 @@ fn wait_listed(env: &mut Env, image: &str) -> Result<airgap_integration::cri::v1
 
 /// (k) An archive in the watched directory is registered in containerd
 /// with no pull at all: CRI lists and finds the image with the archive's
-/// digests, pinned; a container runs from it (its layers filled from the
-/// archive on first use), the registry sees no request; containerd's
-/// garbage collection, and a restart of both daemons, keep it; the
-/// archive deleted, it is unregistered.
+/// digests, pinned; kubelet's calls for a pod with `imagePullPolicy: Never`
+/// run it (the pause image registered from an archive too), its layers
+/// filled from the archive on first use, and the registry sees no request;
+/// containerd's garbage collection and a restart of both daemons keep it;
+/// the archive deleted, it is unregistered.
 #[test]
 fn imported_image_runs_without_a_pull() {
     let test = "import_lazy";
-    run_test(
+    run_test_with_host(
         test,
-        |host| Ok((vec![sample_spec(host, "imported", "v1")?.into()], vec![])),
+        |host| ContainerdOptions {
+            sandbox_image: Some(format!("{host}/library/pause:e2e")),
+            ..Default::default()
+        },
+        |host| {
+            Ok((
+                vec![
+                    sample_spec(host, "imported", "v1")?.into(),
+                    pause_image(host)?,
+                ],
+                vec![],
+            ))
+        },
         import_lazy,
     );
 }
 
 fn import_lazy(test: &str, env: &mut Env, images: &Images) -> Result<()> {
-    let image = &images.archived[0];
+    let (image, pause) = (&images.archived[0], &images.archived[1]);
     let mark = env.registry.mark();
     eprintln!("== {test}: daemon registering into containerd");
     start_importing(env, "lazy")?;
     let listed = wait_listed(env, &image.name)?;
+    wait_listed(env, &pause.name)?;
     ensure!(
         listed.id == image.config_digest,
         "CRI image id {} is not the config digest {}",
@@ -1347,15 +1361,17 @@ fn import_lazy(test: &str, env: &mut Env, images: &Images) -> Result<()> {
         "RepoDigests {:?} lack {repo_digest}",
         listed.repo_digests
     );
+    // CRI reports pins from 1.7 on; the records carry the label everywhere.
+    let runtime = env.cri.version()?.runtime_version;
     ensure!(
-        env.cri.image_status(&image.name)?.is_some(),
-        "CRI ImageStatus does not find {}",
+        listed.pinned || runtime.starts_with("1.6"),
+        "containerd {runtime} does not report {} pinned",
         image.name
     );
-    let labels = env.containerd.ctr(&["-n", K8S_NS, "images", "ls"])?;
+    let records = env.containerd.ctr(&["-n", K8S_NS, "images", "ls"])?;
     ensure!(
-        labels.contains("io.cri-containerd.pinned=pinned"),
-        "image records are not pinned:\n{labels}"
+        records.contains("io.cri-containerd.pinned=pinned"),
+        "image records are not pinned:\n{records}"
     );
     // Registered layers are committed but not extracted yet.
     assert_chain_snapshots(env, image)?;
@@ -1364,17 +1380,23 @@ fn import_lazy(test: &str, env: &mut Env, images: &Images) -> Result<()> {
         "lazy registration extracted layers"
     );
 
-    eprintln!("== {test}: running a container, never pulled");
-    run_sample_check(env, &image.name, "import-first")?;
-    let fills = env.daemon.log().matches("imported layer extracted").count();
+    eprintln!("== {test}: kubelet runs a pod, pull policy Never");
+    let run = env
+        .cri
+        .run_pod_once(&image.name, &["/bin/sh", "-c", SAMPLE_CHECK])?;
     ensure!(
-        fills == image.chain_ids.len(),
-        "{fills} layer fills for {} layers",
-        image.chain_ids.len()
+        run.exit_code == 0 && run.output == SAMPLE_EXPECTED,
+        "pod of {} exited {} ({}), output:\n{}--- expected:\n{SAMPLE_EXPECTED}",
+        image.name,
+        run.exit_code,
+        run.reason,
+        run.output
     );
+    let fills = env.daemon.log().matches("imported layer extracted").count();
+    let layers = image.chain_ids.len() + pause.chain_ids.len();
+    ensure!(fills == layers, "{fills} layer fills for {layers} layers");
 
     eprintln!("== {test}: containerd's garbage collection keeps it");
-    env.containerd.ctr(&["-n", K8S_NS, "content", "ls"])?;
     let other = format!("{repo}:garbage");
     env.containerd
         .ctr(&["-n", K8S_NS, "images", "tag", &image.name, &other])?;
@@ -1391,10 +1413,11 @@ fn import_lazy(test: &str, env: &mut Env, images: &Images) -> Result<()> {
     let again = wait_listed(env, &image.name)?;
     ensure!(again.id == image.config_digest, "image changed on restart");
     run_sample_check(env, &image.name, "import-after-restart")?;
+    let asked = env.registry.access_lines();
     ensure!(
-        env.registry.access_lines().len() == mark,
+        asked.len() == mark,
         "the registry was asked: {:?}",
-        &env.registry.access_lines()[mark..]
+        &asked[mark..]
     );
 
     eprintln!("== {test}: archive deleted");
@@ -1414,5 +1437,69 @@ fn import_lazy(test: &str, env: &mut Env, images: &Images) -> Result<()> {
                 .any(|i| i.repo_tags.contains(&image.name)))
         },
     )?;
+    ensure!(
+        env.cri.image_status(&pause.name)?.is_some(),
+        "the other archive's image went too"
+    );
+    Ok(())
+}
+
+/// (l) `airgap-snapshotter import` registers once and exits, next to a
+/// daemon that does not register by itself; `eager` fills every layer in
+/// the background before any container; a second run changes nothing.
+#[test]
+fn import_command_registers_once() {
+    let test = "import_command";
+    run_test(
+        test,
+        |host| Ok((vec![sample_spec(host, "oneshot", "v1")?.into()], vec![])),
+        import_command,
+    );
+}
+
+fn import_command(test: &str, env: &mut Env, images: &Images) -> Result<()> {
+    let image = &images.archived[0];
+    let (archives, root, address) = (
+        env.daemon.archives_dir().to_path_buf(),
+        env.daemon.root().to_path_buf(),
+        env.containerd.address().to_path_buf(),
+    );
+    let import = |mode: &str| -> Result<String> {
+        process::run(
+            std::process::Command::new(airgap_integration::daemon::binary()?)
+                .arg("import")
+                .arg("--archives")
+                .arg(&archives)
+                .arg("--root")
+                .arg(&root)
+                .arg("--containerd-address")
+                .arg(&address)
+                .args(["--import-mode", mode]),
+            Duration::from_secs(120),
+        )
+    };
+    eprintln!("== {test}: import --import-mode eager");
+    let out = import("eager")?;
+    ensure!(
+        out.contains(&format!("registered  {}", image.name))
+            && out.contains("1 registered, 0 already registered"),
+        "unexpected import output:\n{out}"
+    );
+    wait_listed(env, &image.name)?;
+    process::wait_until(
+        "the eager fill of every layer",
+        Duration::from_secs(60),
+        || {
+            let fills = env.daemon.log().matches("imported layer extracted").count();
+            Ok(fills == image.chain_ids.len())
+        },
+    )?;
+    eprintln!("== {test}: a second import changes nothing");
+    let out = import("eager")?;
+    ensure!(
+        out.contains("0 registered, 1 already registered, 0 removed, 0 failed"),
+        "second import output:\n{out}"
+    );
+    run_sample_check(env, &image.name, "import-command")?;
     Ok(())
 }

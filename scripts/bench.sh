@@ -21,7 +21,7 @@
 # indexed. Prints a table; --write puts it into BENCHMARKS.md. Not a test:
 # nothing here asserts a time.
 #
-#   scripts/bench.sh [--write] [--cache DIR] [--logs DIR] [--reps N] [--no-profile] [--pulls]
+#   scripts/bench.sh [--write] [--cache DIR] [--logs DIR] [--reps N] [--no-profile] [--pulls|--import]
 #
 # --pulls runs only the pulls a site compares across containerd versions:
 # (2), (3), (4) and (5) on the oci archive, `ctr pull --snapshotter airgap`
@@ -32,6 +32,12 @@
 # scripts/fetch-containerd.sh), configured as the end-to-end tests do
 # (`containerd config default` + `airgap-snapshotter config --containerd
 # <version>`, written by integration's containerd-config).
+#
+# --import runs only what registration into containerd (import, issue 10)
+# is compared with: (1) `ctr images import` of the bundle, (2), (5) on the
+# oci archive, (7) `airgap-snapshotter import` of the bundle, lazy and
+# eager, and (7b) the first `ctr run` of the largest image after a lazy
+# registration; written into a section of its own per containerd version.
 #
 # --cache DIR keeps the generated bundle (debootstrap rootfs, archives) in
 # DIR, so that a rerun skips generating it. --logs DIR keeps the logs of
@@ -53,6 +59,7 @@ logs=
 reps=3
 profile=1
 pulls=0
+imports=0
 while (($#)); do
     case $1 in
         --write) write=1 ;;
@@ -61,6 +68,7 @@ while (($#)); do
         --reps) reps=$2; shift ;;
         --no-profile) profile=0 ;;
         --pulls) pulls=1 profile=0 ;;
+        --import) imports=1 profile=0 ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -235,6 +243,7 @@ jq -r --arg r "$big" '.[] | select(.ref == $r) | .manifests[0].layers[].digest' 
 jq -r --arg r "$small" '.[] | select(.ref == $r) | .manifests[0].layers[].digest' "$work/images.json" >"$work/small-layers"
 jq -r --arg r "$big" '.[] | select(.ref == $r) | .manifests[0].layers[].diff_id' "$work/images.json" >"$work/big-diff-ids"
 big_layers=$(wc -l <"$work/big-layers")
+bundle_layers=$(jq -r '[.[].manifests[].layers[].chain_id] | unique | length' "$work/images.json")
 small_bytes=$(jq -r --arg r "$small" '.[] | select(.ref == $r) | .size' "$work/images.json")
 # The unpacked size and file count of the largest image, from its layers.
 mkdir -p "$work/floor-blobs"
@@ -464,6 +473,44 @@ step_daemon() {
     fi
 }
 
+# step_register lazy|eager KIND: (7) `airgap-snapshotter import` of the
+# bundle into a containerd wired to the daemon (time until the command
+# returns; for eager, until every layer of the bundle is extracted), and
+# after a lazy one (7b) the first `ctr run` of the largest image, whose
+# layers are filled from the archive then.
+fills_at_least() { (($(grep -c 'imported layer extracted' "$1" || true) >= $2)); }
+step_register() {
+    local mode=$1 kind=$2 out
+    lock
+    fresh_daemon_root "$kind"
+    start_daemon "$kind" "$root"
+    start_containerd airgap
+    drop_caches
+    t0=$(now)
+    out=$("$bin" import --archives "$work/archives-$kind" --root "$root" \
+        --containerd-address "$cdir/containerd.sock" --import-mode "$mode" 2>&1) ||
+        { echo "$out" >&2; exit 1; }
+    [[ $mode == lazy ]] || wait_for "every layer of the bundle extracted" 600 fills_at_least "$root.log" "$bundle_layers"
+    t=$(since "$t0")
+    disk=$(du_bytes "$cdir/root" "$root")
+    hwm=$(hwm_kib "$daemon_pid")
+    note="disk: containerd $(human "$(du_bytes "$cdir/root")") + daemon $(human "$(du_bytes "$root")"); layers extracted by then: $(grep -c 'imported layer extracted' "$root.log" || true)/$bundle_layers; $(tail -1 <<<"$out")"
+    record "register-$mode-$kind" "(7) \`airgap-snapshotter import --import-mode $mode\` of the bundle, $kind archive (all 4 images)"
+    if [[ $mode == lazy ]]; then
+        drop_caches
+        t0=$(now)
+        check_runs airgap "$big"
+        t=$(since "$t0")
+        disk=$(du_bytes "$cdir/root" "$root")
+        hwm=$(hwm_kib "$daemon_pid")
+        note="includes starting and stopping the container; layers extracted: $(grep -c 'imported layer extracted' "$root.log" || true)/$big_layers"
+        record "first-run-$kind" "(7b) first \`ctr run\` of the largest image after a lazy registration (its layers filled then)"
+    fi
+    stop_containerd
+    stop_daemon
+    unlock
+}
+
 # step_floor MODE: (6) system tools on the same layers.
 step_floor() {
     rm -rf "$work/floor"
@@ -544,6 +591,31 @@ Reproduce: \`AIRGAP_CONTAINERD_DIR=DIR scripts/bench.sh --pulls --write [--cache
     fi
 }
 
+# --import: registration against import, in a section per containerd version.
+import_report() {
+    local report
+    report="Run $(date -u '+%Y-%m-%d %H:%M UTC') on $(machine_line).
+Load average (1, 5, 15 min) at the start: $load_start; at the end: $(cut -d' ' -f1-3 /proc/loadavg) (other work was running: figures are noisy).
+
+$(results_table)
+
+Median of $reps rounds, caches dropped before each step, a fresh private containerd $containerd_version and daemon root (holding only the
+persisted indexes) per step. (1) and (7) register all 4 images of the bundle ($bundle_layers distinct layers); (2), (5) and (7b) are
+about the largest (\`$big\`, $big_layers layers, $(human "$big_unpacked") unpacked). (7) lazy writes only the index, manifests
+and configs into containerd and commits every layer without data: containerd lists the images, pinned, and records them unpacked;
+(7) eager is timed until the daemon has extracted every layer (in the background, bounded by the cores). (7b) times \`ctr run\` of a
+short command, container start and stop included, with the layers filled from the archive first.
+
+Reproduce: \`[AIRGAP_CONTAINERD_DIR=DIR] scripts/bench.sh --import --write [--cache DIR] [--reps N]\` as root."
+    echo
+    echo "$report"
+    if ((write)); then
+        printf '%s\n' "$report" | python3 scripts/bench/write-section.py "bench-import-$containerd_version" \
+            "Registering images into containerd on $containerd_version (\`scripts/bench.sh --import --write\`)"
+        echo "written to BENCHMARKS.md"
+    fi
+}
+
 for ((round = 1; round <= reps; round++)); do
     say "round $round of $reps"
     if ((pulls)); then
@@ -552,6 +624,15 @@ for ((round = 1; round <= reps; round++)); do
         step_daemon mirror oci
         step_daemon ctr-snap oci
         step_daemon snap oci
+        step_floor parallel
+        continue
+    fi
+    if ((imports)); then
+        step_import oci
+        step_registry cri
+        step_daemon snap oci
+        step_register lazy oci
+        step_register eager oci
         step_floor parallel
         continue
     fi
@@ -571,6 +652,10 @@ t_floor=$(median ${T[floor-parallel]})
 
 if ((pulls)); then
     pulls_report
+    exit 0
+fi
+if ((imports)); then
+    import_report
     exit 0
 fi
 

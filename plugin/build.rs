@@ -28,6 +28,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .compile_fds(fds)?;
 
+    // CRI's ImageService, client only: the importer pulls what k3s-style
+    // image lists name and no archive holds through containerd's CRI.
+    let cri = "cri/api.proto";
+    println!("cargo:rerun-if-changed={}", proto_root.join(cri).display());
+    let fds = protox::compile([cri], [&proto_root])?;
+    tonic_prost_build::configure()
+        .build_server(false)
+        .build_client(true)
+        .compile_fds(fds)?;
+
     let target = std::env::var("TARGET")?;
     println!("cargo:rustc-env=AIRGAP_BUILD_TARGET={target}");
     println!("cargo:rerun-if-env-changed=AIRGAP_COMMIT");

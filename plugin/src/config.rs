@@ -783,3 +783,31 @@ mod tests {
         assert!(one.validate().is_ok());
     }
 }
+
+#[cfg(test)]
+mod import_config_tests {
+    use super::*;
+
+    #[test]
+    fn import_namespaces_follow_containerds_rule() {
+        let mut config = Config::default();
+        assert_eq!(config.import.namespaces, ["k8s.io"]);
+        assert_eq!(config.import.mode, ImportMode::Lazy);
+        config.validate().unwrap();
+        for bad in ["", "k8s..io", "-k8s", "k8s/io", &"a".repeat(77)] {
+            config.import.namespaces = vec![bad.to_string()];
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains("import.namespaces"), "{bad:?}: {err}");
+        }
+        // Off: nothing to register, nothing to check.
+        config.import.mode = ImportMode::Off;
+        config.validate().unwrap();
+        let parsed: Config = toml::from_str(
+            "containerd_address = \"/run/k3s/containerd/containerd.sock\"\n[import]\nnamespaces = [\"k8s.io\", \"default\"]\nmode = \"eager\"\n",
+        )
+        .unwrap();
+        assert_eq!(parsed.import.mode, ImportMode::Eager);
+        assert_eq!(parsed.import.namespaces, ["k8s.io", "default"]);
+        assert!(toml::from_str::<Config>("[import]\nmode = \"sometimes\"\n").is_err());
+    }
+}

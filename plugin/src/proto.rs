@@ -1,6 +1,7 @@
 //! containerd's API, compiled from `proto/` by `build.rs`: the snapshots
 //! service this daemon serves (and calls, on containerd, to register
-//! layers), and the content, images and leases services the importer calls.
+//! layers), and the content, images and leases services the importer calls;
+//! and CRI's ImageService (client), for the pulls of image lists.
 #![allow(clippy::all, clippy::pedantic, missing_docs)]
 
 pub mod containerd {
@@ -28,5 +29,12 @@ pub mod containerd {
                 tonic::include_proto!("containerd.services.leases.v1");
             }
         }
+    }
+}
+
+/// Kubernetes' CRI v1 (`runtime.v1`), as containerd's CRI plugin serves it.
+pub mod runtime {
+    pub mod v1 {
+        tonic::include_proto!("runtime.v1");
     }
 }

@@ -643,3 +643,37 @@ fn a_stream_that_fails_verification_marks_the_copy_and_the_next_open_falls_back(
     assert_eq!(buf, good.blobs[&digest]);
     assert!(!c.copy_is_bad(&old, &digest));
 }
+
+/// k3s keeps image lists beside its archives: they are read as lists,
+/// never indexed (or reported) as broken archives; and a scan that changes
+/// what the archives hold tells the importer.
+#[test]
+fn image_lists_are_lists_not_broken_archives() {
+    let dir = tempfile::tempdir().unwrap();
+    let (oci, _) = OciLayout::single("busybox:1.36", &two_layer_spec());
+    write(dir.path(), "bundle.tar", &oci.to_tar());
+    write(
+        dir.path(),
+        "k3s-images.txt",
+        b"# k3s airgap list\ndocker.io/rancher/mirrored-pause:3.6\n\n  registry.k8s.io/coredns/coredns:v1.11.1  # dns\ndocker.io/rancher/mirrored-pause:3.6\n",
+    );
+    let c = open(&[dir.path()]);
+    assert!(c.broken().is_empty(), "{:?}", c.broken());
+    assert_eq!(c.images().len(), 1);
+    let listed: Vec<String> = c.image_lists().into_iter().map(|(r, _)| r).collect();
+    assert_eq!(
+        listed,
+        [
+            "docker.io/rancher/mirrored-pause:3.6",
+            "registry.k8s.io/coredns/coredns:v1.11.1"
+        ]
+    );
+
+    let changes = c.subscribe();
+    let before = *changes.borrow();
+    c.rescan();
+    assert_eq!(*changes.borrow(), before, "nothing changed, nobody woken");
+    std::fs::remove_file(dir.path().join("bundle.tar")).unwrap();
+    c.rescan();
+    assert!(*changes.borrow() > before, "an archive removed wakes the importer");
+}

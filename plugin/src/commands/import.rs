@@ -50,6 +50,12 @@ pub fn run(args: ImportArgs) -> Result<ExitCode> {
     for (image, why) in &report.skipped {
         println!("skipped     {image}: {why}");
     }
+    for image in &report.pulled {
+        println!("pulled      {image} (listed, in no archive)");
+    }
+    for (image, why) in &report.pull_failed {
+        println!("not pulled  {image} (listed, in no archive): {why}");
+    }
     for ns in &report.namespaces {
         for image in &ns.registered {
             println!("registered  {image} (namespace {})", ns.namespace);

@@ -28,6 +28,10 @@ use super::ImportError;
 const GC_EXPIRE: &str = "containerd.io/gc.expire";
 /// A registration lease outlives a crashed importer by this long at most.
 const LEASE_TTL: Duration = Duration::from_secs(3600);
+/// Any one call but a pull.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// A pull of a large image from a slow registry.
+const CRI_PULL_TIMEOUT: Duration = Duration::from_secs(1800);
 
 /// A connection to containerd's gRPC socket.
 #[derive(Clone)]
@@ -65,7 +69,6 @@ impl Containerd {
         let channel = Endpoint::from_shared(uri)
             .map_err(unreachable)?
             .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(60))
             .connect()
             .await
             .map_err(unreachable)?;
@@ -77,6 +80,27 @@ impl Containerd {
 
     pub fn address(&self) -> &Path {
         &self.address
+    }
+
+    /// CRI `PullImage` of `reference` (containerd's `k8s.io` namespace,
+    /// its hosts.toml, so the mirror and its upstreams), as kubelet sends it
+    /// for a pod without a sandbox config. Returns the image id.
+    pub async fn cri_pull(&self, reference: &str) -> Result<String, ImportError> {
+        use crate::proto::runtime::v1 as cri;
+        let mut request = Request::new(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: reference.to_string(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        request.set_timeout(CRI_PULL_TIMEOUT);
+        let mut client = cri::image_service_client::ImageServiceClient::new(self.channel.clone());
+        let response = client
+            .pull_image(request)
+            .await
+            .map_err(failed("CRI PullImage"))?;
+        Ok(response.into_inner().image_ref)
     }
 
     /// The calls of one namespace, under an optional lease.
@@ -121,6 +145,7 @@ impl<'a> Namespaced<'a> {
 
     fn request<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
+        request.set_timeout(CALL_TIMEOUT);
         let meta = request.metadata_mut();
         // Namespaces and lease ids are checked to be ASCII by containerd's
         // own rules (and ours: see `ImportOptions::validate`).

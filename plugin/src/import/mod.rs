@@ -140,11 +140,15 @@ pub struct ImportReport {
     pub namespaces: Vec<NamespaceReport>,
     /// Archived images not registered for this node, and why.
     pub skipped: Vec<(String, String)>,
+    /// References of the image lists no archive holds, pulled now.
+    pub pulled: Vec<String>,
+    /// Those that could not be pulled, and why.
+    pub pull_failed: Vec<(String, String)>,
 }
 
 impl ImportReport {
     pub fn failed(&self) -> usize {
-        self.namespaces.iter().map(|n| n.failed.len()).sum()
+        self.namespaces.iter().map(|n| n.failed.len()).sum::<usize>() + self.pull_failed.len()
     }
 }
 
@@ -152,11 +156,22 @@ impl ImportReport {
 pub struct Importer {
     catalog: Arc<Catalog>,
     opts: ImportOptions,
+    /// Listed references whose pull failed, and when.
+    pull_failures: std::sync::Mutex<HashMap<String, std::time::Instant>>,
 }
+
+/// CRI's namespace: image lists are pulled only when it is registered.
+const CRI_NAMESPACE: &str = "k8s.io";
+/// A listed image that could not be pulled is tried again after this long.
+const PULL_RETRY: Duration = Duration::from_secs(300);
 
 impl Importer {
     pub fn new(catalog: Arc<Catalog>, opts: ImportOptions) -> Self {
-        Importer { catalog, opts }
+        Importer {
+            catalog,
+            opts,
+            pull_failures: Default::default(),
+        }
     }
 
     pub fn options(&self) -> &ImportOptions {
@@ -174,8 +189,8 @@ impl Importer {
                 .map_err(|_| ImportError::Protocol("planning task failed"))?;
         let scope = self.catalog.options().dirs.clone();
         let mut report = ImportReport {
-            namespaces: Vec::new(),
             skipped,
+            ..Default::default()
         };
         for namespace in &self.opts.namespaces {
             let ns = client.namespace(namespace);
@@ -183,7 +198,80 @@ impl Importer {
                 .namespaces
                 .push(self.reconcile(ns, &plan, &scope).await?);
         }
+        if self.opts.namespaces.iter().any(|n| n == CRI_NAMESPACE) {
+            self.pull_listed(client, &mut report).await?;
+        }
         Ok(report)
+    }
+
+    /// k3s's habit: references of the image lists (`*.txt`) beside the
+    /// archives that no archive holds are pulled through containerd's CRI
+    /// (so through hosts.toml, the mirror and its upstreams). One attempt
+    /// per reference every [`PULL_RETRY`] while it fails.
+    async fn pull_listed(
+        &self,
+        client: &Containerd,
+        report: &mut ImportReport,
+    ) -> Result<(), ImportError> {
+        let catalog = self.catalog.clone();
+        let listed = tokio::task::spawn_blocking(move || {
+            catalog
+                .image_lists()
+                .into_iter()
+                .filter_map(|(reference, list)| {
+                    let normalized = crate::catalog::reference::Reference::parse(&reference)
+                        .map(|r| r.to_string());
+                    match normalized {
+                        Ok(name) if catalog.resolve(&name).is_none() => Some((name, list)),
+                        Ok(_) => None,
+                        Err(e) => {
+                            tracing::warn!(list = %list.display(), %reference, error = %e, "not an image reference");
+                            None
+                        }
+                    }
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|_| ImportError::Protocol("reading image lists failed"))?;
+        if listed.is_empty() {
+            return Ok(());
+        }
+        let present: HashSet<String> = client
+            .namespace(CRI_NAMESPACE)
+            .list_images()
+            .await?
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        for (name, list) in listed {
+            if present.contains(&name) {
+                continue;
+            }
+            if let Some(failed) = self.pull_failures.lock().unwrap().get(&name) {
+                if failed.elapsed() < PULL_RETRY {
+                    continue;
+                }
+            }
+            match client.cri_pull(&name).await {
+                Ok(id) => {
+                    tracing::info!(image = %name, %id, list = %list.display(), "listed image pulled");
+                    self.pull_failures.lock().unwrap().remove(&name);
+                    report.pulled.push(name);
+                }
+                Err(e) if e.is_unavailable() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(image = %name, list = %list.display(), error = %e,
+                        "listed image is in no archive and could not be pulled; retried later");
+                    self.pull_failures
+                        .lock()
+                        .unwrap()
+                        .insert(name.clone(), std::time::Instant::now());
+                    report.pull_failed.push((name, e.to_string()));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Brings one namespace in line with `plan`.
@@ -454,6 +542,9 @@ impl Importer {
 const REPASS: Duration = Duration::from_secs(60);
 
 fn log_report(report: &ImportReport) {
+    if !report.pulled.is_empty() {
+        tracing::info!(pulled = report.pulled.len(), "listed images pulled through containerd");
+    }
     for ns in &report.namespaces {
         if !ns.registered.is_empty() || !ns.removed.is_empty() || !ns.failed.is_empty() {
             tracing::info!(namespace = %ns.namespace, registered = ns.registered.len(),

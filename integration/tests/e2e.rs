@@ -1452,13 +1452,25 @@ fn import_command_registers_once() {
     let test = "import_command";
     run_test(
         test,
-        |host| Ok((vec![sample_spec(host, "oneshot", "v1")?.into()], vec![])),
+        |host| {
+            Ok((
+                vec![sample_spec(host, "oneshot", "v1")?.into()],
+                vec![sample_spec(host, "listed", "v1")?],
+            ))
+        },
         import_command,
     );
 }
 
 fn import_command(test: &str, env: &mut Env, images: &Images) -> Result<()> {
     let image = &images.archived[0];
+    // k3s's habit: a list beside the archives; what no archive holds is
+    // pulled through containerd (here from the test registry).
+    let listed = &images.remote_only[0];
+    std::fs::write(
+        env.daemon.archives_dir().join("images.txt"),
+        format!("# k3s-style list\n{}\n{}\n", image.name, listed.name),
+    )?;
     let (archives, root, address) = (
         env.daemon.archives_dir().to_path_buf(),
         env.daemon.root().to_path_buf(),
@@ -1482,10 +1494,12 @@ fn import_command(test: &str, env: &mut Env, images: &Images) -> Result<()> {
     let out = import("eager")?;
     ensure!(
         out.contains(&format!("registered  {}", image.name))
-            && out.contains("1 registered, 0 already registered"),
+            && out.contains("1 registered, 0 already registered")
+            && out.contains(&format!("pulled      {}", listed.name)),
         "unexpected import output:\n{out}"
     );
     wait_listed(env, &image.name)?;
+    wait_listed(env, &listed.name)?;
     process::wait_until(
         "the eager fill of every layer",
         Duration::from_secs(60),

@@ -1515,5 +1515,30 @@ fn import_command(test: &str, env: &mut Env, images: &Images) -> Result<()> {
         "second import output:\n{out}"
     );
     run_sample_check(env, &image.name, "import-command")?;
+
+    eprintln!("== {test}: the archive replaced by a newer build of the same tag");
+    let mut newer = sample_spec(&env.registry.host(), "oneshot", "v1")?;
+    newer.layers = image::sample_layers("oneshot:v1 rebuilt")?;
+    let replaced = archives.join(image.archive.file_name().context("archive name")?);
+    let staged = env.work.path().join("newer.tar");
+    let rebuilt = image::write_oci_archive(&newer, &staged)?;
+    ensure!(
+        rebuilt.config_digest != image.config_digest,
+        "the rebuild is the same image"
+    );
+    std::fs::rename(&staged, &replaced)?;
+    let out = import("lazy")?;
+    ensure!(
+        out.contains(&format!("registered  {}", image.name)),
+        "the newer archive was not registered:\n{out}"
+    );
+    let listed = wait_listed(env, &image.name)?;
+    ensure!(
+        listed.id == rebuilt.config_digest,
+        "{} still points at {}, not the newer {}",
+        image.name,
+        listed.id,
+        rebuilt.config_digest
+    );
     Ok(())
 }

@@ -675,5 +675,8 @@ fn image_lists_are_lists_not_broken_archives() {
     assert_eq!(*changes.borrow(), before, "nothing changed, nobody woken");
     std::fs::remove_file(dir.path().join("bundle.tar")).unwrap();
     c.rescan();
-    assert!(*changes.borrow() > before, "an archive removed wakes the importer");
+    assert!(
+        *changes.borrow() > before,
+        "an archive removed wakes the importer"
+    );
 }

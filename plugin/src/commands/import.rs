@@ -25,6 +25,8 @@ pub struct ImportArgs {
 pub fn run(args: ImportArgs) -> Result<ExitCode> {
     let config = Config::load(&args.serve)?;
     let mut opts = ImportOptions::from_config(&config);
+    // An archive copied in just now may not be indexed by the daemon yet.
+    opts.declined_wait = std::time::Duration::from_secs(30);
     if opts.mode == ImportMode::Off {
         // The config may turn the daemon's background pass off; asking for
         // one pass by hand still means one, lazily unless told otherwise.

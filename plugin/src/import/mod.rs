@@ -71,6 +71,11 @@ pub struct ImportOptions {
     pub snapshotter: String,
     /// This node's platform (`linux/amd64`).
     pub platform: String,
+    /// How long a layer the snapshotter declines is asked for again: zero
+    /// in the daemon (the snapshotter reads the same catalog), some seconds
+    /// for the `import` command, whose catalog may see an archive before
+    /// the daemon's watcher has indexed it.
+    pub declined_wait: Duration,
 }
 
 impl ImportOptions {
@@ -83,6 +88,7 @@ impl ImportOptions {
             mode: config.import.mode,
             snapshotter: config.import.snapshotter.clone(),
             platform: crate::setup::platform(),
+            declined_wait: Duration::ZERO,
         }
     }
 }
@@ -148,7 +154,11 @@ pub struct ImportReport {
 
 impl ImportReport {
     pub fn failed(&self) -> usize {
-        self.namespaces.iter().map(|n| n.failed.len()).sum::<usize>() + self.pull_failed.len()
+        self.namespaces
+            .iter()
+            .map(|n| n.failed.len())
+            .sum::<usize>()
+            + self.pull_failed.len()
     }
 }
 
@@ -453,9 +463,16 @@ impl Importer {
                         self.opts.mode.as_str().to_string(),
                     ),
                 ]);
-                let prepared = ns
-                    .prepare_target(snapshotter, &key, &parent, labels)
+                let deadline = std::time::Instant::now() + self.opts.declined_wait;
+                let mut prepared = ns
+                    .prepare_target(snapshotter, &key, &parent, labels.clone())
                     .await?;
+                while prepared == Prepared::Declined && std::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    prepared = ns
+                        .prepare_target(snapshotter, &key, &parent, labels.clone())
+                        .await?;
+                }
                 if prepared == Prepared::Declined {
                     return Err(ImportError::Declined {
                         image: registration.name.clone(),
@@ -543,7 +560,10 @@ const REPASS: Duration = Duration::from_secs(60);
 
 fn log_report(report: &ImportReport) {
     if !report.pulled.is_empty() {
-        tracing::info!(pulled = report.pulled.len(), "listed images pulled through containerd");
+        tracing::info!(
+            pulled = report.pulled.len(),
+            "listed images pulled through containerd"
+        );
     }
     for ns in &report.namespaces {
         if !ns.registered.is_empty() || !ns.removed.is_empty() || !ns.failed.is_empty() {

@@ -556,6 +556,85 @@ mod tests {
         assert!(Cli::try_parse_from(["x", "--containerd", "1.5"]).is_err());
     }
 
+    /// k3s renders the template with its base config in place of the
+    /// `template "base"` line: stand containerd's own defaults in for the
+    /// base, and the result must be one valid config (no table defined
+    /// twice) with the proxy plugin and, on 2.x, both unpack entries.
+    #[test]
+    fn k3s_templates_extend_the_base() {
+        let base_marker = "{{ template \"base\" . }}\n";
+        for (version, fixture, file) in [
+            (
+                ContainerdVersion::V1,
+                "containerd-1.7.24.toml",
+                "config.toml.tmpl",
+            ),
+            (
+                ContainerdVersion::V2,
+                "containerd-2.1.9.toml",
+                "config-v3.toml.tmpl",
+            ),
+        ] {
+            let wiring = Wiring::new(version, Path::new("/run/a/s.sock"), Path::new("/x"));
+            let (name, text) = k3s_template(&wiring);
+            assert_eq!(name, file);
+            assert_eq!(text.matches("{{").count(), 1, "{text}");
+            assert!(text.contains(base_marker), "{text}");
+            let base = std::fs::read_to_string(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("src/setup/testdata")
+                    .join(fixture),
+            )
+            .unwrap();
+            let rendered = text.replace(base_marker, &base);
+            let v: toml::Value = rendered
+                .parse()
+                .unwrap_or_else(|e| panic!("{file} over {fixture}: {e}"));
+            assert_eq!(
+                get(&v, &["proxy_plugins", "airgap", "address"]).as_str(),
+                Some("/run/a/s.sock")
+            );
+            // CRI's snapshotter and config_path are left to k3s (its
+            // `snapshotter` setting and registries.yaml).
+            assert!(
+                !text.contains("containerd.cri") && !text.contains("v1.cri"),
+                "{text}"
+            );
+            let unpack = lookup_unpack(&v);
+            match version {
+                ContainerdVersion::V1 => assert!(!text.contains("unpack_config"), "{text}"),
+                ContainerdVersion::V2 => {
+                    let names: Vec<&str> = unpack
+                        .unwrap()
+                        .iter()
+                        .map(|e| e["snapshotter"].as_str().unwrap())
+                        .collect();
+                    assert_eq!(names, ["airgap", "overlayfs"]);
+                    assert_eq!(
+                        get(
+                            &v,
+                            &[
+                                "proxy_plugins",
+                                "airgap",
+                                "exports",
+                                "enable_remote_snapshot_annotations"
+                            ]
+                        )
+                        .as_str(),
+                        Some("true")
+                    );
+                }
+            }
+        }
+    }
+
+    fn lookup_unpack(v: &toml::Value) -> Option<&Vec<toml::Value>> {
+        v.get("plugins")?
+            .get("io.containerd.transfer.v1.local")?
+            .get("unpack_config")?
+            .as_array()
+    }
+
     #[test]
     fn hosts_file() {
         let a = args(&[

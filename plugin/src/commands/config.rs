@@ -226,7 +226,10 @@ fn run_merge(file: &Path, args: &ConfigArgs) -> Result<ExitCode> {
 /// registries.yaml (created when missing), with a backup and a diff.
 fn run_registries_yaml(file: &Path, args: &ConfigArgs) -> Result<ExitCode> {
     let Some(mirror) = mirror_url(&args.mirror) else {
-        bail!("--registries-yaml puts the mirror into {}: it needs --mirror ADDR, not off", file.display());
+        bail!(
+            "--registries-yaml puts the mirror into {}: it needs --mirror ADDR, not off",
+            file.display()
+        );
     };
     let original = match fs::read_to_string(file) {
         Ok(t) => Some(t),
@@ -237,11 +240,17 @@ fn run_registries_yaml(file: &Path, args: &ConfigArgs) -> Result<ExitCode> {
     wanted.extend(args.registries.iter().cloned());
     let want = RegistriesWant {
         mirror,
-        upstream: args.upstream.as_ref().map(|u| u.trim_end_matches('/').to_string()),
+        upstream: args
+            .upstream
+            .as_ref()
+            .map(|u| u.trim_end_matches('/').to_string()),
         registries: wanted,
     };
     let text = original.as_deref().unwrap_or("");
     let edited = registries::edit(file, text, &want)?;
+    for w in &edited.warnings {
+        eprintln!("warning: {}: {w}", file.display());
+    }
     if !edited.changed {
         println!(
             "{} already lists the mirror first in every entry: nothing changed",
@@ -254,7 +263,11 @@ fn run_registries_yaml(file: &Path, args: &ConfigArgs) -> Result<ExitCode> {
     print!(
         "{}",
         diff.unified_diff().context_radius(2).header(
-            if original.is_some() { &name } else { "/dev/null" },
+            if original.is_some() {
+                &name
+            } else {
+                "/dev/null"
+            },
             &name
         )
     );

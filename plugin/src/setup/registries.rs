@@ -89,6 +89,9 @@ pub struct EditedRegistries {
     /// False when the file had to be written out from the parsed document
     /// (its comments are then gone).
     pub comments_kept: bool,
+    /// What the edit cannot fix, one line each: entries with a `rewrite`
+    /// (k3s applies it to every endpoint, the mirror included).
+    pub warnings: Vec<String>,
 }
 
 fn kind(y: &Yaml) -> &'static str {
@@ -171,6 +174,8 @@ struct Plan {
     added: Vec<(String, Vec<String>)>,
     /// Existing entries whose endpoint list changes: (registry, new list).
     changed: Vec<(String, Vec<String>)>,
+    /// Existing entries with a `rewrite`.
+    rewrites: Vec<String>,
     /// The whole intended document.
     expected: Yaml,
 }
@@ -212,6 +217,7 @@ fn plan(path: &Path, doc: &Yaml, want: &RegistriesWant) -> Result<Plan, Registri
         }
     }
     let mut changed = Vec::new();
+    let mut rewrites = Vec::new();
     for (k, v) in mirrors.iter() {
         let name = key_str(k);
         let mut entry = match v {
@@ -219,6 +225,13 @@ fn plan(path: &Path, doc: &Yaml, want: &RegistriesWant) -> Result<Plan, Registri
             Yaml::Hash(h) => h.clone(),
             other => return Err(not_a_mapping(&format!("mirrors.{name}"), other)),
         };
+        if entry
+            .get(&Yaml::String("rewrite".into()))
+            .and_then(Yaml::as_hash)
+            .is_some_and(|h| !h.is_empty())
+        {
+            rewrites.push(name.clone());
+        }
         let endpoint_key = Yaml::String("endpoint".into());
         let existing: Vec<String> = match entry.get(&endpoint_key) {
             None | Some(Yaml::Null) => Vec::new(),
@@ -256,6 +269,7 @@ fn plan(path: &Path, doc: &Yaml, want: &RegistriesWant) -> Result<Plan, Registri
     Ok(Plan {
         added,
         changed,
+        rewrites,
         expected: Yaml::Hash(expected),
     })
 }
@@ -607,12 +621,29 @@ pub fn edit(
             .iter()
             .map(|(n, l)| format!("mirrors.{}.endpoint: {}", key_text(n), l.join(", "))),
     );
+    // k3s copies an entry's rewrite onto each of its endpoints (wharfie's
+    // format has no per-endpoint rewrite): the mirror would be asked for
+    // the rewritten name, which no archive holds.
+    let warnings: Vec<String> = plan
+        .rewrites
+        .iter()
+        .map(|n| {
+            format!(
+                "mirrors.{0} has a `rewrite`: k3s / rke2 apply it to the mirror too, so images \
+                 it renames are looked up in the archives under the new name and miss; move the \
+                 prefix into the daemon's [[upstream]] (registry = \"{0}\", path_prefix = \"...\") \
+                 and delete the rewrite",
+                key_text(n).trim_matches('"')
+            )
+        })
+        .collect();
     if edits.is_empty() {
         return Ok(EditedRegistries {
             text: original.to_string(),
             changed: false,
             edits,
             comments_kept: true,
+            warnings,
         });
     }
     if let Some(text) = edit_lines(original, &plan, want) {
@@ -622,6 +653,7 @@ pub fn edit(
                 text,
                 edits,
                 comments_kept: true,
+                warnings,
             });
         }
     }
@@ -640,6 +672,7 @@ pub fn edit(
         text,
         edits,
         comments_kept: false,
+        warnings,
     })
 }
 
@@ -752,6 +785,8 @@ configs:
             assert!(rest.any(|l| l == line), "{line:?} moved or changed");
         }
         assert_eq!(out.edits.len(), 3, "{:?}", out.edits);
+        assert_eq!(out.warnings.len(), 1, "{:?}", out.warnings);
+        assert!(out.warnings[0].starts_with("mirrors.docker.io has a `rewrite`"));
     }
 
     #[test]
@@ -764,7 +799,8 @@ configs:
         );
         assert!(out.comments_kept);
         assert!(
-            out.text.contains("    - \"http://127.0.0.1:5050\"\n    - https://"),
+            out.text
+                .contains("    - \"http://127.0.0.1:5050\"\n    - https://"),
             "same dash indentation as the list's:\n{}",
             out.text
         );
@@ -772,7 +808,8 @@ configs:
 
     #[test]
     fn already_right_is_unchanged() {
-        let text = "mirrors:\n  '*':\n    endpoint: ['http://127.0.0.1:5050/', 'https://r.example']\n";
+        let text =
+            "mirrors:\n  '*':\n    endpoint: ['http://127.0.0.1:5050/', 'https://r.example']\n";
         let out = edit(Path::new("r.yaml"), text, &want(None, &[])).unwrap();
         assert!(!out.changed && out.edits.is_empty());
         assert_eq!(out.text, text);
@@ -795,7 +832,9 @@ configs:
         let text = "# only auth so far\nconfigs:\n  harbor:\n    auth: {username: u, password: p}";
         let out = run(text, &want(None, &[]));
         assert!(out.text.starts_with("# only auth so far\nconfigs:"));
-        assert!(out.text.ends_with("mirrors:\n  \"*\":\n    endpoint:\n      - \"http://127.0.0.1:5050\"\n"));
+        assert!(out
+            .text
+            .ends_with("mirrors:\n  \"*\":\n    endpoint:\n      - \"http://127.0.0.1:5050\"\n"));
     }
 
     #[test]
@@ -812,11 +851,18 @@ configs:
         let p = Path::new("/etc/rancher/rke2/registries.yaml");
         let e = edit(p, "mirrors: [a, b]\n", &want(None, &[])).unwrap_err();
         assert!(e.to_string().contains("`mirrors` is a list"), "{e}");
-        assert!(e.to_string().starts_with("/etc/rancher/rke2/registries.yaml"));
-        let e = edit(p, "mirrors:\n  docker.io:\n    endpoint: https://x\n", &want(None, &[]))
-            .unwrap_err();
+        assert!(e
+            .to_string()
+            .starts_with("/etc/rancher/rke2/registries.yaml"));
+        let e = edit(
+            p,
+            "mirrors:\n  docker.io:\n    endpoint: https://x\n",
+            &want(None, &[]),
+        )
+        .unwrap_err();
         assert!(
-            e.to_string().contains("`mirrors.docker.io.endpoint` is a string"),
+            e.to_string()
+                .contains("`mirrors.docker.io.endpoint` is a string"),
             "{e}"
         );
         let e = edit(p, "mirrors:\n  a: [\n", &want(None, &[])).unwrap_err();
@@ -831,6 +877,52 @@ configs:
         assert!(same_endpoint("localhost:5050/", "HTTP://localhost:5050"));
         assert!(!same_endpoint("127.0.0.1:443", "http://127.0.0.1:443"));
         assert!(same_endpoint("harbor.example", "https://harbor.example/"));
-        assert!(!same_endpoint("http://harbor.example", "https://harbor.example"));
+        assert!(!same_endpoint(
+            "http://harbor.example",
+            "https://harbor.example"
+        ));
+    }
+}
+
+/// The fixtures in `testdata/`: a k3s and an rke2 registries.yaml as sites
+/// write them, edited, compared with the `.expected` files.
+#[cfg(test)]
+mod fixtures {
+    use super::*;
+
+    fn check(name: &str, upstream: Option<&str>, extra: &[&str]) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/setup/testdata");
+        let input = std::fs::read_to_string(dir.join(format!("{name}.yaml"))).unwrap();
+        let expected = std::fs::read_to_string(dir.join(format!("{name}.expected.yaml"))).unwrap();
+        let mut registries = vec![WILDCARD.to_string()];
+        registries.extend(extra.iter().map(|s| s.to_string()));
+        let want = RegistriesWant {
+            mirror: "http://127.0.0.1:5050".into(),
+            upstream: upstream.map(str::to_string),
+            registries,
+        };
+        let out = edit(Path::new(name), &input, &want).unwrap();
+        assert!(out.comments_kept, "{name}: comments lost");
+        assert_eq!(out.text, expected, "{name}: got\n{}", out.text);
+        let again = edit(Path::new(name), &out.text, &want).unwrap();
+        assert!(
+            !again.changed,
+            "{name}: a second edit changed {:?}",
+            again.edits
+        );
+    }
+
+    #[test]
+    fn k3s_site_file() {
+        check(
+            "registries-k3s",
+            Some("https://harbor.example.internal"),
+            &["quay.io"],
+        );
+    }
+
+    #[test]
+    fn rke2_wildcard_file() {
+        check("registries-rke2", None, &[]);
     }
 }

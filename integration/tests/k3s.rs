@@ -143,12 +143,10 @@ fn k3s(test: &str) -> Result<()> {
 
     // registries.yaml: a site's file, with the mirror put first.
     let registries = work.path().join("registries.yaml");
-    std::fs::write(
-        &registries,
-        format!(
-            "# the site's registry, kept by hand\nmirrors:\n  \"{host}\":\n    endpoint:\n      - \"http://{host}\"   # the registry itself\n"
-        ),
-    )?;
+    let original = format!(
+        "# the site's registry, kept by hand\nmirrors:\n  \"{host}\":\n    endpoint:\n      - \"http://{host}\"   # the registry itself\n"
+    );
+    std::fs::write(&registries, &original)?;
     let out = config(&[
         "--registries-yaml",
         &registries.to_string_lossy(),
@@ -204,6 +202,7 @@ fn k3s(test: &str) -> Result<()> {
     let rendered = template.replace(marker, &base.to_string());
     let config_file = dir.path().join("config.toml");
     std::fs::write(&config_file, &rendered)?;
+    let config_path = config_file.clone();
 
     eprintln!("== {test}: containerd {version} with the rendered template");
     let containerd = PrivateContainerd::start_with_config(dir, config_file)?;
@@ -269,6 +268,69 @@ fn k3s(test: &str) -> Result<()> {
     ensure!(
         !registry.blob_gets_since(mark).is_empty(),
         "an image only the registry has came from nowhere"
+    );
+
+    // doctor on this node, its hosts directory taken from config_path as
+    // on a k3s node: nothing fails (on 1.x the annotations are a warning).
+    let doctor = || -> Result<(Option<i32>, serde_json::Value)> {
+        let out = process::run_unchecked(
+            Command::new(daemon::binary()?)
+                .args(["doctor", "--json", "--containerd-config"])
+                .arg(&config_path)
+                .arg("--containerd-address")
+                .arg(containerd.address())
+                .arg("--ctr")
+                .arg(containerd::binary("ctr"))
+                .arg("--socket")
+                .arg(daemon.socket())
+                .arg("--root")
+                .arg(work.path().join("doctor-root"))
+                .arg("--archives")
+                .arg(daemon.archives_dir())
+                .args(["--mirror-listen", &mirror]),
+            Duration::from_secs(60),
+        )?;
+        let json: serde_json::Value = serde_json::from_str(&out.stdout)
+            .with_context(|| format!("doctor output:\n{}\n{}", out.stdout, out.stderr))?;
+        Ok((out.status.code(), json))
+    };
+    let not_ok = |json: &serde_json::Value, status: &str| -> Vec<String> {
+        json["checks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["status"] == status)
+            .map(|c| format!("{}: {} (fix: {})", c["name"], c["detail"], c["fix"]))
+            .collect()
+    };
+    eprintln!("== {test}: doctor on the k3s-shaped node");
+    let (code, json) = doctor()?;
+    ensure!(
+        code == Some(0) && not_ok(&json, "fail").is_empty(),
+        "doctor: exit {code:?}, failing {:#?}",
+        not_ok(&json, "fail")
+    );
+    let warned = not_ok(&json, "warn");
+    if !two {
+        ensure!(
+            warned.len() == 1 && warned[0].contains("disable_snapshot_annotations"),
+            "1.x: the annotations should be the one warning: {warned:#?}"
+        );
+    }
+    // The registries.yaml as it was (the mirror not first): k3s writes the
+    // registry's hosts.toml without it, doctor names it and sends the fix
+    // to registries.yaml.
+    k3s_hosts(&original, &hosts)?;
+    let (code, json) = doctor()?;
+    let failing = not_ok(&json, "fail");
+    ensure!(
+        code == Some(1)
+            && failing.len() == 1
+            && failing[0].contains(&format!("hosts.toml {host}"))
+            && failing[0].contains(&format!(
+                "--registries-yaml /etc/rancher/k3s/registries.yaml --registry {host}"
+            )),
+        "doctor with the mirror not first: exit {code:?}, failing {failing:#?}"
     );
     Ok(())
 }

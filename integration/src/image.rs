@@ -381,6 +381,32 @@ pub fn write_oci_archive_with_cmd(
     })
 }
 
+/// Writes `spec` as an OCI image layout tar at `archive` for another
+/// platform only (`linux/<arch>[/<variant>]`): an image index naming one
+/// manifest, as `ctr export --platform linux/arm64` of a multi-arch image
+/// on a node of that platform holds. Returns the index digest and the
+/// manifest's.
+pub fn write_foreign_platform_archive(
+    spec: &ImageSpec,
+    archive: &Path,
+    arch: &'static str,
+    variant: Option<&'static str>,
+) -> Result<(String, String)> {
+    let layers = spec.layers.iter().map(Layer::tar).collect::<Result<_>>()?;
+    let image = fixtures::ImageSpec {
+        arch,
+        variant,
+        ..fixtures::ImageSpec::new(layers)
+    };
+    let mut layout = fixtures::OciLayout::default();
+    let built = layout.add_image(&image);
+    let (index, size) = layout.add_index(&[(&image, &built)]);
+    layout.tag_as(&spec.name, &spec.tag, index, size, true);
+    std::fs::write(archive, layout.to_tar())
+        .with_context(|| format!("writing {}", archive.display()))?;
+    Ok((index.to_string(), built.manifest.to_string()))
+}
+
 /// Writes a copy of the archive `tar` wrapped in `container` next to it
 /// (`.tar.gz`, `.tar.zst`, ...) and returns its path; `Tar` returns `tar`
 /// itself.

@@ -19,6 +19,8 @@ pub struct Registry {
     proc: Option<Proc>,
     port: u16,
     log: PathBuf,
+    /// htpasswd credentials (user, password), when it asks for them.
+    creds: Option<(String, String)>,
     dir: TestDir,
 }
 
@@ -33,10 +35,36 @@ pub struct AccessLine {
 impl Registry {
     /// Starts `docker-registry serve` on a free loopback port.
     pub fn start() -> Result<Self> {
+        Self::start_inner(None)
+    }
+
+    /// Starts `docker-registry serve` behind htpasswd basic auth (a file
+    /// written with `htpasswd -Bbc`) for `user`:`password`.
+    pub fn start_with_auth(user: &str, password: &str) -> Result<Self> {
+        Self::start_inner(Some((user.to_string(), password.to_string())))
+    }
+
+    fn start_inner(creds: Option<(String, String)>) -> Result<Self> {
         let dir = TestDir::new("registry")?;
         let port = crate::free_port()?;
         let storage = dir.path().join("storage");
         std::fs::create_dir_all(&storage)?;
+        let mut auth = String::new();
+        if let Some((user, password)) = &creds {
+            let htpasswd = dir.path().join("htpasswd");
+            process::run(
+                Command::new("htpasswd")
+                    .arg("-Bbc")
+                    .arg(&htpasswd)
+                    .args([user, password]),
+                Duration::from_secs(30),
+            )?;
+            auth = format!(
+                "auth:\n  htpasswd:\n    realm: airgap-test\n    path: {}\n",
+                htpasswd.display()
+            );
+        }
+        let want = if creds.is_some() { 401 } else { 200 };
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,
@@ -44,7 +72,7 @@ impl Registry {
                 "version: 0.1\n\
                  log:\n  level: warn\n  accesslog:\n    disabled: false\n\
                  storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-                 http:\n  addr: 127.0.0.1:{port}\n",
+                 http:\n  addr: 127.0.0.1:{port}\n{auth}",
                 storage.display()
             ),
         )
@@ -57,12 +85,13 @@ impl Registry {
         )?;
         process::wait_until("docker-registry to answer", Duration::from_secs(30), || {
             proc.check_running()?;
-            Ok(http_status(port, "/v2/").ok() == Some(200))
+            Ok(http_status(port, "/v2/").ok() == Some(want))
         })?;
         Ok(Self {
             proc: Some(proc),
             port,
             log,
+            creds,
             dir,
         })
     }
@@ -84,10 +113,13 @@ impl Registry {
     /// example `library/busybox:1`) with skopeo; returns the full reference.
     pub fn push_oci_archive(&self, archive: &Path, tag: &str, repo: &str) -> Result<String> {
         let reference = format!("{}/{repo}", self.host());
+        let mut cmd = Command::new("skopeo");
+        cmd.args(["copy", "--quiet", "--dest-tls-verify=false"]);
+        if let Some((user, password)) = &self.creds {
+            cmd.arg(format!("--dest-creds={user}:{password}"));
+        }
         process::run(
-            Command::new("skopeo")
-                .args(["copy", "--quiet", "--dest-tls-verify=false"])
-                .arg(format!("oci-archive:{}:{tag}", archive.display()))
+            cmd.arg(format!("oci-archive:{}:{tag}", archive.display()))
                 .arg(format!("docker://{reference}")),
             Duration::from_secs(120),
         )?;

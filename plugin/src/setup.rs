@@ -9,6 +9,7 @@
 //! [`merge`] edits an existing config.toml to match it.
 
 pub mod merge;
+pub mod registries;
 
 use std::path::{Path, PathBuf};
 
@@ -51,9 +52,21 @@ pub struct ConfigArgs {
     /// (into --write DIR, default /etc/containerd/certs.d).
     #[arg(long, value_name = "FILE")]
     pub merge: Option<PathBuf>,
-    /// With --merge: print the diff, write nothing.
-    #[arg(long, requires = "merge")]
+    /// With --merge or --registries-yaml: print the diff, write nothing.
+    #[arg(long)]
     pub dry_run: bool,
+    /// k3s / rke2: put the mirror first in this registries.yaml
+    /// (`/etc/rancher/k3s/registries.yaml`, `/etc/rancher/rke2/registries.yaml`),
+    /// in every `mirrors` entry and in a `"*"` entry (and one per --registry)
+    /// added when missing; comments kept, a backup `FILE.<unix time>.bak`, a
+    /// unified diff printed.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["merge", "write"])]
+    pub registries_yaml: Option<PathBuf>,
+    /// k3s / rke2: print the containerd config template for their agent
+    /// directory (`config-v3.toml.tmpl` with --containerd 2, else
+    /// `config.toml.tmpl`).
+    #[arg(long, conflicts_with_all = ["merge", "write", "registries_yaml", "dry_run"])]
+    pub containerd_template: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,7 +87,7 @@ fn parse_version(s: &str) -> Result<ContainerdVersion, String> {
 }
 
 /// The mirror's URL in hosts.toml: `http://ADDR` for a bare address.
-fn mirror_url(mirror: &str) -> Option<String> {
+pub fn mirror_url(mirror: &str) -> Option<String> {
     if mirror.eq_ignore_ascii_case("off") {
         return None;
     }
@@ -331,8 +344,15 @@ pub fn render(wiring: &Wiring) -> String {
              # table defined twice; `config --merge FILE` does it for you.\n"
         }
     });
+    out.push_str(&render_body(&wiring.tables, &wiring.unpack));
+    out
+}
+
+/// The tables and `unpack_config` entries as TOML.
+fn render_body(tables: &[TableSettings], unpack: &[UnpackEntry]) -> String {
+    let mut out = String::new();
     let mut previous: Option<&[&str]> = None;
-    for table in &wiring.tables {
+    for table in tables {
         // A sub-table right after its parent stays in the parent's block.
         let nested = previous.is_some_and(|p| table.path.starts_with(p));
         let indent = if nested { "  " } else { "" };
@@ -351,7 +371,7 @@ pub fn render(wiring: &Wiring) -> String {
         }
         previous = Some(&table.path);
     }
-    if !wiring.unpack.is_empty() {
+    if !unpack.is_empty() {
         out.push_str(&format!(
             "\n# so that `ctr pull --snapshotter {SNAPSHOTTER}` (transfer service) unpacks\n\
              # through the snapshotter's fast path too. These entries replace containerd's\n\
@@ -359,7 +379,7 @@ pub fn render(wiring: &Wiring) -> String {
              # overlayfs stop unpacking.\n"
         ));
         let header = table_header(&[TRANSFER_TABLE[0], TRANSFER_TABLE[1], UNPACK_CONFIG]);
-        for (i, e) in wiring.unpack.iter().enumerate() {
+        for (i, e) in unpack.iter().enumerate() {
             if i > 0 {
                 out.push('\n');
             }
@@ -371,6 +391,49 @@ pub fn render(wiring: &Wiring) -> String {
         }
     }
     out
+}
+
+/// The k3s / rke2 containerd config template: its file name in their
+/// agent directory (`config-v3.toml.tmpl` for containerd 2.x, which k3s and
+/// rke2 read first, `config.toml.tmpl` for 1.7) and its text.
+///
+/// k3s renders the template with Go's text/template after defining the
+/// built-in config as the template `base` (k3s and rke2 since September
+/// 2023), so the template is the base plus what it lacks: the proxy plugin
+/// and, on 2.x, the transfer service's `unpack_config`. CRI's snapshotter
+/// and the hosts directory are not set here: the base already writes those
+/// tables (a second `[plugins."io.containerd.cri.v1.images"]` is a
+/// duplicate table containerd refuses); k3s's `snapshotter: airgap` setting
+/// fills the base's, and its `registries.yaml` the hosts directory.
+pub fn k3s_template(wiring: &Wiring) -> (&'static str, String) {
+    let (file, base) = match wiring.version {
+        ContainerdVersion::V2 => (
+            "config-v3.toml.tmpl",
+            "k3s / rke2 on containerd 2.x (`k3s crictl version` says which; a version = 3 base)",
+        ),
+        ContainerdVersion::V1 => (
+            "config.toml.tmpl",
+            "k3s / rke2 on containerd 1.7 (a version = 2 base)",
+        ),
+    };
+    let mut out = format!(
+        "# airgap-snapshotter for {base}.\n\
+         # Save as /var/lib/rancher/k3s/agent/etc/containerd/{file}\n\
+         # (rke2: /var/lib/rancher/rke2/agent/etc/containerd/{file}), set\n\
+         # `snapshotter: {SNAPSHOTTER}` in /etc/rancher/k3s/config.yaml (rke2:\n\
+         # /etc/rancher/rke2/config.yaml), put the mirror first in registries.yaml\n\
+         # (`airgap-snapshotter config --registries-yaml FILE`), restart k3s / rke2.\n\
+         # The next line is k3s's own config; below it, only tables it lacks.\n\
+         {{{{ template \"base\" . }}}}\n"
+    );
+    let tables: Vec<TableSettings> = wiring
+        .tables
+        .iter()
+        .filter(|t| t.path.first() == Some(&"proxy_plugins"))
+        .cloned()
+        .collect();
+    out.push_str(&render_body(&tables, &wiring.unpack));
+    (file, out)
 }
 
 /// The hosts.toml: the private registry as `server` (tried last), the
@@ -499,6 +562,85 @@ mod tests {
             .contains(':'));
         assert!(args(&["--containerd", "2.1"]).containerd == Some(ContainerdVersion::V2));
         assert!(Cli::try_parse_from(["x", "--containerd", "1.5"]).is_err());
+    }
+
+    /// k3s renders the template with its base config in place of the
+    /// `template "base"` line: stand containerd's own defaults in for the
+    /// base, and the result must be one valid config (no table defined
+    /// twice) with the proxy plugin and, on 2.x, both unpack entries.
+    #[test]
+    fn k3s_templates_extend_the_base() {
+        let base_marker = "{{ template \"base\" . }}\n";
+        for (version, fixture, file) in [
+            (
+                ContainerdVersion::V1,
+                "containerd-1.7.24.toml",
+                "config.toml.tmpl",
+            ),
+            (
+                ContainerdVersion::V2,
+                "containerd-2.1.9.toml",
+                "config-v3.toml.tmpl",
+            ),
+        ] {
+            let wiring = Wiring::new(version, Path::new("/run/a/s.sock"), Path::new("/x"));
+            let (name, text) = k3s_template(&wiring);
+            assert_eq!(name, file);
+            assert_eq!(text.matches("{{").count(), 1, "{text}");
+            assert!(text.contains(base_marker), "{text}");
+            let base = std::fs::read_to_string(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("src/setup/testdata")
+                    .join(fixture),
+            )
+            .unwrap();
+            let rendered = text.replace(base_marker, &base);
+            let v: toml::Value = rendered
+                .parse()
+                .unwrap_or_else(|e| panic!("{file} over {fixture}: {e}"));
+            assert_eq!(
+                get(&v, &["proxy_plugins", "airgap", "address"]).as_str(),
+                Some("/run/a/s.sock")
+            );
+            // CRI's snapshotter and config_path are left to k3s (its
+            // `snapshotter` setting and registries.yaml).
+            assert!(
+                !text.contains("containerd.cri") && !text.contains("v1.cri"),
+                "{text}"
+            );
+            let unpack = lookup_unpack(&v);
+            match version {
+                ContainerdVersion::V1 => assert!(!text.contains("unpack_config"), "{text}"),
+                ContainerdVersion::V2 => {
+                    let names: Vec<&str> = unpack
+                        .unwrap()
+                        .iter()
+                        .map(|e| e["snapshotter"].as_str().unwrap())
+                        .collect();
+                    assert_eq!(names, ["airgap", "overlayfs"]);
+                    assert_eq!(
+                        get(
+                            &v,
+                            &[
+                                "proxy_plugins",
+                                "airgap",
+                                "exports",
+                                "enable_remote_snapshot_annotations"
+                            ]
+                        )
+                        .as_str(),
+                        Some("true")
+                    );
+                }
+            }
+        }
+    }
+
+    fn lookup_unpack(v: &toml::Value) -> Option<&Vec<toml::Value>> {
+        v.get("plugins")?
+            .get("io.containerd.transfer.v1.local")?
+            .get("unpack_config")?
+            .as_array()
     }
 
     #[test]

@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use airgap_snapshotter::setup::merge::{file_version, merge};
+use airgap_snapshotter::setup::registries::{self, RegistriesWant, WILDCARD};
 use airgap_snapshotter::setup::{
-    config_toml, hosts_dir, hosts_toml, ConfigArgs, ContainerdVersion, Wiring,
+    config_toml, hosts_dir, hosts_toml, k3s_template, mirror_url, ConfigArgs, ContainerdVersion,
+    Wiring,
 };
 use anyhow::{bail, Context, Result};
 
@@ -100,8 +102,21 @@ pub fn run(args: ConfigArgs) -> Result<ExitCode> {
             bail!("--upstream {u:?}: expected https://host[:port] or http://host[:port]");
         }
     }
+    if args.dry_run && args.merge.is_none() && args.registries_yaml.is_none() {
+        bail!("--dry-run goes with --merge FILE or --registries-yaml FILE");
+    }
     if let Some(file) = &args.merge {
         return run_merge(file, &args);
+    }
+    if let Some(file) = &args.registries_yaml {
+        return run_registries_yaml(file, &args);
+    }
+    if args.containerd_template {
+        let wiring = Wiring::from_args(&args);
+        let (name, text) = k3s_template(&wiring);
+        eprintln!("# {name}");
+        print!("{text}");
+        return Ok(ExitCode::SUCCESS);
     }
     let hosts = hosts_toml(&args);
     let hosts_dir = hosts_dir(&args);
@@ -205,6 +220,107 @@ fn run_merge(file: &Path, args: &ConfigArgs) -> Result<ExitCode> {
         write_hosts_files(&dir, args, &hosts)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `config --registries-yaml FILE`: the mirror first in a k3s / rke2
+/// registries.yaml (created when missing), with a backup and a diff.
+fn run_registries_yaml(file: &Path, args: &ConfigArgs) -> Result<ExitCode> {
+    let Some(mirror) = mirror_url(&args.mirror) else {
+        bail!(
+            "--registries-yaml puts the mirror into {}: it needs --mirror ADDR, not off",
+            file.display()
+        );
+    };
+    let original = match fs::read_to_string(file) {
+        Ok(t) => Some(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("read {}", file.display())),
+    };
+    let mut wanted = vec![WILDCARD.to_string()];
+    wanted.extend(args.registries.iter().cloned());
+    let want = RegistriesWant {
+        mirror,
+        upstream: args
+            .upstream
+            .as_ref()
+            .map(|u| u.trim_end_matches('/').to_string()),
+        registries: wanted,
+    };
+    let text = original.as_deref().unwrap_or("");
+    let edited = registries::edit(file, text, &want)?;
+    for w in &edited.warnings {
+        eprintln!("warning: {}: {w}", file.display());
+    }
+    if !edited.changed {
+        println!(
+            "{} already lists the mirror first in every entry: nothing changed",
+            file.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let name = file.display().to_string();
+    let diff = similar::TextDiff::from_lines(text, &edited.text);
+    print!(
+        "{}",
+        diff.unified_diff().context_radius(2).header(
+            if original.is_some() {
+                &name
+            } else {
+                "/dev/null"
+            },
+            &name
+        )
+    );
+    if !edited.comments_kept {
+        eprintln!(
+            "note: {} uses a YAML layout this command cannot edit line by line (flow mappings, \
+             multi-line lists or anchors): it is written out whole, and its comments are not kept",
+            file.display()
+        );
+    }
+    if args.dry_run {
+        println!("dry run: {} not written", file.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    match original {
+        Some(_) => {
+            let backup = write_config(file, &edited.text)?;
+            println!(
+                "wrote {} ({} edits; the previous file is {})",
+                file.display(),
+                edited.edits.len(),
+                backup.display()
+            );
+        }
+        None => {
+            write_new(file, &edited.text)?;
+            println!("wrote {} (a new file)", file.display());
+        }
+    }
+    println!("restart k3s / rke2 (or its agent) to apply it");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Creates `file` (mode 0600: registries.yaml holds credentials),
+/// atomically.
+fn write_new(file: &Path, text: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir)
+        .with_context(|| format!("create a temporary file in {}", dir.display()))?;
+    tmp.write_all(text.as_bytes())
+        .and_then(|_| tmp.as_file().sync_all())
+        .with_context(|| format!("write {}", tmp.path().display()))?;
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod {}", tmp.path().display()))?;
+    tmp.persist_noclobber(file)
+        .map_err(|e| e.error)
+        .with_context(|| format!("write {}", file.display()))?;
+    Ok(())
 }
 
 fn layout_name(v: ContainerdVersion) -> &'static str {

@@ -77,14 +77,31 @@ pub fn run(args: DoctorArgs) -> Result<ExitCode> {
                 hosts_dir = found.hosts_dir;
             }
         }
-        Err(e) => checks.push(Check::fail(
-            "containerd config",
-            format!("{}: {e}", file.display()),
-            format!(
-                "`containerd config default > {0}`, then `airgap-snapshotter config --merge {0}` (or pass --containerd-config)",
-                file.display()
-            ),
-        )),
+        Err(e) => {
+            // k3s and rke2 keep their containerd's files elsewhere.
+            let k3s = ["k3s", "rke2"].into_iter().find(|p| {
+                std::path::Path::new(&format!(
+                    "/var/lib/rancher/{p}/agent/etc/containerd/config.toml"
+                ))
+                .exists()
+            });
+            let fix = match k3s {
+                Some(p) => format!(
+                    "this is a {p} node: pass --containerd-config /var/lib/rancher/{p}/agent/etc/containerd/config.toml \
+                     --containerd-address /run/k3s/containerd/containerd.sock \
+                     --hosts-dir /var/lib/rancher/{p}/agent/etc/containerd/certs.d"
+                ),
+                None => format!(
+                    "`containerd config default > {0}`, then `airgap-snapshotter config --merge {0}` (or pass --containerd-config)",
+                    file.display()
+                ),
+            };
+            checks.push(Check::fail(
+                "containerd config",
+                format!("{}: {e}", file.display()),
+                fix,
+            ))
+        }
     }
     let hosts_dir = hosts_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_HOSTS_DIR));
     let mirror_url = match config.mirror_listen {

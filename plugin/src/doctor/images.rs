@@ -206,6 +206,23 @@ mod tests {
         // k3s / rke2 / k0s: one reference a line.
         let k3s = "docker.io/rancher/mirrored-pause:3.6\ndocker.io/rancher/klipper-helm:v0.8.2-build20230815\n";
         assert_eq!(read_list(k3s, &[]).len(), 2);
+        // `k0s airgap list-images` output (k0s 1.30): one reference a line.
+        let k0s = "quay.io/k0sproject/apiserver-network-proxy-agent:v0.1.4\nquay.io/k0sproject/cni-node:1.3.0-k0s.0\nquay.io/k0sproject/coredns:1.11.3\nquay.io/k0sproject/kube-proxy:v1.30.4\nregistry.k8s.io/pause:3.9\n";
+        assert_eq!(
+            read_list(k0s, &[]),
+            k0s.lines().collect::<Vec<_>>(),
+            "k0s list-images"
+        );
+        // A `kk create manifest` file: nested lists and maps before and
+        // after `images:` (operatingSystems, components) are not images.
+        let kk_full = "apiVersion: kubekey.kubesphere.io/v1alpha2\nkind: Manifest\nmetadata:\n  name: sample\nspec:\n  arches:\n  - amd64\n  operatingSystems:\n  - arch: amd64\n    type: linux\n    id: ubuntu\n    version: \"20.04\"\n    repository:\n      iso:\n        localPath:\n        url:\n  kubernetesDistributions:\n  - type: kubernetes\n    version: v1.23.15\n  components:\n    helm:\n      version: v3.9.0\n    docker-registry:\n      version: \"2\"\n  images:\n  - docker.io/kubesphere/kube-apiserver:v1.23.15\n  - docker.io/kubesphere/pause:3.6\n  registry:\n    auths: {}\n";
+        assert_eq!(
+            read_list(kk_full, &[]),
+            [
+                "docker.io/kubesphere/kube-apiserver:v1.23.15",
+                "docker.io/kubesphere/pause:3.6"
+            ]
+        );
         // The project's own lists with groups.
         let own = "# base\nbusybox:1\n[core]\npause:3\n[extra]\nnginx:1\n";
         assert_eq!(read_list(own, &["core".into()]), ["busybox:1", "pause:3"]);

@@ -225,12 +225,16 @@ exec qemu-aarch64 $arm64_bin "\$@"
 EOF
 chmod 0755 "$tmp/airgap-snapshotter-arm64"
 t0=$(date +%s)
+# Not the registration tests: under qemu-user the daemon's node platform is
+# linux/arm64 while this containerd (and the test images) are amd64, so it
+# rightly registers nothing; import's platform matching is checked by
+# `images` above and its unit tests.
 if cargo nextest --version >/dev/null 2>&1; then
     env -u AIRGAP_CONTAINERD_DIR AIRGAP_SNAPSHOTTER_BIN="$tmp/airgap-snapshotter-arm64" \
-        cargo nextest run -p airgap-integration --test e2e --no-fail-fast --test-threads 1
+        cargo nextest run -p airgap-integration --test e2e --no-fail-fast --test-threads 1 -E 'not test(/import/)'
 else
     env -u AIRGAP_CONTAINERD_DIR AIRGAP_SNAPSHOTTER_BIN="$tmp/airgap-snapshotter-arm64" \
-        cargo test -p airgap-integration --test e2e -- --test-threads 1
+        cargo test -p airgap-integration --test e2e -- --test-threads 1 --skip import
 fi
 grep -q '^serve ' "$tmp/arm64-calls" 2>/dev/null || fail "the end-to-end test did not run the arm64 daemon"
 echo "arm64 end to end: $(($(date +%s) - t0)) s"

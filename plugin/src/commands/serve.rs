@@ -324,6 +324,11 @@ mod tests {
             archives: vec![dir.path().join("archives")],
             mirror_listen: Listen::Off,
             metrics_listen: Listen::Off,
+            // Never the machine's containerd.
+            import: airgap_snapshotter::config::ImportConfig {
+                mode: ImportMode::Off,
+                ..Default::default()
+            },
             ..Config::default()
         };
         let socket = config.socket.clone();

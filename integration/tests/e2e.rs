@@ -476,6 +476,14 @@ fn cri_pull_transfer(test: &str, env: &mut Env, images: &Images) -> Result<()> {
 
 /// The sandbox ("pause") image of [`cri_pod_runs_archived_image`], on the
 /// test registry and in the archives.
+/// The sandbox image of a pod test: [`pause_image`], from its archive.
+fn pause_options(host: &str) -> ContainerdOptions {
+    ContainerdOptions {
+        sandbox_image: Some(format!("{host}/library/pause:e2e")),
+        ..Default::default()
+    }
+}
+
 fn pause_image(host: &str) -> Result<TestImage> {
     Ok(TestImage {
         cmd: Some(image::PAUSE_CMD),
@@ -498,10 +506,7 @@ fn cri_pod_runs_archived_image() {
     let test = "cri_pod";
     run_test_with_host(
         test,
-        |host| ContainerdOptions {
-            sandbox_image: Some(format!("{host}/library/pause:e2e")),
-            ..Default::default()
-        },
+        pause_options,
         |host| {
             Ok((
                 vec![
@@ -1324,10 +1329,7 @@ fn imported_image_runs_without_a_pull() {
     let test = "import_lazy";
     run_test_with_host(
         test,
-        |host| ContainerdOptions {
-            sandbox_image: Some(format!("{host}/library/pause:e2e")),
-            ..Default::default()
-        },
+        pause_options,
         |host| {
             Ok((
                 vec![

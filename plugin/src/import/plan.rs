@@ -187,6 +187,72 @@ fn children_labels(document: &[u8], fields: &[(&str, &str)]) -> HashMap<String, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::CatalogOptions;
+    use crate::testsupport::*;
+
+    /// A multi-arch index: an arm64 node gets the `arm64/v8` manifest, the
+    /// records keep the index digest, and every document carries the GC
+    /// references containerd's pull writes.
+    #[test]
+    fn a_node_gets_its_platform_of_a_multi_arch_index() {
+        let amd = ImageSpec::new(vec![layer_tar(&[("a", b"amd64")])]);
+        let arm = ImageSpec {
+            arch: "arm64",
+            variant: Some("v8"),
+            ..ImageSpec::new(vec![
+                layer_tar(&[("a", b"arm64")]),
+                layer_tar(&[("b", b"2")]),
+            ])
+        };
+        let mut layout = OciLayout::default();
+        let built_amd = layout.add_image(&amd);
+        let built_arm = layout.add_image(&arm);
+        let (index, size) = layout.add_index(&[(&amd, &built_amd), (&arm, &built_arm)]);
+        layout.tag("registry.k8s.io/pause:3.9", index, size, true);
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "multi.tar", &layout.to_tar());
+        let catalog = Catalog::open(CatalogOptions {
+            dirs: vec![dir.path().to_path_buf()],
+            settle: std::time::Duration::ZERO,
+            ..Default::default()
+        })
+        .unwrap();
+
+        let (registrations, skipped) = plan(&catalog, "linux/arm64", "airgap");
+        assert!(skipped.is_empty(), "{skipped:?}");
+        let r = &registrations[0];
+        assert_eq!(r.target.digest, index.to_string());
+        assert_eq!(r.target.size, size as i64);
+        assert_eq!(
+            r.records,
+            [
+                built_arm.config.to_string(),
+                "registry.k8s.io/pause:3.9".to_string(),
+                format!("registry.k8s.io/pause@{index}"),
+            ]
+        );
+        let chain = arm.chain_ids();
+        assert_eq!(r.chain, chain);
+        let doc = |d: &Digest| r.documents.iter().find(|x| x.digest == *d).unwrap();
+        assert_eq!(
+            doc(&built_arm.config).labels["containerd.io/gc.ref.snapshot.airgap"],
+            chain[1].to_string()
+        );
+        assert_eq!(
+            doc(&built_arm.manifest).labels["containerd.io/gc.ref.content.config"],
+            built_arm.config.to_string()
+        );
+        assert_eq!(doc(&index).labels.len(), 2, "both manifests referenced");
+        assert_eq!(r.labels["io.cri-containerd.pinned"], "pinned");
+
+        // Not archived for this node: skipped, saying which platforms are.
+        let (registrations, skipped) = plan(&catalog, "linux/s390x", "airgap");
+        assert!(registrations.is_empty());
+        assert!(
+            skipped[0].1.contains("linux/amd64, linux/arm64/v8"),
+            "{skipped:?}"
+        );
+    }
 
     #[test]
     fn gc_labels_name_every_child() {

@@ -477,3 +477,65 @@ async fn a_pull_after_gc_prefetches_again() {
     assert!(staging_is_empty(&server));
     server.stop().await;
 }
+
+/// An archive deleted while its image is pulled: the layers prefetched from
+/// it are never claimed (their Prepares take the ordinary path), and the
+/// Cleanup after containerd's GC removes them from staging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staged_layers_of_a_deleted_archive_are_cleaned_up() {
+    requires_root!();
+    let mut fake = FakeSource::default();
+    let layers = fake.add_image(&image(3), &[]);
+    let fake = Arc::new(fake);
+    let mut server = TestServer::start(Some(fake.clone())).await;
+    let err = server
+        .client
+        .prepare(prepare(
+            "k8s.io/1/extract-0",
+            "",
+            target_labels(&layers[0].chain_id),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    // The layers above are prefetched into staging.
+    let staging = server.root().join("staging");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while dir_names(&staging).len() < 2 || fake.total_opens() < 3 {
+        assert!(std::time::Instant::now() < deadline, "nothing prefetched");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The archive goes; the next layer's Prepare is an ordinary one.
+    fake.withdraw(&layers);
+    let parent = layers[0].chain_id.to_string();
+    server
+        .client
+        .prepare(prepare(
+            "k8s.io/1/extract-1",
+            &parent,
+            target_labels(&layers[1].chain_id),
+        ))
+        .await
+        .expect("the ordinary path");
+    // containerd gives up on the image; its GC removes and cleans up.
+    for key in ["k8s.io/1/extract-1", parent.as_str()] {
+        server
+            .client
+            .remove(api::RemoveSnapshotRequest {
+                snapshotter: "airgap".into(),
+                key: key.into(),
+            })
+            .await
+            .unwrap();
+    }
+    server
+        .client
+        .cleanup(api::CleanupRequest {
+            snapshotter: "airgap".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(dir_names(&staging), Vec::<String>::new());
+    assert!(dir_names(&server.root().join("snapshots")).is_empty());
+    server.stop().await;
+}

@@ -34,6 +34,9 @@ pub struct Metrics {
     pub extraction_seconds: Histogram,
     /// Extractions running now.
     pub extractions_in_flight: Gauge,
+    /// Seconds from a Prepare naming an archived layer to that layer
+    /// committed from the archive (waiting for its extraction included).
+    pub layer_pull_seconds: Histogram,
     /// Mirror requests by route and status code.
     pub mirror_requests: Family<Labels, Counter>,
     /// Requests sent to upstream registries (token requests included).
@@ -50,6 +53,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     // 10 ms .. ~10 min.
     extraction_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 16)),
     extractions_in_flight: Gauge::default(),
+    layer_pull_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 18)),
     mirror_requests: Family::default(),
     upstream_requests: Counter::default(),
     upstream_errors: Family::default(),
@@ -128,6 +132,11 @@ pub fn registry(catalog: Arc<Catalog>) -> Registry {
         "airgap_extraction_duration_seconds",
         "Time to extract one layer from an archive",
         m.extraction_seconds.clone(),
+    );
+    r.register(
+        "airgap_layer_pull_duration_seconds",
+        "Time from a Prepare naming an archived layer to the layer committed from the archive",
+        m.layer_pull_seconds.clone(),
     );
     r.register(
         "airgap_extractions_in_flight",
@@ -387,6 +396,7 @@ mod tests {
             "airgap_upstream_requests_total",
             "airgap_extractions_in_flight",
             "airgap_extraction_duration_seconds_count",
+            "airgap_layer_pull_duration_seconds_count",
             "airgap_cache_evictions_total",
             "airgap_blob_bad_copies_total",
             "airgap_archive_read_bytes_total",

@@ -727,14 +727,10 @@ impl Catalog {
     fn raw_reader(&self, archive: &Archive, digest: &Digest) -> io::Result<Arc<dyn BlobReader>> {
         let loc = archive.index.blobs[digest];
         match (archive.index.container, &archive.seek_table) {
-            (Container::Tar, _) => {
-                self.stats.read.fetch_add(loc.size, Ordering::Relaxed);
-                Ok(Arc::new(FileRange::new(
-                    archive.file.clone(),
-                    loc.offset,
-                    loc.size,
-                )))
-            }
+            (Container::Tar, _) => Ok(Arc::new(
+                FileRange::new(archive.file.clone(), loc.offset, loc.size)
+                    .counted(self.stats.clone()),
+            )),
             (Container::SeekableZstd, Some(table)) => Ok(Arc::new(SeekableRange::new(
                 archive.file.clone(),
                 table.clone(),

@@ -643,3 +643,33 @@ fn a_stream_that_fails_verification_marks_the_copy_and_the_next_open_falls_back(
     assert_eq!(buf, good.blobs[&digest]);
     assert!(!c.copy_is_bad(&old, &digest));
 }
+
+/// `airgap_archive_read_bytes_total` counts the bytes read from a plain tar
+/// archive, not the whole blob per reader opened.
+#[test]
+fn plain_tar_reads_count_the_bytes_read() {
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let spec = ImageSpec::new(vec![layer_tar(&[("big", &big)])]);
+    let (oci, built) = OciLayout::single("big:1", &spec);
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "plain.tar", &wrap(&oci.to_tar(), Wrap::Tar));
+    let c = open(&[dir.path()]);
+    let layer = &built.layers[0];
+    let read = || c.stats().read.load(std::sync::atomic::Ordering::Relaxed);
+    // The first reader checks the whole blob once: every byte read.
+    let before = read();
+    let r = c.blob_reader(layer).unwrap();
+    assert_eq!(read() - before, r.size());
+    // Later readers (checked already) read only what they are asked for.
+    let before = read();
+    let mut buf = vec![0u8; 1000];
+    for _ in 0..5 {
+        let r = c.blob_reader(layer).unwrap();
+        assert_eq!(r.read_at(&mut buf[..10], 5).unwrap(), 10);
+    }
+    assert_eq!(read() - before, 50);
+    // A sequential read of the whole blob counts it once.
+    let before = read();
+    let n = read_all(&c, layer).len() as u64;
+    assert_eq!(read() - before, n);
+}

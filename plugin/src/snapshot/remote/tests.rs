@@ -71,6 +71,22 @@ fn image(n: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// How many layer pulls `airgap_layer_pull_duration_seconds` observed.
+fn layer_pulls_observed() -> u64 {
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register(
+        "pulls",
+        "",
+        crate::metrics::global().layer_pull_seconds.clone(),
+    );
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("pulls_count "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 fn staging_is_empty(server: &TestServer) -> bool {
     dir_names(&server.root().join("staging")).is_empty()
 }
@@ -84,12 +100,14 @@ async fn archived_layers_are_committed_and_answer_already_exists() {
     let mut server = TestServer::start(Some(fake.clone())).await;
 
     let key0 = "k8s.io/1/extract-1 sha256:x";
+    let pulls_before = layer_pulls_observed();
     let err = server
         .client
         .prepare(prepare(key0, "", target_labels(&layers[0].chain_id)))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    assert_eq!(layer_pulls_observed(), pulls_before + 1, "pull latency");
     let found = lookup(&mut server, &layers[0].chain_id, "").await;
     assert_eq!(found.len(), 1);
     let bottom = found[0].clone();

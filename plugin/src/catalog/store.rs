@@ -5,14 +5,16 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
 use super::container::{self, Container};
-use super::index::{index_archive, ArchiveIndex, FileKey, ImageEntry, LayerEntry, INDEX_FORMAT};
+use super::index::{
+    index_archive_until, ArchiveIndex, FileKey, ImageEntry, LayerEntry, INDEX_FORMAT,
+};
 use super::{LayerRef, LayerSource};
 use crate::blob::{BlobReader, FileRange, SeekableRange, SequentialReader, Stats, VerifyingReader};
 use crate::cache::LayerCache;
@@ -189,6 +191,8 @@ pub struct Catalog {
     /// Set once the first scan has finished: lookups wait for it, so a pull
     /// that starts while the archives are first indexed finds them.
     scanned: (Mutex<bool>, Condvar),
+    /// Set by [`Catalog::shutdown`]: indexing gives up, lookups stop waiting.
+    stopping: Arc<AtomicBool>,
     _cache_tmp: Option<tempfile::TempDir>,
 }
 
@@ -242,6 +246,7 @@ impl Catalog {
             bad: Arc::default(),
             decompressed: Mutex::default(),
             scanned: (Mutex::new(false), Condvar::new()),
+            stopping: Arc::default(),
             _cache_tmp: tmp,
         });
         Ok(catalog)
@@ -257,6 +262,21 @@ impl Catalog {
 
     pub fn cache(&self) -> &LayerCache {
         &self.cache
+    }
+
+    /// The daemon is stopping: an archive being indexed is given up (and
+    /// indexed again at the next start), and lookups waiting for the first
+    /// scan go on at once with what is indexed so far, so no thread is left
+    /// waiting on the catalog.
+    pub fn shutdown(&self) {
+        self.stopping.store(true, Ordering::Release);
+        let _done = self.scanned.0.lock().unwrap();
+        self.scanned.1.notify_all();
+    }
+
+    /// True once [`Catalog::shutdown`] was called.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
     }
 
     /// Looks at every file in the directories: indexes new and changed ones,
@@ -315,7 +335,16 @@ impl Catalog {
         }
         let mut loaded = Vec::new();
         for (path, key, age) in todo {
+            if self.stopping() {
+                report.unsettled.push(path);
+                continue;
+            }
             let result = self.load(&path, key);
+            if self.stopping() {
+                // Given up half-way: neither indexed nor broken.
+                report.unsettled.push(path);
+                continue;
+            }
             // Still being written: the file changed while it was read, or it
             // fails to read and was modified within the settle delay. Looked
             // at again later; never reported broken for that.
@@ -382,13 +411,14 @@ impl Catalog {
     }
 
     /// The state, once the first scan is done (waiting at most
-    /// [`FIRST_SCAN_WAIT`]; after that, whatever is indexed so far).
+    /// [`FIRST_SCAN_WAIT`], or until [`Catalog::shutdown`]; after that,
+    /// whatever is indexed so far).
     fn ready_state(&self) -> std::sync::RwLockReadGuard<'_, State> {
         let (lock, cond) = &self.scanned;
         let done = lock.lock().unwrap();
         if !*done {
             let _ = cond
-                .wait_timeout_while(done, FIRST_SCAN_WAIT, |d| !*d)
+                .wait_timeout_while(done, FIRST_SCAN_WAIT, |d| !*d && !self.stopping())
                 .unwrap();
         }
         self.state.read().unwrap()
@@ -421,9 +451,12 @@ impl Catalog {
             Some(index) => index,
             None => {
                 let started = std::time::Instant::now();
-                let index = index_archive(path, &file, key).map_err(|e| CatalogError::Index {
-                    path: path.into(),
-                    source: e,
+                let stop = Some(self.stopping.clone());
+                let index = index_archive_until(path, &file, key, stop).map_err(|e| {
+                    CatalogError::Index {
+                        path: path.into(),
+                        source: e,
+                    }
                 })?;
                 tracing::debug!(archive = %path.display(), elapsed = ?started.elapsed(), "indexed");
                 if let Some(p) = &persisted {

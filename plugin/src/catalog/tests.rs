@@ -673,3 +673,42 @@ fn plain_tar_reads_count_the_bytes_read() {
     let n = read_all(&c, layer).len() as u64;
     assert_eq!(read() - before, n);
 }
+
+/// Stopping during the first scan of a large archive is prompt: indexing
+/// gives up (the watcher thread joins at once), lookups waiting for the
+/// first scan return, and the archive is neither indexed nor broken.
+#[test]
+fn shutdown_stops_a_slow_first_scan_and_wakes_lookups() {
+    let dir = tempfile::tempdir().unwrap();
+    write_slow_to_index_archive(&dir.path().join("slow.tar.zst"), 4);
+    let catalog = Catalog::empty(CatalogOptions {
+        dirs: vec![dir.path().to_path_buf()],
+        settle: Duration::ZERO,
+        ..Default::default()
+    })
+    .unwrap();
+    let watch = catalog.watch();
+    let lookup = {
+        let catalog = catalog.clone();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let found = catalog.resolve("docker.io/library/busybox:latest");
+            (found.is_none(), started.elapsed())
+        })
+    };
+    // Indexing is under way (it takes minutes) and the lookup waits.
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        !lookup.is_finished(),
+        "the lookup did not wait for the scan"
+    );
+    let stopping = Instant::now();
+    catalog.shutdown();
+    let (none, waited) = lookup.join().unwrap();
+    assert!(none);
+    assert!(waited < Duration::from_secs(30), "lookup waited {waited:?}");
+    drop(watch);
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_secs(10), "stopping took {took:?}");
+    assert_eq!(catalog.archive_counts(), (0, 0));
+}

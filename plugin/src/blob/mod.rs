@@ -4,7 +4,8 @@
 //! a plain tar is read with `pread`; seekable zstd decompresses only the
 //! frames covering the requested range; anything else (one zstd frame, gzip,
 //! lz4, bzip2) is decompressed once into the [`crate::cache::LayerCache`] and
-//! read from there.
+//! read from there, one sequential pass serving every blob of that archive
+//! asked for meanwhile ([`pass`]).
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -14,6 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
+
+pub mod pass;
 
 use crate::catalog::seekable::SeekTable;
 use crate::digest::{Digest, HashingReader};

@@ -16,6 +16,7 @@ use super::index::{
     index_archive_until, ArchiveIndex, FileKey, ImageEntry, LayerEntry, INDEX_FORMAT,
 };
 use super::{LayerRef, LayerSource};
+use crate::blob::pass::{ArchivePasses, PassRequest, Permits};
 use crate::blob::{BlobReader, FileRange, SeekableRange, SequentialReader, Stats, VerifyingReader};
 use crate::cache::LayerCache;
 use crate::digest::Digest;
@@ -103,6 +104,9 @@ pub struct Archive {
     /// Bytes decompressed from this archive (shared by every version of
     /// the file at this path; a metric).
     decompressed: Arc<AtomicU64>,
+    /// Sequential passes filling the cache from this archive (compressed
+    /// containers without random access).
+    passes: ArchivePasses,
 }
 
 impl Archive {
@@ -193,6 +197,9 @@ pub struct Catalog {
     scanned: (Mutex<bool>, Condvar),
     /// Set by [`Catalog::shutdown`]: indexing gives up, lookups stop waiting.
     stopping: Arc<AtomicBool>,
+    /// Bounds the sequential passes over compressed archives running at
+    /// once, over all archives.
+    permits: Permits,
     _cache_tmp: Option<tempfile::TempDir>,
 }
 
@@ -247,6 +254,7 @@ impl Catalog {
             decompressed: Mutex::default(),
             scanned: (Mutex::new(false), Condvar::new()),
             stopping: Arc::default(),
+            permits: Permits::per_core(),
             _cache_tmp: tmp,
         });
         Ok(catalog)
@@ -272,6 +280,21 @@ impl Catalog {
         self.stopping.store(true, Ordering::Release);
         let _done = self.scanned.0.lock().unwrap();
         self.scanned.1.notify_all();
+    }
+
+    /// The permits bounding sequential passes over compressed archives
+    /// (tests hold them to line requests up).
+    pub fn pass_permits(&self) -> &Permits {
+        &self.permits
+    }
+
+    /// Requests waiting for a pass over `archive` (tests).
+    pub fn pass_pending(&self, archive: &Path) -> usize {
+        let state = self.state.read().unwrap();
+        state
+            .archives
+            .get(archive)
+            .map_or(0, |a| a.passes.pending())
     }
 
     /// True once [`Catalog::shutdown`] was called.
@@ -480,6 +503,7 @@ impl Catalog {
             file: Arc::new(file),
             seek_table,
             decompressed,
+            passes: ArchivePasses::default(),
         })
     }
 
@@ -773,27 +797,23 @@ impl Catalog {
                 archive.decompressed.clone(),
             ))),
             (container, _) => {
-                let stats = self.stats.clone();
-                let per_archive = archive.decompressed.clone();
-                let file = archive.file.clone();
-                let what = archive.index.path.display().to_string();
+                // Filled by one pass over the archive shared with every other
+                // blob of it requested meanwhile (see `blob::pass`).
+                let open = || -> io::Result<Box<dyn Read + Send>> {
+                    Ok(Box::new(Counted {
+                        inner: container::decode_file(archive.file.clone(), container)?,
+                        stats: self.stats.clone(),
+                        archive: archive.decompressed.clone(),
+                    }))
+                };
+                let request = PassRequest {
+                    digest: *digest,
+                    offset: loc.offset,
+                    size: loc.size,
+                    what: archive.index.path.display().to_string(),
+                };
                 let (entry, hit) = self.cache.get_or_fill(digest, |out| {
-                    let mut stream = container::decode_file(file, container)?;
-                    let skipped = io::copy(&mut (&mut stream).take(loc.offset), &mut io::sink())?;
-                    if skipped != loc.offset {
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            format!("{what} ends before blob {digest}"),
-                        ));
-                    }
-                    let mut blob =
-                        VerifyingReader::new(stream.take(loc.size), *digest, loc.size, what);
-                    let copied = io::copy(&mut blob, out)?;
-                    stats
-                        .decompressed
-                        .fetch_add(loc.offset + copied, Ordering::Relaxed);
-                    per_archive.fetch_add(loc.offset + copied, Ordering::Relaxed);
-                    Ok(())
+                    archive.passes.fill(request, out, &open, &self.permits)
                 })?;
                 let counter = if hit {
                     &self.stats.cache_hits

@@ -5,8 +5,8 @@
 # in a temporary directory (nothing is written under fuzz/). A crash fails
 # the run and leaves its reproducer in the printed artifacts directory.
 #
-# Needs `cargo +nightly` and `cargo install cargo-fuzz`; exits 2 (skipped)
-# without them. The `extract` target wants root (device nodes, trusted.*
+# Needs `cargo +nightly` and `cargo install cargo-fuzz`; says it skipped
+# and exits 0 without them (scripts/test.sh checks first and reports a SKIP). The `extract` target wants root (device nodes, trusted.*
 # xattrs). Longer runs: `cd fuzz && cargo +nightly fuzz run TARGET`.
 set -euo pipefail
 
@@ -14,11 +14,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../fuzz"
 
 if ! cargo +nightly --version >/dev/null 2>&1; then
     echo "fuzz-smoke: no nightly toolchain (rustup toolchain install nightly): skipped"
-    exit 2
+    exit 0
 fi
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
     echo "fuzz-smoke: cargo-fuzz is not installed (cargo install cargo-fuzz): skipped"
-    exit 2
+    exit 0
 fi
 
 seconds=${AIRGAP_FUZZ_SECONDS:-30}
@@ -30,7 +30,7 @@ for f in fuzz_targets/*.rs; do
     targets+=("$(basename "$f" .rs)")
 done
 
-cargo +nightly fuzz build "${targets[@]}"
+cargo +nightly fuzz build
 for t in "${targets[@]}"; do
     mkdir -p "$work/corpus/$t" "$work/artifacts/$t"
     echo "== fuzz-smoke: $t for ${seconds}s"

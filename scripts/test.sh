@@ -4,7 +4,9 @@
 #   1. installs what the build and the tests need (scripts/install-deps.sh)
 #   2. cargo fmt --all --check
 #   3. cargo clippy --workspace --all-targets -- -D warnings
-#   4. unit and in-process tests of the whole workspace (cargo nextest)
+#   4. unit and in-process tests of the whole workspace (cargo nextest),
+#      then a short smoke run of each fuzz target (scripts/fuzz-smoke.sh,
+#      step `fuzz`; skipped without a nightly toolchain and cargo-fuzz)
 #   5. containerd's snapshotter conformance suite, twice: 1.6's from Debian
 #      12's packages (integration/conformance.sh, step `conformance`) and
 #      2.x's from Debian sid's Go sources, fetched (not installed) into
@@ -123,6 +125,13 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     step unit-tests 30 cargo test --workspace --no-fail-fast \
         --exclude airgap-integration
+fi
+
+# A short smoke run of every fuzz target (nightly and cargo-fuzz needed).
+if cargo +nightly fuzz --version >/dev/null 2>&1; then
+    step fuzz 40 env AIRGAP_FUZZ_SECONDS="${AIRGAP_FUZZ_SECONDS:-20}" scripts/fuzz-smoke.sh
+else
+    skip fuzz "no nightly toolchain with cargo-fuzz (rustup toolchain install nightly; cargo install cargo-fuzz)"
 fi
 
 # One daemon binary for the conformance suite and the end-to-end tests.

@@ -202,6 +202,20 @@ impl Daemon {
         self.restart()
     }
 
+    /// Kills the daemon with SIGKILL (a crash) and starts it again on the
+    /// same root.
+    pub fn kill_and_restart(&mut self) -> Result<()> {
+        if let Some(mut proc) = self.proc.take() {
+            proc.kill()?;
+        }
+        self.spawn()
+    }
+
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().and_then(Proc::pid)
+    }
+
     /// Stops the daemon; it must exit cleanly on SIGTERM.
     pub fn stop(&mut self) -> Result<()> {
         if let Some(mut proc) = self.proc.take() {

@@ -91,6 +91,17 @@ impl Proc {
     }
 }
 
+impl Proc {
+    /// SIGKILL at once (a crash, as the tests simulate one); reaps it.
+    pub fn kill(&mut self) -> Result<Option<ExitStatus>> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(None);
+        };
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+        Ok(Some(child.wait()?))
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         if let Err(err) = self.stop(STOP_TIMEOUT) {

@@ -1544,3 +1544,264 @@ fn import_command(test: &str, env: &mut Env, images: &Images) -> Result<()> {
     );
     Ok(())
 }
+
+/// SIGTERM while the daemon indexes a large archive for the first time
+/// (minutes of work) and a mirror request waits for that first scan: the
+/// daemon exits cleanly within seconds, not when systemd's stop timeout
+/// kills it. A hang check: the bound is generous.
+#[test]
+fn sigterm_during_a_slow_first_index_exits_promptly() {
+    let test = "sigterm_index";
+    if !can_run(test) {
+        return;
+    }
+    or_panic(test, sigterm_index(test));
+}
+
+fn sigterm_index(test: &str) -> Result<()> {
+    let _serial = serial()?;
+    let work = TestDir::new(test)?;
+    let slow = work.path().join("slow.tar.zst");
+    airgap_snapshotter::testsupport::write_slow_to_index_archive(&slow, 8);
+    let port = airgap_integration::free_port()?;
+    let listen = format!("127.0.0.1:{port}");
+    let mut daemon = Daemon::start_with_args(&[&slow], &["--mirror-listen", &listen])?;
+    // What containerd resolving a tag does meanwhile: it waits for the scan.
+    let lookup = std::thread::spawn(move || -> Result<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_secs(120)))?;
+        s.write_all(
+            b"GET /v2/library/busybox/manifests/latest?ns=docker.io HTTP/1.1\r\n\
+              Host: mirror\r\nConnection: close\r\n\r\n",
+        )?;
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        Ok(out)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    ensure!(
+        !daemon.log().contains("archives scanned"),
+        "the first scan is over already: the archive is not slow enough"
+    );
+    ensure!(
+        !lookup.is_finished(),
+        "the mirror request did not wait for the first scan"
+    );
+    eprintln!("== {test}: SIGTERM during the first scan");
+    let started = std::time::Instant::now();
+    // Fails unless the daemon exits cleanly within process::STOP_TIMEOUT.
+    daemon.stop()?;
+    let took = started.elapsed();
+    eprintln!("== {test}: exited {took:?} after SIGTERM");
+    ensure!(
+        took < Duration::from_secs(8),
+        "the daemon took {took:?} to exit"
+    );
+    let answer = lookup
+        .join()
+        .map_err(|_| anyhow::anyhow!("lookup thread panicked"))??;
+    eprintln!(
+        "== {test}: the waiting request got {:?}",
+        answer.lines().next()
+    );
+    Ok(())
+}
+
+/// Every image name the CRI lists removed, then containerd's garbage
+/// collector left to remove every snapshot: the daemon's snapshot
+/// directories must all go (nothing orphaned).
+fn remove_images_and_wait_for_gc(test: &str, env: &mut Env) -> Result<()> {
+    let refs = env.containerd.image_refs(K8S_NS)?;
+    eprintln!("== {test}: ctr images rm --sync {refs:?}");
+    let mut args = vec!["-n", K8S_NS, "images", "rm", "--sync"];
+    args.extend(refs.iter().map(String::as_str));
+    env.containerd.ctr(&args)?;
+    let containerd = &env.containerd;
+    let waited = process::wait_until(
+        "the airgap snapshots to be garbage collected",
+        Duration::from_secs(60),
+        || Ok(containerd.snapshot_keys(K8S_NS)?.is_empty()),
+    );
+    let keys = containerd.snapshot_keys(K8S_NS)?;
+    waited.with_context(|| format!("snapshots left: {keys:?}"))?;
+    let root = env.daemon.root().to_path_buf();
+    let waited = process::wait_until(
+        "the daemon's snapshot directories to be removed",
+        Duration::from_secs(60),
+        || Ok(daemon_snapshot_dirs(&root)?.is_empty()),
+    );
+    let left = daemon_snapshot_dirs(&root)?;
+    waited.with_context(|| format!("directories left: {left:?}"))
+}
+
+/// Entries of a daemon directory (`staging`, `trash`).
+fn entries_of(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// SIGKILL in the middle of a big layer's extraction from the archive,
+/// then a restart: the next pull succeeds and runs, and nothing is
+/// orphaned (no staged layer, nothing in the trash, and once the image is
+/// removed, containerd's GC leaves no snapshot directory).
+#[test]
+fn sigkill_mid_extraction_then_restart_pulls_cleanly() {
+    run_test(
+        "sigkill_extract",
+        |host| {
+            let mut spec = sample_spec(host, "big", "v1")?;
+            // A top layer of many files: its extraction takes a while.
+            let mut entries = vec![Entry::dir("many")];
+            for i in 0..20_000 {
+                entries.push(Entry::file(&format!("many/f{i:05}"), format!("{i}\n")));
+            }
+            spec.layers.push(Layer::new(entries));
+            Ok((vec![spec.into()], vec![]))
+        },
+        sigkill_mid_extraction,
+    );
+}
+
+fn sigkill_mid_extraction(test: &str, env: &mut Env, images: &Images) -> Result<()> {
+    let image = &images.archived[0];
+    let root = env.daemon.root().to_path_buf();
+    let staging = root.join("staging");
+    let address = env.containerd.address().to_path_buf();
+    let name = image.name.clone();
+    eprintln!("== {test}: CRI PullImage {name}, killed mid-extraction");
+    let pull = std::thread::spawn(move || CriClient::connect(&address)?.pull_image(&name));
+    // Files of the big layer appearing in staging: extraction under way.
+    let partial = |staging: &Path| {
+        entries_of(staging)
+            .iter()
+            .any(|d| entries_of(&staging.join(d).join("fs/many")).len() > 10)
+    };
+    process::wait_until(
+        "the big layer's extraction to start",
+        Duration::from_secs(120),
+        || Ok(partial(&staging)),
+    )?;
+    env.daemon.kill_and_restart()?;
+    match pull.join() {
+        Ok(Ok(_)) => eprintln!("== {test}: the interrupted pull still succeeded (downloaded)"),
+        Ok(Err(err)) => eprintln!("== {test}: the interrupted pull failed: {err:#}"),
+        Err(_) => anyhow::bail!("pull thread panicked"),
+    }
+    env.containerd
+        .wait_snapshotter_reachable(Duration::from_secs(60))?;
+    ensure!(
+        entries_of(&staging).is_empty(),
+        "staging after the restart: {:?}",
+        entries_of(&staging)
+    );
+    eprintln!("== {test}: pulling again");
+    // containerd's gRPC client to the snapshotter may still be backing off
+    // from the refused dials of the restart (Unavailable): kubelet retries
+    // a failed pull, so does this, for a while.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match env.cri.pull_image(&image.name) {
+            Ok(_) => break,
+            Err(err)
+                if format!("{err:#}").contains("unavailable")
+                    && std::time::Instant::now() < deadline =>
+            {
+                eprintln!("== {test}: retrying the pull: {err:#}");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    assert_chain_snapshots(env, image)?;
+    run_sample_check(env, &image.name, "sigkill")?;
+    env.daemon.check_running()?;
+    for dir in ["staging", "trash"] {
+        let left = entries_of(&root.join(dir));
+        ensure!(left.is_empty(), "{dir} holds {left:?} after the pull");
+    }
+    remove_images_and_wait_for_gc(test, env)
+}
+
+/// 20 CRI pulls at once of 4 images sharing their two lower layers: all
+/// succeed, no layer is downloaded, and each distinct layer is extracted
+/// from the archive exactly once (the daemon logs every extraction).
+#[test]
+fn twenty_concurrent_pulls_extract_each_layer_once() {
+    run_test(
+        "twenty_pulls",
+        |host| {
+            let shared = image::sample_layers("shared:v1")?;
+            let mut specs = Vec::new();
+            for n in 0..4 {
+                let mut spec = sample_spec(host, &format!("shared{n}"), "v1")?;
+                spec.layers = shared.clone();
+                spec.layers.push(Layer::new(vec![
+                    Entry::dir("data"),
+                    Entry::file(&format!("data/own{n}"), format!("image {n}\n")),
+                ]));
+                specs.push(spec.into());
+            }
+            Ok((specs, vec![]))
+        },
+        twenty_pulls,
+    );
+}
+
+fn twenty_pulls(test: &str, env: &mut Env, images: &Images) -> Result<()> {
+    let mark = env.registry.mark();
+    let names: Vec<String> = (0..20)
+        .map(|i| images.archived[i % images.archived.len()].name.clone())
+        .collect();
+    eprintln!("== {test}: 20 CRI pulls at once");
+    let address = env.containerd.address().to_path_buf();
+    let results: Vec<Result<String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = names
+            .iter()
+            .map(|name| {
+                let address = address.clone();
+                scope.spawn(move || CriClient::connect(&address)?.pull_image(name))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("pull thread panicked")))
+            })
+            .collect()
+    });
+    for (name, result) in names.iter().zip(results) {
+        result.with_context(|| format!("concurrent pull of {name}"))?;
+    }
+    let log = env.daemon.log();
+    let mut chain_ids = BTreeSet::new();
+    for image in &images.archived {
+        let downloaded = layer_gets(env, image, mark);
+        ensure!(
+            downloaded.is_empty(),
+            "downloaded layers of {}: {downloaded:?}",
+            image.name
+        );
+        assert_chain_snapshots(env, image)?;
+        chain_ids.extend(image.chain_ids.iter().cloned());
+    }
+    ensure!(chain_ids.len() == 6, "{chain_ids:?}");
+    for chain_id in &chain_ids {
+        let extractions = log
+            .lines()
+            .filter(|l| l.contains("layer extracted from archive") && l.contains(chain_id.as_str()))
+            .count();
+        ensure!(
+            extractions == 1,
+            "layer {chain_id} extracted {extractions} times"
+        );
+    }
+    run_sample_check(env, &images.archived[0].name, "twenty")?;
+    Ok(())
+}

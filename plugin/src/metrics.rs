@@ -34,6 +34,9 @@ pub struct Metrics {
     pub extraction_seconds: Histogram,
     /// Extractions running now.
     pub extractions_in_flight: Gauge,
+    /// Seconds from a Prepare naming an archived layer to that layer
+    /// committed from the archive (waiting for its extraction included).
+    pub layer_pull_seconds: Histogram,
     /// Mirror requests by route and status code.
     pub mirror_requests: Family<Labels, Counter>,
     /// Requests sent to upstream registries (token requests included).
@@ -50,6 +53,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     // 10 ms .. ~10 min.
     extraction_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 16)),
     extractions_in_flight: Gauge::default(),
+    layer_pull_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 18)),
     mirror_requests: Family::default(),
     upstream_requests: Counter::default(),
     upstream_errors: Family::default(),
@@ -128,6 +132,11 @@ pub fn registry(catalog: Arc<Catalog>) -> Registry {
         "airgap_extraction_duration_seconds",
         "Time to extract one layer from an archive",
         m.extraction_seconds.clone(),
+    );
+    r.register(
+        "airgap_layer_pull_duration_seconds",
+        "Time from a Prepare naming an archived layer to the layer committed from the archive",
+        m.layer_pull_seconds.clone(),
     );
     r.register(
         "airgap_extractions_in_flight",
@@ -387,6 +396,7 @@ mod tests {
             "airgap_upstream_requests_total",
             "airgap_extractions_in_flight",
             "airgap_extraction_duration_seconds_count",
+            "airgap_layer_pull_duration_seconds_count",
             "airgap_cache_evictions_total",
             "airgap_blob_bad_copies_total",
             "airgap_archive_read_bytes_total",
@@ -395,5 +405,130 @@ mod tests {
             assert!(sample(&after, name).is_some(), "{name} missing:\n{after}");
         }
         assert_eq!(get(&metrics, "/other").await.0, StatusCode::NOT_FOUND);
+    }
+}
+
+#[cfg(test)]
+mod pass_tests {
+    use std::time::Duration;
+
+    use axum::body::{to_bytes, Body};
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::catalog::CatalogOptions;
+    use crate::mirror::Mirror;
+    use crate::registry::Upstreams;
+    use crate::testsupport::*;
+
+    async fn get(router: &axum::Router, uri: &str) -> (StatusCode, Vec<u8>) {
+        let resp = router
+            .clone()
+            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body = to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+        (status, body.to_vec())
+    }
+
+    fn noise(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// Concurrent mirror reads of different blobs of one single-frame
+    /// `.tar.zst` decompress the archive once, whatever their number
+    /// (`airgap_archive_decompressed_bytes_total`), and each gets its bytes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_reads_of_one_compressed_archive_decompress_it_once() {
+        let layers: Vec<Vec<u8>> = (0..6)
+            .map(|i| layer_tar(&[(&format!("f{i}"), &noise(600_000, i + 1)[..])]))
+            .collect();
+        let spec = ImageSpec::new(layers);
+        let (oci, built) = OciLayout::single("many:1", &spec);
+        // A large first entry, skipped by the one pass.
+        let mut tar = tar::Builder::new(Vec::new());
+        let filler = noise(8 << 20, 99);
+        let mut h = tar::Header::new_ustar();
+        h.set_size(filler.len() as u64);
+        h.set_mode(0o644);
+        tar.append_data(&mut h, "filler", &filler[..]).unwrap();
+        let mut stream = tar.get_ref().clone();
+        stream.extend_from_slice(&oci.to_tar());
+        let dir = tempfile::tempdir().unwrap();
+        let archive = write(dir.path(), "one-frame.tar.zst", &wrap(&stream, Wrap::Zstd));
+        let catalog = Catalog::open(CatalogOptions {
+            dirs: vec![dir.path().to_path_buf()],
+            settle: Duration::ZERO,
+            cache_bytes: 256 << 20,
+            ..Default::default()
+        })
+        .unwrap();
+        let stream_len = catalog.archives()[0].index.stream_len;
+        let mirror = Mirror::new(catalog.clone(), Upstreams::default()).router();
+        let metrics = router(catalog.clone());
+        let series = format!(
+            "airgap_archive_decompressed_bytes_total{{archive=\"{}\"}}",
+            archive.display()
+        );
+        let decompressed = |text: &str| {
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix(&series)?
+                        .strip_prefix(' ')?
+                        .parse::<f64>()
+                        .ok()
+                })
+                .unwrap_or(0.0)
+        };
+        let (_, before) = get(&metrics, "/metrics").await;
+        let before = decompressed(&String::from_utf8_lossy(&before));
+
+        // Every decompression slot taken: the reads line up behind the
+        // first one, as they do behind other work on a busy node.
+        let held: Vec<_> = std::iter::from_fn(|| catalog.pass_permits().try_acquire()).collect();
+        assert!(!held.is_empty());
+        let reads: Vec<_> = built
+            .layers
+            .iter()
+            .map(|d| {
+                let mirror = mirror.clone();
+                let uri = format!("/v2/library/many/blobs/{d}?ns=docker.io");
+                let d = *d;
+                tokio::spawn(async move {
+                    let (status, body) = get(&mirror, &uri).await;
+                    assert_eq!(status, StatusCode::OK);
+                    assert_eq!(crate::digest::Digest::of(&body), d);
+                })
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while catalog.pass_pending(&archive) < built.layers.len() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "reads did not line up"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(held);
+        for r in reads {
+            r.await.unwrap();
+        }
+        let (_, after) = get(&metrics, "/metrics").await;
+        let used = decompressed(&String::from_utf8_lossy(&after)) - before;
+        assert!(
+            used <= stream_len as f64,
+            "{used} bytes decompressed for 6 concurrent reads of a {stream_len}-byte stream"
+        );
+        assert!(used >= (8 << 20) as f64, "{used}");
     }
 }

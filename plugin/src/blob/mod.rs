@@ -4,7 +4,8 @@
 //! a plain tar is read with `pread`; seekable zstd decompresses only the
 //! frames covering the requested range; anything else (one zstd frame, gzip,
 //! lz4, bzip2) is decompressed once into the [`crate::cache::LayerCache`] and
-//! read from there.
+//! read from there, one sequential pass serving every blob of that archive
+//! asked for meanwhile ([`pass`]).
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -14,6 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
+
+pub mod pass;
 
 use crate::catalog::seekable::SeekTable;
 use crate::digest::{Digest, HashingReader};
@@ -32,7 +35,8 @@ pub struct Stats {
     /// Bytes produced by decompressing archives (including bytes skipped to
     /// reach a blob).
     pub decompressed: AtomicU64,
-    /// Bytes read from archive files or the cache.
+    /// Bytes read in place from plain tar archive files (as read, not per
+    /// reader opened).
     pub read: AtomicU64,
     pub cache_hits: AtomicU64,
     pub cache_misses: AtomicU64,
@@ -49,11 +53,25 @@ pub struct FileRange {
     file: Arc<File>,
     base: u64,
     size: u64,
+    /// Where the bytes actually read are counted ([`Stats::read`]): set for
+    /// archives, not for cache files.
+    counted: Option<Arc<Stats>>,
 }
 
 impl FileRange {
     pub fn new(file: Arc<File>, base: u64, size: u64) -> Self {
-        FileRange { file, base, size }
+        FileRange {
+            file,
+            base,
+            size,
+            counted: None,
+        }
+    }
+
+    /// Counts every byte read into `stats.read`.
+    pub fn counted(mut self, stats: Arc<Stats>) -> Self {
+        self.counted = Some(stats);
+        self
     }
 }
 
@@ -68,6 +86,9 @@ impl BlobReader for FileRange {
         }
         let want = buf.len().min((self.size - offset) as usize);
         let n = self.file.read_at(&mut buf[..want], self.base + offset)?;
+        if let Some(stats) = &self.counted {
+            stats.read.fetch_add(n as u64, Ordering::Relaxed);
+        }
         if n == 0 && want > 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,

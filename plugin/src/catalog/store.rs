@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -13,9 +13,10 @@ use bytes::Bytes;
 
 use super::container::{self, Container};
 use super::index::{
-    index_archive, ArchiveIndex, FileKey, ImageEntry, LayerEntry, ManifestEntry, INDEX_FORMAT,
+    index_archive_until, ArchiveIndex, FileKey, ImageEntry, LayerEntry, ManifestEntry, INDEX_FORMAT,
 };
 use super::{LayerRef, LayerSource};
+use crate::blob::pass::{ArchivePasses, PassRequest, Permits};
 use crate::blob::{BlobReader, FileRange, SeekableRange, SequentialReader, Stats, VerifyingReader};
 use crate::cache::LayerCache;
 use crate::digest::Digest;
@@ -103,6 +104,9 @@ pub struct Archive {
     /// Bytes decompressed from this archive (shared by every version of
     /// the file at this path; a metric).
     decompressed: Arc<AtomicU64>,
+    /// Sequential passes filling the cache from this archive (compressed
+    /// containers without random access).
+    passes: ArchivePasses,
 }
 
 impl Archive {
@@ -200,6 +204,11 @@ pub struct Catalog {
     /// Bumped whenever a scan changes what the archives hold (the
     /// importer follows it).
     changes: tokio::sync::watch::Sender<u64>,
+    /// Set by [`Catalog::shutdown`]: indexing gives up, lookups stop waiting.
+    stopping: Arc<AtomicBool>,
+    /// Bounds the sequential passes over compressed archives running at
+    /// once, over all archives.
+    permits: Permits,
     _cache_tmp: Option<tempfile::TempDir>,
 }
 
@@ -254,6 +263,8 @@ impl Catalog {
             decompressed: Mutex::default(),
             scanned: (Mutex::new(false), Condvar::new()),
             changes: tokio::sync::watch::Sender::new(0),
+            stopping: Arc::default(),
+            permits: Permits::per_core(),
             _cache_tmp: tmp,
         });
         Ok(catalog)
@@ -269,6 +280,36 @@ impl Catalog {
 
     pub fn cache(&self) -> &LayerCache {
         &self.cache
+    }
+
+    /// The daemon is stopping: an archive being indexed is given up (and
+    /// indexed again at the next start), and lookups waiting for the first
+    /// scan go on at once with what is indexed so far, so no thread is left
+    /// waiting on the catalog.
+    pub fn shutdown(&self) {
+        self.stopping.store(true, Ordering::Release);
+        let _done = self.scanned.0.lock().unwrap();
+        self.scanned.1.notify_all();
+    }
+
+    /// The permits bounding sequential passes over compressed archives
+    /// (tests hold them to line requests up).
+    pub fn pass_permits(&self) -> &Permits {
+        &self.permits
+    }
+
+    /// Requests waiting for a pass over `archive` (tests).
+    pub fn pass_pending(&self, archive: &Path) -> usize {
+        let state = self.state.read().unwrap();
+        state
+            .archives
+            .get(archive)
+            .map_or(0, |a| a.passes.pending())
+    }
+
+    /// True once [`Catalog::shutdown`] was called.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
     }
 
     /// Looks at every file in the directories: indexes new and changed ones,
@@ -327,7 +368,16 @@ impl Catalog {
         }
         let mut loaded = Vec::new();
         for (path, key, age) in todo {
+            if self.stopping() {
+                report.unsettled.push(path);
+                continue;
+            }
             let result = self.load(&path, key);
+            if self.stopping() {
+                // Given up half-way: neither indexed nor broken.
+                report.unsettled.push(path);
+                continue;
+            }
             // Still being written: the file changed while it was read, or it
             // fails to read and was modified within the settle delay. Looked
             // at again later; never reported broken for that.
@@ -399,13 +449,14 @@ impl Catalog {
     }
 
     /// The state, once the first scan is done (waiting at most
-    /// [`FIRST_SCAN_WAIT`]; after that, whatever is indexed so far).
+    /// [`FIRST_SCAN_WAIT`], or until [`Catalog::shutdown`]; after that,
+    /// whatever is indexed so far).
     fn ready_state(&self) -> std::sync::RwLockReadGuard<'_, State> {
         let (lock, cond) = &self.scanned;
         let done = lock.lock().unwrap();
         if !*done {
             let _ = cond
-                .wait_timeout_while(done, FIRST_SCAN_WAIT, |d| !*d)
+                .wait_timeout_while(done, FIRST_SCAN_WAIT, |d| !*d && !self.stopping())
                 .unwrap();
         }
         self.state.read().unwrap()
@@ -438,9 +489,12 @@ impl Catalog {
             Some(index) => index,
             None => {
                 let started = std::time::Instant::now();
-                let index = index_archive(path, &file, key).map_err(|e| CatalogError::Index {
-                    path: path.into(),
-                    source: e,
+                let stop = Some(self.stopping.clone());
+                let index = index_archive_until(path, &file, key, stop).map_err(|e| {
+                    CatalogError::Index {
+                        path: path.into(),
+                        source: e,
+                    }
                 })?;
                 tracing::debug!(archive = %path.display(), elapsed = ?started.elapsed(), "indexed");
                 if let Some(p) = &persisted {
@@ -464,6 +518,7 @@ impl Catalog {
             file: Arc::new(file),
             seek_table,
             decompressed,
+            passes: ArchivePasses::default(),
         })
     }
 
@@ -795,14 +850,10 @@ impl Catalog {
     fn raw_reader(&self, archive: &Archive, digest: &Digest) -> io::Result<Arc<dyn BlobReader>> {
         let loc = archive.index.blobs[digest];
         match (archive.index.container, &archive.seek_table) {
-            (Container::Tar, _) => {
-                self.stats.read.fetch_add(loc.size, Ordering::Relaxed);
-                Ok(Arc::new(FileRange::new(
-                    archive.file.clone(),
-                    loc.offset,
-                    loc.size,
-                )))
-            }
+            (Container::Tar, _) => Ok(Arc::new(
+                FileRange::new(archive.file.clone(), loc.offset, loc.size)
+                    .counted(self.stats.clone()),
+            )),
             (Container::SeekableZstd, Some(table)) => Ok(Arc::new(SeekableRange::new(
                 archive.file.clone(),
                 table.clone(),
@@ -812,27 +863,23 @@ impl Catalog {
                 archive.decompressed.clone(),
             ))),
             (container, _) => {
-                let stats = self.stats.clone();
-                let per_archive = archive.decompressed.clone();
-                let file = archive.file.clone();
-                let what = archive.index.path.display().to_string();
+                // Filled by one pass over the archive shared with every other
+                // blob of it requested meanwhile (see `blob::pass`).
+                let open = || -> io::Result<Box<dyn Read + Send>> {
+                    Ok(Box::new(Counted {
+                        inner: container::decode_file(archive.file.clone(), container)?,
+                        stats: self.stats.clone(),
+                        archive: archive.decompressed.clone(),
+                    }))
+                };
+                let request = PassRequest {
+                    digest: *digest,
+                    offset: loc.offset,
+                    size: loc.size,
+                    what: archive.index.path.display().to_string(),
+                };
                 let (entry, hit) = self.cache.get_or_fill(digest, |out| {
-                    let mut stream = container::decode_file(file, container)?;
-                    let skipped = io::copy(&mut (&mut stream).take(loc.offset), &mut io::sink())?;
-                    if skipped != loc.offset {
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            format!("{what} ends before blob {digest}"),
-                        ));
-                    }
-                    let mut blob =
-                        VerifyingReader::new(stream.take(loc.size), *digest, loc.size, what);
-                    let copied = io::copy(&mut blob, out)?;
-                    stats
-                        .decompressed
-                        .fetch_add(loc.offset + copied, Ordering::Relaxed);
-                    per_archive.fetch_add(loc.offset + copied, Ordering::Relaxed);
-                    Ok(())
+                    archive.passes.fill(request, out, &open, &self.permits)
                 })?;
                 let counter = if hit {
                     &self.stats.cache_hits

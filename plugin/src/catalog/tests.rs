@@ -680,3 +680,72 @@ fn image_lists_are_lists_not_broken_archives() {
         "an archive removed wakes the importer"
     );
 }
+
+/// `airgap_archive_read_bytes_total` counts the bytes read from a plain tar
+/// archive, not the whole blob per reader opened.
+#[test]
+fn plain_tar_reads_count_the_bytes_read() {
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let spec = ImageSpec::new(vec![layer_tar(&[("big", &big)])]);
+    let (oci, built) = OciLayout::single("big:1", &spec);
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "plain.tar", &wrap(&oci.to_tar(), Wrap::Tar));
+    let c = open(&[dir.path()]);
+    let layer = &built.layers[0];
+    let read = || c.stats().read.load(std::sync::atomic::Ordering::Relaxed);
+    // The first reader checks the whole blob once: every byte read.
+    let before = read();
+    let r = c.blob_reader(layer).unwrap();
+    assert_eq!(read() - before, r.size());
+    // Later readers (checked already) read only what they are asked for.
+    let before = read();
+    let mut buf = vec![0u8; 1000];
+    for _ in 0..5 {
+        let r = c.blob_reader(layer).unwrap();
+        assert_eq!(r.read_at(&mut buf[..10], 5).unwrap(), 10);
+    }
+    assert_eq!(read() - before, 50);
+    // A sequential read of the whole blob counts it once.
+    let before = read();
+    let n = read_all(&c, layer).len() as u64;
+    assert_eq!(read() - before, n);
+}
+
+/// Stopping during the first scan of a large archive is prompt: indexing
+/// gives up (the watcher thread joins at once), lookups waiting for the
+/// first scan return, and the archive is neither indexed nor broken.
+#[test]
+fn shutdown_stops_a_slow_first_scan_and_wakes_lookups() {
+    let dir = tempfile::tempdir().unwrap();
+    write_slow_to_index_archive(&dir.path().join("slow.tar.zst"), 4);
+    let catalog = Catalog::empty(CatalogOptions {
+        dirs: vec![dir.path().to_path_buf()],
+        settle: Duration::ZERO,
+        ..Default::default()
+    })
+    .unwrap();
+    let watch = catalog.watch();
+    let lookup = {
+        let catalog = catalog.clone();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let found = catalog.resolve("docker.io/library/busybox:latest");
+            (found.is_none(), started.elapsed())
+        })
+    };
+    // Indexing is under way (it takes minutes) and the lookup waits.
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        !lookup.is_finished(),
+        "the lookup did not wait for the scan"
+    );
+    let stopping = Instant::now();
+    catalog.shutdown();
+    let (none, waited) = lookup.join().unwrap();
+    assert!(none);
+    assert!(waited < Duration::from_secs(30), "lookup waited {waited:?}");
+    drop(watch);
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_secs(10), "stopping took {took:?}");
+    assert_eq!(catalog.archive_counts(), (0, 0));
+}

@@ -81,6 +81,9 @@ impl Catalog {
                         watched.retain(|d| d.is_dir());
                     }
                     let report = catalog.rescan();
+                    if catalog.stopping() {
+                        break;
+                    }
                     // Something still settling: look again once it may have.
                     let timeout = if report.unsettled.is_empty() { POLL } else { settle };
                     match rx.recv_timeout(timeout) {

@@ -32,8 +32,19 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         .thread_name("airgap-snapshotter")
         .build()
         .context("start the async runtime")?;
-    runtime.block_on(serve(config, shutdown_signal()))
+    let result = runtime.block_on(serve(config, shutdown_signal()));
+    // Blocking work still running (an extraction into staging, emptied at
+    // the next start) must not hold the exit up.
+    runtime.shutdown_timeout(RUNTIME_DRAIN);
+    result
 }
+
+/// How long blocking work may run on once the servers stopped.
+const RUNTIME_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How long the snapshots API waits for calls in flight after the stop
+/// signal (a Prepare waiting for a large extraction) before they are cut off.
+const GRPC_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Serves until `shutdown` resolves (a signal, in the daemon).
 async fn serve(
@@ -72,6 +83,7 @@ async fn serve(
     let mirror = Mirror::new(catalog.clone(), upstreams);
     let metrics_catalog = catalog.clone();
     let import_catalog = catalog.clone();
+    let stop_catalog = catalog.clone();
     let source: Option<Arc<dyn LayerSource>> = Some(catalog);
 
     let root = config.root.clone();
@@ -106,6 +118,9 @@ async fn serve(
         async move {
             shutdown.await;
             tell_systemd(systemd::STOPPING);
+            // First: indexing in progress gives up, lookups waiting for the
+            // first scan return, so the servers below can drain.
+            stop_catalog.shutdown();
             let _ = stop_tx.send(true);
         }
     });
@@ -132,7 +147,7 @@ async fn serve(
     let import_stop = stop_rx.clone();
     let server = tonic::transport::Server::builder()
         .add_service(SnapshotService::new(snapshotter).into_server())
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped(stop_rx));
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped(stop_rx.clone()));
     // Every socket is bound (connections queue until the servers accept
     // them): containerd, ordered after this unit, may start.
     tell_systemd(systemd::READY);
@@ -141,7 +156,18 @@ async fn serve(
         let importer = Importer::new(import_catalog, ImportOptions::from_config(&config));
         tokio::spawn(importer.run(import_stop))
     });
-    let result = server.await;
+    let mut server = tokio::spawn(server);
+    let result = tokio::select! {
+        result = &mut server => result.context("the snapshots API task")?,
+        () = async {
+            stopped(stop_rx).await;
+            tokio::time::sleep(GRPC_DRAIN).await;
+        } => {
+            tracing::warn!("snapshots API calls still running at shutdown; cut off");
+            server.abort();
+            Ok(())
+        }
+    };
     if let Err(err) = fs::remove_file(&config.socket) {
         tracing::warn!(socket = %config.socket.display(), error = %err, "could not remove socket");
     }

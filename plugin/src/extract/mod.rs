@@ -9,8 +9,10 @@
 //! Safety: every path is resolved inside the destination by the kernel
 //! (`openat2` with `RESOLVE_BENEATH`, see `root.rs`); entries with `..` or
 //! absolute paths, links leading out and whiteouts naming anything but a
-//! plain name are errors. An existing non-directory at an entry's path is
-//! removed (never followed) before the entry is created, as tar does.
+//! plain name are errors. What exists at an entry's path is removed (never
+//! followed) before the entry is created, a directory with everything in it,
+//! unless both are directories (then they merge): containerd's applier
+//! (`pkg/archive/tar.go`) does the same.
 //!
 //! Speed: decompression, hashing and extraction run on three threads that
 //! pass the same 1 MiB buffers along, and file data is written to disk
@@ -372,6 +374,7 @@ impl Extractor {
                         kind,
                         e.mode,
                         rfs::makedev(e.dev_major, e.dev_minor),
+                        false,
                     )
                     .map_err(fs)?;
                 chown_at(&parent, name, e, shown)?;
@@ -489,6 +492,7 @@ impl Extractor {
                 FileType::CharacterDevice,
                 0,
                 rfs::makedev(0, 0),
+                true,
             )
             .map_err(fs)?;
         rfs::chownat(

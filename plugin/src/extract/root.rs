@@ -148,19 +148,35 @@ impl Root {
     }
 
     /// Makes room for a new `name` in `parent`: removes what is there without
-    /// following it. A directory is removed only if empty.
-    fn remove_existing(&mut self, parent: BorrowedFd<'_>, dir: &[u8], name: &[u8]) -> FsResult<()> {
+    /// following it. A directory goes with everything in it, as containerd's
+    /// applier does (`os.RemoveAll` of whatever is at the path of an entry
+    /// that is not a directory merging into a directory, `pkg/archive/tar.go`),
+    /// except for whiteouts (`recursive` false), where containerd's `mknod`
+    /// fails on anything there and this removes only an empty directory.
+    fn remove_existing(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        dir: &[u8],
+        name: &[u8],
+        recursive: bool,
+    ) -> FsResult<()> {
         let st = rfs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| FsError::io("inspecting the entry being replaced", e))?;
-        let flags = if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
-            AtFlags::REMOVEDIR
+        let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
+        let removed = if is_dir && recursive {
+            remove_tree(parent, name)
         } else {
-            AtFlags::empty()
+            let flags = if is_dir {
+                AtFlags::REMOVEDIR
+            } else {
+                AtFlags::empty()
+            };
+            rfs::unlinkat(parent, name, flags)
         };
-        rfs::unlinkat(parent, name, flags).map_err(|e| {
+        removed.map_err(|e| {
             FsError::io(
                 if e == Errno::NOTEMPTY {
-                    "replacing a non-empty directory with a non-directory"
+                    "replacing a non-empty directory with a whiteout"
                 } else {
                     "removing the entry being replaced"
                 },
@@ -178,7 +194,7 @@ impl Root {
         let mode = Mode::from_raw_mode(0o600);
         match rfs::openat(parent, name, flags, mode) {
             Err(Errno::EXIST) => {
-                self.remove_existing(parent.as_fd(), dir, name)?;
+                self.remove_existing(parent.as_fd(), dir, name, true)?;
                 rfs::openat(parent, name, flags, mode)
             }
             r => r,
@@ -195,7 +211,7 @@ impl Root {
                 let st = rfs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW)
                     .map_err(|e| FsError::io("inspecting the existing entry", e))?;
                 if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
-                    self.remove_existing(parent.as_fd(), dir, name)?;
+                    self.remove_existing(parent.as_fd(), dir, name, true)?;
                     rfs::mkdirat(parent, name, mode)
                         .map_err(|e| FsError::io("creating the directory", e))?;
                 }
@@ -220,7 +236,7 @@ impl Root {
     ) -> FsResult<()> {
         match rfs::symlinkat(target, parent, name) {
             Err(Errno::EXIST) => {
-                self.remove_existing(parent.as_fd(), dir, name)?;
+                self.remove_existing(parent.as_fd(), dir, name, true)?;
                 rfs::symlinkat(target, parent, name)
             }
             r => r,
@@ -228,7 +244,10 @@ impl Root {
         .map_err(|e| FsError::io("creating the symlink", e))
     }
 
-    /// Creates a device node or fifo (`FileType::CharacterDevice`, ...).
+    /// Creates a device node or fifo (`FileType::CharacterDevice`, ...);
+    /// `whiteout`: an overlayfs whiteout, which replaces no non-empty
+    /// directory.
+    #[allow(clippy::too_many_arguments)]
     pub fn mknod(
         &mut self,
         parent: &OwnedFd,
@@ -237,11 +256,12 @@ impl Root {
         kind: FileType,
         mode: u32,
         dev: rfs::Dev,
+        whiteout: bool,
     ) -> FsResult<()> {
         let perm = Mode::from_raw_mode(mode & 0o777);
         match rfs::mknodat(parent, name, kind, perm, dev) {
             Err(Errno::EXIST) => {
-                self.remove_existing(parent.as_fd(), dir, name)?;
+                self.remove_existing(parent.as_fd(), dir, name, !whiteout)?;
                 rfs::mknodat(parent, name, kind, perm, dev)
             }
             r => r,
@@ -261,13 +281,70 @@ impl Root {
     ) -> FsResult<()> {
         match rfs::linkat(target_parent, target_name, parent, name, AtFlags::empty()) {
             Err(Errno::EXIST) => {
-                self.remove_existing(parent.as_fd(), dir, name)?;
+                self.remove_existing(parent.as_fd(), dir, name, true)?;
                 rfs::linkat(target_parent, target_name, parent, name, AtFlags::empty())
             }
             r => r,
         }
         .map_err(|e| FsError::io("creating the hard link", e))
     }
+}
+
+/// `rm -rf` of the directory `name` in `parent`, never following a symlink:
+/// every directory is opened `O_NOFOLLOW` relative to its parent's fd and
+/// every entry unlinked relative to its directory's, so nothing outside the
+/// tree can be reached. Iterative (a hostile layer may nest deeply); holds
+/// one fd per level.
+fn remove_tree(parent: BorrowedFd<'_>, name: &[u8]) -> Result<(), Errno> {
+    fn open_dir(at: BorrowedFd<'_>, name: &[u8]) -> Result<OwnedFd, Errno> {
+        rfs::openat(
+            at,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+    }
+    /// The entries of a directory, each with whether it is a directory.
+    fn entries(fd: &OwnedFd) -> Result<Vec<(Vec<u8>, bool)>, Errno> {
+        let mut out = Vec::new();
+        let mut dir = rfs::Dir::read_from(fd)?;
+        while let Some(entry) = dir.read() {
+            let entry = entry?;
+            let name = entry.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let is_dir = match entry.file_type() {
+                FileType::Directory => true,
+                FileType::Unknown => rfs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW)
+                    .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory),
+                _ => false,
+            };
+            out.push((name.to_vec(), is_dir));
+        }
+        Ok(out)
+    }
+    let top = open_dir(parent, name)?;
+    let listed = entries(&top)?;
+    // (directory fd, its name in the level above, entries left to remove)
+    let mut stack = vec![(top, name.to_vec(), listed)];
+    while let Some((fd, _, left)) = stack.last_mut() {
+        match left.pop() {
+            Some((child, true)) => {
+                let child_fd = open_dir(fd.as_fd(), &child)?;
+                let listed = entries(&child_fd)?;
+                stack.push((child_fd, child, listed));
+            }
+            Some((child, false)) => rfs::unlinkat(&*fd, child.as_slice(), AtFlags::empty())?,
+            None => {
+                let (done, done_name, _) = stack.pop().expect("a level");
+                drop(done);
+                let at = stack.last().map_or(parent, |(fd, _, _)| fd.as_fd());
+                rfs::unlinkat(at, done_name.as_slice(), AtFlags::REMOVEDIR)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Set once `openat2` answered `ENOSYS`: kernels before 5.6, and older

@@ -979,7 +979,8 @@ fn hostile_directory_replaced_by_symlink() {
         l.file("d/secret", b"pwned");
     });
     assert!(matches!(err, ExtractError::Escape { .. }), "{err}");
-    // Non-empty directory: replacing it is refused.
+    // Non-empty directory: removed with its contents (as containerd
+    // does), and the symlink replacing it is still never followed out.
     assert_hostile(|out, l| {
         l.dir("d/");
         l.file("d/x", b"x");
@@ -1112,4 +1113,100 @@ fn cached_directory_replaced_by_a_file() {
     l.file("a/x", b"x");
     fx.unpack(&l.tar(), Compression::None).unwrap();
     assert_eq!(fs::read(fx.dest().join("a/x")).unwrap(), b"x");
+}
+
+/// A layer that replaces a non-empty directory with a file (or a symlink, a
+/// hard link, a device) gives what containerd's applier gives
+/// (`pkg/archive/tar.go`, `applyNaive`: an entry at an existing path that is
+/// not a directory merging into a directory first `os.RemoveAll`s it; a
+/// directory merges into a directory): the tree is gone, the new entry is
+/// there, nothing outside the layer is touched.
+#[test]
+fn non_empty_directory_replaced_as_containerd_does() {
+    requires_root!();
+    let fx = Fixture::new();
+    let before = fx.host_state();
+    let out = fx.outside();
+    let mut l = Layer::new();
+    // A deep tree with every kind of entry, a symlink out of the layer
+    // among them (removing it must not follow it), then a file.
+    l.dir("a/");
+    l.dir("a/b/");
+    l.dir("a/b/c/");
+    l.file("a/b/c/deep", b"deep");
+    l.file("a/f", b"f");
+    l.symlink("a/out", &out);
+    l.symlink("a/b/secret", &format!("{out}/secret"));
+    l.hardlink("a/b/hl", "a/f");
+    let mut fifo = header(EntryType::Fifo, 0o644);
+    fifo.set_device_major(0).unwrap();
+    fifo.set_device_minor(0).unwrap();
+    l.append("a/b/fifo", fifo, b"");
+    l.append("a/b/c/ro/", header(EntryType::Directory, 0o500), b"");
+    l.file("a/b/c/ro/x", b"x");
+    l.file("a", b"now a file");
+    // A non-empty directory replaced by a symlink, a hard link, a device.
+    l.dir("s/");
+    l.file("s/x", b"x");
+    l.symlink("s", "a");
+    l.dir("h/");
+    l.file("h/x", b"x");
+    l.hardlink("h", "a");
+    l.dir("n/");
+    l.dir("n/sub/");
+    l.file("n/sub/x", b"x");
+    let mut dev = header(EntryType::Char, 0o600);
+    dev.set_device_major(1).unwrap();
+    dev.set_device_minor(3).unwrap();
+    l.append("n", dev, b"");
+    // A directory merges into a directory: what it held stays.
+    l.dir("m/");
+    l.file("m/keep", b"keep");
+    l.append("m/", header(EntryType::Directory, 0o711), b"");
+    // A directory replaced by a file, then a directory again at that path.
+    l.dir("r/");
+    l.file("r/old", b"old");
+    l.file("r", b"r");
+    l.dir("r/");
+    l.file("r/new", b"new");
+    fx.unpack(&l.tar(), Compression::None).unwrap();
+
+    assert_eq!(fx.host_state(), before, "the host changed");
+    let d = fx.dest();
+    let mut names: Vec<String> = fs::read_dir(&d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a", "h", "m", "n", "r", "s"]);
+    assert!(lstat(d.join("a")).is_file());
+    assert_eq!(fs::read(d.join("a")).unwrap(), b"now a file");
+    assert_eq!(fs::read_link(d.join("s")).unwrap(), Path::new("a"));
+    assert!(lstat(d.join("h")).is_file());
+    assert_eq!(lstat(d.join("h")).ino(), lstat(d.join("a")).ino());
+    assert_eq!(lstat(d.join("a")).nlink(), 2);
+    assert!(lstat(d.join("n")).file_type().is_char_device());
+    assert_eq!(fs::read(d.join("m/keep")).unwrap(), b"keep");
+    assert_eq!(lstat(d.join("m")).mode() & 0o777, 0o711);
+    let r: Vec<_> = fs::read_dir(d.join("r"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(r, ["new"]);
+}
+
+/// A whiteout over a non-empty directory of the same layer is still an
+/// error (containerd's `mknod` fails on any existing path): never a silent
+/// removal of what the layer itself just wrote.
+#[test]
+fn whiteout_over_non_empty_directory_is_an_error() {
+    requires_root!();
+    let fx = Fixture::new();
+    let mut l = Layer::new();
+    l.dir("d/");
+    l.file("d/x", b"x");
+    l.file(".wh.d", b"");
+    let err = fx.unpack(&l.tar(), Compression::None).unwrap_err();
+    assert!(matches!(err, ExtractError::Io { .. }), "{err}");
+    assert_eq!(fs::read(fx.dest().join("d/x")).unwrap(), b"x");
 }

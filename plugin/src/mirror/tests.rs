@@ -1126,3 +1126,131 @@ async fn every_archived_copy_bad_falls_back_to_the_upstream() {
     assert_eq!(whole.status, StatusCode::OK);
     assert_eq!(whole.body, layer[..]);
 }
+
+/// A TCP "upstream" on loopback that answers every connection with
+/// `answer` (after reading the request), then holds it open for `hold`.
+async fn raw_upstream(answer: &'static [u8], hold: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(answer).await;
+                tokio::time::sleep(hold).await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// An upstream that accepts connections and never answers: a request for
+/// what only it could have ends in a 502 (containerd moves on to its next
+/// host) within the client's timeouts, never hangs; archived images are
+/// served meanwhile, at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upstream_is_a_bad_gateway_and_blocks_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (oci, built) = OciLayout::single("busybox:1.36", &spec());
+    write(dir.path(), "a.tar", &oci.to_tar());
+    let endpoint = raw_upstream(b"", Duration::from_secs(3600)).await;
+    let upstreams = Upstreams::new(&[upstream_config("*", &endpoint, None)]).unwrap();
+    let router = Mirror::new(catalog(dir.path()), upstreams).router();
+    let stalled = {
+        let router = router.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let a = call(
+                &router,
+                "GET",
+                &format!("/v2/library/other/manifests/1{NS}"),
+                &[],
+            )
+            .await;
+            (a, started.elapsed())
+        })
+    };
+    // While that request hangs on the upstream, archived content flows.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let a = call(&router, "GET", &format!("{NAME}/manifests/1.36{NS}"), &[]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let b = call(
+        &router,
+        "GET",
+        &format!("{NAME}/blobs/{}{NS}", built.layers[0]),
+        &[],
+    )
+    .await;
+    assert_eq!(b.body, oci.blobs[&built.layers[0]]);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let (a, took) = tokio::time::timeout(Duration::from_secs(90), stalled)
+        .await
+        .expect("the request to a stalled upstream never ended")
+        .unwrap();
+    assert_eq!(a.status, StatusCode::BAD_GATEWAY, "after {took:?}");
+    assert_eq!(a.error_code(), "UNAVAILABLE");
+    assert!(!String::from_utf8_lossy(&a.body).contains("127.0.0.1"));
+}
+
+/// An upstream answering garbage (not HTTP at all; an HTTP answer whose
+/// manifest is not JSON; a blob cut short of its length) is an error the
+/// client sees as one, never a good answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_answering_garbage_is_never_passed_on_as_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let (oci, _) = OciLayout::single("busybox:1.36", &spec());
+    write(dir.path(), "a.tar", &oci.to_tar());
+    let mirror = |endpoint: String| {
+        let upstreams = Upstreams::new(&[upstream_config("*", &endpoint, None)]).unwrap();
+        Mirror::new(catalog(dir.path()), upstreams).router()
+    };
+    let blob = format!("/v2/library/other/blobs/{}{NS}", Digest::of(b"wanted"));
+    let manifest = format!("/v2/library/other/manifests/1{NS}");
+
+    // Not HTTP.
+    let router = mirror(raw_upstream(b"\x00\xffgarbage\r\n\r\n\x13\x37", Duration::ZERO).await);
+    for uri in [&manifest, &blob] {
+        let a = call(&router, "GET", uri, &[]).await;
+        assert_eq!(a.status, StatusCode::BAD_GATEWAY, "{uri}");
+    }
+
+    // HTTP, but the manifest is not a manifest.
+    let router = mirror(
+        raw_upstream(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: 9\r\nConnection: close\r\n\r\n{not json",
+            Duration::ZERO,
+        )
+        .await,
+    );
+    let a = call(&router, "GET", &manifest, &[]).await;
+    assert_ne!(a.status, StatusCode::OK, "{:?}", a.body);
+
+    // A blob shorter than it says: the body fails, it never completes.
+    let router = mirror(
+        raw_upstream(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000\r\nConnection: close\r\n\r\nshort",
+            Duration::ZERO,
+        )
+        .await,
+    );
+    let resp = router
+        .clone()
+        .oneshot(Request::get(&blob).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    if resp.status() == StatusCode::OK {
+        assert!(to_bytes(resp.into_body(), usize::MAX).await.is_err());
+    } else {
+        assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    }
+}

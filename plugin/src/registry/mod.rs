@@ -320,6 +320,12 @@ impl Upstream {
                 return Err(bad(format!("manifest is {digest}, expected {want}")));
             }
         }
+        // Whatever its Content-Type says, a manifest is a JSON object: a
+        // garbage answer is the upstream's failure (containerd tries its next
+        // host), never served as a manifest.
+        if !serde_json::from_slice::<serde_json::Value>(&bytes).is_ok_and(|v| v.is_object()) {
+            return Err(bad("answer is not a JSON manifest".into()));
+        }
         let media_type = match media_type {
             Some(t) if t.starts_with("application/vnd.") => t,
             _ => media::manifest_media_type(&bytes)

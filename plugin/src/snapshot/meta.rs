@@ -5,8 +5,10 @@
 //! backlinks so a snapshot with children cannot be removed.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{RwLock, RwLockReadGuard, TryLockError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -148,42 +150,159 @@ pub fn clean_labels(
 }
 
 /// The metadata database (`<root>/metadata.redb`).
+///
+/// redb refuses every operation after one failed I/O ("Previous I/O error
+/// occurred. Please close and re-open the database"), which a full disk
+/// causes: the store then re-opens the database in place (redb repairs it
+/// from its last committed state), at the start of the next transaction,
+/// once every transaction on the failed handle is over. Until that
+/// succeeds (the disk is still full), every operation fails cleanly.
 pub struct MetaStore {
-    db: redb::Database,
+    path: PathBuf,
+    /// The open database: `None` while it failed and could not be opened
+    /// again yet. Every transaction holds a read guard for its lifetime, so
+    /// a re-open (under the write guard) never runs beside one.
+    db: RwLock<Option<redb::Database>>,
+    /// Set when an operation failed with an I/O error: the next transaction
+    /// re-opens the database first.
+    broken: AtomicBool,
 }
 
 /// A read-only view of the store.
-pub struct ReadTxn {
+pub struct ReadTxn<'a> {
+    // Dropped before the guard: the transaction keeps the file open.
     txn: redb::ReadTransaction,
+    store: &'a MetaStore,
+    _db: RwLockReadGuard<'a, Option<redb::Database>>,
 }
 
 /// A write transaction: only one at a time. Nothing is stored before
 /// [`WriteTxn::commit`]; dropping it rolls back.
-pub struct WriteTxn {
+pub struct WriteTxn<'a> {
     txn: redb::WriteTransaction,
+    store: &'a MetaStore,
+    _db: RwLockReadGuard<'a, Option<redb::Database>>,
+}
+
+/// How long a re-open waits for the transactions on the failed handle to
+/// end (they are short; this only bounds a bug).
+const REOPEN_WAIT: Duration = Duration::from_secs(30);
+
+/// True for the store errors after which redb must be re-opened: an I/O
+/// error (ENOSPC, EIO), or redb's refusal to go on after one.
+fn needs_reopen(err: &SnapshotError) -> bool {
+    matches!(err, SnapshotError::Store(e)
+        if matches!(**e, redb::Error::Io(_) | redb::Error::PreviousIo))
+}
+
+fn open_db(path: &Path) -> Result<redb::Database, SnapshotError> {
+    let db = redb::Database::create(path)?;
+    // Create the tables so that read transactions find them.
+    let txn = db.begin_write()?;
+    txn.open_table(SNAPSHOTS)?;
+    txn.open_table(PARENTS)?;
+    txn.open_table(SEQUENCE)?;
+    txn.commit()?;
+    Ok(db)
 }
 
 impl MetaStore {
     pub fn open(path: &Path) -> Result<Self, SnapshotError> {
-        let db = redb::Database::create(path)?;
-        // Create the tables so that read transactions find them.
-        let txn = db.begin_write()?;
-        txn.open_table(SNAPSHOTS)?;
-        txn.open_table(PARENTS)?;
-        txn.open_table(SEQUENCE)?;
-        txn.commit()?;
-        Ok(MetaStore { db })
-    }
-
-    pub fn read(&self) -> Result<ReadTxn, SnapshotError> {
-        Ok(ReadTxn {
-            txn: self.db.begin_read()?,
+        let db = open_db(path)?;
+        Ok(MetaStore {
+            path: path.to_path_buf(),
+            db: RwLock::new(Some(db)),
+            broken: AtomicBool::new(false),
         })
     }
 
-    pub fn write(&self) -> Result<WriteTxn, SnapshotError> {
+    /// Passes `result` on, noting an error that needs a re-open.
+    fn note<T>(&self, result: Result<T, SnapshotError>) -> Result<T, SnapshotError> {
+        if let Err(err) = &result {
+            if needs_reopen(err) && !self.broken.swap(true, Ordering::AcqRel) {
+                tracing::warn!(path = %self.path.display(), error = %err,
+                    "metadata store I/O failed: re-opening it before the next operation");
+            }
+        }
+        result
+    }
+
+    /// Closes the failed database and opens it again. Waits for the
+    /// transactions still holding the old handle (never for long: they end
+    /// with the call that began them).
+    fn reopen(&self) -> Result<(), SnapshotError> {
+        let deadline = Instant::now() + REOPEN_WAIT;
+        let mut slot = loop {
+            match self.db.try_write() {
+                Ok(guard) => break guard,
+                Err(TryLockError::Poisoned(p)) => break p.into_inner(),
+                Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(TryLockError::WouldBlock) => {
+                    return Err(SnapshotError::Store(Box::new(redb::Error::Io(
+                        std::io::Error::other(
+                            "re-opening after an I/O error: transactions still running",
+                        ),
+                    ))))
+                }
+            }
+        };
+        if !self.broken.load(Ordering::Acquire) {
+            return Ok(()); // another thread did it meanwhile
+        }
+        // Close the failed handle first: redb locks the file while it is open.
+        *slot = None;
+        let db = open_db(&self.path).inspect_err(|err| {
+            tracing::warn!(path = %self.path.display(), error = %err,
+                "re-opening the metadata store failed; trying again at the next operation");
+        })?;
+        *slot = Some(db);
+        self.broken.store(false, Ordering::Release);
+        tracing::info!(path = %self.path.display(), "metadata store re-opened");
+        Ok(())
+    }
+
+    /// Begins a transaction with `begin`, re-opening the database first if
+    /// an earlier operation failed on I/O (or this one finds out it did).
+    fn begin<T>(
+        &self,
+        begin: impl Fn(&redb::Database) -> Result<T, SnapshotError>,
+    ) -> Result<(RwLockReadGuard<'_, Option<redb::Database>>, T), SnapshotError> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            if self.broken.load(Ordering::Acquire) {
+                self.reopen()?;
+            }
+            let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
+            let result = match guard.as_ref() {
+                Some(db) => begin(db),
+                None => Err(SnapshotError::Store(Box::new(redb::Error::PreviousIo))),
+            };
+            match self.note(result) {
+                Ok(txn) => return Ok((guard, txn)),
+                Err(err) if needs_reopen(&err) && tries < 2 => drop(guard),
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    pub fn read(&self) -> Result<ReadTxn<'_>, SnapshotError> {
+        let (guard, txn) = self.begin(|db| Ok(db.begin_read()?))?;
+        Ok(ReadTxn {
+            txn,
+            store: self,
+            _db: guard,
+        })
+    }
+
+    pub fn write(&self) -> Result<WriteTxn<'_>, SnapshotError> {
+        let (guard, txn) = self.begin(|db| Ok(db.begin_write()?))?;
         Ok(WriteTxn {
-            txn: self.db.begin_write()?,
+            txn,
+            store: self,
+            _db: guard,
         })
     }
 }
@@ -250,48 +369,110 @@ fn list_in(
     Ok(out)
 }
 
-impl ReadTxn {
+impl ReadTxn<'_> {
     fn table(&self) -> Result<redb::ReadOnlyTable<&'static str, &'static [u8]>, SnapshotError> {
         Ok(self.txn.open_table(SNAPSHOTS)?)
     }
 
     /// The snapshot called `name` (NotFound if there is none).
     pub fn get(&self, name: &str) -> Result<Record, SnapshotError> {
-        require(&self.table()?, name)
+        self.store
+            .note(self.table().and_then(|t| require(&t, name)))
     }
 
     /// The snapshot's id, kind and parent ids (nearest first).
     pub fn chain(&self, name: &str) -> Result<Chain, SnapshotError> {
-        chain_in(&self.table()?, name)
+        self.store
+            .note(self.table().and_then(|t| chain_in(&t, name)))
     }
 
     /// Every snapshot, in name order.
     pub fn list(&self) -> Result<Vec<Info>, SnapshotError> {
-        list_in(&self.table()?)
+        self.store.note(self.table().and_then(|t| list_in(&t)))
     }
 }
 
-impl WriteTxn {
+impl WriteTxn<'_> {
     pub fn commit(self) -> Result<(), SnapshotError> {
-        self.txn.commit()?;
-        Ok(())
+        let WriteTxn { txn, store, _db } = self;
+        let result = txn.commit().map_err(SnapshotError::from);
+        drop(_db);
+        store.note(result)
     }
 
     pub fn get(&self, name: &str) -> Result<Option<Record>, SnapshotError> {
-        get_in(&self.txn.open_table(SNAPSHOTS)?, name)
+        self.store.note(
+            self.txn
+                .open_table(SNAPSHOTS)
+                .map_err(SnapshotError::from)
+                .and_then(|t| get_in(&t, name)),
+        )
     }
 
     pub fn chain(&self, name: &str) -> Result<Chain, SnapshotError> {
-        chain_in(&self.txn.open_table(SNAPSHOTS)?, name)
+        self.store.note(
+            self.txn
+                .open_table(SNAPSHOTS)
+                .map_err(SnapshotError::from)
+                .and_then(|t| chain_in(&t, name)),
+        )
     }
 
     pub fn list(&self) -> Result<Vec<Info>, SnapshotError> {
-        list_in(&self.txn.open_table(SNAPSHOTS)?)
+        self.store.note(
+            self.txn
+                .open_table(SNAPSHOTS)
+                .map_err(SnapshotError::from)
+                .and_then(|t| list_in(&t)),
+        )
     }
 
     /// Every id in use.
     pub fn ids(&self) -> Result<HashSet<u64>, SnapshotError> {
         Ok(self.list()?.into_iter().map(|i| i.record.id).collect())
+    }
+
+    /// Records a new snapshot of `kind` called `key` on `parent` (empty for
+    /// none), containerd's `storage.CreateSnapshot` (active/view) extended with
+    /// committed records for the remote path. Returns its chain.
+    pub fn create(
+        &self,
+        kind: Kind,
+        key: &str,
+        parent: &str,
+        labels: BTreeMap<String, String>,
+        usage: Usage,
+    ) -> Result<Chain, SnapshotError> {
+        self.store
+            .note(self.create_in(kind, key, parent, labels, usage))
+    }
+
+    /// containerd's `storage.CommitActive`: the active snapshot `key` becomes
+    /// the committed snapshot `name` (same id, labels replaced). Returns the id.
+    pub fn commit_active(
+        &self,
+        key: &str,
+        name: &str,
+        labels: BTreeMap<String, String>,
+        usage: Usage,
+    ) -> Result<u64, SnapshotError> {
+        self.store
+            .note(self.commit_active_in(key, name, labels, usage))
+    }
+
+    /// containerd's `storage.Remove`: forgets `key` unless it has children.
+    pub fn remove(&self, key: &str) -> Result<Record, SnapshotError> {
+        self.store.note(self.remove_in(key))
+    }
+
+    /// containerd's `storage.UpdateInfo` (see [`WriteTxn::update_in`]).
+    pub fn update(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        paths: &[String],
+    ) -> Result<Record, SnapshotError> {
+        self.store.note(self.update_in(name, labels, paths))
     }
 
     fn next_id(&self) -> Result<u64, SnapshotError> {
@@ -304,7 +485,7 @@ impl WriteTxn {
     /// Records a new snapshot of `kind` called `key` on `parent` (empty for
     /// none), containerd's `storage.CreateSnapshot` (active/view) extended with
     /// committed records for the remote path. Returns its chain.
-    pub fn create(
+    fn create_in(
         &self,
         kind: Kind,
         key: &str,
@@ -358,7 +539,7 @@ impl WriteTxn {
 
     /// containerd's `storage.CommitActive`: the active snapshot `key` becomes
     /// the committed snapshot `name` (same id, labels replaced). Returns the id.
-    pub fn commit_active(
+    fn commit_active_in(
         &self,
         key: &str,
         name: &str,
@@ -402,7 +583,7 @@ impl WriteTxn {
     }
 
     /// containerd's `storage.Remove`: forgets `key` unless it has children.
-    pub fn remove(&self, key: &str) -> Result<Record, SnapshotError> {
+    fn remove_in(&self, key: &str) -> Result<Record, SnapshotError> {
         let mut table = self.txn.open_table(SNAPSHOTS)?;
         let record = require(&table, key)?;
         let mut parents = self.txn.open_table(PARENTS)?;
@@ -443,7 +624,7 @@ impl WriteTxn {
     /// containerd's `storage.UpdateInfo`: only labels are mutable; `paths`
     /// empty replaces them all, `labels` too, `labels.<key>` sets one (an
     /// empty or missing value removes it).
-    pub fn update(
+    fn update_in(
         &self,
         name: &str,
         labels: &BTreeMap<String, String>,

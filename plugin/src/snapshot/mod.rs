@@ -416,7 +416,7 @@ impl SnapshotApi for Snapshotter {
         })
     }
 
-    /// Updates the labels of `name` (see [`meta::WriteTxn::update`]).
+    /// Updates the labels of `name` (see [`meta::WriteTxn::update`], containerd's `storage.UpdateInfo`).
     fn update(
         &self,
         name: &str,
@@ -530,5 +530,126 @@ mod tests {
             .sum();
         assert_eq!(u.size, blocks);
         assert!(u.size >= 10000);
+    }
+    /// A tmpfs mounted for one test, unmounted (lazily, in case something
+    /// still holds it) when dropped.
+    struct Tmpfs {
+        dir: tempfile::TempDir,
+    }
+
+    impl Tmpfs {
+        fn mount(size: &str) -> Tmpfs {
+            let dir = tempfile::tempdir().unwrap();
+            let ok = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir.path())
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "mount tmpfs on {}", dir.path().display());
+            Tmpfs { dir }
+        }
+
+        fn resize(&self, size: &str) {
+            let ok = std::process::Command::new("mount")
+                .args(["-o", &format!("remount,size={size}")])
+                .arg(self.dir.path())
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "remount tmpfs");
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
+        }
+    }
+
+    /// Fills the file system holding `dir` with one file, up to ENOSPC.
+    fn fill(dir: &Path) -> PathBuf {
+        use std::io::Write;
+        let path = dir.join("filler");
+        let mut f = fs::File::create(&path).unwrap();
+        let chunk = vec![0x5a; 64 * 1024];
+        loop {
+            match f.write(&chunk) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling {}: {e}", path.display()),
+            }
+        }
+        path
+    }
+
+    /// A full disk makes redb refuse every later operation until the
+    /// database is re-opened: once space is back, Prepare, Commit and Remove
+    /// work again without a restart, and nothing half-written is left.
+    #[test]
+    fn full_disk_recovers_without_restart() {
+        crate::testsupport::requires_root!();
+        let tmpfs = Tmpfs::mount("3m");
+        let root = tmpfs.dir.path().join("root");
+        let sn = Snapshotter::open(&root, None).unwrap();
+        sn.prepare("base", "", HashMap::new()).unwrap();
+        sn.commit("base-c", "base", HashMap::new()).unwrap();
+
+        let filler = fill(tmpfs.dir.path());
+        // Big labels make every transaction write pages the disk has no
+        // room for.
+        let big = |i: usize| HashMap::from([(format!("l{i}"), "v".repeat(4000))]);
+        let mut failed = None;
+        for i in 0..200 {
+            if let Err(err) = sn.prepare(&format!("full-{i}"), "base-c", big(i)) {
+                failed = Some(err);
+                break;
+            }
+        }
+        let err = failed.expect("no Prepare failed on a full disk");
+        assert!(
+            !matches!(
+                err,
+                SnapshotError::NotFound(_) | SnapshotError::AlreadyExists(_)
+            ),
+            "{err}"
+        );
+        // Still full: failing cleanly, not panicking.
+        assert!(sn.prepare("still-full", "base-c", big(999)).is_err());
+
+        // Space is back (here: the file system grows, as a site would free
+        // space); the same daemon goes on.
+        tmpfs.resize("64m");
+        fs::remove_file(&filler).unwrap();
+        sn.prepare("after", "base-c", big(1000)).unwrap();
+        sn.commit("after-c", "after", HashMap::new()).unwrap();
+        sn.remove("after-c").unwrap();
+        sn.prepare("after2", "", HashMap::new()).unwrap();
+        sn.remove("after2").unwrap();
+        let names: Vec<String> = sn.list(&[]).unwrap().into_iter().map(|i| i.name).collect();
+        assert!(names.contains(&"base-c".to_string()), "{names:?}");
+
+        // No directory without its record (a Prepare whose commit failed
+        // took its directory away again), and Cleanup finds nothing to do.
+        let ids: HashSet<u64> = sn
+            .list(&[])
+            .unwrap()
+            .into_iter()
+            .map(|i| i.record.id)
+            .collect();
+        let dirs: Vec<String> = fs::read_dir(root.join("snapshots"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        for d in &dirs {
+            let id: u64 = d.parse().unwrap_or_else(|_| panic!("stray entry {d}"));
+            assert!(ids.contains(&id), "orphaned snapshot directory {d}");
+        }
+        assert_eq!(dirs.len(), ids.len());
+        drop(sn);
     }
 }

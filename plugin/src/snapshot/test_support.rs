@@ -76,6 +76,8 @@ pub struct FakeSource {
     blobs: Mutex<HashMap<Digest, Vec<u8>>>,
     opened: Mutex<HashMap<Digest, usize>>,
     opens: AtomicUsize,
+    /// Chain IDs of layers whose archive was deleted.
+    withdrawn: Mutex<std::collections::HashSet<Digest>>,
 }
 
 impl FakeSource {
@@ -120,6 +122,17 @@ impl FakeSource {
             .unwrap_or(0)
     }
 
+    /// Takes layers out, as deleting their archive does: unknown from now
+    /// on, their blobs unreadable.
+    pub fn withdraw(&self, layers: &[LayerRef]) {
+        let mut withdrawn = self.withdrawn.lock().unwrap();
+        let mut blobs = self.blobs.lock().unwrap();
+        for l in layers {
+            withdrawn.insert(l.chain_id);
+            blobs.remove(&l.digest);
+        }
+    }
+
     pub fn total_opens(&self) -> usize {
         self.opens.load(Ordering::SeqCst)
     }
@@ -127,6 +140,9 @@ impl FakeSource {
 
 impl LayerSource for FakeSource {
     fn layer(&self, chain_id: &Digest) -> Option<LayerRef> {
+        if self.withdrawn.lock().unwrap().contains(chain_id) {
+            return None;
+        }
         self.layers.get(chain_id).cloned()
     }
 
@@ -134,9 +150,9 @@ impl LayerSource for FakeSource {
         let mut out: Vec<LayerRef> = Vec::new();
         for image in self.images.iter().filter(|i| i.contains(chain_id)) {
             for c in image {
-                if let Some(l) = self.layers.get(c) {
+                if let Some(l) = self.layer(c) {
                     if !out.iter().any(|o| o.chain_id == *c) {
-                        out.push(l.clone());
+                        out.push(l);
                     }
                 }
             }

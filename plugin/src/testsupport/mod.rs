@@ -374,3 +374,39 @@ pub fn wrap(tar: &[u8], w: Wrap) -> Vec<u8> {
         }
     }
 }
+
+/// Writes a `.tar.zst` archive that is small on disk (a few MB) but takes
+/// long to index: `entries` tar entries of 7 GiB of zeros each (not under
+/// `blobs/`, so indexing hashes every byte), each entry's data a run of
+/// identical 64 MiB zstd frames. For tests that stop the daemon during its
+/// first scan. Returns the decompressed length.
+pub fn write_slow_to_index_archive(path: &std::path::Path, entries: usize) -> u64 {
+    const FRAME: usize = 64 << 20;
+    const ENTRY: u64 = 7 << 30;
+    let zero_frame = {
+        let mut e = zstd::stream::Encoder::new(Vec::new(), 1).unwrap();
+        let chunk = vec![0u8; 1 << 20];
+        for _ in 0..FRAME >> 20 {
+            e.write_all(&chunk).unwrap();
+        }
+        e.finish().unwrap()
+    };
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    for i in 0..entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_path(format!("zeros-{i}")).unwrap();
+        h.set_size(ENTRY);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        out.write_all(&zstd::encode_all(h.as_bytes().as_slice(), 1).unwrap())
+            .unwrap();
+        for _ in 0..ENTRY / FRAME as u64 {
+            out.write_all(&zero_frame).unwrap();
+        }
+    }
+    out.write_all(&zstd::encode_all(&[0u8; 1024][..], 1).unwrap())
+        .unwrap();
+    out.flush().unwrap();
+    entries as u64 * (512 + ENTRY) + 1024
+}

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -158,6 +159,23 @@ pub enum IndexError {
     BadDocument { file: String, reason: String },
     #[error("no image layout: neither index.json (OCI) nor manifest.json (docker save) found")]
     NoLayout,
+    #[error("indexing stopped: shutting down")]
+    Stopped,
+}
+
+/// A stream that fails once `stop` is set.
+struct Stoppable {
+    inner: Box<dyn io::Read + Send>,
+    stop: std::sync::Arc<AtomicBool>,
+}
+
+impl io::Read for Stoppable {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(io::Error::other("indexing stopped: shutting down"));
+        }
+        self.inner.read(buf)
+    }
 }
 
 /// [`ArchiveIndex::documents`] in the persisted JSON: a map of digest to
@@ -258,13 +276,33 @@ type ImageResult<T> = Result<T, ImageError>;
 
 /// Indexes the archive at `path`, open as `file`.
 pub fn index_archive(path: &Path, file: &File, key: FileKey) -> Result<ArchiveIndex, IndexError> {
+    index_archive_until(path, file, key, None)
+}
+
+/// [`index_archive`], given up with [`IndexError::Stopped`] as soon as
+/// `stop` is set (the daemon shutting down mid-way through a large archive).
+pub fn index_archive_until(
+    path: &Path,
+    file: &File,
+    key: FileKey,
+    stop: Option<std::sync::Arc<AtomicBool>>,
+) -> Result<ArchiveIndex, IndexError> {
     let (container, seek_table) = container::sniff(file, key.size)?;
-    let stream = container::decode_file(
+    let mut stream = container::decode_file(
         std::sync::Arc::new(file.try_clone().map_err(IndexError::Tar)?),
         container,
     )
     .map_err(IndexError::Tar)?;
-    let pass = walk::walk(stream)?;
+    if let Some(stop) = &stop {
+        stream = Box::new(Stoppable {
+            inner: stream,
+            stop: stop.clone(),
+        });
+    }
+    let pass = walk::walk(stream).map_err(|e| match &stop {
+        Some(stop) if stop.load(Ordering::Relaxed) => IndexError::Stopped,
+        _ => e,
+    })?;
     let mut out = ArchiveIndex {
         format: INDEX_FORMAT,
         path: path.to_path_buf(),

@@ -122,6 +122,7 @@ pub(crate) async fn prepare(
                 return fallback("target_not_a_chain_id");
             }
         };
+        let started = std::time::Instant::now();
         let lock = remote.prepare_lock(&chain_id);
         let _serialized = lock.lock().await;
 
@@ -202,6 +203,9 @@ pub(crate) async fn prepare(
             Ok(name) => {
                 tracing::info!(snapshot = %name, "layer committed from archive");
                 metrics.layers_from_archive.inc();
+                metrics
+                    .layer_pull_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 Some(SnapshotError::AlreadyExists(format!("target snapshot {target:?}")))
             }
             Err(err) if err.is_already_exists() => Some(err),

@@ -67,6 +67,15 @@ pub(super) struct Job {
     started: Instant,
 }
 
+impl Job {
+    /// The extraction's result once it is over. Polls it: a prefetch
+    /// nobody awaits yet would otherwise never look finished (`peek` only
+    /// sees a result some awaiting request already took out).
+    fn finished(&self) -> Option<Result<StagedLayer, Arc<StagingError>>> {
+        self.extraction.clone().now_or_never()
+    }
+}
+
 impl Remote {
     /// The running or finished extraction of `layer`, started if there is
     /// none. Needs a tokio runtime.
@@ -143,17 +152,36 @@ impl Remote {
         self.prefetched.lock().unwrap().remove(chain_id);
     }
 
-    /// Deletes staged layers nobody claimed for a while, and forgets failed
-    /// extractions. Returns the sequence numbers of the jobs left. Blocking.
+    /// Deletes staged layers nobody claimed for a while, and those no
+    /// archive holds any more (the archive was deleted or replaced while the
+    /// image was pulled: the layer's Prepare takes the ordinary path and
+    /// never claims them), and forgets failed extractions. Returns the
+    /// sequence numbers of the jobs left. Blocking.
     pub(super) fn expire(&self) -> HashSet<u64> {
+        let finished: Vec<Digest> = self
+            .jobs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, job)| matches!(job.finished(), Some(Ok(_))))
+            .map(|(chain_id, _)| *chain_id)
+            .collect();
+        // Asked without holding the jobs lock: the source may wait for
+        // its own.
+        let withdrawn: HashSet<Digest> = finished
+            .into_iter()
+            .filter(|chain_id| self.source.layer(chain_id).is_none())
+            .collect();
         let mut known = HashSet::new();
         let mut stale = Vec::new();
         {
             let mut jobs = self.jobs.lock().unwrap();
-            jobs.retain(|_, job| {
-                let finished = job.extraction.peek().map(|r| r.as_ref().ok().cloned());
+            jobs.retain(|chain_id, job| {
+                let finished = job.finished().map(|r| r.ok());
                 match finished {
-                    Some(Some(staged)) if job.started.elapsed() > STAGED_TTL => {
+                    Some(Some(staged))
+                        if job.started.elapsed() > STAGED_TTL || withdrawn.contains(chain_id) =>
+                    {
                         stale.push(staged.dir);
                         false
                     }

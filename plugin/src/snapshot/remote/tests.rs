@@ -72,6 +72,22 @@ fn image(n: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// How many layer pulls `airgap_layer_pull_duration_seconds` observed.
+fn layer_pulls_observed() -> u64 {
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register(
+        "pulls",
+        "",
+        crate::metrics::global().layer_pull_seconds.clone(),
+    );
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("pulls_count "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 fn staging_is_empty(server: &TestServer) -> bool {
     dir_names(&server.root().join("staging")).is_empty()
 }
@@ -85,12 +101,14 @@ async fn archived_layers_are_committed_and_answer_already_exists() {
     let mut server = TestServer::start(Some(fake.clone())).await;
 
     let key0 = "k8s.io/1/extract-1 sha256:x";
+    let pulls_before = layer_pulls_observed();
     let err = server
         .client
         .prepare(prepare(key0, "", target_labels(&layers[0].chain_id)))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    assert_eq!(layer_pulls_observed(), pulls_before + 1, "pull latency");
     let found = lookup(&mut server, &layers[0].chain_id, "").await;
     assert_eq!(found.len(), 1);
     let bottom = found[0].clone();
@@ -613,5 +631,67 @@ async fn an_imported_layer_that_cannot_be_filled_fails_naming_it() {
         "still pending, tried again"
     );
     assert_eq!(fake.opened(&layers[1].digest), 2);
+    server.stop().await;
+}
+
+/// An archive deleted while its image is pulled: the layers prefetched from
+/// it are never claimed (their Prepares take the ordinary path), and the
+/// Cleanup after containerd's GC removes them from staging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staged_layers_of_a_deleted_archive_are_cleaned_up() {
+    requires_root!();
+    let mut fake = FakeSource::default();
+    let layers = fake.add_image(&image(3), &[]);
+    let fake = Arc::new(fake);
+    let mut server = TestServer::start(Some(fake.clone())).await;
+    let err = server
+        .client
+        .prepare(prepare(
+            "k8s.io/1/extract-0",
+            "",
+            target_labels(&layers[0].chain_id),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    // The layers above are prefetched into staging.
+    let staging = server.root().join("staging");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while dir_names(&staging).len() < 2 || fake.total_opens() < 3 {
+        assert!(std::time::Instant::now() < deadline, "nothing prefetched");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The archive goes; the next layer's Prepare is an ordinary one.
+    fake.withdraw(&layers);
+    let parent = layers[0].chain_id.to_string();
+    server
+        .client
+        .prepare(prepare(
+            "k8s.io/1/extract-1",
+            &parent,
+            target_labels(&layers[1].chain_id),
+        ))
+        .await
+        .expect("the ordinary path");
+    // containerd gives up on the image; its GC removes and cleans up.
+    for key in ["k8s.io/1/extract-1", parent.as_str()] {
+        server
+            .client
+            .remove(api::RemoveSnapshotRequest {
+                snapshotter: "airgap".into(),
+                key: key.into(),
+            })
+            .await
+            .unwrap();
+    }
+    server
+        .client
+        .cleanup(api::CleanupRequest {
+            snapshotter: "airgap".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(dir_names(&staging), Vec::<String>::new());
+    assert!(dir_names(&server.root().join("snapshots")).is_empty());
     server.stop().await;
 }

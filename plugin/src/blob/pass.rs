@@ -1,0 +1,366 @@
+//! One sequential pass over a compressed archive (one zstd frame, gzip, lz4,
+//! bzip2: no random access) serving every blob requested from it meanwhile.
+//!
+//! Blobs of such an archive can only be reached by decompressing it from its
+//! first byte. When several blobs of one archive are asked for at once (a
+//! pull through the mirror asks for every layer of an image together), one
+//! pass decompresses the stream once and copies each requested blob to its
+//! requester as the stream passes it, in stream order; a blob asked for after
+//! the pass went by it is served by the next pass. Whoever waits runs the
+//! pass (there is no thread of its own), and passes over all archives
+//! together are bounded by [`Permits`], sized to the cores, as extractions
+//! are. Each blob is checked against its digest as it is copied.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::sync::{Condvar, Mutex};
+
+use crate::digest::Digest;
+
+use super::VerifyingReader;
+
+/// A counting semaphore for blocking threads: bounds the decompressions
+/// running at once.
+pub struct Permits {
+    free: Mutex<usize>,
+    cond: Condvar,
+}
+
+impl Permits {
+    pub fn new(n: usize) -> Self {
+        Permits {
+            free: Mutex::new(n.max(1)),
+            cond: Condvar::new(),
+        }
+    }
+
+    /// One permit per core.
+    pub fn per_core() -> Self {
+        Permits::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
+    }
+
+    /// Waits for a permit; it is given back when the guard drops.
+    pub fn acquire(&self) -> Permit<'_> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        while *free == 0 {
+            free = self.cond.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+        *free -= 1;
+        Permit(self)
+    }
+
+    /// A permit if one is free now.
+    pub fn try_acquire(&self) -> Option<Permit<'_>> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        if *free == 0 {
+            return None;
+        }
+        *free -= 1;
+        Some(Permit(self))
+    }
+}
+
+pub struct Permit<'a>(&'a Permits);
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.0.cond.notify_one();
+    }
+}
+
+/// A blob wanted from the archive's decompressed stream.
+#[derive(Clone, Debug)]
+pub struct PassRequest {
+    pub digest: Digest,
+    /// Offset and length in the decompressed stream.
+    pub offset: u64,
+    pub size: u64,
+    /// The archive, for error messages.
+    pub what: String,
+}
+
+struct Pending {
+    id: u64,
+    request: PassRequest,
+    out: File,
+}
+
+#[derive(Default)]
+struct State {
+    next_id: u64,
+    /// Requests not served yet.
+    pending: Vec<Pending>,
+    /// Outcomes not yet collected by their requesters.
+    done: HashMap<u64, io::Result<()>>,
+    /// A pass is running (on some requester's thread).
+    running: bool,
+}
+
+/// The passes over one archive.
+#[derive(Default)]
+pub struct ArchivePasses {
+    state: Mutex<State>,
+    cond: Condvar,
+}
+
+impl ArchivePasses {
+    /// Copies the blob `request` names into `out` (from its current
+    /// position), checked against its digest. Shares one pass with every
+    /// request for the same archive waiting meanwhile; `open` opens the
+    /// decompressed stream at its start. Blocking.
+    pub fn fill(
+        &self,
+        request: PassRequest,
+        out: &File,
+        open: &dyn Fn() -> io::Result<Box<dyn Read + Send>>,
+        permits: &Permits,
+    ) -> io::Result<()> {
+        let out = out.try_clone()?;
+        let mut st = self.lock();
+        let id = st.next_id;
+        st.next_id += 1;
+        st.pending.push(Pending { id, request, out });
+        loop {
+            if let Some(result) = st.done.remove(&id) {
+                return result;
+            }
+            if !st.running {
+                st.running = true;
+                drop(st);
+                {
+                    // Even if the pass panics, the next waiter takes over.
+                    let _over = PassOver(self);
+                    self.run(open, permits);
+                }
+                st = self.lock();
+                continue;
+            }
+            st = self.cond.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Requests waiting for a pass (tests).
+    pub fn pending(&self) -> usize {
+        self.lock().pending.len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the pending request with the smallest offset at or after
+    /// `pos`, if any.
+    fn next_after(&self, pos: u64) -> Option<Pending> {
+        let mut st = self.lock();
+        let i = st
+            .pending
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.request.offset >= pos)
+            .min_by_key(|(_, p)| p.request.offset)
+            .map(|(i, _)| i)?;
+        Some(st.pending.swap_remove(i))
+    }
+
+    fn finish(&self, id: u64, result: io::Result<()>) {
+        self.lock().done.insert(id, result);
+        self.cond.notify_all();
+    }
+
+    /// One pass from the stream's start, serving pending requests in stream
+    /// order until none is left ahead. Ends at the first error (the request
+    /// being served gets it; the others wait for the next pass).
+    fn run(&self, open: &dyn Fn() -> io::Result<Box<dyn Read + Send>>, permits: &Permits) {
+        let _permit = permits.acquire();
+        let Some(first) = self.next_after(0) else {
+            return;
+        };
+        let mut stream = match open() {
+            Ok(s) => s,
+            Err(e) => return self.finish(first.id, Err(e)),
+        };
+        let mut pos = 0u64;
+        let mut next = Some(first);
+        while let Some(mut p) = next.take() {
+            let result = serve(&mut stream, &mut pos, &p.request, &mut p.out);
+            let failed = result.is_err();
+            self.finish(p.id, result);
+            if failed {
+                return;
+            }
+            next = self.next_after(pos);
+        }
+    }
+}
+
+/// Skips from `pos` to the request's offset, then copies the blob, checked.
+fn serve(
+    stream: &mut Box<dyn Read + Send>,
+    pos: &mut u64,
+    r: &PassRequest,
+    out: &mut File,
+) -> io::Result<()> {
+    let gap = r.offset - *pos;
+    let skipped = io::copy(&mut stream.by_ref().take(gap), &mut io::sink())?;
+    *pos += skipped;
+    if skipped != gap {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("{} ends before blob {}", r.what, r.digest),
+        ));
+    }
+    let mut blob = VerifyingReader::new(
+        stream.by_ref().take(r.size),
+        r.digest,
+        r.size,
+        r.what.clone(),
+    );
+    let copied = io::copy(&mut blob, out);
+    // However far the copy got, the stream moved: the pass ends on error.
+    *pos = r.offset + r.size;
+    copied?;
+    out.flush()
+}
+
+/// Marks the pass over when dropped, and wakes the waiters (one of them
+/// runs the next pass if requests are left).
+struct PassOver<'a>(&'a ArchivePasses);
+
+impl Drop for PassOver<'_> {
+    fn drop(&mut self) {
+        self.0.lock().running = false;
+        self.0.cond.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// A stream that counts what it produces and is slow enough for
+    /// requests to gather while a pass runs.
+    struct Slow {
+        data: Arc<Vec<u8>>,
+        pos: usize,
+        produced: Arc<AtomicU64>,
+    }
+
+    impl Read for Slow {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            std::thread::sleep(std::time::Duration::from_micros(200));
+            let n = buf.len().min(4096).min(self.data.len() - self.pos);
+            buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+            self.pos += n;
+            self.produced.fetch_add(n as u64, Ordering::Relaxed);
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn concurrent_requests_share_one_pass_and_get_their_own_bytes() {
+        // A filler, then 6 blobs.
+        let mut data = vec![7u8; 400_000];
+        let mut blobs = Vec::new();
+        for i in 0..6u8 {
+            let blob: Vec<u8> = (0..50_000u32).map(|j| (j as u8) ^ i).collect();
+            blobs.push((data.len() as u64, blob.clone()));
+            data.extend_from_slice(&blob);
+        }
+        let data = Arc::new(data);
+        let produced = Arc::new(AtomicU64::new(0));
+        let passes = Arc::new(ArchivePasses::default());
+        let permits = Arc::new(Permits::new(2));
+        // All permits held: the requests line up behind the first.
+        let held = permits.try_acquire().zip(permits.try_acquire());
+        assert!(held.is_some());
+        let threads: Vec<_> = blobs
+            .iter()
+            .cloned()
+            .map(|(offset, blob)| {
+                let (data, produced, passes, permits) = (
+                    data.clone(),
+                    produced.clone(),
+                    passes.clone(),
+                    permits.clone(),
+                );
+                std::thread::spawn(move || {
+                    let out = tempfile::tempfile().unwrap();
+                    let request = PassRequest {
+                        digest: Digest::of(&blob),
+                        offset,
+                        size: blob.len() as u64,
+                        what: "test".into(),
+                    };
+                    let open = move || -> io::Result<Box<dyn Read + Send>> {
+                        Ok(Box::new(Slow {
+                            data: data.clone(),
+                            pos: 0,
+                            produced: produced.clone(),
+                        }))
+                    };
+                    passes.fill(request, &out, &open, &permits).unwrap();
+                    let mut got = Vec::new();
+                    let mut f = out;
+                    use std::io::Seek;
+                    f.rewind().unwrap();
+                    f.read_to_end(&mut got).unwrap();
+                    assert_eq!(got, blob);
+                })
+            })
+            .collect();
+        while passes.pending() < blobs.len() {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        drop(held);
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(
+            produced.load(Ordering::Relaxed),
+            data.len() as u64,
+            "the stream was decompressed more than once"
+        );
+    }
+
+    #[test]
+    fn a_bad_blob_fails_alone_and_a_late_request_gets_a_new_pass() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        let passes = ArchivePasses::default();
+        let permits = Permits::new(1);
+        let open = || -> io::Result<Box<dyn Read + Send>> {
+            Ok(Box::new(io::Cursor::new(
+                (0..10_000u32).map(|i| i as u8).collect::<Vec<u8>>(),
+            )))
+        };
+        let out = tempfile::tempfile().unwrap();
+        let bad = PassRequest {
+            digest: Digest::of(b"not these bytes"),
+            offset: 100,
+            size: 200,
+            what: "archive.tar.gz".into(),
+        };
+        let err = passes.fill(bad, &out, &open, &permits).unwrap_err();
+        assert!(err.to_string().contains("archive.tar.gz"), "{err}");
+        let good = PassRequest {
+            digest: Digest::of(&data[50..60]),
+            offset: 50,
+            size: 10,
+            what: "archive.tar.gz".into(),
+        };
+        let out = tempfile::tempfile().unwrap();
+        passes.fill(good, &out, &open, &permits).unwrap();
+        let beyond = PassRequest {
+            digest: Digest::of(b"x"),
+            offset: 20_000,
+            size: 1,
+            what: "archive.tar.gz".into(),
+        };
+        let err = passes.fill(beyond, &out, &open, &permits).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
+    }
+}

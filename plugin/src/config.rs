@@ -9,6 +9,7 @@
 //! mirror_allow_non_loopback = false  # true to let the mirror (and metrics) bind a non-loopback address
 //! metrics_listen = "127.0.0.1:5051"  # Prometheus `GET /metrics`, or "off"
 //! cache_bytes = "10GiB"              # or a number of bytes
+//! layer_mounts = "auto"              # "erofs": mount uncompressed layers in place; "extract"
 //!
 //! # What the archives lack is fetched from these registries (first match
 //! # of `registry`, then `*`).
@@ -71,6 +72,10 @@ pub struct ServeArgs {
     /// KiB.. are binary) [default: 10GiB].
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     pub cache_bytes: Option<u64>,
+    /// How archived layers become snapshots: `erofs` (mounted in place),
+    /// `extract`, or `auto` (EROFS where the kernel can) [default: auto].
+    #[arg(long, value_enum)]
+    pub layer_mounts: Option<LayerMode>,
 }
 
 /// The daemon's configuration. Every field has a default; a TOML file may
@@ -104,9 +109,25 @@ pub struct Config {
         deserialize_with = "deserialize_bytes"
     )]
     pub cache_bytes: u64,
+    /// How layers taken from archives become snapshots: `erofs` mounts an
+    /// uncompressed layer of an uncompressed archive in place (an EROFS
+    /// index of its metadata, the archive as backing file; Linux 6.12+),
+    /// `extract` always extracts, `auto` mounts where the kernel can and
+    /// extracts otherwise (said once in the log).
+    pub layer_mounts: LayerMode,
     /// Registries the mirror fetches from what the archives lack
     /// (`[[upstream]]` tables).
     pub upstream: Vec<UpstreamConfig>,
+}
+
+/// See [`Config::layer_mounts`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LayerMode {
+    #[default]
+    Auto,
+    Erofs,
+    Extract,
 }
 
 /// One `[[upstream]]` table: where images of `registry` are fetched from
@@ -167,6 +188,7 @@ impl Default for Config {
             mirror_allow_non_loopback: false,
             metrics_listen: Listen::Addr(DEFAULT_METRICS_LISTEN.parse().expect("valid")),
             cache_bytes: DEFAULT_CACHE_BYTES,
+            layer_mounts: LayerMode::Auto,
             upstream: Vec::new(),
         }
     }
@@ -294,6 +316,9 @@ impl Config {
         }
         if let Some(c) = args.cache_bytes {
             config.cache_bytes = c;
+        }
+        if let Some(m) = args.layer_mounts {
+            config.layer_mounts = m;
         }
         config.validate()?;
         Ok(config)

@@ -421,7 +421,177 @@ fn probe(scratch: &Path) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use tonic::Code;
+
     use super::*;
+    use crate::labels::TARGET_SNAPSHOT_REF;
+    use crate::snapshot::proto::containerd::services::snapshots::v1 as api;
+    use crate::snapshot::test_support::{layer_tar, Entry, FakeSource, TestServer};
+    use crate::snapshot::{Kind, SnapshotApi, Snapshotter};
+    use crate::testsupport::requires_root;
+    use crate::testsupport::tree::{assert_same_tree, TreeOptions};
+
+    /// Unmounts whatever a test left mounted under its directory.
+    struct Unmount(PathBuf);
+
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            for _ in 0..3 {
+                let _ = rustix::mount::unmount(
+                    self.0.join("merged"),
+                    rustix::mount::UnmountFlags::DETACH,
+                );
+            }
+            unmount_under(&self.0);
+        }
+    }
+
+    fn mount_overlay(opts: &str, target: &Path) {
+        let data = std::ffi::CString::new(opts).unwrap();
+        rustix::mount::mount(
+            "overlay",
+            target,
+            "overlay",
+            rustix::mount::MountFlags::empty(),
+            data.as_c_str(),
+        )
+        .unwrap_or_else(|e| panic!("overlay {opts}: {e}"));
+    }
+
+    fn committed(sn: &Snapshotter) -> Vec<(String, u64)> {
+        let mut v: Vec<_> = sn
+            .list(&[])
+            .unwrap()
+            .into_iter()
+            .filter(|i| i.record.kind == Kind::Committed)
+            .map(|i| (i.name, i.record.id))
+            .collect();
+        v.sort_by_key(|x| x.1);
+        v
+    }
+
+    /// Two archived layers through the gRPC Prepare path: mounted from the
+    /// archive (never opened as blobs), a container's overlay over them
+    /// equal to one over their extraction, mounted again after a restart
+    /// that lost the mounts, unmounted by Remove.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn archived_layers_are_mounted_committed_remounted_and_removed() {
+        requires_root!();
+        let work = tempfile::tempdir().unwrap();
+        let _guard = Unmount(work.path().to_owned());
+        let tars = vec![
+            layer_tar(&[
+                Entry::Dir("etc"),
+                Entry::File("etc/os-release", b"ID=test\n"),
+                Entry::File("etc/gone", b"x"),
+                Entry::Dir("opt"),
+                Entry::File("opt/old", b"old"),
+                Entry::Symlink("link", "etc/os-release"),
+            ]),
+            layer_tar(&[
+                Entry::Dir("etc"),
+                Entry::File("etc/.wh.gone", b""),
+                Entry::Dir("opt"),
+                Entry::File("opt/.wh..wh..opq", b""),
+                Entry::File("opt/new", b"new"),
+            ]),
+        ];
+        let mut fake = FakeSource::default();
+        let layers = fake.add_plain_image(&tars, &work.path().join("image.tar"));
+        let fake = Arc::new(fake);
+        let server =
+            TestServer::start_with(Some(fake.clone()), crate::config::LayerMode::Erofs).await;
+        let root = server.root();
+        let _root_guard = Unmount(root.clone());
+        let mut parent = String::new();
+        for (i, layer) in layers.iter().enumerate() {
+            let labels =
+                HashMap::from([(TARGET_SNAPSHOT_REF.to_string(), layer.chain_id.to_string())]);
+            let err = server
+                .client
+                .clone()
+                .prepare(api::PrepareSnapshotRequest {
+                    snapshotter: "airgap".into(),
+                    key: format!("ns/{i}/extract"),
+                    parent: parent.clone(),
+                    labels,
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+            parent = layer.chain_id.to_string();
+        }
+        assert_eq!(fake.total_opens(), 0, "a layer was read as a blob");
+        let ids: Vec<u64> = committed(&server.sn).iter().map(|c| c.1).collect();
+        assert_eq!(ids.len(), 2);
+        for id in &ids {
+            let dir = root.join("snapshots").join(id.to_string());
+            assert!(erofs::is_mounted(&dir.join("fs")));
+            assert!(dir.join(IMAGE).exists() && dir.join(RECORD).exists());
+        }
+        let usage = server.sn.usage(&parent).unwrap();
+        assert!(usage.size > 0 && usage.size < 64 * 1024, "{usage:?}");
+
+        // A container on top: its overlay against one over extracted layers.
+        let mounts = server
+            .sn
+            .prepare("ns/9/ctr", &parent, HashMap::new())
+            .unwrap();
+        assert_eq!(mounts[0].kind, "overlay");
+        let merged = work.path().join("merged");
+        std::fs::create_dir(&merged).unwrap();
+        mount_overlay(&mounts[0].options.join(","), &merged);
+        let mut lowers = Vec::new();
+        for (i, tar) in tars.iter().enumerate() {
+            let ext = work.path().join(format!("ext{i}"));
+            std::fs::create_dir(&ext).unwrap();
+            crate::extract::unpack_layer(&tar[..], Compression::None, &Digest::of(tar), &ext)
+                .unwrap();
+            lowers.insert(0, ext.display().to_string());
+        }
+        let expected = work.path().join("expected");
+        std::fs::create_dir(&expected).unwrap();
+        mount_overlay(&format!("lowerdir={}", lowers.join(":")), &expected);
+        let same = std::panic::catch_unwind(|| {
+            assert_same_tree(&expected, &merged, TreeOptions::default())
+        });
+        rustix::mount::unmount(&expected, rustix::mount::UnmountFlags::empty()).unwrap();
+        rustix::mount::unmount(&merged, rustix::mount::UnmountFlags::empty()).unwrap();
+        same.unwrap();
+        assert_eq!(
+            std::fs::read(merged.join("opt/new")).ok(),
+            None,
+            "unmounted"
+        );
+
+        // A restart that lost the mounts (a reboot keeps the state dir).
+        let state = server.stop_keeping_state().await;
+        unmount_under(&root);
+        for id in &ids {
+            assert!(!erofs::is_mounted(
+                &root.join("snapshots").join(id.to_string()).join("fs")
+            ));
+        }
+        let sn = Snapshotter::open_with(&root, Some(fake.clone()), crate::config::LayerMode::Erofs)
+            .unwrap();
+        for id in &ids {
+            assert!(erofs::is_mounted(
+                &root.join("snapshots").join(id.to_string()).join("fs")
+            ));
+        }
+        // Remove, children first, as containerd's GC does.
+        sn.remove("ns/9/ctr").unwrap();
+        sn.remove(&parent).unwrap();
+        sn.remove(&layers[0].chain_id.to_string()).unwrap();
+        for id in &ids {
+            let dir = root.join("snapshots").join(id.to_string());
+            assert!(!dir.exists(), "{} left", dir.display());
+        }
+        drop(sn);
+        drop(state);
+    }
 
     #[test]
     fn mountinfo_escapes() {

@@ -504,3 +504,77 @@ fn mutated_tars_never_panic() {
         let _ = build(&t, &out);
     }
 }
+
+/// Ad-hoc speed check, not a timed test: the index of an uncompressed layer
+/// against its extraction. Run as root with
+/// `EROFS_BENCH=<layer.tar>,<empty dir> cargo test --release -p
+/// airgap-snapshotter --lib erofs::tests::bench -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench() {
+    let Ok(spec) = std::env::var("EROFS_BENCH") else {
+        return;
+    };
+    let (tar, dir) = spec.split_once(',').expect("EROFS_BENCH=<tar>,<dir>");
+    let (tar, dir) = (Path::new(tar), Path::new(dir));
+    let digest = {
+        let mut h = crate::digest::Hasher::new();
+        let mut f = fs::File::open(tar).unwrap();
+        std::io::copy(&mut f, &mut HashWriter(&mut h)).unwrap();
+        h.finish()
+    };
+    let drop_caches = || {
+        let _ = std::process::Command::new("sync").status();
+        let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+    };
+    let len = fs::metadata(tar).unwrap().len();
+    let image = dir.join("layer.erofs");
+    drop_caches();
+    let start = std::time::Instant::now();
+    let s = build_index(
+        fs::File::open(tar).unwrap(),
+        Compression::None,
+        &digest,
+        Backing {
+            data_base: 0,
+            backing_len: len,
+        },
+        &image,
+    )
+    .unwrap();
+    let index_secs = start.elapsed().as_secs_f64();
+    let mnt = dir.join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let start = std::time::Instant::now();
+    mount(&image, tar, &mnt).unwrap();
+    let mount_ms = start.elapsed().as_secs_f64() * 1e3;
+    unmount(&mnt).unwrap();
+    let ext = dir.join("ext");
+    fs::create_dir(&ext).unwrap();
+    drop_caches();
+    let start = std::time::Instant::now();
+    crate::extract::unpack_layer(
+        fs::File::open(tar).unwrap(),
+        Compression::None,
+        &digest,
+        &ext,
+    )
+    .unwrap();
+    let extract_secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "tar {len} bytes, {} entries: index {index_secs:.2} s ({} bytes of metadata), mount {mount_ms:.1} ms; extraction {extract_secs:.2} s",
+        s.tree.entries, s.image.bytes
+    );
+}
+
+struct HashWriter<'a>(&'a mut crate::digest::Hasher);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -599,4 +599,70 @@ mod tests {
         assert_eq!(unescape(r"/plain"), "/plain");
         assert_eq!(unescape(r"/x\04"), r"/x\04");
     }
+
+    /// The real catalog over a docker-save archive of the test fixtures:
+    /// every layer mounted in place through Prepare, each equal to its
+    /// extraction, all unmounted by Remove.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn docker_save_archive_through_the_catalog() {
+        requires_root!();
+        use crate::testsupport::{busybox_bytes, docker_save, layer_tar, write, ImageSpec};
+        let work = tempfile::tempdir().unwrap();
+        let _guard = Unmount(work.path().to_owned());
+        let spec = ImageSpec::new(vec![
+            layer_tar(&[("bin/busybox", &busybox_bytes()), ("etc/hostname", b"a\n")]),
+            layer_tar(&[("etc/hello", b"hello\n"), ("etc/.wh.hostname", b"")]),
+        ]);
+        let archives = work.path().join("archives");
+        std::fs::create_dir(&archives).unwrap();
+        write(
+            &archives,
+            "busybox.tar",
+            &docker_save(&spec, &["busybox:1.36"]),
+        );
+        let catalog = crate::catalog::Catalog::open(crate::catalog::CatalogOptions {
+            dirs: vec![archives.clone()],
+            settle: std::time::Duration::ZERO,
+            cache_bytes: 64 << 20,
+            ..Default::default()
+        })
+        .unwrap();
+        let server = TestServer::start_with(Some(catalog), crate::config::LayerMode::Auto).await;
+        let root = server.root();
+        let _root_guard = Unmount(root.clone());
+        let mut parent = String::new();
+        for (i, chain) in spec.chain_ids().iter().enumerate() {
+            let labels = HashMap::from([(TARGET_SNAPSHOT_REF.to_string(), chain.to_string())]);
+            let err = server
+                .client
+                .clone()
+                .prepare(api::PrepareSnapshotRequest {
+                    snapshotter: "airgap".into(),
+                    key: format!("ns/{i}/extract"),
+                    parent: parent.clone(),
+                    labels,
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+            parent = chain.to_string();
+        }
+        let all = committed(&server.sn);
+        assert_eq!(all.len(), 2);
+        for (i, (_, id)) in all.iter().enumerate() {
+            let fs_dir = root.join("snapshots").join(id.to_string()).join("fs");
+            assert!(erofs::is_mounted(&fs_dir), "layer {i} not mounted");
+            let ext = work.path().join(format!("ext{i}"));
+            std::fs::create_dir(&ext).unwrap();
+            let tar = &spec.layers[i];
+            crate::extract::unpack_layer(&tar[..], Compression::None, &Digest::of(tar), &ext)
+                .unwrap();
+            assert_same_tree(&ext, &fs_dir, TreeOptions { dir_times: false });
+        }
+        for (name, _) in all.iter().rev() {
+            server.sn.remove(name).unwrap();
+        }
+        assert!(crate::snapshot::test_support::dir_names(&root.join("snapshots")).is_empty());
+        server.stop().await;
+    }
 }

@@ -861,7 +861,11 @@ fn erofs_mounts(root: &Path) -> Result<Vec<PathBuf>> {
     let info = std::fs::read_to_string("/proc/self/mountinfo")?;
     Ok(info
         .lines()
-        .filter(|l| l.split(" - ").nth(1).is_some_and(|t| t.starts_with("erofs ")))
+        .filter(|l| {
+            l.split(" - ")
+                .nth(1)
+                .is_some_and(|t| t.starts_with("erofs "))
+        })
         .filter_map(|l| l.split(' ').nth(4))
         .map(PathBuf::from)
         .filter(|p| p.starts_with(root))
@@ -871,10 +875,17 @@ fn erofs_mounts(root: &Path) -> Result<Vec<PathBuf>> {
 fn erofs_docker_save(test: &str, env: &mut Env, images: &Images) -> Result<()> {
     let image = &images.archived[0];
     let mark = env.registry.mark();
-    eprintln!("== {test}: CRI PullImage {} from {}", image.name, image.archive.display());
+    eprintln!(
+        "== {test}: CRI PullImage {} from {}",
+        image.name,
+        image.archive.display()
+    );
     env.cri.pull_image(&image.name)?;
     let downloaded = layer_gets(env, image, mark);
-    ensure!(downloaded.is_empty(), "layers were downloaded: {downloaded:?}");
+    ensure!(
+        downloaded.is_empty(),
+        "layers were downloaded: {downloaded:?}"
+    );
     assert_chain_snapshots(env, image)?;
     let root = env.daemon.root().to_path_buf();
     let layers = image.chain_ids.len();

@@ -834,8 +834,8 @@ fn daemon_restart(test: &str, env: &mut Env, images: &Images) -> Result<()> {
 #[test]
 fn docker_save_layers_are_mounted_from_the_archive() {
     let test = "erofs_docker_save";
-    if !std::fs::read_to_string("/sys/fs/erofs/features").is_ok_and(|f| f.contains("chunked_file"))
-    {
+    // One file per feature in this directory.
+    if !Path::new("/sys/fs/erofs/features/chunked_file").exists() {
         eprintln!("skipped {test}: this kernel has no EROFS with chunked files");
         return;
     }

@@ -121,9 +121,11 @@ impl LayerMounts {
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "layer mounted from archive (EROFS)"
                 );
+                crate::metrics::global().layers_mounted.inc();
                 Some(usage)
             }
             Err(err) => {
+                crate::metrics::global().layer_mount_failures.inc();
                 unmount_under(dir);
                 super::remove_all(dir);
                 let first = !self.warned.swap(true, Ordering::Relaxed);

@@ -95,6 +95,16 @@ pub fn build_index(
         }
         .into());
     }
+    write_index(walked, diff_id, backing, out)
+}
+
+/// Lays out and writes the index of a walked layer.
+fn write_index(
+    walked: crate::extract::Walked<tree::LayerTree>,
+    diff_id: &Digest,
+    backing: Backing,
+    out: &Path,
+) -> Result<IndexStats, ErofsError> {
     let tree = walked.value;
     let mut uuid = [0u8; 16];
     uuid.copy_from_slice(&diff_id.as_bytes()[..16]);
@@ -119,6 +129,94 @@ pub fn build_index(
         image,
         tar_bytes: walked.decompressed_bytes,
     })
+}
+
+/// [`build_index`] of a layer that is not stored as a plain tar: `blob` is
+/// decompressed once, the tar stream written to `tar_out` (created, must not
+/// exist) on the way, and the index written to `out` points into that file
+/// (its backing file). Both files are synced; on error neither is left.
+pub fn build_index_with_copy(
+    blob: impl Read + Send,
+    compression: Compression,
+    diff_id: &Digest,
+    out: &Path,
+    tar_out: &Path,
+) -> Result<IndexStats, ErofsError> {
+    let result = (|| {
+        let write_err = |source| ErofsError::Write {
+            path: tar_out.to_owned(),
+            source,
+        };
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(tar_out)
+            .map_err(write_err)?;
+        let tee = Tee {
+            inner: decoder(blob, compression).map_err(write_err)?,
+            out: io::BufWriter::with_capacity(1 << 20, file),
+        };
+        let walked = walk_layer(tee, Compression::None, build_tree)?;
+        if walked.diff_id != *diff_id {
+            return Err(ExtractError::DiffIdMismatch {
+                expected: *diff_id,
+                actual: walked.diff_id,
+            }
+            .into());
+        }
+        std::fs::File::open(tar_out)
+            .and_then(|f| f.sync_all())
+            .map_err(write_err)?;
+        let backing = Backing {
+            data_base: 0,
+            backing_len: walked.decompressed_bytes,
+        };
+        write_index(walked, diff_id, backing, out)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(tar_out);
+    }
+    result
+}
+
+/// The decompressed stream of `blob`.
+fn decoder<'a>(
+    blob: impl Read + Send + 'a,
+    compression: Compression,
+) -> io::Result<Box<dyn Read + Send + 'a>> {
+    const IN_BUF: usize = 256 * 1024;
+    Ok(match compression {
+        Compression::None => Box::new(blob),
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(
+            io::BufReader::with_capacity(IN_BUF, blob),
+        )),
+        Compression::Zstd => {
+            let mut d = zstd::stream::read::Decoder::with_buffer(io::BufReader::with_capacity(
+                IN_BUF, blob,
+            ))?;
+            d.window_log_max(31)?;
+            Box::new(d)
+        }
+    })
+}
+
+/// Reads `inner`, writing what it reads to `out` (flushed at the end of
+/// the stream).
+struct Tee<R, W: Write> {
+    inner: R,
+    out: W,
+}
+
+impl<R: Read, W: Write> Read for Tee<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 {
+            self.out.flush()?;
+        } else {
+            self.out.write_all(&buf[..n])?;
+        }
+        Ok(n)
+    }
 }
 
 /// Applies every entry of the stream, then reads it to its end.

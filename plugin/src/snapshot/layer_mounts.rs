@@ -5,8 +5,12 @@
 //! is the mount point of its index:
 //! ```text
 //! <dir>/layer.erofs   the EROFS metadata image
-//! <dir>/backing.json  the backing archive: path, identity (dev, inode,
-//!                     size, mtime, ctime), where the layer starts, digests
+//! <dir>/backing.json  the backing file: path, identity (dev, inode, size,
+//!                     mtime, ctime), where the layer starts, digests
+//! <dir>/layer.tar     for a layer not stored as a plain tar (compressed
+//!                     layer or archive): its tar, decompressed once while
+//!                     indexed; the backing file (named relatively), removed
+//!                     with the snapshot
 //! <dir>/fs            the EROFS mount (read-only), overlay's lower dir
 //! ```
 //! so [`super::mounts::Layout`] gives children the same `lowerdir`s either
@@ -42,6 +46,8 @@ use super::meta::Usage;
 
 const IMAGE: &str = "layer.erofs";
 const RECORD: &str = "backing.json";
+/// The decompressed copy of a layer not stored as a plain tar.
+const COPY: &str = "layer.tar";
 
 /// What a mounted layer records of its backing archive.
 #[derive(Debug, Serialize, Deserialize)]
@@ -95,26 +101,37 @@ impl LayerMounts {
         }
     }
 
-    /// Stages `layer` in `dir` (which must not exist) as a mounted index, if
-    /// it is an uncompressed layer of an uncompressed archive; returns its
-    /// usage. `None`: extract it instead (not such a layer, mounts off, or
-    /// indexing failed: logged, `dir` removed).
+    /// Stages `layer` in `dir` (which must not exist) as a mounted index:
+    /// in place when it is an uncompressed layer of an uncompressed archive,
+    /// else over a decompressed copy; returns its usage. `None`: extract it
+    /// instead (mounts off, or indexing failed: logged, `dir` removed).
     pub(crate) fn stage(
         &self,
         source: &dyn LayerSource,
         layer: &LayerRef,
         dir: &Path,
     ) -> Option<Usage> {
-        if !self.enabled || layer.compression != Compression::None {
+        if !self.enabled {
             return None;
         }
-        let plain = source.plain_blob(&layer.digest)?;
+        let plain = match layer.compression {
+            Compression::None => source.plain_blob(&layer.digest),
+            _ => None,
+        };
+        let backing = match &plain {
+            Some(p) => p.path.display().to_string(),
+            None => format!("a decompressed copy ({COPY})"),
+        };
         let started = Instant::now();
-        match stage(&plain, layer, dir) {
+        let staged = match &plain {
+            Some(p) => stage(p, layer, dir),
+            None => stage_copy(source, layer, dir),
+        };
+        match staged {
             Ok((usage, stats)) => {
                 tracing::info!(
                     chain_id = %layer.chain_id,
-                    archive = %plain.path.display(),
+                    backing = %backing,
                     entries = stats.tree.entries,
                     metadata_bytes = stats.image.bytes,
                     tar_bytes = stats.tar_bytes,
@@ -132,7 +149,7 @@ impl LayerMounts {
                 tracing::warn!(
                     chain_id = %layer.chain_id,
                     digest = %layer.digest,
-                    archive = %plain.path.display(),
+                    backing = %backing,
                     error = %err,
                     first,
                     "mounting the layer from the archive failed: extracting it"
@@ -154,6 +171,8 @@ enum StageError {
     },
     #[error("the archive changed since it was indexed")]
     Changed,
+    #[error("open blob {digest}: {source}")]
+    OpenBlob { digest: Digest, source: io::Error },
     #[error(transparent)]
     Index(#[from] erofs::ErofsError),
     #[error(transparent)]
@@ -215,13 +234,7 @@ fn stage(
         digest: layer.digest,
         diff_id: layer.diff_id,
     };
-    let record_path = dir.join(RECORD);
-    let json = serde_json::to_vec_pretty(&record).map_err(|e| StageError::Io {
-        what: "encode",
-        path: record_path.clone(),
-        source: io::Error::other(e),
-    })?;
-    write_synced(&record_path, &json).map_err(io_err("write", &record_path))?;
+    write_record(dir, &record)?;
     erofs::mount(&image, &fd_path(&plain.file), &fs_dir)?;
     let size = fs::metadata(&image)
         .map(|m| m.blocks() * 512)
@@ -233,6 +246,73 @@ fn stage(
         },
         stats,
     ))
+}
+
+/// Stages a layer that is not a plain tar in an archive: its blob is
+/// decompressed once into `<dir>/layer.tar` (the backing file, removed with
+/// the snapshot) while it is indexed.
+fn stage_copy(
+    source: &dyn LayerSource,
+    layer: &LayerRef,
+    dir: &Path,
+) -> Result<(Usage, erofs::IndexStats), StageError> {
+    super::mkdir(dir, 0o700).map_err(|e| StageError::Io {
+        what: "create",
+        path: dir.to_owned(),
+        source: io::Error::other(e.to_string()),
+    })?;
+    let fs_dir = dir.join("fs");
+    fs::create_dir(&fs_dir).map_err(io_err("create", &fs_dir))?;
+    let blob = source
+        .open_blob(&layer.digest)
+        .map_err(|source| StageError::OpenBlob {
+            digest: layer.digest,
+            source,
+        })?;
+    let image = dir.join(IMAGE);
+    let tar = dir.join(COPY);
+    let stats =
+        erofs::build_index_with_copy(blob, layer.compression, &layer.diff_id, &image, &tar)?;
+    let file = fs::File::open(&tar).map_err(io_err("open", &tar))?;
+    let key = key_of(&file, &tar)?;
+    let record = BackingRecord {
+        // Relative: inside the snapshot directory, wherever that moves.
+        archive: PathBuf::from(COPY),
+        key,
+        data_base: 0,
+        digest: layer.digest,
+        diff_id: layer.diff_id,
+    };
+    write_record(dir, &record)?;
+    erofs::mount(&image, &fd_path(&file), &fs_dir)?;
+    let size = [&image, &tar]
+        .iter()
+        .map(|p| fs::metadata(p).map(|m| m.blocks() * 512))
+        .sum::<io::Result<u64>>()
+        .map_err(io_err("stat", dir))?;
+    Ok((
+        Usage {
+            size: size as i64,
+            inodes: stats.image.inodes as i64,
+        },
+        stats,
+    ))
+}
+
+fn key_of(file: &fs::File, path: &Path) -> Result<FileKey, StageError> {
+    file.metadata()
+        .map(|m| FileKey::of(&m))
+        .map_err(io_err("stat", path))
+}
+
+fn write_record(dir: &Path, record: &BackingRecord) -> Result<(), StageError> {
+    let record_path = dir.join(RECORD);
+    let json = serde_json::to_vec_pretty(record).map_err(|e| StageError::Io {
+        what: "encode",
+        path: record_path.clone(),
+        source: io::Error::other(e),
+    })?;
+    write_synced(&record_path, &json).map_err(io_err("write", &record_path))
 }
 
 fn write_synced(path: &Path, data: &[u8]) -> io::Result<()> {
@@ -316,7 +396,8 @@ fn remount(dir: &Path, record_path: &Path, fs_dir: &Path) -> Result<(), String> 
             record.digest
         )
     };
-    let file = fs::File::open(&record.archive).map_err(|e| what(&e))?;
+    // A relative path names a decompressed copy inside the snapshot.
+    let file = fs::File::open(dir.join(&record.archive)).map_err(|e| what(&e))?;
     let key = file
         .metadata()
         .map(|m| FileKey::of(&m))
@@ -666,5 +747,82 @@ mod tests {
         }
         assert!(crate::snapshot::test_support::dir_names(&root.join("snapshots")).is_empty());
         server.stop().await;
+    }
+
+    /// Gzip layers (not stored as plain tars): decompressed once into the
+    /// snapshot, indexed, mounted, equal to their extraction, mounted again
+    /// after a restart (the copy moved with the directory), removed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn compressed_layers_are_mounted_over_a_decompressed_copy() {
+        requires_root!();
+        let work = tempfile::tempdir().unwrap();
+        let _guard = Unmount(work.path().to_owned());
+        let tars = vec![
+            layer_tar(&[
+                Entry::Dir("a"),
+                Entry::File("a/x", b"x"),
+                Entry::File("a/y", b"y"),
+            ]),
+            layer_tar(&[
+                Entry::Dir("a"),
+                Entry::File("a/.wh.x", b""),
+                Entry::File("b", b"b"),
+            ]),
+        ];
+        let mut fake = FakeSource::default();
+        let layers = fake.add_image(&tars, &[]);
+        assert_eq!(layers[0].compression, Compression::Gzip);
+        let fake = Arc::new(fake);
+        let server =
+            TestServer::start_with(Some(fake.clone()), crate::config::LayerMode::Erofs).await;
+        let root = server.root();
+        let _root_guard = Unmount(root.clone());
+        let mut parent = String::new();
+        for (i, layer) in layers.iter().enumerate() {
+            let labels =
+                HashMap::from([(TARGET_SNAPSHOT_REF.to_string(), layer.chain_id.to_string())]);
+            let err = server
+                .client
+                .clone()
+                .prepare(api::PrepareSnapshotRequest {
+                    snapshotter: "airgap".into(),
+                    key: format!("ns/{i}/extract"),
+                    parent: parent.clone(),
+                    labels,
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+            parent = layer.chain_id.to_string();
+        }
+        let all = committed(&server.sn);
+        let check = |all: &[(String, u64)]| {
+            for (i, (_, id)) in all.iter().enumerate() {
+                let dir = root.join("snapshots").join(id.to_string());
+                assert!(erofs::is_mounted(&dir.join("fs")), "layer {i} not mounted");
+                assert_eq!(std::fs::read(dir.join(COPY)).unwrap(), tars[i]);
+                let ext = work
+                    .path()
+                    .join(format!("ext{i}-{}", dir.display().to_string().len()));
+                let _ = std::fs::remove_dir_all(&ext);
+                std::fs::create_dir(&ext).unwrap();
+                let tar = &tars[i];
+                crate::extract::unpack_layer(&tar[..], Compression::None, &Digest::of(tar), &ext)
+                    .unwrap();
+                assert_same_tree(&ext, &dir.join("fs"), TreeOptions::default());
+            }
+        };
+        check(&all);
+        let state = server.stop_keeping_state().await;
+        unmount_under(&root);
+        let sn = Snapshotter::open_with(&root, Some(fake.clone()), crate::config::LayerMode::Erofs)
+            .unwrap();
+        check(&all);
+        for (name, _) in all.iter().rev() {
+            sn.remove(name).unwrap();
+        }
+        assert!(crate::snapshot::test_support::dir_names(&root.join("snapshots")).is_empty());
+        drop(sn);
+        drop(state);
     }
 }

@@ -111,7 +111,8 @@ pub struct Config {
     pub cache_bytes: u64,
     /// How layers taken from archives become snapshots: `erofs` mounts an
     /// uncompressed layer of an uncompressed archive in place (an EROFS
-    /// index of its metadata, the archive as backing file; Linux 6.12+),
+    /// index of its metadata, the archive as backing file; Linux 6.12+) and
+    /// any other layer over a tar decompressed once into its snapshot,
     /// `extract` always extracts, `auto` mounts where the kernel can and
     /// extracts otherwise (said once in the log).
     pub layer_mounts: LayerMode,

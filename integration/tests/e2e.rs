@@ -1021,6 +1021,118 @@ fn daemon_restart(test: &str, env: &mut Env, images: &Images) -> Result<()> {
     Ok(())
 }
 
+/// (a, EROFS) A docker-save archive (its layers are uncompressed tars in a
+/// plain tar): with layer mounts (`layer_mounts = "auto"`, the default, on a
+/// kernel that can) every layer is an EROFS mount of its index with the
+/// archive as backing file, not an extraction. The image runs right
+/// (whiteouts, hard links, symlinks, xattrs), its layers are mounted again
+/// by a restart that lost the mounts (as a reboot does), and containerd's
+/// garbage collector unmounts them.
+#[test]
+fn docker_save_layers_are_mounted_from_the_archive() {
+    let test = "erofs_docker_save";
+    // One file per feature in this directory.
+    if !Path::new("/sys/fs/erofs/features/chunked_file").exists() {
+        eprintln!("skipped {test}: this kernel has no EROFS with chunked files");
+        return;
+    }
+    run_test(
+        test,
+        |host| {
+            Ok((
+                vec![TestImage {
+                    spec: sample_spec(host, "mounted", "v1")?,
+                    layers: LayerCompression::Gzip,
+                    container: ArchiveContainer::Tar,
+                    docker_save: true,
+                    cmd: None,
+                }],
+                vec![],
+            ))
+        },
+        erofs_docker_save,
+    );
+}
+
+/// EROFS mount points at or below `root`.
+fn erofs_mounts(root: &Path) -> Result<Vec<PathBuf>> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(info
+        .lines()
+        .filter(|l| {
+            l.split(" - ")
+                .nth(1)
+                .is_some_and(|t| t.starts_with("erofs "))
+        })
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(root))
+        .collect())
+}
+
+fn erofs_docker_save(test: &str, env: &mut Env, images: &Images) -> Result<()> {
+    let image = &images.archived[0];
+    let mark = env.registry.mark();
+    eprintln!(
+        "== {test}: CRI PullImage {} from {}",
+        image.name,
+        image.archive.display()
+    );
+    env.cri.pull_image(&image.name)?;
+    let downloaded = layer_gets(env, image, mark);
+    ensure!(
+        downloaded.is_empty(),
+        "layers were downloaded: {downloaded:?}"
+    );
+    assert_chain_snapshots(env, image)?;
+    let root = env.daemon.root().to_path_buf();
+    let layers = image.chain_ids.len();
+    let mounted = erofs_mounts(&root)?;
+    ensure!(
+        mounted.len() == layers,
+        "{} EROFS mounts under the daemon's root for {layers} layers: {mounted:?}",
+        mounted.len()
+    );
+    run_sample_check(env, &image.name, "e-before")?;
+    assert_xattrs_kept(env)?;
+
+    eprintln!("== {test}: restarting airgap-snapshotter without its mounts");
+    env.daemon.stop()?;
+    for m in erofs_mounts(&root)? {
+        nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH)
+            .with_context(|| format!("unmounting {}", m.display()))?;
+    }
+    env.daemon.restart()?;
+    env.containerd
+        .wait_snapshotter_reachable(Duration::from_secs(60))?;
+    let mounted = erofs_mounts(&root)?;
+    ensure!(
+        mounted.len() == layers,
+        "after the restart, {} EROFS mounts for {layers} layers: {mounted:?}",
+        mounted.len()
+    );
+    run_sample_check(env, &image.name, "e-after")?;
+
+    let refs = env.containerd.image_refs(K8S_NS)?;
+    let mut args = vec!["-n", K8S_NS, "images", "rm", "--sync"];
+    args.extend(refs.iter().map(String::as_str));
+    env.containerd.ctr(&args)?;
+    let containerd = &env.containerd;
+    process::wait_until(
+        "the snapshots to be garbage collected",
+        Duration::from_secs(30),
+        || Ok(containerd.snapshot_keys(K8S_NS)?.is_empty()),
+    )?;
+    process::wait_until(
+        "the EROFS mounts to be gone",
+        Duration::from_secs(30),
+        || Ok(erofs_mounts(&root)?.is_empty() && daemon_snapshot_dirs(&root)?.is_empty()),
+    )
+    .with_context(|| format!("left: {:?}", erofs_mounts(&root)))?;
+    env.daemon.check_running()?;
+    Ok(())
+}
+
 /// The snapshot directories the daemon holds (`<root>/snapshots/<id>`,
 /// the layout of plugin/src/snapshot).
 fn daemon_snapshot_dirs(root: &Path) -> Result<Vec<PathBuf>> {

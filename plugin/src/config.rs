@@ -9,6 +9,7 @@
 //! mirror_allow_non_loopback = false  # true to let the mirror (and metrics) bind a non-loopback address
 //! metrics_listen = "127.0.0.1:5051"  # Prometheus `GET /metrics`, or "off"
 //! cache_bytes = "10GiB"              # or a number of bytes
+//! layer_mounts = "auto"              # "erofs": mount uncompressed layers in place; "extract"
 //! containerd_address = "/run/containerd/containerd.sock"
 //!
 //! # Archived images registered in containerd before anyone pulls them.
@@ -97,6 +98,10 @@ pub struct ServeArgs {
     /// registration) [default: lazy].
     #[arg(long, value_name = "MODE")]
     pub import_mode: Option<ImportMode>,
+    /// How archived layers become snapshots: `erofs` (mounted in place),
+    /// `extract`, or `auto` (EROFS where the kernel can) [default: auto].
+    #[arg(long, value_enum)]
+    pub layer_mounts: Option<LayerMode>,
 }
 
 /// The `[import]` table: archived images registered in containerd before
@@ -153,12 +158,29 @@ pub struct Config {
         deserialize_with = "deserialize_bytes"
     )]
     pub cache_bytes: u64,
+    /// How layers taken from archives become snapshots: `erofs` mounts an
+    /// uncompressed layer of an uncompressed archive in place (an EROFS
+    /// index of its metadata, the archive as backing file; Linux 6.12+) and
+    /// any other layer over a tar decompressed once into its snapshot,
+    /// `extract` always extracts, `auto` mounts where the kernel can and
+    /// extracts otherwise (said once in the log).
+    pub layer_mounts: LayerMode,
     /// Registries the mirror fetches from what the archives lack
     /// (`[[upstream]]` tables).
     pub upstream: Vec<UpstreamConfig>,
     /// containerd's gRPC socket, where archived images are registered.
     pub containerd_address: PathBuf,
     pub import: ImportConfig,
+}
+
+/// See [`Config::layer_mounts`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LayerMode {
+    #[default]
+    Auto,
+    Erofs,
+    Extract,
 }
 
 /// One `[[upstream]]` table: where images of `registry` are fetched from
@@ -219,6 +241,7 @@ impl Default for Config {
             mirror_allow_non_loopback: false,
             metrics_listen: Listen::Addr(DEFAULT_METRICS_LISTEN.parse().expect("valid")),
             cache_bytes: DEFAULT_CACHE_BYTES,
+            layer_mounts: LayerMode::Auto,
             upstream: Vec::new(),
             containerd_address: PathBuf::from(DEFAULT_CONTAINERD_ADDRESS),
             import: ImportConfig::default(),
@@ -366,6 +389,9 @@ impl Config {
         }
         if let Some(m) = args.import_mode {
             config.import.mode = m;
+        }
+        if let Some(m) = args.layer_mounts {
+            config.layer_mounts = m;
         }
         config.validate()?;
         Ok(config)

@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod config;
 pub mod digest;
 pub mod doctor;
+pub mod erofs;
 pub mod extract;
 pub mod import;
 pub mod labels;

@@ -27,6 +27,11 @@ pub type Labels = Vec<(&'static str, String)>;
 pub struct Metrics {
     /// Layers the remote path committed from an archive.
     pub layers_from_archive: Counter,
+    /// Layers staged as EROFS mounts of their archive instead of extracted.
+    pub layers_mounted: Counter,
+    /// Layers that could have been mounted but were extracted (indexing or
+    /// mounting failed).
+    pub layer_mount_failures: Counter,
     /// Prepares that went the ordinary way (containerd downloads the
     /// layer), by reason.
     pub layer_fallbacks: Family<Labels, Counter>,
@@ -49,6 +54,8 @@ pub struct Metrics {
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     layers_from_archive: Counter::default(),
+    layers_mounted: Counter::default(),
+    layer_mount_failures: Counter::default(),
     layer_fallbacks: Family::default(),
     // 10 ms .. ~10 min.
     extraction_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 16)),
@@ -122,6 +129,16 @@ pub fn registry(catalog: Arc<Catalog>) -> Registry {
         "airgap_layers_from_archive",
         "Layers the snapshotter took straight from an archive",
         m.layers_from_archive.clone(),
+    );
+    r.register(
+        "airgap_layers_mounted",
+        "Layers mounted from their archive (EROFS index) instead of extracted",
+        m.layers_mounted.clone(),
+    );
+    r.register(
+        "airgap_layer_mount_failures",
+        "Layers that could have been mounted from their archive but were extracted",
+        m.layer_mount_failures.clone(),
     );
     r.register(
         "airgap_layer_fallbacks",

@@ -51,6 +51,28 @@ pub trait LayerSource: Send + Sync + 'static {
     /// Opens a blob's bytes as stored. The reader is verified against `digest`:
     /// it returns an error instead of EOF if the bytes do not match.
     fn open_blob(&self, digest: &Digest) -> std::io::Result<Box<dyn Read + Send>>;
+    /// Where a blob lies as it is in a plain file (an uncompressed blob in an
+    /// uncompressed archive), so its bytes can be used in place (EROFS layer
+    /// mounts); `None` when it is compressed, or only in compressed archives.
+    /// Unverified: the caller checks the digest.
+    fn plain_blob(&self, digest: &Digest) -> Option<PlainBlob> {
+        let _ = digest;
+        None
+    }
+}
+
+/// A blob stored as it is at `offset` of an open file (see
+/// [`LayerSource::plain_blob`]).
+#[derive(Clone, Debug)]
+pub struct PlainBlob {
+    /// The archive's path, for messages and to find the file again.
+    pub path: std::path::PathBuf,
+    /// The archive, open: the version that was indexed.
+    pub file: std::sync::Arc<std::fs::File>,
+    /// The archive's identity when indexed.
+    pub key: FileKey,
+    pub offset: u64,
+    pub size: u64,
 }
 
 pub mod container;

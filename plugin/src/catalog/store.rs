@@ -1002,6 +1002,29 @@ impl LayerSource for Catalog {
     fn open_blob(&self, digest: &Digest) -> io::Result<Box<dyn Read + Send>> {
         Catalog::open_blob(self, digest).map_err(io::Error::other)
     }
+
+    fn plain_blob(&self, digest: &Digest) -> Option<super::PlainBlob> {
+        let archives = self.archives_with(digest).ok()?;
+        archives.into_iter().find_map(|archive| {
+            if archive.index.container != Container::Tar {
+                return None;
+            }
+            // Only uncompressed layers: a blob's own bytes must be the tar.
+            let layer = archive.index.layers.iter().find(|l| l.digest == *digest)?;
+            if layer.compression != super::Compression::None {
+                return None;
+            }
+            self.check_unchanged(&archive, digest).ok()?;
+            let loc = archive.index.blobs[digest];
+            Some(super::PlainBlob {
+                path: archive.index.path.clone(),
+                file: archive.file.clone(),
+                key: archive.index.key,
+                offset: loc.offset,
+                size: loc.size,
+            })
+        })
+    }
 }
 
 /// Recomputes the lookup maps. Archives are visited oldest first, so for a

@@ -749,3 +749,40 @@ fn shutdown_stops_a_slow_first_scan_and_wakes_lookups() {
     assert!(took < Duration::from_secs(10), "stopping took {took:?}");
     assert_eq!(catalog.archive_counts(), (0, 0));
 }
+
+#[test]
+fn plain_blobs_are_uncompressed_layers_of_uncompressed_archives() {
+    let spec = ImageSpec {
+        compression: LayerCompression::None,
+        ..two_layer_spec()
+    };
+    let gz = two_layer_spec();
+    let (oci, _) = OciLayout::single("busybox:1.36", &spec);
+    let (oci_gz, _) = OciLayout::single("busybox:1.36", &gz);
+    let save = docker_save(&spec, &["busybox:1.36"]);
+    for (what, tar, plain) in [
+        ("oci", oci.to_tar(), true),
+        ("oci with gzip layers", oci_gz.to_tar(), false),
+        ("docker-save", save, true),
+    ] {
+        for w in [Wrap::Tar, Wrap::Zstd] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = write(dir.path(), "bundle.tar", &wrap(&tar, w));
+            let c = open(&[dir.path()]);
+            let file = std::fs::read(&path).unwrap();
+            for (layer, chain) in spec.layers.iter().zip(spec.chain_ids()) {
+                let l = c.layer(&chain).unwrap();
+                match c.plain_blob(&l.digest) {
+                    Some(p) => {
+                        assert!(plain && w == Wrap::Tar, "{what} {w:?}");
+                        assert_eq!(p.path, path);
+                        assert_eq!(p.offset % 512, 0);
+                        let at = p.offset as usize;
+                        assert_eq!(&file[at..at + p.size as usize], &layer[..], "{what}");
+                    }
+                    None => assert!(!(plain && w == Wrap::Tar), "{what} {w:?}"),
+                }
+            }
+        }
+    }
+}

@@ -87,7 +87,8 @@ async fn serve(
     let source: Option<Arc<dyn LayerSource>> = Some(catalog);
 
     let root = config.root.clone();
-    let snapshotter = blocking(move || Snapshotter::open(&root, source))
+    let layer_mounts = config.layer_mounts;
+    let snapshotter = blocking(move || Snapshotter::open_with(&root, source, layer_mounts))
         .await
         .with_context(|| format!("open snapshotter state in {}", config.root.display()))?;
 

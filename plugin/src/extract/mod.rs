@@ -21,7 +21,7 @@
 //! `futimens` and `close`.
 
 mod root;
-mod tar;
+pub(crate) mod tar;
 
 use std::cell::Cell;
 use std::ffi::CString;
@@ -132,7 +132,7 @@ impl ExtractError {
         }
     }
 
-    fn stream(entry: &str, e: StreamError) -> Self {
+    pub(crate) fn stream(entry: &str, e: StreamError) -> Self {
         let entry = entry.to_owned();
         match e {
             StreamError::Read(source) => ExtractError::Stream { entry, source },
@@ -161,7 +161,51 @@ pub fn unpack_layer(
         path: dest.to_owned(),
         source,
     })?;
-    // Decompression, hashing and extraction overlap on three threads (see
+    let mut ex = Extractor {
+        root,
+        stats: UnpackStats::default(),
+        dir_times: Vec::new(),
+    };
+    let walked = walk_layer(blob, compression, |stream| ex.run(stream))?;
+    let Extractor {
+        mut root,
+        mut stats,
+        dir_times,
+    } = ex;
+    stats.decompressed_bytes = walked.decompressed_bytes;
+    stats.compressed_bytes = walked.compressed_bytes;
+    if walked.diff_id != *diff_id {
+        return Err(ExtractError::DiffIdMismatch {
+            expected: *diff_id,
+            actual: walked.diff_id,
+        });
+    }
+    // Directory times last: creating entries inside a directory changes its mtime.
+    set_dir_times(&mut root, &dir_times);
+    Ok(stats)
+}
+
+/// What [`walk_layer`] measured of the stream it walked.
+pub(crate) struct Walked<T> {
+    /// What the walk returned.
+    pub value: T,
+    /// SHA-256 of the decompressed stream, to compare with the diffID.
+    pub diff_id: Digest,
+    pub decompressed_bytes: u64,
+    pub compressed_bytes: u64,
+}
+
+/// Decompresses `blob` and hashes the tar stream on two threads of their
+/// own, while `walk` reads its entries on the calling thread (the one tar
+/// parser, shared by extraction and the EROFS index). `walk` must read the
+/// stream to its end ([`TarStream::finish`]) for the digest to cover it all;
+/// when it returns early, the other threads stop.
+pub(crate) fn walk_layer<T, E: From<ExtractError>>(
+    blob: impl Read + Send,
+    compression: Compression,
+    walk: impl FnOnce(TarStream) -> Result<T, E>,
+) -> Result<Walked<T>, E> {
+    // Decompression, hashing and the walk overlap on three threads (see
     // [`tar`]); at most 2 * QUEUE + 3 chunk buffers exist at once.
     const QUEUE: usize = 3;
     let (dec_tx, hash_rx) = mpsc::sync_channel::<ChunkMsg>(QUEUE);
@@ -180,35 +224,20 @@ pub fn unpack_layer(
             .name("extract-hash".into())
             .spawn_scoped(s, move || tar::hash_chunks(hash_rx, hash_tx))
             .map_err(spawn_err)?;
-        let mut ex = Extractor {
-            root,
-            stats: UnpackStats::default(),
-            dir_times: Vec::new(),
-        };
-        // `run` drops the stream when it returns, which stops the other
+        // `walk` drops the stream when it returns, which stops the other
         // threads if it returns early.
-        let ran = ex.run(TarStream::new(tar_rx, pool_tx));
+        let ran = walk(TarStream::new(tar_rx, pool_tx));
         let hashed = hasher.join();
         let compressed = decoder.join();
-        ran?;
-        let (actual, total) = hashed.map_err(|_| thread_panicked("hashing"))?;
+        let value = ran?;
+        let (diff_id, total) = hashed.map_err(|_| thread_panicked("hashing"))?;
         let compressed = compressed.map_err(|_| thread_panicked("decompression"))?;
-        let Extractor {
-            mut root,
-            mut stats,
-            dir_times,
-        } = ex;
-        stats.decompressed_bytes = total;
-        stats.compressed_bytes = compressed;
-        if actual != *diff_id {
-            return Err(ExtractError::DiffIdMismatch {
-                expected: *diff_id,
-                actual,
-            });
-        }
-        // Directory times last: creating entries inside a directory changes its mtime.
-        set_dir_times(&mut root, &dir_times);
-        Ok(stats)
+        Ok(Walked {
+            value,
+            diff_id,
+            decompressed_bytes: total,
+            compressed_bytes: compressed,
+        })
     })
 }
 
@@ -510,7 +539,7 @@ impl Extractor {
 
 /// Why a path in the archive is not a plain relative path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum BadPath {
+pub(crate) enum BadPath {
     Absolute,
     DotDot,
     Nul,
@@ -518,7 +547,7 @@ enum BadPath {
 
 impl BadPath {
     /// The reason, for an entry's own path.
-    fn reason(self) -> &'static str {
+    pub(crate) fn reason(self) -> &'static str {
         match self {
             BadPath::Absolute => "absolute path",
             BadPath::DotDot => "'..' component",
@@ -527,7 +556,7 @@ impl BadPath {
     }
 
     /// The reason, for a hard link's target.
-    fn link_reason(self) -> &'static str {
+    pub(crate) fn link_reason(self) -> &'static str {
         match self {
             BadPath::Absolute => "hard link to an absolute path",
             BadPath::DotDot => "hard link target with a '..' component",
@@ -551,7 +580,7 @@ fn write_all(fd: &OwnedFd, mut data: &[u8]) -> Result<(), Errno> {
 
 /// The entry path as a list of plain components joined by `/`: `.` and empty
 /// components dropped, `..` and absolute paths refused.
-fn normalize(raw: &[u8]) -> Result<Vec<u8>, BadPath> {
+pub(crate) fn normalize(raw: &[u8]) -> Result<Vec<u8>, BadPath> {
     if raw.first() == Some(&b'/') {
         return Err(BadPath::Absolute);
     }
@@ -575,7 +604,7 @@ fn normalize(raw: &[u8]) -> Result<Vec<u8>, BadPath> {
 }
 
 /// Splits a normalized path into its directory (empty for the root) and name.
-fn split(path: &[u8]) -> (&[u8], &[u8]) {
+pub(crate) fn split(path: &[u8]) -> (&[u8], &[u8]) {
     match path.iter().rposition(|&b| b == b'/') {
         Some(i) => (&path[..i], &path[i + 1..]),
         None => (&[], path),
@@ -584,7 +613,7 @@ fn split(path: &[u8]) -> (&[u8], &[u8]) {
 
 /// Whether a symlink in directory `dir` (normalized) with this target leads
 /// outside the layer root when followed: absolute, or `..` above the root.
-fn symlink_escapes(dir: &[u8], target: &[u8]) -> bool {
+pub(crate) fn symlink_escapes(dir: &[u8], target: &[u8]) -> bool {
     if target.first() == Some(&b'/') {
         return true;
     }
@@ -611,7 +640,7 @@ fn symlink_escapes(dir: &[u8], target: &[u8]) -> bool {
 /// Xattr names that are never taken from an archive: the overlayfs ones would
 /// let a layer steer overlayfs lookups (redirects, metacopy, origin). OCI
 /// expresses opaque directories with `.wh..wh..opq`.
-fn xattr_refused(name: &[u8]) -> bool {
+pub(crate) fn xattr_refused(name: &[u8]) -> bool {
     name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.")
 }
 

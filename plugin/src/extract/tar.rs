@@ -27,7 +27,7 @@ const PAX_XATTR: &[u8] = b"SCHILY.xattr.";
 
 /// What went wrong while reading the tar stream itself.
 #[derive(Debug)]
-pub(super) enum StreamError {
+pub(crate) enum StreamError {
     /// The decompressor or the underlying reader failed.
     Read(io::Error),
     /// The stream ended inside a header or an entry's data.
@@ -50,7 +50,7 @@ fn malformed(msg: impl Into<String>) -> StreamError {
 
 /// The file types a layer can hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Kind {
+pub(crate) enum Kind {
     Regular,
     HardLink,
     Symlink,
@@ -61,15 +61,15 @@ pub(super) enum Kind {
 }
 
 /// A point in time as tar stores it (PAX allows sub-second precision).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub(super) struct Time {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub(crate) struct Time {
     pub sec: i64,
     pub nsec: u32,
 }
 
 /// One tar entry with every extension header already applied.
 #[derive(Debug)]
-pub(super) struct Entry {
+pub(crate) struct Entry {
     /// Raw path bytes as the archive names the entry (not yet validated).
     pub path: Vec<u8>,
     /// Link target for hard and symbolic links.
@@ -83,6 +83,8 @@ pub(super) struct Entry {
     pub atime: Option<Time>,
     pub dev_major: u32,
     pub dev_minor: u32,
+    /// Length of the entry's data in the stream (its header's or PAX size).
+    pub size: u64,
     /// Extended attributes (`SCHILY.xattr.<name>` PAX records), in archive order.
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
@@ -95,7 +97,7 @@ impl Entry {
 }
 
 /// Lossy, bounded rendering of archive-provided bytes for error messages.
-pub(super) fn display_bytes(b: &[u8]) -> String {
+pub(crate) fn display_bytes(b: &[u8]) -> String {
     const MAX: usize = 512;
     let s = String::from_utf8_lossy(&b[..b.len().min(MAX)]).into_owned();
     if b.len() > MAX {
@@ -120,23 +122,23 @@ struct Pax {
 }
 
 /// A piece of the decompressed stream: `buf[..len]` is data.
-pub(super) struct Chunk {
+pub(crate) struct Chunk {
     pub buf: Vec<u8>,
     pub len: usize,
 }
 
 /// What the decompression side sends: chunks in order, an error, or (by
 /// closing the channel) the end of the stream.
-pub(super) type ChunkMsg = io::Result<Chunk>;
+pub(crate) type ChunkMsg = io::Result<Chunk>;
 
 /// Size of the chunks the decompressor fills: large writes for big files,
 /// few channel hand-offs.
-pub(super) const CHUNK_SIZE: usize = 1024 * 1024;
+pub(crate) const CHUNK_SIZE: usize = 1024 * 1024;
 
 /// Reads `inner` to its end in chunks and sends them; buffers come back
 /// through `pool`. Returns when the stream ended, failed (the error is sent
 /// on), or the receiving side went away.
-pub(super) fn produce_chunks(
+pub(crate) fn produce_chunks(
     mut inner: impl Read,
     tx: &SyncSender<ChunkMsg>,
     pool: &Receiver<Vec<u8>>,
@@ -171,7 +173,7 @@ pub(super) fn produce_chunks(
 
 /// Hashes the chunks passing from `rx` to `tx`; returns the digest and the
 /// length of everything that passed (the whole stream, if it ended well).
-pub(super) fn hash_chunks(rx: Receiver<ChunkMsg>, tx: SyncSender<ChunkMsg>) -> (Digest, u64) {
+pub(crate) fn hash_chunks(rx: Receiver<ChunkMsg>, tx: SyncSender<ChunkMsg>) -> (Digest, u64) {
     let mut hasher = Hasher::new();
     let mut total = 0u64;
     for msg in rx {
@@ -187,7 +189,7 @@ pub(super) fn hash_chunks(rx: Receiver<ChunkMsg>, tx: SyncSender<ChunkMsg>) -> (
 }
 
 /// The decompressed layer as a sequence of tar entries, read from chunks.
-pub(super) struct TarStream {
+pub(crate) struct TarStream {
     rx: Receiver<ChunkMsg>,
     pool: Sender<Vec<u8>>,
     cur: Vec<u8>,
@@ -198,6 +200,8 @@ pub(super) struct TarStream {
     data_left: u64,
     /// Padding after the current entry's data.
     pad_left: u64,
+    /// Offset in the decompressed stream of `cur[0]`.
+    base: u64,
 }
 
 impl TarStream {
@@ -211,6 +215,7 @@ impl TarStream {
             eof: false,
             data_left: 0,
             pad_left: 0,
+            base: 0,
         }
     }
 
@@ -222,6 +227,7 @@ impl TarStream {
         }
         match self.rx.recv() {
             Ok(Ok(chunk)) => {
+                self.base += self.end as u64;
                 let old = std::mem::replace(&mut self.cur, chunk.buf);
                 if !old.is_empty() {
                     let _ = self.pool.send(old);
@@ -239,6 +245,12 @@ impl TarStream {
                 Ok(false)
             }
         }
+    }
+
+    /// Offset in the decompressed stream of the next byte to be read: right
+    /// after [`TarStream::next_entry`], where the entry's data starts.
+    pub fn position(&self) -> u64 {
+        self.base + self.pos as u64
     }
 
     /// Copies up to `out.len()` bytes; fewer only at the end of the stream.
@@ -473,6 +485,7 @@ impl TarStream {
                 atime: pax.atime,
                 dev_major,
                 dev_minor,
+                size,
                 xattrs: pax.xattrs,
             }));
         }

@@ -34,6 +34,10 @@ pub enum SnapshotError {
     /// A record in the metadata store could not be decoded.
     #[error("metadata record {key:?} is corrupt: {reason}")]
     Corrupt { key: String, reason: String },
+    /// Layer mounts were asked for (`layer_mounts = "erofs"`) and the
+    /// kernel cannot do them.
+    #[error("{0}")]
+    LayerMounts(String),
     /// A blocking task panicked or was cancelled.
     #[error("background task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -89,6 +93,7 @@ impl From<SnapshotError> for tonic::Status {
             SnapshotError::Io { .. }
             | SnapshotError::Store(_)
             | SnapshotError::Corrupt { .. }
+            | SnapshotError::LayerMounts(_)
             | SnapshotError::Task(_) => tonic::Status::internal(message),
         }
     }

@@ -5,7 +5,10 @@
 //! On disk, under the root:
 //! ```text
 //! metadata.redb          the MetaStore
-//! snapshots/<id>/fs      a snapshot's own layer (overlay upper dir)
+//! snapshots/<id>/fs      a snapshot's own layer (overlay upper dir), or the
+//!                        EROFS mount of a layer mounted from its archive
+//!                        (`layer.erofs`, `backing.json` beside it; see
+//!                        `layer_mounts`)
 //! snapshots/<id>/work    overlay work dir (active snapshots)
 //! snapshots/new-*        a snapshot being created (under the write lock)
 //! staging/               layers being extracted from archives
@@ -27,6 +30,7 @@
 pub mod convert;
 pub mod error;
 pub mod filter;
+pub(crate) mod layer_mounts;
 pub mod meta;
 pub mod mounts;
 pub(crate) mod remote;
@@ -194,6 +198,8 @@ fn empty_dir(dir: &Path) {
 /// `rm -rf`, logging instead of failing: used only once nothing refers to
 /// the path any more.
 pub(crate) fn remove_all(path: &Path) {
+    // A layer mounted from its archive is unmounted first.
+    layer_mounts::unmount_under(path);
     let result = match fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => fs::remove_dir_all(path),
         Ok(_) => fs::remove_file(path),
@@ -236,6 +242,16 @@ impl Snapshotter {
         root: &Path,
         source: Option<Arc<dyn LayerSource>>,
     ) -> Result<Arc<Self>, SnapshotError> {
+        Self::open_with(root, source, crate::config::LayerMode::Extract)
+    }
+
+    /// [`Snapshotter::open`], with archived layers mounted in place where
+    /// `layer_mounts` says and the kernel can (see `layer_mounts`).
+    pub fn open_with(
+        root: &Path,
+        source: Option<Arc<dyn LayerSource>>,
+        layer_mounts: crate::config::LayerMode,
+    ) -> Result<Arc<Self>, SnapshotError> {
         fs::create_dir_all(root).map_err(|e| SnapshotError::io("create root", root, e))?;
         mkdir(root, 0o700)?;
         let snapshots = root.join("snapshots");
@@ -247,7 +263,17 @@ impl Snapshotter {
             empty_dir(&path);
         }
         let meta = MetaStore::open(&root.join("metadata.redb"))?;
-        let remote = source.map(|source| remote::Remote::new(source, root.join("staging")));
+        let layers = match (&source, layer_mounts) {
+            (None, _) | (_, crate::config::LayerMode::Extract) => {
+                layer_mounts::LayerMounts::disabled()
+            }
+            (Some(_), mode) => layer_mounts::LayerMounts::new(mode, &root.join("staging"))
+                .map_err(SnapshotError::LayerMounts)?,
+        };
+        // Layers mounted from archives, mounted again after a restart.
+        layer_mounts::remount_all(&snapshots);
+        let remote = source
+            .map(|source| remote::Remote::new(source, root.join("staging"), Arc::new(layers)));
         Ok(Arc::new(Snapshotter {
             root: root.to_path_buf(),
             meta,

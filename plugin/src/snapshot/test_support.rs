@@ -78,6 +78,8 @@ pub struct FakeSource {
     opens: AtomicUsize,
     /// Chain IDs of layers whose archive was deleted.
     withdrawn: Mutex<std::collections::HashSet<Digest>>,
+    /// Uncompressed blobs also lying in a plain "archive" file.
+    plain: HashMap<Digest, crate::catalog::PlainBlob>,
 }
 
 impl FakeSource {
@@ -101,6 +103,54 @@ impl FakeSource {
                 self.blobs.get_mut().unwrap().insert(layer.digest, blob);
                 self.layers.insert(layer.chain_id, layer.clone());
             }
+            out.push(layer);
+        }
+        self.images.push(chain);
+        out
+    }
+
+    /// Adds an image of uncompressed layers, also written one after the
+    /// other (512-aligned, after a block of padding) into the file
+    /// `archive`, as in a docker-save archive: [`LayerSource::plain_blob`]
+    /// finds them there.
+    pub fn add_plain_image(&mut self, tars: &[Vec<u8>], archive: &Path) -> Vec<LayerRef> {
+        let diff_ids: Vec<Digest> = tars.iter().map(|t| Digest::of(t)).collect();
+        let chain = Digest::chain_ids(&diff_ids);
+        let mut file = vec![0u8; 512];
+        let mut offsets = Vec::new();
+        for tar in tars {
+            offsets.push(file.len() as u64);
+            file.extend_from_slice(tar);
+            file.resize(file.len().next_multiple_of(512), 0);
+        }
+        std::fs::write(archive, &file).unwrap();
+        let handle = Arc::new(std::fs::File::open(archive).unwrap());
+        let key = crate::catalog::FileKey::of(&handle.metadata().unwrap());
+        let mut out = Vec::new();
+        for (i, tar) in tars.iter().enumerate() {
+            let layer = LayerRef {
+                chain_id: chain[i],
+                parent: i.checked_sub(1).map(|p| chain[p]),
+                digest: diff_ids[i],
+                diff_id: diff_ids[i],
+                size: tar.len() as u64,
+                compression: Compression::None,
+            };
+            self.blobs
+                .get_mut()
+                .unwrap()
+                .insert(layer.digest, tar.clone());
+            self.layers.insert(layer.chain_id, layer.clone());
+            self.plain.insert(
+                layer.digest,
+                crate::catalog::PlainBlob {
+                    path: archive.to_owned(),
+                    file: handle.clone(),
+                    key,
+                    offset: offsets[i],
+                    size: tar.len() as u64,
+                },
+            );
             out.push(layer);
         }
         self.images.push(chain);
@@ -171,6 +221,10 @@ impl LayerSource for FakeSource {
             .cloned()
             .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no such blob"))?;
         Ok(Box::new(std::io::Cursor::new(bytes)))
+    }
+
+    fn plain_blob(&self, digest: &Digest) -> Option<crate::catalog::PlainBlob> {
+        self.plain.get(digest).cloned()
     }
 }
 
@@ -363,6 +417,16 @@ impl TestServer {
     pub async fn start(source: Option<Arc<dyn LayerSource>>) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let sn = Snapshotter::open(&dir.path().join("root"), source).unwrap();
+        TestServer::serve_in(dir, sn).await
+    }
+
+    /// [`TestServer::start`] with archived layers mounted as `mode` says.
+    pub async fn start_with(
+        source: Option<Arc<dyn LayerSource>>,
+        mode: crate::config::LayerMode,
+    ) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let sn = Snapshotter::open_with(&dir.path().join("root"), source, mode).unwrap();
         TestServer::serve_in(dir, sn).await
     }
 

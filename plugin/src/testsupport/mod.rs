@@ -10,6 +10,8 @@ use std::io::Write;
 
 use serde_json::json;
 
+pub mod tree;
+
 use crate::catalog::seekable;
 use crate::digest::Digest;
 
@@ -89,13 +91,16 @@ pub fn write(dir: &std::path::Path, name: &str, bytes: &[u8]) -> std::path::Path
     p
 }
 
-/// A tar of `files` (path, contents), each a regular file with mode 0644.
+/// A tar of `files` (path, contents), each a regular file with mode 0644,
+/// owned by root (a layer extraction and the EROFS index accept).
 pub fn layer_tar(files: &[(&str, &[u8])]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for (path, data) in files {
         let mut h = tar::Header::new_ustar();
         h.set_size(data.len() as u64);
         h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
         h.set_mtime(1_700_000_000);
         b.append_data(&mut h, path, *data).unwrap();
     }

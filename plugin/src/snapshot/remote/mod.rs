@@ -44,6 +44,7 @@ use crate::labels::{
     TARGET_SNAPSHOT_REF,
 };
 
+use super::layer_mounts::LayerMounts;
 use super::meta::{clean_labels, Kind};
 use super::{blocking, remove_all, sync_dir, SnapshotError, Snapshotter};
 pub(crate) use lazy::materialize;
@@ -67,10 +68,16 @@ pub(crate) struct Remote {
     /// prefetched again meanwhile.
     taken: Mutex<HashSet<Digest>>,
     seq: AtomicU64,
+    /// Layers mounted in place (EROFS) instead of extracted, where possible.
+    layers: Arc<LayerMounts>,
 }
 
 impl Remote {
-    pub(crate) fn new(source: Arc<dyn LayerSource>, staging: PathBuf) -> Self {
+    pub(crate) fn new(
+        source: Arc<dyn LayerSource>,
+        staging: PathBuf,
+        layers: Arc<LayerMounts>,
+    ) -> Self {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2);
@@ -83,6 +90,7 @@ impl Remote {
             prefetched: Mutex::new(HashSet::new()),
             taken: Mutex::new(HashSet::new()),
             seq: AtomicU64::new(0),
+            layers,
         }
     }
 

@@ -16,6 +16,7 @@ use crate::catalog::{LayerRef, LayerSource};
 use crate::digest::Digest;
 
 use super::Remote;
+use crate::snapshot::layer_mounts::LayerMounts;
 use crate::snapshot::meta::Usage;
 use crate::snapshot::{blocking, disk_usage, mkdir, remove_all, sync_dir, SnapshotError};
 
@@ -88,6 +89,7 @@ impl Remote {
         let dir = self.staging.join(format!("{}-{seq}", layer.chain_id.hex()));
         let source = self.source.clone();
         let permits = self.permits.clone();
+        let layers = self.layers.clone();
         let chain_id = layer.chain_id;
         let layer = layer.clone();
         let span =
@@ -96,7 +98,7 @@ impl Remote {
             async move {
                 let _permit = permits.acquire_owned().await?;
                 let _timed = crate::metrics::global().extraction();
-                blocking(move || Ok(extract(source.as_ref(), &layer, &dir))).await?
+                blocking(move || Ok(extract(source.as_ref(), &layer, &dir, &layers))).await?
             }
             .instrument(span),
         );
@@ -220,12 +222,20 @@ impl Remote {
     }
 }
 
-/// Extracts `layer` into `dir/fs` (blocking). On failure nothing is left.
+/// Extracts `layer` into `dir/fs` (blocking), or mounts it there from its
+/// archive when `layers` can. On failure nothing is left.
 fn extract(
     source: &dyn LayerSource,
     layer: &LayerRef,
     dir: &Path,
+    layers: &LayerMounts,
 ) -> Result<StagedLayer, StagingError> {
+    if let Some(usage) = layers.stage(source, layer, dir) {
+        return Ok(StagedLayer {
+            dir: dir.to_path_buf(),
+            usage,
+        });
+    }
     let result = (|| {
         mkdir(dir, 0o700)?;
         let fs_dir = dir.join("fs");

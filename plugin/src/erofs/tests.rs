@@ -1,0 +1,611 @@
+//! EROFS index tests. The root-only ones build the index of a layer, mount it
+//! with the tar as backing file, extract the same layer, and compare the two
+//! trees file for file (`testsupport::tree`); with several layers, an
+//! overlay over the EROFS mounts against an overlay over the extracted
+//! layers too. Every mount is undone by [`Mounts`] whatever the outcome.
+
+use std::fs;
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use ::tar::{EntryType, Header};
+use rustix::mount::{MountFlags, UnmountFlags};
+
+use super::*;
+use crate::testsupport::requires_root;
+use crate::testsupport::tree::{assert_same_tree, TreeOptions};
+
+const MTIME: u64 = 1_600_000_000;
+
+/// An in-memory layer tar.
+#[derive(Default)]
+struct Layer {
+    b: Option<::tar::Builder<Vec<u8>>>,
+}
+
+fn header(kind: EntryType, mode: u32, uid: u64, mtime: u64) -> Header {
+    let mut h = Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_uid(uid);
+    h.set_gid(uid);
+    h.set_mtime(mtime);
+    h.set_size(0);
+    h
+}
+
+impl Layer {
+    fn b(&mut self) -> &mut ::tar::Builder<Vec<u8>> {
+        self.b
+            .get_or_insert_with(|| ::tar::Builder::new(Vec::new()))
+    }
+
+    fn entry(&mut self, path: &str, mut h: Header, data: &[u8]) -> &mut Self {
+        h.set_size(data.len() as u64);
+        self.b().append_data(&mut h, path, data).unwrap();
+        self
+    }
+
+    fn file(&mut self, path: &str, data: &[u8]) -> &mut Self {
+        self.entry(path, header(EntryType::Regular, 0o644, 0, MTIME), data)
+    }
+
+    fn dir(&mut self, path: &str) -> &mut Self {
+        self.entry(path, header(EntryType::Directory, 0o755, 0, MTIME), b"")
+    }
+
+    fn link(&mut self, kind: EntryType, path: &str, target: &str) -> &mut Self {
+        let mut h = header(kind, 0o777, 0, MTIME);
+        self.b().append_link(&mut h, path, target).unwrap();
+        self
+    }
+
+    fn pax(&mut self, records: &[(&str, &[u8])]) -> &mut Self {
+        self.b()
+            .append_pax_extensions(records.iter().map(|(k, v)| (*k, *v)))
+            .unwrap();
+        self
+    }
+
+    fn tar(&mut self) -> Vec<u8> {
+        self.b.take().unwrap().into_inner().unwrap()
+    }
+}
+
+/// Mount points, unmounted (last first) when dropped.
+#[derive(Default)]
+struct Mounts(Vec<PathBuf>);
+
+impl Drop for Mounts {
+    fn drop(&mut self) {
+        for m in self.0.iter().rev() {
+            if let Err(e) = rustix::mount::unmount(m, UnmountFlags::empty()) {
+                eprintln!("unmounting {}: {e}", m.display());
+                let _ = rustix::mount::unmount(m, UnmountFlags::DETACH);
+            }
+        }
+    }
+}
+
+/// A read-only overlay of `lowers` (top first) on `target`.
+fn overlay(lowers: &[PathBuf], target: &Path) {
+    let opt = format!(
+        "lowerdir={}",
+        lowers
+            .iter()
+            .map(|p| p.to_str().unwrap())
+            .collect::<Vec<_>>()
+            .join(":")
+    );
+    let opt = std::ffi::CString::new(opt).unwrap();
+    rustix::mount::mount(
+        "overlay",
+        target,
+        "overlay",
+        MountFlags::RDONLY,
+        opt.as_c_str(),
+    )
+    .unwrap_or_else(|e| panic!("overlay on {}: {e}", target.display()));
+}
+
+/// Each layer of `layers` (bottom first) indexed, mounted and compared with
+/// its extraction; then the overlays of both. `data_base`: where each tar is
+/// written in its backing file (the rest is a sparse hole).
+fn compare(layers: &[Vec<u8>], data_base: u64, opts: TreeOptions) -> Vec<IndexStats> {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut mounts = Mounts::default();
+    let (mut mounted, mut extracted, mut stats) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, tar) in layers.iter().enumerate() {
+        let backing = tmp.path().join(format!("layer{i}.tar"));
+        let mut f = fs::File::create(&backing).unwrap();
+        f.seek(SeekFrom::Start(data_base)).unwrap();
+        f.write_all(tar).unwrap();
+        drop(f);
+        let image = tmp.path().join(format!("layer{i}.erofs"));
+        let backing_len = fs::metadata(&backing).unwrap().len();
+        let s = build_index(
+            &tar[..],
+            Compression::None,
+            &Digest::of(tar),
+            Backing {
+                data_base,
+                backing_len,
+            },
+            &image,
+        )
+        .unwrap_or_else(|e| panic!("layer {i}: {e}"));
+        stats.push(s);
+        let mnt = tmp.path().join(format!("mnt{i}"));
+        fs::create_dir(&mnt).unwrap();
+        mount(&image, &backing, &mnt).unwrap();
+        mounts.0.push(mnt.clone());
+        assert!(is_mounted(&mnt));
+        let ext = tmp.path().join(format!("ext{i}"));
+        fs::create_dir(&ext).unwrap();
+        crate::extract::unpack_layer(&tar[..], Compression::None, &Digest::of(tar), &ext).unwrap();
+        assert_same_tree(&ext, &mnt, opts);
+        mounted.push(mnt);
+        extracted.push(ext);
+    }
+    if layers.len() > 1 {
+        mounted.reverse();
+        extracted.reverse();
+        let (me, mx) = (
+            tmp.path().join("merged-erofs"),
+            tmp.path().join("merged-ext"),
+        );
+        fs::create_dir(&me).unwrap();
+        fs::create_dir(&mx).unwrap();
+        overlay(&mounted, &me);
+        mounts.0.push(me.clone());
+        overlay(&extracted, &mx);
+        mounts.0.push(mx.clone());
+        assert_same_tree(&mx, &me, opts);
+    }
+    drop(mounts);
+    stats
+}
+
+/// Everything a layer can hold, one of each and the edges.
+fn kitchen_sink() -> Vec<u8> {
+    let mut l = Layer::default();
+    l.dir("etc/").dir("bin/").dir("data/").dir("dev/");
+    l.file("etc/empty", b"");
+    for size in [1usize, 511, 512, 513, 4096, 100_000] {
+        let data: Vec<u8> = (0..size).map(|i| (i * 7 + size) as u8).collect();
+        l.file(&format!("data/f{size}"), &data);
+    }
+    l.entry(
+        "bin/suid",
+        header(EntryType::Regular, 0o4755, 0, MTIME + 1),
+        b"#!/bin/sh\n",
+    );
+    l.entry(
+        "data/sticky/",
+        header(EntryType::Directory, 0o1777, 0, MTIME),
+        b"",
+    );
+    l.entry(
+        "data/owned",
+        header(EntryType::Regular, 0o600, 1000, MTIME - 5),
+        b"mine",
+    );
+    // Ids beyond 16 bits need extended inodes.
+    l.entry(
+        "data/bigid",
+        header(EntryType::Regular, 0o640, 100_000, MTIME),
+        b"x",
+    );
+    l.pax(&[("mtime", b"1600000000.123456789")])
+        .file("data/nanos", b"ns");
+    l.link(EntryType::Symlink, "etc/short", "../data/f1");
+    let long_target = "t/".repeat(600);
+    l.link(EntryType::Symlink, "etc/long", &long_target);
+    l.link(EntryType::Link, "data/hard", "data/f513");
+    l.link(EntryType::Link, "data/hard2", "data/f513");
+    l.link(EntryType::Link, "etc/short-hard", "etc/short");
+    l.entry(
+        "dev/null",
+        {
+            let mut h = header(EntryType::Char, 0o666, 0, MTIME);
+            h.set_device_major(1).unwrap();
+            h.set_device_minor(3).unwrap();
+            h
+        },
+        b"",
+    );
+    l.entry(
+        "dev/sda",
+        {
+            let mut h = header(EntryType::Block, 0o660, 6, MTIME);
+            h.set_device_major(8).unwrap();
+            h.set_device_minor(0x12345).unwrap();
+            h
+        },
+        b"",
+    );
+    l.entry("dev/fifo", header(EntryType::Fifo, 0o644, 0, MTIME), b"");
+    // Xattrs: binary values (newlines, NULs), a large one that pushes the
+    // inode record past a block, an ACL, and overlayfs ones that are dropped.
+    let cap = b"\x01\x00\x00\x02\n\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00";
+    let big = vec![b'v'; 3000];
+    l.pax(&[
+        ("SCHILY.xattr.security.capability", cap),
+        ("SCHILY.xattr.user.big", &big),
+        ("SCHILY.xattr.trusted.overlay.opaque", b"y"),
+        ("SCHILY.xattr.user.empty", b""),
+    ])
+    .file("bin/capped", b"cap");
+    l.pax(&[("SCHILY.xattr.user.dir", b"d\n")]).dir("etc/x/");
+    // Long names, deep directories, a directory of many entries.
+    let long = "n".repeat(255);
+    l.file(&format!("data/{long}"), b"long name");
+    let mut deep = String::from("deep/");
+    l.dir(&deep);
+    for i in 0..40 {
+        deep += &format!("d{i}/");
+        l.dir(&deep);
+    }
+    l.file(&format!("{deep}bottom"), b"bottom");
+    l.dir("many/");
+    for i in 0..1500 {
+        l.file(&format!("many/entry-with-a-longish-name-{i:05}"), b"");
+    }
+    // Replacements: a file becomes a directory, a directory is declared
+    // again with a new mode, a hard-linked file is replaced.
+    l.file("data/turn", b"file first");
+    l.file("data/turn", b"then another");
+    l.entry(
+        "etc/x/",
+        header(EntryType::Directory, 0o700, 0, MTIME + 9),
+        b"",
+    );
+    l.file("data/f4096", b"replaced after being linked");
+    l.link(EntryType::Link, "data/f4096-link", "data/f4096");
+    l.file("data/f4096", b"replaced again");
+    // The names sort around "." and "..".
+    l.file("data/!bang", b"")
+        .file("data/-dash", b"")
+        .file("data/.hidden", b"");
+    l.tar()
+}
+
+#[test]
+fn kitchen_sink_matches_extraction() {
+    requires_root!();
+    let stats = compare(&[kitchen_sink()], 0, TreeOptions::default());
+    assert!(stats[0].tree.files > 1500);
+}
+
+#[test]
+fn whiteouts_and_opaque_directories_through_overlay() {
+    requires_root!();
+    let mut base = Layer::default();
+    base.dir("a/")
+        .file("a/keep", b"keep")
+        .file("a/gone", b"gone");
+    base.dir("a/sub/").file("a/sub/old", b"old");
+    base.dir("o/").file("o/hidden", b"hidden").dir("o/d/");
+    base.file("top", b"top");
+    let mut mid = Layer::default();
+    mid.dir("a/");
+    mid.entry(
+        "a/.wh.gone",
+        header(EntryType::Regular, 0o644, 0, MTIME),
+        b"",
+    );
+    mid.entry(
+        "a/.wh.sub",
+        header(EntryType::Regular, 0o644, 0, MTIME),
+        b"",
+    );
+    mid.dir("o/");
+    mid.entry(
+        "o/.wh..wh..opq",
+        header(EntryType::Regular, 0o644, 0, MTIME),
+        b"",
+    );
+    mid.file("o/new", b"new");
+    mid.entry(".wh.top", header(EntryType::Regular, 0o644, 0, MTIME), b"");
+    let mut upper = Layer::default();
+    upper.dir("a/").file("a/gone", b"back");
+    upper.entry(
+        "a/.wh..wh.plnk",
+        header(EntryType::Regular, 0o644, 0, MTIME),
+        b"",
+    );
+    let layers = [base.tar(), mid.tar(), upper.tar()];
+    let stats = compare(&layers, 0, TreeOptions::default());
+    assert_eq!(stats[1].tree.whiteouts, 4);
+}
+
+#[test]
+fn missing_parents_and_testsupport_fixtures() {
+    requires_root!();
+    use crate::testsupport::{busybox_bytes, layer_tar};
+    let busybox = busybox_bytes();
+    let layers = [
+        layer_tar(&[("bin/busybox", &busybox), ("etc/hostname", b"x\n")]),
+        layer_tar(&[("usr/share/a/b/c", b"c"), ("etc/.wh.hostname", b"")]),
+        layer_tar(&[("etc/hostname", b"y\n"), ("usr/share/.wh..wh..opq", b"")]),
+    ];
+    compare(&layers, 0, TreeOptions { dir_times: false });
+}
+
+#[test]
+fn data_past_4_gib_of_backing_file() {
+    requires_root!();
+    let mut l = Layer::default();
+    l.dir("d/")
+        .file("d/a", b"after the hole")
+        .file("d/b", &[7u8; 70_000]);
+    // The layer starts at 5 GiB in a sparse backing file, as a layer deep
+    // in a large archive does.
+    compare(&[l.tar()], 5 << 30, TreeOptions::default());
+}
+
+#[test]
+fn image_is_metadata_only() {
+    let data = vec![1u8; 4 << 20];
+    let mut l = Layer::default();
+    l.dir("d/").file("d/big", &data).file("d/small", b"s");
+    let tar = l.tar();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("img");
+    let backing = Backing {
+        data_base: 0,
+        backing_len: tar.len() as u64,
+    };
+    let s = build_index(
+        &tar[..],
+        Compression::None,
+        &Digest::of(&tar),
+        backing,
+        &out,
+    )
+    .unwrap();
+    assert_eq!(s.tree.files, 2);
+    assert_eq!(s.image.inodes, 4);
+    let len = fs::metadata(&out).unwrap().len();
+    assert!(len <= 4096, "image of {len} bytes");
+    // The superblock.
+    let img = fs::read(&out).unwrap();
+    assert_eq!(&img[1024..1028], &0xE0F5_E1E2u32.to_le_bytes());
+    assert_eq!(img[1036], 9);
+}
+
+fn build(tar: &[u8], out: &Path) -> Result<IndexStats, ErofsError> {
+    let backing = Backing {
+        data_base: 0,
+        backing_len: tar.len() as u64,
+    };
+    build_index(tar, Compression::None, &Digest::of(tar), backing, out)
+}
+
+#[test]
+fn hostile_and_unsupported_layers_are_errors_and_leave_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("img");
+    let raw = |kind: EntryType, name: &[u8], link: &[u8]| {
+        let mut h = Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(MTIME);
+        h.set_size(0);
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        h.as_old_mut().linkname[..link.len()].copy_from_slice(link);
+        h.set_cksum();
+        let mut b = ::tar::Builder::new(Vec::new());
+        b.append(&h, &b""[..]).unwrap();
+        b.into_inner().unwrap()
+    };
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (raw(EntryType::Regular, b"../x", b""), "'..'"),
+        (raw(EntryType::Regular, b"/etc/x", b""), "absolute"),
+        (raw(EntryType::Link, b"x", b"../y"), "'..'"),
+        (raw(EntryType::Link, b"x", b"missing"), "hard link target"),
+        (raw(EntryType::Regular, b".wh...", b""), "whiteout"),
+        (
+            {
+                let mut l = Layer::default();
+                l.dir("d/").link(EntryType::Link, "x", "d");
+                l.tar()
+            },
+            "directory",
+        ),
+        (
+            {
+                let mut l = Layer::default();
+                l.link(EntryType::Symlink, "s", "/etc")
+                    .link(EntryType::Link, "x", "s");
+                l.tar()
+            },
+            "outside",
+        ),
+        (
+            {
+                let mut l = Layer::default();
+                l.link(EntryType::Symlink, "s", "d").file("s/x", b"");
+                l.tar()
+            },
+            "symlink",
+        ),
+        (
+            {
+                let mut l = Layer::default();
+                l.dir("d/").file("d/x", b"").file("d", b"");
+                l.tar()
+            },
+            "non-empty",
+        ),
+    ];
+    for (tar, want) in cases {
+        let err = build(&tar, &out).expect_err("accepted");
+        assert!(err.to_string().contains(want), "{err} (wanted {want:?})");
+        assert!(!out.exists());
+    }
+    // A diffID mismatch names both digests.
+    let mut l = Layer::default();
+    let tar = l.file("a", b"a").tar();
+    let backing = Backing {
+        data_base: 0,
+        backing_len: tar.len() as u64,
+    };
+    let err = build_index(
+        &tar[..],
+        Compression::None,
+        &Digest::of(b"x"),
+        backing,
+        &out,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("diffID mismatch"), "{err}");
+    assert!(!out.exists());
+    // Unaligned data base.
+    let backing = Backing {
+        data_base: 100,
+        backing_len: tar.len() as u64 + 100,
+    };
+    assert!(build_index(
+        &tar[..],
+        Compression::None,
+        &Digest::of(&tar),
+        backing,
+        &out
+    )
+    .is_err());
+    assert!(!out.exists());
+}
+
+#[test]
+fn mutated_tars_never_panic() {
+    let tar = kitchen_sink();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for i in 0..60 {
+        let mut t = tar.clone();
+        for _ in 0..1 + next() % 8 {
+            let at = (next() % t.len() as u64) as usize;
+            t[at] = next() as u8;
+        }
+        if i % 10 == 0 {
+            t.truncate((next() % t.len() as u64) as usize);
+        }
+        let out = tmp.path().join(format!("img{i}"));
+        // The diffID is the mutated tar's: the walk itself is what is tested.
+        let _ = build(&t, &out);
+    }
+}
+
+/// Ad-hoc speed check, not a timed test: the index of an uncompressed layer
+/// against its extraction. Run as root with
+/// `EROFS_BENCH=<layer.tar>,<empty dir> cargo test --release -p
+/// airgap-snapshotter --lib erofs::tests::bench -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench() {
+    let Ok(spec) = std::env::var("EROFS_BENCH") else {
+        return;
+    };
+    let (tar, dir) = spec.split_once(',').expect("EROFS_BENCH=<tar>,<dir>");
+    let (tar, dir) = (Path::new(tar), Path::new(dir));
+    let digest = {
+        let mut h = crate::digest::Hasher::new();
+        let mut f = fs::File::open(tar).unwrap();
+        std::io::copy(&mut f, &mut HashWriter(&mut h)).unwrap();
+        h.finish()
+    };
+    let drop_caches = || {
+        let _ = std::process::Command::new("sync").status();
+        let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+    };
+    let len = fs::metadata(tar).unwrap().len();
+    let image = dir.join("layer.erofs");
+    drop_caches();
+    let start = std::time::Instant::now();
+    let s = build_index(
+        fs::File::open(tar).unwrap(),
+        Compression::None,
+        &digest,
+        Backing {
+            data_base: 0,
+            backing_len: len,
+        },
+        &image,
+    )
+    .unwrap();
+    let index_secs = start.elapsed().as_secs_f64();
+    let mnt = dir.join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let start = std::time::Instant::now();
+    mount(&image, tar, &mnt).unwrap();
+    let mount_ms = start.elapsed().as_secs_f64() * 1e3;
+    unmount(&mnt).unwrap();
+    let ext = dir.join("ext");
+    fs::create_dir(&ext).unwrap();
+    drop_caches();
+    let start = std::time::Instant::now();
+    crate::extract::unpack_layer(
+        fs::File::open(tar).unwrap(),
+        Compression::None,
+        &digest,
+        &ext,
+    )
+    .unwrap();
+    let extract_secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "tar {len} bytes, {} entries: index {index_secs:.2} s ({} bytes of metadata), mount {mount_ms:.1} ms; extraction {extract_secs:.2} s",
+        s.tree.entries, s.image.bytes
+    );
+    // The same layer gzip-compressed (`<tar>.gz` beside it, if there):
+    // decompressed once into a copy while indexed, against extraction.
+    let gz = tar.with_extension("tar.gz");
+    if gz.exists() {
+        drop_caches();
+        let start = std::time::Instant::now();
+        build_index_with_copy(
+            fs::File::open(&gz).unwrap(),
+            Compression::Gzip,
+            &digest,
+            &dir.join("gz.erofs"),
+            &dir.join("gz.tar"),
+        )
+        .unwrap();
+        let copy_secs = start.elapsed().as_secs_f64();
+        let ext = dir.join("ext-gz");
+        fs::create_dir(&ext).unwrap();
+        drop_caches();
+        let start = std::time::Instant::now();
+        crate::extract::unpack_layer(
+            fs::File::open(&gz).unwrap(),
+            Compression::Gzip,
+            &digest,
+            &ext,
+        )
+        .unwrap();
+        eprintln!(
+            "gzip layer: decompressed copy + index {copy_secs:.2} s; extraction {:.2} s",
+            start.elapsed().as_secs_f64()
+        );
+    }
+}
+
+struct HashWriter<'a>(&'a mut crate::digest::Hasher);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

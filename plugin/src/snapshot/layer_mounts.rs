@@ -1,0 +1,836 @@
+//! Committed layers mounted from the archive instead of extracted (EROFS tar
+//! indexes, module [`crate::erofs`]).
+//!
+//! A layer staged this way is a directory like an extracted one, whose `fs`
+//! is the mount point of its index:
+//! ```text
+//! <dir>/layer.erofs   the EROFS metadata image
+//! <dir>/backing.json  the backing file: path, identity (dev, inode, size,
+//!                     mtime, ctime), where the layer starts, digests
+//! <dir>/layer.tar     for a layer not stored as a plain tar (compressed
+//!                     layer or archive): its tar, decompressed once while
+//!                     indexed; the backing file (named relatively), removed
+//!                     with the snapshot
+//! <dir>/fs            the EROFS mount (read-only), overlay's lower dir
+//! ```
+//! so [`super::mounts::Layout`] gives children the same `lowerdir`s either
+//! way. The mount exists from staging on: containerd mounts the overlay of
+//! a child right after Prepare. Renaming the staged directory into
+//! `snapshots/` moves the mount with it. After a daemon restart
+//! [`remount_all`] mounts every index again, if its archive is still the
+//! file that was indexed; [`unmount_under`] runs before any directory is
+//! deleted (Remove, cleanup, failed staging).
+//!
+//! The backing file is named to the kernel as `/proc/self/fd/<n>` of the
+//! archive opened and checked here, so the mount gets exactly the file whose
+//! identity was checked, and any path works (mount options cannot carry a
+//! `,`).
+
+use std::fs;
+use std::io::{self, Read};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{Compression, FileKey, LayerRef, LayerSource, PlainBlob};
+use crate::config::LayerMode;
+use crate::digest::Digest;
+use crate::erofs::{self, Backing};
+
+use super::meta::Usage;
+
+const IMAGE: &str = "layer.erofs";
+const RECORD: &str = "backing.json";
+/// The decompressed copy of a layer not stored as a plain tar.
+const COPY: &str = "layer.tar";
+
+/// What a mounted layer records of its backing archive.
+#[derive(Debug, Serialize, Deserialize)]
+struct BackingRecord {
+    archive: PathBuf,
+    key: FileKey,
+    data_base: u64,
+    digest: Digest,
+    diff_id: Digest,
+}
+
+/// Whether, and how, layers are mounted instead of extracted.
+pub(crate) struct LayerMounts {
+    /// False: extraction only (configured so, or the kernel cannot).
+    enabled: bool,
+    /// Compressed layers too, over a decompressed copy (`erofs`); `auto`
+    /// mounts only what needs no copy and extracts the rest.
+    copies: bool,
+    /// A layer that could not be mounted was logged once.
+    warned: AtomicBool,
+}
+
+impl LayerMounts {
+    /// Extraction only.
+    pub(crate) fn disabled() -> Self {
+        LayerMounts {
+            enabled: false,
+            copies: false,
+            warned: AtomicBool::new(false),
+        }
+    }
+
+    /// Decides from `mode` and what the kernel can do (probed with a tiny
+    /// index mounted under `scratch`). `erofs` on a kernel that cannot is
+    /// an error; `auto` then logs once and extracts.
+    pub(crate) fn new(mode: LayerMode, scratch: &Path) -> Result<Self, String> {
+        if mode == LayerMode::Extract {
+            return Ok(Self::disabled());
+        }
+        match probe(scratch) {
+            Ok(()) => {
+                tracing::info!("layers of uncompressed archives are mounted in place (EROFS)");
+                Ok(LayerMounts {
+                    enabled: true,
+                    copies: mode == LayerMode::Erofs,
+                    warned: AtomicBool::new(false),
+                })
+            }
+            Err(why) if mode == LayerMode::Erofs => Err(format!(
+                "layer_mounts = \"erofs\", but this kernel cannot mount EROFS tar indexes: {why}"
+            )),
+            Err(why) => {
+                tracing::info!(reason = %why, "EROFS layer mounts unavailable: layers are extracted");
+                Ok(Self::disabled())
+            }
+        }
+    }
+
+    /// Stages `layer` in `dir` (which must not exist) as a mounted index:
+    /// in place when it is an uncompressed layer of an uncompressed archive,
+    /// else over a decompressed copy; returns its usage. `None`: extract it
+    /// instead (mounts off, or indexing failed: logged, `dir` removed).
+    pub(crate) fn stage(
+        &self,
+        source: &dyn LayerSource,
+        layer: &LayerRef,
+        dir: &Path,
+    ) -> Option<Usage> {
+        if !self.enabled {
+            return None;
+        }
+        let plain = match layer.compression {
+            Compression::None => source.plain_blob(&layer.digest),
+            _ => None,
+        };
+        if plain.is_none() && !self.copies {
+            return None;
+        }
+        let backing = match &plain {
+            Some(p) => p.path.display().to_string(),
+            None => format!("a decompressed copy ({COPY})"),
+        };
+        let started = Instant::now();
+        let staged = match &plain {
+            Some(p) => stage(p, layer, dir),
+            None => stage_copy(source, layer, dir),
+        };
+        match staged {
+            Ok((usage, stats)) => {
+                tracing::info!(
+                    chain_id = %layer.chain_id,
+                    backing = %backing,
+                    entries = stats.tree.entries,
+                    metadata_bytes = stats.image.bytes,
+                    tar_bytes = stats.tar_bytes,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "layer mounted from archive (EROFS)"
+                );
+                crate::metrics::global().layers_mounted.inc();
+                Some(usage)
+            }
+            Err(err) => {
+                crate::metrics::global().layer_mount_failures.inc();
+                unmount_under(dir);
+                super::remove_all(dir);
+                let first = !self.warned.swap(true, Ordering::Relaxed);
+                tracing::warn!(
+                    chain_id = %layer.chain_id,
+                    digest = %layer.digest,
+                    backing = %backing,
+                    error = %err,
+                    first,
+                    "mounting the layer from the archive failed: extracting it"
+                );
+                None
+            }
+        }
+    }
+}
+
+/// Why a layer could not be mounted.
+#[derive(Debug, thiserror::Error)]
+enum StageError {
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("the archive changed since it was indexed")]
+    Changed,
+    #[error("open blob {digest}: {source}")]
+    OpenBlob { digest: Digest, source: io::Error },
+    #[error(transparent)]
+    Index(#[from] erofs::ErofsError),
+    #[error(transparent)]
+    Mount(#[from] erofs::MountError),
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StageError + 'a {
+    move |source| StageError::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn stage(
+    plain: &PlainBlob,
+    layer: &LayerRef,
+    dir: &Path,
+) -> Result<(Usage, erofs::IndexStats), StageError> {
+    let key_now = |f: &fs::File| {
+        f.metadata()
+            .map(|m| FileKey::of(&m))
+            .map_err(io_err("stat", &plain.path))
+    };
+    if key_now(&plain.file)? != plain.key {
+        return Err(StageError::Changed);
+    }
+    super::mkdir(dir, 0o700).map_err(|e| StageError::Io {
+        what: "create",
+        path: dir.to_owned(),
+        source: io::Error::other(e.to_string()),
+    })?;
+    let fs_dir = dir.join("fs");
+    fs::create_dir(&fs_dir).map_err(io_err("create", &fs_dir))?;
+    let image = dir.join(IMAGE);
+    let reader = FileRange {
+        file: plain.file.clone(),
+        pos: plain.offset,
+        end: plain.offset + plain.size,
+    };
+    // The digest of an uncompressed layer is its diffID, checked here.
+    let stats = erofs::build_index(
+        reader,
+        Compression::None,
+        &layer.diff_id,
+        Backing {
+            data_base: plain.offset,
+            backing_len: plain.key.size,
+        },
+        &image,
+    )?;
+    if key_now(&plain.file)? != plain.key {
+        return Err(StageError::Changed);
+    }
+    let record = BackingRecord {
+        archive: plain.path.clone(),
+        key: plain.key,
+        data_base: plain.offset,
+        digest: layer.digest,
+        diff_id: layer.diff_id,
+    };
+    write_record(dir, &record)?;
+    erofs::mount(&image, &fd_path(&plain.file), &fs_dir)?;
+    let size = fs::metadata(&image)
+        .map(|m| m.blocks() * 512)
+        .map_err(io_err("stat", &image))?;
+    Ok((
+        Usage {
+            size: size as i64,
+            inodes: stats.image.inodes as i64,
+        },
+        stats,
+    ))
+}
+
+/// Stages a layer that is not a plain tar in an archive: its blob is
+/// decompressed once into `<dir>/layer.tar` (the backing file, removed with
+/// the snapshot) while it is indexed.
+fn stage_copy(
+    source: &dyn LayerSource,
+    layer: &LayerRef,
+    dir: &Path,
+) -> Result<(Usage, erofs::IndexStats), StageError> {
+    super::mkdir(dir, 0o700).map_err(|e| StageError::Io {
+        what: "create",
+        path: dir.to_owned(),
+        source: io::Error::other(e.to_string()),
+    })?;
+    let fs_dir = dir.join("fs");
+    fs::create_dir(&fs_dir).map_err(io_err("create", &fs_dir))?;
+    let blob = source
+        .open_blob(&layer.digest)
+        .map_err(|source| StageError::OpenBlob {
+            digest: layer.digest,
+            source,
+        })?;
+    let image = dir.join(IMAGE);
+    let tar = dir.join(COPY);
+    let stats =
+        erofs::build_index_with_copy(blob, layer.compression, &layer.diff_id, &image, &tar)?;
+    let file = fs::File::open(&tar).map_err(io_err("open", &tar))?;
+    let key = key_of(&file, &tar)?;
+    let record = BackingRecord {
+        // Relative: inside the snapshot directory, wherever that moves.
+        archive: PathBuf::from(COPY),
+        key,
+        data_base: 0,
+        digest: layer.digest,
+        diff_id: layer.diff_id,
+    };
+    write_record(dir, &record)?;
+    erofs::mount(&image, &fd_path(&file), &fs_dir)?;
+    let size = [&image, &tar]
+        .iter()
+        .map(|p| fs::metadata(p).map(|m| m.blocks() * 512))
+        .sum::<io::Result<u64>>()
+        .map_err(io_err("stat", dir))?;
+    Ok((
+        Usage {
+            size: size as i64,
+            inodes: stats.image.inodes as i64,
+        },
+        stats,
+    ))
+}
+
+fn key_of(file: &fs::File, path: &Path) -> Result<FileKey, StageError> {
+    file.metadata()
+        .map(|m| FileKey::of(&m))
+        .map_err(io_err("stat", path))
+}
+
+fn write_record(dir: &Path, record: &BackingRecord) -> Result<(), StageError> {
+    let record_path = dir.join(RECORD);
+    let json = serde_json::to_vec_pretty(record).map_err(|e| StageError::Io {
+        what: "encode",
+        path: record_path.clone(),
+        source: io::Error::other(e),
+    })?;
+    write_synced(&record_path, &json).map_err(io_err("write", &record_path))
+}
+
+fn write_synced(path: &Path, data: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+/// The open file as a path the kernel resolves to exactly it.
+fn fd_path(file: &fs::File) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
+}
+
+/// Reads `file` from `pos` to `end` with pread (the file is shared).
+struct FileRange {
+    file: Arc<fs::File>,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for FileRange {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = buf
+            .len()
+            .min(usize::try_from(self.end - self.pos).unwrap_or(usize::MAX));
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the archive ends inside the layer",
+            ));
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// Mounts the index of every mounted-layer directory in `snapshots` whose
+/// `fs` is not mounted (after a restart), if its archive is still the file
+/// indexed; logs the ones that cannot be.
+pub(crate) fn remount_all(snapshots: &Path) {
+    let Ok(entries) = fs::read_dir(snapshots) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let record_path = dir.join(RECORD);
+        if !record_path.exists() {
+            continue;
+        }
+        let fs_dir = dir.join("fs");
+        if erofs::is_mounted(&fs_dir) {
+            continue;
+        }
+        if let Err(err) = remount(&dir, &record_path, &fs_dir) {
+            tracing::error!(
+                snapshot = %dir.display(),
+                error = %err,
+                "cannot mount a layer from its archive again: containers using it will fail until it is removed and pulled again"
+            );
+        }
+    }
+}
+
+fn remount(dir: &Path, record_path: &Path, fs_dir: &Path) -> Result<(), String> {
+    let record: BackingRecord = fs::read(record_path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        .map_err(|e| format!("reading {}: {e}", record_path.display()))?;
+    let what = |e: &dyn std::fmt::Display| {
+        format!(
+            "archive {} (layer {}): {e}",
+            record.archive.display(),
+            record.digest
+        )
+    };
+    // A relative path names a decompressed copy inside the snapshot.
+    let file = fs::File::open(dir.join(&record.archive)).map_err(|e| what(&e))?;
+    let key = file
+        .metadata()
+        .map(|m| FileKey::of(&m))
+        .map_err(|e| what(&e))?;
+    if key != record.key {
+        return Err(what(&"changed or replaced since the layer was indexed"));
+    }
+    erofs::mount(&dir.join(IMAGE), &fd_path(&file), fs_dir).map_err(|e| what(&e))?;
+    tracing::info!(snapshot = %dir.display(), archive = %record.archive.display(), "layer mounted from archive again");
+    Ok(())
+}
+
+/// Unmounts every EROFS mount at or below `path` (deepest first), so the
+/// directory can be deleted.
+pub(crate) fn unmount_under(path: &Path) {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|line| {
+            // "<id> <parent> <dev> <root> <mount point> <opts> ... - <fstype> ..."
+            let mut fields = line.split(' ');
+            let point = fields.nth(4)?;
+            let fstype = line.split(" - ").nth(1)?.split(' ').next()?;
+            (fstype == "erofs").then(|| PathBuf::from(unescape(point)))
+        })
+        .filter(|p| p.starts_with(path))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in points {
+        if let Err(err) = erofs::unmount(&p) {
+            tracing::warn!(error = %err, "unmounting a layer failed");
+        }
+    }
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    use std::os::unix::ffi::OsStringExt;
+    std::ffi::OsString::from_vec(out)
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Builds a tiny index and mounts it: EROFS, file-backed mounts, chunked
+/// files and a device table, all at once.
+fn probe(scratch: &Path) -> Result<(), String> {
+    let dir = tempfile::Builder::new()
+        .prefix("erofs-probe-")
+        .tempdir_in(scratch)
+        .map_err(|e| format!("temporary directory in {}: {e}", scratch.display()))?;
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(5);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    b.append_data(&mut h, "probe", &b"probe"[..])
+        .map_err(|e| e.to_string())?;
+    let tar = b.into_inner().map_err(|e| e.to_string())?;
+    let backing = dir.path().join("layer.tar");
+    fs::write(&backing, &tar).map_err(|e| e.to_string())?;
+    let image = dir.path().join(IMAGE);
+    erofs::build_index(
+        &tar[..],
+        Compression::None,
+        &Digest::of(&tar),
+        Backing {
+            data_base: 0,
+            backing_len: tar.len() as u64,
+        },
+        &image,
+    )
+    .map_err(|e| e.to_string())?;
+    let mnt = dir.path().join("fs");
+    fs::create_dir(&mnt).map_err(|e| e.to_string())?;
+    let file = fs::File::open(&backing).map_err(|e| e.to_string())?;
+    erofs::mount(&image, &fd_path(&file), &mnt).map_err(|e| e.to_string())?;
+    let read = fs::read(mnt.join("probe"));
+    let _ = erofs::unmount(&mnt);
+    match read {
+        Ok(data) if data == b"probe" => Ok(()),
+        Ok(_) => Err("the probe file read back wrong".into()),
+        Err(e) => Err(format!("reading the probe file: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use tonic::Code;
+
+    use super::*;
+    use crate::labels::TARGET_SNAPSHOT_REF;
+    use crate::snapshot::proto::containerd::services::snapshots::v1 as api;
+    use crate::snapshot::test_support::{layer_tar, Entry, FakeSource, TestServer};
+    use crate::snapshot::{Kind, SnapshotApi, Snapshotter};
+    use crate::testsupport::requires_root;
+    use crate::testsupport::tree::{assert_same_tree, TreeOptions};
+
+    /// Unmounts whatever a test left mounted under its directory.
+    struct Unmount(PathBuf);
+
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            for _ in 0..3 {
+                let _ = rustix::mount::unmount(
+                    self.0.join("merged"),
+                    rustix::mount::UnmountFlags::DETACH,
+                );
+            }
+            unmount_under(&self.0);
+        }
+    }
+
+    fn mount_overlay(opts: &str, target: &Path) {
+        let data = std::ffi::CString::new(opts).unwrap();
+        rustix::mount::mount(
+            "overlay",
+            target,
+            "overlay",
+            rustix::mount::MountFlags::empty(),
+            data.as_c_str(),
+        )
+        .unwrap_or_else(|e| panic!("overlay {opts}: {e}"));
+    }
+
+    fn committed(sn: &Snapshotter) -> Vec<(String, u64)> {
+        let mut v: Vec<_> = sn
+            .list(&[])
+            .unwrap()
+            .into_iter()
+            .filter(|i| i.record.kind == Kind::Committed)
+            .map(|i| (i.name, i.record.id))
+            .collect();
+        v.sort_by_key(|x| x.1);
+        v
+    }
+
+    /// Two archived layers through the gRPC Prepare path: mounted from the
+    /// archive (never opened as blobs), a container's overlay over them
+    /// equal to one over their extraction, mounted again after a restart
+    /// that lost the mounts, unmounted by Remove.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn archived_layers_are_mounted_committed_remounted_and_removed() {
+        requires_root!();
+        let work = tempfile::tempdir().unwrap();
+        let _guard = Unmount(work.path().to_owned());
+        let tars = vec![
+            layer_tar(&[
+                Entry::Dir("etc"),
+                Entry::File("etc/os-release", b"ID=test\n"),
+                Entry::File("etc/gone", b"x"),
+                Entry::Dir("opt"),
+                Entry::File("opt/old", b"old"),
+                Entry::Symlink("link", "etc/os-release"),
+            ]),
+            layer_tar(&[
+                Entry::Dir("etc"),
+                Entry::File("etc/.wh.gone", b""),
+                Entry::Dir("opt"),
+                Entry::File("opt/.wh..wh..opq", b""),
+                Entry::File("opt/new", b"new"),
+            ]),
+        ];
+        let mut fake = FakeSource::default();
+        let layers = fake.add_plain_image(&tars, &work.path().join("image.tar"));
+        let fake = Arc::new(fake);
+        let server =
+            TestServer::start_with(Some(fake.clone()), crate::config::LayerMode::Erofs).await;
+        let root = server.root();
+        let _root_guard = Unmount(root.clone());
+        let mut parent = String::new();
+        for (i, layer) in layers.iter().enumerate() {
+            let labels =
+                HashMap::from([(TARGET_SNAPSHOT_REF.to_string(), layer.chain_id.to_string())]);
+            let err = server
+                .client
+                .clone()
+                .prepare(api::PrepareSnapshotRequest {
+                    snapshotter: "airgap".into(),
+                    key: format!("ns/{i}/extract"),
+                    parent: parent.clone(),
+                    labels,
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+            parent = layer.chain_id.to_string();
+        }
+        assert_eq!(fake.total_opens(), 0, "a layer was read as a blob");
+        let ids: Vec<u64> = committed(&server.sn).iter().map(|c| c.1).collect();
+        assert_eq!(ids.len(), 2);
+        for id in &ids {
+            let dir = root.join("snapshots").join(id.to_string());
+            assert!(erofs::is_mounted(&dir.join("fs")));
+            assert!(dir.join(IMAGE).exists() && dir.join(RECORD).exists());
+        }
+        let usage = server.sn.usage(&parent).unwrap();
+        assert!(usage.size > 0 && usage.size < 64 * 1024, "{usage:?}");
+
+        // A container on top: its overlay against one over extracted layers.
+        let mounts = server
+            .sn
+            .prepare("ns/9/ctr", &parent, HashMap::new())
+            .unwrap();
+        assert_eq!(mounts[0].kind, "overlay");
+        let merged = work.path().join("merged");
+        std::fs::create_dir(&merged).unwrap();
+        mount_overlay(&mounts[0].options.join(","), &merged);
+        let mut lowers = Vec::new();
+        for (i, tar) in tars.iter().enumerate() {
+            let ext = work.path().join(format!("ext{i}"));
+            std::fs::create_dir(&ext).unwrap();
+            crate::extract::unpack_layer(&tar[..], Compression::None, &Digest::of(tar), &ext)
+                .unwrap();
+            lowers.insert(0, ext.display().to_string());
+        }
+        let expected = work.path().join("expected");
+        std::fs::create_dir(&expected).unwrap();
+        mount_overlay(&format!("lowerdir={}", lowers.join(":")), &expected);
+        let same = std::panic::catch_unwind(|| {
+            assert_same_tree(&expected, &merged, TreeOptions::default())
+        });
+        rustix::mount::unmount(&expected, rustix::mount::UnmountFlags::empty()).unwrap();
+        rustix::mount::unmount(&merged, rustix::mount::UnmountFlags::empty()).unwrap();
+        same.unwrap();
+        assert_eq!(
+            std::fs::read(merged.join("opt/new")).ok(),
+            None,
+            "unmounted"
+        );
+
+        // A restart that lost the mounts (a reboot keeps the state dir).
+        let state = server.stop_keeping_state().await;
+        unmount_under(&root);
+        for id in &ids {
+            assert!(!erofs::is_mounted(
+                &root.join("snapshots").join(id.to_string()).join("fs")
+            ));
+        }
+        let sn = Snapshotter::open_with(&root, Some(fake.clone()), crate::config::LayerMode::Erofs)
+            .unwrap();
+        for id in &ids {
+            assert!(erofs::is_mounted(
+                &root.join("snapshots").join(id.to_string()).join("fs")
+            ));
+        }
+        // Remove, children first, as containerd's GC does.
+        sn.remove("ns/9/ctr").unwrap();
+        sn.remove(&parent).unwrap();
+        sn.remove(&layers[0].chain_id.to_string()).unwrap();
+        for id in &ids {
+            let dir = root.join("snapshots").join(id.to_string());
+            assert!(!dir.exists(), "{} left", dir.display());
+        }
+        drop(sn);
+        drop(state);
+    }
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape(r"/a\040b/c\134d"), "/a b/c\\d");
+        assert_eq!(unescape(r"/plain"), "/plain");
+        assert_eq!(unescape(r"/x\04"), r"/x\04");
+    }
+
+    /// The real catalog over a docker-save archive of the test fixtures:
+    /// every layer mounted in place through Prepare, each equal to its
+    /// extraction, all unmounted by Remove.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn docker_save_archive_through_the_catalog() {
+        requires_root!();
+        use crate::testsupport::{busybox_bytes, docker_save, layer_tar, write, ImageSpec};
+        let work = tempfile::tempdir().unwrap();
+        let _guard = Unmount(work.path().to_owned());
+        let spec = ImageSpec::new(vec![
+            layer_tar(&[("bin/busybox", &busybox_bytes()), ("etc/hostname", b"a\n")]),
+            layer_tar(&[("etc/hello", b"hello\n"), ("etc/.wh.hostname", b"")]),
+        ]);
+        let archives = work.path().join("archives");
+        std::fs::create_dir(&archives).unwrap();
+        write(
+            &archives,
+            "busybox.tar",
+            &docker_save(&spec, &["busybox:1.36"]),
+        );
+        let catalog = crate::catalog::Catalog::open(crate::catalog::CatalogOptions {
+            dirs: vec![archives.clone()],
+            settle: std::time::Duration::ZERO,
+            cache_bytes: 64 << 20,
+            ..Default::default()
+        })
+        .unwrap();
+        let server = TestServer::start_with(Some(catalog), crate::config::LayerMode::Auto).await;
+        let root = server.root();
+        let _root_guard = Unmount(root.clone());
+        let mut parent = String::new();
+        for (i, chain) in spec.chain_ids().iter().enumerate() {
+            let labels = HashMap::from([(TARGET_SNAPSHOT_REF.to_string(), chain.to_string())]);
+            let err = server
+                .client
+                .clone()
+                .prepare(api::PrepareSnapshotRequest {
+                    snapshotter: "airgap".into(),
+                    key: format!("ns/{i}/extract"),
+                    parent: parent.clone(),
+                    labels,
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+            parent = chain.to_string();
+        }
+        let all = committed(&server.sn);
+        assert_eq!(all.len(), 2);
+        for (i, (_, id)) in all.iter().enumerate() {
+            let fs_dir = root.join("snapshots").join(id.to_string()).join("fs");
+            assert!(erofs::is_mounted(&fs_dir), "layer {i} not mounted");
+            let ext = work.path().join(format!("ext{i}"));
+            std::fs::create_dir(&ext).unwrap();
+            let tar = &spec.layers[i];
+            crate::extract::unpack_layer(&tar[..], Compression::None, &Digest::of(tar), &ext)
+                .unwrap();
+            assert_same_tree(&ext, &fs_dir, TreeOptions { dir_times: false });
+        }
+        for (name, _) in all.iter().rev() {
+            server.sn.remove(name).unwrap();
+        }
+        assert!(crate::snapshot::test_support::dir_names(&root.join("snapshots")).is_empty());
+        server.stop().await;
+    }
+
+    /// Gzip layers (not stored as plain tars): decompressed once into the
+    /// snapshot, indexed, mounted, equal to their extraction, mounted again
+    /// after a restart (the copy moved with the directory), removed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn compressed_layers_are_mounted_over_a_decompressed_copy() {
+        requires_root!();
+        let work = tempfile::tempdir().unwrap();
+        let _guard = Unmount(work.path().to_owned());
+        let tars = vec![
+            layer_tar(&[
+                Entry::Dir("a"),
+                Entry::File("a/x", b"x"),
+                Entry::File("a/y", b"y"),
+            ]),
+            layer_tar(&[
+                Entry::Dir("a"),
+                Entry::File("a/.wh.x", b""),
+                Entry::File("b", b"b"),
+            ]),
+        ];
+        let mut fake = FakeSource::default();
+        let layers = fake.add_image(&tars, &[]);
+        assert_eq!(layers[0].compression, Compression::Gzip);
+        let fake = Arc::new(fake);
+        let server =
+            TestServer::start_with(Some(fake.clone()), crate::config::LayerMode::Erofs).await;
+        let root = server.root();
+        let _root_guard = Unmount(root.clone());
+        let mut parent = String::new();
+        for (i, layer) in layers.iter().enumerate() {
+            let labels =
+                HashMap::from([(TARGET_SNAPSHOT_REF.to_string(), layer.chain_id.to_string())]);
+            let err = server
+                .client
+                .clone()
+                .prepare(api::PrepareSnapshotRequest {
+                    snapshotter: "airgap".into(),
+                    key: format!("ns/{i}/extract"),
+                    parent: parent.clone(),
+                    labels,
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+            parent = layer.chain_id.to_string();
+        }
+        let all = committed(&server.sn);
+        let check = |all: &[(String, u64)]| {
+            for (i, (_, id)) in all.iter().enumerate() {
+                let dir = root.join("snapshots").join(id.to_string());
+                assert!(erofs::is_mounted(&dir.join("fs")), "layer {i} not mounted");
+                assert_eq!(std::fs::read(dir.join(COPY)).unwrap(), tars[i]);
+                let ext = work
+                    .path()
+                    .join(format!("ext{i}-{}", dir.display().to_string().len()));
+                let _ = std::fs::remove_dir_all(&ext);
+                std::fs::create_dir(&ext).unwrap();
+                let tar = &tars[i];
+                crate::extract::unpack_layer(&tar[..], Compression::None, &Digest::of(tar), &ext)
+                    .unwrap();
+                assert_same_tree(&ext, &dir.join("fs"), TreeOptions::default());
+            }
+        };
+        check(&all);
+        let state = server.stop_keeping_state().await;
+        unmount_under(&root);
+        let sn = Snapshotter::open_with(&root, Some(fake.clone()), crate::config::LayerMode::Erofs)
+            .unwrap();
+        check(&all);
+        for (name, _) in all.iter().rev() {
+            sn.remove(name).unwrap();
+        }
+        assert!(crate::snapshot::test_support::dir_names(&root.join("snapshots")).is_empty());
+        drop(sn);
+        drop(state);
+    }
+}

@@ -448,6 +448,12 @@ impl Catalog {
         report
     }
 
+    /// Whether the first scan of the directories has finished: until then
+    /// the catalog holds only part of what the archives hold.
+    pub fn first_scan_done(&self) -> bool {
+        *self.scanned.0.lock().unwrap()
+    }
+
     /// The state, once the first scan is done (waiting at most
     /// [`FIRST_SCAN_WAIT`], or until [`Catalog::shutdown`]; after that,
     /// whatever is indexed so far).

@@ -197,7 +197,15 @@ impl Importer {
             tokio::task::spawn_blocking(move || plan::plan(&catalog, &platform, &snapshotter))
                 .await
                 .map_err(|_| ImportError::Protocol("planning task failed"))?;
-        let scope = self.catalog.options().dirs.clone();
+        // Images are unregistered only against a whole view of the
+        // archives: not while the first scan is unfinished (it waited
+        // long enough to give up), nor while the daemon stops.
+        let complete = self.catalog.first_scan_done() && !self.catalog.stopping();
+        let scope = if complete {
+            self.catalog.options().dirs.clone()
+        } else {
+            Vec::new()
+        };
         let mut report = ImportReport {
             skipped,
             ..Default::default()
@@ -284,7 +292,8 @@ impl Importer {
         Ok(())
     }
 
-    /// Brings one namespace in line with `plan`.
+    /// Brings one namespace in line with `plan`; unregisters only what
+    /// came from archives in `scope`.
     async fn reconcile(
         &self,
         ns: Namespaced<'_>,

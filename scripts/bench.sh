@@ -628,11 +628,11 @@ for ((round = 1; round <= reps; round++)); do
         continue
     fi
     if ((imports)); then
+        step_register lazy oci
+        step_register eager oci
         step_import oci
         step_registry cri
         step_daemon snap oci
-        step_register lazy oci
-        step_register eager oci
         step_floor parallel
         continue
     fi

@@ -1411,18 +1411,20 @@ fn start_importing(env: &mut Env, mode: &str) -> Result<()> {
         .wait_snapshotter_reachable(Duration::from_secs(30))
 }
 
-/// Waits until CRI lists `image` (by tag), as kubelet would see it.
+/// Waits until CRI lists `image` (by tag) with its repo digest, as
+/// kubelet would see it. containerd's CRI picks each image record up from
+/// its own event, so the tag may show a moment before the digest.
 fn wait_listed(env: &mut Env, image: &str) -> Result<airgap_integration::cri::v1::Image> {
     let mut found = None;
     process::wait_until(
-        &format!("CRI to list {image}"),
+        &format!("CRI to list {image} with its repo digest"),
         Duration::from_secs(60),
         || {
             found = env
                 .cri
                 .list_images()?
                 .into_iter()
-                .find(|i| i.repo_tags.iter().any(|t| t == image));
+                .find(|i| i.repo_tags.iter().any(|t| t == image) && !i.repo_digests.is_empty());
             Ok(found.is_some())
         },
     )?;

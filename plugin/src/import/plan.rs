@@ -126,11 +126,15 @@ fn registration(
     }
 
     let reference = Reference::parse(&entry.name).map_err(|e| e.to_string())?;
-    let mut records = vec![manifest.config.to_string()];
+    // The tag last: CRI lists an image under its tag as soon as that record
+    // exists, and kubelet then finds its repo digest and id already there.
+    let mut records = vec![
+        manifest.config.to_string(),
+        format!("{}@{}", reference.repository(), entry.digest),
+    ];
     if reference.tag.is_some() {
         records.push(entry.name.clone());
     }
-    records.push(format!("{}@{}", reference.repository(), entry.digest));
 
     Ok(Registration {
         name: entry.name.clone(),
@@ -227,8 +231,8 @@ mod tests {
             r.records,
             [
                 built_arm.config.to_string(),
-                "registry.k8s.io/pause:3.9".to_string(),
                 format!("registry.k8s.io/pause@{index}"),
+                "registry.k8s.io/pause:3.9".to_string(),
             ]
         );
         let chain = arm.chain_ids();

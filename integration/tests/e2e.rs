@@ -937,14 +937,9 @@ fn concurrent_pulls_share_archived_layers() {
     );
 }
 
-fn concurrent(test: &str, env: &mut Env, images: &Images) -> Result<()> {
-    let mark = env.registry.mark();
-    let names = [
-        images.archived[0].name.clone(),
-        images.archived[0].name.clone(),
-        images.archived[1].name.clone(),
-    ];
-    eprintln!("== {test}: pulling {names:?} at once");
+/// CRI PullImage of every name at once, one client each (as many kubelets
+/// pulling); every pull must succeed.
+fn pull_at_once(env: &Env, names: &[String]) -> Result<()> {
     let address = env.containerd.address().to_path_buf();
     let results: Vec<Result<String>> = std::thread::scope(|scope| {
         let handles: Vec<_> = names
@@ -965,6 +960,18 @@ fn concurrent(test: &str, env: &mut Env, images: &Images) -> Result<()> {
     for (name, result) in names.iter().zip(results) {
         result.with_context(|| format!("concurrent pull of {name}"))?;
     }
+    Ok(())
+}
+
+fn concurrent(test: &str, env: &mut Env, images: &Images) -> Result<()> {
+    let mark = env.registry.mark();
+    let names = [
+        images.archived[0].name.clone(),
+        images.archived[0].name.clone(),
+        images.archived[1].name.clone(),
+    ];
+    eprintln!("== {test}: pulling {names:?} at once");
+    pull_at_once(env, &names)?;
     for (n, image) in images.archived.iter().enumerate() {
         let downloaded = layer_gets(env, image, mark);
         ensure!(
@@ -1873,26 +1880,7 @@ fn twenty_pulls(test: &str, env: &mut Env, images: &Images) -> Result<()> {
         .map(|i| images.archived[i % images.archived.len()].name.clone())
         .collect();
     eprintln!("== {test}: 20 CRI pulls at once");
-    let address = env.containerd.address().to_path_buf();
-    let results: Vec<Result<String>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = names
-            .iter()
-            .map(|name| {
-                let address = address.clone();
-                scope.spawn(move || CriClient::connect(&address)?.pull_image(name))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("pull thread panicked")))
-            })
-            .collect()
-    });
-    for (name, result) in names.iter().zip(results) {
-        result.with_context(|| format!("concurrent pull of {name}"))?;
-    }
+    pull_at_once(env, &names)?;
     let log = env.daemon.log();
     let mut chain_ids = BTreeSet::new();
     for image in &images.archived {

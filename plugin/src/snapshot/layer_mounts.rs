@@ -596,24 +596,7 @@ mod tests {
             TestServer::start_with(Some(fake.clone()), crate::config::LayerMode::Erofs).await;
         let root = server.root();
         let _root_guard = Unmount(root.clone());
-        let mut parent = String::new();
-        for (i, layer) in layers.iter().enumerate() {
-            let labels =
-                HashMap::from([(TARGET_SNAPSHOT_REF.to_string(), layer.chain_id.to_string())]);
-            let err = server
-                .client
-                .clone()
-                .prepare(api::PrepareSnapshotRequest {
-                    snapshotter: "airgap".into(),
-                    key: format!("ns/{i}/extract"),
-                    parent: parent.clone(),
-                    labels,
-                })
-                .await
-                .unwrap_err();
-            assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
-            parent = layer.chain_id.to_string();
-        }
+        let parent = server.commit_layers(&layers, &HashMap::new()).await;
         assert_eq!(fake.total_opens(), 0, "a layer was read as a blob");
         let ids: Vec<u64> = committed(&server.sn).iter().map(|c| c.1).collect();
         assert_eq!(ids.len(), 2);
@@ -785,24 +768,7 @@ mod tests {
             TestServer::start_with(Some(fake.clone()), crate::config::LayerMode::Erofs).await;
         let root = server.root();
         let _root_guard = Unmount(root.clone());
-        let mut parent = String::new();
-        for (i, layer) in layers.iter().enumerate() {
-            let labels =
-                HashMap::from([(TARGET_SNAPSHOT_REF.to_string(), layer.chain_id.to_string())]);
-            let err = server
-                .client
-                .clone()
-                .prepare(api::PrepareSnapshotRequest {
-                    snapshotter: "airgap".into(),
-                    key: format!("ns/{i}/extract"),
-                    parent: parent.clone(),
-                    labels,
-                })
-                .await
-                .unwrap_err();
-            assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
-            parent = layer.chain_id.to_string();
-        }
+        server.commit_layers(&layers, &HashMap::new()).await;
         let all = committed(&server.sn);
         let check = |all: &[(String, u64)]| {
             for (i, (_, id)) in all.iter().enumerate() {

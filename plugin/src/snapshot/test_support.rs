@@ -413,6 +413,41 @@ pub struct TestServer<S = Snapshotter> {
 }
 
 impl TestServer {
+    /// containerd's unpack of `layers` through the remote path: a Prepare
+    /// naming each layer's chain ID as its target (`labels` added), which
+    /// must be answered `ALREADY_EXISTS`. Returns the top layer's snapshot
+    /// name (its chain ID: the name the remote path commits it under).
+    pub async fn commit_layers(
+        &self,
+        layers: &[LayerRef],
+        labels: &HashMap<String, String>,
+    ) -> String {
+        let mut parent = String::new();
+        for (i, layer) in layers.iter().enumerate() {
+            let mut labels = labels.clone();
+            labels.insert(
+                crate::labels::TARGET_SNAPSHOT_REF.to_string(),
+                layer.chain_id.to_string(),
+            );
+            let err = self
+                .client
+                .clone()
+                .prepare(
+                    super::proto::containerd::services::snapshots::v1::PrepareSnapshotRequest {
+                        snapshotter: "airgap".into(),
+                        key: format!("ns/{i}/extract {}", layer.chain_id),
+                        parent: parent.clone(),
+                        labels,
+                    },
+                )
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
+            parent = layer.chain_id.to_string();
+        }
+        parent
+    }
+
     /// A [`Snapshotter`] rooted in a fresh temporary directory, served.
     pub async fn start(source: Option<Arc<dyn LayerSource>>) -> TestServer {
         let dir = tempfile::tempdir().unwrap();

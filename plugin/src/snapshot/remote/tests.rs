@@ -497,33 +497,10 @@ async fn a_pull_after_gc_prefetches_again() {
     server.stop().await;
 }
 
-fn import_labels(chain: &Digest, mode: &str) -> HashMap<String, String> {
-    HashMap::from([
-        (TARGET_SNAPSHOT_REF.to_string(), chain.to_string()),
-        (AIRGAP_IMPORT.to_string(), mode.to_string()),
-    ])
-}
-
 /// Registers `layers` the way the importer does; returns the top's name.
-async fn import(server: &mut TestServer, layers: &[LayerRef]) -> String {
-    let mut parent = String::new();
-    for (i, layer) in layers.iter().enumerate() {
-        let key = format!("k8s.io/{i}/airgap-import-{i} {}", layer.chain_id);
-        let err = server
-            .client
-            .prepare(prepare(
-                &key,
-                &parent,
-                import_labels(&layer.chain_id, "lazy"),
-            ))
-            .await
-            .unwrap_err();
-        assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
-        parent = lookup(server, &layer.chain_id, &parent).await[0]
-            .name
-            .clone();
-    }
-    parent
+async fn import(server: &TestServer, layers: &[LayerRef]) -> String {
+    let labels = HashMap::from([(AIRGAP_IMPORT.to_string(), "lazy".to_string())]);
+    server.commit_layers(layers, &labels).await
 }
 
 fn view(key: &str, parent: &str) -> api::ViewSnapshotRequest {
@@ -553,8 +530,8 @@ async fn imported_layers_are_filled_once_on_first_use() {
     let fake = Arc::new(fake);
     let mut server = TestServer::start(Some(fake.clone())).await;
 
-    let top_a = import(&mut server, &a).await;
-    let top_b = import(&mut server, &b).await;
+    let top_a = import(&server, &a).await;
+    let top_b = import(&server, &b).await;
     assert_eq!(fake.total_opens(), 0, "registration read no layer");
     let usage = server
         .client
@@ -615,7 +592,7 @@ async fn an_imported_layer_that_cannot_be_filled_fails_naming_it() {
     fake.corrupt(&layers[1].digest, b"not the layer".to_vec());
     let fake = Arc::new(fake);
     let mut server = TestServer::start(Some(fake.clone())).await;
-    let top = import(&mut server, &layers).await;
+    let top = import(&server, &layers).await;
 
     let err = server.client.view(view("v1", &top)).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");

@@ -167,6 +167,10 @@ impl<'a> Namespaced<'a> {
             .max_decoding_message_size(64 << 20)
     }
 
+    fn leases(&self) -> leases::leases_client::LeasesClient<Channel> {
+        leases::leases_client::LeasesClient::new(self.client.channel.clone())
+    }
+
     fn snapshots(&self) -> snapshots::snapshots_client::SnapshotsClient<Channel> {
         snapshots::snapshots_client::SnapshotsClient::new(self.client.channel.clone())
     }
@@ -183,8 +187,8 @@ impl<'a> Namespaced<'a> {
             id,
             labels: HashMap::from([(GC_EXPIRE.to_string(), expire)]),
         });
-        let mut client = leases::leases_client::LeasesClient::new(self.client.channel.clone());
-        let lease = client
+        let lease = self
+            .leases()
             .create(request)
             .await
             .map_err(failed("leases.Create"))?
@@ -199,8 +203,7 @@ impl<'a> Namespaced<'a> {
             id: id.to_string(),
             sync: false,
         });
-        let mut client = leases::leases_client::LeasesClient::new(self.client.channel.clone());
-        match client.delete(request).await {
+        match self.leases().delete(request).await {
             Ok(_) => Ok(()),
             Err(s) if s.code() == Code::NotFound => Ok(()),
             Err(s) => Err(failed("leases.Delete")(s)),
@@ -221,8 +224,7 @@ impl<'a> Namespaced<'a> {
                 r#type: kind.to_string(),
             }),
         });
-        let mut client = leases::leases_client::LeasesClient::new(self.client.channel.clone());
-        client
+        self.leases()
             .add_resource(request)
             .await
             .map_err(failed("leases.AddResource"))?;

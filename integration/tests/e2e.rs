@@ -484,6 +484,15 @@ fn pause_options(host: &str) -> ContainerdOptions {
     }
 }
 
+/// The archived images of a pod test: a sample image named `name:v1`,
+/// then the pause image.
+fn sample_with_pause(host: &str, name: &str) -> Result<(Vec<TestImage>, Vec<ImageSpec>)> {
+    Ok((
+        vec![sample_spec(host, name, "v1")?.into(), pause_image(host)?],
+        vec![],
+    ))
+}
+
 fn pause_image(host: &str) -> Result<TestImage> {
     Ok(TestImage {
         cmd: Some(image::PAUSE_CMD),
@@ -507,15 +516,7 @@ fn cri_pod_runs_archived_image() {
     run_test_with_host(
         test,
         pause_options,
-        |host| {
-            Ok((
-                vec![
-                    sample_spec(host, "podimage", "v1")?.into(),
-                    pause_image(host)?,
-                ],
-                vec![],
-            ))
-        },
+        |host| sample_with_pause(host, "podimage"),
         cri_pod,
     );
 }
@@ -1451,15 +1452,7 @@ fn imported_image_runs_without_a_pull() {
     run_test_with_host(
         test,
         pause_options,
-        |host| {
-            Ok((
-                vec![
-                    sample_spec(host, "imported", "v1")?.into(),
-                    pause_image(host)?,
-                ],
-                vec![],
-            ))
-        },
+        |host| sample_with_pause(host, "imported"),
         import_lazy,
     );
 }

@@ -9,7 +9,9 @@
 //! mirror_allow_non_loopback = false  # true to let the mirror (and metrics) bind a non-loopback address
 //! metrics_listen = "127.0.0.1:5051"  # Prometheus `GET /metrics`, or "off"
 //! cache_bytes = "10GiB"              # or a number of bytes
-//! layer_mounts = "auto"              # "erofs": mount uncompressed layers in place; "extract"
+//! layer_mounts = "auto"              # "erofs" (required), or "extract"
+//! prepare_layers = "on-pull"         # "on-arrival": decompress and index compressed layers ahead
+//! layer_store_bytes = "10GiB"        # prepared layers kept when no snapshot uses them
 //! containerd_address = "/run/containerd/containerd.sock"
 //!
 //! # Archived images registered in containerd before anyone pulls them.
@@ -49,6 +51,8 @@ pub const DEFAULT_IMPORT_NAMESPACE: &str = "k8s.io";
 pub const DEFAULT_SNAPSHOTTER: &str = "airgap";
 /// 10 GiB of decompressed layers.
 pub const DEFAULT_CACHE_BYTES: u64 = 10 << 30;
+/// 10 GiB of prepared layers not in use.
+pub const DEFAULT_LAYER_STORE_BYTES: u64 = 10 << 30;
 
 /// Longest path a unix socket address holds (`sun_path`, with its NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -102,6 +106,15 @@ pub struct ServeArgs {
     /// `extract`, or `auto` (EROFS where the kernel can) [default: auto].
     #[arg(long, value_enum)]
     pub layer_mounts: Option<LayerMode>,
+    /// When compressed layers are decompressed and indexed for mounting:
+    /// `on-pull`, or `on-arrival` (in the background as soon as their
+    /// archive is indexed) [default: on-pull].
+    #[arg(long, value_enum)]
+    pub prepare_layers: Option<PrepareLayers>,
+    /// Byte budget of prepared layers no snapshot uses (suffixes as
+    /// --cache-bytes) [default: 10GiB].
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    pub layer_store_bytes: Option<u64>,
 }
 
 /// The `[import]` table: archived images registered in containerd before
@@ -158,13 +171,29 @@ pub struct Config {
         deserialize_with = "deserialize_bytes"
     )]
     pub cache_bytes: u64,
-    /// How layers taken from archives become snapshots: `erofs` mounts an
-    /// uncompressed layer of an uncompressed archive in place (an EROFS
-    /// index of its metadata, the archive as backing file; Linux 6.12+) and
-    /// any other layer over a tar decompressed once into its snapshot,
-    /// `extract` always extracts, `auto` mounts where the kernel can and
-    /// extracts otherwise (said once in the log).
+    /// How layers taken from archives become snapshots: mounted (an EROFS
+    /// index of the layer's metadata over its data, Linux 6.12+): an
+    /// uncompressed layer of an uncompressed archive in place, with the
+    /// archive as backing file, any other layer over its tar decompressed
+    /// once into the layer store (`<root>/layers`); or extracted. `auto`
+    /// mounts where the kernel can and extracts otherwise (said once in the
+    /// log), `erofs` refuses to start on a kernel that cannot, `extract`
+    /// always extracts.
     pub layer_mounts: LayerMode,
+    /// When compressed layers are prepared for mounting: `on-pull`, or
+    /// `on-arrival` (decompressed and indexed in the background as soon as
+    /// their archive is indexed, while the store's budget lasts). The
+    /// indexes of uncompressed layers (metadata only) are always built on
+    /// arrival.
+    pub prepare_layers: PrepareLayers,
+    /// Byte budget of the layer store's entries that no snapshot uses
+    /// (least recently used evicted first); entries in use are never
+    /// evicted, and a pull is never refused for lack of budget.
+    #[serde(
+        serialize_with = "serialize_bytes",
+        deserialize_with = "deserialize_bytes"
+    )]
+    pub layer_store_bytes: u64,
     /// Registries the mirror fetches from what the archives lack
     /// (`[[upstream]]` tables).
     pub upstream: Vec<UpstreamConfig>,
@@ -181,6 +210,15 @@ pub enum LayerMode {
     Auto,
     Erofs,
     Extract,
+}
+
+/// See [`Config::prepare_layers`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum PrepareLayers {
+    #[default]
+    OnPull,
+    OnArrival,
 }
 
 /// One `[[upstream]]` table: where images of `registry` are fetched from
@@ -242,6 +280,8 @@ impl Default for Config {
             metrics_listen: Listen::Addr(DEFAULT_METRICS_LISTEN.parse().expect("valid")),
             cache_bytes: DEFAULT_CACHE_BYTES,
             layer_mounts: LayerMode::Auto,
+            prepare_layers: PrepareLayers::OnPull,
+            layer_store_bytes: DEFAULT_LAYER_STORE_BYTES,
             upstream: Vec::new(),
             containerd_address: PathBuf::from(DEFAULT_CONTAINERD_ADDRESS),
             import: ImportConfig::default(),
@@ -392,6 +432,12 @@ impl Config {
         }
         if let Some(m) = args.layer_mounts {
             config.layer_mounts = m;
+        }
+        if let Some(p) = args.prepare_layers {
+            config.prepare_layers = p;
+        }
+        if let Some(b) = args.layer_store_bytes {
+            config.layer_store_bytes = b;
         }
         config.validate()?;
         Ok(config)

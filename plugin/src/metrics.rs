@@ -32,6 +32,15 @@ pub struct Metrics {
     /// Layers that could have been mounted but were extracted (indexing or
     /// mounting failed).
     pub layer_mount_failures: Counter,
+    /// Layers prepared for mounting (indexed, and decompressed if need be)
+    /// into the layer store, on pull or ahead of it.
+    pub layers_prepared: Counter,
+    /// Layers waiting to be prepared ahead of any pull.
+    pub layer_prepare_pending: Gauge,
+    /// The layer store: entries, bytes, evictions.
+    pub layer_store_entries: Gauge,
+    pub layer_store_bytes: Gauge,
+    pub layer_store_evictions: Counter,
     /// Prepares that went the ordinary way (containerd downloads the
     /// layer), by reason.
     pub layer_fallbacks: Family<Labels, Counter>,
@@ -56,6 +65,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     layers_from_archive: Counter::default(),
     layers_mounted: Counter::default(),
     layer_mount_failures: Counter::default(),
+    layers_prepared: Counter::default(),
+    layer_prepare_pending: Gauge::default(),
+    layer_store_entries: Gauge::default(),
+    layer_store_bytes: Gauge::default(),
+    layer_store_evictions: Counter::default(),
     layer_fallbacks: Family::default(),
     // 10 ms .. ~10 min.
     extraction_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 16)),
@@ -139,6 +153,31 @@ pub fn registry(catalog: Arc<Catalog>) -> Registry {
         "airgap_layer_mount_failures",
         "Layers that could have been mounted from their archive but were extracted",
         m.layer_mount_failures.clone(),
+    );
+    r.register(
+        "airgap_layers_prepared",
+        "Layers prepared for mounting (indexed, decompressed if need be) into the layer store",
+        m.layers_prepared.clone(),
+    );
+    r.register(
+        "airgap_layer_prepare_pending",
+        "Layers waiting to be prepared ahead of any pull",
+        m.layer_prepare_pending.clone(),
+    );
+    r.register(
+        "airgap_layer_store_entries",
+        "Prepared layers in the layer store",
+        m.layer_store_entries.clone(),
+    );
+    r.register(
+        "airgap_layer_store_bytes",
+        "Bytes the layer store holds (in use or not)",
+        m.layer_store_bytes.clone(),
+    );
+    r.register(
+        "airgap_layer_store_evictions",
+        "Prepared layers evicted from the layer store",
+        m.layer_store_evictions.clone(),
     );
     r.register(
         "airgap_layer_fallbacks",

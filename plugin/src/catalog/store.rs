@@ -565,6 +565,56 @@ impl Catalog {
             .cloned()
     }
 
+    /// The manifest of `entry` that a node of `platform` (`linux/amd64`)
+    /// runs: containerd's matcher prefers the exact platform to a variant
+    /// of it. The error says which platforms the archive has.
+    pub fn platform_manifest(
+        &self,
+        entry: &ImageEntry,
+        platform: &str,
+    ) -> Result<ManifestEntry, String> {
+        let manifests: Vec<_> = entry
+            .manifests
+            .iter()
+            .filter_map(|d| self.manifest(d))
+            .collect();
+        manifests
+            .iter()
+            .find(|m| m.platform == platform)
+            .or_else(|| {
+                manifests
+                    .iter()
+                    .find(|m| crate::setup::platform_matches(&m.platform, platform))
+            })
+            .cloned()
+            .ok_or_else(|| {
+                format!(
+                    "no manifest for {platform} (archived: {})",
+                    entry.platforms.join(", ")
+                )
+            })
+    }
+
+    /// Every archived layer a node of `platform` can run, bottom first per
+    /// image, each once: what is worth preparing before anyone pulls.
+    pub fn layers_for(&self, platform: &str) -> Vec<LayerRef> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for image in self.images() {
+            let Ok(manifest) = self.platform_manifest(&image.entry, platform) else {
+                continue;
+            };
+            for chain_id in &manifest.chain {
+                if let Some(layer) = self.layer(chain_id) {
+                    if seen.insert(layer.digest) {
+                        out.push(layer);
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// The references listed in the image lists (`*.txt`, k3s's habit) of
     /// the archive directories, each once, with the file naming it. Lines
     /// are references; blank lines and `#` comments are skipped.

@@ -16,12 +16,12 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::UnixListenerStream;
 
 use airgap_snapshotter::catalog::{Catalog, CatalogOptions, LayerSource};
-use airgap_snapshotter::config::{Config, Listen, ServeArgs};
+use airgap_snapshotter::config::{Config, LayerMode, Listen, ServeArgs};
 use airgap_snapshotter::import::{ImportMode, ImportOptions, Importer};
 use airgap_snapshotter::mirror::Mirror;
 use airgap_snapshotter::registry::Upstreams;
 use airgap_snapshotter::snapshot::service::SnapshotService;
-use airgap_snapshotter::snapshot::{blocking, Snapshotter};
+use airgap_snapshotter::snapshot::{blocking, LayerOptions, Snapshotter};
 use airgap_snapshotter::systemd;
 
 /// Runs the daemon; returns when it was asked to stop.
@@ -84,11 +84,12 @@ async fn serve(
     let metrics_catalog = catalog.clone();
     let import_catalog = catalog.clone();
     let stop_catalog = catalog.clone();
+    let prepare_catalog = catalog.clone();
     let source: Option<Arc<dyn LayerSource>> = Some(catalog);
 
     let root = config.root.clone();
-    let layer_mounts = config.layer_mounts;
-    let snapshotter = blocking(move || Snapshotter::open_with(&root, source, layer_mounts))
+    let layer_options = LayerOptions::from_config(&config);
+    let snapshotter = blocking(move || Snapshotter::open_with(&root, source, layer_options))
         .await
         .with_context(|| format!("open snapshotter state in {}", config.root.display()))?;
 
@@ -146,6 +147,13 @@ async fn serve(
     });
 
     let import_stop = stop_rx.clone();
+    let prepare_task = (config.layer_mounts != LayerMode::Extract).then(|| {
+        tokio::spawn(prepare_on_arrival(
+            prepare_catalog,
+            snapshotter.clone(),
+            stop_rx.clone(),
+        ))
+    });
     let server = tonic::transport::Server::builder()
         .add_service(SnapshotService::new(snapshotter).into_server())
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped(stop_rx.clone()));
@@ -195,6 +203,11 @@ async fn serve(
             tracing::debug!("registration still running at shutdown; cut off");
         }
     }
+    if let Some(task) = prepare_task {
+        // A layer being prepared is left half-built (removed at the next
+        // start); the runtime's drain does not wait for it.
+        task.abort();
+    }
     if let Some(task) = metrics_task {
         match tokio::time::timeout(std::time::Duration::from_secs(1), task).await {
             Ok(Ok(Ok(()))) => {}
@@ -206,6 +219,43 @@ async fn serve(
     result.context("serve the snapshots API")?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prepares archived layers for mounting as their archives arrive (see
+/// `snapshot::layer_store`): after the first scan and after every change
+/// of the archives, until `stop`.
+async fn prepare_on_arrival(
+    catalog: Arc<Catalog>,
+    snapshotter: Arc<Snapshotter>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut changes = catalog.subscribe();
+    loop {
+        if catalog.first_scan_done() && !catalog.stopping() {
+            let catalog = catalog.clone();
+            let snapshotter = snapshotter.clone();
+            let pass = tokio::task::spawn_blocking(move || {
+                let started = std::time::Instant::now();
+                let layers = catalog.layers_for(&airgap_snapshotter::setup::platform());
+                let prepared = snapshotter.prepare_ahead(&layers, &|| catalog.stopping());
+                (layers.len(), prepared, started.elapsed())
+            });
+            match pass.await {
+                Ok((_, 0, _)) => {}
+                Ok((layers, prepared, elapsed)) => tracing::info!(
+                    layers,
+                    prepared,
+                    elapsed_ms = elapsed.as_millis() as u64,
+                    "archived layers prepared for mounting ahead of any pull"
+                ),
+                Err(err) => tracing::error!(error = %err, "preparing layers ahead failed"),
+            }
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 /// Tells systemd `state`, logging a failure (never fatal).

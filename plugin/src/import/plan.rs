@@ -72,26 +72,7 @@ fn registration(
             .document(digest)
             .ok_or_else(|| format!("the archive lacks document {digest}"))
     };
-    let manifests: Vec<_> = entry
-        .manifests
-        .iter()
-        .filter_map(|d| catalog.manifest(d))
-        .collect();
-    // containerd's matcher prefers the exact platform to a variant of it.
-    let manifest = manifests
-        .iter()
-        .find(|m| m.platform == platform)
-        .or_else(|| {
-            manifests
-                .iter()
-                .find(|m| crate::setup::platform_matches(&m.platform, platform))
-        })
-        .ok_or_else(|| {
-            format!(
-                "no manifest for {platform} (archived: {})",
-                entry.platforms.join(", ")
-            )
-        })?;
+    let manifest = catalog.platform_manifest(entry, platform)?;
     if let Some(missing) = manifest.chain.iter().find(|c| catalog.layer(c).is_none()) {
         return Err(format!(
             "layer {missing} (chain ID) is not in the archive: pulled from a registry instead"

@@ -8,18 +8,20 @@
 //! <dir>/backing.json  the backing file: path, identity (dev, inode, size,
 //!                     mtime, ctime), where the layer starts, digests
 //! <dir>/layer.tar     for a layer not stored as a plain tar (compressed
-//!                     layer or archive): its tar, decompressed once while
-//!                     indexed; the backing file (named relatively), removed
-//!                     with the snapshot
+//!                     layer or archive): its tar, decompressed once; the
+//!                     backing file (named relatively)
 //! <dir>/fs            the EROFS mount (read-only), overlay's lower dir
 //! ```
-//! so [`super::mounts::Layout`] gives children the same `lowerdir`s either
-//! way. The mount exists from staging on: containerd mounts the overlay of
-//! a child right after Prepare. Renaming the staged directory into
-//! `snapshots/` moves the mount with it. After a daemon restart
-//! [`remount_all`] mounts every index again, if its archive is still the
-//! file that was indexed; [`unmount_under`] runs before any directory is
-//! deleted (Remove, cleanup, failed staging).
+//! The files are hard links to an entry of the [`LayerStore`], which builds
+//! each layer's index (and copy) once, on pull or ahead of it, and keeps
+//! the entries no snapshot uses within a budget. [`super::mounts::Layout`]
+//! gives children the same `lowerdir`s either way. The mount exists from
+//! staging on: containerd mounts the overlay of a child right after
+//! Prepare. Renaming the staged directory into `snapshots/` moves the mount
+//! with it. After a daemon restart [`remount_all`] mounts every index
+//! again, if its archive is still the file that was indexed;
+//! [`unmount_under`] runs before any directory is deleted (Remove, cleanup,
+//! failed staging).
 //!
 //! The backing file is named to the kernel as `/proc/self/fd/<n>` of the
 //! archive opened and checked here, so the mount gets exactly the file whose
@@ -27,45 +29,57 @@
 //! `,`).
 
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
-
-use crate::catalog::{Compression, FileKey, LayerRef, LayerSource, PlainBlob};
-use crate::config::LayerMode;
+use crate::catalog::{Compression, FileKey, LayerRef, LayerSource};
+use crate::config::{LayerMode, PrepareLayers};
 use crate::digest::Digest;
 use crate::erofs::{self, Backing};
 
+use super::layer_store::{plain_blob, BackingRecord, LayerStore, COPY, IMAGE, RECORD};
 use super::meta::Usage;
 
-const IMAGE: &str = "layer.erofs";
-const RECORD: &str = "backing.json";
-/// The decompressed copy of a layer not stored as a plain tar.
-const COPY: &str = "layer.tar";
+/// How layers taken from archives become snapshots (see
+/// [`crate::config::Config::layer_mounts`]).
+#[derive(Clone, Copy, Debug)]
+pub struct LayerOptions {
+    pub mode: LayerMode,
+    pub prepare: PrepareLayers,
+    /// Budget of the layer store's entries no snapshot uses.
+    pub store_bytes: u64,
+}
 
-/// What a mounted layer records of its backing archive.
-#[derive(Debug, Serialize, Deserialize)]
-struct BackingRecord {
-    archive: PathBuf,
-    key: FileKey,
-    data_base: u64,
-    digest: Digest,
-    diff_id: Digest,
+impl From<LayerMode> for LayerOptions {
+    fn from(mode: LayerMode) -> Self {
+        LayerOptions {
+            mode,
+            prepare: PrepareLayers::OnPull,
+            store_bytes: crate::config::DEFAULT_LAYER_STORE_BYTES,
+        }
+    }
+}
+
+impl LayerOptions {
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        LayerOptions {
+            mode: config.layer_mounts,
+            prepare: config.prepare_layers,
+            store_bytes: config.layer_store_bytes,
+        }
+    }
 }
 
 /// Whether, and how, layers are mounted instead of extracted.
 pub(crate) struct LayerMounts {
-    /// False: extraction only (configured so, or the kernel cannot).
-    enabled: bool,
-    /// Compressed layers too, over a decompressed copy (`erofs`); `auto`
-    /// mounts only what needs no copy and extracts the rest.
-    copies: bool,
+    /// `None`: extraction only (configured so, or the kernel cannot).
+    store: Option<LayerStore>,
+    /// Compressed layers are prepared as soon as their archive arrives.
+    ahead: bool,
     /// A layer that could not be mounted was logged once.
     warned: AtomicBool,
 }
@@ -74,35 +88,70 @@ impl LayerMounts {
     /// Extraction only.
     pub(crate) fn disabled() -> Self {
         LayerMounts {
-            enabled: false,
-            copies: false,
+            store: None,
+            ahead: false,
             warned: AtomicBool::new(false),
         }
     }
 
-    /// Decides from `mode` and what the kernel can do (probed with a tiny
-    /// index mounted under `scratch`). `erofs` on a kernel that cannot is
-    /// an error; `auto` then logs once and extracts.
-    pub(crate) fn new(mode: LayerMode, scratch: &Path) -> Result<Self, String> {
-        if mode == LayerMode::Extract {
-            return Ok(Self::disabled());
+    /// Decides from `opts` and what the kernel can do (probed with a tiny
+    /// index mounted under `scratch`), and opens the layer store in
+    /// `store_dir`. `erofs` on a kernel that cannot is an error; `auto`
+    /// then logs once and extracts. With mounts off, prepared layers left
+    /// by an earlier run are dropped once no snapshot uses them.
+    pub(crate) fn new(
+        opts: LayerOptions,
+        scratch: &Path,
+        store_dir: &Path,
+    ) -> Result<Self, String> {
+        let disabled = || -> Result<Self, String> {
+            if store_dir.exists() {
+                LayerStore::open(store_dir, 0).map_err(|e| e.to_string())?;
+            }
+            Ok(Self::disabled())
+        };
+        if opts.mode == LayerMode::Extract {
+            return disabled();
         }
         match probe(scratch) {
             Ok(()) => {
-                tracing::info!("layers of uncompressed archives are mounted in place (EROFS)");
+                let store = LayerStore::open(store_dir, opts.store_bytes)
+                    .map_err(|e| format!("the layer store: {e}"))?;
+                let (entries, bytes) = store.usage();
+                tracing::info!(
+                    prepare = ?opts.prepare,
+                    store_entries = entries,
+                    store_bytes = bytes,
+                    "archived layers are mounted (EROFS), not extracted"
+                );
                 Ok(LayerMounts {
-                    enabled: true,
-                    copies: mode == LayerMode::Erofs,
+                    store: Some(store),
+                    ahead: opts.prepare == PrepareLayers::OnArrival,
                     warned: AtomicBool::new(false),
                 })
             }
-            Err(why) if mode == LayerMode::Erofs => Err(format!(
+            Err(why) if opts.mode == LayerMode::Erofs => Err(format!(
                 "layer_mounts = \"erofs\", but this kernel cannot mount EROFS tar indexes: {why}"
             )),
             Err(why) => {
                 tracing::info!(reason = %why, "EROFS layer mounts unavailable: layers are extracted");
-                Ok(Self::disabled())
+                disabled()
             }
+        }
+    }
+
+    /// Prepares, ahead of any pull, what the store keeps of `layers` (see
+    /// [`LayerStore::prepare_ahead`]); blocking. Returns how many layers
+    /// were prepared.
+    pub(crate) fn prepare_ahead(
+        &self,
+        source: &dyn LayerSource,
+        layers: &[LayerRef],
+        stop: &dyn Fn() -> bool,
+    ) -> usize {
+        match &self.store {
+            Some(store) => store.prepare_ahead(source, layers, self.ahead, stop),
+            None => 0,
         }
     }
 
@@ -116,33 +165,22 @@ impl LayerMounts {
         layer: &LayerRef,
         dir: &Path,
     ) -> Option<Usage> {
-        if !self.enabled {
-            return None;
-        }
-        let plain = match layer.compression {
-            Compression::None => source.plain_blob(&layer.digest),
-            _ => None,
-        };
-        if plain.is_none() && !self.copies {
-            return None;
-        }
+        let store = self.store.as_ref()?;
+        let plain = plain_blob(source, layer);
         let backing = match &plain {
             Some(p) => p.path.display().to_string(),
             None => format!("a decompressed copy ({COPY})"),
         };
         let started = Instant::now();
-        let staged = match &plain {
-            Some(p) => stage(p, layer, dir),
-            None => stage_copy(source, layer, dir),
-        };
-        match staged {
-            Ok((usage, stats)) => {
+        match stage(store, source, layer, plain.as_ref(), dir) {
+            Ok((usage, built)) => {
                 tracing::info!(
                     chain_id = %layer.chain_id,
                     backing = %backing,
-                    entries = stats.tree.entries,
-                    metadata_bytes = stats.image.bytes,
-                    tar_bytes = stats.tar_bytes,
+                    prepared_now = built.is_some(),
+                    entries = built.map(|s| s.tree.entries),
+                    metadata_bytes = built.map(|s| s.image.bytes),
+                    tar_bytes = built.map(|s| s.tar_bytes),
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "layer mounted from archive (EROFS)"
                 );
@@ -170,7 +208,7 @@ impl LayerMounts {
 
 /// Why a layer could not be mounted.
 #[derive(Debug, thiserror::Error)]
-enum StageError {
+pub(crate) enum StageError {
     #[error("{what} {}: {source}", path.display())]
     Io {
         what: &'static str,
@@ -181,188 +219,87 @@ enum StageError {
     Changed,
     #[error("open blob {digest}: {source}")]
     OpenBlob { digest: Digest, source: io::Error },
+    #[error("the layer store: {0}")]
+    Store(String),
     #[error(transparent)]
     Index(#[from] erofs::ErofsError),
     #[error(transparent)]
     Mount(#[from] erofs::MountError),
 }
 
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StageError + 'a {
-    move |source| StageError::Io {
-        what,
-        path: path.to_owned(),
-        source,
+impl StageError {
+    /// Maps an io error on `path` while doing `what`.
+    pub(crate) fn io<'a>(
+        what: &'static str,
+        path: &'a Path,
+    ) -> impl FnOnce(io::Error) -> StageError + 'a {
+        move |source| StageError::Io {
+            what,
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    /// Maps a snapshot-layer error on `path` while doing `what`.
+    pub(crate) fn snapshot<'a>(
+        what: &'static str,
+        path: &'a Path,
+    ) -> impl FnOnce(super::SnapshotError) -> StageError + 'a {
+        move |e| StageError::Io {
+            what,
+            path: path.to_owned(),
+            source: io::Error::other(e.to_string()),
+        }
     }
 }
 
+/// Links the layer's prepared entry into `dir` and mounts it on `dir/fs`.
 fn stage(
-    plain: &PlainBlob,
-    layer: &LayerRef,
-    dir: &Path,
-) -> Result<(Usage, erofs::IndexStats), StageError> {
-    let key_now = |f: &fs::File| {
-        f.metadata()
-            .map(|m| FileKey::of(&m))
-            .map_err(io_err("stat", &plain.path))
-    };
-    if key_now(&plain.file)? != plain.key {
-        return Err(StageError::Changed);
-    }
-    super::mkdir(dir, 0o700).map_err(|e| StageError::Io {
-        what: "create",
-        path: dir.to_owned(),
-        source: io::Error::other(e.to_string()),
-    })?;
-    let fs_dir = dir.join("fs");
-    fs::create_dir(&fs_dir).map_err(io_err("create", &fs_dir))?;
-    let image = dir.join(IMAGE);
-    let reader = FileRange {
-        file: plain.file.clone(),
-        pos: plain.offset,
-        end: plain.offset + plain.size,
-    };
-    // The digest of an uncompressed layer is its diffID, checked here.
-    let stats = erofs::build_index(
-        reader,
-        Compression::None,
-        &layer.diff_id,
-        Backing {
-            data_base: plain.offset,
-            backing_len: plain.key.size,
-        },
-        &image,
-    )?;
-    if key_now(&plain.file)? != plain.key {
-        return Err(StageError::Changed);
-    }
-    let record = BackingRecord {
-        archive: plain.path.clone(),
-        key: plain.key,
-        data_base: plain.offset,
-        digest: layer.digest,
-        diff_id: layer.diff_id,
-    };
-    write_record(dir, &record)?;
-    erofs::mount(&image, &fd_path(&plain.file), &fs_dir)?;
-    let size = fs::metadata(&image)
-        .map(|m| m.blocks() * 512)
-        .map_err(io_err("stat", &image))?;
-    Ok((
-        Usage {
-            size: size as i64,
-            inodes: stats.image.inodes as i64,
-        },
-        stats,
-    ))
-}
-
-/// Stages a layer that is not a plain tar in an archive: its blob is
-/// decompressed once into `<dir>/layer.tar` (the backing file, removed with
-/// the snapshot) while it is indexed.
-fn stage_copy(
+    store: &LayerStore,
     source: &dyn LayerSource,
     layer: &LayerRef,
+    plain: Option<&crate::catalog::PlainBlob>,
     dir: &Path,
-) -> Result<(Usage, erofs::IndexStats), StageError> {
-    super::mkdir(dir, 0o700).map_err(|e| StageError::Io {
-        what: "create",
-        path: dir.to_owned(),
-        source: io::Error::other(e.to_string()),
-    })?;
-    let fs_dir = dir.join("fs");
-    fs::create_dir(&fs_dir).map_err(io_err("create", &fs_dir))?;
-    let blob = source
-        .open_blob(&layer.digest)
-        .map_err(|source| StageError::OpenBlob {
-            digest: layer.digest,
-            source,
-        })?;
-    let image = dir.join(IMAGE);
-    let tar = dir.join(COPY);
-    let stats =
-        erofs::build_index_with_copy(blob, layer.compression, &layer.diff_id, &image, &tar)?;
-    let file = fs::File::open(&tar).map_err(io_err("open", &tar))?;
-    let key = key_of(&file, &tar)?;
-    let record = BackingRecord {
-        // Relative: inside the snapshot directory, wherever that moves.
-        archive: PathBuf::from(COPY),
-        key,
-        data_base: 0,
-        digest: layer.digest,
-        diff_id: layer.diff_id,
+) -> Result<(Usage, Option<erofs::IndexStats>), StageError> {
+    let linked = store.link_into(source, layer, plain, dir)?;
+    // The backing file the mount gets: the archive as opened when indexed
+    // (checked again now), or the copy linked here.
+    let copy;
+    let file = match plain {
+        Some(p) => {
+            let now = p
+                .file
+                .metadata()
+                .map(|m| FileKey::of(&m))
+                .map_err(StageError::io("stat", &p.path))?;
+            if !linked.record.matches(&now) {
+                return Err(StageError::Changed);
+            }
+            &*p.file
+        }
+        None => {
+            copy = fs::File::open(dir.join(COPY)).map_err(StageError::io("open", dir))?;
+            &copy
+        }
     };
-    write_record(dir, &record)?;
-    erofs::mount(&image, &fd_path(&file), &fs_dir)?;
-    let size = [&image, &tar]
+    erofs::mount(&dir.join(IMAGE), &fd_path(file), &dir.join("fs"))?;
+    let size = [IMAGE, COPY]
         .iter()
-        .map(|p| fs::metadata(p).map(|m| m.blocks() * 512))
-        .sum::<io::Result<u64>>()
-        .map_err(io_err("stat", dir))?;
+        .filter_map(|n| fs::metadata(dir.join(n)).ok())
+        .map(|m| m.blocks() * 512)
+        .sum::<u64>();
     Ok((
         Usage {
             size: size as i64,
-            inodes: stats.image.inodes as i64,
+            inodes: linked.record.inodes as i64,
         },
-        stats,
+        linked.built,
     ))
-}
-
-fn key_of(file: &fs::File, path: &Path) -> Result<FileKey, StageError> {
-    file.metadata()
-        .map(|m| FileKey::of(&m))
-        .map_err(io_err("stat", path))
-}
-
-fn write_record(dir: &Path, record: &BackingRecord) -> Result<(), StageError> {
-    let record_path = dir.join(RECORD);
-    let json = serde_json::to_vec_pretty(record).map_err(|e| StageError::Io {
-        what: "encode",
-        path: record_path.clone(),
-        source: io::Error::other(e),
-    })?;
-    write_synced(&record_path, &json).map_err(io_err("write", &record_path))
-}
-
-fn write_synced(path: &Path, data: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)?;
-    f.write_all(data)?;
-    f.sync_all()
 }
 
 /// The open file as a path the kernel resolves to exactly it.
 fn fd_path(file: &fs::File) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
-}
-
-/// Reads `file` from `pos` to `end` with pread (the file is shared).
-struct FileRange {
-    file: Arc<fs::File>,
-    pos: u64,
-    end: u64,
-}
-
-impl Read for FileRange {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let want = buf
-            .len()
-            .min(usize::try_from(self.end - self.pos).unwrap_or(usize::MAX));
-        if want == 0 {
-            return Ok(0);
-        }
-        let n = self.file.read_at(&mut buf[..want], self.pos)?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the archive ends inside the layer",
-            ));
-        }
-        self.pos += n as u64;
-        Ok(n)
-    }
 }
 
 /// Mounts the index of every mounted-layer directory in `snapshots` whose
@@ -393,10 +330,7 @@ pub(crate) fn remount_all(snapshots: &Path) {
 }
 
 fn remount(dir: &Path, record_path: &Path, fs_dir: &Path) -> Result<(), String> {
-    let record: BackingRecord = fs::read(record_path)
-        .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-        .map_err(|e| format!("reading {}: {e}", record_path.display()))?;
+    let record = BackingRecord::read(record_path)?;
     let what = |e: &dyn std::fmt::Display| {
         format!(
             "archive {} (layer {}): {e}",
@@ -410,7 +344,7 @@ fn remount(dir: &Path, record_path: &Path, fs_dir: &Path) -> Result<(), String> 
         .metadata()
         .map(|m| FileKey::of(&m))
         .map_err(|e| what(&e))?;
-    if key != record.key {
+    if !record.matches(&key) {
         return Err(what(&"changed or replaced since the layer was indexed"));
     }
     erofs::mount(&dir.join(IMAGE), &fd_path(&file), fs_dir).map_err(|e| what(&e))?;
@@ -513,6 +447,7 @@ fn probe(scratch: &Path) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
+    use std::sync::Arc;
 
     use tonic::Code;
 

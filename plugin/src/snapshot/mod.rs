@@ -10,6 +10,8 @@
 //!                        (`layer.erofs`, `backing.json` beside it; see
 //!                        `layer_mounts`)
 //! snapshots/<id>/work    overlay work dir (active snapshots)
+//! layers/                prepared layers (EROFS indexes, decompressed
+//!                        tars) that mounted layers link to (`layer_store`)
 //! snapshots/new-*        a snapshot being created (under the write lock)
 //! staging/               layers being extracted from archives
 //! trash/                 directories on their way out
@@ -31,6 +33,7 @@ pub mod convert;
 pub mod error;
 pub mod filter;
 pub(crate) mod layer_mounts;
+pub(crate) mod layer_store;
 pub mod meta;
 pub mod mounts;
 pub(crate) mod remote;
@@ -50,6 +53,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use error::SnapshotError;
+pub use layer_mounts::LayerOptions;
 pub use meta::{Info, Kind, MetaStore, Usage};
 pub use mounts::Mount;
 
@@ -245,13 +249,14 @@ impl Snapshotter {
         Self::open_with(root, source, crate::config::LayerMode::Extract)
     }
 
-    /// [`Snapshotter::open`], with archived layers mounted in place where
-    /// `layer_mounts` says and the kernel can (see `layer_mounts`).
+    /// [`Snapshotter::open`], with archived layers mounted where `layers`
+    /// says and the kernel can (see `layer_mounts`).
     pub fn open_with(
         root: &Path,
         source: Option<Arc<dyn LayerSource>>,
-        layer_mounts: crate::config::LayerMode,
+        layers: impl Into<LayerOptions>,
     ) -> Result<Arc<Self>, SnapshotError> {
+        let layer_options = layers.into();
         fs::create_dir_all(root).map_err(|e| SnapshotError::io("create root", root, e))?;
         mkdir(root, 0o700)?;
         let snapshots = root.join("snapshots");
@@ -263,12 +268,14 @@ impl Snapshotter {
             empty_dir(&path);
         }
         let meta = MetaStore::open(&root.join("metadata.redb"))?;
-        let layers = match (&source, layer_mounts) {
-            (None, _) | (_, crate::config::LayerMode::Extract) => {
-                layer_mounts::LayerMounts::disabled()
-            }
-            (Some(_), mode) => layer_mounts::LayerMounts::new(mode, &root.join("staging"))
-                .map_err(SnapshotError::LayerMounts)?,
+        let layers = match &source {
+            None => layer_mounts::LayerMounts::disabled(),
+            Some(_) => layer_mounts::LayerMounts::new(
+                layer_options,
+                &root.join("staging"),
+                &root.join("layers"),
+            )
+            .map_err(SnapshotError::LayerMounts)?,
         };
         // Layers mounted from archives, mounted again after a restart.
         layer_mounts::remount_all(&snapshots);
@@ -288,6 +295,21 @@ impl Snapshotter {
 
     pub(crate) fn remote(&self) -> Option<&remote::Remote> {
         self.remote.as_ref()
+    }
+
+    /// Prepares for mounting, before anyone pulls them, what the layer
+    /// store keeps of `layers` (see `layer_store`): blocking, one layer
+    /// after the other, until `stop` says so. Returns how many layers were
+    /// prepared.
+    pub fn prepare_ahead(
+        &self,
+        layers: &[crate::catalog::LayerRef],
+        stop: &dyn Fn() -> bool,
+    ) -> usize {
+        match &self.remote {
+            Some(r) => r.layers().prepare_ahead(r.source().as_ref(), layers, stop),
+            None => 0,
+        }
     }
 
     /// Prepare (`Kind::Active`) or View (`Kind::View`): a new snapshot `key`

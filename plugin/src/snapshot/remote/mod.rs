@@ -98,6 +98,10 @@ impl Remote {
         &self.source
     }
 
+    pub(crate) fn layers(&self) -> &LayerMounts {
+        &self.layers
+    }
+
     fn prepare_lock(&self, chain_id: &Digest) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.prepares.lock().unwrap();
         locks.retain(|_, l| Arc::strong_count(l) > 1);

@@ -1,0 +1,575 @@
+//! Prepared layers, kept under `<root>/layers/` within a byte budget: the
+//! EROFS index of each archived layer and, for a layer that is not a plain
+//! tar inside an uncompressed archive, its tar decompressed once (the
+//! index's backing file).
+//!
+//! ```text
+//! layers/<digest hex>/layer.erofs    the index (metadata only)
+//! layers/<digest hex>/layer.tar      the decompressed tar (copies only)
+//! layers/<digest hex>/backing.json   what the index points into
+//! layers/.new-*, .old-*              an entry being built (renamed into
+//!                                    place once complete) or evicted;
+//!                                    removed at open
+//! ```
+//!
+//! An entry is built the first time a pull needs its layer, or ahead of
+//! time ([`LayerStore::prepare_ahead`], when the archive arrives): always
+//! for layers that need no copy (their index is a few MB), and for the
+//! others when `prepare_layers = "on-arrival"`. Either way the layer is
+//! read once, through the same decompress-and-hash pipeline as extraction,
+//! and its diffID checked before the entry exists.
+//!
+//! A snapshot staged from an entry gets hard links to the entry's files
+//! ([`LayerStore::link_into`]). So an entry is in use while its index has
+//! more than one link, and is then never evicted; evicting an entry removes
+//! only the store's names, never data that a mount reads; and removing the
+//! snapshot is all it takes to release the entry. Entries not in use are
+//! evicted least recently used first while the store holds more than its
+//! budget. A pull is never refused for lack of budget: it would extract the
+//! same bytes instead.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{Compression, FileKey, LayerRef, LayerSource, PlainBlob};
+use crate::digest::Digest;
+use crate::erofs::{self, Backing, IndexStats};
+
+use super::layer_mounts::StageError;
+use super::remove_all;
+
+/// The index, in an entry and in a snapshot staged from it.
+pub(crate) const IMAGE: &str = "layer.erofs";
+/// What the index points into, in an entry and in a snapshot.
+pub(crate) const RECORD: &str = "backing.json";
+/// The decompressed tar of a layer not stored as a plain tar.
+pub(crate) const COPY: &str = "layer.tar";
+
+/// What an index points into: its backing file and the layer it holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct BackingRecord {
+    /// The archive (absolute), or [`COPY`] (relative: beside the record).
+    pub(crate) archive: PathBuf,
+    /// The backing file's identity when indexed.
+    pub(crate) key: FileKey,
+    /// Where the layer starts in the backing file.
+    pub(crate) data_base: u64,
+    pub(crate) digest: Digest,
+    pub(crate) diff_id: Digest,
+    /// Inodes of the index (the snapshot's `Usage`).
+    #[serde(default)]
+    pub(crate) inodes: u64,
+}
+
+impl BackingRecord {
+    /// Whether `now` (the backing file's identity today) is the file that
+    /// was indexed. A copy's change time moves when it is linked, so a copy
+    /// is known by device, inode, size and modification time.
+    pub(crate) fn matches(&self, now: &FileKey) -> bool {
+        if self.archive.is_relative() {
+            (now.dev, now.ino, now.size, now.mtime_ns)
+                == (self.key.dev, self.key.ino, self.key.size, self.key.mtime_ns)
+        } else {
+            *now == self.key
+        }
+    }
+
+    /// Whether this record indexes `layer` as it is found today: in place in
+    /// `plain`, or (no plain copy) over a decompressed copy.
+    fn serves(&self, layer: &LayerRef, plain: Option<&PlainBlob>) -> bool {
+        if self.diff_id != layer.diff_id {
+            return false;
+        }
+        match plain {
+            Some(p) => self.archive == p.path && self.key == p.key && self.data_base == p.offset,
+            None => self.archive.is_relative(),
+        }
+    }
+
+    pub(crate) fn read(path: &Path) -> Result<Self, String> {
+        fs::read(path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            .map_err(|e| format!("reading {}: {e}", path.display()))
+    }
+
+    /// Writes the record as `<dir>/backing.json` (new file, synced).
+    pub(crate) fn write(&self, dir: &Path) -> Result<(), StageError> {
+        use std::io::Write;
+        let path = dir.join(RECORD);
+        let json = serde_json::to_vec_pretty(self).map_err(io::Error::other);
+        json.and_then(|json| {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)?;
+            f.write_all(&json)?;
+            f.sync_all()
+        })
+        .map_err(StageError::io("write", &path))
+    }
+}
+
+/// One entry, as the store accounts for it.
+struct EntryInfo {
+    bytes: u64,
+    /// Larger is more recent.
+    used: u64,
+}
+
+#[derive(Default)]
+struct State {
+    entries: HashMap<Digest, EntryInfo>,
+    bytes: u64,
+    tick: u64,
+}
+
+/// The store of prepared layers (see the module documentation).
+pub(crate) struct LayerStore {
+    dir: PathBuf,
+    budget: u64,
+    state: Mutex<State>,
+    /// One build per digest at a time; held by whoever builds or links an
+    /// entry, so eviction passes over it.
+    builds: Mutex<HashMap<Digest, Arc<Mutex<()>>>>,
+}
+
+/// A layer prepared and linked into a snapshot directory.
+pub(crate) struct Linked {
+    pub(crate) record: BackingRecord,
+    /// What building the entry did, when this call built it.
+    pub(crate) built: Option<IndexStats>,
+}
+
+impl LayerStore {
+    /// The store in `dir` (created, mode 0700), with what an earlier run
+    /// completed; anything half-built or unreadable is removed. Entries not
+    /// in use beyond `budget` are evicted at once.
+    pub(crate) fn open(dir: &Path, budget: u64) -> Result<Self, super::SnapshotError> {
+        super::mkdir(dir, 0o700)?;
+        let mut found = Vec::new();
+        let listing =
+            fs::read_dir(dir).map_err(|e| super::SnapshotError::io("read directory", dir, e))?;
+        for entry in listing.flatten() {
+            let path = entry.path();
+            let loaded = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| format!("sha256:{name}").parse::<Digest>().ok())
+                .and_then(|digest| {
+                    let record = BackingRecord::read(&path.join(RECORD)).ok()?;
+                    let used = fs::metadata(path.join(RECORD)).ok()?.modified().ok()?;
+                    let copy = record.archive.is_relative();
+                    (record.digest == digest && path.join(IMAGE).is_file())
+                        .then(|| (digest, entry_bytes(&path, copy), used))
+                });
+            match loaded {
+                Some((digest, Ok(bytes), used)) => found.push((used, digest, bytes)),
+                _ => remove_all(&path),
+            }
+        }
+        found.sort();
+        let mut state = State::default();
+        for (tick, (_, digest, bytes)) in found.into_iter().enumerate() {
+            state.bytes += bytes;
+            state.entries.insert(
+                digest,
+                EntryInfo {
+                    bytes,
+                    used: tick as u64,
+                },
+            );
+        }
+        state.tick = state.entries.len() as u64;
+        let store = LayerStore {
+            dir: dir.to_owned(),
+            budget,
+            state: Mutex::new(state),
+            builds: Mutex::new(HashMap::new()),
+        };
+        store.make_room();
+        store.report();
+        Ok(store)
+    }
+
+    /// Entries and bytes held.
+    pub(crate) fn usage(&self) -> (usize, u64) {
+        let state = self.state.lock().unwrap();
+        (state.entries.len(), state.bytes)
+    }
+
+    /// Stages `layer` in `dir` (which must not exist): the entry's files
+    /// hard-linked there, its record beside them, and an empty `fs` for the
+    /// mount; builds the entry first if there is none, or if the one there
+    /// indexes another version of the archive. `plain`: the layer as it
+    /// lies in an uncompressed archive, if it does. On error `dir` may be
+    /// left half-made: the caller removes it.
+    pub(crate) fn link_into(
+        &self,
+        source: &dyn LayerSource,
+        layer: &LayerRef,
+        plain: Option<&PlainBlob>,
+        dir: &Path,
+    ) -> Result<Linked, StageError> {
+        let lock = self.build_lock(&layer.digest);
+        let _building = lock.lock().unwrap();
+        let built = self.ensure(source, layer, plain)?;
+        let entry = self.entry_dir(&layer.digest);
+        let record = BackingRecord::read(&entry.join(RECORD)).map_err(StageError::Store)?;
+        super::mkdir(dir, 0o700).map_err(StageError::snapshot("create", dir))?;
+        let fs_dir = dir.join("fs");
+        fs::create_dir(&fs_dir).map_err(StageError::io("create", &fs_dir))?;
+        let mut names = vec![IMAGE];
+        if record.archive.is_relative() {
+            names.push(COPY);
+        }
+        for name in names {
+            fs::hard_link(entry.join(name), dir.join(name))
+                .map_err(StageError::io("link", &entry.join(name)))?;
+        }
+        record.write(dir)?;
+        self.touch(&layer.digest);
+        if built.is_some() {
+            self.make_room();
+        }
+        Ok(Linked { record, built })
+    }
+
+    /// Builds, one after the other, the entries of `layers` that are
+    /// missing: those of uncompressed layers in uncompressed archives
+    /// always, the others when `compressed` and while the store is within
+    /// its budget. Stops early when `stop` says so. Returns how many were
+    /// built; failures are logged (a pull retries them, or extracts).
+    pub(crate) fn prepare_ahead(
+        &self,
+        source: &dyn LayerSource,
+        layers: &[LayerRef],
+        compressed: bool,
+        stop: &dyn Fn() -> bool,
+    ) -> usize {
+        let metrics = crate::metrics::global();
+        let todo: Vec<(&LayerRef, Option<PlainBlob>)> = layers
+            .iter()
+            .map(|l| (l, plain_blob(source, l)))
+            .filter(|(_, plain)| plain.is_some() || compressed)
+            .collect();
+        metrics.layer_prepare_pending.set(todo.len() as i64);
+        let mut built = 0;
+        let mut full_logged = false;
+        for (layer, plain) in todo {
+            if stop() {
+                break;
+            }
+            if plain.is_none() && self.usage().1 >= self.budget {
+                if !full_logged {
+                    tracing::info!(
+                        budget = self.budget,
+                        "layer store full: compressed layers left to prepare on pull"
+                    );
+                    full_logged = true;
+                }
+            } else {
+                let lock = self.build_lock(&layer.digest);
+                let _building = lock.lock().unwrap();
+                match self.ensure(source, layer, plain.as_ref()) {
+                    Ok(Some(_)) => built += 1,
+                    Ok(None) => {}
+                    Err(err) => tracing::warn!(
+                        digest = %layer.digest,
+                        error = %err,
+                        "preparing a layer ahead failed: it is prepared or extracted on pull"
+                    ),
+                }
+            }
+            metrics.layer_prepare_pending.dec();
+        }
+        metrics.layer_prepare_pending.set(0);
+        self.make_room();
+        built
+    }
+
+    fn entry_dir(&self, digest: &Digest) -> PathBuf {
+        self.dir.join(digest.hex())
+    }
+
+    fn build_lock(&self, digest: &Digest) -> Arc<Mutex<()>> {
+        let mut builds = self.builds.lock().unwrap();
+        builds.retain(|_, l| Arc::strong_count(l) > 1);
+        builds.entry(*digest).or_default().clone()
+    }
+
+    /// Makes sure the entry of `layer` exists and indexes the layer as it
+    /// is found today; `Some` when it was built now. The caller holds the
+    /// digest's build lock.
+    fn ensure(
+        &self,
+        source: &dyn LayerSource,
+        layer: &LayerRef,
+        plain: Option<&PlainBlob>,
+    ) -> Result<Option<IndexStats>, StageError> {
+        let entry = self.entry_dir(&layer.digest);
+        if self
+            .state
+            .lock()
+            .unwrap()
+            .entries
+            .contains_key(&layer.digest)
+        {
+            match BackingRecord::read(&entry.join(RECORD)) {
+                Ok(r) if r.serves(layer, plain) => return Ok(None),
+                // Another version of the archive, or the layer now found
+                // in place where a copy was made: built again.
+                _ => self.forget(&layer.digest),
+            }
+        }
+        let tmp = tempfile::Builder::new()
+            .prefix(".new-")
+            .tempdir_in(&self.dir)
+            .map_err(StageError::io("create a directory in", &self.dir))?;
+        let (record, stats) = match plain {
+            Some(p) => build_in_place(p, layer, tmp.path())?,
+            None => build_copy(source, layer, tmp.path())?,
+        };
+        record.write(tmp.path())?;
+        let bytes =
+            entry_bytes(tmp.path(), plain.is_none()).map_err(StageError::io("stat", tmp.path()))?;
+        super::sync_dir(tmp.path()).map_err(StageError::snapshot("sync", tmp.path()))?;
+        fs::rename(tmp.path(), &entry).map_err(StageError::io("rename into", &entry))?;
+        let _ = tmp.keep();
+        super::sync_dir(&self.dir).map_err(StageError::snapshot("sync", &self.dir))?;
+        {
+            let mut state = self.state.lock().unwrap();
+            state.tick += 1;
+            let used = state.tick;
+            state.bytes += bytes;
+            state
+                .entries
+                .insert(layer.digest, EntryInfo { bytes, used });
+        }
+        crate::metrics::global().layers_prepared.inc();
+        self.report();
+        Ok(Some(stats))
+    }
+
+    fn touch(&self, digest: &Digest) {
+        let mut state = self.state.lock().unwrap();
+        state.tick += 1;
+        let tick = state.tick;
+        if let Some(e) = state.entries.get_mut(digest) {
+            e.used = tick;
+        }
+        drop(state);
+        // The order survives a restart through the record's mtime.
+        let record = self.entry_dir(digest).join(RECORD);
+        if let Ok(f) = fs::File::options().write(true).open(&record) {
+            let _ = f.set_modified(SystemTime::now());
+        }
+    }
+
+    /// Drops an entry from the store (its files stay wherever a snapshot
+    /// links them).
+    fn forget(&self, digest: &Digest) {
+        let mut state = self.state.lock().unwrap();
+        let gone = self.unlink_locked(&mut state, digest);
+        drop(state);
+        if let Some(gone) = gone {
+            remove_all(&gone);
+        }
+        self.report();
+    }
+
+    /// Takes `digest` out of the accounts and renames its directory out of
+    /// the way (quick, under the state lock); returns where it went.
+    fn unlink_locked(&self, state: &mut State, digest: &Digest) -> Option<PathBuf> {
+        let info = state.entries.remove(digest)?;
+        state.bytes -= info.bytes;
+        state.tick += 1;
+        let gone = self
+            .dir
+            .join(format!(".old-{}-{}", digest.hex(), state.tick));
+        match fs::rename(self.entry_dir(digest), &gone) {
+            Ok(()) => Some(gone),
+            Err(e) => {
+                tracing::warn!(digest = %digest, error = %e, "removing a prepared layer");
+                None
+            }
+        }
+    }
+
+    /// Evicts entries no snapshot uses, least recently used first, until
+    /// the store is within its budget (or nothing more can go).
+    fn make_room(&self) {
+        loop {
+            let mut state = self.state.lock().unwrap();
+            if state.bytes <= self.budget {
+                break;
+            }
+            let victim = {
+                // Holding the build locks' map: nobody starts linking an
+                // entry while it is chosen and renamed away.
+                let builds = self.builds.lock().unwrap();
+                let victim = state
+                    .entries
+                    .iter()
+                    .filter(|(d, _)| builds.get(*d).is_none_or(|l| Arc::strong_count(l) <= 1))
+                    .filter(|(d, _)| {
+                        fs::metadata(self.entry_dir(d).join(IMAGE)).is_ok_and(|m| m.nlink() == 1)
+                    })
+                    .min_by_key(|(_, e)| e.used)
+                    .map(|(d, _)| *d);
+                victim.and_then(|d| self.unlink_locked(&mut state, &d).map(|gone| (d, gone)))
+            };
+            drop(state);
+            let Some((digest, gone)) = victim else {
+                break;
+            };
+            remove_all(&gone);
+            crate::metrics::global().layer_store_evictions.inc();
+            tracing::debug!(digest = %digest, "prepared layer evicted from the layer store");
+        }
+        self.report();
+    }
+
+    fn report(&self) {
+        let (entries, bytes) = self.usage();
+        let m = crate::metrics::global();
+        m.layer_store_entries.set(entries as i64);
+        m.layer_store_bytes.set(bytes as i64);
+    }
+}
+
+/// Where `layer` lies as a plain tar in an uncompressed archive, if it does.
+pub(crate) fn plain_blob(source: &dyn LayerSource, layer: &LayerRef) -> Option<PlainBlob> {
+    match layer.compression {
+        Compression::None => source.plain_blob(&layer.digest),
+        _ => None,
+    }
+}
+
+/// Bytes an entry takes on disk.
+fn entry_bytes(dir: &Path, copy: bool) -> io::Result<u64> {
+    let mut names = vec![IMAGE, RECORD];
+    if copy {
+        names.push(COPY);
+    }
+    names
+        .iter()
+        .map(|n| fs::metadata(dir.join(n)).map(|m| m.blocks() * 512))
+        .sum()
+}
+
+/// Indexes a plain layer where it lies in its archive (no copy); the
+/// archive must be the version that was indexed before and after.
+fn build_in_place(
+    plain: &PlainBlob,
+    layer: &LayerRef,
+    dir: &Path,
+) -> Result<(BackingRecord, IndexStats), StageError> {
+    let unchanged = || -> Result<(), StageError> {
+        let now = plain
+            .file
+            .metadata()
+            .map(|m| FileKey::of(&m))
+            .map_err(StageError::io("stat", &plain.path))?;
+        if now == plain.key {
+            Ok(())
+        } else {
+            Err(StageError::Changed)
+        }
+    };
+    unchanged()?;
+    let reader = FileRange {
+        file: plain.file.clone(),
+        pos: plain.offset,
+        end: plain.offset + plain.size,
+    };
+    // The digest of an uncompressed layer is its diffID, checked here.
+    let stats = erofs::build_index(
+        reader,
+        Compression::None,
+        &layer.diff_id,
+        Backing {
+            data_base: plain.offset,
+            backing_len: plain.key.size,
+        },
+        &dir.join(IMAGE),
+    )?;
+    unchanged()?;
+    let record = BackingRecord {
+        archive: plain.path.clone(),
+        key: plain.key,
+        data_base: plain.offset,
+        digest: layer.digest,
+        diff_id: layer.diff_id,
+        inodes: stats.image.inodes,
+    };
+    Ok((record, stats))
+}
+
+/// Decompresses a layer once into `<dir>/layer.tar` while indexing it.
+fn build_copy(
+    source: &dyn LayerSource,
+    layer: &LayerRef,
+    dir: &Path,
+) -> Result<(BackingRecord, IndexStats), StageError> {
+    let blob = source
+        .open_blob(&layer.digest)
+        .map_err(|source| StageError::OpenBlob {
+            digest: layer.digest,
+            source,
+        })?;
+    let tar = dir.join(COPY);
+    let stats = erofs::build_index_with_copy(
+        blob,
+        layer.compression,
+        &layer.diff_id,
+        &dir.join(IMAGE),
+        &tar,
+    )?;
+    let key = fs::metadata(&tar)
+        .map(|m| FileKey::of(&m))
+        .map_err(StageError::io("stat", &tar))?;
+    let record = BackingRecord {
+        archive: PathBuf::from(COPY),
+        key,
+        data_base: 0,
+        digest: layer.digest,
+        diff_id: layer.diff_id,
+        inodes: stats.image.inodes,
+    };
+    Ok((record, stats))
+}
+
+/// Reads `file` from `pos` to `end` with pread (the file is shared).
+struct FileRange {
+    file: Arc<fs::File>,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for FileRange {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = buf
+            .len()
+            .min(usize::try_from(self.end - self.pos).unwrap_or(usize::MAX));
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the archive ends inside the layer",
+            ));
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+}

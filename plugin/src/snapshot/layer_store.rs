@@ -573,3 +573,185 @@ impl Read for FileRange {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::test_support::{dir_names, layer_tar, Entry, FakeSource};
+
+    fn tars(n: usize, tag: &str) -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|i| {
+                let body = format!("{tag}-{i}").repeat(300);
+                layer_tar(&[
+                    Entry::Dir("d"),
+                    Entry::File(&format!("d/{tag}{i}"), body.as_bytes()),
+                ])
+            })
+            .collect()
+    }
+
+    /// Links `layer` into a fresh directory under `work`, as staging does.
+    fn link(
+        store: &LayerStore,
+        fake: &FakeSource,
+        layer: &LayerRef,
+        work: &Path,
+        name: &str,
+    ) -> Linked {
+        let plain = plain_blob(fake, layer);
+        store
+            .link_into(fake, layer, plain.as_ref(), &work.join(name))
+            .unwrap()
+    }
+
+    fn entries(store: &LayerStore) -> Vec<String> {
+        dir_names(&store.dir)
+    }
+
+    /// Budget 1 byte: whatever no snapshot links is evicted as soon as
+    /// something is built; what a snapshot links stays, across a reopen,
+    /// until the snapshot is gone.
+    #[test]
+    fn entries_in_use_are_never_evicted() {
+        let work = tempfile::tempdir().unwrap();
+        let mut fake = FakeSource::default();
+        let layers = fake.add_image(&tars(3, "a"), &[]);
+        let dir = work.path().join("layers");
+        let store = LayerStore::open(&dir, 1).unwrap();
+        let a = link(&store, &fake, &layers[0], work.path(), "snap-a");
+        assert!(a.built.is_some());
+        link(&store, &fake, &layers[1], work.path(), "snap-b");
+        assert_eq!(entries(&store).len(), 2, "both in use");
+        std::fs::remove_dir_all(work.path().join("snap-b")).unwrap();
+        link(&store, &fake, &layers[2], work.path(), "snap-c");
+        let left = entries(&store);
+        assert_eq!(
+            left,
+            {
+                let mut v = vec![layers[0].digest.hex(), layers[2].digest.hex()];
+                v.sort();
+                v
+            },
+            "the released entry went, those in use stayed"
+        );
+        // The snapshot's links are the layer: its tar reads back whole.
+        assert_eq!(
+            std::fs::read(work.path().join("snap-a").join(COPY)).unwrap(),
+            tars(3, "a")[0]
+        );
+        drop(store);
+
+        // A half-built entry left by a crash, and a released entry: both
+        // gone at open; the one in use stays.
+        std::fs::create_dir(dir.join(".new-crash")).unwrap();
+        std::fs::remove_dir_all(work.path().join("snap-c")).unwrap();
+        let store = LayerStore::open(&dir, 1).unwrap();
+        assert_eq!(entries(&store), vec![layers[0].digest.hex()]);
+        assert_eq!(store.usage().0, 1);
+        // Linked again: found, not built again.
+        let again = link(&store, &fake, &layers[0], work.path(), "snap-a2");
+        assert!(again.built.is_none());
+        assert_eq!(fake.opened(&layers[0].digest), 1);
+    }
+
+    /// Entries nobody uses go least recently used first.
+    #[test]
+    fn the_least_recently_used_entry_goes_first() {
+        let work = tempfile::tempdir().unwrap();
+        let mut fake = FakeSource::default();
+        let layers = fake.add_image(&tars(4, "b"), &[]);
+        let dir = work.path().join("layers");
+        // Measure three entries, then keep a budget just short of them.
+        let sizing = LayerStore::open(&work.path().join("sizing"), u64::MAX).unwrap();
+        sizing.prepare_ahead(&fake, &layers[..3], true, &|| false);
+        let three = sizing.usage().1;
+        let store = LayerStore::open(&dir, three - 1).unwrap();
+        store.prepare_ahead(&fake, &layers[..3], true, &|| false);
+        let mut expect = vec![layers[1].digest.hex(), layers[2].digest.hex()];
+        expect.sort();
+        assert_eq!(entries(&store), expect, "the oldest went");
+        // Using layer 1 makes layer 2 the oldest.
+        link(&store, &fake, &layers[1], work.path(), "use-1");
+        std::fs::remove_dir_all(work.path().join("use-1")).unwrap();
+        store.prepare_ahead(&fake, &layers[3..], true, &|| false);
+        let mut expect = vec![layers[1].digest.hex(), layers[3].digest.hex()];
+        expect.sort();
+        assert_eq!(entries(&store), expect);
+    }
+
+    /// Ahead of a pull: plain layers always (metadata only), compressed
+    /// ones only when asked; a pull then only links.
+    #[test]
+    fn prepared_ahead_then_linked_without_reading_the_layer() {
+        let work = tempfile::tempdir().unwrap();
+        let mut fake = FakeSource::default();
+        let plain = fake.add_plain_image(&tars(2, "p"), &work.path().join("image.tar"));
+        let gz = fake.add_image(&tars(2, "g"), &[]);
+        let all: Vec<LayerRef> = plain.iter().chain(&gz).cloned().collect();
+        let store = LayerStore::open(&work.path().join("layers"), u64::MAX).unwrap();
+        assert_eq!(store.prepare_ahead(&fake, &all, false, &|| false), 2);
+        assert_eq!(fake.total_opens(), 0, "plain layers are read in place");
+        assert_eq!(store.prepare_ahead(&fake, &all, true, &|| false), 2);
+        assert_eq!(store.prepare_ahead(&fake, &all, true, &|| false), 0);
+        assert_eq!(fake.total_opens(), 2);
+        for (i, layer) in all.iter().enumerate() {
+            let linked = link(&store, &fake, layer, work.path(), &format!("s{i}"));
+            assert!(linked.built.is_none(), "layer {i} built again");
+            assert_eq!(linked.record.digest, layer.digest);
+            assert_eq!(linked.record.archive.is_relative(), i >= 2);
+        }
+        assert_eq!(fake.total_opens(), 2);
+        // A plain entry holds no copy: metadata only.
+        let plain_entry = store.entry_dir(&plain[0].digest);
+        assert!(!plain_entry.join(COPY).exists());
+        assert!(entry_bytes(&plain_entry, false).unwrap() < 64 * 1024);
+        // Asked to stop: nothing more is built.
+        let more = fake.add_image(&tars(1, "late"), &[]);
+        assert_eq!(store.prepare_ahead(&fake, &more, true, &|| true), 0);
+    }
+
+    /// The same layer found in another archive (a replaced or moved one):
+    /// the entry indexing the old file is built again.
+    #[test]
+    fn a_layer_found_in_another_archive_is_indexed_again() {
+        let work = tempfile::tempdir().unwrap();
+        let layer_tars = tars(1, "r");
+        let mut first = FakeSource::default();
+        let old = first.add_plain_image(&layer_tars, &work.path().join("old.tar"));
+        let store = LayerStore::open(&work.path().join("layers"), u64::MAX).unwrap();
+        assert!(link(&store, &first, &old[0], work.path(), "s1")
+            .built
+            .is_some());
+        let mut second = FakeSource::default();
+        let new = second.add_plain_image(&layer_tars, &work.path().join("new.tar"));
+        let linked = link(&store, &second, &new[0], work.path(), "s2");
+        assert!(linked.built.is_some());
+        assert_eq!(linked.record.archive, work.path().join("new.tar"));
+        // The first snapshot's links still name the old archive.
+        let record = BackingRecord::read(&work.path().join("s1").join(RECORD)).unwrap();
+        assert_eq!(record.archive, work.path().join("old.tar"));
+        assert_eq!(store.usage().0, 1);
+    }
+
+    /// A layer whose bytes do not match its diffID leaves no entry and no
+    /// half-built directory, and the error names the mismatch.
+    #[test]
+    fn a_bad_layer_leaves_nothing() {
+        let work = tempfile::tempdir().unwrap();
+        let mut fake = FakeSource::default();
+        let layers = fake.add_image(&tars(1, "x"), &[]);
+        fake.corrupt(
+            &layers[0].digest,
+            crate::snapshot::test_support::gzip(&tars(1, "y")[0]),
+        );
+        let store = LayerStore::open(&work.path().join("layers"), u64::MAX).unwrap();
+        let err = match store.link_into(&fake, &layers[0], None, &work.path().join("s")) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("a bad layer was linked"),
+        };
+        assert!(err.contains(&layers[0].diff_id.to_string()), "{err}");
+        assert!(entries(&store).is_empty(), "{:?}", entries(&store));
+        assert_eq!(store.usage(), (0, 0));
+    }
+}

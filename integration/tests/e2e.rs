@@ -1141,6 +1141,155 @@ fn erofs_docker_save(test: &str, env: &mut Env, images: &Images) -> Result<()> {
     Ok(())
 }
 
+/// Layers prepared as their archives arrive (`--prepare-layers
+/// on-arrival`): a docker-save `.tar` indexed in place and zstd layers in a
+/// `.tar.zst` decompressed into the layer store before anyone pulls; the
+/// CRI pull then only links and mounts what was prepared (every snapshot's
+/// index is the store's, same inode). Deleting the archives keeps the
+/// mounted layers readable for new containers (the mounts hold the files
+/// open), while a new pull of the images takes its layers from the
+/// registry.
+#[test]
+fn layers_prepared_on_arrival_are_mounted_and_outlive_their_archives() {
+    let test = "erofs_on_arrival";
+    if !Path::new("/sys/fs/erofs/features/chunked_file").exists() {
+        eprintln!("skipped {test}: this kernel has no EROFS with chunked files");
+        return;
+    }
+    run_test(
+        test,
+        |host| {
+            Ok((
+                vec![
+                    TestImage {
+                        spec: sample_spec(host, "arrival-plain", "v1")?,
+                        layers: LayerCompression::Gzip,
+                        container: ArchiveContainer::Tar,
+                        docker_save: true,
+                        cmd: None,
+                    },
+                    TestImage {
+                        spec: sample_spec(host, "arrival-zstd", "v1")?,
+                        layers: LayerCompression::Zstd,
+                        container: ArchiveContainer::Zstd,
+                        docker_save: false,
+                        cmd: None,
+                    },
+                ],
+                vec![],
+            ))
+        },
+        erofs_on_arrival,
+    );
+}
+
+/// Inode of each prepared index in the daemon's layer store
+/// (`<root>/layers/<digest>/layer.erofs`, the layout of
+/// plugin/src/snapshot/layer_store.rs); entries being built are skipped.
+fn store_indexes(root: &Path) -> Result<Vec<u64>> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = root.join("layers");
+    let mut out = Vec::new();
+    if !dir.exists() {
+        return Ok(out);
+    }
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path
+            .file_name()
+            .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
+        {
+            out.push(std::fs::metadata(path.join("layer.erofs"))?.ino());
+        }
+    }
+    Ok(out)
+}
+
+fn erofs_on_arrival(test: &str, env: &mut Env, images: &Images) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let root = env.daemon.root().to_path_buf();
+    let layers: usize = images.archived.iter().map(|i| i.chain_ids.len()).sum();
+    eprintln!("== {test}: restarting airgap-snapshotter with --prepare-layers on-arrival");
+    env.daemon
+        .restart_with_args(&["--prepare-layers", "on-arrival"])?;
+    env.containerd
+        .wait_snapshotter_reachable(Duration::from_secs(60))?;
+    process::wait_until(
+        "every layer to be prepared",
+        Duration::from_secs(120),
+        || Ok(store_indexes(&root)?.len() == layers),
+    )
+    .with_context(|| format!("prepared: {:?}", store_indexes(&root)))?;
+    let prepared = store_indexes(&root)?;
+
+    for (n, image) in images.archived.iter().enumerate() {
+        let mark = env.registry.mark();
+        eprintln!("== {test}: CRI PullImage {}", image.name);
+        env.cri.pull_image(&image.name)?;
+        let downloaded = layer_gets(env, image, mark);
+        ensure!(
+            downloaded.is_empty(),
+            "layers were downloaded: {downloaded:?}"
+        );
+        assert_chain_snapshots(env, image)?;
+        run_sample_check(env, &image.name, &format!("arrival{n}"))?;
+    }
+    let mounted = erofs_mounts(&root)?;
+    ensure!(
+        mounted.len() == layers,
+        "{} EROFS mounts for {layers} layers: {mounted:?}",
+        mounted.len()
+    );
+    for dir in daemon_snapshot_dirs(&root)? {
+        let ino = std::fs::metadata(dir.join("layer.erofs"))?.ino();
+        ensure!(
+            prepared.contains(&ino),
+            "{} is not an index prepared on arrival",
+            dir.display()
+        );
+    }
+
+    eprintln!("== {test}: deleting the archives");
+    for image in &images.archived {
+        std::fs::remove_file(&image.archive)
+            .with_context(|| format!("removing {}", image.archive.display()))?;
+    }
+    let daemon = &env.daemon;
+    process::wait_until(
+        "the daemon to forget the archives",
+        Duration::from_secs(30),
+        || Ok(daemon.log().matches("archive removed").count() >= images.archived.len()),
+    )?;
+    for (n, image) in images.archived.iter().enumerate() {
+        run_sample_check(env, &image.name, &format!("orphan{n}"))?;
+    }
+
+    eprintln!("== {test}: pulling again after garbage collection: from the registry");
+    let refs = env.containerd.image_refs(K8S_NS)?;
+    let mut args = vec!["-n", K8S_NS, "images", "rm", "--sync"];
+    args.extend(refs.iter().map(String::as_str));
+    env.containerd.ctr(&args)?;
+    let containerd = &env.containerd;
+    process::wait_until(
+        "the snapshots to be garbage collected",
+        Duration::from_secs(30),
+        || Ok(containerd.snapshot_keys(K8S_NS)?.is_empty()),
+    )?;
+    let image = &images.archived[0];
+    let mark = env.registry.mark();
+    env.cri.pull_image(&image.name)?;
+    let downloaded = layer_gets(env, image, mark);
+    ensure!(
+        downloaded.len() == image.chain_ids.len(),
+        "after the archive was deleted, {} of {} layers were downloaded",
+        downloaded.len(),
+        image.chain_ids.len()
+    );
+    run_sample_check(env, &image.name, "registry")?;
+    env.daemon.check_running()?;
+    Ok(())
+}
+
 /// The snapshot directories the daemon holds (`<root>/snapshots/<id>`,
 /// the layout of plugin/src/snapshot).
 fn daemon_snapshot_dirs(root: &Path) -> Result<Vec<PathBuf>> {

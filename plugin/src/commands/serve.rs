@@ -251,8 +251,11 @@ async fn prepare_on_arrival(
                 Err(err) => tracing::error!(error = %err, "preparing layers ahead failed"),
             }
         }
+        // Also now and then: entries of deleted archives are dropped once
+        // their snapshots are gone.
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(std::time::Duration::from_secs(300)) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }

@@ -28,7 +28,7 @@
 //! budget. A pull is never refused for lack of budget: it would extract the
 //! same bytes instead.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -242,11 +242,13 @@ impl LayerStore {
         Ok(Linked { record, built })
     }
 
-    /// Builds, one after the other, the entries of `layers` that are
-    /// missing: those of uncompressed layers in uncompressed archives
-    /// always, the others when `compressed` and while the store is within
-    /// its budget. Stops early when `stop` says so. Returns how many were
-    /// built; failures are logged (a pull retries them, or extracts).
+    /// Builds, one after the other, the entries of `layers` (every layer
+    /// archived for this node) that are missing: those of uncompressed
+    /// layers in uncompressed archives always, the others when `compressed`
+    /// and while the store is within its budget; then drops the entries no
+    /// snapshot uses of layers not in `layers`. Stops early when `stop`
+    /// says so. Returns how many were built; failures are logged (a pull
+    /// retries them, or extracts).
     pub(crate) fn prepare_ahead(
         &self,
         source: &dyn LayerSource,
@@ -291,6 +293,9 @@ impl LayerStore {
             metrics.layer_prepare_pending.dec();
         }
         metrics.layer_prepare_pending.set(0);
+        if !stop() {
+            self.drop_unarchived(&layers.iter().map(|l| l.digest).collect());
+        }
         self.make_room();
         built
     }
@@ -406,11 +411,21 @@ impl LayerStore {
     /// Evicts entries no snapshot uses, least recently used first, until
     /// the store is within its budget (or nothing more can go).
     fn make_room(&self) {
+        self.evict("over budget", |state, _| state.bytes > self.budget);
+    }
+
+    /// Drops the entries no snapshot uses whose layer is not in `archived`
+    /// (its archive was deleted or replaced): the disk is the site's.
+    fn drop_unarchived(&self, archived: &HashSet<Digest>) {
+        self.evict("no longer archived", |_, digest| !archived.contains(digest));
+    }
+
+    /// Removes, least recently used first, entries that no snapshot uses,
+    /// that nobody is building or linking, and that `wanted` picks (it is
+    /// asked again before each one).
+    fn evict(&self, why: &'static str, wanted: impl Fn(&State, &Digest) -> bool) {
         loop {
             let mut state = self.state.lock().unwrap();
-            if state.bytes <= self.budget {
-                break;
-            }
             let victim = {
                 // Holding the build locks' map: nobody starts linking an
                 // entry while it is chosen and renamed away.
@@ -418,6 +433,7 @@ impl LayerStore {
                 let victim = state
                     .entries
                     .iter()
+                    .filter(|(d, _)| wanted(&state, d))
                     .filter(|(d, _)| builds.get(*d).is_none_or(|l| Arc::strong_count(l) <= 1))
                     .filter(|(d, _)| {
                         fs::metadata(self.entry_dir(d).join(IMAGE)).is_ok_and(|m| m.nlink() == 1)
@@ -432,7 +448,7 @@ impl LayerStore {
             };
             remove_all(&gone);
             crate::metrics::global().layer_store_evictions.inc();
-            tracing::debug!(digest = %digest, "prepared layer evicted from the layer store");
+            tracing::debug!(digest = %digest, why, "prepared layer removed from the layer store");
         }
         self.report();
     }
@@ -674,7 +690,7 @@ mod tests {
         // Using layer 1 makes layer 2 the oldest.
         link(&store, &fake, &layers[1], work.path(), "use-1");
         std::fs::remove_dir_all(work.path().join("use-1")).unwrap();
-        store.prepare_ahead(&fake, &layers[3..], true, &|| false);
+        store.prepare_ahead(&fake, &layers[1..], true, &|| false);
         let mut expect = vec![layers[1].digest.hex(), layers[3].digest.hex()];
         expect.sort();
         assert_eq!(entries(&store), expect);
@@ -709,6 +725,17 @@ mod tests {
         // Asked to stop: nothing more is built.
         let more = fake.add_image(&tars(1, "late"), &[]);
         assert_eq!(store.prepare_ahead(&fake, &more, true, &|| true), 0);
+        // The compressed image's archive deleted: its entries go once no
+        // snapshot uses them, the plain image's stay.
+        std::fs::remove_dir_all(work.path().join("s2")).unwrap();
+        store.prepare_ahead(&fake, &plain, true, &|| false);
+        let mut left = vec![
+            plain[0].digest.hex(),
+            plain[1].digest.hex(),
+            gz[1].digest.hex(),
+        ];
+        left.sort();
+        assert_eq!(entries(&store), left, "s3 still uses the second gzip layer");
     }
 
     /// The same layer found in another archive (a replaced or moved one):

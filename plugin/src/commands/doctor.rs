@@ -6,7 +6,7 @@
 //! missing or for another platform.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use airgap_snapshotter::catalog::reference::Reference;
@@ -113,7 +113,14 @@ pub fn run(args: DoctorArgs) -> Result<ExitCode> {
         checks.push(probe::mirror(a));
     }
     checks.push(probe::overlayfs());
-    checks.push(probe::free_space(&config.root, config.cache_bytes));
+    checks.push(probe::layer_mounts(
+        config.layer_mounts,
+        Path::new("/sys/fs/erofs/features"),
+    ));
+    checks.push(probe::free_space(
+        &config.root,
+        config.cache_bytes.saturating_add(config.layer_store_bytes),
+    ));
 
     for dir in config.archives.iter().filter(|d| !d.is_dir()) {
         report.checks.push(Check::warn(

@@ -159,7 +159,55 @@ pub fn overlayfs() -> Check {
     }
 }
 
-/// Free space under the root against the cache budget.
+/// Whether archived layers will be mounted (EROFS) or extracted, as far as
+/// the kernel's EROFS features say without mounting anything (the daemon
+/// probes with a real mount at start): `features` is the directory of
+/// feature files (`/sys/fs/erofs/features`).
+pub fn layer_mounts(mode: crate::config::LayerMode, features: &Path) -> Check {
+    use crate::config::LayerMode;
+    const NAME: &str = "layer mounts";
+    if mode == LayerMode::Extract {
+        return Check::ok(
+            NAME,
+            "layer_mounts = \"extract\": archived layers are extracted",
+        );
+    }
+    // Chunk-indexed files and a device table are what tar indexes need;
+    // file-backed mounts (Linux 6.12) have no feature file of their own.
+    let missing: Vec<&str> = ["chunked_file", "device_table"]
+        .into_iter()
+        .filter(|f| !features.join(f).exists())
+        .collect();
+    if missing.is_empty() {
+        return Check::ok(
+            NAME,
+            "the kernel's EROFS has chunked files and device tables: archived layers are mounted, not extracted (file-backed mounts need Linux 6.12+; the daemon's log says if its probe failed)",
+        );
+    }
+    let detail = if features.exists() {
+        format!("the kernel's EROFS lacks {}", missing.join(", "))
+    } else {
+        format!(
+            "{} does not exist: no EROFS in this kernel (or the module is not loaded)",
+            features.display()
+        )
+    };
+    match mode {
+        LayerMode::Erofs => Check::fail(
+            NAME,
+            format!("layer_mounts = \"erofs\", but {detail}: the daemon will not start"),
+            "`modprobe erofs` on Linux 6.12+, or set layer_mounts = \"auto\"",
+        ),
+        _ => Check::warn(
+            NAME,
+            format!("{detail}: archived layers are extracted (slower pulls, more disk)"),
+            "`modprobe erofs` on Linux 6.12+ to mount layers instead",
+        ),
+    }
+}
+
+/// Free space under the root against the budgets of the layer cache and
+/// the layer store (their sum, `budget`).
 pub fn free_space(root: &Path, budget: u64) -> Check {
     // The root may not exist yet: look at its closest existing ancestor.
     let mut dir = root;
@@ -174,7 +222,7 @@ pub fn free_space(root: &Path, budget: u64) -> Check {
             let free = s.f_bavail.saturating_mul(s.f_frsize);
             let gib = |n: u64| format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64);
             let detail = format!(
-                "{} free under {}, cache budget {}",
+                "{} free under {}, cache and layer store budgets {}",
                 gib(free),
                 dir.display(),
                 gib(budget)
@@ -185,7 +233,7 @@ pub fn free_space(root: &Path, budget: u64) -> Check {
                 Check::warn(
                     "free space",
                     detail,
-                    "free space there, or lower cache_bytes to what the disk holds",
+                    "free space there, or lower cache_bytes and layer_store_bytes to what the disk holds",
                 )
             }
         }
@@ -201,6 +249,26 @@ pub fn free_space(root: &Path, budget: u64) -> Check {
 mod tests {
     use super::*;
     use crate::doctor::Status;
+
+    #[test]
+    fn layer_mounts_from_the_kernel_features() {
+        use crate::config::LayerMode;
+        let dir = tempfile::tempdir().unwrap();
+        let features = dir.path().join("features");
+        let status = |mode| layer_mounts(mode, &features).status;
+        // No EROFS at all.
+        assert_eq!(status(LayerMode::Auto), Status::Warn);
+        assert_eq!(status(LayerMode::Erofs), Status::Fail);
+        assert_eq!(status(LayerMode::Extract), Status::Ok);
+        std::fs::create_dir(&features).unwrap();
+        std::fs::write(features.join("chunked_file"), "").unwrap();
+        let check = layer_mounts(LayerMode::Auto, &features);
+        assert_eq!(check.status, Status::Warn);
+        assert!(check.detail.contains("device_table"), "{}", check.detail);
+        std::fs::write(features.join("device_table"), "").unwrap();
+        assert_eq!(status(LayerMode::Auto), Status::Ok);
+        assert_eq!(status(LayerMode::Erofs), Status::Ok);
+    }
 
     #[test]
     fn ctr_outputs() {

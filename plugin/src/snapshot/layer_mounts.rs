@@ -609,70 +609,167 @@ mod tests {
         assert_eq!(unescape(r"/x\04"), r"/x\04");
     }
 
-    /// The real catalog over a docker-save archive of the test fixtures:
-    /// every layer mounted in place through Prepare, each equal to its
-    /// extraction, all unmounted by Remove.
+    /// The real catalog over each kind of archive a site ships: every
+    /// layer mounted through Prepare (in place for a docker-save `.tar` and
+    /// an OCI layout of `tar` layers, over a decompressed copy otherwise),
+    /// each equal to its extraction file for file, the merged tree of the
+    /// two layers equal to the merged extracted tree, all unmounted by
+    /// Remove.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn docker_save_archive_through_the_catalog() {
+    async fn every_archive_kind_through_the_catalog() {
         requires_root!();
-        use crate::testsupport::{busybox_bytes, docker_save, layer_tar, write, ImageSpec};
-        let work = tempfile::tempdir().unwrap();
-        let _guard = Unmount(work.path().to_owned());
-        let spec = ImageSpec::new(vec![
-            layer_tar(&[("bin/busybox", &busybox_bytes()), ("etc/hostname", b"a\n")]),
-            layer_tar(&[("etc/hello", b"hello\n"), ("etc/.wh.hostname", b"")]),
-        ]);
-        let archives = work.path().join("archives");
-        std::fs::create_dir(&archives).unwrap();
-        write(
-            &archives,
-            "busybox.tar",
-            &docker_save(&spec, &["busybox:1.36"]),
-        );
-        let catalog = crate::catalog::Catalog::open(crate::catalog::CatalogOptions {
-            dirs: vec![archives.clone()],
-            settle: std::time::Duration::ZERO,
-            cache_bytes: 64 << 20,
-            ..Default::default()
-        })
-        .unwrap();
-        let server = TestServer::start_with(Some(catalog), crate::config::LayerMode::Auto).await;
-        let root = server.root();
-        let _root_guard = Unmount(root.clone());
-        let mut parent = String::new();
-        for (i, chain) in spec.chain_ids().iter().enumerate() {
-            let labels = HashMap::from([(TARGET_SNAPSHOT_REF.to_string(), chain.to_string())]);
-            let err = server
-                .client
-                .clone()
-                .prepare(api::PrepareSnapshotRequest {
-                    snapshotter: "airgap".into(),
-                    key: format!("ns/{i}/extract"),
-                    parent: parent.clone(),
-                    labels,
-                })
-                .await
-                .unwrap_err();
-            assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
-            parent = chain.to_string();
+        use crate::testsupport::{
+            busybox_bytes, docker_save, wrap, write, ImageSpec, LayerCompression, OciLayout, Wrap,
+        };
+        let busybox = busybox_bytes();
+        let layers = vec![
+            layer_tar(&[
+                Entry::Dir("bin"),
+                Entry::File("bin/busybox", &busybox),
+                Entry::Symlink("bin/sh", "busybox"),
+                Entry::Dir("etc"),
+                Entry::File("etc/hostname", b"a\n"),
+                Entry::Dir("opt"),
+                Entry::File("opt/old", b"old"),
+            ]),
+            layer_tar(&[
+                Entry::Dir("etc"),
+                Entry::File("etc/hello", b"hello\n"),
+                Entry::File("etc/.wh.hostname", b""),
+                Entry::Dir("opt"),
+                Entry::File("opt/.wh..wh..opq", b""),
+                Entry::File("opt/new", b"new"),
+            ]),
+        ];
+        let kinds: [(&str, LayerCompression, Wrap, bool, bool); 5] = [
+            (
+                "docker-save.tar",
+                LayerCompression::None,
+                Wrap::Tar,
+                true,
+                true,
+            ),
+            (
+                "docker-save.tar.zst",
+                LayerCompression::None,
+                Wrap::Zstd,
+                true,
+                false,
+            ),
+            (
+                "oci-tar-layers.tar",
+                LayerCompression::None,
+                Wrap::Tar,
+                false,
+                true,
+            ),
+            (
+                "oci-gzip.tar",
+                LayerCompression::Gzip,
+                Wrap::Tar,
+                false,
+                false,
+            ),
+            (
+                "oci-zstd.tar.zst",
+                LayerCompression::Zstd,
+                Wrap::Seekable,
+                false,
+                false,
+            ),
+        ];
+        for (name, compression, container, saved, in_place) in kinds {
+            let work = tempfile::tempdir().unwrap();
+            let _guard = Unmount(work.path().to_owned());
+            let mut spec = ImageSpec::new(layers.clone());
+            spec.compression = compression;
+            let tar = if saved {
+                docker_save(&spec, &["busybox:1.36"])
+            } else {
+                OciLayout::single("busybox:1.36", &spec).0.to_tar()
+            };
+            let archives = work.path().join("archives");
+            std::fs::create_dir(&archives).unwrap();
+            write(
+                &archives,
+                &format!("image.{}", container.extension()),
+                &wrap(&tar, container),
+            );
+            let catalog = crate::catalog::Catalog::open(crate::catalog::CatalogOptions {
+                dirs: vec![archives.clone()],
+                settle: std::time::Duration::ZERO,
+                cache_bytes: 64 << 20,
+                ..Default::default()
+            })
+            .unwrap();
+            let server =
+                TestServer::start_with(Some(catalog), crate::config::LayerMode::Auto).await;
+            let root = server.root();
+            let _root_guard = Unmount(root.clone());
+            let mut parent = String::new();
+            for (i, chain) in spec.chain_ids().iter().enumerate() {
+                let labels = HashMap::from([(TARGET_SNAPSHOT_REF.to_string(), chain.to_string())]);
+                let err = server
+                    .client
+                    .clone()
+                    .prepare(api::PrepareSnapshotRequest {
+                        snapshotter: "airgap".into(),
+                        key: format!("ns/{i}/extract"),
+                        parent: parent.clone(),
+                        labels,
+                    })
+                    .await
+                    .unwrap_err();
+                assert_eq!(err.code(), Code::AlreadyExists, "{name}: {err:?}");
+                parent = chain.to_string();
+            }
+            let all = committed(&server.sn);
+            assert_eq!(all.len(), 2, "{name}");
+            let mut lowers = Vec::new();
+            for (i, (_, id)) in all.iter().enumerate() {
+                let dir = root.join("snapshots").join(id.to_string());
+                let fs_dir = dir.join("fs");
+                assert!(erofs::is_mounted(&fs_dir), "{name}: layer {i} not mounted");
+                assert_eq!(!dir.join(COPY).exists(), in_place, "{name}: layer {i}");
+                let ext = work.path().join(format!("ext{i}"));
+                std::fs::create_dir(&ext).unwrap();
+                let tar = &spec.layers[i];
+                crate::extract::unpack_layer(&tar[..], Compression::None, &Digest::of(tar), &ext)
+                    .unwrap();
+                assert_same_tree(&ext, &fs_dir, TreeOptions { dir_times: false });
+                lowers.insert(0, (ext, fs_dir));
+            }
+            // The image as a container sees it: overlay of the mounted
+            // layers against overlay of the extracted ones.
+            let (expected, merged) = (work.path().join("expected"), work.path().join("merged"));
+            std::fs::create_dir(&expected).unwrap();
+            std::fs::create_dir(&merged).unwrap();
+            let join = |f: fn(&(PathBuf, PathBuf)) -> &PathBuf| {
+                lowers
+                    .iter()
+                    .map(|l| f(l).display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(":")
+            };
+            mount_overlay(&format!("lowerdir={}", join(|l| &l.0)), &expected);
+            mount_overlay(&format!("lowerdir={}", join(|l| &l.1)), &merged);
+            let same = std::panic::catch_unwind(|| {
+                assert_same_tree(&expected, &merged, TreeOptions { dir_times: false })
+            });
+            rustix::mount::unmount(&expected, rustix::mount::UnmountFlags::empty()).unwrap();
+            rustix::mount::unmount(&merged, rustix::mount::UnmountFlags::empty()).unwrap();
+            if let Err(e) = same {
+                panic!("{name}: merged trees differ: {e:?}");
+            }
+            for (snapshot, _) in all.iter().rev() {
+                server.sn.remove(snapshot).unwrap();
+            }
+            assert!(
+                crate::snapshot::test_support::dir_names(&root.join("snapshots")).is_empty(),
+                "{name}"
+            );
+            server.stop().await;
         }
-        let all = committed(&server.sn);
-        assert_eq!(all.len(), 2);
-        for (i, (_, id)) in all.iter().enumerate() {
-            let fs_dir = root.join("snapshots").join(id.to_string()).join("fs");
-            assert!(erofs::is_mounted(&fs_dir), "layer {i} not mounted");
-            let ext = work.path().join(format!("ext{i}"));
-            std::fs::create_dir(&ext).unwrap();
-            let tar = &spec.layers[i];
-            crate::extract::unpack_layer(&tar[..], Compression::None, &Digest::of(tar), &ext)
-                .unwrap();
-            assert_same_tree(&ext, &fs_dir, TreeOptions { dir_times: false });
-        }
-        for (name, _) in all.iter().rev() {
-            server.sn.remove(name).unwrap();
-        }
-        assert!(crate::snapshot::test_support::dir_names(&root.join("snapshots")).is_empty());
-        server.stop().await;
     }
 
     /// Gzip layers (not stored as plain tars): decompressed once into the

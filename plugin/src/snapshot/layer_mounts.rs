@@ -454,25 +454,10 @@ mod tests {
     use super::*;
     use crate::labels::TARGET_SNAPSHOT_REF;
     use crate::snapshot::proto::containerd::services::snapshots::v1 as api;
-    use crate::snapshot::test_support::{layer_tar, Entry, FakeSource, TestServer};
+    use crate::snapshot::test_support::{layer_tar, Entry, FakeSource, TestServer, Unmount};
     use crate::snapshot::{Kind, SnapshotApi, Snapshotter};
     use crate::testsupport::requires_root;
     use crate::testsupport::tree::{assert_same_tree, TreeOptions};
-
-    /// Unmounts whatever a test left mounted under its directory.
-    struct Unmount(PathBuf);
-
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            for _ in 0..3 {
-                let _ = rustix::mount::unmount(
-                    self.0.join("merged"),
-                    rustix::mount::UnmountFlags::DETACH,
-                );
-            }
-            unmount_under(&self.0);
-        }
-    }
 
     fn mount_overlay(opts: &str, target: &Path) {
         let data = std::ffi::CString::new(opts).unwrap();

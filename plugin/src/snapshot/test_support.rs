@@ -22,6 +22,20 @@ use super::proto::containerd::services::snapshots::v1::snapshots_client::Snapsho
 use super::service::SnapshotService;
 use super::{Info, Kind, Mount, SnapshotApi, SnapshotError, Snapshotter, Usage};
 
+/// Unmounts whatever a test left mounted under its directory (a `merged`
+/// overlay, then the EROFS mounts of layers).
+pub struct Unmount(pub PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        for _ in 0..3 {
+            let _ =
+                rustix::mount::unmount(self.0.join("merged"), rustix::mount::UnmountFlags::DETACH);
+        }
+        super::layer_mounts::unmount_under(&self.0);
+    }
+}
+
 /// One file of a test layer.
 pub enum Entry<'a> {
     File(&'a str, &'a [u8]),
@@ -501,8 +515,12 @@ impl<S: SnapshotApi> TestServer<S> {
         }
     }
 
+    /// Stops the server and removes its state, EROFS mounts of layers
+    /// first.
     pub async fn stop(self) {
-        drop(self.stop_keeping_state().await);
+        let dir = self.stop_keeping_state().await;
+        super::layer_mounts::unmount_under(dir.path());
+        drop(dir);
     }
 
     /// Stops the server and closes the snapshotter; the state directory

@@ -151,9 +151,12 @@ impl Snapshotter {
         }
     }
 
-    /// Swaps the extracted layer in for the empty directory of the pending
-    /// snapshot `name` and records it filled, in one transaction. A crash in
-    /// between leaves it pending: the next fill replaces the directory again.
+    /// Swaps the staged layer's directory (extracted, or mounted with its
+    /// index beside it) in for the empty directory of the pending snapshot
+    /// `name`, in one atomic exchange, and records it filled, in one
+    /// transaction. A crash in between leaves it pending: the next fill
+    /// exchanges the directory again. (A mounted `fs` cannot be renamed by
+    /// itself, but the directory holding it can.)
     fn fill_pending(&self, name: &str, staged: StagedLayer) -> Result<(), SnapshotError> {
         let result = (|| {
             let txn = self.meta.write()?;
@@ -162,13 +165,17 @@ impl Snapshotter {
                 // Removed or filled meanwhile.
                 _ => return Ok(()),
             };
-            let upper = self.layout.upper(record.id);
-            self.discard(&upper)?;
-            let extracted = staged.dir.join("fs");
-            std::fs::rename(&extracted, &upper)
-                .map_err(|e| SnapshotError::io("rename into place", &upper, e))?;
+            let dir = self.layout.dir(record.id);
+            rustix::fs::renameat_with(
+                rustix::fs::CWD,
+                &staged.dir,
+                rustix::fs::CWD,
+                &dir,
+                rustix::fs::RenameFlags::EXCHANGE,
+            )
+            .map_err(|e| SnapshotError::io("exchange into place", &dir, e.into()))?;
             txn.set_pending(name, None, staged.usage)?;
-            sync_dir(&self.layout.dir(record.id))?;
+            sync_dir(self.layout.snapshots_dir())?;
             txn.commit()
         })();
         remove_all(&staged.dir);

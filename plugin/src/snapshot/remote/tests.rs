@@ -518,6 +518,19 @@ fn view(key: &str, parent: &str) -> api::ViewSnapshotRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn imported_layers_are_filled_once_on_first_use() {
     requires_root!();
+    filled_once_on_first_use(crate::config::LayerMode::Extract).await;
+}
+
+/// [`imported_layers_are_filled_once_on_first_use`] with the layers
+/// mounted (EROFS) when filled: the staged directory, mount and all, takes
+/// the pending one's place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imported_layers_are_mounted_once_on_first_use() {
+    requires_root!();
+    filled_once_on_first_use(crate::config::LayerMode::Erofs).await;
+}
+
+async fn filled_once_on_first_use(mode: crate::config::LayerMode) {
     let mut fake = FakeSource::default();
     let a = fake.add_image(&image(3), &[]);
     let mut b_tars = image(2);
@@ -528,7 +541,8 @@ async fn imported_layers_are_filled_once_on_first_use() {
     let b = fake.add_image(&b_tars, &[]);
     assert_eq!(a[1].chain_id, b[1].chain_id, "the images share two layers");
     let fake = Arc::new(fake);
-    let mut server = TestServer::start(Some(fake.clone())).await;
+    let mut server = TestServer::start_with(Some(fake.clone()), mode).await;
+    let _unmount = crate::snapshot::test_support::Unmount(server.root());
 
     let top_a = import(&server, &a).await;
     let top_b = import(&server, &b).await;

@@ -235,11 +235,11 @@ t0=$(date +%s)
 if cargo nextest --version >/dev/null 2>&1; then
     env -u AIRGAP_CONTAINERD_DIR AIRGAP_SNAPSHOTTER_BIN="$tmp/airgap-snapshotter-arm64" \
         cargo nextest run -p airgap-integration --test e2e --no-fail-fast --test-threads 1 \
-        -E 'not test(/import|sigkill|sigterm|twenty_concurrent|mounted_from_the_archive|cri_pod/)'
+        -E 'not test(/import|sigkill|sigterm|twenty_concurrent|mounted_from_the_archive|layers_prepared_on_arrival|cri_pod/)'
 else
     env -u AIRGAP_CONTAINERD_DIR AIRGAP_SNAPSHOTTER_BIN="$tmp/airgap-snapshotter-arm64" \
         cargo test -p airgap-integration --test e2e -- --test-threads 1 --skip import --skip sigkill \
-        --skip sigterm --skip twenty_concurrent --skip mounted_from_the_archive --skip cri_pod
+        --skip sigterm --skip twenty_concurrent --skip mounted_from_the_archive --skip layers_prepared_on_arrival --skip cri_pod
 fi
 grep -q '^serve ' "$tmp/arm64-calls" 2>/dev/null || fail "the end-to-end test did not run the arm64 daemon"
 echo "arm64 end to end: $(($(date +%s) - t0)) s"

@@ -1225,7 +1225,7 @@ fn erofs_on_arrival(test: &str, env: &mut Env, images: &Images) -> Result<()> {
     for (n, image) in images.archived.iter().enumerate() {
         let mark = env.registry.mark();
         eprintln!("== {test}: CRI PullImage {}", image.name);
-        env.cri.pull_image(&image.name)?;
+        pull_after_restart(test, env, &image.name)?;
         let downloaded = layer_gets(env, image, mark);
         ensure!(
             downloaded.is_empty(),
@@ -1970,13 +1970,26 @@ fn sigkill_mid_extraction(test: &str, env: &mut Env, images: &Images) -> Result<
         entries_of(&staging)
     );
     eprintln!("== {test}: pulling again");
-    // containerd's gRPC client to the snapshotter may still be backing off
-    // from the refused dials of the restart (Unavailable): kubelet retries
-    // a failed pull, so does this, for a while.
+    pull_after_restart(test, env, &image.name)?;
+    assert_chain_snapshots(env, image)?;
+    run_sample_check(env, &image.name, "sigkill")?;
+    env.daemon.check_running()?;
+    for dir in ["staging", "trash"] {
+        let left = entries_of(&root.join(dir));
+        ensure!(left.is_empty(), "{dir} holds {left:?} after the pull");
+    }
+    remove_images_and_wait_for_gc(test, env)
+}
+
+/// CRI PullImage of `name` right after the daemon restarted: containerd's
+/// gRPC client to the snapshotter may still be backing off from the
+/// refused dials of the restart (Unavailable); kubelet retries a failed
+/// pull, so does this, for a while.
+fn pull_after_restart(test: &str, env: &mut Env, name: &str) -> Result<()> {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        match env.cri.pull_image(&image.name) {
-            Ok(_) => break,
+        match env.cri.pull_image(name) {
+            Ok(_) => return Ok(()),
             Err(err)
                 if format!("{err:#}").contains("unavailable")
                     && std::time::Instant::now() < deadline =>
@@ -1987,14 +2000,6 @@ fn sigkill_mid_extraction(test: &str, env: &mut Env, images: &Images) -> Result<
             Err(err) => return Err(err),
         }
     }
-    assert_chain_snapshots(env, image)?;
-    run_sample_check(env, &image.name, "sigkill")?;
-    env.daemon.check_running()?;
-    for dir in ["staging", "trash"] {
-        let left = entries_of(&root.join(dir));
-        ensure!(left.is_empty(), "{dir} holds {left:?} after the pull");
-    }
-    remove_images_and_wait_for_gc(test, env)
 }
 
 /// 20 CRI pulls at once of 4 images sharing their two lower layers: all

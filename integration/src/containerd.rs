@@ -237,15 +237,25 @@ impl PrivateContainerd {
             "containerd to reach the airgap snapshotter",
             timeout,
             || {
-                let out = self.ctr_unchecked(&[
-                    "-n",
-                    K8S_NS,
-                    "snapshots",
-                    "--snapshotter",
-                    SNAPSHOTTER,
-                    "ls",
-                ])?;
-                Ok(out.status.success())
+                // A Prepare (not a List: containerd lists from its own
+                // metadata) reaches the daemon through containerd's client,
+                // which may still be backing off from a restart.
+                let key = format!("airgap-e2e-reachable-{}", std::process::id());
+                let ctr = |verb: &str| {
+                    self.ctr_unchecked(&[
+                        "-n",
+                        K8S_NS,
+                        "snapshots",
+                        "--snapshotter",
+                        SNAPSHOTTER,
+                        verb,
+                        &key,
+                    ])
+                };
+                let _ = ctr("rm")?;
+                let reached = ctr("prepare")?.status.success();
+                let _ = ctr("rm")?;
+                Ok(reached)
             },
         )
     }

@@ -1225,7 +1225,7 @@ fn erofs_on_arrival(test: &str, env: &mut Env, images: &Images) -> Result<()> {
     for (n, image) in images.archived.iter().enumerate() {
         let mark = env.registry.mark();
         eprintln!("== {test}: CRI PullImage {}", image.name);
-        pull_after_restart(test, env, &image.name)?;
+        pull_after_restart(test, &mut env.cri, &image.name)?;
         let downloaded = layer_gets(env, image, mark);
         ensure!(
             downloaded.is_empty(),
@@ -1970,7 +1970,7 @@ fn sigkill_mid_extraction(test: &str, env: &mut Env, images: &Images) -> Result<
         entries_of(&staging)
     );
     eprintln!("== {test}: pulling again");
-    pull_after_restart(test, env, &image.name)?;
+    pull_after_restart(test, &mut env.cri, &image.name)?;
     assert_chain_snapshots(env, image)?;
     run_sample_check(env, &image.name, "sigkill")?;
     env.daemon.check_running()?;
@@ -1985,10 +1985,10 @@ fn sigkill_mid_extraction(test: &str, env: &mut Env, images: &Images) -> Result<
 /// gRPC client to the snapshotter may still be backing off from the
 /// refused dials of the restart (Unavailable); kubelet retries a failed
 /// pull, so does this, for a while.
-fn pull_after_restart(test: &str, env: &mut Env, name: &str) -> Result<()> {
+fn pull_after_restart(test: &str, cri: &mut CriClient, name: &str) -> Result<()> {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        match env.cri.pull_image(name) {
+        match cri.pull_image(name) {
             Ok(_) => return Ok(()),
             Err(err)
                 if format!("{err:#}").contains("unavailable")

@@ -1240,14 +1240,24 @@ fn erofs_on_arrival(test: &str, env: &mut Env, images: &Images) -> Result<()> {
         "{} EROFS mounts for {layers} layers: {mounted:?}",
         mounted.len()
     );
+    // Every layer snapshot (the others are containers' and have no index)
+    // links an index prepared on arrival.
+    let mut linked = 0;
     for dir in daemon_snapshot_dirs(&root)? {
-        let ino = std::fs::metadata(dir.join("layer.erofs"))?.ino();
+        let Ok(index) = std::fs::metadata(dir.join("layer.erofs")) else {
+            continue;
+        };
         ensure!(
-            prepared.contains(&ino),
+            prepared.contains(&index.ino()),
             "{} is not an index prepared on arrival",
             dir.display()
         );
+        linked += 1;
     }
+    ensure!(
+        linked == layers,
+        "{linked} layer snapshots for {layers} layers"
+    );
 
     eprintln!("== {test}: deleting the archives");
     for image in &images.archived {

@@ -1261,8 +1261,10 @@ fn erofs_on_arrival(test: &str, env: &mut Env, images: &Images) -> Result<()> {
 
     eprintln!("== {test}: deleting the archives");
     for image in &images.archived {
-        std::fs::remove_file(&image.archive)
-            .with_context(|| format!("removing {}", image.archive.display()))?;
+        let name = image.archive.file_name().context("archive name")?;
+        let archive = env.daemon.archives_dir().join(name);
+        std::fs::remove_file(&archive)
+            .with_context(|| format!("removing {}", archive.display()))?;
     }
     let daemon = &env.daemon;
     process::wait_until(

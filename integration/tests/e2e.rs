@@ -1039,9 +1039,7 @@ fn daemon_restart(test: &str, env: &mut Env, images: &Images) -> Result<()> {
 #[test]
 fn docker_save_layers_are_mounted_from_the_archive() {
     let test = "erofs_docker_save";
-    // One file per feature in this directory.
-    if !Path::new("/sys/fs/erofs/features/chunked_file").exists() {
-        eprintln!("skipped {test}: this kernel has no EROFS with chunked files");
+    if !kernel_has_erofs_indexes(test) {
         return;
     }
     run_test(
@@ -1060,6 +1058,16 @@ fn docker_save_layers_are_mounted_from_the_archive() {
         },
         erofs_docker_save,
     );
+}
+
+/// Whether the kernel's EROFS has chunked files (one file per feature in
+/// `/sys/fs/erofs/features`); says the test is skipped when not.
+fn kernel_has_erofs_indexes(test: &str) -> bool {
+    let has = Path::new("/sys/fs/erofs/features/chunked_file").exists();
+    if !has {
+        eprintln!("skipped {test}: this kernel has no EROFS with chunked files");
+    }
+    has
 }
 
 /// EROFS mount points at or below `root`.
@@ -1152,8 +1160,7 @@ fn erofs_docker_save(test: &str, env: &mut Env, images: &Images) -> Result<()> {
 #[test]
 fn layers_prepared_on_arrival_are_mounted_and_outlive_their_archives() {
     let test = "erofs_on_arrival";
-    if !Path::new("/sys/fs/erofs/features/chunked_file").exists() {
-        eprintln!("skipped {test}: this kernel has no EROFS with chunked files");
+    if !kernel_has_erofs_indexes(test) {
         return;
     }
     run_test(

@@ -471,6 +471,23 @@ mod tests {
         .unwrap_or_else(|e| panic!("overlay {opts}: {e}"));
     }
 
+    /// Mounts `expected_opts` and `actual_opts` (overlay options) on
+    /// `<work>/expected` and `<work>/merged`, compares the two trees file
+    /// for file, and unmounts both whatever the outcome.
+    fn assert_same_overlay(work: &Path, expected_opts: &str, actual_opts: &str, opts: TreeOptions) {
+        let (expected, merged) = (work.join("expected"), work.join("merged"));
+        std::fs::create_dir_all(&expected).unwrap();
+        std::fs::create_dir_all(&merged).unwrap();
+        mount_overlay(expected_opts, &expected);
+        mount_overlay(actual_opts, &merged);
+        let same = std::panic::catch_unwind(|| assert_same_tree(&expected, &merged, opts));
+        rustix::mount::unmount(&expected, rustix::mount::UnmountFlags::empty()).unwrap();
+        rustix::mount::unmount(&merged, rustix::mount::UnmountFlags::empty()).unwrap();
+        if let Err(e) = same {
+            std::panic::resume_unwind(e);
+        }
+    }
+
     fn committed(sn: &Snapshotter) -> Vec<(String, u64)> {
         let mut v: Vec<_> = sn
             .list(&[])
@@ -535,8 +552,6 @@ mod tests {
             .unwrap();
         assert_eq!(mounts[0].kind, "overlay");
         let merged = work.path().join("merged");
-        std::fs::create_dir(&merged).unwrap();
-        mount_overlay(&mounts[0].options.join(","), &merged);
         let mut lowers = Vec::new();
         for (i, tar) in tars.iter().enumerate() {
             let ext = work.path().join(format!("ext{i}"));
@@ -545,15 +560,12 @@ mod tests {
                 .unwrap();
             lowers.insert(0, ext.display().to_string());
         }
-        let expected = work.path().join("expected");
-        std::fs::create_dir(&expected).unwrap();
-        mount_overlay(&format!("lowerdir={}", lowers.join(":")), &expected);
-        let same = std::panic::catch_unwind(|| {
-            assert_same_tree(&expected, &merged, TreeOptions::default())
-        });
-        rustix::mount::unmount(&expected, rustix::mount::UnmountFlags::empty()).unwrap();
-        rustix::mount::unmount(&merged, rustix::mount::UnmountFlags::empty()).unwrap();
-        same.unwrap();
+        assert_same_overlay(
+            work.path(),
+            &format!("lowerdir={}", lowers.join(":")),
+            &mounts[0].options.join(","),
+            TreeOptions::default(),
+        );
         assert_eq!(
             std::fs::read(merged.join("opt/new")).ok(),
             None,
@@ -726,26 +738,17 @@ mod tests {
             }
             // The image as a container sees it: overlay of the mounted
             // layers against overlay of the extracted ones.
-            let (expected, merged) = (work.path().join("expected"), work.path().join("merged"));
-            std::fs::create_dir(&expected).unwrap();
-            std::fs::create_dir(&merged).unwrap();
             let join = |f: fn(&(PathBuf, PathBuf)) -> &PathBuf| {
-                lowers
-                    .iter()
-                    .map(|l| f(l).display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(":")
+                let dirs: Vec<String> = lowers.iter().map(|l| f(l).display().to_string()).collect();
+                format!("lowerdir={}", dirs.join(":"))
             };
-            mount_overlay(&format!("lowerdir={}", join(|l| &l.0)), &expected);
-            mount_overlay(&format!("lowerdir={}", join(|l| &l.1)), &merged);
-            let same = std::panic::catch_unwind(|| {
-                assert_same_tree(&expected, &merged, TreeOptions { dir_times: false })
-            });
-            rustix::mount::unmount(&expected, rustix::mount::UnmountFlags::empty()).unwrap();
-            rustix::mount::unmount(&merged, rustix::mount::UnmountFlags::empty()).unwrap();
-            if let Err(e) = same {
-                panic!("{name}: merged trees differ: {e:?}");
-            }
+            eprintln!("{name}: comparing the merged trees");
+            assert_same_overlay(
+                work.path(),
+                &join(|l| &l.0),
+                &join(|l| &l.1),
+                TreeOptions { dir_times: false },
+            );
             for (snapshot, _) in all.iter().rev() {
                 server.sn.remove(snapshot).unwrap();
             }

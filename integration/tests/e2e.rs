@@ -1284,16 +1284,7 @@ fn erofs_on_arrival(test: &str, env: &mut Env, images: &Images) -> Result<()> {
     }
 
     eprintln!("== {test}: pulling again after garbage collection: from the registry");
-    let refs = env.containerd.image_refs(K8S_NS)?;
-    let mut args = vec!["-n", K8S_NS, "images", "rm", "--sync"];
-    args.extend(refs.iter().map(String::as_str));
-    env.containerd.ctr(&args)?;
-    let containerd = &env.containerd;
-    process::wait_until(
-        "the snapshots to be garbage collected",
-        Duration::from_secs(30),
-        || Ok(containerd.snapshot_keys(K8S_NS)?.is_empty()),
-    )?;
+    remove_images_and_wait_for_gc(test, env)?;
     let image = &images.archived[0];
     let mark = env.registry.mark();
     env.cri.pull_image(&image.name)?;

@@ -21,7 +21,7 @@
 # indexed. Prints a table; --write puts it into BENCHMARKS.md. Not a test:
 # nothing here asserts a time.
 #
-#   scripts/bench.sh [--write] [--cache DIR] [--logs DIR] [--reps N] [--no-profile] [--pulls|--import]
+#   scripts/bench.sh [--write] [--cache DIR] [--logs DIR] [--reps N] [--no-profile] [--pulls|--import|--mounts]
 #
 # --pulls runs only the pulls a site compares across containerd versions:
 # (2), (3), (4) and (5) on the oci archive, `ctr pull --snapshotter airgap`
@@ -38,6 +38,18 @@
 # oci archive, (7) `airgap-snapshotter import` of the bundle, lazy and
 # eager, and (7b) the first `ctr run` of the largest image after a lazy
 # registration; written into a section of its own per containerd version.
+#
+# --mounts runs only what layers mounted from the archive (EROFS, issue 12)
+# are compared with, on the largest image: (2); CRI PullImage through mirror
+# + snapshotter with `--layer-mounts extract` from the oci archive (as (5));
+# with `--layer-mounts auto` from a docker-save archive left uncompressed
+# (docker-plain.tar, as k3s and rke2 ship theirs: its layers are mounted in
+# place); from the docker-save .tar.zst with `--prepare-layers on-arrival`,
+# timed once the daemon has prepared every layer; from the docker-save
+# .tar.zst and the oci archive prepared on pull; and reading every file of
+# the image in a container (`ctr run`), over mounted and over extracted
+# layers. Written into a section of its own per containerd version. The
+# rows that need `--prepare-layers` are left out with a daemon without it.
 #
 # --cache DIR keeps the generated bundle (debootstrap rootfs, archives) in
 # DIR, so that a rerun skips generating it. --logs DIR keeps the logs of
@@ -60,6 +72,7 @@ reps=3
 profile=1
 pulls=0
 imports=0
+mounts=0
 while (($#)); do
     case $1 in
         --write) write=1 ;;
@@ -69,6 +82,7 @@ while (($#)); do
         --no-profile) profile=0 ;;
         --pulls) pulls=1 profile=0 ;;
         --import) imports=1 profile=0 ;;
+        --mounts) mounts=1 profile=0 ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -203,7 +217,7 @@ spec="v3 $arch minbase+$go_tree minbase+$llvm_tree minbase+$py_tree busybox $(sh
 if [[ -f $bundle/stamp && $(cat "$bundle/stamp") == "$spec" ]]; then
     say "reusing the bundle in $bundle"
 else
-    rm -f "$bundle/stamp"
+    rm -f "$bundle/stamp" "$bundle/docker-plain.tar"
     if [[ ! -d $bundle/minbase ]]; then
         say "debootstrap --variant=minbase bookworm (the base layer)"
         rm -rf "$bundle/minbase.tmp"
@@ -230,13 +244,31 @@ else
     zstd -dc "$bundle/oci.tar.zst" >"$bundle/oci.tar" # for skopeo
     echo "$spec" >"$bundle/stamp"
 fi
+# --mounts: the docker-save archive uncompressed, as k3s and rke2 ship
+# theirs (its layers are plain tars: mounted in place). Made from the
+# bundle's docker.tar.zst once, dropped when the bundle is rebuilt.
+kinds=(oci docker packed alone)
+if ((mounts)); then
+    kinds=(oci docker docker-plain)
+    if [[ ! -f $bundle/docker-plain.tar ]]; then
+        say "docker-plain.tar: the docker-save archive, uncompressed"
+        zstd -dcq "$bundle/docker.tar.zst" >"$bundle/docker-plain.tar.tmp"
+        mv "$bundle/docker-plain.tar.tmp" "$bundle/docker-plain.tar"
+    fi
+fi
+archive_of() { # KIND
+    case $1 in
+        docker-plain) echo "$bundle/docker-plain.tar" ;;
+        *) echo "$bundle/$1.tar.zst" ;;
+    esac
+}
 
 # One archives directory per kind; hard links keep the (device, inode,
 # size, mtime) the persisted indexes are keyed by.
-for kind in oci docker packed alone; do
+for kind in "${kinds[@]}"; do
     mkdir -p "$work/archives-$kind"
-    ln "$bundle/$kind.tar.zst" "$work/archives-$kind/" 2>/dev/null ||
-        cp -p "$bundle/$kind.tar.zst" "$work/archives-$kind/"
+    ln "$(archive_of "$kind")" "$work/archives-$kind/" 2>/dev/null ||
+        cp -p "$(archive_of "$kind")" "$work/archives-$kind/"
 done
 "$bin" images --archives "$work/archives-oci" --json >"$work/images.json"
 jq -r --arg r "$big" '.[] | select(.ref == $r) | .manifests[0].layers[].digest' "$work/images.json" >"$work/big-layers"
@@ -293,12 +325,17 @@ registry_blob_gets() { grep -c '"GET /v2/[^ ]*/blobs/' "$reg_dir/registry.log" |
 mirror_port=$(free_port)
 hosts=$work/certs.d
 "$bin" config --mirror "127.0.0.1:$mirror_port" --upstream "http://127.0.0.1:$reg_port" --write "$hosts" >/dev/null 2>&1
+# daemon_flags: more flags for the daemon (--mounts: --layer-mounts ...);
+# metrics_listen: off, or where the daemon serves its metrics.
+daemon_flags=()
+metrics_listen=off
 start_daemon() { # KIND ROOT
     local kind=$1 root=$2
     mkdir -p "$root" "$work/run"
     rm -f "$work/run/snap.sock"
     RUST_LOG=info NO_COLOR=1 "$bin" serve --root "$root" --socket "$work/run/snap.sock" \
-        --archives "$work/archives-$kind" --mirror-listen "127.0.0.1:$mirror_port" --metrics-listen off --import-mode off >>"$root.log" 2>&1 &
+        --archives "$work/archives-$kind" --mirror-listen "127.0.0.1:$mirror_port" --metrics-listen "$metrics_listen" \
+        --import-mode off "${daemon_flags[@]}" >>"$root.log" 2>&1 &
     daemon_pid=$!
     pids+=("$daemon_pid")
     wait_for "the daemon's socket" 60 python3 -c "import socket,sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])" "$work/run/snap.sock"
@@ -311,7 +348,7 @@ stop_daemon() {
     forget_pid "$daemon_pid"
     daemon_pid=
 }
-for kind in oci docker packed alone; do
+for kind in "${kinds[@]}"; do
     say "indexing the $kind archive once (persisted)"
     start_daemon "$kind" "$work/seed-$kind"
     stop_daemon
@@ -511,6 +548,92 @@ step_register() {
     unlock
 }
 
+# --mounts: the daemon's metrics (summed over labels; empty when the daemon
+# does not answer).
+metric() { # NAME
+    local text
+    text=$(curl -sf --max-time 2 "http://$metrics_listen/metrics") || return 0
+    awk -v n="$1" '$1 == n || index($1, n "{") == 1 { s += $NF; f = 1 } END { if (f) printf "%d\n", s }' <<<"$text"
+}
+# Every layer the daemon prepares on arrival is prepared: none pending, and
+# some done (the gauge is 0 too before the first is queued).
+layers_prepared() {
+    local pending finished
+    pending=$(metric airgap_layer_prepare_pending)
+    finished=$(metric airgap_layers_prepared_total)
+    [[ $pending == 0 && ${finished:-0} -gt 0 ]]
+}
+can_prepare=0
+"$bin" serve --help 2>/dev/null | grep -q -- '--prepare-layers' && can_prepare=1
+read_all='/usr/lib/go-1.19/bin/go version && find / -xdev -type f -exec cat {} + >/dev/null'
+
+# step_mount ID LABEL KIND [--prepared] [--run LABEL] -- DAEMON_FLAGS...: CRI
+# PullImage through mirror + snapshotter (as (5)), the daemon started with
+# DAEMON_FLAGS and its metrics on. --prepared: the pull starts once the
+# daemon has prepared what it prepares on arrival (not timed; its time and
+# disk go into the note). --run: then (9) a container of the image reads
+# every file of it, caches dropped first (recorded as ID-run, LABEL).
+step_mount() {
+    local id=$1 label=$2 kind=$3 prepared=0 run="" cpu0 base t_start prep="" split mounted built extracted failed m files bytes
+    shift 3
+    while [[ $1 != -- ]]; do
+        case $1 in
+            --prepared) prepared=1 ;;
+            --run) run=$2; shift ;;
+        esac
+        shift
+    done
+    shift
+    lock
+    fresh_daemon_root "$kind"
+    base=$(du_bytes "$root")
+    daemon_flags=("$@")
+    metrics_listen=127.0.0.1:$(free_port)
+    t_start=$(now)
+    start_daemon "$kind" "$root"
+    if ((prepared)); then
+        wait_for "the daemon to prepare the layers" 900 layers_prepared
+        prep="prepared on arrival (not timed) in $(since "$t_start") s from the daemon's start, $(metric airgap_layers_prepared_total) layers of the bundle, $(human $(($(du_bytes "$root") - base))) in the daemon root; "
+    fi
+    start_containerd airgap
+    drop_caches
+    cpu0=$(cpu_ticks "$daemon_pid")
+    t=$("$cri" "$cdir/containerd.sock" "$big" | cut -d' ' -f1)
+    disk=$(du_bytes "$cdir/root" "$root")
+    split="containerd $(human "$(du_bytes "$cdir/root")") + daemon $(human "$(du_bytes "$root")")"
+    hwm=$(hwm_kib "$daemon_pid")
+    mounted=$(grep -c 'layer mounted from archive (EROFS)' "$root.log" || true)
+    built=$(grep 'layer mounted from archive (EROFS)' "$root.log" | grep -c 'prepared_now=true' || true)
+    extracted=$(grep -c 'layer extracted from archive' "$root.log" || true)
+    failed=$(grep -c 'mounting the layer from the archive failed' "$root.log" || true)
+    m=$(metric airgap_layers_mounted_total)
+    note="${prep}layers from the archive: $(grep -c 'layer committed from archive' "$root.log" || true)/$big_layers; mounted (EROFS) by then: $mounted (airgap_layers_mounted_total ${m:--}; prepared by the pull: $built), extracted: $extracted"
+    ((failed == 0)) || note+=", mounts that failed (extracted instead): $failed"
+    note+="; disk: $split; $(cpu_since "$daemon_pid" "$cpu0")"
+    record "$id" "$label"
+    if [[ -n $run ]]; then
+        drop_caches
+        t0=$(now)
+        ctrx run --rm --snapshotter airgap "$big" "bench-read-$cd_seq" /bin/sh -c "$read_all" >"$cdir/run.out" 2>"$cdir/run.err" ||
+            { echo "reading the image's files failed:" >&2; cat "$cdir/run.err" >&2; exit 1; }
+        t=$(since "$t0")
+        grep -q 'go1\.19' "$cdir/run.out" || { echo "go version printed: $(cat "$cdir/run.out")" >&2; exit 1; }
+        disk=$(du_bytes "$cdir/root" "$root")
+        hwm=$(hwm_kib "$daemon_pid")
+        # Not timed: what the reading covered, the same over either kind of layers.
+        read -r files bytes < <(ctrx run --rm --snapshotter airgap "$big" "bench-count-$cd_seq" /bin/sh -c \
+            "find / -xdev -type f -printf '%s\\n' | awk '{ s += \$1 } END { print NR, s }'" 2>>"$cdir/run.err")
+        note="includes starting and stopping the container; files read: $files, $(human "$bytes")"
+        record "$id-run" "$run"
+    fi
+    check_runs airgap "$big"
+    stop_containerd
+    stop_daemon
+    daemon_flags=()
+    metrics_listen=off
+    unlock
+}
+
 # step_floor MODE: (6) system tools on the same layers.
 step_floor() {
     rm -rf "$work/floor"
@@ -616,8 +739,92 @@ Reproduce: \`[AIRGAP_CONTAINERD_DIR=DIR] scripts/bench.sh --import --write [--ca
     fi
 }
 
+# --mounts: issue 12's rows, their targets (against (2); for (9) over
+# mounted layers, against (9) over extracted ones), the reads last.
+mounts_table() {
+    local id t range label note r want ids=()
+    declare -A targets=([mount-plain]=0.05 [arrival-docker]=0.05 [pull-docker]=0.25 [pull-oci]=0.25 [mount-plain-run]=1.3)
+    for id in "${order[@]}"; do [[ $id == *-run ]] || ids+=("$id"); done
+    for id in "${order[@]}"; do [[ $id != *-run ]] || ids+=("$id"); done
+    echo "| step | time to runnable | ratio | issue 12's target | disk (containerd + daemon root) | daemon peak RSS | notes |"
+    echo "|---|---:|---:|---|---:|---:|---|"
+    for id in "${ids[@]}"; do
+        # shellcheck disable=SC2086
+        t=$(median ${T[$id]})
+        range=$(printf '%s\n' ${T[$id]} | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%s-%s", lo, hi }')
+        label=${L[$id]//|/\\|}
+        note="${N[$id]}${N[$id]:+; }all runs: $range s"
+        if [[ $id == *-run ]]; then
+            # shellcheck disable=SC2086
+            r=$(ratio "$t" "$(median ${T[extract-oci-run]})")
+            r="$r of extracted"
+        else
+            r=$(ratio "$t" "$t_registry_cri")
+        fi
+        want=-
+        if [[ -n ${targets[$id]:-} ]]; then
+            want="at most ${targets[$id]}x: $(awk -v r="${r%%x*}" -v w="${targets[$id]}" 'BEGIN { print (r <= w ? "met" : "not met") }')"
+        fi
+        echo "| $label | ${t} s | $r | $want | $(human "${D[$id]}") | $(kib "${H[$id]}") | ${note//|/\\|} |"
+    done
+}
+mounts_report() {
+    local report prepare_rows
+    prepare_rows="The rows prepared on arrival and on pull from the docker-save and oci \`.tar.zst\` archives are missing: this daemon has no \`--prepare-layers\`."
+    ((can_prepare)) && prepare_rows="\"Once prepared\": the daemon indexes the layers of the whole bundle in the background as soon as
+the archive is indexed (uncompressed layers of an uncompressed archive always; compressed ones, decompressed into its layer store, with
+\`--prepare-layers on-arrival\`); those rows start the pull when \`airgap_layer_prepare_pending\` is 0 and \`airgap_layers_prepared_total\`
+above 0, and the note gives how long that took from the daemon's start and what it added to the daemon root (neither is in the time).
+\"Prepared on pull\": the pull decompresses and indexes the image's layers itself."
+    report="Run $(date -u '+%Y-%m-%d %H:%M UTC') on $(machine_line).
+Load average (1, 5, 15 min) at the start: $load_start; at the end: $(cut -d' ' -f1-3 /proc/loadavg) (other work was running: figures are noisy).
+
+$(mounts_table)
+
+The largest image of the bundle (\`$big\`, $big_layers layers, $(human "$big_unpacked") unpacked, $big_files files), median of $reps rounds, caches
+dropped before each step, a fresh private containerd $containerd_version and daemon root (holding only the persisted indexes) per step.
+Time to runnable: until CRI \`PullImage\` answers, as in (5). Archives: oci.tar.zst $(human "$(stat -c %s "$bundle/oci.tar.zst")") (gzip layers),
+docker.tar.zst $(human "$(stat -c %s "$bundle/docker.tar.zst")") and docker-plain.tar $(human "$(stat -c %s "$bundle/docker-plain.tar")") (docker-save, the same
+tar uncompressed: \`zstd -dc docker.tar.zst\`, plain-tar layers as k3s and rke2 ship them). Ratio: against (2) in the same run; for (9),
+against (9) over extracted layers. \"Mounted (EROFS)\": the daemon's log lines \"layer mounted from archive (EROFS)\" (one per layer
+staged as a snapshot), and of those \"prepared by the pull\" the ones whose index (and decompressed copy) the pull had to build; a mount
+that failed and fell back to extraction (\"mounting the layer from the archive failed\") would be counted in the note.
+$prepare_rows
+(9) runs \`sh -c '$read_all'\` in a container of the pulled image
+with \`ctr run\` (container start and stop included), caches dropped just before: once over the layers mounted by (8) from
+docker-plain.tar, once over the layers extracted by (5); \"files read\" is counted afterwards, not timed.
+
+Reproduce: \`[AIRGAP_CONTAINERD_DIR=DIR] scripts/bench.sh --mounts --write [--cache DIR] [--reps N]\` as root (kernel 6.12+ for EROFS)."
+    echo
+    echo "$report"
+    if ((write)); then
+        printf '%s\n' "$report" | python3 scripts/bench/write-section.py "bench-mounts-$containerd_version" \
+            "Layers mounted from the archive on containerd $containerd_version (\`scripts/bench.sh --mounts --write\`)"
+        echo "written to BENCHMARKS.md"
+    fi
+}
+
 for ((round = 1; round <= reps; round++)); do
     say "round $round of $reps"
+    if ((mounts)); then
+        step_registry cri
+        step_mount extract-oci "(5) CRI PullImage, mirror + snapshotter, oci archive, layers extracted (\`--layer-mounts extract\`)" oci \
+            --run "(9) \`ctr run\` reading every file of the image, layers extracted (pulled by (5))" -- --layer-mounts extract
+        if ((can_prepare)); then
+            step_mount mount-plain "(8) CRI PullImage, mirror + snapshotter, docker-save \`.tar\` (uncompressed), \`--layer-mounts auto\`, once prepared" \
+                docker-plain --prepared --run "(9) \`ctr run\` reading every file of the image, layers mounted (pulled by (8) from the \`.tar\`)" -- --layer-mounts auto
+            step_mount arrival-docker "(8) CRI PullImage, mirror + snapshotter, docker-save \`.tar.zst\`, \`--prepare-layers on-arrival\`, once prepared" \
+                docker --prepared -- --layer-mounts auto --prepare-layers on-arrival
+            step_mount pull-docker "(8) CRI PullImage, mirror + snapshotter, docker-save \`.tar.zst\`, prepared on pull" \
+                docker -- --layer-mounts auto --prepare-layers on-pull
+            step_mount pull-oci "(8) CRI PullImage, mirror + snapshotter, oci archive (gzip layers), prepared on pull" \
+                oci -- --layer-mounts auto --prepare-layers on-pull
+        else
+            step_mount mount-plain "(8) CRI PullImage, mirror + snapshotter, docker-save \`.tar\` (uncompressed), \`--layer-mounts auto\`" \
+                docker-plain --run "(9) \`ctr run\` reading every file of the image, layers mounted (pulled by (8) from the \`.tar\`)" -- --layer-mounts auto
+        fi
+        continue
+    fi
     if ((pulls)); then
         step_registry cri
         step_registry ctr
@@ -648,7 +855,7 @@ rm -rf "$work/floor-raw"
 
 median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 t_registry_cri=$(median ${T[registry-cri]})
-t_floor=$(median ${T[floor-parallel]})
+t_floor=$(median ${T[floor-parallel]:-})
 
 if ((pulls)); then
     pulls_report
@@ -656,6 +863,10 @@ if ((pulls)); then
 fi
 if ((imports)); then
     import_report
+    exit 0
+fi
+if ((mounts)); then
+    mounts_report
     exit 0
 fi
 

@@ -89,6 +89,7 @@ while (($#)); do
     shift
 done
 [[ $(id -u) -eq 0 ]] || { echo "bench.sh needs root (containerd, mounts, drop_caches)" >&2; exit 1; }
+# shellcheck source=scripts/lib/containerd-dir.sh disable=SC1091 # followed with -x
 source scripts/lib/containerd-dir.sh
 
 say() { printf '==> %s\n' "$*" >&2; }
@@ -276,9 +277,9 @@ jq -r --arg r "$small" '.[] | select(.ref == $r) | .manifests[0].layers[].digest
 jq -r --arg r "$big" '.[] | select(.ref == $r) | .manifests[0].layers[].diff_id' "$work/images.json" >"$work/big-diff-ids"
 big_layers=$(wc -l <"$work/big-layers")
 bundle_layers=$(jq -r '[.[].manifests[].layers[].chain_id] | unique | length' "$work/images.json")
-small_bytes=$(jq -r --arg r "$small" '.[] | select(.ref == $r) | .size' "$work/images.json")
 # The unpacked size and file count of the largest image, from its layers.
 mkdir -p "$work/floor-blobs"
+# shellcheck disable=SC2046 # one argument per layer
 zstd -dc "$bundle/oci.tar.zst" | tar -x -C "$work/floor-blobs" --strip-components=2 \
     $(sed 's/^sha256:/blobs\/sha256\//' "$work/big-layers")
 big_unpacked=0
@@ -389,8 +390,8 @@ check_runs() { # SNAPSHOTTER REF
         { echo "the pulled image does not run:" >&2; cat "$cdir/run.err" >&2; exit 1; }
 }
 
-human() { [[ $1 == - ]] && echo - || numfmt --to=iec --suffix=B --format=%.1f "$1"; }
-kib() { [[ $1 == - ]] && echo - || awk -v k="$1" 'BEGIN { printf "%.0f MiB", k / 1024 }'; }
+human() { if [[ $1 == - ]]; then echo -; else numfmt --to=iec --suffix=B --format=%.1f "$1"; fi; }
+kib() { if [[ $1 == - ]]; then echo -; else awk -v k="$1" 'BEGIN { printf "%.0f MiB", k / 1024 }'; fi; }
 
 start_registry
 
@@ -458,7 +459,7 @@ step_registry() { # cri|ctr
 # mirror, (4b) ctr pull --snapshotter airgap through mirror + snapshotter, or
 # (5) CRI PullImage through mirror + snapshotter.
 step_daemon() {
-    local how=$1 kind=$2 profile=${3:-} snapshotter=overlayfs gets cpu0 split fetched perf_pid=
+    local how=$1 kind=$2 profile=${3:-} snapshotter=overlayfs gets cpu0 split perf_pid=
     [[ $how == mirror ]] || snapshotter=airgap
     lock
     fresh_daemon_root "$kind"
@@ -679,8 +680,9 @@ results_table() {
     echo "| step | time to runnable | vs (2) | vs (6) parallel | disk (containerd + daemon root) | daemon peak RSS | notes |"
     echo "|---|---:|---:|---:|---:|---:|---|"
     for id in "${order[@]}"; do
-        # shellcheck disable=SC2086
+        # shellcheck disable=SC2086 # one argument per round
         t=$(median ${T[$id]})
+        # shellcheck disable=SC2086
         range=$(printf '%s\n' ${T[$id]} | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%s-%s", lo, hi }')
         label=${L[$id]//|/\\|}
         note="${N[$id]}${N[$id]:+; }all runs: $range s"
@@ -749,13 +751,14 @@ mounts_table() {
     echo "| step | time to runnable | ratio | issue 12's target | disk (containerd + daemon root) | daemon peak RSS | notes |"
     echo "|---|---:|---:|---|---:|---:|---|"
     for id in "${ids[@]}"; do
-        # shellcheck disable=SC2086
+        # shellcheck disable=SC2086 # one argument per round
         t=$(median ${T[$id]})
+        # shellcheck disable=SC2086
         range=$(printf '%s\n' ${T[$id]} | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%s-%s", lo, hi }')
         label=${L[$id]//|/\\|}
         note="${N[$id]}${N[$id]:+; }all runs: $range s"
         if [[ $id == *-run ]]; then
-            # shellcheck disable=SC2086
+            # shellcheck disable=SC2086 # one argument per round
             r=$(ratio "$t" "$(median ${T[extract-oci-run]})")
             r="$r of extracted"
         else
@@ -854,7 +857,9 @@ done
 rm -rf "$work/floor-raw"
 
 median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+# shellcheck disable=SC2086 # one argument per round
 t_registry_cri=$(median ${T[registry-cri]})
+# shellcheck disable=SC2086
 t_floor=$(median ${T[floor-parallel]:-})
 
 if ((pulls)); then
@@ -897,6 +902,7 @@ for kind in oci packed; do
     unlock
     # The counter the daemon keeps (bytes its decoders produced), read from
     # the same library calls in a process of its own.
+    # shellcheck disable=SC2046 # one argument per layer
     read -r dec blobs < <("$decompressed" "$work/archives-$kind" "$root/catalog" $(cat "$work/small-layers") |
         sed 's/decompressed=\([0-9]*\) blobs=\([0-9]*\)/\1 \2/')
     small_rows[$kind]="$t|$dec|$blobs|$((io1 - io0))|$from_archive"
@@ -921,8 +927,11 @@ done
 read -r _ first_serving first_rss first_hwm <<<"$first"
 median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 col() { printf '%s\n' "${restarts[@]}" | cut -d' ' -f"$1"; }
+# shellcheck disable=SC2046 # one argument per restart
 restart_socket=$(median $(col 1))
+# shellcheck disable=SC2046
 restart_serving=$(median $(col 2))
+# shellcheck disable=SC2046
 restart_rss=$(median $(col 3))
 printf '    first start %s ms to serving (rss %s KiB); restarts: %s\n' "$first_serving" "$first_rss" "$(printf '[%s] ' "${restarts[@]}")" >&2
 
@@ -932,7 +941,7 @@ table=$(results_table)
 small_table="| archive | CRI pull | decompressed | image's own bytes | ratio | read from disk by the daemon |
 |---|---:|---:|---:|---:|---:|"
 for kind in oci packed; do
-    IFS='|' read -r t dec blobs io from <<<"${small_rows[$kind]}"
+    IFS='|' read -r t dec blobs io _ <<<"${small_rows[$kind]}"
     name=$([[ $kind == oci ]] && echo "single frame (\`ctr export | zstd\`)" || echo "seekable (\`airgap-snapshotter pack\`)")
     name=${name//|/\\|}
     small_table+="
@@ -988,6 +997,7 @@ bundle for the next run)."
 echo
 echo "$report"
 if ((write)); then
+    # shellcheck disable=SC2016 # backquotes for Markdown
     printf '%s\n' "$report" | python3 scripts/bench/write-section.py --first bench \
         'Pulling an image, against what sites use today (`scripts/bench.sh --write`)'
     echo "written to BENCHMARKS.md"

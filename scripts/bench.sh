@@ -776,30 +776,33 @@ mounts_table() {
 }
 mounts_report() {
     local report prepare_rows
-    prepare_rows="The rows prepared on arrival and on pull from the docker-save and oci \`.tar.zst\` archives are missing: this daemon has no \`--prepare-layers\`."
-    ((can_prepare)) && prepare_rows="\"Once prepared\": the daemon indexes the layers of the whole bundle in the background as soon as
-the archive is indexed (uncompressed layers of an uncompressed archive always; compressed ones, decompressed into its layer store, with
-\`--prepare-layers on-arrival\`); those rows start the pull when \`airgap_layer_prepare_pending\` is 0 and \`airgap_layers_prepared_total\`
-above 0, and the note gives how long that took from the daemon's start and what it added to the daemon root (neither is in the time).
-\"Prepared on pull\": the pull decompresses and indexes the image's layers itself."
+    prepare_rows="The rows prepared on arrival and on pull from the docker-save and oci \`.tar.zst\` archives are missing: this daemon
+has no \`--prepare-layers\`."
+    ((can_prepare)) && prepare_rows="\"Once prepared\": the daemon indexes the layers of the whole bundle in the background as soon as the
+archive is indexed (uncompressed layers of an uncompressed archive always; compressed ones, decompressed into its layer store, with
+\`--prepare-layers on-arrival\`); those rows start the pull when \`airgap_layer_prepare_pending\` is 0 and
+\`airgap_layers_prepared_total\` above 0, and the note gives how long that took from the daemon's start and what it added to the
+daemon root (neither is in the time). \"Prepared on pull\": the pull decompresses and indexes the image's layers itself."
     report="Run $(date -u '+%Y-%m-%d %H:%M UTC') on $(machine_line).
 Load average (1, 5, 15 min) at the start: $load_start; at the end: $(cut -d' ' -f1-3 /proc/loadavg) (other work was running: figures are noisy).
 
 $(mounts_table)
 
-The largest image of the bundle (\`$big\`, $big_layers layers, $(human "$big_unpacked") unpacked, $big_files files), median of $reps rounds, caches
-dropped before each step, a fresh private containerd $containerd_version and daemon root (holding only the persisted indexes) per step.
-Time to runnable: until CRI \`PullImage\` answers, as in (5); (6) is the floor of the other sections (\`pigz -dc | tar -x\`, one process per layer).
-Archives: oci.tar.zst $(human "$(stat -c %s "$bundle/oci.tar.zst")") (gzip layers),
-docker.tar.zst $(human "$(stat -c %s "$bundle/docker.tar.zst")") and docker-plain.tar $(human "$(stat -c %s "$bundle/docker-plain.tar")") (docker-save, the same
-tar uncompressed: \`zstd -dc docker.tar.zst\`, plain-tar layers as k3s and rke2 ship them). Ratios are within this run; the target of
-(9) over mounted layers is against (9) over extracted ones. \"Mounted (EROFS)\": the daemon's log lines \"layer mounted from archive (EROFS)\" (one per layer
-staged as a snapshot), and of those \"prepared by the pull\" the ones whose index (and decompressed copy) the pull had to build; a mount
-that failed and fell back to extraction (\"mounting the layer from the archive failed\") would be counted in the note.
+The largest image of the bundle (\`$big\`, $big_layers layers, $(human "$big_unpacked") unpacked, $big_files files), median of $reps rounds,
+caches dropped before each step, a fresh private containerd $containerd_version and daemon root (holding only the persisted indexes) per
+step. Time to runnable: until CRI \`PullImage\` answers, as in (5). (6) is the floor of the other sections (\`pigz -dc | tar -x\`, one
+process per layer). Archives: oci.tar.zst $(human "$(stat -c %s "$bundle/oci.tar.zst")") (gzip layers), docker.tar.zst $(human "$(stat -c %s "$bundle/docker.tar.zst")") (docker-save) and
+docker-plain.tar $(human "$(stat -c %s "$bundle/docker-plain.tar")") (the same, uncompressed: \`zstd -dc docker.tar.zst\`; plain-tar layers, as k3s and rke2 ship them).
+Ratios are within this run; the target of (9) over mounted layers is against (9) over extracted ones.
+
+\"Mounted (EROFS)\": the daemon's log lines \"layer mounted from archive (EROFS)\" (one per layer staged as a snapshot), and of those
+\"prepared by the pull\" the ones whose index (and decompressed copy) the pull built; a mount that failed and fell back to extraction
+(\"mounting the layer from the archive failed\") would be counted in the note.
 $prepare_rows
-(9) runs \`sh -c '$read_all'\` in a container of the pulled image
-with \`ctr run\` (container start and stop included), caches dropped just before: once over the layers mounted by (8) from
-docker-plain.tar, once over the layers extracted by (5); \"files read\" is counted afterwards, not timed.
+
+(9) runs \`sh -c '$read_all'\` in a container of the pulled image with
+\`ctr run\` (container start and stop included), caches dropped just before: once over the layers mounted by (8) from docker-plain.tar,
+once over the layers extracted by (5); \"files read\" is counted afterwards, not timed.
 
 Reproduce: \`[AIRGAP_CONTAINERD_DIR=DIR] scripts/bench.sh --mounts --write [--cache DIR] [--reps N]\` as root (kernel 6.12+ for EROFS)."
     echo

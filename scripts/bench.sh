@@ -674,18 +674,24 @@ i=0
 while read -r d; do i=$((i + 1)); pigz -dc "$work/floor-blobs/${d#sha256:}" >"$work/floor-raw/$i.tar"; done <"$work/big-layers"
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a != "-") printf "%.2fx", a / b; else print "-" }'; }
+# Sets t (the median time of step $1), label and note (with the range of
+# its rounds) for a table row; the caller declares them local.
+row_fields() {
+    local id=$1 range
+    # shellcheck disable=SC2086 # one argument per round
+    t=$(median ${T[$id]})
+    # shellcheck disable=SC2086
+    range=$(printf '%s\n' ${T[$id]} | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%s-%s", lo, hi }')
+    label=${L[$id]//|/\\|}
+    note="${N[$id]}${N[$id]:+; }all runs: $range s"
+}
 # The steps recorded, median of the rounds, against (2) and the parallel floor.
 results_table() {
-    local id t range label note
+    local id t label note
     echo "| step | time to runnable | vs (2) | vs (6) parallel | disk (containerd + daemon root) | daemon peak RSS | notes |"
     echo "|---|---:|---:|---:|---:|---:|---|"
     for id in "${order[@]}"; do
-        # shellcheck disable=SC2086 # one argument per round
-        t=$(median ${T[$id]})
-        # shellcheck disable=SC2086
-        range=$(printf '%s\n' ${T[$id]} | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%s-%s", lo, hi }')
-        label=${L[$id]//|/\\|}
-        note="${N[$id]}${N[$id]:+; }all runs: $range s"
+        row_fields "$id"
         echo "| $label | ${t} s | $(ratio "$t" "$t_registry_cri") | $(ratio "$t" "$t_floor") | $(human "${D[$id]}") | $(kib "${H[$id]}") | ${note//|/\\|} |"
     done
 }
@@ -744,19 +750,14 @@ Reproduce: \`[AIRGAP_CONTAINERD_DIR=DIR] scripts/bench.sh --import --write [--ca
 # --mounts: issue 12's rows, their targets (against (2); for (9) over
 # mounted layers, against (9) over extracted ones), the reads last.
 mounts_table() {
-    local id t range label note r vs of want ids=()
+    local id t label note r vs of want ids=()
     declare -A targets=([mount-plain]=0.05 [arrival-docker]=0.05 [pull-docker]=0.25 [pull-oci]=0.25 [mount-plain-run]=1.3)
     for id in "${order[@]}"; do [[ $id == *-run ]] || ids+=("$id"); done
     for id in "${order[@]}"; do [[ $id != *-run ]] || ids+=("$id"); done
     echo "| step | time to runnable | vs (2) | vs (6) parallel | issue 12's target | disk (containerd + daemon root) | daemon peak RSS | notes |"
     echo "|---|---:|---:|---:|---|---:|---:|---|"
     for id in "${ids[@]}"; do
-        # shellcheck disable=SC2086 # one argument per round
-        t=$(median ${T[$id]})
-        # shellcheck disable=SC2086
-        range=$(printf '%s\n' ${T[$id]} | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%s-%s", lo, hi }')
-        label=${L[$id]//|/\\|}
-        note="${N[$id]}${N[$id]:+; }all runs: $range s"
+        row_fields "$id"
         if [[ $id == *-run ]]; then
             # shellcheck disable=SC2086 # one argument per round
             r=$(ratio "$t" "$(median ${T[extract-oci-run]})")

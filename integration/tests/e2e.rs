@@ -883,7 +883,9 @@ fn archive_added(test: &str, env: &mut Env, images: &Images) -> Result<()> {
     );
     std::fs::copy(&image.archive, &dest)
         .with_context(|| format!("copying into {}", dest.display()))?;
-    // The catalog logs each archive it indexed; give the watcher its
+    // The catalog logs each archive it indexed ("archive indexed", once it
+    // is in the catalog: the debug line "indexed" comes before that, and a
+    // pull started on it can race the catalog); give the watcher its
     // settle delay. Without that line the pull below tells the story.
     let needle = dest.display().to_string();
     let daemon = &env.daemon;
@@ -894,7 +896,7 @@ fn archive_added(test: &str, env: &mut Env, images: &Images) -> Result<()> {
             Ok(daemon
                 .log()
                 .lines()
-                .any(|l| l.contains("indexed") && l.contains(&needle)))
+                .any(|l| l.contains("archive indexed") && l.contains(&needle)))
         },
     );
     if let Err(err) = seen {

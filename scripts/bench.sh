@@ -674,6 +674,16 @@ i=0
 while read -r d; do i=$((i + 1)); pigz -dc "$work/floor-blobs/${d#sha256:}" >"$work/floor-raw/$i.tar"; done <"$work/big-layers"
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a != "-") printf "%.2fx", a / b; else print "-" }'; }
+# Prints $report and, with --write, puts it into BENCHMARKS.md as the
+# section marked $1 (begin/end comments), titled $2.
+print_section() {
+    echo
+    echo "$report"
+    if ((write)); then
+        printf '%s\n' "$report" | python3 scripts/bench/write-section.py "$1" "$2"
+        echo "written to BENCHMARKS.md"
+    fi
+}
 # Sets t (the median time of step $1), label and note (with the range of
 # its rounds) for a table row; the caller declares them local.
 row_fields() {
@@ -713,13 +723,8 @@ on 2.x the transfer service passes \`snapshot.ref\` and the layers come from the
 
 Reproduce: \`AIRGAP_CONTAINERD_DIR=DIR scripts/bench.sh --pulls --write [--cache DIR] [--reps N]\` as root (DIR from
 \`scripts/fetch-containerd.sh\`; unset: the system's containerd)."
-    echo
-    echo "$report"
-    if ((write)); then
-        printf '%s\n' "$report" | python3 scripts/bench/write-section.py "bench-pulls-$containerd_version" \
-            "Pulls on containerd $containerd_version (\`scripts/bench.sh --pulls --write\`)"
-        echo "written to BENCHMARKS.md"
-    fi
+    print_section "bench-pulls-$containerd_version" \
+        "Pulls on containerd $containerd_version (\`scripts/bench.sh --pulls --write\`)"
 }
 
 # --import: registration against import, in a section per containerd version.
@@ -738,13 +743,8 @@ and configs into containerd and commits every layer without data: containerd lis
 short command, container start and stop included, with the layers filled from the archive first.
 
 Reproduce: \`[AIRGAP_CONTAINERD_DIR=DIR] scripts/bench.sh --import --write [--cache DIR] [--reps N]\` as root."
-    echo
-    echo "$report"
-    if ((write)); then
-        printf '%s\n' "$report" | python3 scripts/bench/write-section.py "bench-import-$containerd_version" \
-            "Registering images into containerd on $containerd_version (\`scripts/bench.sh --import --write\`)"
-        echo "written to BENCHMARKS.md"
-    fi
+    print_section "bench-import-$containerd_version" \
+        "Registering images into containerd on $containerd_version (\`scripts/bench.sh --import --write\`)"
 }
 
 # --mounts: issue 12's rows, their targets (against (2); for (9) over
@@ -806,13 +806,8 @@ $prepare_rows
 once over the layers extracted by (5); \"files read\" is counted afterwards, not timed.
 
 Reproduce: \`[AIRGAP_CONTAINERD_DIR=DIR] scripts/bench.sh --mounts --write [--cache DIR] [--reps N]\` as root (kernel 6.12+ for EROFS)."
-    echo
-    echo "$report"
-    if ((write)); then
-        printf '%s\n' "$report" | python3 scripts/bench/write-section.py "bench-mounts-$containerd_version" \
-            "Layers mounted from the archive on containerd $containerd_version (\`scripts/bench.sh --mounts --write\`)"
-        echo "written to BENCHMARKS.md"
-    fi
+    print_section "bench-mounts-$containerd_version" \
+        "Layers mounted from the archive on containerd $containerd_version (\`scripts/bench.sh --mounts --write\`)"
 }
 
 for ((round = 1; round <= reps; round++)); do

@@ -23,7 +23,11 @@ fi
 
 seconds=${AIRGAP_FUZZ_SECONDS:-30}
 work=$(mktemp -d /tmp/airgap-fuzz-smoke-XXXXXX)
-trap 'rm -rf "$work/corpus"' EXIT
+# The targets' scratch directories (std::env::temp_dir()) go here too, and
+# with the corpus whatever happens; only a crash's artifacts stay.
+export TMPDIR=$work/tmp
+mkdir -p "$TMPDIR"
+trap 'rm -rf "$work/corpus" "$work/tmp"' EXIT
 
 targets=()
 for f in fuzz_targets/*.rs; do

@@ -14,7 +14,7 @@ use libfuzzer_sys::fuzz_target;
 fn base() -> &'static PathBuf {
     static BASE: OnceLock<PathBuf> = OnceLock::new();
     BASE.get_or_init(|| {
-        let base = PathBuf::from(format!("/tmp/airgap-erofs-fuzz-{}", std::process::id()));
+        let base = std::env::temp_dir().join(format!("airgap-erofs-fuzz-{}", std::process::id()));
         let _ = fs::remove_dir_all(&base);
         fs::create_dir_all(&base).unwrap();
         base

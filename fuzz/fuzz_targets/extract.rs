@@ -20,7 +20,7 @@ use libfuzzer_sys::fuzz_target;
 fn base() -> &'static PathBuf {
     static BASE: OnceLock<PathBuf> = OnceLock::new();
     BASE.get_or_init(|| {
-        let base = PathBuf::from(format!("/tmp/airgap-extract-fuzz-{}", std::process::id()));
+        let base = std::env::temp_dir().join(format!("airgap-extract-fuzz-{}", std::process::id()));
         let _ = fs::remove_dir_all(&base);
         fs::create_dir_all(base.join("outside/dir")).unwrap();
         fs::write(base.join("outside/secret"), b"secret").unwrap();

@@ -482,6 +482,15 @@ pub fn write_pause_archive(
     write_oci_archive_with_cmd(&spec, archive, LayerCompression::Gzip, Some(PAUSE_CMD))
 }
 
+/// An image of [`sample_layers`] named `<host>/library/<name>:<tag>`.
+pub fn sample_spec(host: &str, name: &str, tag: &str) -> Result<ImageSpec> {
+    Ok(ImageSpec {
+        name: format!("{host}/library/{name}:{tag}"),
+        tag: tag.to_string(),
+        layers: sample_layers(&format!("{name}:{tag}"))?,
+    })
+}
+
 /// The two-layer image the tests run: hardlinks, symlinks, a setuid file
 /// in the base; a whiteout, an opaque directory and a new file on top.
 /// `marker` goes into a file of the base layer, so that images with

@@ -72,6 +72,19 @@ pub fn can_run(test: &str) -> bool {
     false
 }
 
+/// Runs the end-to-end test `body` unless [`can_run`] says it cannot run
+/// here: an error panics with the test's name and the whole chain of
+/// causes, success says so.
+pub fn run_as_root(test: &str, body: impl FnOnce(&str) -> Result<()>) {
+    if !can_run(test) {
+        return;
+    }
+    if let Err(err) = body(test) {
+        panic!("{test}: {err:#}");
+    }
+    eprintln!("== {test}: passed");
+}
+
 /// Holds the lock that serializes the end-to-end tests across processes
 /// (nextest runs each test in its own process). The lock is an `flock` on
 /// this crate's directory, so nothing is left behind.

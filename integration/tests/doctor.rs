@@ -33,7 +33,7 @@ use toml_edit::{DocumentMut, Item};
 use airgap_integration::containerd::{self, Version};
 use airgap_integration::image::{self, Entry, ImageSpec, Layer};
 use airgap_integration::{
-    can_run, daemon, free_port, process, serial, Daemon, PrivateContainerd, Registry, TestDir,
+    daemon, free_port, process, run_as_root, serial, Daemon, PrivateContainerd, Registry, TestDir,
 };
 
 const USER: &str = "doctor";
@@ -242,13 +242,7 @@ fn header(path: &[&str]) -> String {
 #[test]
 fn doctor_names_each_mistake_with_its_fix() {
     let test = "doctor";
-    if !can_run(test) {
-        return;
-    }
-    if let Err(err) = doctor(test) {
-        panic!("{test}: {err:#}");
-    }
-    eprintln!("== {test}: passed");
+    run_as_root(test, doctor);
 }
 
 fn doctor(test: &str) -> Result<()> {
@@ -260,11 +254,7 @@ fn doctor(test: &str) -> Result<()> {
 
     // The archives: an image for this machine, one only for the other
     // platform; the registry has a third.
-    let present = ImageSpec {
-        name: format!("{host}/library/present:v1"),
-        tag: "v1".into(),
-        layers: image::sample_layers("present:v1")?,
-    };
+    let present = image::sample_spec(&host, "present", "v1")?;
     let present_file = work.path().join("present.tar");
     let built = image::write_oci_archive(&present, &present_file)?;
     let (arch, variant, foreign) = foreign_platform();
@@ -279,11 +269,7 @@ fn doctor(test: &str) -> Result<()> {
     let other_file = work.path().join("other-platform.tar");
     let (other_index, _) =
         image::write_foreign_platform_archive(&other, &other_file, arch, variant)?;
-    let remote = ImageSpec {
-        name: format!("{host}/library/remote:v1"),
-        tag: "v1".into(),
-        layers: image::sample_layers("remote:v1")?,
-    };
+    let remote = image::sample_spec(&host, "remote", "v1")?;
     let remote_file = work.path().join("remote.tar");
     image::write_oci_archive(&remote, &remote_file)?;
     registry.push_oci_archive(&remote_file, "v1", "library/remote:v1")?;

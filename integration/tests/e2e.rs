@@ -18,8 +18,8 @@ use tar::EntryType;
 use airgap_integration::containerd::{ContainerdOptions, K8S_NS, SNAPSHOTTER};
 use airgap_integration::cri::ImageNeverPull;
 use airgap_integration::image::{
-    self, ArchiveContainer, BuiltImage, Entry, ImageSpec, Layer, LayerCompression, SAMPLE_CHECK,
-    SAMPLE_EXPECTED,
+    self, sample_spec, ArchiveContainer, BuiltImage, Entry, ImageSpec, Layer, LayerCompression,
+    SAMPLE_CHECK, SAMPLE_EXPECTED,
 };
 use airgap_integration::{
     can_run, serial, CriClient, Daemon, PrivateContainerd, Registry, SerialGuard, TestDir,
@@ -161,15 +161,6 @@ fn setup(
         },
         images,
     ))
-}
-
-/// An image of [`image::sample_layers`] named `<registry>/library/<name>:<tag>`.
-fn sample_spec(host: &str, name: &str, tag: &str) -> Result<ImageSpec> {
-    Ok(ImageSpec {
-        name: format!("{host}/library/{name}:{tag}"),
-        tag: tag.to_string(),
-        layers: image::sample_layers(&format!("{name}:{tag}"))?,
-    })
 }
 
 /// A container id unique to this process and purpose (runc's state

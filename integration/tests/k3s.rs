@@ -31,10 +31,10 @@ use toml_edit::{value, DocumentMut, Item, Table};
 use yaml_rust2::YamlLoader;
 
 use airgap_integration::containerd::{self, K8S_NS};
-use airgap_integration::image::{self, ImageSpec};
+use airgap_integration::image;
 use airgap_integration::{
-    can_run, daemon, free_port, process, serial, CriClient, Daemon, PrivateContainerd, Registry,
-    TestDir,
+    daemon, free_port, process, run_as_root, serial, CriClient, Daemon, PrivateContainerd,
+    Registry, TestDir,
 };
 
 /// `airgap-snapshotter config ARGS...`: its stdout.
@@ -107,13 +107,7 @@ fn table<'d>(doc: &'d mut DocumentMut, path: &[&str]) -> Result<&'d mut dyn toml
 #[test]
 fn k3s_template_and_registries_yaml_take_layers_from_the_archive() {
     let test = "k3s";
-    if !can_run(test) {
-        return;
-    }
-    if let Err(err) = k3s(test) {
-        panic!("{test}: {err:#}");
-    }
-    eprintln!("== {test}: passed");
+    run_as_root(test, k3s);
 }
 
 fn k3s(test: &str) -> Result<()> {
@@ -122,19 +116,11 @@ fn k3s(test: &str) -> Result<()> {
     let registry = Registry::start()?;
     let host = registry.host();
     let work = TestDir::new(test)?;
-    let spec = ImageSpec {
-        name: format!("{host}/library/k3s-archived:v1"),
-        tag: "v1".into(),
-        layers: image::sample_layers("k3s-archived:v1")?,
-    };
+    let spec = image::sample_spec(&host, "k3s-archived", "v1")?;
     let file = work.path().join("archived.tar");
     let built = image::write_oci_archive(&spec, &file)?;
     registry.push_oci_archive(&file, "v1", "library/k3s-archived:v1")?;
-    let remote_spec = ImageSpec {
-        name: format!("{host}/library/k3s-remote:v1"),
-        tag: "v1".into(),
-        layers: image::sample_layers("k3s-remote:v1")?,
-    };
+    let remote_spec = image::sample_spec(&host, "k3s-remote", "v1")?;
     let remote_file = work.path().join("remote.tar");
     let remote = image::write_oci_archive(&remote_spec, &remote_file)?;
     registry.push_oci_archive(&remote_file, "v1", "library/k3s-remote:v1")?;

@@ -28,7 +28,7 @@ use airgap_integration::image::{self, BuiltImage, ImageSpec, SAMPLE_CHECK, SAMPL
 use airgap_integration::process::{self, Proc};
 use airgap_integration::registry::{http_status, parse_access_line};
 use airgap_integration::{
-    can_run, daemon, free_port, serial, CriClient, PrivateContainerd, TestDir,
+    daemon, free_port, run_as_root, serial, CriClient, PrivateContainerd, TestDir,
 };
 
 const USER: &str = "airgap";
@@ -365,14 +365,6 @@ fn write_hosts_dir(dir: &Path, mirror: &str, server_url: &str) -> Result<PathBuf
     Ok(hosts)
 }
 
-fn sample(host: &str, name: &str, tag: &str) -> Result<ImageSpec> {
-    Ok(ImageSpec {
-        name: format!("{host}/library/{name}:{tag}"),
-        tag: tag.to_string(),
-        layers: image::sample_layers(&format!("{name}:{tag}"))?,
-    })
-}
-
 fn ctr_pull(c: &PrivateContainerd, ns: &str, hosts: &Path, name: &str) -> Result<()> {
     c.ctr(&[
         "-n",
@@ -436,37 +428,30 @@ fn build(work: &Path, spec: &ImageSpec) -> Result<BuiltImage> {
     )
 }
 
-fn or_panic<T>(test: &str, r: Result<T>) -> T {
-    r.unwrap_or_else(|e| panic!("{test}: {e:#}"))
-}
-
 /// Archived images come from the mirror (no request reaches the registry),
 /// an image only in the registry comes through the mirror's upstream, and
 /// with the registry gone archived images still pull.
 #[test]
 fn ctr_and_cri_pull_through_the_mirror() {
-    let test = "mirror_pull";
-    if !can_run(test) {
-        return;
-    }
-    let _serial = or_panic(test, serial());
-    or_panic(test, mirror_pull(test));
-    eprintln!("== {test}: passed");
+    run_as_root("mirror_pull", |test| {
+        let _serial = serial()?;
+        mirror_pull(test)
+    });
 }
 
 fn mirror_pull(test: &str) -> Result<()> {
     let mut registry = TestRegistry::start(false, false)?;
     let host = registry.host();
     let work = TestDir::new(test)?;
-    let archived = build(work.path(), &sample(&host, "archived", "v1")?)?;
-    let remote = build(work.path(), &sample(&host, "remote", "v1")?)?;
+    let archived = build(work.path(), &image::sample_spec(&host, "archived", "v1")?)?;
+    let remote = build(work.path(), &image::sample_spec(&host, "remote", "v1")?)?;
     for img in [&archived, &remote] {
         let repo = img.name.strip_prefix(&format!("{host}/")).unwrap();
         registry.push(&img.archive, &img.tag, repo)?;
     }
     // A docker-save archive of an image.
     let saved_name = format!("{host}/library/saved:v1");
-    let saved_spec = sample(&host, "saved", "v1")?;
+    let saved_spec = image::sample_spec(&host, "saved", "v1")?;
     let saved_oci = build(work.path(), &saved_spec)?;
     // The registry has it too, under its OCI manifest (another digest than
     // the one the daemon synthesizes for the docker-save archive).
@@ -575,7 +560,10 @@ fn mirror_pull(test: &str) -> Result<()> {
     // 3b. A registry the mirror has no upstream for: the mirror answers 404
     // and containerd goes on to the next host, the server.
     let other = TestRegistry::start(false, false)?;
-    let next = build(work.path(), &sample(&other.host(), "next", "v1")?)?;
+    let next = build(
+        work.path(),
+        &image::sample_spec(&other.host(), "next", "v1")?,
+    )?;
     other.push(&next.archive, "v1", "library/next:v1")?;
     let other_hosts = hosts.join(other.host());
     std::fs::create_dir_all(&other_hosts)?;
@@ -660,18 +648,19 @@ fn mirror_pull(test: &str) -> Result<()> {
 /// inspect` the archive's manifest digest.
 #[test]
 fn skopeo_lists_and_inspects_through_the_mirror() {
-    let test = "skopeo_discovery";
-    if !can_run(test) {
-        return;
-    }
-    or_panic(test, skopeo_discovery(test));
-    eprintln!("== {test}: passed");
+    run_as_root("skopeo_discovery", skopeo_discovery);
 }
 
 fn skopeo_discovery(test: &str) -> Result<()> {
     let work = TestDir::new(test)?;
-    let one = build(work.path(), &sample("example.com", "tools", "1")?)?;
-    let two = build(work.path(), &sample("example.com", "tools", "2")?)?;
+    let one = build(
+        work.path(),
+        &image::sample_spec("example.com", "tools", "1")?,
+    )?;
+    let two = build(
+        work.path(),
+        &image::sample_spec("example.com", "tools", "2")?,
+    )?;
     let daemon = MirrorDaemon::start(&[&one.archive, &two.archive], "")?;
     let repo = format!("docker://{}/example.com/library/tools", daemon.addr());
     let skopeo = |args: &[&str]| {
@@ -696,20 +685,17 @@ fn skopeo_discovery(test: &str) -> Result<()> {
 
 #[test]
 fn upstream_with_tls_and_basic_auth() {
-    let test = "mirror_upstream_auth";
-    if !can_run(test) {
-        return;
-    }
-    let _serial = or_panic(test, serial());
-    or_panic(test, upstream_auth(test));
-    eprintln!("== {test}: passed");
+    run_as_root("mirror_upstream_auth", |test| {
+        let _serial = serial()?;
+        upstream_auth(test)
+    });
 }
 
 fn upstream_auth(test: &str) -> Result<()> {
     let registry = TestRegistry::start(true, true)?;
     let host = registry.host();
     let work = TestDir::new(test)?;
-    let remote = build(work.path(), &sample(&host, "private", "v1")?)?;
+    let remote = build(work.path(), &image::sample_spec(&host, "private", "v1")?)?;
     registry.push(&remote.archive, "v1", "library/private:v1")?;
     let password_file = work.path().join("password");
     std::fs::write(&password_file, format!("{PASSWORD}\n"))?;

@@ -219,8 +219,6 @@ pub(crate) enum StageError {
     Changed,
     #[error("open blob {digest}: {source}")]
     OpenBlob { digest: Digest, source: io::Error },
-    #[error("the layer store: {0}")]
-    Store(String),
     #[error(transparent)]
     Index(#[from] erofs::ErofsError),
     #[error(transparent)]

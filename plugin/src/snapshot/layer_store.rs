@@ -220,9 +220,8 @@ impl LayerStore {
     ) -> Result<Linked, StageError> {
         let lock = self.build_lock(&layer.digest);
         let _building = lock.lock().unwrap();
-        let built = self.ensure(source, layer, plain)?;
+        let (record, built) = self.ensure(source, layer, plain)?;
         let entry = self.entry_dir(&layer.digest);
-        let record = BackingRecord::read(&entry.join(RECORD)).map_err(StageError::Store)?;
         super::mkdir(dir, 0o700).map_err(StageError::snapshot("create", dir))?;
         let fs_dir = dir.join("fs");
         fs::create_dir(&fs_dir).map_err(StageError::io("create", &fs_dir))?;
@@ -281,8 +280,8 @@ impl LayerStore {
                 let lock = self.build_lock(&layer.digest);
                 let _building = lock.lock().unwrap();
                 match self.ensure(source, layer, plain.as_ref()) {
-                    Ok(Some(_)) => built += 1,
-                    Ok(None) => {}
+                    Ok((_, Some(_))) => built += 1,
+                    Ok((_, None)) => {}
                     Err(err) => tracing::warn!(
                         digest = %layer.digest,
                         error = %err,
@@ -311,14 +310,14 @@ impl LayerStore {
     }
 
     /// Makes sure the entry of `layer` exists and indexes the layer as it
-    /// is found today; `Some` when it was built now. The caller holds the
-    /// digest's build lock.
+    /// is found today; returns its record, and what building it did when it
+    /// was built now. The caller holds the digest's build lock.
     fn ensure(
         &self,
         source: &dyn LayerSource,
         layer: &LayerRef,
         plain: Option<&PlainBlob>,
-    ) -> Result<Option<IndexStats>, StageError> {
+    ) -> Result<(BackingRecord, Option<IndexStats>), StageError> {
         let entry = self.entry_dir(&layer.digest);
         if self
             .state
@@ -328,7 +327,7 @@ impl LayerStore {
             .contains_key(&layer.digest)
         {
             match BackingRecord::read(&entry.join(RECORD)) {
-                Ok(r) if r.serves(layer, plain) => return Ok(None),
+                Ok(r) if r.serves(layer, plain) => return Ok((r, None)),
                 // Another version of the archive, or the layer now found
                 // in place where a copy was made: built again.
                 _ => self.forget(&layer.digest),
@@ -360,7 +359,7 @@ impl LayerStore {
         }
         crate::metrics::global().layers_prepared.inc();
         self.report();
-        Ok(Some(stats))
+        Ok((record, Some(stats)))
     }
 
     fn touch(&self, digest: &Digest) {

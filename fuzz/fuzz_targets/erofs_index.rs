@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use airgap_snapshotter::catalog::Compression;
 use airgap_snapshotter::digest::Digest;
-use airgap_snapshotter::erofs::{build_index, Backing};
+use airgap_snapshotter::layer::index::{build_index, Backing};
 use libfuzzer_sys::fuzz_target;
 
 fn base() -> &'static PathBuf {

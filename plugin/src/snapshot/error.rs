@@ -36,11 +36,17 @@ pub enum SnapshotError {
     Corrupt { key: String, reason: String },
     /// Layer mounts were asked for (`layer_mounts = "erofs"`) and the
     /// kernel cannot do them.
-    #[error("{0}")]
-    LayerMounts(String),
+    #[error("layer mounts: {0}")]
+    LayerBacking(#[from] crate::layer::LayerError),
     /// A blocking task panicked or was cancelled.
     #[error("background task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+}
+
+impl From<crate::dirs::DirError> for SnapshotError {
+    fn from(e: crate::dirs::DirError) -> Self {
+        SnapshotError::io(e.what, e.path, e.source)
+    }
 }
 
 impl SnapshotError {
@@ -93,7 +99,7 @@ impl From<SnapshotError> for tonic::Status {
             SnapshotError::Io { .. }
             | SnapshotError::Store(_)
             | SnapshotError::Corrupt { .. }
-            | SnapshotError::LayerMounts(_)
+            | SnapshotError::LayerBacking(_)
             | SnapshotError::Task(_) => tonic::Status::internal(message),
         }
     }

@@ -32,14 +32,10 @@
 pub mod convert;
 pub mod error;
 pub mod filter;
-pub(crate) mod layer_mounts;
-pub(crate) mod layer_store;
 pub mod meta;
 pub mod mounts;
 pub(crate) mod remote;
 pub mod service;
-#[cfg(test)]
-pub(crate) mod test_support;
 
 /// containerd's API (crate-level [`crate::proto`]), where the snapshot
 /// modules have always found it.
@@ -48,16 +44,17 @@ pub use crate::proto;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::future::Future;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use crate::layer::LayerOptions;
 pub use error::SnapshotError;
-pub use layer_mounts::LayerOptions;
 pub use meta::{Info, Kind, MetaStore, Usage};
 pub use mounts::Mount;
 
 use crate::catalog::LayerSource;
+use crate::layer::LayerBacking;
 use filter::Filter;
 use meta::clean_labels;
 use mounts::Layout;
@@ -171,49 +168,14 @@ pub struct Snapshotter {
 }
 
 pub(crate) fn mkdir(path: &Path, mode: u32) -> Result<(), SnapshotError> {
-    match fs::DirBuilder::new().mode(mode).create(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => {}
-        Err(e) => return Err(SnapshotError::io("create directory", path, e)),
-    }
-    // The mode must not depend on the daemon's umask.
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .map_err(|e| SnapshotError::io("set mode of", path, e))
+    Ok(crate::dirs::mkdir(path, mode)?)
 }
 
-/// Makes a directory's entries durable (after creating or renaming in it),
-/// so that a record committed afterwards never outlives them in a crash.
 pub(crate) fn sync_dir(path: &Path) -> Result<(), SnapshotError> {
-    fs::File::open(path)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| SnapshotError::io("sync directory", path, e))
+    Ok(crate::dirs::sync_dir(path)?)
 }
 
-/// Deletes everything inside `dir` (not `dir` itself), logging failures.
-fn empty_dir(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        remove_all(&entry.path());
-    }
-}
-
-/// `rm -rf`, logging instead of failing: used only once nothing refers to
-/// the path any more.
-pub(crate) fn remove_all(path: &Path) {
-    // A layer mounted from its archive is unmounted first.
-    layer_mounts::unmount_under(path);
-    let result = match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
-        Ok(_) => fs::remove_file(path),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    };
-    if let Err(err) = result {
-        tracing::warn!(path = %path.display(), error = %err, "failed to remove directory");
-    }
-}
+pub(crate) use crate::dirs::{empty_dir, remove_all};
 
 /// Disk usage of a directory tree as containerd's `fs.DiskUsage` counts it:
 /// every inode once (hard links too), size in allocated 512-byte blocks.
@@ -269,16 +231,14 @@ impl Snapshotter {
         }
         let meta = MetaStore::open(&root.join("metadata.redb"))?;
         let layers = match &source {
-            None => layer_mounts::LayerMounts::disabled(),
-            Some(_) => layer_mounts::LayerMounts::new(
-                layer_options,
-                &root.join("staging"),
-                &root.join("layers"),
-            )
-            .map_err(SnapshotError::LayerMounts)?,
+            None => LayerBacking::disabled(),
+            Some(_) => {
+                LayerBacking::new(layer_options, &root.join("staging"), &root.join("layers"))
+                    .map_err(SnapshotError::LayerBacking)?
+            }
         };
         // Layers mounted from archives, mounted again after a restart.
-        layer_mounts::remount_all(&snapshots);
+        LayerBacking::remount_all(&snapshots);
         let remote = source
             .map(|source| remote::Remote::new(source, root.join("staging"), Arc::new(layers)));
         Ok(Arc::new(Snapshotter {

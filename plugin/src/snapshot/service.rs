@@ -246,8 +246,8 @@ mod tests {
     use tonic::Code;
 
     use super::*;
-    use crate::snapshot::test_support::{dir_names, FakeSnapshotter, TestServer};
     use crate::snapshot::{Kind, Snapshotter};
+    use crate::testsupport::snapshot::{dir_names, FakeSnapshotter, TestServer};
 
     fn prepare(key: &str, parent: &str) -> api::PrepareSnapshotRequest {
         api::PrepareSnapshotRequest {

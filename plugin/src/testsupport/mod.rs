@@ -10,6 +10,7 @@ use std::io::Write;
 
 use serde_json::json;
 
+pub mod snapshot;
 pub mod tree;
 
 use crate::catalog::seekable;

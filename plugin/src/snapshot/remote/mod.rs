@@ -24,6 +24,8 @@
 //! other layers of an image to extract ahead of their Prepare.
 
 mod lazy;
+#[cfg(test)]
+mod mounted_tests;
 mod prefetch;
 mod staging;
 #[cfg(test)]
@@ -44,9 +46,9 @@ use crate::labels::{
     TARGET_SNAPSHOT_REF,
 };
 
-use super::layer_mounts::LayerMounts;
 use super::meta::{clean_labels, Kind};
 use super::{blocking, remove_all, sync_dir, SnapshotError, Snapshotter};
+use crate::layer::LayerBacking;
 pub(crate) use lazy::materialize;
 use staging::{Job, StagedLayer};
 
@@ -69,14 +71,14 @@ pub(crate) struct Remote {
     taken: Mutex<HashSet<Digest>>,
     seq: AtomicU64,
     /// Layers mounted in place (EROFS) instead of extracted, where possible.
-    layers: Arc<LayerMounts>,
+    layers: Arc<LayerBacking>,
 }
 
 impl Remote {
     pub(crate) fn new(
         source: Arc<dyn LayerSource>,
         staging: PathBuf,
-        layers: Arc<LayerMounts>,
+        layers: Arc<LayerBacking>,
     ) -> Self {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
@@ -98,7 +100,7 @@ impl Remote {
         &self.source
     }
 
-    pub(crate) fn layers(&self) -> &LayerMounts {
+    pub(crate) fn layers(&self) -> &LayerBacking {
         &self.layers
     }
 

@@ -16,7 +16,7 @@ use crate::catalog::{LayerRef, LayerSource};
 use crate::digest::Digest;
 
 use super::Remote;
-use crate::snapshot::layer_mounts::LayerMounts;
+use crate::layer::LayerBacking;
 use crate::snapshot::meta::Usage;
 use crate::snapshot::{blocking, disk_usage, mkdir, remove_all, sync_dir, SnapshotError};
 
@@ -98,7 +98,7 @@ impl Remote {
             async move {
                 let _permit = permits.acquire_owned().await?;
                 let _timed = crate::metrics::global().extraction();
-                blocking(move || Ok(extract(source.as_ref(), &layer, &dir, &layers))).await?
+                blocking(move || Ok(stage_layer(source.as_ref(), &layer, &dir, &layers))).await?
             }
             .instrument(span),
         );
@@ -222,15 +222,19 @@ impl Remote {
     }
 }
 
-/// Extracts `layer` into `dir/fs` (blocking), or mounts it there from its
-/// archive when `layers` can. On failure nothing is left.
-fn extract(
+/// Stages `layer` in `dir` (blocking): its index mounted on `dir/fs` when
+/// `layers` can, else extracted into `dir/fs`. On failure nothing is left.
+fn stage_layer(
     source: &dyn LayerSource,
     layer: &LayerRef,
     dir: &Path,
-    layers: &LayerMounts,
+    layers: &LayerBacking,
 ) -> Result<StagedLayer, StagingError> {
-    if let Some(usage) = layers.stage(source, layer, dir) {
+    if let Some(staged) = layers.stage(source, layer, dir) {
+        let usage = Usage {
+            size: staged.bytes as i64,
+            inodes: staged.inodes as i64,
+        };
         return Ok(StagedLayer {
             dir: dir.to_path_buf(),
             usage,
@@ -285,8 +289,8 @@ mod tests {
     use super::*;
     use crate::labels::TARGET_SNAPSHOT_REF;
     use crate::snapshot::proto::containerd::services::snapshots::v1 as api;
-    use crate::snapshot::test_support::{dir_names, layer_tar, Entry, FakeSource, TestServer};
     use crate::snapshot::{Kind, SnapshotApi};
+    use crate::testsupport::snapshot::{dir_names, layer_tar, Entry, FakeSource, TestServer};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_prepares_of_one_layer_extract_it_once() {

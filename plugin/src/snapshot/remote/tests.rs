@@ -8,9 +8,9 @@ use tonic::Code;
 use super::*;
 use crate::labels::AIRGAP_IMPORT;
 use crate::snapshot::proto::containerd::services::snapshots::v1 as api;
-use crate::snapshot::test_support::{dir_names, layer_tar, Entry, FakeSource, TestServer};
 use crate::snapshot::SnapshotApi;
 use crate::testsupport::requires_root;
+use crate::testsupport::snapshot::{dir_names, layer_tar, Entry, FakeSource, TestServer};
 
 fn target_labels(chain: &Digest) -> HashMap<String, String> {
     HashMap::from([
@@ -279,7 +279,7 @@ async fn anything_wrong_falls_back_to_the_ordinary_path() {
     // Archived but corrupt: the diffID check fails, nothing is left.
     fake.corrupt(
         &layers[0].digest,
-        super::super::test_support::gzip(b"not a tar"),
+        crate::testsupport::snapshot::gzip(b"not a tar"),
     );
     let resp = server
         .client
@@ -542,7 +542,7 @@ async fn filled_once_on_first_use(mode: crate::config::LayerMode) {
     assert_eq!(a[1].chain_id, b[1].chain_id, "the images share two layers");
     let fake = Arc::new(fake);
     let mut server = TestServer::start_with(Some(fake.clone()), mode).await;
-    let _unmount = crate::snapshot::test_support::Unmount(server.root());
+    let _unmount = crate::testsupport::snapshot::Unmount(server.root());
 
     let top_a = import(&server, &a).await;
     let top_b = import(&server, &b).await;

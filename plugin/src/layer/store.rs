@@ -36,86 +36,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use serde::{Deserialize, Serialize};
-
 use crate::catalog::{Compression, FileKey, LayerRef, LayerSource, PlainBlob};
 use crate::digest::Digest;
-use crate::erofs::{self, Backing, IndexStats};
+use crate::dirs::{mkdir, remove_all, sync_dir};
 
-use super::layer_mounts::StageError;
-use super::remove_all;
-
-/// The index, in an entry and in a snapshot staged from it.
-pub(crate) const IMAGE: &str = "layer.erofs";
-/// What the index points into, in an entry and in a snapshot.
-pub(crate) const RECORD: &str = "backing.json";
-/// The decompressed tar of a layer not stored as a plain tar.
-pub(crate) const COPY: &str = "layer.tar";
-
-/// What an index points into: its backing file and the layer it holds.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct BackingRecord {
-    /// The archive (absolute), or [`COPY`] (relative: beside the record).
-    pub(crate) archive: PathBuf,
-    /// The backing file's identity when indexed.
-    pub(crate) key: FileKey,
-    /// Where the layer starts in the backing file.
-    pub(crate) data_base: u64,
-    pub(crate) digest: Digest,
-    pub(crate) diff_id: Digest,
-    /// Inodes of the index (the snapshot's `Usage`).
-    #[serde(default)]
-    pub(crate) inodes: u64,
-}
-
-impl BackingRecord {
-    /// Whether `now` (the backing file's identity today) is the file that
-    /// was indexed. A copy's change time moves when it is linked, so a copy
-    /// is known by device, inode, size and modification time.
-    pub(crate) fn matches(&self, now: &FileKey) -> bool {
-        if self.archive.is_relative() {
-            (now.dev, now.ino, now.size, now.mtime_ns)
-                == (self.key.dev, self.key.ino, self.key.size, self.key.mtime_ns)
-        } else {
-            *now == self.key
-        }
-    }
-
-    /// Whether this record indexes `layer` as it is found today: in place in
-    /// `plain`, or (no plain copy) over a decompressed copy.
-    fn serves(&self, layer: &LayerRef, plain: Option<&PlainBlob>) -> bool {
-        if self.diff_id != layer.diff_id {
-            return false;
-        }
-        match plain {
-            Some(p) => self.archive == p.path && self.key == p.key && self.data_base == p.offset,
-            None => self.archive.is_relative(),
-        }
-    }
-
-    pub(crate) fn read(path: &Path) -> Result<Self, String> {
-        fs::read(path)
-            .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-            .map_err(|e| format!("reading {}: {e}", path.display()))
-    }
-
-    /// Writes the record as `<dir>/backing.json` (new file, synced).
-    pub(crate) fn write(&self, dir: &Path) -> Result<(), StageError> {
-        use std::io::Write;
-        let path = dir.join(RECORD);
-        let json = serde_json::to_vec_pretty(self).map_err(io::Error::other);
-        json.and_then(|json| {
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)?;
-            f.write_all(&json)?;
-            f.sync_all()
-        })
-        .map_err(StageError::io("write", &path))
-    }
-}
+use super::index::{self, Backing, IndexStats};
+use super::record::{BackingRecord, COPY, IMAGE, RECORD};
+use super::LayerError;
 
 /// One entry, as the store accounts for it.
 struct EntryInfo {
@@ -152,11 +79,10 @@ impl LayerStore {
     /// The store in `dir` (created, mode 0700), with what an earlier run
     /// completed; anything half-built or unreadable is removed. Entries not
     /// in use beyond `budget` are evicted at once.
-    pub(crate) fn open(dir: &Path, budget: u64) -> Result<Self, super::SnapshotError> {
-        super::mkdir(dir, 0o700)?;
+    pub(crate) fn open(dir: &Path, budget: u64) -> Result<Self, LayerError> {
+        mkdir(dir, 0o700)?;
         let mut found = Vec::new();
-        let listing =
-            fs::read_dir(dir).map_err(|e| super::SnapshotError::io("read directory", dir, e))?;
+        let listing = fs::read_dir(dir).map_err(LayerError::io("read directory", dir))?;
         for entry in listing.flatten() {
             let path = entry.path();
             let loaded = entry
@@ -217,21 +143,21 @@ impl LayerStore {
         layer: &LayerRef,
         plain: Option<&PlainBlob>,
         dir: &Path,
-    ) -> Result<Linked, StageError> {
+    ) -> Result<Linked, LayerError> {
         let lock = self.build_lock(&layer.digest);
         let _building = lock.lock().unwrap();
         let (record, built) = self.ensure(source, layer, plain)?;
         let entry = self.entry_dir(&layer.digest);
-        super::mkdir(dir, 0o700).map_err(StageError::snapshot("create", dir))?;
+        mkdir(dir, 0o700)?;
         let fs_dir = dir.join("fs");
-        fs::create_dir(&fs_dir).map_err(StageError::io("create", &fs_dir))?;
+        fs::create_dir(&fs_dir).map_err(LayerError::io("create", &fs_dir))?;
         let mut names = vec![IMAGE];
         if record.archive.is_relative() {
             names.push(COPY);
         }
         for name in names {
             fs::hard_link(entry.join(name), dir.join(name))
-                .map_err(StageError::io("link", &entry.join(name)))?;
+                .map_err(LayerError::io("link", &entry.join(name)))?;
         }
         record.write(dir)?;
         self.touch(&layer.digest);
@@ -317,7 +243,7 @@ impl LayerStore {
         source: &dyn LayerSource,
         layer: &LayerRef,
         plain: Option<&PlainBlob>,
-    ) -> Result<(BackingRecord, Option<IndexStats>), StageError> {
+    ) -> Result<(BackingRecord, Option<IndexStats>), LayerError> {
         let entry = self.entry_dir(&layer.digest);
         if self
             .state
@@ -336,18 +262,18 @@ impl LayerStore {
         let tmp = tempfile::Builder::new()
             .prefix(".new-")
             .tempdir_in(&self.dir)
-            .map_err(StageError::io("create a directory in", &self.dir))?;
+            .map_err(LayerError::io("create a directory in", &self.dir))?;
         let (record, stats) = match plain {
             Some(p) => build_in_place(p, layer, tmp.path())?,
             None => build_copy(source, layer, tmp.path())?,
         };
         record.write(tmp.path())?;
         let bytes =
-            entry_bytes(tmp.path(), plain.is_none()).map_err(StageError::io("stat", tmp.path()))?;
-        super::sync_dir(tmp.path()).map_err(StageError::snapshot("sync", tmp.path()))?;
-        fs::rename(tmp.path(), &entry).map_err(StageError::io("rename into", &entry))?;
+            entry_bytes(tmp.path(), plain.is_none()).map_err(LayerError::io("stat", tmp.path()))?;
+        sync_dir(tmp.path())?;
+        fs::rename(tmp.path(), &entry).map_err(LayerError::io("rename into", &entry))?;
         let _ = tmp.keep();
-        super::sync_dir(&self.dir).map_err(StageError::snapshot("sync", &self.dir))?;
+        sync_dir(&self.dir)?;
         {
             let mut state = self.state.lock().unwrap();
             state.tick += 1;
@@ -486,17 +412,17 @@ fn build_in_place(
     plain: &PlainBlob,
     layer: &LayerRef,
     dir: &Path,
-) -> Result<(BackingRecord, IndexStats), StageError> {
-    let unchanged = || -> Result<(), StageError> {
+) -> Result<(BackingRecord, IndexStats), LayerError> {
+    let unchanged = || -> Result<(), LayerError> {
         let now = plain
             .file
             .metadata()
             .map(|m| FileKey::of(&m))
-            .map_err(StageError::io("stat", &plain.path))?;
+            .map_err(LayerError::io("stat", &plain.path))?;
         if now == plain.key {
             Ok(())
         } else {
-            Err(StageError::Changed)
+            Err(LayerError::Changed)
         }
     };
     unchanged()?;
@@ -506,7 +432,7 @@ fn build_in_place(
         end: plain.offset + plain.size,
     };
     // The digest of an uncompressed layer is its diffID, checked here.
-    let stats = erofs::build_index(
+    let stats = index::build_index(
         reader,
         Compression::None,
         &layer.diff_id,
@@ -533,15 +459,15 @@ fn build_copy(
     source: &dyn LayerSource,
     layer: &LayerRef,
     dir: &Path,
-) -> Result<(BackingRecord, IndexStats), StageError> {
+) -> Result<(BackingRecord, IndexStats), LayerError> {
     let blob = source
         .open_blob(&layer.digest)
-        .map_err(|source| StageError::OpenBlob {
+        .map_err(|source| LayerError::OpenBlob {
             digest: layer.digest,
             source,
         })?;
     let tar = dir.join(COPY);
-    let stats = erofs::build_index_with_copy(
+    let stats = index::build_index_with_copy(
         blob,
         layer.compression,
         &layer.diff_id,
@@ -550,7 +476,7 @@ fn build_copy(
     )?;
     let key = fs::metadata(&tar)
         .map(|m| FileKey::of(&m))
-        .map_err(StageError::io("stat", &tar))?;
+        .map_err(LayerError::io("stat", &tar))?;
     let record = BackingRecord {
         archive: PathBuf::from(COPY),
         key,
@@ -592,7 +518,7 @@ impl Read for FileRange {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::test_support::{dir_names, layer_tar, Entry, FakeSource};
+    use crate::testsupport::snapshot::{dir_names, layer_tar, Entry, FakeSource};
 
     fn tars(n: usize, tag: &str) -> Vec<Vec<u8>> {
         (0..n)
@@ -769,7 +695,7 @@ mod tests {
         let layers = fake.add_image(&tars(1, "x"), &[]);
         fake.corrupt(
             &layers[0].digest,
-            crate::snapshot::test_support::gzip(&tars(1, "y")[0]),
+            crate::testsupport::snapshot::gzip(&tars(1, "y")[0]),
         );
         let store = LayerStore::open(&work.path().join("layers"), u64::MAX).unwrap();
         let err = match store.link_into(&fake, &layers[0], None, &work.path().join("s")) {

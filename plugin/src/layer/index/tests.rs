@@ -12,6 +12,7 @@ use ::tar::{EntryType, Header};
 use rustix::mount::{MountFlags, UnmountFlags};
 
 use super::*;
+use crate::layer::mount::{is_mounted, mount};
 use crate::testsupport::requires_root;
 use crate::testsupport::tree::{assert_same_tree, TreeOptions};
 
@@ -548,7 +549,7 @@ fn bench() {
     let start = std::time::Instant::now();
     mount(&image, tar, &mnt).unwrap();
     let mount_ms = start.elapsed().as_secs_f64() * 1e3;
-    unmount(&mnt).unwrap();
+    crate::dirs::unmount(&mnt);
     let ext = dir.join("ext");
     fs::create_dir(&ext).unwrap();
     drop_caches();

@@ -10,7 +10,7 @@
 //! extraction would leave them on disk (`tree.rs`). Each regular file is a
 //! chunk-based inode whose chunk index points at the file's data in the
 //! backing file (device 1 of the image's device table), in 512-byte blocks
-//! (`image.rs`, on-disk structures in `format.rs`). [`mount`] mounts the
+//! (`image.rs`, on-disk structures in `format.rs`). [`super::mount`] mounts the
 //! image read-only with the backing file as its extra device (a file-backed
 //! mount, Linux 6.12+), and the mount is an overlayfs lower directory like
 //! an extracted layer.
@@ -26,7 +26,6 @@
 
 mod format;
 mod image;
-mod mount;
 #[cfg(test)]
 mod tests;
 mod tree;
@@ -39,8 +38,8 @@ use crate::digest::Digest;
 use crate::extract::tar::TarStream;
 use crate::extract::{walk_layer, ExtractError};
 
+pub(crate) use format::MAGIC;
 pub use image::{ImageError, ImageStats};
-pub use mount::{is_mounted, mount, unmount, MountError};
 pub use tree::TreeStats;
 
 /// Why a layer could not be indexed.

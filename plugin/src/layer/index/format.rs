@@ -10,7 +10,7 @@ pub(super) const BLOCK_USIZE: usize = 1 << BLOCK_BITS;
 
 pub(super) const SUPER_OFFSET: usize = 1024;
 pub(super) const SUPER_SIZE: usize = 128;
-pub(super) const MAGIC: u32 = 0xE0F5_E1E2;
+pub(crate) const MAGIC: u32 = 0xE0F5_E1E2;
 pub(super) const INCOMPAT_CHUNKED_FILE: u32 = 0x0000_0004;
 pub(super) const INCOMPAT_DEVICE_TABLE: u32 = 0x0000_0008;
 pub(super) const DEVT_SLOT_SIZE: usize = 128;

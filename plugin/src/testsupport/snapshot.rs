@@ -16,11 +16,11 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use crate::catalog::{Compression, LayerRef, LayerSource};
 use crate::digest::Digest;
 
-use super::filter::Filter;
-use super::meta::{Record, Timestamp};
-use super::proto::containerd::services::snapshots::v1::snapshots_client::SnapshotsClient;
-use super::service::SnapshotService;
-use super::{Info, Kind, Mount, SnapshotApi, SnapshotError, Snapshotter, Usage};
+use crate::snapshot::filter::Filter;
+use crate::snapshot::meta::{Record, Timestamp};
+use crate::snapshot::proto::containerd::services::snapshots::v1::snapshots_client::SnapshotsClient;
+use crate::snapshot::service::SnapshotService;
+use crate::snapshot::{Info, Kind, Mount, SnapshotApi, SnapshotError, Snapshotter, Usage};
 
 /// Unmounts whatever a test left mounted under its directory (a `merged`
 /// overlay, then the EROFS mounts of layers).
@@ -32,7 +32,7 @@ impl Drop for Unmount {
             let _ =
                 rustix::mount::unmount(self.0.join("merged"), rustix::mount::UnmountFlags::DETACH);
         }
-        super::layer_mounts::unmount_under(&self.0);
+        crate::dirs::unmount_under(&self.0);
     }
 }
 
@@ -447,7 +447,7 @@ impl TestServer {
                 .client
                 .clone()
                 .prepare(
-                    super::proto::containerd::services::snapshots::v1::PrepareSnapshotRequest {
+                    crate::snapshot::proto::containerd::services::snapshots::v1::PrepareSnapshotRequest {
                         snapshotter: "airgap".into(),
                         key: format!("ns/{i}/extract {}", layer.chain_id),
                         parent: parent.clone(),
@@ -519,7 +519,7 @@ impl<S: SnapshotApi> TestServer<S> {
     /// first.
     pub async fn stop(self) {
         let dir = self.stop_keeping_state().await;
-        super::layer_mounts::unmount_under(dir.path());
+        crate::dirs::unmount_under(dir.path());
         drop(dir);
     }
 

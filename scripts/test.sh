@@ -28,7 +28,9 @@
 #      qemu-user serving the system containerd through integration/tests/e2e.rs).
 #
 # Every step runs even when an earlier one failed (after the build steps),
-# a summary is printed at the end, and the exit status is non-zero if any
+# a summary is printed at the end (with every test that skipped itself,
+# counted and named: tests record a skip and its reason in the file
+# $AIRGAP_TEST_SKIP_LOG that each step gets), and the exit status is non-zero if any
 # step failed. Steps 5 and 6 need root and are reported as skipped
 # otherwise. A containerd version (or 2.x's Go sources) that could not be
 # fetched (no network) is a FAIL of its step, with the reason. Environment:
@@ -55,6 +57,7 @@ started=$(date +%s)
 logs=$(mktemp -d /tmp/airgap-test-logs-XXXXXX)
 summary=()
 failed=0
+skipped_tests=0
 
 # step NAME TIMEOUT_MINUTES COMMAND...
 step() {
@@ -65,7 +68,8 @@ step() {
     printf '\n===== %s: %s\n' "$name" "$*"
     local log=$logs/$name.log
     rc=0
-    timeout --kill-after=30s "${minutes}m" "$@" 2>&1 | tee "$log" || rc=${PIPESTATUS[0]}
+    local skips=$logs/$name.skips
+    AIRGAP_TEST_SKIP_LOG=$skips timeout --kill-after=30s "${minutes}m" "$@" 2>&1 | tee "$log" || rc=${PIPESTATUS[0]}
     local took=$(($(date +%s) - t0))
     if ((rc == 0)); then
         summary+=("PASS  ${name} (${took}s)")
@@ -82,6 +86,17 @@ step() {
         done < <(grep -E '^ +FAIL \[|^test .* FAILED$|^--- FAIL' "$log" | sed -E 's/^ +//' | sort -u | head -n 20)
         failed=1
     fi
+    # Tests that skipped themselves (testsupport::skip) are counted and
+    # named: a skipped test is not a passed one.
+    if [[ -s $skips ]]; then
+        local n
+        n=$(sort -u "$skips" | wc -l)
+        summary+=("SKIP  ${n} test(s) in ${name}:")
+        while IFS= read -r line; do
+            summary+=("        ${line}")
+        done < <(sort -u "$skips" | head -n 30)
+        skipped_tests=$((skipped_tests + n))
+    fi
     return 0
 }
 
@@ -95,6 +110,8 @@ print_summary() {
     printf '  %s\n' "${summary[@]}"
     if ((failed)); then
         printf 'FAILED\n'
+    elif ((skipped_tests)); then
+        printf 'PASSED, with %s test(s) skipped (named above)\n' "$skipped_tests"
     else
         printf 'ALL PASSED\n'
     fi

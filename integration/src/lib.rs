@@ -68,7 +68,10 @@ pub fn can_run(test: &str) -> bool {
     if is_root() {
         return true;
     }
-    eprintln!("SKIPPED {test}: the end-to-end tests need root (run them as root, e.g. via scripts/test.sh)");
+    airgap_snapshotter::testsupport::skip(
+        test,
+        "the end-to-end tests need root (run them as root, e.g. via scripts/test.sh)",
+    );
     false
 }
 

@@ -10,11 +10,61 @@ use std::io::Write;
 
 use serde_json::json;
 
+#[cfg(test)]
 pub mod snapshot;
 pub mod tree;
 
 use crate::catalog::seekable;
 use crate::digest::Digest;
+
+/// Records that the running test was skipped, and why: printed, and, when
+/// `AIRGAP_TEST_SKIP_LOG` names a file (scripts/test.sh sets it), appended
+/// there as one line, so the suite's summary counts and names every skip.
+pub fn skip(test: &str, reason: &str) {
+    eprintln!("SKIPPED {test}: {reason}");
+    if let Some(log) = std::env::var_os("AIRGAP_TEST_SKIP_LOG") {
+        let line = format!("{test}: {reason}\n");
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = appended {
+            eprintln!("recording the skip in {}: {e}", log.to_string_lossy());
+        }
+    }
+}
+
+/// The running test's name (libtest and nextest name each test's thread
+/// after the test).
+fn current_test() -> String {
+    std::thread::current().name().unwrap_or("test").to_owned()
+}
+
+/// Whether the kernel can mount EROFS tar indexes as the daemon builds them:
+/// root, EROFS, file-backed mounts, chunked files and a device table. When
+/// it cannot, the test is recorded as skipped with the missing feature.
+#[must_use]
+pub fn has_erofs_indexes() -> bool {
+    if !has_root() {
+        return false;
+    }
+    let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    let features = std::path::Path::new("/sys/fs/erofs/features");
+    let missing: Vec<&str> = ["chunked_file", "device_table"]
+        .into_iter()
+        .filter(|f| !features.join(f).exists())
+        .collect();
+    let reason = if !filesystems.split_whitespace().any(|f| f == "erofs") {
+        "the kernel has no EROFS".to_owned()
+    } else if !missing.is_empty() {
+        format!("the kernel's EROFS lacks {}", missing.join(", "))
+    } else {
+        return true;
+    };
+    skip(&current_test(), &reason);
+    false
+}
 
 /// Whether a root-only test (ownership, device nodes, `trusted.*` xattrs,
 /// mounts) can run; when it cannot, says so and the test returns early, as
@@ -25,9 +75,7 @@ pub fn has_root() -> bool {
     if rustix::process::geteuid().is_root() {
         return true;
     }
-    // libtest names each test's thread after the test.
-    let thread = std::thread::current();
-    eprintln!("skipped {}: needs root", thread.name().unwrap_or("test"));
+    skip(&current_test(), "needs root");
     false
 }
 
@@ -42,6 +90,19 @@ macro_rules! requires_root {
 }
 #[cfg(test)]
 pub(crate) use requires_root;
+
+/// Returns from the calling test unless the kernel can mount EROFS tar
+/// indexes (see [`has_erofs_indexes`]).
+#[cfg(test)]
+macro_rules! requires_erofs {
+    () => {
+        if !$crate::testsupport::has_erofs_indexes() {
+            return;
+        }
+    };
+}
+#[cfg(test)]
+pub(crate) use requires_erofs;
 
 /// How a layer's blob is compressed inside the archive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use rustix::mount::{MountFlags, UnmountFlags};
 
 use super::*;
 use crate::layer::mount::{is_mounted, mount};
-use crate::testsupport::requires_root;
+use crate::testsupport::requires_erofs;
 use crate::testsupport::tree::{assert_same_tree, TreeOptions};
 
 const MTIME: u64 = 1_600_000_000;
@@ -273,14 +273,14 @@ fn kitchen_sink() -> Vec<u8> {
 
 #[test]
 fn kitchen_sink_matches_extraction() {
-    requires_root!();
+    requires_erofs!();
     let stats = compare(&[kitchen_sink()], 0, TreeOptions::default());
     assert!(stats[0].tree.files > 1500);
 }
 
 #[test]
 fn whiteouts_and_opaque_directories_through_overlay() {
-    requires_root!();
+    requires_erofs!();
     let mut base = Layer::default();
     base.dir("a/")
         .file("a/keep", b"keep")
@@ -322,7 +322,7 @@ fn whiteouts_and_opaque_directories_through_overlay() {
 
 #[test]
 fn missing_parents_and_testsupport_fixtures() {
-    requires_root!();
+    requires_erofs!();
     use crate::testsupport::{busybox_bytes, layer_tar};
     let busybox = busybox_bytes();
     let layers = [
@@ -335,7 +335,7 @@ fn missing_parents_and_testsupport_fixtures() {
 
 #[test]
 fn data_past_4_gib_of_backing_file() {
-    requires_root!();
+    requires_erofs!();
     let mut l = Layer::default();
     l.dir("d/")
         .file("d/a", b"after the hole")
@@ -509,7 +509,7 @@ fn mutated_tars_never_panic() {
 /// Ad-hoc speed check, not a timed test: the index of an uncompressed layer
 /// against its extraction. Run as root with
 /// `EROFS_BENCH=<layer.tar>,<empty dir> cargo test --release -p
-/// airgap-snapshotter --lib erofs::tests::bench -- --ignored --nocapture`.
+/// airgap-snapshotter --lib layer::index::tests::bench -- --ignored --nocapture`.
 #[test]
 #[ignore]
 fn bench() {

@@ -14,7 +14,7 @@ use crate::labels::TARGET_SNAPSHOT_REF;
 use crate::layer::record::{COPY, IMAGE, RECORD};
 use crate::snapshot::proto::containerd::services::snapshots::v1 as api;
 use crate::snapshot::{Kind, SnapshotApi, Snapshotter};
-use crate::testsupport::requires_root;
+use crate::testsupport::requires_erofs;
 use crate::testsupport::snapshot::{layer_tar, Entry, FakeSource, TestServer, Unmount};
 use crate::testsupport::tree::{assert_same_tree, TreeOptions};
 
@@ -65,7 +65,7 @@ fn committed(sn: &Snapshotter) -> Vec<(String, u64)> {
 /// that lost the mounts, unmounted by Remove.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn archived_layers_are_mounted_committed_remounted_and_removed() {
-    requires_root!();
+    requires_erofs!();
     let work = tempfile::tempdir().unwrap();
     let _guard = Unmount(work.path().to_owned());
     let tars = vec![
@@ -164,7 +164,7 @@ async fn archived_layers_are_mounted_committed_remounted_and_removed() {
 /// Remove.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_archive_kind_through_the_catalog() {
-    requires_root!();
+    requires_erofs!();
     use crate::testsupport::{
         busybox_bytes, docker_save, wrap, write, ImageSpec, LayerCompression, OciLayout, Wrap,
     };
@@ -317,7 +317,7 @@ async fn every_archive_kind_through_the_catalog() {
 /// after a restart (the copy moved with the directory), removed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compressed_layers_are_mounted_over_a_decompressed_copy() {
-    requires_root!();
+    requires_erofs!();
     let work = tempfile::tempdir().unwrap();
     let _guard = Unmount(work.path().to_owned());
     let tars = vec![

@@ -297,6 +297,27 @@ impl<R: Read> Read for CountingReader<R> {
     }
 }
 
+/// The one tar walk of a layer, shared by extraction and the EROFS index
+/// builder: `f` gets every entry in order (with the stream, positioned at
+/// the entry's data, and the entry's path as shown in errors), then the
+/// stream is read to its end so that the diffID covers every byte.
+pub(crate) fn walk_entries(
+    mut stream: TarStream,
+    mut f: impl FnMut(&mut TarStream, &Entry, &str) -> Result<(), ExtractError>,
+) -> Result<(), ExtractError> {
+    let mut last = String::new();
+    loop {
+        let entry = match stream.next_entry() {
+            Ok(Some(e)) => e,
+            Ok(None) => break,
+            Err(e) => return Err(ExtractError::stream(&last, e)),
+        };
+        last = entry.display_path();
+        f(&mut stream, &entry, &last)?;
+    }
+    stream.finish().map_err(|e| ExtractError::stream(&last, e))
+}
+
 struct Extractor {
     root: Root,
     stats: UnpackStats,
@@ -306,19 +327,11 @@ struct Extractor {
 
 impl Extractor {
     /// Extracts every entry, then reads the stream to its end.
-    fn run(&mut self, mut stream: TarStream) -> Result<(), ExtractError> {
-        let mut last = String::new();
-        loop {
-            let entry = match stream.next_entry() {
-                Ok(Some(e)) => e,
-                Ok(None) => break,
-                Err(e) => return Err(ExtractError::stream(&last, e)),
-            };
-            last = entry.display_path();
+    fn run(&mut self, stream: TarStream) -> Result<(), ExtractError> {
+        walk_entries(stream, |stream, entry, shown| {
             self.stats.entries += 1;
-            self.entry(&mut stream, &entry, &last)?;
-        }
-        stream.finish().map_err(|e| ExtractError::stream(&last, e))
+            self.entry(stream, entry, shown)
+        })
     }
 
     fn entry(

@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 use crate::catalog::Compression;
 use crate::digest::Digest;
 use crate::extract::tar::TarStream;
-use crate::extract::{walk_layer, ExtractError};
+use crate::extract::{walk_entries, walk_layer, ExtractError};
 
 pub(crate) use format::MAGIC;
 pub use image::{ImageError, ImageStats};
@@ -219,21 +219,10 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
 }
 
 /// Applies every entry of the stream, then reads it to its end.
-fn build_tree(mut stream: TarStream) -> Result<tree::LayerTree, ExtractError> {
+fn build_tree(stream: TarStream) -> Result<tree::LayerTree, ExtractError> {
     let mut tree = tree::LayerTree::new();
-    let mut last = String::new();
-    loop {
-        let entry = match stream.next_entry() {
-            Ok(Some(e)) => e,
-            Ok(None) => break,
-            Err(e) => return Err(ExtractError::stream(&last, e)),
-        };
-        last = entry.display_path();
-        let offset = stream.position();
-        tree.apply(&entry, offset, &last)?;
-    }
-    stream
-        .finish()
-        .map_err(|e| ExtractError::stream(&last, e))?;
+    walk_entries(stream, |stream, entry, shown| {
+        tree.apply(entry, stream.position(), shown)
+    })?;
     Ok(tree)
 }

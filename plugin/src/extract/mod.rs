@@ -20,16 +20,19 @@
 //! relative to a cached parent directory fd, its writes, `fchown`, `fchmod`,
 //! `futimens` and `close`.
 
+mod paths;
+mod pipeline;
 mod root;
 pub(crate) mod tar;
 
-use std::cell::Cell;
+pub(crate) use paths::{normalize, split, symlink_escapes, xattr_refused};
+pub(crate) use pipeline::{walk_entries, walk_layer, Walked};
+
 use std::ffi::CString;
-use std::io::{self, BufReader, Read};
+use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::mpsc::{self, Receiver, SyncSender};
 
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, XattrFlags};
 use rustix::io::Errno;
@@ -38,7 +41,7 @@ use crate::catalog::Compression;
 use crate::digest::Digest;
 
 use self::root::{FsError, Root};
-use self::tar::{display_bytes, ChunkMsg, Entry, Kind, StreamError, TarStream, Time};
+use self::tar::{display_bytes, Entry, Kind, StreamError, TarStream, Time};
 
 /// Counts of what one layer extraction did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -183,139 +186,6 @@ pub fn unpack_layer(
     // Directory times last: creating entries inside a directory changes its mtime.
     set_dir_times(&mut root, &dir_times);
     Ok(stats)
-}
-
-/// What [`walk_layer`] measured of the stream it walked.
-pub(crate) struct Walked<T> {
-    /// What the walk returned.
-    pub value: T,
-    /// SHA-256 of the decompressed stream, to compare with the diffID.
-    pub diff_id: Digest,
-    pub decompressed_bytes: u64,
-    pub compressed_bytes: u64,
-}
-
-/// Decompresses `blob` and hashes the tar stream on two threads of their
-/// own, while `walk` reads its entries on the calling thread (the one tar
-/// parser, shared by extraction and the EROFS index). `walk` must read the
-/// stream to its end ([`TarStream::finish`]) for the digest to cover it all;
-/// when it returns early, the other threads stop.
-pub(crate) fn walk_layer<T, E: From<ExtractError>>(
-    blob: impl Read + Send,
-    compression: Compression,
-    walk: impl FnOnce(TarStream) -> Result<T, E>,
-) -> Result<Walked<T>, E> {
-    // Decompression, hashing and the walk overlap on three threads (see
-    // [`tar`]); at most 2 * QUEUE + 3 chunk buffers exist at once.
-    const QUEUE: usize = 3;
-    let (dec_tx, hash_rx) = mpsc::sync_channel::<ChunkMsg>(QUEUE);
-    let (hash_tx, tar_rx) = mpsc::sync_channel::<ChunkMsg>(QUEUE);
-    let (pool_tx, pool_rx) = mpsc::channel::<Vec<u8>>();
-    std::thread::scope(|s| {
-        let spawn_err = |source| ExtractError::Stream {
-            entry: String::new(),
-            source,
-        };
-        let decoder = std::thread::Builder::new()
-            .name("extract-inflate".into())
-            .spawn_scoped(s, move || decompress(blob, compression, &dec_tx, &pool_rx))
-            .map_err(spawn_err)?;
-        let hasher = std::thread::Builder::new()
-            .name("extract-hash".into())
-            .spawn_scoped(s, move || tar::hash_chunks(hash_rx, hash_tx))
-            .map_err(spawn_err)?;
-        // `walk` drops the stream when it returns, which stops the other
-        // threads if it returns early.
-        let ran = walk(TarStream::new(tar_rx, pool_tx));
-        let hashed = hasher.join();
-        let compressed = decoder.join();
-        let value = ran?;
-        let (diff_id, total) = hashed.map_err(|_| thread_panicked("hashing"))?;
-        let compressed = compressed.map_err(|_| thread_panicked("decompression"))?;
-        Ok(Walked {
-            value,
-            diff_id,
-            decompressed_bytes: total,
-            compressed_bytes: compressed,
-        })
-    })
-}
-
-fn thread_panicked(what: &str) -> ExtractError {
-    ExtractError::Stream {
-        entry: String::new(),
-        source: io::Error::other(format!("the {what} thread panicked")),
-    }
-}
-
-/// The decompression stage: sends the decompressed stream as chunks; returns
-/// the compressed bytes read.
-fn decompress(
-    blob: impl Read,
-    compression: Compression,
-    tx: &SyncSender<ChunkMsg>,
-    pool: &Receiver<Vec<u8>>,
-) -> u64 {
-    const IN_BUF: usize = 256 * 1024;
-    let counted = Rc::new(Cell::new(0u64));
-    let blob = CountingReader {
-        inner: blob,
-        count: counted.clone(),
-    };
-    match compression {
-        Compression::None => tar::produce_chunks(blob, tx, pool),
-        Compression::Gzip => tar::produce_chunks(
-            flate2::bufread::MultiGzDecoder::new(BufReader::with_capacity(IN_BUF, blob)),
-            tx,
-            pool,
-        ),
-        Compression::Zstd => {
-            let decoder =
-                zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(IN_BUF, blob))
-                    .and_then(|mut d| d.window_log_max(31).map(|()| d));
-            match decoder {
-                Ok(d) => tar::produce_chunks(d, tx, pool),
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                }
-            }
-        }
-    }
-    counted.get()
-}
-
-struct CountingReader<R> {
-    inner: R,
-    count: Rc<Cell<u64>>,
-}
-
-impl<R: Read> Read for CountingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.count.set(self.count.get() + n as u64);
-        Ok(n)
-    }
-}
-
-/// The one tar walk of a layer, shared by extraction and the EROFS index
-/// builder: `f` gets every entry in order (with the stream, positioned at
-/// the entry's data, and the entry's path as shown in errors), then the
-/// stream is read to its end so that the diffID covers every byte.
-pub(crate) fn walk_entries(
-    mut stream: TarStream,
-    mut f: impl FnMut(&mut TarStream, &Entry, &str) -> Result<(), ExtractError>,
-) -> Result<(), ExtractError> {
-    let mut last = String::new();
-    loop {
-        let entry = match stream.next_entry() {
-            Ok(Some(e)) => e,
-            Ok(None) => break,
-            Err(e) => return Err(ExtractError::stream(&last, e)),
-        };
-        last = entry.display_path();
-        f(&mut stream, &entry, &last)?;
-    }
-    stream.finish().map_err(|e| ExtractError::stream(&last, e))
 }
 
 struct Extractor {
@@ -550,34 +420,6 @@ impl Extractor {
     }
 }
 
-/// Why a path in the archive is not a plain relative path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum BadPath {
-    Absolute,
-    DotDot,
-    Nul,
-}
-
-impl BadPath {
-    /// The reason, for an entry's own path.
-    pub(crate) fn reason(self) -> &'static str {
-        match self {
-            BadPath::Absolute => "absolute path",
-            BadPath::DotDot => "'..' component",
-            BadPath::Nul => "NUL byte in path",
-        }
-    }
-
-    /// The reason, for a hard link's target.
-    pub(crate) fn link_reason(self) -> &'static str {
-        match self {
-            BadPath::Absolute => "hard link to an absolute path",
-            BadPath::DotDot => "hard link target with a '..' component",
-            BadPath::Nul => "NUL byte in path",
-        }
-    }
-}
-
 /// Writes all of `data` to `fd`.
 fn write_all(fd: &OwnedFd, mut data: &[u8]) -> Result<(), Errno> {
     while !data.is_empty() {
@@ -589,72 +431,6 @@ fn write_all(fd: &OwnedFd, mut data: &[u8]) -> Result<(), Errno> {
         }
     }
     Ok(())
-}
-
-/// The entry path as a list of plain components joined by `/`: `.` and empty
-/// components dropped, `..` and absolute paths refused.
-pub(crate) fn normalize(raw: &[u8]) -> Result<Vec<u8>, BadPath> {
-    if raw.first() == Some(&b'/') {
-        return Err(BadPath::Absolute);
-    }
-    if raw.contains(&0) {
-        return Err(BadPath::Nul);
-    }
-    let mut out = Vec::with_capacity(raw.len());
-    for comp in raw.split(|&b| b == b'/') {
-        match comp {
-            b"" | b"." => {}
-            b".." => return Err(BadPath::DotDot),
-            c => {
-                if !out.is_empty() {
-                    out.push(b'/');
-                }
-                out.extend_from_slice(c);
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Splits a normalized path into its directory (empty for the root) and name.
-pub(crate) fn split(path: &[u8]) -> (&[u8], &[u8]) {
-    match path.iter().rposition(|&b| b == b'/') {
-        Some(i) => (&path[..i], &path[i + 1..]),
-        None => (&[], path),
-    }
-}
-
-/// Whether a symlink in directory `dir` (normalized) with this target leads
-/// outside the layer root when followed: absolute, or `..` above the root.
-pub(crate) fn symlink_escapes(dir: &[u8], target: &[u8]) -> bool {
-    if target.first() == Some(&b'/') {
-        return true;
-    }
-    let mut depth: i64 = if dir.is_empty() {
-        0
-    } else {
-        dir.split(|&b| b == b'/').count() as i64
-    };
-    for comp in target.split(|&b| b == b'/') {
-        match comp {
-            b"" | b"." => {}
-            b".." => {
-                depth -= 1;
-                if depth < 0 {
-                    return true;
-                }
-            }
-            _ => depth += 1,
-        }
-    }
-    false
-}
-
-/// Xattr names that are never taken from an archive: the overlayfs ones would
-/// let a layer steer overlayfs lookups (redirects, metacopy, origin). OCI
-/// expresses opaque directories with `.wh..wh..opq`.
-pub(crate) fn xattr_refused(name: &[u8]) -> bool {
-    name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.")
 }
 
 /// Applies the entry's xattrs with `set`; decides which failures matter.

@@ -1,8 +1,8 @@
 //! A streaming tar reader over a decompressed layer.
 //!
 //! Three stages on three threads, handing the same buffers along: the
-//! decompressor fills 1 MiB chunks ([`produce_chunks`]), the hasher hashes
-//! them ([`hash_chunks`]), and the extractor parses headers from them and
+//! decompressor fills 1 MiB chunks ([`super::pipeline::produce_chunks`]), the hasher hashes
+//! them ([`super::pipeline::hash_chunks`]), and the extractor parses headers from them and
 //! writes file data to disk straight from them ([`TarStream`]). No byte is
 //! copied in user space after decompression; buffers go back to the
 //! decompressor for reuse.
@@ -13,10 +13,10 @@
 //! newlines and so loses binary xattr values such as `security.capability`.
 
 use std::borrow::Cow;
-use std::io::{self, Read};
-use std::sync::mpsc::{Receiver, Sender, SyncSender};
+use std::io;
+use std::sync::mpsc::{Receiver, Sender};
 
-use crate::digest::{Digest, Hasher};
+use super::pipeline::ChunkMsg;
 
 /// Size of a tar block.
 const BLOCK: usize = 512;
@@ -119,73 +119,6 @@ struct Pax {
     atime: Option<Time>,
     xattrs: Vec<(Vec<u8>, Vec<u8>)>,
     sparse: bool,
-}
-
-/// A piece of the decompressed stream: `buf[..len]` is data.
-pub(crate) struct Chunk {
-    pub buf: Vec<u8>,
-    pub len: usize,
-}
-
-/// What the decompression side sends: chunks in order, an error, or (by
-/// closing the channel) the end of the stream.
-pub(crate) type ChunkMsg = io::Result<Chunk>;
-
-/// Size of the chunks the decompressor fills: large writes for big files,
-/// few channel hand-offs.
-pub(crate) const CHUNK_SIZE: usize = 1024 * 1024;
-
-/// Reads `inner` to its end in chunks and sends them; buffers come back
-/// through `pool`. Returns when the stream ended, failed (the error is sent
-/// on), or the receiving side went away.
-pub(crate) fn produce_chunks(
-    mut inner: impl Read,
-    tx: &SyncSender<ChunkMsg>,
-    pool: &Receiver<Vec<u8>>,
-) {
-    loop {
-        let mut buf = pool.try_recv().unwrap_or_else(|_| vec![0u8; CHUNK_SIZE]);
-        let mut len = 0;
-        let mut eof = false;
-        while len < buf.len() {
-            match inner.read(&mut buf[len..]) {
-                Ok(0) => {
-                    eof = true;
-                    break;
-                }
-                // A reader claiming more than it was given is broken; do not trust it.
-                Ok(n) => len = (len + n).min(buf.len()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-            }
-        }
-        if len > 0 && tx.send(Ok(Chunk { buf, len })).is_err() {
-            return;
-        }
-        if eof {
-            return;
-        }
-    }
-}
-
-/// Hashes the chunks passing from `rx` to `tx`; returns the digest and the
-/// length of everything that passed (the whole stream, if it ended well).
-pub(crate) fn hash_chunks(rx: Receiver<ChunkMsg>, tx: SyncSender<ChunkMsg>) -> (Digest, u64) {
-    let mut hasher = Hasher::new();
-    let mut total = 0u64;
-    for msg in rx {
-        if let Ok(chunk) = &msg {
-            hasher.update(&chunk.buf[..chunk.len]);
-            total += chunk.len as u64;
-        }
-        if tx.send(msg).is_err() {
-            break;
-        }
-    }
-    (hasher.finish(), total)
 }
 
 /// The decompressed layer as a sequence of tar entries, read from chunks.

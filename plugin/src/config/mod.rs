@@ -31,14 +31,17 @@
 //! ca_file = "/etc/airgap-snapshotter/ca.pem"
 //! ```
 
-use std::fmt;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::str::FromStr;
+mod upstream;
+mod values;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
 
 pub use crate::import::ImportMode;
+pub use upstream::UpstreamConfig;
+use values::{deserialize_bytes, serialize_bytes, valid_namespace};
+pub use values::{parse_bytes, Listen};
 
 pub const DEFAULT_ROOT: &str = "/var/lib/airgap-snapshotter";
 pub const DEFAULT_SOCKET: &str = "/run/airgap-snapshotter/snapshotter.sock";
@@ -221,54 +224,6 @@ pub enum PrepareLayers {
     OnArrival,
 }
 
-/// One `[[upstream]]` table: where images of `registry` are fetched from
-/// when the archives lack them.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamConfig {
-    /// The registry the image names use (containerd's `?ns=`), such as
-    /// `docker.io` or `registry.k8s.io`; `*` matches every registry.
-    pub registry: String,
-    /// Base URL of the registry to fetch from, `https://host[:port]` (or
-    /// `http://` for a plain-HTTP registry).
-    pub endpoint: String,
-    /// Prepended to the repository path: with `dockerhub`,
-    /// `docker.io/library/nginx` is fetched as `<endpoint>/v2/dockerhub/library/nginx`.
-    #[serde(default)]
-    pub path_prefix: Option<String>,
-    /// User for basic auth and for the token service.
-    #[serde(default)]
-    pub username: Option<String>,
-    /// Password (or token) of `username`; never logged. Prefer `password_file`.
-    #[serde(default, skip_serializing)]
-    pub password: Option<String>,
-    /// File holding the password (trailing newline ignored), read at start.
-    #[serde(default)]
-    pub password_file: Option<PathBuf>,
-    /// PEM file of CA certificates trusted for this endpoint, in addition to
-    /// the system's.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// Accept any TLS certificate from this endpoint (tests only).
-    #[serde(default)]
-    pub insecure_skip_verify: bool,
-}
-
-impl fmt::Debug for UpstreamConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UpstreamConfig")
-            .field("registry", &self.registry)
-            .field("endpoint", &self.endpoint)
-            .field("path_prefix", &self.path_prefix)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("password_file", &self.password_file)
-            .field("ca_file", &self.ca_file)
-            .field("insecure_skip_verify", &self.insecure_skip_verify)
-            .finish()
-    }
-}
-
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -286,95 +241,6 @@ impl Default for Config {
             containerd_address: PathBuf::from(DEFAULT_CONTAINERD_ADDRESS),
             import: ImportConfig::default(),
         }
-    }
-}
-
-/// A listen address (the mirror's, the metrics'), or off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Listen {
-    Off,
-    Addr(SocketAddr),
-}
-
-impl FromStr for Listen {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.eq_ignore_ascii_case("off") {
-            return Ok(Listen::Off);
-        }
-        s.parse()
-            .map(Listen::Addr)
-            .map_err(|_| format!("{s:?} is neither `off` nor an address like 127.0.0.1:5050"))
-    }
-}
-
-impl fmt::Display for Listen {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Listen::Off => f.write_str("off"),
-            Listen::Addr(a) => write!(f, "{a}"),
-        }
-    }
-}
-
-impl Serialize for Listen {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Listen {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-/// containerd's namespace rule (`namespaces.Validate`): labels of letters
-/// and digits joined by single `.`, `_` or `-`, at most 76 bytes.
-fn valid_namespace(s: &str) -> bool {
-    s.len() <= 76
-        && !s.is_empty()
-        && s.split(['.', '_', '-'])
-            .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric()))
-}
-
-/// Parses a byte count: `1048576`, `512M`, `512MiB`, `10G` (units binary).
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (digits, unit) = s.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{s:?} is not a byte count"))?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
-        other => return Err(format!("unknown unit {other:?} in {s:?}")),
-    };
-    n.checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("{s:?} is too large"))
-}
-
-fn serialize_bytes<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_u64(*v)
-}
-
-fn deserialize_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Bytes {
-        N(u64),
-        S(String),
-    }
-    match Bytes::deserialize(d)? {
-        Bytes::N(n) => Ok(n),
-        Bytes::S(s) => parse_bytes(&s).map_err(serde::de::Error::custom),
     }
 }
 
@@ -539,74 +405,6 @@ impl Config {
                 })?;
         }
         Ok(())
-    }
-}
-
-impl UpstreamConfig {
-    /// Checks one table; the error names the field.
-    fn validate(&self) -> Result<(), (&'static str, String)> {
-        if self.registry.is_empty() {
-            return Err(("upstream.registry", "is empty".into()));
-        }
-        if self.registry != "*" && self.registry.contains(['/', ' ']) {
-            return Err((
-                "upstream.registry",
-                format!(
-                    "{:?} is not a registry host (e.g. docker.io) or *",
-                    self.registry
-                ),
-            ));
-        }
-        let rest = self
-            .endpoint
-            .strip_prefix("https://")
-            .or_else(|| self.endpoint.strip_prefix("http://"));
-        match rest {
-            Some(host)
-                if !host.trim_end_matches('/').is_empty()
-                    && !host.trim_end_matches('/').contains('/') => {}
-            _ => {
-                return Err((
-                    "upstream.endpoint",
-                    format!("{:?} is not http(s)://host[:port]", self.endpoint),
-                ))
-            }
-        }
-        if let Some(p) = &self.path_prefix {
-            if p.trim_matches('/').is_empty() || p.contains("..") || p.contains(char::is_whitespace)
-            {
-                return Err((
-                    "upstream.path_prefix",
-                    format!("{p:?} is not a repository path prefix"),
-                ));
-            }
-        }
-        if self.password.is_some() && self.password_file.is_some() {
-            return Err((
-                "upstream.password",
-                "set either password or password_file, not both".into(),
-            ));
-        }
-        if (self.password.is_some() || self.password_file.is_some()) && self.username.is_none() {
-            return Err(("upstream.username", "a password needs a username".into()));
-        }
-        Ok(())
-    }
-
-    /// The password, from `password` or `password_file` (trailing newline
-    /// removed).
-    pub fn load_password(&self) -> Result<Option<String>, ConfigError> {
-        if let Some(p) = &self.password {
-            return Ok(Some(p.clone()));
-        }
-        let Some(path) = &self.password_file else {
-            return Ok(None);
-        };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        Ok(Some(text.trim_end_matches(['\n', '\r']).to_string()))
     }
 }
 
@@ -805,7 +603,7 @@ mod tests {
     /// names every key (the `[[upstream]]` example's included).
     #[test]
     fn shipped_default_config_lists_every_key_with_its_default() {
-        const SHIPPED: &str = include_str!("../../scripts/airgap-snapshotter.toml");
+        const SHIPPED: &str = include_str!("../../../scripts/airgap-snapshotter.toml");
         assert_eq!(
             toml::from_str::<Config>(SHIPPED).unwrap(),
             Config::default()

@@ -77,12 +77,17 @@ pub enum ContainerdVersion {
     V2,
 }
 
-fn parse_version(s: &str) -> Result<ContainerdVersion, String> {
+/// A `--containerd` value that names no containerd this wiring knows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?}: expected 1.6, 1.7 or 2")]
+pub struct UnknownVersion(pub String);
+
+fn parse_version(s: &str) -> Result<ContainerdVersion, UnknownVersion> {
     match s {
         "1.6" | "1.7" | "1" => Ok(ContainerdVersion::V1),
         "2" | "2.0" | "2.1" | "2.2" => Ok(ContainerdVersion::V2),
         _ if s.starts_with("2.") => Ok(ContainerdVersion::V2),
-        _ => Err(format!("{s:?}: expected 1.6, 1.7 or 2")),
+        _ => Err(UnknownVersion(s.to_string())),
     }
 }
 

@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::import::ImportMode;
 pub use upstream::UpstreamConfig;
 use values::{deserialize_bytes, serialize_bytes, valid_namespace};
-pub use values::{parse_bytes, Listen};
+pub use values::{parse_bytes, Listen, ValueError};
 
 pub const DEFAULT_ROOT: &str = "/var/lib/airgap-snapshotter";
 pub const DEFAULT_SOCKET: &str = "/run/airgap-snapshotter/snapshotter.sock";

@@ -8,6 +8,20 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// A value that does not parse: said with the text given, so that the
+/// config error (or clap's) names the field and shows what was wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error("{0:?} is neither `off` nor an address like 127.0.0.1:5050")]
+    Listen(String),
+    #[error("{0:?} is not a byte count")]
+    NotBytes(String),
+    #[error("unknown unit {unit:?} in {value:?}")]
+    Unit { unit: String, value: String },
+    #[error("{0:?} is too large")]
+    TooLarge(String),
+}
+
 /// A listen address (the mirror's, the metrics'), or off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Listen {
@@ -16,7 +30,7 @@ pub enum Listen {
 }
 
 impl FromStr for Listen {
-    type Err = String;
+    type Err = ValueError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s.eq_ignore_ascii_case("off") {
@@ -24,7 +38,7 @@ impl FromStr for Listen {
         }
         s.parse()
             .map(Listen::Addr)
-            .map_err(|_| format!("{s:?} is neither `off` nor an address like 127.0.0.1:5050"))
+            .map_err(|_| ValueError::Listen(s.to_string()))
     }
 }
 
@@ -61,23 +75,28 @@ pub(super) fn valid_namespace(s: &str) -> bool {
 }
 
 /// Parses a byte count: `1048576`, `512M`, `512MiB`, `10G` (units binary).
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
+pub fn parse_bytes(s: &str) -> Result<u64, ValueError> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (digits, unit) = s.split_at(split);
     let n: u64 = digits
         .parse()
-        .map_err(|_| format!("{s:?} is not a byte count"))?;
+        .map_err(|_| ValueError::NotBytes(s.to_string()))?;
     let shift = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 0,
         "k" | "kb" | "kib" => 10,
         "m" | "mb" | "mib" => 20,
         "g" | "gb" | "gib" => 30,
         "t" | "tb" | "tib" => 40,
-        other => return Err(format!("unknown unit {other:?} in {s:?}")),
+        other => {
+            return Err(ValueError::Unit {
+                unit: other.to_string(),
+                value: s.to_string(),
+            })
+        }
     };
     n.checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("{s:?} is too large"))
+        .ok_or_else(|| ValueError::TooLarge(s.to_string()))
 }
 
 pub(super) fn serialize_bytes<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {

@@ -5,11 +5,11 @@
 
 use std::path::Path;
 
-use super::Check;
+use super::{Check, DoctorError};
 
 /// The first `[host."URL"]` of a hosts.toml, in file order.
-pub fn first_host(text: &str) -> Result<Option<String>, String> {
-    let doc: toml_edit::DocumentMut = text.parse().map_err(|e| format!("{e}"))?;
+pub fn first_host(text: &str) -> Result<Option<String>, DoctorError> {
+    let doc: toml_edit::DocumentMut = text.parse()?;
     Ok(doc
         .get("host")
         .and_then(|h| h.as_table_like())

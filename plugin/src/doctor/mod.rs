@@ -11,7 +11,26 @@ pub mod images;
 pub mod probe;
 pub mod upstream;
 
+use std::path::PathBuf;
+
 use serde::Serialize;
+
+/// What a probe or a parser could not do; shown as the detail of the
+/// check that needed it.
+#[derive(Debug, thiserror::Error)]
+pub enum DoctorError {
+    #[error("running {}: {source}", path.display())]
+    RunCtr {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `ctr` ran and failed: its standard error, trimmed.
+    #[error("{0}")]
+    CtrFailed(String),
+    #[error(transparent)]
+    Toml(#[from] toml_edit::TomlError),
+}
 
 /// How a check came out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

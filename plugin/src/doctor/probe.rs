@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use super::Check;
+use super::{Check, DoctorError};
 use crate::setup::SNAPSHOTTER;
 
 /// The daemon answers on its snapshotter socket.
@@ -79,16 +79,21 @@ pub fn parse_plugin_status(out: &str, plugin_type: &str, id: &str) -> Option<Str
     })
 }
 
-fn ctr(ctr: &Path, address: &Path, args: &[&str]) -> Result<String, String> {
+fn ctr(ctr: &Path, address: &Path, args: &[&str]) -> Result<String, DoctorError> {
     let out = Command::new(ctr)
         .arg("--address")
         .arg(address)
         .args(["--timeout", "10s"])
         .args(args)
         .output()
-        .map_err(|e| format!("running {}: {e}", ctr.display()))?;
+        .map_err(|source| DoctorError::RunCtr {
+            path: ctr.to_path_buf(),
+            source,
+        })?;
     if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        return Err(DoctorError::CtrFailed(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

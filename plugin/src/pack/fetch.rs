@@ -13,11 +13,7 @@ use crate::catalog::reference::Reference;
 use crate::config::UpstreamConfig;
 use crate::digest::Digest;
 use crate::labels;
-use crate::registry::{Upstream, Upstreams};
-
-fn registry_err(e: impl std::fmt::Display) -> PackError {
-    PackError::Registry(e.to_string())
-}
+use crate::registry::{FetchedManifest, Upstream, Upstreams};
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> PackError + '_ {
     move |source| PackError::Io {
@@ -40,7 +36,7 @@ pub fn fetch_layout(
     std::fs::create_dir_all(&blobs).map_err(io_err(&blobs))?;
     let clients: Vec<Upstreams> = registries
         .iter()
-        .map(|c| Upstreams::new(std::slice::from_ref(c)).map_err(registry_err))
+        .map(|c| Upstreams::new(std::slice::from_ref(c)))
         .collect::<Result<_, _>>()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -85,11 +81,11 @@ async fn fetch_image(
     platforms: &[String],
     blobs: &Path,
 ) -> Result<Option<Value>, PackError> {
-    let Some(top) = up.manifest(r, None).await.map_err(registry_err)? else {
+    let Some(top) = up.manifest(r, None).await? else {
         return Ok(None);
     };
     write_blob(blobs, &top.digest, &top.bytes)?;
-    let doc: Value = serde_json::from_slice(&top.bytes).map_err(registry_err)?;
+    let doc = manifest_json(&top)?;
     let mut manifests = Vec::new();
     match doc["manifests"].as_array() {
         Some(children) => {
@@ -106,10 +102,9 @@ async fn fetch_image(
                     tag: None,
                     ..r.clone()
                 };
-                if let Some(m) = up.manifest(&child, None).await.map_err(registry_err)? {
+                if let Some(m) = up.manifest(&child, None).await? {
                     write_blob(blobs, &m.digest, &m.bytes)?;
-                    manifests
-                        .push(serde_json::from_slice::<Value>(&m.bytes).map_err(registry_err)?);
+                    manifests.push(manifest_json(&m)?);
                 }
             }
         }
@@ -129,13 +124,14 @@ async fn fetch_image(
             if path.exists() {
                 continue;
             }
-            let Some(blob) = up.blob(r, &d, None).await.map_err(registry_err)? else {
+            let Some(blob) = up.blob(r, &d, None).await? else {
                 continue; // pack names what is missing
             };
             let mut tmp = tempfile::NamedTempFile::new_in(blobs).map_err(io_err(blobs))?;
             let mut body = blob.body;
             while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| PackError::Registry(format!("blob {d}: {e}")))?;
+                let chunk =
+                    chunk.map_err(|source| PackError::RegistryBlob { digest: d, source })?;
                 tmp.write_all(&chunk).map_err(io_err(&path))?;
             }
             tmp.persist(&path).map_err(|e| io_err(&path)(e.error))?;
@@ -151,6 +147,13 @@ async fn fetch_image(
             labels::OCI_REF_NAME: tag,
         },
     })))
+}
+
+fn manifest_json(m: &FetchedManifest) -> Result<Value, PackError> {
+    serde_json::from_slice(&m.bytes).map_err(|source| PackError::RegistryManifest {
+        digest: m.digest,
+        source,
+    })
 }
 
 fn write_blob(blobs: &Path, digest: &Digest, bytes: &[u8]) -> Result<(), PackError> {

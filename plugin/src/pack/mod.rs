@@ -64,7 +64,14 @@ pub enum PackError {
     #[error(transparent)]
     Catalog(#[from] crate::catalog::CatalogError),
     #[error("registry: {0}")]
-    Registry(String),
+    Registry(#[from] crate::registry::UpstreamError),
+    #[error("registry: manifest {digest} is not JSON: {source}")]
+    RegistryManifest {
+        digest: Digest,
+        source: serde_json::Error,
+    },
+    #[error("registry: blob {digest}: {source}")]
+    RegistryBlob { digest: Digest, source: io::Error },
 }
 
 /// What went into the archive.

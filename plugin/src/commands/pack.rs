@@ -72,16 +72,7 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
         args.from
             .iter()
             .filter(|s| is_registry(s))
-            .map(|s| UpstreamConfig {
-                registry: "*".into(),
-                endpoint: s.to_string_lossy().trim_end_matches('/').to_string(),
-                path_prefix: None,
-                username: None,
-                password: None,
-                password_file: None,
-                ca_file: None,
-                insecure_skip_verify: false,
-            }),
+            .map(|s| UpstreamConfig::anonymous("*", s.to_string_lossy().trim_end_matches('/'))),
     );
     let opts = airgap_snapshotter::pack::PackOptions {
         output: args.output,

@@ -57,6 +57,21 @@ impl fmt::Debug for UpstreamConfig {
 }
 
 impl UpstreamConfig {
+    /// A table for `endpoint` without credentials, prefix or CA of its own:
+    /// `pack --from https://...` and tests.
+    pub fn anonymous(registry: &str, endpoint: &str) -> UpstreamConfig {
+        UpstreamConfig {
+            registry: registry.to_string(),
+            endpoint: endpoint.to_string(),
+            path_prefix: None,
+            username: None,
+            password: None,
+            password_file: None,
+            ca_file: None,
+            insecure_skip_verify: false,
+        }
+    }
+
     /// Checks one table; the error names the field.
     pub(super) fn validate(&self) -> Result<(), (&'static str, String)> {
         if self.registry.is_empty() {

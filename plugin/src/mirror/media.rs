@@ -1,4 +1,5 @@
-//! Manifest media types and `Accept` negotiation.
+//! `Accept` negotiation for manifests (their media types are
+//! [`crate::registry::media`]'s).
 //!
 //! The mirror cannot convert between formats: it serves a manifest in the
 //! one media type it has. When the request's `Accept` excludes that type,
@@ -6,48 +7,6 @@
 //! the other format) instead of failing on an unexpected document.
 
 use axum::http::{header, HeaderMap};
-use serde::Deserialize;
-
-use crate::catalog::index::{
-    MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST,
-};
-
-/// What a mirror asks an upstream for when the client said nothing.
-pub const ACCEPT_ALL_MANIFESTS: &str = "application/vnd.oci.image.index.v1+json, \
-     application/vnd.oci.image.manifest.v1+json, \
-     application/vnd.docker.distribution.manifest.list.v2+json, \
-     application/vnd.docker.distribution.manifest.v2+json";
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Probe {
-    #[serde(default)]
-    media_type: Option<String>,
-    #[serde(default)]
-    manifests: Option<serde::de::IgnoredAny>,
-    #[serde(default)]
-    config: Option<serde::de::IgnoredAny>,
-    #[serde(default)]
-    layers: Option<serde::de::IgnoredAny>,
-}
-
-/// The media type of a manifest or index document, `None` when the document
-/// is neither (an image config, say).
-pub fn manifest_media_type(doc: &[u8]) -> Option<String> {
-    let probe: Probe = serde_json::from_slice(doc).ok()?;
-    let is_index = probe.manifests.is_some();
-    let is_manifest = probe.config.is_some() && probe.layers.is_some();
-    match probe.media_type.as_deref() {
-        Some(t @ (MEDIA_OCI_INDEX | MEDIA_DOCKER_LIST)) if is_index => Some(t.to_string()),
-        Some(t @ (MEDIA_OCI_MANIFEST | MEDIA_DOCKER_MANIFEST)) if is_manifest => {
-            Some(t.to_string())
-        }
-        Some(t) if !t.is_empty() && (is_index || is_manifest) => Some(t.to_string()),
-        _ if is_index => Some(MEDIA_OCI_INDEX.to_string()),
-        _ if is_manifest => Some(MEDIA_OCI_MANIFEST.to_string()),
-        _ => None,
-    }
-}
 
 /// True when the request's `Accept` headers admit `media_type` (no `Accept`
 /// at all admits everything; `q=0` excludes).
@@ -89,33 +48,9 @@ pub fn accepts(headers: &HeaderMap, media_type: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::index::{MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST, MEDIA_OCI_INDEX};
+    use crate::registry::media::ACCEPT_ALL_MANIFESTS;
     use axum::http::HeaderValue;
-
-    #[test]
-    fn media_types_of_documents() {
-        assert_eq!(
-            manifest_media_type(br#"{"schemaVersion":2,"manifests":[]}"#).as_deref(),
-            Some(MEDIA_OCI_INDEX)
-        );
-        assert_eq!(
-            manifest_media_type(br#"{"mediaType":"application/vnd.docker.distribution.manifest.list.v2+json","manifests":[]}"#).as_deref(),
-            Some(MEDIA_DOCKER_LIST)
-        );
-        assert_eq!(
-            manifest_media_type(br#"{"config":{},"layers":[]}"#).as_deref(),
-            Some(MEDIA_OCI_MANIFEST)
-        );
-        assert_eq!(
-            manifest_media_type(br#"{"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{},"layers":[]}"#).as_deref(),
-            Some(MEDIA_DOCKER_MANIFEST)
-        );
-        // An image config is not a manifest.
-        assert_eq!(
-            manifest_media_type(br#"{"architecture":"amd64","rootfs":{"diff_ids":[]}}"#),
-            None
-        );
-        assert_eq!(manifest_media_type(b"not json"), None);
-    }
 
     #[test]
     fn accept_negotiation() {

@@ -45,6 +45,7 @@ use crate::catalog::reference::Reference;
 use crate::catalog::{BlobError, Catalog};
 use crate::digest::Digest;
 
+use crate::registry::media::manifest_media_type;
 use crate::registry::{UpstreamError, Upstreams};
 use body::RangeRequest;
 pub use error::MirrorError;
@@ -308,7 +309,7 @@ fn archived_manifest(catalog: &Catalog, r: &Reference) -> Result<Option<Manifest
         return Ok(None);
     };
     let bytes = doc;
-    let Some(sniffed) = media::manifest_media_type(&bytes) else {
+    let Some(sniffed) = manifest_media_type(&bytes) else {
         // A config or other document: not a manifest.
         return Ok(None);
     };
@@ -504,6 +505,8 @@ fn upstream_failed(e: UpstreamError) -> MirrorError {
     MirrorError::Upstream(e.to_string())
 }
 
+#[cfg(test)]
+mod metrics_tests;
 #[cfg(test)]
 mod spec_tests;
 #[cfg(test)]

@@ -149,7 +149,7 @@ async fn manifests_by_tag_and_digest_with_headers() {
         (format!("{NAME}/manifests/1.36{NS}"), None),
         (
             format!("{NAME}/manifests/{}{NS}", built.manifest),
-            Some(media::ACCEPT_ALL_MANIFESTS),
+            Some(crate::registry::media::ACCEPT_ALL_MANIFESTS),
         ),
         // Without ns the name is a whole reference.
         ("/v2/busybox/manifests/1.36".to_string(), Some("*/*")),
@@ -630,14 +630,10 @@ fn upstream_config(
     prefix: Option<&str>,
 ) -> crate::config::UpstreamConfig {
     crate::config::UpstreamConfig {
-        registry: registry.into(),
-        endpoint: endpoint.into(),
         path_prefix: prefix.map(str::to_string),
         username: Some("user".into()),
         password: Some("pass".into()),
-        password_file: None,
-        ca_file: None,
-        insecure_skip_verify: false,
+        ..crate::config::UpstreamConfig::anonymous(registry, endpoint)
     }
 }
 

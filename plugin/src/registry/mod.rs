@@ -31,9 +31,8 @@ use crate::catalog::reference::Reference;
 use crate::config::UpstreamConfig;
 use crate::digest::Digest;
 
-use crate::mirror::media;
-
 mod auth;
+pub mod media;
 mod stream;
 
 use auth::{Auth, Challenge};
@@ -601,16 +600,7 @@ mod tests {
 
     #[test]
     fn lookup_by_registry_then_star() {
-        let cfg = |registry: &str, endpoint: &str| UpstreamConfig {
-            registry: registry.into(),
-            endpoint: endpoint.into(),
-            path_prefix: None,
-            username: None,
-            password: None,
-            password_file: None,
-            ca_file: None,
-            insecure_skip_verify: false,
-        };
+        let cfg = UpstreamConfig::anonymous;
         let u = Upstreams::new(&[
             cfg("*", "http://127.0.0.1:1"),
             cfg("docker.io", "http://127.0.0.1:2/"),

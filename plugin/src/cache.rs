@@ -135,7 +135,11 @@ impl LayerCache {
             .or_default()
             .clone();
         let guard = lock.lock().unwrap();
-        let result = self.fill_locked(digest, fill);
+        // A fill that ended while this caller waited for it is a hit.
+        let result = match self.get(digest) {
+            Some(e) => Ok((e, true)),
+            None => self.fill_locked(digest, fill).map(|e| (e, false)),
+        };
         // Only the last caller of this fill removes its lock: one still
         // waiting for it (after a failed fill, it fills next) must not find
         // a newcomer filling beside it under a fresh lock.
@@ -149,14 +153,12 @@ impl LayerCache {
         result
     }
 
+    /// Fills the blob's entry; the caller holds its fill lock.
     fn fill_locked(
         &self,
         digest: &Digest,
         fill: impl FnOnce(&mut File) -> io::Result<()>,
-    ) -> io::Result<(Arc<CacheEntry>, bool)> {
-        if let Some(e) = self.get(digest) {
-            return Ok((e, true));
-        }
+    ) -> io::Result<Arc<CacheEntry>> {
         let tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
         let mut file = tmp.reopen()?;
         fill(&mut file)?;
@@ -194,7 +196,7 @@ impl LayerCache {
             entry.evicted.store(true, Ordering::Release);
             self.evictions.fetch_add(1, Ordering::Relaxed);
         }
-        Ok((entry, false))
+        Ok(entry)
     }
 }
 

@@ -51,13 +51,22 @@ pub struct Check {
 }
 
 impl Check {
-    pub fn ok(name: impl Into<String>, detail: impl Into<String>) -> Self {
+    fn new(
+        name: impl Into<String>,
+        status: Status,
+        detail: impl Into<String>,
+        fix: Option<String>,
+    ) -> Self {
         Check {
             name: name.into(),
-            status: Status::Ok,
+            status,
             detail: detail.into(),
-            fix: None,
+            fix,
         }
+    }
+
+    pub fn ok(name: impl Into<String>, detail: impl Into<String>) -> Self {
+        Check::new(name, Status::Ok, detail, None)
     }
 
     pub fn warn(
@@ -65,12 +74,7 @@ impl Check {
         detail: impl Into<String>,
         fix: impl Into<String>,
     ) -> Self {
-        Check {
-            name: name.into(),
-            status: Status::Warn,
-            detail: detail.into(),
-            fix: Some(fix.into()),
-        }
+        Check::new(name, Status::Warn, detail, Some(fix.into()))
     }
 
     pub fn fail(
@@ -78,12 +82,7 @@ impl Check {
         detail: impl Into<String>,
         fix: impl Into<String>,
     ) -> Self {
-        Check {
-            name: name.into(),
-            status: Status::Fail,
-            detail: detail.into(),
-            fix: Some(fix.into()),
-        }
+        Check::new(name, Status::Fail, detail, Some(fix.into()))
     }
 }
 

@@ -186,13 +186,7 @@ impl Mirror {
                 .await
                 .map_err(upstream_failed)?
                 .ok_or_else(missing)?;
-            return Ok(blob_response(
-                StatusCode::OK,
-                digest,
-                Some(size),
-                None,
-                Body::empty(),
-            ));
+            return Ok(blob_head(digest, size));
         }
         let blob = up
             .blob(r, &digest, headers.get(header::RANGE))
@@ -224,66 +218,54 @@ impl Mirror {
         let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
         let range = body::parse_range(range, size);
         if head {
-            return Ok(blob_response(
-                StatusCode::OK,
-                digest,
-                Some(size),
-                None,
-                Body::empty(),
-            ));
+            return Ok(blob_head(digest, size));
         }
         let what = digest.to_string();
-        match range {
-            RangeRequest::Unsatisfiable => Err(MirrorError::RangeNotSatisfiable { size }),
+        let (status, len, content_range, body) = match range {
+            RangeRequest::Unsatisfiable => return Err(MirrorError::RangeNotSatisfiable { size }),
             RangeRequest::Whole if in_place => {
                 // Plain tar or seekable zstd: read in place, checked as it
                 // streams (a mismatch aborts the response).
-                let reader = self
-                    .lookup(move |c| c.open_blob(&digest))
-                    .await?
-                    .map_err(|e| blob_open_error(digest, e))?;
-                Ok(blob_response(
-                    StatusCode::OK,
-                    digest,
-                    Some(size),
-                    None,
-                    body::from_reader(reader, what),
-                ))
+                let reader = self.open_archived(digest, Catalog::open_blob).await?;
+                (StatusCode::OK, size, None, body::from_reader(reader, what))
             }
             RangeRequest::Whole => {
                 // A compressed archive: decompressed once into the layer
                 // cache (single-flight: concurrent pulls of the blob wait for
                 // one fill), checked while it fills, then read from there.
-                let reader = self
-                    .lookup(move |c| c.blob_reader(&digest))
-                    .await?
-                    .map_err(|e| blob_open_error(digest, e))?;
-                Ok(blob_response(
-                    StatusCode::OK,
-                    digest,
-                    Some(size),
-                    None,
-                    body::from_range(reader, 0, size, what),
-                ))
+                let reader = self.open_archived(digest, Catalog::blob_reader).await?;
+                let body = body::from_range(reader, 0, size, what);
+                (StatusCode::OK, size, None, body)
             }
             RangeRequest::Part { start, len } => {
                 // Random access, every byte checked once before serving.
-                let reader = self
-                    .lookup(move |c| c.blob_reader(&digest))
-                    .await?
-                    .map_err(|e| blob_open_error(digest, e))?;
+                let reader = self.open_archived(digest, Catalog::blob_reader).await?;
                 let content_range =
                     HeaderValue::from_str(&format!("bytes {start}-{}/{size}", start + len - 1))
                         .map_err(|e| MirrorError::internal("content range", e))?;
-                Ok(blob_response(
-                    StatusCode::PARTIAL_CONTENT,
-                    digest,
-                    Some(len),
-                    Some(content_range),
-                    body::from_range(reader, start, len, what),
-                ))
+                let body = body::from_range(reader, start, len, what);
+                (StatusCode::PARTIAL_CONTENT, len, Some(content_range), body)
             }
-        }
+        };
+        Ok(blob_response(
+            status,
+            digest,
+            Some(len),
+            content_range,
+            body,
+        ))
+    }
+
+    /// An archived blob opened on a blocking thread by `open` (one of the
+    /// catalog's readers).
+    async fn open_archived<T: Send + 'static>(
+        &self,
+        digest: Digest,
+        open: fn(&Catalog, &Digest) -> Result<T, BlobError>,
+    ) -> Result<T, MirrorError> {
+        self.lookup(move |c| open(c, &digest))
+            .await?
+            .map_err(|e| blob_open_error(digest, e))
     }
 }
 
@@ -443,6 +425,11 @@ fn manifest_response(
     );
     common_headers(h, m.digest, Some(len));
     Ok(resp)
+}
+
+/// The answer to a HEAD of a blob of `size` bytes.
+fn blob_head(digest: Digest, size: u64) -> Response {
+    blob_response(StatusCode::OK, digest, Some(size), None, Body::empty())
 }
 
 fn blob_response(

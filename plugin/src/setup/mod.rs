@@ -480,6 +480,14 @@ mod tests {
             .config
     }
 
+    /// The 2.x export that adds the cri.* labels on transfer-service pulls.
+    const REMOTE_ANNOTATIONS: [&str; 4] = [
+        "proxy_plugins",
+        "airgap",
+        "exports",
+        "enable_remote_snapshot_annotations",
+    ];
+
     fn get<'a>(v: &'a toml::Value, path: &[&str]) -> &'a toml::Value {
         path.iter().fold(v, |v, k| {
             v.get(k)
@@ -522,19 +530,7 @@ mod tests {
     fn containerd_2_fragment() {
         let a = args(&["--containerd", "2", "--write", "/srv/certs.d"]);
         let v: toml::Value = config_toml(&a).parse().unwrap();
-        assert_eq!(
-            get(
-                &v,
-                &[
-                    "proxy_plugins",
-                    "airgap",
-                    "exports",
-                    "enable_remote_snapshot_annotations"
-                ]
-            )
-            .as_str(),
-            Some("true")
-        );
+        assert_eq!(get(&v, &REMOTE_ANNOTATIONS).as_str(), Some("true"));
         let images = ["plugins", "io.containerd.cri.v1.images"];
         assert_eq!(
             get(&v, &[images[0], images[1], "snapshotter"]).as_str(),
@@ -623,19 +619,7 @@ mod tests {
                         .map(|e| e["snapshotter"].as_str().unwrap())
                         .collect();
                     assert_eq!(names, ["airgap", "overlayfs"]);
-                    assert_eq!(
-                        get(
-                            &v,
-                            &[
-                                "proxy_plugins",
-                                "airgap",
-                                "exports",
-                                "enable_remote_snapshot_annotations"
-                            ]
-                        )
-                        .as_str(),
-                        Some("true")
-                    );
+                    assert_eq!(get(&v, &REMOTE_ANNOTATIONS).as_str(), Some("true"));
                 }
             }
         }

@@ -398,11 +398,7 @@ impl Config {
             }
         }
         for (i, u) in self.upstream.iter().enumerate() {
-            u.validate()
-                .map_err(|(field, reason)| ConfigError::Invalid {
-                    field,
-                    reason: format!("[[upstream]] #{} ({}): {reason}", i + 1, u.registry),
-                })?;
+            u.validate(i + 1)?;
         }
         Ok(())
     }
@@ -650,7 +646,7 @@ mod tests {
             "upstream.password is missing"
         );
         let one: UpstreamConfig = example.clone().try_into().unwrap();
-        assert!(one.validate().is_ok());
+        assert!(one.validate(1).is_ok());
     }
 }
 

@@ -72,19 +72,25 @@ impl UpstreamConfig {
         }
     }
 
-    /// Checks one table; the error names the field.
-    pub(super) fn validate(&self) -> Result<(), (&'static str, String)> {
+    /// Checks the table `number` (from 1); the error names it and the field.
+    pub(super) fn validate(&self, number: usize) -> Result<(), ConfigError> {
+        let invalid = |field, reason: String| {
+            Err(ConfigError::Invalid {
+                field,
+                reason: format!("[[upstream]] #{number} ({}): {reason}", self.registry),
+            })
+        };
         if self.registry.is_empty() {
-            return Err(("upstream.registry", "is empty".into()));
+            return invalid("upstream.registry", "is empty".into());
         }
         if self.registry != "*" && self.registry.contains(['/', ' ']) {
-            return Err((
+            return invalid(
                 "upstream.registry",
                 format!(
                     "{:?} is not a registry host (e.g. docker.io) or *",
                     self.registry
                 ),
-            ));
+            );
         }
         let rest = self
             .endpoint
@@ -95,29 +101,29 @@ impl UpstreamConfig {
                 if !host.trim_end_matches('/').is_empty()
                     && !host.trim_end_matches('/').contains('/') => {}
             _ => {
-                return Err((
+                return invalid(
                     "upstream.endpoint",
                     format!("{:?} is not http(s)://host[:port]", self.endpoint),
-                ))
+                )
             }
         }
         if let Some(p) = &self.path_prefix {
             if p.trim_matches('/').is_empty() || p.contains("..") || p.contains(char::is_whitespace)
             {
-                return Err((
+                return invalid(
                     "upstream.path_prefix",
                     format!("{p:?} is not a repository path prefix"),
-                ));
+                );
             }
         }
         if self.password.is_some() && self.password_file.is_some() {
-            return Err((
+            return invalid(
                 "upstream.password",
                 "set either password or password_file, not both".into(),
-            ));
+            );
         }
         if (self.password.is_some() || self.password_file.is_some()) && self.username.is_none() {
-            return Err(("upstream.username", "a password needs a username".into()));
+            return invalid("upstream.username", "a password needs a username".into());
         }
         Ok(())
     }

@@ -38,7 +38,6 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::import::ImportMode;
 pub use upstream::UpstreamConfig;
 use values::{deserialize_bytes, serialize_bytes, valid_namespace};
 pub use values::{parse_bytes, Listen, ValueError};
@@ -203,6 +202,31 @@ pub struct Config {
     /// containerd's gRPC socket, where archived images are registered.
     pub containerd_address: PathBuf,
     pub import: ImportConfig,
+}
+
+/// `[import] mode`: how registered layers get their data. Here rather than
+/// in `import`, which reads the config: the dependency goes one way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ImportMode {
+    /// Committed without data; extracted on first use (a container's
+    /// rootfs, a View), every layer of the chain in parallel.
+    #[default]
+    Lazy,
+    /// Committed at once and extracted in the background right away.
+    Eager,
+    /// No registration.
+    Off,
+}
+
+impl ImportMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImportMode::Lazy => "lazy",
+            ImportMode::Eager => "eager",
+            ImportMode::Off => "off",
+        }
+    }
 }
 
 /// See [`Config::layer_mounts`].

@@ -29,6 +29,13 @@ pub const AIRGAP_IMPORT: &str = "containerd.io/snapshot/airgap.import";
 
 /// On image records the importer creates: the archive they come from.
 pub const AIRGAP_ARCHIVE: &str = "io.airgap-snapshotter.archive";
+/// On image records the importer creates, and only those: put there by its
+/// Create (never added to a record that lacks it); value: the target digest
+/// the importer gave the record. The importer changes or deletes a record
+/// only while this label is there and names the record's target, so a
+/// record pulled or repointed by anyone else is never touched
+/// (`import::records`).
+pub const AIRGAP_CREATED: &str = "io.airgap-snapshotter.created";
 /// CRI's marks on the image records it creates, and on pinned ones
 /// (kubelet's image garbage collection leaves pinned images alone).
 pub const CRI_IMAGE: &str = "io.cri-containerd.image";

@@ -7,9 +7,9 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use airgap_snapshotter::config::{Config, ServeArgs};
+use airgap_snapshotter::config::{Config, ImportMode, ServeArgs};
 use airgap_snapshotter::import::client::Containerd;
-use airgap_snapshotter::import::{ImportMode, ImportOptions, Importer};
+use airgap_snapshotter::import::{ImportOptions, Importer};
 use anyhow::{bail, Context, Result};
 
 use super::open_catalog;
@@ -65,16 +65,24 @@ pub fn run(args: ImportArgs) -> Result<ExitCode> {
         for image in &ns.removed {
             println!("removed     {image} (namespace {})", ns.namespace);
         }
+        for record in &ns.left_alone {
+            println!(
+                "left alone  {record} (namespace {}): not created by the importer",
+                ns.namespace
+            );
+        }
         for (image, why) in &ns.failed {
             println!("failed      {image} (namespace {}): {why}", ns.namespace);
         }
         println!(
-            "namespace {}: {} registered, {} already registered, {} removed, {} failed",
+            "namespace {}: {} registered, {} already registered, {} removed, {} failed, \
+             {} records left alone",
             ns.namespace,
             ns.registered.len(),
             ns.unchanged,
             ns.removed.len(),
-            ns.failed.len()
+            ns.failed.len(),
+            ns.left_alone.len()
         );
     }
     Ok(if report.failed() > 0 {

@@ -15,50 +15,38 @@
 //! left the archives are deleted (containerd's GC then drops what no
 //! container uses), changed tags are repointed, and what is already right is
 //! left alone, at the cost of one List per namespace and one Stat per image.
+//! It only ever changes or deletes records it created (`records.rs`): a
+//! record kubelet pulled, or anyone made, is never touched, whatever its
+//! name and target.
 //!
 //! Files: `plan.rs` turns the catalog into [`plan::Registration`]s;
-//! `client.rs` holds the calls into containerd; this file applies a plan
-//! and runs the background loop.
+//! `client.rs` holds the calls into containerd; `records.rs` decides which
+//! records are the importer's and reconciles a namespace; `register.rs`
+//! writes one image's documents, layers and records; `listed.rs` pulls what
+//! the image lists name and no archive holds; this file runs passes and the
+//! background loop.
 
 pub mod client;
 pub mod plan;
 
-use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+mod listed;
+mod records;
+mod register;
+#[cfg(test)]
+mod tests;
 
-use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
 use tokio::sync::watch;
 
 use crate::catalog::Catalog;
-use crate::labels::{AIRGAP_ARCHIVE, AIRGAP_IMPORT, TARGET_SNAPSHOT_REF};
-use client::{Containerd, ImageRecord, Namespaced, Prepared};
-use plan::Registration;
-
-/// How registered layers get their data.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum ImportMode {
-    /// Committed without data; extracted on first use (a container's
-    /// rootfs, a View), every layer of the chain in parallel.
-    #[default]
-    Lazy,
-    /// Committed at once and extracted in the background right away.
-    Eager,
-    /// No registration.
-    Off,
-}
-
-impl ImportMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ImportMode::Lazy => "lazy",
-            ImportMode::Eager => "eager",
-            ImportMode::Off => "off",
-        }
-    }
-}
+pub use crate::config::ImportMode;
+use client::{Containerd, ContainerdApi, Scope};
+use plan::PlanError;
 
 /// Where and how to register.
 #[derive(Clone, Debug)]
@@ -136,16 +124,19 @@ pub struct NamespaceReport {
     pub unchanged: usize,
     /// Image records deleted (their image left the archives).
     pub removed: Vec<String>,
+    /// Image records of an archived image's names that the importer did
+    /// not create (pulled, or made by anyone else): left as they are.
+    pub left_alone: Vec<String>,
     /// Images that could not be registered, and why.
     pub failed: Vec<(String, String)>,
 }
 
 /// What one pass did.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct ImportReport {
     pub namespaces: Vec<NamespaceReport>,
     /// Archived images not registered for this node, and why.
-    pub skipped: Vec<(String, String)>,
+    pub skipped: Vec<(String, PlanError)>,
     /// References of the image lists no archive holds, pulled now.
     pub pulled: Vec<String>,
     /// Those that could not be pulled, and why.
@@ -167,13 +158,28 @@ pub struct Importer {
     catalog: Arc<Catalog>,
     opts: ImportOptions,
     /// Listed references whose pull failed, and when.
-    pull_failures: std::sync::Mutex<HashMap<String, std::time::Instant>>,
+    pull_failures: Mutex<HashMap<String, Instant>>,
+    /// Records left alone that were logged already (namespace, name,
+    /// target digest): logged once, not every pass.
+    left_alone_logged: Mutex<HashSet<(String, String, String)>>,
 }
 
-/// CRI's namespace: image lists are pulled only when it is registered.
-const CRI_NAMESPACE: &str = "k8s.io";
-/// A listed image that could not be pulled is tried again after this long.
-const PULL_RETRY: Duration = Duration::from_secs(300);
+/// Passes started in this process: with the process id, they make the
+/// content ingest refs of a pass unique (see [`ingest_ref`]).
+static PASSES: AtomicU64 = AtomicU64::new(0);
+
+/// The ingest ref under which a pass writes `digest` into containerd's
+/// content store. containerd lets one writer hold a ref at a time and
+/// answers the next one "ref locked" (Unavailable): the daemon's background
+/// pass and an `import` command, or two passes of one process, must never
+/// share one.
+fn ingest_ref(pass: u64, digest: &crate::digest::Digest) -> String {
+    format!(
+        "airgap-import-{}-{pass}-{}",
+        std::process::id(),
+        digest.hex()
+    )
+}
 
 impl Importer {
     pub fn new(catalog: Arc<Catalog>, opts: ImportOptions) -> Self {
@@ -181,6 +187,7 @@ impl Importer {
             catalog,
             opts,
             pull_failures: Default::default(),
+            left_alone_logged: Default::default(),
         }
     }
 
@@ -189,7 +196,8 @@ impl Importer {
     }
 
     /// One registration pass over every namespace.
-    pub async fn pass(&self, client: &Containerd) -> Result<ImportReport, ImportError> {
+    pub async fn pass<C: ContainerdApi>(&self, client: &C) -> Result<ImportReport, ImportError> {
+        let pass = PASSES.fetch_add(1, Ordering::Relaxed);
         let catalog = self.catalog.clone();
         let (platform, snapshotter) = (self.opts.platform.clone(), self.opts.snapshotter.clone());
         // Blocking: waits for the first scan of the archives.
@@ -211,289 +219,15 @@ impl Importer {
             ..Default::default()
         };
         for namespace in &self.opts.namespaces {
-            let ns = client.namespace(namespace);
-            report
-                .namespaces
-                .push(self.reconcile(ns, &plan, &scope).await?);
+            report.namespaces.push(
+                self.reconcile(client, Scope::new(namespace), pass, &plan, &scope)
+                    .await?,
+            );
         }
-        if self.opts.namespaces.iter().any(|n| n == CRI_NAMESPACE) {
+        if self.opts.namespaces.iter().any(|n| n == listed::CRI_NAMESPACE) {
             self.pull_listed(client, &mut report).await?;
         }
         Ok(report)
-    }
-
-    /// k3s's habit: references of the image lists (`*.txt`) beside the
-    /// archives that no archive holds are pulled through containerd's CRI
-    /// (so through hosts.toml, the mirror and its upstreams). One attempt
-    /// per reference every [`PULL_RETRY`] while it fails.
-    async fn pull_listed(
-        &self,
-        client: &Containerd,
-        report: &mut ImportReport,
-    ) -> Result<(), ImportError> {
-        let catalog = self.catalog.clone();
-        let listed = tokio::task::spawn_blocking(move || {
-            catalog
-                .image_lists()
-                .into_iter()
-                .filter_map(|(reference, list)| {
-                    let normalized = crate::catalog::reference::Reference::parse(&reference)
-                        .map(|r| r.to_string());
-                    match normalized {
-                        Ok(name) if catalog.resolve(&name).is_none() => Some((name, list)),
-                        Ok(_) => None,
-                        Err(e) => {
-                            tracing::warn!(list = %list.display(), %reference, error = %e, "not an image reference");
-                            None
-                        }
-                    }
-                })
-                .collect::<Vec<_>>()
-        })
-        .await
-        .map_err(|_| ImportError::Protocol("reading image lists failed"))?;
-        if listed.is_empty() {
-            return Ok(());
-        }
-        let present: HashSet<String> = client
-            .namespace(CRI_NAMESPACE)
-            .list_images()
-            .await?
-            .into_iter()
-            .map(|r| r.name)
-            .collect();
-        for (name, list) in listed {
-            if present.contains(&name) {
-                continue;
-            }
-            if let Some(failed) = self.pull_failures.lock().unwrap().get(&name) {
-                if failed.elapsed() < PULL_RETRY {
-                    continue;
-                }
-            }
-            match client.cri_pull(&name).await {
-                Ok(id) => {
-                    tracing::info!(image = %name, %id, list = %list.display(), "listed image pulled");
-                    self.pull_failures.lock().unwrap().remove(&name);
-                    report.pulled.push(name);
-                }
-                Err(e) if e.is_unavailable() => return Err(e),
-                Err(e) => {
-                    tracing::warn!(image = %name, list = %list.display(), error = %e,
-                        "listed image is in no archive and could not be pulled; retried later");
-                    self.pull_failures
-                        .lock()
-                        .unwrap()
-                        .insert(name.clone(), std::time::Instant::now());
-                    report.pull_failed.push((name, e.to_string()));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Brings one namespace in line with `plan`; unregisters only what
-    /// came from archives in `scope`.
-    async fn reconcile(
-        &self,
-        ns: Namespaced<'_>,
-        plan: &[Registration],
-        scope: &[PathBuf],
-    ) -> Result<NamespaceReport, ImportError> {
-        let mut report = NamespaceReport {
-            namespace: ns.namespace().to_string(),
-            ..Default::default()
-        };
-        let existing: HashMap<String, ImageRecord> = ns
-            .list_images()
-            .await?
-            .into_iter()
-            .map(|r| (r.name.clone(), r))
-            .collect();
-        for registration in plan {
-            if self.is_registered(ns, registration, &existing).await? {
-                report.unchanged += 1;
-                continue;
-            }
-            match self.register(ns, registration, &existing).await {
-                Ok(()) => {
-                    tracing::info!(namespace = ns.namespace(), image = %registration.name,
-                        archive = %registration.archive.display(), "image registered");
-                    report.registered.push(registration.name.clone());
-                }
-                Err(e) if e.is_unavailable() => return Err(e),
-                Err(e) => {
-                    tracing::warn!(namespace = ns.namespace(), image = %registration.name,
-                        archive = %registration.archive.display(), error = %e, "image not registered");
-                    report
-                        .failed
-                        .push((registration.name.clone(), e.to_string()));
-                }
-            }
-        }
-        let wanted: HashSet<&str> = plan
-            .iter()
-            .flat_map(|r| r.records.iter().map(String::as_str))
-            .collect();
-        for record in existing.values() {
-            let Some(archive) = record.labels.get(AIRGAP_ARCHIVE) else {
-                continue;
-            };
-            if wanted.contains(record.name.as_str()) || !in_scope(Path::new(archive), scope) {
-                continue;
-            }
-            ns.delete_image(&record.name).await?;
-            tracing::info!(namespace = ns.namespace(), image = %record.name, %archive,
-                "image unregistered: no archive holds it any more");
-            report.removed.push(record.name.clone());
-        }
-        Ok(report)
-    }
-
-    /// Every record points at the target with our labels, and containerd
-    /// still has the top layer's snapshot.
-    async fn is_registered(
-        &self,
-        ns: Namespaced<'_>,
-        registration: &Registration,
-        existing: &HashMap<String, ImageRecord>,
-    ) -> Result<bool, ImportError> {
-        let records_right = registration.records.iter().all(|name| {
-            existing.get(name).is_some_and(|r| {
-                r.target.digest == registration.target.digest
-                    && registration
-                        .labels
-                        .iter()
-                        .all(|(k, v)| r.labels.get(k) == Some(v))
-            })
-        });
-        if !records_right {
-            return Ok(false);
-        }
-        let Some(top) = registration.chain.last() else {
-            return Ok(false);
-        };
-        ns.snapshot_exists(&self.opts.snapshotter, &top.to_string())
-            .await
-    }
-
-    /// Registers one image, under a lease that keeps what is written until
-    /// the image records refer to it.
-    async fn register(
-        &self,
-        ns: Namespaced<'_>,
-        registration: &Registration,
-        existing: &HashMap<String, ImageRecord>,
-    ) -> Result<(), ImportError> {
-        let lease = ns.create_lease().await?;
-        let result = self
-            .register_leased(ns.with_lease(&lease), registration, existing)
-            .await;
-        if let Err(e) = ns.delete_lease(&lease).await {
-            tracing::warn!(%lease, error = %e, "cannot delete the registration lease (it expires by itself)");
-        }
-        result
-    }
-
-    async fn register_leased(
-        &self,
-        ns: Namespaced<'_>,
-        registration: &Registration,
-        existing: &HashMap<String, ImageRecord>,
-    ) -> Result<(), ImportError> {
-        for doc in &registration.documents {
-            match ns.content_labels(&doc.digest).await? {
-                None => {
-                    ns.write_content(&doc.digest, doc.data.clone(), doc.labels.clone())
-                        .await?
-                }
-                Some(have) => {
-                    // Unreferenced content (an earlier pass that failed) may
-                    // be collected any moment: the lease holds it now.
-                    ns.lease_resource("content", &doc.digest.to_string())
-                        .await?;
-                    if doc.labels.iter().any(|(k, v)| have.get(k) != Some(v)) {
-                        ns.label_content(&doc.digest, doc.labels.clone()).await?
-                    }
-                }
-            }
-        }
-        self.register_layers(ns, registration).await?;
-        for name in &registration.records {
-            let record = ImageRecord {
-                name: name.clone(),
-                target: registration.target.clone(),
-                labels: registration.labels.clone(),
-            };
-            if ns.create_image(&record).await? {
-                continue;
-            }
-            match existing.get(name) {
-                // Not ours and pointing elsewhere: someone pulled or
-                // imported that name; theirs stays.
-                Some(other)
-                    if !other.labels.contains_key(AIRGAP_ARCHIVE)
-                        && other.target.digest != registration.target.digest =>
-                {
-                    tracing::warn!(namespace = ns.namespace(), image = %name, theirs = %other.target.digest,
-                        archived = %registration.target.digest,
-                        "an image record of that name exists and was not made from an archive: left alone");
-                }
-                _ => ns.update_image(&record).await?,
-            }
-        }
-        Ok(())
-    }
-
-    /// containerd's unpack, layer by layer: each layer's snapshot committed
-    /// on the one below, named by its chain ID.
-    async fn register_layers(
-        &self,
-        ns: Namespaced<'_>,
-        registration: &Registration,
-    ) -> Result<(), ImportError> {
-        let snapshotter = &self.opts.snapshotter;
-        let mut parent = String::new();
-        for chain_id in &registration.chain {
-            let name = chain_id.to_string();
-            if ns.snapshot_exists(snapshotter, &name).await? {
-                ns.lease_resource(&format!("snapshots/{snapshotter}"), &name)
-                    .await?;
-            } else {
-                let key = format!(
-                    "airgap-import-{}-{} {name}",
-                    unix_nanos(),
-                    std::process::id()
-                );
-                let labels = HashMap::from([
-                    (TARGET_SNAPSHOT_REF.to_string(), name.clone()),
-                    (
-                        AIRGAP_IMPORT.to_string(),
-                        self.opts.mode.as_str().to_string(),
-                    ),
-                ]);
-                let deadline = std::time::Instant::now() + self.opts.declined_wait;
-                let mut prepared = ns
-                    .prepare_target(snapshotter, &key, &parent, labels.clone())
-                    .await?;
-                while prepared == Prepared::Declined && std::time::Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    prepared = ns
-                        .prepare_target(snapshotter, &key, &parent, labels.clone())
-                        .await?;
-                }
-                if prepared == Prepared::Declined {
-                    return Err(ImportError::Declined {
-                        image: registration.name.clone(),
-                        archive: registration.archive.clone(),
-                        chain_id: *chain_id,
-                        snapshotter: snapshotter.clone(),
-                    });
-                }
-            }
-            parent = name;
-        }
-        Ok(())
     }
 
     /// Connects to containerd (waiting for it, with backoff, logged once)
@@ -577,16 +311,11 @@ fn log_report(report: &ImportReport) {
     for ns in &report.namespaces {
         if !ns.registered.is_empty() || !ns.removed.is_empty() || !ns.failed.is_empty() {
             tracing::info!(namespace = %ns.namespace, registered = ns.registered.len(),
-                unchanged = ns.unchanged, removed = ns.removed.len(), failed = ns.failed.len(),
+                unchanged = ns.unchanged, removed = ns.removed.len(),
+                left_alone = ns.left_alone.len(), failed = ns.failed.len(),
                 "registration pass");
         }
     }
-}
-
-/// Whether `archive` is one of the watched paths or inside one of them.
-fn in_scope(archive: &Path, dirs: &[PathBuf]) -> bool {
-    dirs.iter()
-        .any(|d| archive == d || archive.parent() == Some(d.as_path()))
 }
 
 fn unix_nanos() -> u128 {

@@ -2,16 +2,16 @@
 //! each as the image records, documents and layers a CRI pull leaves in
 //! containerd.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::catalog::reference::Reference;
+use crate::catalog::reference::{Reference, ReferenceError};
 use crate::catalog::{Catalog, ImageInfo, LayerSource};
 use crate::digest::Digest;
-use crate::labels::{AIRGAP_ARCHIVE, CRI_IMAGE, CRI_PINNED, GC_REF_CONTENT, GC_REF_SNAPSHOT};
+use crate::labels::{AIRGAP_ARCHIVE, AIRGAP_CREATED, CRI_IMAGE, CRI_PINNED, GC_REF_CONTENT, GC_REF_SNAPSHOT};
 use crate::proto::containerd::types::Descriptor;
 
 /// One archived image, ready to register.
@@ -26,7 +26,7 @@ pub struct Registration {
     /// What every record points to: the index (multi-arch images keep their
     /// digest) or the manifest.
     pub target: Descriptor,
-    /// Labels on every record: CRI's, the pin, the archive.
+    /// Labels on every record: CRI's, the pin, the archive, the creator.
     pub labels: HashMap<String, String>,
     /// The small blobs to put in the content store, children first.
     pub documents: Vec<Document>,
@@ -42,13 +42,31 @@ pub struct Document {
     pub labels: HashMap<String, String>,
 }
 
+/// Why an archived image is not registered on this node.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// No manifest for this node's platform (the catalog's words: which
+    /// platforms the archive has).
+    #[error("{0}")]
+    Platform(String),
+    #[error("layer {0} (chain ID) is not in the archive: pulled from a registry instead")]
+    LayerNotArchived(Digest),
+    #[error("the manifest has no layers")]
+    NoLayers,
+    #[error("the archive lacks document {0}")]
+    MissingDocument(Digest),
+    #[error(transparent)]
+    Name(#[from] ReferenceError),
+}
+
 /// Every image of the catalog to register for `platform` (`linux/amd64`),
-/// and why the others are not (name, reason).
+/// and why the others are not (name, reason). Each image record name is
+/// claimed by one registration only (see [`assign_owners`]).
 pub fn plan(
     catalog: &Catalog,
     platform: &str,
     snapshotter: &str,
-) -> (Vec<Registration>, Vec<(String, String)>) {
+) -> (Vec<Registration>, Vec<(String, PlanError)>) {
     let mut registrations = Vec::new();
     let mut skipped = Vec::new();
     for image in catalog.images() {
@@ -57,7 +75,38 @@ pub fn plan(
             Err(why) => skipped.push((image.entry.name.clone(), why)),
         }
     }
+    let modified: HashMap<PathBuf, i128> = catalog
+        .archives()
+        .iter()
+        .map(|a| (a.path().to_path_buf(), a.index.key.mtime_ns))
+        .collect();
+    assign_owners(&mut registrations, |archive| {
+        modified.get(archive).copied().unwrap_or_default()
+    });
     (registrations, skipped)
+}
+
+/// Two archives may hold one image under two names (`a:1` and `b:1`), or
+/// one archive two tags of one repository: their registrations then claim
+/// the same records (the image id `sha256:<config>`, the repo digest), each
+/// with its own archive label, and would take them from each other on every
+/// pass. Each record name goes to one registration, as the catalog picks the
+/// winner of a name: the most recently modified archive (`modified`), then
+/// the greater path, then the first name; the others leave it out.
+pub fn assign_owners(registrations: &mut [Registration], modified: impl Fn(&Path) -> i128) {
+    let mut order: Vec<usize> = (0..registrations.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (a, b) = (&registrations[a], &registrations[b]);
+        (modified(&b.archive), &b.archive)
+            .cmp(&(modified(&a.archive), &a.archive))
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    let mut claimed = HashSet::new();
+    for i in order {
+        registrations[i]
+            .records
+            .retain(|record| claimed.insert(record.clone()));
+    }
 }
 
 fn registration(
@@ -65,23 +114,20 @@ fn registration(
     image: &ImageInfo,
     platform: &str,
     snapshotter: &str,
-) -> Result<Registration, String> {
+) -> Result<Registration, PlanError> {
     let entry = &image.entry;
     let document = |digest: &Digest| {
         catalog
             .document(digest)
-            .ok_or_else(|| format!("the archive lacks document {digest}"))
+            .ok_or(PlanError::MissingDocument(*digest))
     };
-    let manifest = catalog.platform_manifest(entry, platform)?;
+    let manifest = catalog
+        .platform_manifest(entry, platform)
+        .map_err(PlanError::Platform)?;
     if let Some(missing) = manifest.chain.iter().find(|c| catalog.layer(c).is_none()) {
-        return Err(format!(
-            "layer {missing} (chain ID) is not in the archive: pulled from a registry instead"
-        ));
+        return Err(PlanError::LayerNotArchived(*missing));
     }
-    let top = manifest
-        .chain
-        .last()
-        .ok_or_else(|| "the manifest has no layers".to_string())?;
+    let top = manifest.chain.last().ok_or(PlanError::NoLayers)?;
 
     let target_data = document(&entry.digest)?;
     let manifest_data = document(&manifest.digest)?;
@@ -106,7 +152,7 @@ fn registration(
         });
     }
 
-    let reference = Reference::parse(&entry.name).map_err(|e| e.to_string())?;
+    let reference = Reference::parse(&entry.name)?;
     // The tag last: CRI lists an image under its tag as soon as that record
     // exists, and kubelet then finds its repo digest and id already there.
     let mut records = vec![
@@ -134,6 +180,9 @@ fn registration(
                 AIRGAP_ARCHIVE.to_string(),
                 image.archive.display().to_string(),
             ),
+            // Set by the Create, kept equal to the target by the importer's
+            // own updates: see `records.rs`.
+            (AIRGAP_CREATED.to_string(), entry.digest.to_string()),
         ]),
         documents,
         chain: manifest.chain.clone(),
@@ -234,7 +283,7 @@ mod tests {
         let (registrations, skipped) = plan(&catalog, "linux/s390x", "airgap");
         assert!(registrations.is_empty());
         assert!(
-            skipped[0].1.contains("linux/amd64, linux/arm64/v8"),
+            skipped[0].1.to_string().contains("linux/amd64, linux/arm64/v8"),
             "{skipped:?}"
         );
     }

@@ -11,6 +11,8 @@ use std::io::Write;
 use serde_json::json;
 
 #[cfg(test)]
+pub mod containerd;
+#[cfg(test)]
 pub mod snapshot;
 pub mod tree;
 

@@ -1811,6 +1811,157 @@ fn import_command(test: &str, env: &mut Env, images: &Images) -> Result<()> {
     Ok(())
 }
 
+/// The image records named in `names` as `ctr images ls` prints them (one
+/// line each: target digest, size, platforms, labels), by name.
+fn record_lines(
+    env: &Env,
+    names: &[&str],
+) -> Result<std::collections::BTreeMap<String, String>> {
+    let out = env.containerd.ctr(&["-n", K8S_NS, "images", "ls"])?;
+    Ok(out
+        .lines()
+        .filter_map(|line| {
+            let name = line.split_whitespace().next()?;
+            names
+                .contains(&name)
+                .then(|| (name.to_string(), line.to_string()))
+        })
+        .collect())
+}
+
+/// Waits until `ready` holds of the records named in `names`.
+fn wait_records(
+    env: &Env,
+    what: &str,
+    names: &[&str],
+    mut ready: impl FnMut(&std::collections::BTreeMap<String, String>) -> bool,
+) -> Result<()> {
+    let mut last = Default::default();
+    process::wait_until(what, Duration::from_secs(60), || {
+        last = record_lines(env, names)?;
+        Ok(ready(&last))
+    })
+    .with_context(|| format!("records: {last:#?}"))
+}
+
+/// (m) The importer only ever changes or deletes image records it created.
+/// kubelet pulls a tag from the registry (in no archive); then an archive
+/// holding that very image under that name arrives and is deleted, and an
+/// archive holding another build under that name arrives and is deleted.
+/// kubelet's records (tag, repo digest, image id) stay exactly as they were
+/// throughout (same target, no label of the importer's), the importer's own
+/// records of the other build come and go, and the pulled image still runs.
+#[test]
+fn a_pulled_image_is_untouched_by_archives_of_its_name() {
+    let test = "import_foreign";
+    run_test(
+        test,
+        |host| Ok((Vec::new(), vec![sample_spec(host, "pulled", "v1")?])),
+        import_foreign,
+    );
+}
+
+fn import_foreign(test: &str, env: &mut Env, images: &Images) -> Result<()> {
+    let pulled = &images.remote_only[0];
+    start_importing(env, "lazy")?;
+    eprintln!("== {test}: kubelet pulls {} from the registry", pulled.name);
+    env.cri.pull_image(&pulled.name)?;
+    let repo = pulled.name.rsplit_once(':').context("tagged name")?.0;
+    let repo_digest = format!("{repo}@{}", pulled.manifest_digest);
+    let kubelets = [
+        pulled.name.as_str(),
+        repo_digest.as_str(),
+        pulled.config_digest.as_str(),
+    ];
+    let before = record_lines(env, &kubelets)?;
+    ensure!(
+        before.len() == 3,
+        "kubelet's pull left the records {before:#?}, not {kubelets:?}"
+    );
+    let untouched = |env: &Env, when: &str| -> Result<()> {
+        let now = record_lines(env, &kubelets)?;
+        ensure!(
+            now == before,
+            "{when}: kubelet's records changed\n--- before: {before:#?}\n--- now: {now:#?}"
+        );
+        ensure!(
+            !now.values().any(|l| l.contains("io.airgap-snapshotter")),
+            "{when}: kubelet's records carry the importer's labels: {now:#?}"
+        );
+        Ok(())
+    };
+    let archives = env.daemon.archives_dir().to_path_buf();
+
+    eprintln!("== {test}: an archive of the same image under the same name arrives");
+    let same = archives.join("same.tar");
+    std::fs::copy(&pulled.archive, &same)?;
+    let left_alone = format!("image={}", pulled.name);
+    process::wait_until(
+        "the importer to leave kubelet's tag alone",
+        Duration::from_secs(60),
+        || {
+            Ok(env
+                .daemon
+                .log()
+                .lines()
+                .any(|l| l.contains("left alone") && l.contains(&left_alone)))
+        },
+    )?;
+    untouched(env, "archive of the same digest arrived")?;
+    ensure!(
+        !env.daemon.log().contains("image registered"),
+        "the importer registered an image it holds no record of"
+    );
+
+    eprintln!("== {test}: that archive deleted");
+    std::fs::remove_file(&same)?;
+    let removed = format!("archive={}", same.display());
+    process::wait_until(
+        "the catalog to drop the archive",
+        Duration::from_secs(600),
+        || {
+            Ok(env
+                .daemon
+                .log()
+                .lines()
+                .any(|l| l.contains("archive removed") && l.contains(&removed)))
+        },
+    )?;
+
+    eprintln!("== {test}: an archive of another build under the same name arrives");
+    let mut other = sample_spec(&env.registry.host(), "pulled", "v1")?;
+    other.layers = image::sample_layers("pulled:v1 rebuilt")?;
+    let staged = env.work.path().join("rebuilt.tar");
+    let rebuilt = image::write_oci_archive(&other, &staged)?;
+    ensure!(
+        rebuilt.manifest_digest != pulled.manifest_digest,
+        "the rebuild is the same image"
+    );
+    let rebuilt_digest = format!("{repo}@{}", rebuilt.manifest_digest);
+    let ours = [rebuilt_digest.as_str(), rebuilt.config_digest.as_str()];
+    let other_archive = archives.join("rebuilt.tar");
+    std::fs::rename(&staged, &other_archive)?;
+    // Its repo digest and image id are the importer's to create; the tag
+    // is kubelet's. The pass that creates them runs after the one that saw
+    // the first archive go.
+    wait_records(env, "the rebuild's own records", &ours, |r| {
+        r.len() == 2 && r.values().all(|l| l.contains("io.airgap-snapshotter.created="))
+    })?;
+    untouched(env, "archive of another digest arrived")?;
+
+    eprintln!("== {test}: that archive deleted");
+    std::fs::remove_file(&other_archive)?;
+    wait_records(
+        env,
+        "the importer to delete the records it made",
+        &ours,
+        |r| r.is_empty(),
+    )?;
+    untouched(env, "both archives gone")?;
+    run_sample_check(env, &pulled.name, "import-foreign")?;
+    Ok(())
+}
+
 /// SIGTERM while the daemon indexes a large archive for the first time
 /// (minutes of work) and a mirror request waits for that first scan: the
 /// daemon exits cleanly within seconds, not when systemd's stop timeout

@@ -1813,10 +1813,7 @@ fn import_command(test: &str, env: &mut Env, images: &Images) -> Result<()> {
 
 /// The image records named in `names` as `ctr images ls` prints them (one
 /// line each: target digest, size, platforms, labels), by name.
-fn record_lines(
-    env: &Env,
-    names: &[&str],
-) -> Result<std::collections::BTreeMap<String, String>> {
+fn record_lines(env: &Env, names: &[&str]) -> Result<std::collections::BTreeMap<String, String>> {
     let out = env.containerd.ctr(&["-n", K8S_NS, "images", "ls"])?;
     Ok(out
         .lines()
@@ -1945,7 +1942,9 @@ fn import_foreign(test: &str, env: &mut Env, images: &Images) -> Result<()> {
     // is kubelet's. The pass that creates them runs after the one that saw
     // the first archive go.
     wait_records(env, "the rebuild's own records", &ours, |r| {
-        r.len() == 2 && r.values().all(|l| l.contains("io.airgap-snapshotter.created="))
+        r.len() == 2
+            && r.values()
+                .all(|l| l.contains("io.airgap-snapshotter.created="))
     })?;
     untouched(env, "archive of another digest arrived")?;
 

@@ -92,8 +92,10 @@ pub trait ContainerdApi: Sync {
 
     /// A lease that expires by itself after a while, so a crash
     /// mid-registration leaves nothing pinned for good. Returns its id.
-    fn create_lease(&self, ns: Scope<'_>)
-        -> impl Future<Output = Result<String, ImportError>> + Send;
+    fn create_lease(
+        &self,
+        ns: Scope<'_>,
+    ) -> impl Future<Output = Result<String, ImportError>> + Send;
 
     /// Deletes lease `id` (gone already is fine).
     fn delete_lease(

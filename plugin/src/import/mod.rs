@@ -224,7 +224,12 @@ impl Importer {
                     .await?,
             );
         }
-        if self.opts.namespaces.iter().any(|n| n == listed::CRI_NAMESPACE) {
+        if self
+            .opts
+            .namespaces
+            .iter()
+            .any(|n| n == listed::CRI_NAMESPACE)
+        {
             self.pull_listed(client, &mut report).await?;
         }
         Ok(report)

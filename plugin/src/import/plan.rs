@@ -11,7 +11,9 @@ use serde_json::Value;
 use crate::catalog::reference::{Reference, ReferenceError};
 use crate::catalog::{Catalog, ImageInfo, LayerSource};
 use crate::digest::Digest;
-use crate::labels::{AIRGAP_ARCHIVE, AIRGAP_CREATED, CRI_IMAGE, CRI_PINNED, GC_REF_CONTENT, GC_REF_SNAPSHOT};
+use crate::labels::{
+    AIRGAP_ARCHIVE, AIRGAP_CREATED, CRI_IMAGE, CRI_PINNED, GC_REF_CONTENT, GC_REF_SNAPSHOT,
+};
 use crate::proto::containerd::types::Descriptor;
 
 /// One archived image, ready to register.
@@ -283,7 +285,10 @@ mod tests {
         let (registrations, skipped) = plan(&catalog, "linux/s390x", "airgap");
         assert!(registrations.is_empty());
         assert!(
-            skipped[0].1.to_string().contains("linux/amd64, linux/arm64/v8"),
+            skipped[0]
+                .1
+                .to_string()
+                .contains("linux/amd64, linux/arm64/v8"),
             "{skipped:?}"
         );
     }

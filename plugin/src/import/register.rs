@@ -61,7 +61,13 @@ impl Importer {
                 None => {
                     let ingest = ingest_ref(pass, &doc.digest);
                     client
-                        .write_content(ns, &ingest, &doc.digest, doc.data.clone(), doc.labels.clone())
+                        .write_content(
+                            ns,
+                            &ingest,
+                            &doc.digest,
+                            doc.data.clone(),
+                            doc.labels.clone(),
+                        )
                         .await?
                 }
                 Some(have) => {

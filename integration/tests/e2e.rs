@@ -1811,17 +1811,18 @@ fn import_command(test: &str, env: &mut Env, images: &Images) -> Result<()> {
     Ok(())
 }
 
-/// The image records named in `names` as `ctr images ls` prints them (one
-/// line each: target digest, size, platforms, labels), by name.
+/// The image records named in `names` as `ctr images ls` prints them (the
+/// fields of one line each: type, target digest, size, platforms, labels),
+/// by name.
 fn record_lines(env: &Env, names: &[&str]) -> Result<std::collections::BTreeMap<String, String>> {
     let out = env.containerd.ctr(&["-n", K8S_NS, "images", "ls"])?;
     Ok(out
         .lines()
         .filter_map(|line| {
             let name = line.split_whitespace().next()?;
-            names
-                .contains(&name)
-                .then(|| (name.to_string(), line.to_string()))
+            // Columns padded to the longest name: compare the fields.
+            let fields = line.split_whitespace().collect::<Vec<_>>().join(" ");
+            names.contains(&name).then(|| (name.to_string(), fields))
         })
         .collect())
 }

@@ -265,7 +265,7 @@ fn request<T>(ns: Scope<'_>, message: T) -> Request<T> {
     request.set_timeout(CALL_TIMEOUT);
     let meta = request.metadata_mut();
     // Namespaces and lease ids are checked to be ASCII by containerd's
-    // own rules (and ours: see `ImportOptions::validate`).
+    // own rules (and ours: see `Config::validate`).
     if let Ok(namespace) = MetadataValue::try_from(ns.namespace) {
         meta.insert("containerd-namespace", namespace);
     }

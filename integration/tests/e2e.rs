@@ -1842,6 +1842,23 @@ fn wait_records(
     .with_context(|| format!("records: {last:#?}"))
 }
 
+/// Waits until the daemon's catalog has dropped the deleted `archive` (it
+/// may wait for the file to stay gone a while first).
+fn wait_archive_removed(env: &Env, archive: &Path) -> Result<()> {
+    let removed = format!("archive={}", archive.display());
+    process::wait_until(
+        "the catalog to drop the archive",
+        Duration::from_secs(600),
+        || {
+            Ok(env
+                .daemon
+                .log()
+                .lines()
+                .any(|l| l.contains("archive removed") && l.contains(&removed)))
+        },
+    )
+}
+
 /// (m) The importer only ever changes or deletes image records it created.
 /// kubelet pulls a tag from the registry (in no archive); then an archive
 /// holding that very image under that name arrives and is deleted, and an
@@ -1916,18 +1933,7 @@ fn import_foreign(test: &str, env: &mut Env, images: &Images) -> Result<()> {
 
     eprintln!("== {test}: that archive deleted");
     std::fs::remove_file(&same)?;
-    let removed = format!("archive={}", same.display());
-    process::wait_until(
-        "the catalog to drop the archive",
-        Duration::from_secs(600),
-        || {
-            Ok(env
-                .daemon
-                .log()
-                .lines()
-                .any(|l| l.contains("archive removed") && l.contains(&removed)))
-        },
-    )?;
+    wait_archive_removed(env, &same)?;
 
     eprintln!("== {test}: an archive of another build under the same name arrives");
     let mut other = sample_spec(&env.registry.host(), "pulled", "v1")?;
@@ -1954,6 +1960,7 @@ fn import_foreign(test: &str, env: &mut Env, images: &Images) -> Result<()> {
 
     eprintln!("== {test}: that archive deleted");
     std::fs::remove_file(&other_archive)?;
+    wait_archive_removed(env, &other_archive)?;
     wait_records(
         env,
         "the importer to delete the records it made",

@@ -60,8 +60,15 @@ pub fn empty_dir(dir: &Path) {
 }
 
 /// `rm -rf`, logging instead of failing: used only once nothing refers to
-/// the path any more. Every mount at or below `path` is unmounted first.
+/// the path any more. Every mount at or below `path` is unmounted first:
+/// the one the daemon knows it makes (`<path>/fs`, a layer mounted from an
+/// archive) directly, whatever `path`'s spelling, then any other found in
+/// mountinfo.
 pub fn remove_all(path: &Path) {
+    let fs_dir = path.join("fs");
+    if is_mount_point(&fs_dir) {
+        unmount(&fs_dir);
+    }
     unmount_under(path);
     let result = match fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => fs::remove_dir_all(path),
@@ -74,14 +81,31 @@ pub fn remove_all(path: &Path) {
     }
 }
 
+/// Whether `path` is a directory on another file system than its parent
+/// (a mount point; a bind mount of the same file system is not seen, which
+/// the mountinfo sweep covers).
+fn is_mount_point(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(m), Some(Ok(parent))) = (
+        fs::symlink_metadata(path),
+        path.parent().map(fs::symlink_metadata),
+    ) else {
+        return false;
+    };
+    m.is_dir() && m.dev() != parent.dev()
+}
+
 /// Unmounts every mount at or below `path` (deepest first), so the
-/// directory can be deleted. `path` must be spelled as the kernel spells
-/// mount points (canonical: the daemon canonicalizes its root at start).
-/// A mount still in use is detached: the kernel drops it with its last user.
+/// directory can be deleted. mountinfo spells mount points canonically:
+/// `path` is resolved first (the daemon also canonicalizes its root at
+/// start). A mount still in use is detached: the kernel drops it with its
+/// last user.
 pub fn unmount_under(path: &Path) {
     let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
         return;
     };
+    let resolved = fs::canonicalize(path);
+    let path = resolved.as_deref().unwrap_or(path);
     let mut points: Vec<PathBuf> = info
         .lines()
         // "<id> <parent> <dev> <root> <mount point> <opts> ..."
@@ -143,6 +167,41 @@ mod tests {
         assert_eq!(unescape(r"/a\040b\134c"), "/a b\\c");
         assert_eq!(unescape(r"/plain"), "/plain");
         assert_eq!(unescape(r"/short\04"), r"/short\04");
+    }
+
+    /// A path spelled through a symlink: the mount under it is unmounted
+    /// and the directory removed all the same.
+    #[test]
+    fn remove_all_unmounts_through_a_symlinked_path() {
+        crate::testsupport::requires_root!();
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().join("real");
+        for sub in ["a/fs", "b/deep/mnt"] {
+            fs::create_dir_all(real.join(sub)).unwrap();
+        }
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        for sub in ["a/fs", "b/deep/mnt"] {
+            rustix::mount::mount(
+                "tmpfs",
+                real.join(sub),
+                "tmpfs",
+                rustix::mount::MountFlags::empty(),
+                c"size=1m",
+            )
+            .unwrap();
+        }
+        remove_all(&link.join("a"));
+        remove_all(&link.join("b"));
+        let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let left: Vec<&str> = info
+            .lines()
+            .filter(|l| l.contains(&*real.to_string_lossy()))
+            .collect();
+        // Whatever failed, nothing stays mounted under the temp dir.
+        unmount_under(&real);
+        assert!(left.is_empty(), "{left:?}");
+        assert!(!real.join("a").exists() && !real.join("b").exists());
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub struct Metrics {
     /// Layers that could have been mounted but were extracted (indexing or
     /// mounting failed).
     pub layer_mount_failures: Counter,
+    /// Layers mounted from an archive found unmounted (at start, or on
+    /// Prepare, View, Mounts) that could not be mounted again or rebuilt.
+    pub layer_remount_failures: Counter,
     /// Layers prepared for mounting (indexed, and decompressed if need be)
     /// into the layer store, on pull or ahead of it.
     pub layers_prepared: Counter,
@@ -65,6 +68,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     layers_from_archive: Counter::default(),
     layers_mounted: Counter::default(),
     layer_mount_failures: Counter::default(),
+    layer_remount_failures: Counter::default(),
     layers_prepared: Counter::default(),
     layer_prepare_pending: Gauge::default(),
     layer_store_entries: Gauge::default(),
@@ -153,6 +157,11 @@ pub fn registry(catalog: Arc<Catalog>) -> Registry {
         "airgap_layer_mount_failures",
         "Layers that could have been mounted from their archive but were extracted",
         m.layer_mount_failures.clone(),
+    );
+    r.register(
+        "airgap_layer_remount_failures",
+        "Layers mounted from an archive found unmounted that could be neither mounted again nor rebuilt from an archive",
+        m.layer_remount_failures.clone(),
     );
     r.register(
         "airgap_layers_prepared",

@@ -32,6 +32,29 @@ pub enum LayerError {
     Index(#[from] index::ErofsError),
     #[error(transparent)]
     Mount(#[from] mount::MountError),
+    /// A staged layer whose mount is gone and cannot be made again: not
+    /// mounted again from its backing file, and no archive to rebuild it
+    /// from.
+    #[error(
+        "layer {digest} cannot be mounted (backing file {}): {reason}; \
+         put an archive holding the layer back, or remove the image and pull it again",
+        archive.display()
+    )]
+    Unavailable {
+        digest: Digest,
+        archive: PathBuf,
+        reason: String,
+    },
+    /// The layer's backing file is not the file indexed, and its content
+    /// does not match the layer's diffID either.
+    #[error("{} does not hold the layer {diff_id} any more", path.display())]
+    NotTheLayer { path: PathBuf, diff_id: Digest },
+    #[error(
+        "the layer store {} and the snapshots {} are on different file systems: \
+         snapshots hard-link the store's files, so both must be on one (move {} back under the root's file system, or set layer_mounts = \"extract\")",
+        store.display(), snapshots.display(), store.display()
+    )]
+    OtherFileSystem { store: PathBuf, snapshots: PathBuf },
     #[error("this kernel cannot mount EROFS tar indexes: {0}")]
     Unsupported(String),
 }

@@ -83,4 +83,18 @@ impl BackingRecord {
         })
         .map_err(LayerError::io("write", &path))
     }
+
+    /// Replaces `<dir>/backing.json` with this record (written beside it,
+    /// synced, renamed over it; the directory synced).
+    pub(crate) fn replace(&self, dir: &Path) -> Result<(), LayerError> {
+        let tmp_dir = tempfile::Builder::new()
+            .prefix(".record-")
+            .tempdir_in(dir)
+            .map_err(LayerError::io("create a directory in", dir))?;
+        self.write(tmp_dir.path())?;
+        let path = dir.join(RECORD);
+        fs::rename(tmp_dir.path().join(RECORD), &path).map_err(LayerError::io("replace", &path))?;
+        crate::dirs::sync_dir(dir)?;
+        Ok(())
+    }
 }

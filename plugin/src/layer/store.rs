@@ -225,11 +225,11 @@ impl LayerStore {
         built
     }
 
-    fn entry_dir(&self, digest: &Digest) -> PathBuf {
+    pub(super) fn entry_dir(&self, digest: &Digest) -> PathBuf {
         self.dir.join(digest.hex())
     }
 
-    fn build_lock(&self, digest: &Digest) -> Arc<Mutex<()>> {
+    pub(super) fn build_lock(&self, digest: &Digest) -> Arc<Mutex<()>> {
         let mut builds = self.builds.lock().unwrap();
         builds.retain(|_, l| Arc::strong_count(l) > 1);
         builds.entry(*digest).or_default().clone()
@@ -238,7 +238,7 @@ impl LayerStore {
     /// Makes sure the entry of `layer` exists and indexes the layer as it
     /// is found today; returns its record, and what building it did when it
     /// was built now. The caller holds the digest's build lock.
-    fn ensure(
+    pub(super) fn ensure(
         &self,
         source: &dyn LayerSource,
         layer: &LayerRef,

@@ -165,6 +165,8 @@ pub struct Snapshotter {
     layout: Layout,
     /// Layers extracted from archives, when a layer source is configured.
     remote: Option<remote::Remote>,
+    /// Layers mounted from archives: checked (and mounted again) before use.
+    layers: Arc<LayerBacking>,
 }
 
 pub(crate) fn mkdir(path: &Path, mode: u32) -> Result<(), SnapshotError> {
@@ -220,6 +222,11 @@ impl Snapshotter {
     ) -> Result<Arc<Self>, SnapshotError> {
         let layer_options = layers.into();
         fs::create_dir_all(root).map_err(|e| SnapshotError::io("create root", root, e))?;
+        // Mount points are compared with /proc/self/mountinfo, which spells
+        // them canonically: a root reached through a symlink must never
+        // leave mounts behind on Remove, Cleanup or a failed staging.
+        let root =
+            &fs::canonicalize(root).map_err(|e| SnapshotError::io("resolve root", root, e))?;
         mkdir(root, 0o700)?;
         let snapshots = root.join("snapshots");
         mkdir(&snapshots, 0o700)?;
@@ -230,23 +237,69 @@ impl Snapshotter {
             empty_dir(&path);
         }
         let meta = MetaStore::open(&root.join("metadata.redb"))?;
-        let layers = match &source {
+        let layers = Arc::new(match &source {
             None => LayerBacking::disabled(),
-            Some(_) => {
-                LayerBacking::new(layer_options, &root.join("staging"), &root.join("layers"))
-                    .map_err(SnapshotError::LayerBacking)?
-            }
-        };
+            Some(_) => LayerBacking::new(
+                layer_options,
+                &root.join("staging"),
+                &root.join("layers"),
+                &snapshots,
+            )
+            .map_err(SnapshotError::LayerBacking)?,
+        });
         // Layers mounted from archives, mounted again after a restart.
-        LayerBacking::remount_all(&snapshots);
-        let remote = source
-            .map(|source| remote::Remote::new(source, root.join("staging"), Arc::new(layers)));
+        let dirs = fs::read_dir(&snapshots)
+            .map_err(|e| SnapshotError::io("read directory", &snapshots, e))?
+            .flatten()
+            .map(|e| e.path());
+        layers.remount_all(dirs);
+        let remote =
+            source.map(|source| remote::Remote::new(source, root.join("staging"), layers.clone()));
         Ok(Arc::new(Snapshotter {
             root: root.to_path_buf(),
             meta,
             layout: Layout::new(snapshots),
             remote,
+            layers,
         }))
+    }
+
+    /// Makes sure every layer mounted from an archive in the chain of
+    /// `name` (itself and its parents) is mounted, before its `fs` is
+    /// handed to overlay (see [`LayerBacking::ensure_mounted`]): mounted
+    /// again, or rebuilt from an archive holding it, or the request fails
+    /// (FAILED_PRECONDITION) naming the layer and its backing file. A
+    /// missing mount would otherwise be an empty lower directory: a
+    /// container without the layer's files.
+    fn ensure_chain_mounted(&self, name: &str) -> Result<(), SnapshotError> {
+        let mut lowers = Vec::new();
+        {
+            let txn = self.meta.read()?;
+            let mut next = name.to_string();
+            while !next.is_empty() {
+                let record = match txn.get(&next) {
+                    Ok(r) => r,
+                    // The request itself reports a missing snapshot.
+                    Err(e) if e.is_not_found() => break,
+                    Err(e) => return Err(e),
+                };
+                let chain_id = record
+                    .labels
+                    .get(crate::labels::TARGET_SNAPSHOT_REF)
+                    .and_then(|t| t.parse::<crate::digest::Digest>().ok());
+                lowers.push((next.clone(), record.id, chain_id));
+                next = record.parent;
+            }
+        }
+        let source = self.remote.as_ref().map(|r| r.source().as_ref());
+        for (name, id, chain_id) in lowers {
+            self.layers
+                .ensure_mounted(source, &self.layout.dir(id), chain_id.as_ref())
+                .map_err(|err| {
+                    SnapshotError::FailedPrecondition(format!("snapshot {name:?}: {err}"))
+                })?;
+        }
+        Ok(())
     }
 
     pub fn root(&self) -> &Path {
@@ -358,6 +411,7 @@ impl SnapshotApi for Snapshotter {
         parent: &str,
         labels: HashMap<String, String>,
     ) -> Result<Vec<Mount>, SnapshotError> {
+        self.ensure_chain_mounted(parent)?;
         self.create(Kind::Active, key, parent, labels)
     }
 
@@ -367,10 +421,12 @@ impl SnapshotApi for Snapshotter {
         parent: &str,
         labels: HashMap<String, String>,
     ) -> Result<Vec<Mount>, SnapshotError> {
+        self.ensure_chain_mounted(parent)?;
         self.create(Kind::View, key, parent, labels)
     }
 
-    /// The mounts of an active or view snapshot.
+    /// The mounts of an active or view snapshot, every layer mounted from
+    /// an archive below it checked first.
     fn mounts(&self, key: &str) -> Result<Vec<Mount>, SnapshotError> {
         let chain = self.meta.read()?.chain(key)?;
         if chain.kind == Kind::Committed {
@@ -378,6 +434,7 @@ impl SnapshotApi for Snapshotter {
                 "snapshot {key:?} is committed, not active or view"
             )));
         }
+        self.ensure_chain_mounted(key)?;
         Ok(self.layout.mounts(&chain))
     }
 

@@ -166,7 +166,15 @@ pub struct MetaStore {
     /// Set when an operation failed with an I/O error: the next transaction
     /// re-opens the database first.
     broken: AtomicBool,
+    /// `<db>.reserve`: room kept on the database's file system so that a
+    /// Remove still commits on a full disk (see [`MetaStore::release_reserve`]).
+    reserve: PathBuf,
 }
+
+/// How much room the reserve keeps: enough for a few commits (redb writes
+/// every change to free pages, and re-opening after an I/O error may
+/// repair the file first, so a delete needs space like any write).
+const RESERVE_BYTES: u64 = 8 << 20;
 
 /// A read-only view of the store.
 pub struct ReadTxn<'a> {
@@ -190,7 +198,7 @@ const REOPEN_WAIT: Duration = Duration::from_secs(30);
 
 /// True for the store errors after which redb must be re-opened: an I/O
 /// error (ENOSPC, EIO), or redb's refusal to go on after one.
-fn needs_reopen(err: &SnapshotError) -> bool {
+pub(crate) fn needs_reopen(err: &SnapshotError) -> bool {
     matches!(err, SnapshotError::Store(e)
         if matches!(**e, redb::Error::Io(_) | redb::Error::PreviousIo))
 }
@@ -209,11 +217,48 @@ fn open_db(path: &Path) -> Result<redb::Database, SnapshotError> {
 impl MetaStore {
     pub fn open(path: &Path) -> Result<Self, SnapshotError> {
         let db = open_db(path)?;
-        Ok(MetaStore {
+        let mut reserve = path.as_os_str().to_owned();
+        reserve.push(".reserve");
+        let store = MetaStore {
             path: path.to_path_buf(),
             db: RwLock::new(Some(db)),
             broken: AtomicBool::new(false),
-        })
+            reserve: reserve.into(),
+        };
+        store.keep_reserve();
+        Ok(store)
+    }
+
+    /// Makes sure the reserve file is there (allocated, not sparse); best
+    /// effort: on a full disk it is made again after the next removal.
+    pub fn keep_reserve(&self) {
+        if self.reserve.exists() {
+            return;
+        }
+        let made = (|| {
+            let f = std::fs::File::create(&self.reserve)?;
+            rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, RESERVE_BYTES)?;
+            f.sync_all()
+        })();
+        if let Err(err) = made {
+            let _ = std::fs::remove_file(&self.reserve);
+            tracing::warn!(path = %self.reserve.display(), error = %err,
+                "cannot keep the metadata store's reserve (a full disk?): made again after the next removal");
+        }
+    }
+
+    /// Deletes the reserve file, giving its room to the database: the
+    /// caller retries a removal that failed on a full disk. Returns whether
+    /// there was one.
+    pub fn release_reserve(&self) -> bool {
+        match std::fs::remove_file(&self.reserve) {
+            Ok(()) => {
+                tracing::warn!(path = %self.reserve.display(),
+                    "the disk is full: the metadata store's reserve is released so that removing snapshots frees space");
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// Passes `result` on, noting an error that needs a re-open.

@@ -465,12 +465,27 @@ impl SnapshotApi for Snapshotter {
         txn.commit()
     }
 
-    /// Forgets `key` (not if it has children) and then deletes its directory.
+    /// Forgets `key` (not if it has children) and then deletes its
+    /// directory. Deleting is how space is freed, so it must work on a full
+    /// disk: a transaction that fails on I/O is retried once with the
+    /// metadata store's reserve released (made again once the directory is
+    /// gone).
     fn remove(&self, key: &str) -> Result<(), SnapshotError> {
-        let txn = self.meta.write()?;
-        let record = txn.remove(key)?;
-        txn.commit()?;
+        let forget = || -> Result<meta::Record, SnapshotError> {
+            let txn = self.meta.write()?;
+            let record = txn.remove(key)?;
+            txn.commit()?;
+            Ok(record)
+        };
+        let record = match forget() {
+            Err(err) if meta::needs_reopen(&err) && self.meta.release_reserve() => {
+                tracing::warn!(key, error = %err, "removing a snapshot failed on I/O: retrying with the reserve released");
+                forget()?
+            }
+            other => other?,
+        };
         remove_all(&self.layout.dir(record.id));
+        self.meta.keep_reserve();
         Ok(())
     }
 
@@ -650,6 +665,51 @@ mod tests {
             }
         }
         path
+    }
+
+    /// A pull that failed on a full disk leaves its active snapshot behind;
+    /// removing it (how an operator frees space) works on the still-full
+    /// disk, and so does removing the layer below; the reserve is back once
+    /// the removal freed room.
+    #[test]
+    fn remove_works_on_a_full_disk() {
+        crate::testsupport::requires_root!();
+        let tmpfs = Tmpfs::mount("48m");
+        let root = tmpfs.dir.path().join("root");
+        let sn = Snapshotter::open(&root, None).unwrap();
+        let reserve = root.join("metadata.redb.reserve");
+        assert!(reserve.exists(), "no reserve at open");
+        sn.prepare("base", "", HashMap::new()).unwrap();
+        sn.commit("base-c", "base", HashMap::new()).unwrap();
+        let mounts = sn.prepare("ns/1/extract-x", "base-c", HashMap::new()).unwrap();
+        let upper = mounts[0]
+            .options
+            .iter()
+            .find_map(|o| o.strip_prefix("upperdir="))
+            .unwrap()
+            .to_string();
+        // The pull's data, then the disk full, as a pull that failed on it.
+        fs::write(Path::new(&upper).join("data"), vec![1u8; 16 << 20]).unwrap();
+        let _filler = fill(tmpfs.dir.path());
+        let big = HashMap::from([("l".to_string(), "v".repeat(4000))]);
+        let mut failed = false;
+        for i in 0..200 {
+            if sn.prepare(&format!("more-{i}"), "base-c", big.clone()).is_err() {
+                failed = true;
+                break;
+            }
+        }
+        assert!(failed, "the disk never filled up");
+        sn.remove("ns/1/extract-x").unwrap();
+        assert!(!Path::new(&upper).exists());
+        assert!(reserve.exists(), "the reserve was not made again");
+        let names: Vec<String> = sn.list(&[]).unwrap().into_iter().map(|i| i.name).collect();
+        for name in names.iter().filter(|n| n.starts_with("more-")) {
+            sn.remove(name).unwrap();
+        }
+        sn.remove("base-c").unwrap();
+        assert!(sn.list(&[]).unwrap().is_empty());
+        drop(sn);
     }
 
     /// A full disk makes redb refuse every later operation until the

@@ -516,8 +516,13 @@ fn rebuild(
     let plain = plain_blob(source, layer);
     let lock = store.build_lock(&layer.digest);
     let _building = lock.lock().unwrap_or_else(|e| e.into_inner());
-    let (record, _) = store.ensure(source, layer, plain.as_ref())?;
     let entry = store.entry_dir(&layer.digest);
+    if !entry_copy_is_good(&entry) {
+        // The snapshot's copy is a hard link to the entry's: a copy that
+        // changed is changed in both, and is built again.
+        store.forget(&layer.digest);
+    }
+    let (record, _) = store.ensure(source, layer, plain.as_ref())?;
     let mut names = vec![IMAGE];
     if record.archive.is_relative() {
         names.push(COPY);
@@ -553,6 +558,25 @@ fn rebuild(
     mount::mount(&image, &mount::fd_path(file), &dir.join("fs"))?;
     tracing::info!(snapshot = %dir.display(), digest = %layer.digest, backing = %record.archive.display(), "layer rebuilt from an archive holding it");
     Ok(())
+}
+
+/// Whether a store entry's copy (if it has one) is still what its record
+/// says: the same file, or else the same content (hashed).
+fn entry_copy_is_good(entry: &Path) -> bool {
+    let Ok(record) = BackingRecord::read(&entry.join(RECORD)) else {
+        return true; // no entry: the store builds one
+    };
+    if record.archive.is_absolute() {
+        return true; // the store checks the archive itself
+    }
+    let path = entry.join(COPY);
+    let Ok(file) = fs::File::open(&path) else {
+        return false;
+    };
+    let same = file
+        .metadata()
+        .is_ok_and(|m| record.matches(&FileKey::of(&m)));
+    same || verify_copy(&file, &path, &record).is_ok()
 }
 
 /// The archive `plain` is still the version `record` indexed.

@@ -305,7 +305,7 @@ impl LayerStore {
 
     /// Drops an entry from the store (its files stay wherever a snapshot
     /// links them).
-    fn forget(&self, digest: &Digest) {
+    pub(super) fn forget(&self, digest: &Digest) {
         let mut state = self.state.lock().unwrap();
         let gone = self.unlink_locked(&mut state, digest);
         drop(state);

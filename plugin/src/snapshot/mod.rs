@@ -681,7 +681,9 @@ mod tests {
         assert!(reserve.exists(), "no reserve at open");
         sn.prepare("base", "", HashMap::new()).unwrap();
         sn.commit("base-c", "base", HashMap::new()).unwrap();
-        let mounts = sn.prepare("ns/1/extract-x", "base-c", HashMap::new()).unwrap();
+        let mounts = sn
+            .prepare("ns/1/extract-x", "base-c", HashMap::new())
+            .unwrap();
         let upper = mounts[0]
             .options
             .iter()
@@ -694,7 +696,10 @@ mod tests {
         let big = HashMap::from([("l".to_string(), "v".repeat(4000))]);
         let mut failed = false;
         for i in 0..200 {
-            if sn.prepare(&format!("more-{i}"), "base-c", big.clone()).is_err() {
+            if sn
+                .prepare(&format!("more-{i}"), "base-c", big.clone())
+                .is_err()
+            {
                 failed = true;
                 break;
             }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tonic::Code;
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::catalog::Compression;
@@ -372,4 +373,416 @@ async fn compressed_layers_are_mounted_over_a_decompressed_copy() {
     assert!(crate::testsupport::snapshot::dir_names(&root.join("snapshots")).is_empty());
     drop(sn);
     drop(state);
+}
+
+// What a Prepare, View or Mounts checks below it (issue 19, point 2): a
+// layer mounted from an archive whose mount is gone is mounted again,
+// rebuilt from an archive holding it, or refused by name; never handed to
+// overlay as an empty directory.
+
+fn snapshot_dir(root: &Path, id: u64) -> PathBuf {
+    root.join("snapshots").join(id.to_string())
+}
+
+/// The mounts of the process whose mount point lies under `path`.
+fn mounts_under(path: &Path) -> Vec<String> {
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| Path::new(p).starts_with(&real))
+        .map(str::to_string)
+        .collect()
+}
+
+fn two_layers() -> Vec<Vec<u8>> {
+    vec![
+        layer_tar(&[
+            Entry::Dir("etc"),
+            Entry::File("etc/marker.txt", b"marker\n"),
+            Entry::File("etc/gone", b"x"),
+        ]),
+        layer_tar(&[
+            Entry::Dir("etc"),
+            Entry::File("etc/.wh.gone", b""),
+            Entry::File("etc/top", b"top\n"),
+        ]),
+    ]
+}
+
+/// Each committed layer is mounted and holds its files.
+fn assert_layers_served(root: &Path, ids: &[u64]) {
+    for (i, id) in ids.iter().enumerate() {
+        let fs_dir = snapshot_dir(root, *id).join("fs");
+        assert!(
+            crate::layer::mount::is_mounted(&fs_dir),
+            "layer {i} not mounted"
+        );
+    }
+    let bottom = snapshot_dir(root, ids[0]).join("fs/etc/marker.txt");
+    assert_eq!(std::fs::read(&bottom).unwrap(), b"marker\n");
+    let top = snapshot_dir(root, ids[1]).join("fs/etc/top");
+    assert_eq!(std::fs::read(&top).unwrap(), b"top\n");
+}
+
+fn unmount_layers(root: &Path, ids: &[u64]) {
+    for id in ids {
+        crate::dirs::unmount(&snapshot_dir(root, *id).join("fs"));
+        assert!(!crate::layer::mount::is_mounted(
+            &snapshot_dir(root, *id).join("fs")
+        ));
+    }
+}
+
+/// A mount lost while the daemon runs (an operator's `umount`): Mounts of
+/// a container prepared before, a View and a Prepare each mount it again
+/// before answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_mount_is_mounted_again_by_prepare_view_and_mounts() {
+    requires_root!();
+    let work = tempfile::tempdir().unwrap();
+    let _guard = Unmount(work.path().to_owned());
+    let mut fake = FakeSource::default();
+    let layers = fake.add_plain_image(&two_layers(), &work.path().join("image.tar"));
+    let server =
+        TestServer::start_with(Some(Arc::new(fake)), crate::config::LayerMode::Erofs).await;
+    let root = server.root();
+    let _root_guard = Unmount(root.clone());
+    let parent = server.commit_layers(&layers, &HashMap::new()).await;
+    let ids: Vec<u64> = committed(&server.sn).iter().map(|c| c.1).collect();
+    server
+        .sn
+        .prepare("ns/9/ctr", &parent, HashMap::new())
+        .unwrap();
+
+    unmount_layers(&root, &ids);
+    server.sn.mounts("ns/9/ctr").unwrap();
+    assert_layers_served(&root, &ids);
+    unmount_layers(&root, &ids);
+    server
+        .sn
+        .view("ns/9/view", &parent, HashMap::new())
+        .unwrap();
+    assert_layers_served(&root, &ids);
+    unmount_layers(&root, &ids);
+    server
+        .sn
+        .prepare("ns/9/ctr2", &parent, HashMap::new())
+        .unwrap();
+    assert_layers_served(&root, &ids);
+    server.stop().await;
+}
+
+/// The archive deleted and the node rebooted: a new container fails to
+/// start with an error naming the layer and the archive (never without the
+/// layer's files); the archive back under another name: the layer is
+/// rebuilt from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archive_gone_at_reboot_is_refused_by_name_then_rebuilt_from_another_name() {
+    requires_root!();
+    let work = tempfile::tempdir().unwrap();
+    let _guard = Unmount(work.path().to_owned());
+    let tars = two_layers();
+    let archive = work.path().join("image.tar");
+    let mut fake = FakeSource::default();
+    let layers = fake.add_plain_image(&tars, &archive);
+    let server =
+        TestServer::start_with(Some(Arc::new(fake)), crate::config::LayerMode::Erofs).await;
+    let root = server.root();
+    let _root_guard = Unmount(root.clone());
+    let parent = server.commit_layers(&layers, &HashMap::new()).await;
+    let ids: Vec<u64> = committed(&server.sn).iter().map(|c| c.1).collect();
+
+    // The reboot: the daemon stops, its mounts go, the archive is gone.
+    let state = server.stop_keeping_state().await;
+    unmount_under(&root);
+    std::fs::remove_file(&archive).unwrap();
+    let failures = crate::metrics::global().layer_remount_failures.get();
+    let sn = Snapshotter::open_with(
+        &root,
+        Some(Arc::new(FakeSource::default())),
+        crate::config::LayerMode::Erofs,
+    )
+    .unwrap();
+    assert!(crate::metrics::global().layer_remount_failures.get() >= failures + 2);
+    let err = sn.prepare("ns/9/ctr", &parent, HashMap::new()).unwrap_err();
+    let code = tonic::Status::from(err).code();
+    let err = sn
+        .prepare("ns/9/ctr", &parent, HashMap::new())
+        .unwrap_err()
+        .to_string();
+    assert_eq!(code, Code::FailedPrecondition, "{err}");
+    assert!(err.contains(&layers[1].digest.to_string()), "{err}");
+    assert!(err.contains(&archive.display().to_string()), "{err}");
+    assert!(
+        sn.stat("ns/9/ctr").is_err(),
+        "a container snapshot was made"
+    );
+    assert!(sn.view("ns/9/view", &parent, HashMap::new()).is_err());
+    drop(sn);
+
+    // The archive back under another name.
+    let mut back = FakeSource::default();
+    let renamed = work.path().join("renamed.tar");
+    back.add_plain_image(&tars, &renamed);
+    let sn = Snapshotter::open_with(&root, Some(Arc::new(back)), crate::config::LayerMode::Erofs)
+        .unwrap();
+    sn.prepare("ns/9/ctr", &parent, HashMap::new()).unwrap();
+    assert_layers_served(&root, &ids);
+    for id in &ids {
+        let record =
+            crate::layer::record::BackingRecord::read(&snapshot_dir(&root, *id).join(RECORD))
+                .unwrap();
+        assert_eq!(record.archive, renamed);
+    }
+    sn.remove("ns/9/ctr").unwrap();
+    sn.remove(&parent).unwrap();
+    sn.remove(&layers[0].chain_id.to_string()).unwrap();
+    assert!(mounts_under(&root).is_empty(), "{:?}", mounts_under(&root));
+    drop(sn);
+    drop(state);
+}
+
+/// A decompressed copy inside the root is known by its content: the root
+/// copied (`cp -a`) to another file system (every device number changes)
+/// and a `touch` of the copy still mount, without any archive; a copy whose
+/// content changed is rebuilt from the archive, or refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_is_known_by_its_content_when_the_root_moves() {
+    requires_root!();
+    let work = tempfile::tempdir().unwrap();
+    let _guard = Unmount(work.path().to_owned());
+    let tars = two_layers();
+    let mut fake = FakeSource::default();
+    let layers = fake.add_image(&tars, &[]);
+    let fake = Arc::new(fake);
+    let server = TestServer::start_with(Some(fake.clone()), crate::config::LayerMode::Erofs).await;
+    let old_root = server.root();
+    let parent = server.commit_layers(&layers, &HashMap::new()).await;
+    let ids: Vec<u64> = committed(&server.sn).iter().map(|c| c.1).collect();
+    let state = server.stop_keeping_state().await;
+    unmount_under(&old_root);
+
+    // Another file system: a loop-mounted ext4 image (file-backed EROFS
+    // cannot read its backing file from tmpfs: "Block device required").
+    let other = work.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let image = work.path().join("other.img");
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(256 << 20)
+        .unwrap();
+    let run = |cmd: &mut std::process::Command| assert!(cmd.status().unwrap().success(), "{cmd:?}");
+    run(std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&image));
+    run(std::process::Command::new("mount")
+        .args(["-o", "loop"])
+        .arg(&image)
+        .arg(&other));
+    let root = other.join("root");
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&old_root)
+        .arg(&root)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    drop(state);
+    let nothing = Arc::new(FakeSource::default());
+    let sn = Snapshotter::open_with(
+        &root,
+        Some(nothing.clone()),
+        crate::config::LayerMode::Erofs,
+    )
+    .unwrap();
+    sn.prepare("ns/9/ctr", &parent, HashMap::new()).unwrap();
+    assert_layers_served(&root, &ids);
+    let new_dev = std::fs::metadata(&root).unwrap().dev();
+    let record =
+        crate::layer::record::BackingRecord::read(&snapshot_dir(&root, ids[0]).join(RECORD))
+            .unwrap();
+    assert_eq!(record.key.dev, new_dev, "the record was not updated");
+    drop(sn);
+
+    // A touch of the copy, then a reboot.
+    unmount_under(&root);
+    let copy = snapshot_dir(&root, ids[1]).join(COPY);
+    std::fs::File::options()
+        .write(true)
+        .open(&copy)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now())
+        .unwrap();
+    let sn = Snapshotter::open_with(
+        &root,
+        Some(nothing.clone()),
+        crate::config::LayerMode::Erofs,
+    )
+    .unwrap();
+    sn.mounts("ns/9/ctr").unwrap();
+    assert_layers_served(&root, &ids);
+    drop(sn);
+
+    // The copy's bytes changed (same size): refused by name without an
+    // archive, rebuilt from one.
+    unmount_under(&root);
+    let mut bytes = std::fs::read(&copy).unwrap();
+    let at = bytes.windows(4).position(|w| w == b"top\n").unwrap();
+    bytes[at..at + 4].copy_from_slice(b"bad\n");
+    std::fs::write(&copy, &bytes).unwrap();
+    let sn = Snapshotter::open_with(&root, Some(nothing), crate::config::LayerMode::Erofs).unwrap();
+    let err = sn.mounts("ns/9/ctr").unwrap_err().to_string();
+    assert!(err.contains(&layers[1].digest.to_string()), "{err}");
+    assert!(err.contains("does not hold the layer"), "{err}");
+    drop(sn);
+    let sn =
+        Snapshotter::open_with(&root, Some(fake.clone()), crate::config::LayerMode::Erofs).unwrap();
+    sn.mounts("ns/9/ctr").unwrap();
+    assert_layers_served(&root, &ids);
+    assert_eq!(
+        std::fs::read(snapshot_dir(&root, ids[1]).join(COPY)).unwrap(),
+        tars[1]
+    );
+    drop(sn);
+    unmount_under(&other);
+}
+
+/// A kernel that can no longer mount EROFS (a fault hook: every mount under
+/// the root fails): the Prepare fails naming the layer, and succeeds once
+/// mounting works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kernel_that_cannot_mount_any_more_fails_by_name() {
+    requires_root!();
+    let work = tempfile::tempdir().unwrap();
+    let _guard = Unmount(work.path().to_owned());
+    let mut fake = FakeSource::default();
+    let layers = fake.add_plain_image(&two_layers(), &work.path().join("image.tar"));
+    let server =
+        TestServer::start_with(Some(Arc::new(fake)), crate::config::LayerMode::Erofs).await;
+    let root = server.root();
+    let _root_guard = Unmount(root.clone());
+    let parent = server.commit_layers(&layers, &HashMap::new()).await;
+    let ids: Vec<u64> = committed(&server.sn).iter().map(|c| c.1).collect();
+    unmount_layers(&root, &ids);
+    {
+        let _fault = crate::layer::mount::fault::fail_under(&std::fs::canonicalize(&root).unwrap());
+        let err = server
+            .sn
+            .prepare("ns/9/ctr", &parent, HashMap::new())
+            .unwrap_err();
+        let text = err.to_string();
+        assert_eq!(tonic::Status::from(err).code(), Code::FailedPrecondition);
+        assert!(text.contains(&layers[1].digest.to_string()), "{text}");
+        assert!(!crate::layer::mount::is_mounted(
+            &snapshot_dir(&root, ids[1]).join("fs")
+        ));
+    }
+    server
+        .sn
+        .prepare("ns/9/ctr", &parent, HashMap::new())
+        .unwrap();
+    assert_layers_served(&root, &ids);
+    server.stop().await;
+}
+
+/// The same layer twice in one chain: each snapshot mounts its own copy of
+/// the index with a UUID of its own (overlay refuses lowers sharing one);
+/// both copies count as uses of the one store entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_layer_twice_in_a_chain_has_two_uuids() {
+    requires_root!();
+    let work = tempfile::tempdir().unwrap();
+    let _guard = Unmount(work.path().to_owned());
+    let tars = two_layers();
+    let tars = vec![tars[0].clone(), tars[1].clone(), tars[0].clone()];
+    let mut fake = FakeSource::default();
+    let layers = fake.add_plain_image(&tars, &work.path().join("image.tar"));
+    let server =
+        TestServer::start_with(Some(Arc::new(fake)), crate::config::LayerMode::Erofs).await;
+    let root = server.root();
+    let _root_guard = Unmount(root.clone());
+    server.commit_layers(&layers, &HashMap::new()).await;
+    let ids: Vec<u64> = committed(&server.sn).iter().map(|c| c.1).collect();
+    let uuid = |id: u64| {
+        let image = std::fs::read(snapshot_dir(&root, id).join(crate::layer::OWN_IMAGE)).unwrap();
+        image[1024 + 48..1024 + 64].to_vec()
+    };
+    assert_ne!(uuid(ids[0]), uuid(ids[2]));
+    assert_ne!(uuid(ids[0]), vec![0u8; 16]);
+    let store_image = root.join("layers").join(layers[0].digest.hex()).join(IMAGE);
+    assert_eq!(std::fs::metadata(store_image).unwrap().nlink(), 3);
+    // The kernel's view: three mounts with three UUIDs (statfs's f_fsid
+    // is the device; the UUID is checked by overlay on mount).
+    let mounts = server
+        .sn
+        .prepare("ns/9/ctr", &layers[2].chain_id.to_string(), HashMap::new())
+        .unwrap();
+    let merged = work.path().join("merged");
+    std::fs::create_dir(&merged).unwrap();
+    mount_overlay(&mounts[0].options.join(","), &merged);
+    assert_eq!(
+        std::fs::read(merged.join("etc/marker.txt")).unwrap(),
+        b"marker\n"
+    );
+    assert!(merged.join("etc/top").exists());
+    rustix::mount::unmount(&merged, rustix::mount::UnmountFlags::empty()).unwrap();
+    server.stop().await;
+}
+
+/// A root reached through a symlink: Remove, Cleanup and staging leave no
+/// mounts and no directories behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_behind_a_symlink_leaves_no_mounts() {
+    requires_root!();
+    let work = tempfile::tempdir().unwrap();
+    let _guard = Unmount(work.path().to_owned());
+    let real = work.path().join("real");
+    std::fs::create_dir(&real).unwrap();
+    let link = work.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let mut fake = FakeSource::default();
+    let tars = two_layers();
+    let layers = fake.add_plain_image(&tars, &work.path().join("image.tar"));
+    let fake = Arc::new(fake);
+    let root = link.join("root");
+    let sn =
+        Snapshotter::open_with(&root, Some(fake.clone()), crate::config::LayerMode::Erofs).unwrap();
+    let mut parent = String::new();
+    for (i, layer) in layers.iter().enumerate() {
+        let labels = HashMap::from([(TARGET_SNAPSHOT_REF.to_string(), layer.chain_id.to_string())]);
+        let answer = super::prepare(&sn, &format!("ns/{i}/extract"), &parent, &labels).await;
+        assert!(answer.is_some_and(|e| e.is_already_exists()));
+        parent = layer.chain_id.to_string();
+    }
+    let ids: Vec<u64> = committed(&sn).iter().map(|c| c.1).collect();
+    assert_eq!(mounts_under(&real).len(), 2);
+
+    // Cleanup: an orphaned directory holding a mount (a crash between the
+    // rename and the record), and a staged layer nobody claims.
+    let orphan = root.join("snapshots/9999");
+    std::fs::rename(snapshot_dir(&root, ids[1]), &orphan).unwrap();
+    let staged = root.join("staging/leftover-77");
+    std::fs::create_dir_all(staged.join("fs")).unwrap();
+    rustix::mount::mount(
+        "tmpfs",
+        staged.join("fs"),
+        "tmpfs",
+        rustix::mount::MountFlags::empty(),
+        c"size=1m",
+    )
+    .unwrap();
+    sn.cleanup().unwrap();
+    assert!(!orphan.exists() && !staged.exists());
+    assert_eq!(mounts_under(&real).len(), 1, "{:?}", mounts_under(&real));
+
+    // Remove.
+    sn.remove(&parent).unwrap();
+    sn.remove(&layers[0].chain_id.to_string()).unwrap();
+    assert!(mounts_under(&real).is_empty(), "{:?}", mounts_under(&real));
+    assert!(crate::testsupport::snapshot::dir_names(&root.join("snapshots")).is_empty());
+    assert!(crate::testsupport::snapshot::dir_names(&root.join("staging")).is_empty());
+    assert!(crate::testsupport::snapshot::dir_names(&root.join("trash")).is_empty());
+    drop(sn);
 }

@@ -211,6 +211,7 @@ impl Extractor {
         shown: &str,
     ) -> Result<(), ExtractError> {
         let path = normalize(&e.path).map_err(|r| ExtractError::unsafe_path(shown, r.reason()))?;
+        check_lengths(e, &path, shown)?;
         if path.is_empty() {
             // The layer root itself ("./"): containerd ignores it too.
             return if e.kind == Kind::Dir {
@@ -429,6 +430,30 @@ fn write_all(fd: &OwnedFd, mut data: &[u8]) -> Result<(), Errno> {
             Err(Errno::INTR) => {}
             Err(e) => return Err(e),
         }
+    }
+    Ok(())
+}
+
+/// The kernel's `PATH_MAX`, terminating NUL included.
+pub(crate) const PATH_MAX: usize = 4096;
+
+/// Refuses what no file system call can take, whatever the root: a path of
+/// `PATH_MAX` bytes or more, a symlink target or hard link name of
+/// `PATH_MAX` bytes or more (the kernel answers `ENAMETOOLONG`, and
+/// containerd's own extraction fails on them). Extraction and the EROFS
+/// index builder both check it here, so they agree (the index builder
+/// took them, and extraction's walk one component at a time would create
+/// such a path).
+pub(crate) fn check_lengths(e: &Entry, path: &[u8], shown: &str) -> Result<(), ExtractError> {
+    let unsupported = |what: &str| ExtractError::Unsupported {
+        entry: shown.to_owned(),
+        what: what.to_owned(),
+    };
+    if path.len() >= PATH_MAX {
+        return Err(unsupported("a path of 4096 bytes or more (PATH_MAX)"));
+    }
+    if matches!(e.kind, Kind::Symlink | Kind::HardLink) && e.link.len() >= PATH_MAX {
+        return Err(unsupported("a link target of 4096 bytes or more (PATH_MAX)"));
     }
     Ok(())
 }

@@ -610,3 +610,82 @@ impl std::io::Write for HashWriter<'_> {
         Ok(())
     }
 }
+
+/// A path, a symlink target or a hard link name of PATH_MAX (4096) bytes or
+/// more: refused by the index builder and by extraction alike (the layer
+/// would fall back from one to the other); one byte shorter, both take it.
+#[test]
+fn paths_and_link_targets_of_path_max_are_refused_by_both() {
+    let tmp = tempfile::tempdir().unwrap();
+    let comp = "c".repeat(200);
+    // A path of exactly `len` bytes: components of 200 bytes, then the rest.
+    let path_of = |len: usize| {
+        let mut p = String::new();
+        while len - p.len() > 201 {
+            p.push_str(&comp);
+            p.push('/');
+        }
+        p.push_str(&"f".repeat(len - p.len()));
+        p
+    };
+    let tar_with = |kind: EntryType, path: &str, link: Option<&str>| {
+        let mut b = ::tar::Builder::new(Vec::new());
+        let mut h = Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(MTIME);
+        h.set_size(0);
+        if kind == EntryType::Link {
+            let mut t = h.clone();
+            t.set_entry_type(EntryType::Regular);
+            b.append_data(&mut t, "target", &b""[..]).unwrap();
+        }
+        match link {
+            Some(target) => b.append_link(&mut h, path, target).unwrap(),
+            None => b.append_data(&mut h, path, &b""[..]).unwrap(),
+        }
+        b.into_inner().unwrap()
+    };
+    let cases = [
+        (tar_with(EntryType::Regular, &path_of(4096), None), false),
+        (tar_with(EntryType::Regular, &path_of(4095), None), true),
+        (
+            tar_with(EntryType::Symlink, "s", Some(&"t".repeat(4096))),
+            false,
+        ),
+        (
+            tar_with(EntryType::Symlink, "s", Some(&"t".repeat(4095))),
+            true,
+        ),
+        (
+            tar_with(EntryType::Link, &path_of(4096), Some("target")),
+            false,
+        ),
+    ];
+    for (i, (tar, ok)) in cases.iter().enumerate() {
+        let out = tmp.path().join(format!("img{i}"));
+        let indexed = build(tar, &out);
+        let dest = tmp.path().join(format!("ext{i}"));
+        std::fs::create_dir(&dest).unwrap();
+        let extracted =
+            crate::extract::unpack_layer(&tar[..], Compression::None, &Digest::of(tar), &dest);
+        assert_eq!(indexed.is_ok(), *ok, "case {i}: index {:?}", indexed.err());
+        assert_eq!(
+            extracted.is_ok(),
+            *ok,
+            "case {i}: extraction {:?}",
+            extracted.err()
+        );
+        if !ok {
+            let (a, b) = (
+                indexed.unwrap_err().to_string(),
+                extracted.unwrap_err().to_string(),
+            );
+            assert!(a.contains("4096 bytes or more"), "{a}");
+            assert!(b.contains("4096 bytes or more"), "{b}");
+            assert!(!out.exists());
+        }
+    }
+}

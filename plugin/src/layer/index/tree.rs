@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 use std::io;
 
 use crate::extract::tar::{display_bytes, Entry, Kind, Time};
-use crate::extract::{normalize, split, symlink_escapes, xattr_refused, ExtractError};
+use crate::extract::{
+    check_lengths, normalize, split, symlink_escapes, xattr_refused, ExtractError,
+};
 
 use super::format::{self, NAME_MAX};
 
@@ -202,6 +204,7 @@ impl LayerTree {
     pub fn apply(&mut self, e: &Entry, offset: u64, shown: &str) -> Result<(), ExtractError> {
         self.stats.entries += 1;
         let path = normalize(&e.path).map_err(|r| unsafe_path(shown, r.reason()))?;
+        check_lengths(e, &path, shown)?;
         if path.is_empty() {
             // The layer root itself ("./"): ignored, as extraction does.
             return if e.kind == Kind::Dir {

@@ -1121,6 +1121,7 @@ fn erofs_docker_save(test: &str, env: &mut Env, images: &Images) -> Result<()> {
         mounted.len()
     );
     run_sample_check(env, &image.name, "e-after")?;
+    archive_gone_at_reboot(test, env, image, &root)?;
 
     let refs = env.containerd.image_refs(K8S_NS)?;
     let mut args = vec!["-n", K8S_NS, "images", "rm", "--sync"];
@@ -1139,6 +1140,68 @@ fn erofs_docker_save(test: &str, env: &mut Env, images: &Images) -> Result<()> {
     )
     .with_context(|| format!("left: {:?}", erofs_mounts(&root)))?;
     env.daemon.check_running()?;
+    Ok(())
+}
+
+/// The archive moved out of the watched directory and the node rebooted
+/// (the daemon stopped, its mounts gone, started again): a new container
+/// either has every layer's files (mounted again from a private copy) or
+/// fails to start with an error naming a layer; it never starts without
+/// them. The archive back under another name: the layers are rebuilt from
+/// it and the container runs right.
+fn archive_gone_at_reboot(test: &str, env: &mut Env, image: &BuiltImage, root: &Path) -> Result<()> {
+    eprintln!("== {test}: the archive moved away, the node rebooted");
+    let away = env
+        .daemon
+        .archives_dir()
+        .with_file_name(format!("{test}-moved-away.tar"));
+    std::fs::rename(&image.archive, &away)
+        .with_context(|| format!("moving {} away", image.archive.display()))?;
+    env.daemon.stop()?;
+    for m in erofs_mounts(root)? {
+        nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH)
+            .with_context(|| format!("unmounting {}", m.display()))?;
+    }
+    env.daemon.restart()?;
+    env.containerd
+        .wait_snapshotter_reachable(Duration::from_secs(60))?;
+    match run_sample_check(env, &image.name, "e-gone") {
+        Ok(()) => eprintln!("== {test}: the layers were mounted again without the archive"),
+        Err(err) => {
+            let err = format!("{err:#}");
+            ensure!(
+                err.contains("cannot be mounted")
+                    && image.layer_digests.iter().any(|d| err.contains(d.as_str())),
+                "a container without the archive failed, but not naming a layer: {err}"
+            );
+            eprintln!("== {test}: refused by name, as expected");
+        }
+    }
+
+    eprintln!("== {test}: the archive back under another name");
+    let renamed = env.daemon.archives_dir().join("renamed-back.tar");
+    std::fs::rename(&away, &renamed)
+        .with_context(|| format!("moving {} back", away.display()))?;
+    let needle = renamed.display().to_string();
+    let daemon = &env.daemon;
+    process::wait_until(
+        "the daemon to index the renamed archive",
+        Duration::from_secs(60),
+        || {
+            Ok(daemon
+                .log()
+                .lines()
+                .any(|l| l.contains("archive indexed") && l.contains(&needle)))
+        },
+    )?;
+    run_sample_check(env, &image.name, "e-renamed")?;
+    let layers = image.chain_ids.len();
+    let mounted = erofs_mounts(root)?;
+    ensure!(
+        mounted.len() == layers,
+        "after the rebuild, {} EROFS mounts for {layers} layers: {mounted:?}",
+        mounted.len()
+    );
     Ok(())
 }
 

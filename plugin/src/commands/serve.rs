@@ -48,7 +48,7 @@ const GRPC_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Serves until `shutdown` resolves (a signal, in the daemon).
 async fn serve(
-    config: Config,
+    mut config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<ExitCode> {
     tracing::info!(
@@ -64,6 +64,10 @@ async fn serve(
     // Before anything touches the root: a second daemon on the same root
     // must not empty the first one's cache, staging or trash.
     let _root_lock = lock_root(&config.root)?;
+    // Every path under the root as the kernel spells it (mountinfo): a root
+    // reached through a symlink must not leave mounts behind.
+    config.root = fs::canonicalize(&config.root)
+        .with_context(|| format!("resolve root {}", config.root.display()))?;
 
     let catalog_options = CatalogOptions {
         dirs: config.archives.clone(),

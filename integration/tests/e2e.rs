@@ -1149,7 +1149,12 @@ fn erofs_docker_save(test: &str, env: &mut Env, images: &Images) -> Result<()> {
 /// fails to start with an error naming a layer; it never starts without
 /// them. The archive back under another name: the layers are rebuilt from
 /// it and the container runs right.
-fn archive_gone_at_reboot(test: &str, env: &mut Env, image: &BuiltImage, root: &Path) -> Result<()> {
+fn archive_gone_at_reboot(
+    test: &str,
+    env: &mut Env,
+    image: &BuiltImage,
+    root: &Path,
+) -> Result<()> {
     eprintln!("== {test}: the archive moved away, the node rebooted");
     let away = env
         .daemon
@@ -1180,8 +1185,7 @@ fn archive_gone_at_reboot(test: &str, env: &mut Env, image: &BuiltImage, root: &
 
     eprintln!("== {test}: the archive back under another name");
     let renamed = env.daemon.archives_dir().join("renamed-back.tar");
-    std::fs::rename(&away, &renamed)
-        .with_context(|| format!("moving {} back", away.display()))?;
+    std::fs::rename(&away, &renamed).with_context(|| format!("moving {} back", away.display()))?;
     let needle = renamed.display().to_string();
     let daemon = &env.daemon;
     process::wait_until(

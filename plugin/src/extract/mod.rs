@@ -453,7 +453,9 @@ pub(crate) fn check_lengths(e: &Entry, path: &[u8], shown: &str) -> Result<(), E
         return Err(unsupported("a path of 4096 bytes or more (PATH_MAX)"));
     }
     if matches!(e.kind, Kind::Symlink | Kind::HardLink) && e.link.len() >= PATH_MAX {
-        return Err(unsupported("a link target of 4096 bytes or more (PATH_MAX)"));
+        return Err(unsupported(
+            "a link target of 4096 bytes or more (PATH_MAX)",
+        ));
     }
     Ok(())
 }

@@ -75,39 +75,6 @@ pub fn is_mounted(target: &Path) -> bool {
     rustix::fs::statfs(target).is_ok_and(|s| s.f_type as u64 == u64::from(MAGIC))
 }
 
-/// A fault hook for tests: a kernel that can no longer mount EROFS,
-/// simulated for the mounts under one directory (tests run in parallel).
-#[cfg(test)]
-pub(crate) mod fault {
-    use std::path::{Path, PathBuf};
-    use std::sync::Mutex;
-
-    static FAILING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
-
-    /// Every mount under `dir` fails (ENODEV, as without the file system)
-    /// until the guard drops.
-    pub(crate) fn fail_under(dir: &Path) -> Guard {
-        FAILING.lock().unwrap().push(dir.to_owned());
-        Guard(dir.to_owned())
-    }
-
-    pub(crate) struct Guard(PathBuf);
-
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            FAILING.lock().unwrap().retain(|d| *d != self.0);
-        }
-    }
-
-    pub(super) fn check(target: &Path) -> Option<std::io::Error> {
-        let failing = FAILING.lock().unwrap();
-        failing
-            .iter()
-            .any(|d| target.starts_with(d))
-            .then(|| std::io::Error::from_raw_os_error(libc::ENODEV))
-    }
-}
-
 /// The open file as a path the kernel resolves to exactly it.
 pub(crate) fn fd_path(file: &fs::File) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
@@ -229,5 +196,38 @@ fn check_through_overlay(mnt: &Path, below: &Path, merged: &Path) -> Result<(), 
     match wrong.iter().find(|(ok, _)| !ok) {
         Some((_, what)) => Err(unsupported((*what).to_string())),
         None => Ok(()),
+    }
+}
+
+/// A fault hook for tests: a kernel that can no longer mount EROFS,
+/// simulated for the mounts under one directory (tests run in parallel).
+#[cfg(test)]
+pub(crate) mod fault {
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    static FAILING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+    /// Every mount under `dir` fails (ENODEV, as without the file system)
+    /// until the guard drops.
+    pub(crate) fn fail_under(dir: &Path) -> Guard {
+        FAILING.lock().unwrap().push(dir.to_owned());
+        Guard(dir.to_owned())
+    }
+
+    pub(crate) struct Guard(PathBuf);
+
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            FAILING.lock().unwrap().retain(|d| *d != self.0);
+        }
+    }
+
+    pub(super) fn check(target: &Path) -> Option<std::io::Error> {
+        let failing = FAILING.lock().unwrap();
+        failing
+            .iter()
+            .any(|d| target.starts_with(d))
+            .then(|| std::io::Error::from_raw_os_error(libc::ENODEV))
     }
 }

@@ -440,7 +440,7 @@ fn unmount_layers(root: &Path, ids: &[u64]) {
 /// before answering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_mount_is_mounted_again_by_prepare_view_and_mounts() {
-    requires_root!();
+    requires_erofs!();
     let work = tempfile::tempdir().unwrap();
     let _guard = Unmount(work.path().to_owned());
     let mut fake = FakeSource::default();
@@ -480,7 +480,7 @@ async fn a_lost_mount_is_mounted_again_by_prepare_view_and_mounts() {
 /// rebuilt from it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_archive_gone_at_reboot_is_refused_by_name_then_rebuilt_from_another_name() {
-    requires_root!();
+    requires_erofs!();
     let work = tempfile::tempdir().unwrap();
     let _guard = Unmount(work.path().to_owned());
     let tars = two_layers();
@@ -550,7 +550,7 @@ async fn an_archive_gone_at_reboot_is_refused_by_name_then_rebuilt_from_another_
 /// content changed is rebuilt from the archive, or refused by name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_is_known_by_its_content_when_the_root_moves() {
-    requires_root!();
+    requires_erofs!();
     let work = tempfile::tempdir().unwrap();
     let _guard = Unmount(work.path().to_owned());
     let tars = two_layers();
@@ -654,7 +654,7 @@ async fn a_copy_is_known_by_its_content_when_the_root_moves() {
 /// mounting works again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kernel_that_cannot_mount_any_more_fails_by_name() {
-    requires_root!();
+    requires_erofs!();
     let work = tempfile::tempdir().unwrap();
     let _guard = Unmount(work.path().to_owned());
     let mut fake = FakeSource::default();
@@ -692,7 +692,7 @@ async fn a_kernel_that_cannot_mount_any_more_fails_by_name() {
 /// both copies count as uses of the one store entry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_layer_twice_in_a_chain_has_two_uuids() {
-    requires_root!();
+    requires_erofs!();
     let work = tempfile::tempdir().unwrap();
     let _guard = Unmount(work.path().to_owned());
     let tars = two_layers();
@@ -735,7 +735,7 @@ async fn the_same_layer_twice_in_a_chain_has_two_uuids() {
 /// mounts and no directories behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_root_behind_a_symlink_leaves_no_mounts() {
-    requires_root!();
+    requires_erofs!();
     let work = tempfile::tempdir().unwrap();
     let _guard = Unmount(work.path().to_owned());
     let real = work.path().join("real");

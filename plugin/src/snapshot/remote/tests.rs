@@ -108,7 +108,8 @@ async fn archived_layers_are_committed_and_answer_already_exists() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
-    assert_eq!(layer_pulls_observed(), pulls_before + 1, "pull latency");
+    // At least: tests running beside this one pull too (one global metric).
+    assert!(layer_pulls_observed() > pulls_before, "pull latency");
     let found = lookup(&mut server, &layers[0].chain_id, "").await;
     assert_eq!(found.len(), 1);
     let bottom = found[0].clone();

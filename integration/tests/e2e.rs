@@ -1156,12 +1156,19 @@ fn archive_gone_at_reboot(
     root: &Path,
 ) -> Result<()> {
     eprintln!("== {test}: the archive moved away, the node rebooted");
+    // The daemon's copy of the archive, in the directory it watches.
+    let watched = env.daemon.archives_dir().join(
+        image
+            .archive
+            .file_name()
+            .context("archive without a file name")?,
+    );
     let away = env
         .daemon
         .archives_dir()
         .with_file_name(format!("{test}-moved-away.tar"));
-    std::fs::rename(&image.archive, &away)
-        .with_context(|| format!("moving {} away", image.archive.display()))?;
+    std::fs::rename(&watched, &away)
+        .with_context(|| format!("moving {} away", watched.display()))?;
     env.daemon.stop()?;
     for m in erofs_mounts(root)? {
         nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH)
@@ -1176,7 +1183,12 @@ fn archive_gone_at_reboot(
             let err = format!("{err:#}");
             ensure!(
                 err.contains("cannot be mounted")
-                    && image.layer_digests.iter().any(|d| err.contains(d.as_str())),
+                    // A docker-save archive's layer digest is its diffID.
+                    && image
+                        .layer_digests
+                        .iter()
+                        .chain(&image.diff_ids)
+                        .any(|d| err.contains(d.as_str())),
                 "a container without the archive failed, but not naming a layer: {err}"
             );
             eprintln!("== {test}: refused by name, as expected");

@@ -5,11 +5,19 @@
 //! first byte. When several blobs of one archive are asked for at once (a
 //! pull through the mirror asks for every layer of an image together), one
 //! pass decompresses the stream once and copies each requested blob to its
-//! requester as the stream passes it, in stream order; a blob asked for after
-//! the pass went by it is served by the next pass. Whoever waits runs the
-//! pass (there is no thread of its own), and passes over all archives
-//! together are bounded by [`Permits`], sized to the cores, as extractions
-//! are. Each blob is checked against its digest as it is copied.
+//! requester as the stream passes it, in stream order. The pass heads for
+//! the nearest blob wanted ahead of it and looks again every
+//! [`SKIP_CHUNK`] bytes on the way, so a request arriving while the pass
+//! skips towards a farther blob is served on the way there; only a blob
+//! asked for after the pass went by it waits for the next pass. Blobs
+//! announced as expected ([`ArchivePasses::expect`]: the other layers of an
+//! image being pulled or prepared) are handed to a keeper (the layer cache)
+//! as the pass goes by them, so their own requests find them there instead
+//! of starting a pass from the archive's first byte again. Whoever waits
+//! runs the pass (there is no thread of its own), and passes over all
+//! archives together are bounded by [`Permits`], sized to the cores, as
+//! extractions are. Each blob is checked against its digest as it is
+//! copied.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -87,11 +95,22 @@ struct Pending {
     out: File,
 }
 
+/// How far a pass skips before it looks again for a nearer blob.
+pub const SKIP_CHUNK: u64 = 1 << 20;
+
+/// Takes an expected blob the pass goes by: reads it from the reader (the
+/// blob's bytes, checked against its digest) and returns true, or returns
+/// false without reading (nobody needs it any more, or it is being filled
+/// already).
+pub type Keeper<'a> = &'a dyn Fn(&PassRequest, &mut dyn Read) -> io::Result<bool>;
+
 #[derive(Default)]
 struct State {
     next_id: u64,
     /// Requests not served yet.
     pending: Vec<Pending>,
+    /// Blobs expected to be requested soon: kept as the pass goes by.
+    expected: Vec<PassRequest>,
     /// Outcomes not yet collected by their requesters.
     done: HashMap<u64, io::Result<()>>,
     /// A pass is running (on some requester's thread).
@@ -115,6 +134,7 @@ impl ArchivePasses {
         request: PassRequest,
         out: &File,
         open: &dyn Fn() -> io::Result<Box<dyn Read + Send>>,
+        keep: Keeper<'_>,
         permits: &Permits,
     ) -> io::Result<()> {
         let out = out.try_clone()?;
@@ -132,7 +152,7 @@ impl ArchivePasses {
                 {
                     // Even if the pass panics, the next waiter takes over.
                     let _over = PassOver(self);
-                    self.run(open, permits);
+                    self.run(open, keep, permits);
                 }
                 st = self.lock();
                 continue;
@@ -146,22 +166,55 @@ impl ArchivePasses {
         self.lock().pending.len()
     }
 
+    /// Announces blobs about to be requested: the next pass hands those it
+    /// goes by to its keeper. Forgotten once a pass went by them.
+    pub fn expect(&self, requests: impl IntoIterator<Item = PassRequest>) {
+        let mut st = self.lock();
+        for r in requests {
+            if !st.expected.iter().any(|e| e.digest == r.digest) {
+                st.expected.push(r);
+            }
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes the pending request with the smallest offset at or after
-    /// `pos`, if any.
-    fn next_after(&self, pos: u64) -> Option<Pending> {
+    /// The nearest blob wanted at or after `pos`: a pending request (taken)
+    /// or an expected blob (taken). A request wins a tie.
+    fn next_after(&self, pos: u64) -> Option<Next> {
         let mut st = self.lock();
-        let i = st
+        let request = st
             .pending
             .iter()
             .enumerate()
             .filter(|(_, p)| p.request.offset >= pos)
             .min_by_key(|(_, p)| p.request.offset)
-            .map(|(i, _)| i)?;
-        Some(st.pending.swap_remove(i))
+            .map(|(i, p)| (i, p.request.offset));
+        let expected = st
+            .expected
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.offset >= pos)
+            .min_by_key(|(_, e)| e.offset)
+            .map(|(i, e)| (i, e.offset));
+        match (request, expected) {
+            (Some((i, r)), e) if e.is_none_or(|(_, e)| r <= e) => {
+                Some(Next::Request(st.pending.swap_remove(i)))
+            }
+            (_, Some((i, _))) => Some(Next::Expected(st.expected.swap_remove(i))),
+            _ => None,
+        }
+    }
+
+    /// Puts back what [`Self::next_after`] took.
+    fn put_back(&self, next: Next) {
+        let mut st = self.lock();
+        match next {
+            Next::Request(p) => st.pending.push(p),
+            Next::Expected(e) => st.expected.push(e),
+        }
     }
 
     fn finish(&self, id: u64, result: io::Result<()>) {
@@ -169,48 +222,133 @@ impl ArchivePasses {
         self.cond.notify_all();
     }
 
-    /// One pass from the stream's start, serving pending requests in stream
-    /// order until none is left ahead. Ends at the first error (the request
-    /// being served gets it; the others wait for the next pass).
-    fn run(&self, open: &dyn Fn() -> io::Result<Box<dyn Read + Send>>, permits: &Permits) {
+    /// One pass from the stream's start, serving pending requests and
+    /// keeping expected blobs in stream order until none is left ahead.
+    /// Ends at the first error of the stream (the request being served gets
+    /// it; the others wait for the next pass).
+    fn run(
+        &self,
+        open: &dyn Fn() -> io::Result<Box<dyn Read + Send>>,
+        keep: Keeper<'_>,
+        permits: &Permits,
+    ) {
         let _permit = permits.acquire();
+        if self.lock().pending.is_empty() {
+            return; // served meanwhile: expected blobs alone start no pass
+        }
         let Some(first) = self.next_after(0) else {
             return;
         };
         let mut stream = match open() {
             Ok(s) => s,
-            Err(e) => return self.finish(first.id, Err(e)),
+            Err(e) => {
+                if let Next::Request(p) = first {
+                    self.finish(p.id, Err(e));
+                }
+                return;
+            }
         };
         let mut pos = 0u64;
         let mut next = Some(first);
-        while let Some(mut p) = next.take() {
-            let result = serve(&mut stream, &mut pos, &p.request, &mut p.out);
-            let failed = result.is_err();
-            self.finish(p.id, result);
+        while let Some(target) = next.take() {
+            let offset = target.request().offset;
+            if offset > pos {
+                // Towards the target, a chunk at a time: a nearer blob
+                // asked for meanwhile is served first.
+                let step = (offset - pos).min(SKIP_CHUNK);
+                let skipped = io::copy(&mut stream.by_ref().take(step), &mut io::sink());
+                match skipped {
+                    Ok(n) if n == step => pos += n,
+                    other => {
+                        let err = other.err().unwrap_or_else(|| {
+                            io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                format!(
+                                    "{} ends before blob {}",
+                                    target.request().what,
+                                    target.request().digest
+                                ),
+                            )
+                        });
+                        if let Next::Request(p) = target {
+                            self.finish(p.id, Err(err));
+                        }
+                        return;
+                    }
+                }
+                self.put_back(target);
+                next = self.next_after(pos);
+                continue;
+            }
+            let failed = match target {
+                Next::Request(mut p) => {
+                    let result = serve(&mut stream, &mut pos, &p.request, &mut p.out);
+                    let failed = result.is_err();
+                    self.finish(p.id, result);
+                    failed
+                }
+                Next::Expected(r) => keep_one(&mut stream, &mut pos, &r, keep).is_err(),
+            };
             if failed {
-                return;
+                break;
             }
             next = self.next_after(pos);
+        }
+        // Expected blobs the pass went by are not expected any more.
+        self.lock().expected.retain(|e| e.offset >= pos);
+    }
+}
+
+/// What a pass heads for next.
+enum Next {
+    Request(Pending),
+    Expected(PassRequest),
+}
+
+impl Next {
+    fn request(&self) -> &PassRequest {
+        match self {
+            Next::Request(p) => &p.request,
+            Next::Expected(r) => r,
         }
     }
 }
 
-/// Skips from `pos` to the request's offset, then copies the blob, checked.
+/// Hands the expected blob at `pos` to `keep`, checked against its digest;
+/// reads past whatever it left. An error only when the stream itself fails
+/// (a blob with wrong bytes is just not kept: its own request reports it).
+fn keep_one(
+    stream: &mut Box<dyn Read + Send>,
+    pos: &mut u64,
+    r: &PassRequest,
+    keep: Keeper<'_>,
+) -> io::Result<()> {
+    let mut blob = stream.by_ref().take(r.size);
+    {
+        let mut checked = VerifyingReader::new(&mut blob, r.digest, r.size, r.what.clone());
+        if let Err(e) = keep(r, &mut checked) {
+            tracing::debug!(digest = %r.digest, error = %e, "an expected blob was not kept");
+        }
+    }
+    io::copy(&mut blob, &mut io::sink())?;
+    *pos = r.offset + r.size - blob.limit();
+    if blob.limit() != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("{} ends before blob {}", r.what, r.digest),
+        ));
+    }
+    Ok(())
+}
+
+/// Copies the blob at `pos` (the request's offset), checked.
 fn serve(
     stream: &mut Box<dyn Read + Send>,
     pos: &mut u64,
     r: &PassRequest,
     out: &mut File,
 ) -> io::Result<()> {
-    let gap = r.offset - *pos;
-    let skipped = io::copy(&mut stream.by_ref().take(gap), &mut io::sink())?;
-    *pos += skipped;
-    if skipped != gap {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            format!("{} ends before blob {}", r.what, r.digest),
-        ));
-    }
+    debug_assert_eq!(*pos, r.offset);
     let mut blob = VerifyingReader::new(
         stream.by_ref().take(r.size),
         r.digest,
@@ -303,7 +441,9 @@ mod tests {
                             produced: produced.clone(),
                         }))
                     };
-                    passes.fill(request, &out, &open, &permits).unwrap();
+                    passes
+                        .fill(request, &out, &open, &|_, _| Ok(false), &permits)
+                        .unwrap();
                     let mut got = Vec::new();
                     let mut f = out;
                     use std::io::Seek;
@@ -344,7 +484,9 @@ mod tests {
             size: 200,
             what: "archive.tar.gz".into(),
         };
-        let err = passes.fill(bad, &out, &open, &permits).unwrap_err();
+        let err = passes
+            .fill(bad, &out, &open, &|_, _| Ok(false), &permits)
+            .unwrap_err();
         assert!(err.to_string().contains("archive.tar.gz"), "{err}");
         let good = PassRequest {
             digest: Digest::of(&data[50..60]),
@@ -353,14 +495,18 @@ mod tests {
             what: "archive.tar.gz".into(),
         };
         let out = tempfile::tempfile().unwrap();
-        passes.fill(good, &out, &open, &permits).unwrap();
+        passes
+            .fill(good, &out, &open, &|_, _| Ok(false), &permits)
+            .unwrap();
         let beyond = PassRequest {
             digest: Digest::of(b"x"),
             offset: 20_000,
             size: 1,
             what: "archive.tar.gz".into(),
         };
-        let err = passes.fill(beyond, &out, &open, &permits).unwrap_err();
+        let err = passes
+            .fill(beyond, &out, &open, &|_, _| Ok(false), &permits)
+            .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
     }
 }

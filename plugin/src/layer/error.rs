@@ -32,6 +32,8 @@ pub enum LayerError {
     Index(#[from] index::ErofsError),
     #[error(transparent)]
     Mount(#[from] mount::MountError),
+    #[error("layer {0} was found too large to index: it is extracted")]
+    TooLarge(Digest),
     #[error("this kernel cannot mount EROFS tar indexes: {0}")]
     Unsupported(String),
 }

@@ -576,6 +576,7 @@ fn bench() {
             fs::File::open(&gz).unwrap(),
             Compression::Gzip,
             &digest,
+            IndexLimits::NONE,
             &dir.join("gz.erofs"),
             &dir.join("gz.tar"),
         )
@@ -608,5 +609,219 @@ impl std::io::Write for HashWriter<'_> {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+/// Past either limit the build stops with an error naming the config
+/// field, and leaves nothing behind.
+#[test]
+fn a_layer_past_the_limits_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = Layer::default();
+    for i in 0..10 {
+        l.file(&format!("dir/file-{i}"), b"x");
+    }
+    let tar = l.tar();
+    let backing = Backing {
+        data_base: 0,
+        backing_len: tar.len() as u64,
+    };
+    let build = |limits, name: &str| {
+        build_index_within(
+            &tar[..],
+            Compression::None,
+            &Digest::of(&tar),
+            backing,
+            limits,
+            &dir.path().join(name),
+        )
+    };
+    let cases = [
+        (
+            IndexLimits {
+                max_entries: 5,
+                max_name_bytes: u64::MAX,
+            },
+            "index_max_entries",
+        ),
+        (
+            IndexLimits {
+                max_entries: u64::MAX,
+                max_name_bytes: 40,
+            },
+            "index_max_name_bytes",
+        ),
+    ];
+    for (i, (limits, field)) in cases.into_iter().enumerate() {
+        let name = format!("{i}.erofs");
+        match build(limits, &name) {
+            Err(ErofsError::TooLarge(e)) => assert!(e.to_string().contains(field), "{e}"),
+            other => panic!("{field}: {other:?}"),
+        }
+        assert!(!dir.path().join(&name).exists());
+    }
+    // Exactly at the limits: built.
+    let exact = IndexLimits {
+        max_entries: 10,
+        max_name_bytes: 3 + 10 * 6,
+    };
+    build(exact, "exact.erofs").unwrap();
+}
+
+/// A layer tar of `files` empty files (`d<k / 1000>/f<k>`), generated as
+/// it is read.
+struct ManyFiles {
+    files: u64,
+    next: u64,
+    block: Vec<u8>,
+    at: usize,
+}
+
+impl ManyFiles {
+    fn new(files: u64) -> Self {
+        ManyFiles {
+            files,
+            next: 0,
+            block: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
+impl std::io::Read for ManyFiles {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.at == self.block.len() {
+            self.block.clear();
+            self.at = 0;
+            while self.block.len() < 256 * 1024 && self.next < self.files {
+                let k = self.next;
+                let mut h = header(EntryType::Regular, 0o644, 0, MTIME);
+                h.set_path(format!("d{:04}/f{k:07}", k / 1000)).unwrap();
+                h.set_cksum();
+                self.block.extend_from_slice(h.as_bytes());
+                self.next += 1;
+            }
+            if self.next == self.files && self.block.is_empty() {
+                if self.files == u64::MAX {
+                    return Ok(0);
+                }
+                self.block.resize(1024, 0); // the end-of-archive blocks
+                self.files = u64::MAX;
+            }
+        }
+        let n = buf.len().min(self.block.len() - self.at);
+        buf[..n].copy_from_slice(&self.block[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// Peak resident memory of this process, from `/proc/self/status`.
+fn peak_rss_bytes() -> u64 {
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
+
+const MANY_FILES: u64 = 2_000_000;
+const MANY_FILES_ENV: &str = "AIRGAP_INDEX_RSS_CHILD";
+
+/// The child half of [`two_million_files_build_within_a_stated_rss`]: builds
+/// the index of a gzip layer of two million empty files (about 1 GB of tar,
+/// generated and compressed as it is read, never stored), within the limits
+/// the variable names (`default` or `none`), and prints the outcome and its
+/// peak RSS.
+#[test]
+#[ignore = "run in a child process by two_million_files_build_within_a_stated_rss"]
+fn two_million_files_child() {
+    let Ok(which) = std::env::var(MANY_FILES_ENV) else {
+        return;
+    };
+    let limits = match which.as_str() {
+        "default" => crate::layer::LayerOptions::from(crate::config::LayerMode::Auto).index_limits,
+        _ => IndexLimits::NONE,
+    };
+    let mut hasher = crate::digest::HashingReader::new(ManyFiles::new(MANY_FILES));
+    std::io::copy(&mut hasher, &mut std::io::sink()).unwrap();
+    let (diff_id, len, _) = hasher.finish();
+    let gz = flate2::read::GzEncoder::new(ManyFiles::new(MANY_FILES), flate2::Compression::fast());
+    let dir = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let outcome = match build_index_within(
+        gz,
+        Compression::Gzip,
+        &diff_id,
+        Backing {
+            data_base: 0,
+            backing_len: len,
+        },
+        limits,
+        &dir.path().join("layer.erofs"),
+    ) {
+        Ok(s) => format!(
+            "built inodes={} image_bytes={}",
+            s.image.inodes, s.image.bytes
+        ),
+        Err(ErofsError::TooLarge(e)) => format!("too-large {e}"),
+        Err(e) => format!("failed {e}"),
+    };
+    println!(
+        "RSS-RESULT {outcome} peak_rss_bytes={} secs={:.1}",
+        peak_rss_bytes(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Resources stay bounded: a gzip layer of two million empty files is
+/// stopped by the default limits (extraction takes over) within
+/// [`RSS_BOUND_LIMITED`] of peak RSS, and with no limits it is built
+/// within [`RSS_BOUND_UNLIMITED`]. Each build runs in a child process (this
+/// test binary again), so the peak is that build's alone.
+#[test]
+fn two_million_files_build_within_a_stated_rss() {
+    const RSS_BOUND_LIMITED: u64 = 400 << 20;
+    const RSS_BOUND_UNLIMITED: u64 = 900 << 20;
+    for (which, bound, expect) in [
+        ("default", RSS_BOUND_LIMITED, "too-large"),
+        ("none", RSS_BOUND_UNLIMITED, "built"),
+    ] {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "layer::index::tests::two_million_files_child",
+                "--ignored",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env(MANY_FILES_ENV, which)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with("RSS-RESULT"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "{which}: no result: {stdout}\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
+        println!("{which}: {line}");
+        assert!(line.contains(expect), "{which}: {line}");
+        let peak: u64 = line
+            .split("peak_rss_bytes=")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            peak <= bound,
+            "{which}: peak RSS {} MiB over the stated {} MiB",
+            peak >> 20,
+            bound >> 20
+        );
     }
 }

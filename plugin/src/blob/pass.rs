@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::digest::Digest;
 
@@ -98,6 +99,10 @@ struct Pending {
 /// How far a pass skips before it looks again for a nearer blob.
 pub const SKIP_CHUNK: u64 = 1 << 20;
 
+/// How long an announced blob stays expected: a client that fetched a
+/// manifest and then found every layer in its own store asks for none.
+pub const EXPECTED_FOR: Duration = Duration::from_secs(60);
+
 /// Takes an expected blob the pass goes by: reads it from the reader (the
 /// blob's bytes, checked against its digest) and returns true, or returns
 /// false without reading (nobody needs it any more, or it is being filled
@@ -109,8 +114,9 @@ struct State {
     next_id: u64,
     /// Requests not served yet.
     pending: Vec<Pending>,
-    /// Blobs expected to be requested soon: kept as the pass goes by.
-    expected: Vec<PassRequest>,
+    /// Blobs expected to be requested soon: kept as the pass goes by
+    /// (until [`EXPECTED_FOR`] after they were announced).
+    expected: Vec<(PassRequest, Instant)>,
     /// Outcomes not yet collected by their requesters.
     done: HashMap<u64, io::Result<()>>,
     /// A pass is running (on some requester's thread).
@@ -170,9 +176,13 @@ impl ArchivePasses {
     /// goes by to its keeper. Forgotten once a pass went by them.
     pub fn expect(&self, requests: impl IntoIterator<Item = PassRequest>) {
         let mut st = self.lock();
+        let now = Instant::now();
+        st.expected
+            .retain(|(_, at)| now.duration_since(*at) < EXPECTED_FOR);
         for r in requests {
-            if !st.expected.iter().any(|e| e.digest == r.digest) {
-                st.expected.push(r);
+            match st.expected.iter_mut().find(|(e, _)| e.digest == r.digest) {
+                Some(slot) => slot.1 = now,
+                None => st.expected.push((r, now)),
             }
         }
     }
@@ -196,9 +206,9 @@ impl ArchivePasses {
             .expected
             .iter()
             .enumerate()
-            .filter(|(_, e)| e.offset >= pos)
-            .min_by_key(|(_, e)| e.offset)
-            .map(|(i, e)| (i, e.offset));
+            .filter(|(_, (e, _))| e.offset >= pos)
+            .min_by_key(|(_, (e, _))| e.offset)
+            .map(|(i, (e, _))| (i, e.offset));
         match (request, expected) {
             (Some((i, r)), e) if e.is_none_or(|(_, e)| r <= e) => {
                 Some(Next::Request(st.pending.swap_remove(i)))
@@ -233,8 +243,14 @@ impl ArchivePasses {
         permits: &Permits,
     ) {
         let _permit = permits.acquire();
-        if self.lock().pending.is_empty() {
-            return; // served meanwhile: expected blobs alone start no pass
+        {
+            let mut st = self.lock();
+            if st.pending.is_empty() {
+                return; // served meanwhile: expected blobs alone start no pass
+            }
+            let now = Instant::now();
+            st.expected
+                .retain(|(_, at)| now.duration_since(*at) < EXPECTED_FOR);
         }
         let Some(first) = self.next_after(0) else {
             return;
@@ -287,7 +303,7 @@ impl ArchivePasses {
                     self.finish(p.id, result);
                     failed
                 }
-                Next::Expected(r) => keep_one(&mut stream, &mut pos, &r, keep).is_err(),
+                Next::Expected((r, _)) => keep_one(&mut stream, &mut pos, &r, keep).is_err(),
             };
             if failed {
                 break;
@@ -295,21 +311,22 @@ impl ArchivePasses {
             next = self.next_after(pos);
         }
         // Expected blobs the pass went by are not expected any more.
-        self.lock().expected.retain(|e| e.offset >= pos);
+        self.lock().expected.retain(|(e, _)| e.offset >= pos);
     }
 }
 
-/// What a pass heads for next.
+/// What a pass heads for next (an expected blob with when it was
+/// announced).
 enum Next {
     Request(Pending),
-    Expected(PassRequest),
+    Expected((PassRequest, Instant)),
 }
 
 impl Next {
     fn request(&self) -> &PassRequest {
         match self {
             Next::Request(p) => &p.request,
-            Next::Expected(r) => r,
+            Next::Expected((r, _)) => r,
         }
     }
 }
@@ -464,6 +481,79 @@ mod tests {
             produced.load(Ordering::Relaxed),
             data.len() as u64,
             "the stream was decompressed more than once"
+        );
+    }
+
+    /// A request for a far blob starts the pass; a request for a nearer
+    /// one arriving while the pass skips towards the first is served on
+    /// the way, and an expected blob it goes by is handed to the keeper:
+    /// one pass for all three.
+    #[test]
+    fn a_pass_serves_what_it_meets_on_the_way_and_keeps_what_is_expected() {
+        let data: Arc<Vec<u8>> = Arc::new((0..4_000_000u32).map(|i| (i % 251) as u8).collect());
+        let produced = Arc::new(AtomicU64::new(0));
+        let passes = Arc::new(ArchivePasses::default());
+        let permits = Arc::new(Permits::new(1));
+        let request = |offset: usize, size: usize| PassRequest {
+            digest: Digest::of(&data[offset..offset + size]),
+            offset: offset as u64,
+            size: size as u64,
+            what: "test".into(),
+        };
+        let (far, near, expected) = (
+            request(3_900_000, 50_000),
+            request(2_000_000, 50_000),
+            request(3_000_000, 10_000),
+        );
+        passes.expect([expected.clone()]);
+        let kept: Arc<Mutex<Vec<(Digest, Vec<u8>)>>> = Arc::default();
+        let spawn = |r: PassRequest| {
+            let (data, produced, passes, permits, kept) = (
+                data.clone(),
+                produced.clone(),
+                passes.clone(),
+                permits.clone(),
+                kept.clone(),
+            );
+            std::thread::spawn(move || {
+                let out = tempfile::tempfile().unwrap();
+                let open = move || -> io::Result<Box<dyn Read + Send>> {
+                    Ok(Box::new(Slow {
+                        data: data.clone(),
+                        pos: 0,
+                        produced: produced.clone(),
+                    }))
+                };
+                let keep = |r: &PassRequest, blob: &mut dyn Read| -> io::Result<bool> {
+                    let mut bytes = Vec::new();
+                    blob.read_to_end(&mut bytes)?;
+                    kept.lock().unwrap().push((r.digest, bytes));
+                    Ok(true)
+                };
+                passes.fill(r, &out, &open, &keep, &permits).unwrap();
+                let mut got = Vec::new();
+                let mut f = out;
+                use std::io::Seek;
+                f.rewind().unwrap();
+                f.read_to_end(&mut got).unwrap();
+                got
+            })
+        };
+        let first = spawn(far.clone());
+        while produced.load(Ordering::Relaxed) < 200_000 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let second = spawn(near.clone());
+        assert_eq!(first.join().unwrap(), data[3_900_000..3_950_000]);
+        assert_eq!(second.join().unwrap(), data[2_000_000..2_050_000]);
+        assert_eq!(
+            *kept.lock().unwrap(),
+            vec![(expected.digest, data[3_000_000..3_010_000].to_vec())]
+        );
+        assert_eq!(
+            produced.load(Ordering::Relaxed),
+            3_950_000,
+            "more than one pass, or past the last blob"
         );
     }
 

@@ -842,6 +842,62 @@ mod tests {
         assert!(store.holds(&layers[2].digest));
     }
 
+    /// Every layer of a compressed archive (single-frame `.tar.zst` of
+    /// uncompressed layers, as k3s ships; `.tar.gz` of gzip layers)
+    /// prepared ahead: one sequential pass over the archive feeds every
+    /// build, so the archive is decompressed about once, not once per layer.
+    #[test]
+    fn compressed_archives_prepared_ahead_are_decompressed_once() {
+        use crate::catalog::{Catalog, CatalogOptions};
+        use crate::testsupport::{self as ts, ImageSpec, LayerCompression, OciLayout, Wrap};
+        for (wrap, compression) in [
+            (Wrap::Zstd, LayerCompression::None),
+            (Wrap::Gzip, LayerCompression::Gzip),
+        ] {
+            let work = tempfile::tempdir().unwrap();
+            let archives = work.path().join("archives");
+            std::fs::create_dir(&archives).unwrap();
+            let tars: Vec<Vec<u8>> = (0..6u64)
+                .map(|i| {
+                    let (name, data) = (format!("f{i}"), ts::noise(i, (1 + i as usize) << 19));
+                    ts::layer_tar(&[(name.as_str(), data.as_slice())])
+                })
+                .collect();
+            let spec = ImageSpec {
+                compression,
+                ..ImageSpec::new(tars)
+            };
+            let (oci, _) = OciLayout::single("busybox:1.36", &spec);
+            let name = format!("bundle.{}", wrap.extension());
+            ts::write(&archives, &name, &ts::wrap(&oci.to_tar(), wrap));
+            let catalog = Catalog::open(CatalogOptions {
+                dirs: vec![archives.clone()],
+                settle: std::time::Duration::ZERO,
+                cache_dir: Some(work.path().join("cache")),
+                ..Default::default()
+            })
+            .unwrap();
+            let layers = catalog.layers_for(&crate::setup::platform());
+            assert_eq!(layers.len(), 6);
+            let store = LayerStore::open(&work.path().join("layers"), u64::MAX).unwrap();
+            assert_eq!(
+                store.prepare_ahead(catalog.as_ref(), &layers, true, &|| false),
+                6
+            );
+            let stream = catalog.archives()[0].index.stream_len;
+            let decompressed: u64 = catalog
+                .decompressed_by_archive()
+                .iter()
+                .map(|(_, n)| n)
+                .sum();
+            println!("{name}: decompressed {decompressed} bytes of a {stream}-byte stream");
+            assert!(
+                decompressed * 10 <= stream * 12,
+                "{name}: decompressed {decompressed} bytes of a {stream}-byte stream"
+            );
+        }
+    }
+
     /// A layer past the index limits is remembered: the next pull goes
     /// straight to extraction without reading it again.
     #[test]

@@ -506,7 +506,8 @@ mod tests {
             request(3_000_000, 10_000),
         );
         passes.expect([expected.clone()]);
-        let kept: Arc<Mutex<Vec<(Digest, Vec<u8>)>>> = Arc::default();
+        type Kept = Arc<Mutex<Vec<(Digest, Vec<u8>)>>>;
+        let kept: Kept = Arc::default();
         let spawn = |r: PassRequest| {
             let (data, produced, passes, permits, kept) = (
                 data.clone(),

@@ -57,7 +57,8 @@ pub const DEFAULT_SNAPSHOTTER: &str = "airgap";
 pub const DEFAULT_CACHE_BYTES: u64 = 10 << 30;
 /// 10 GiB of prepared layers not in use.
 pub const DEFAULT_LAYER_STORE_BYTES: u64 = 10 << 30;
-/// Tar entries of one layer indexed in memory (about 300 MB at most).
+/// Tar entries of one layer indexed in memory (stopped there, a build
+/// peaked at 178 MiB).
 pub const DEFAULT_INDEX_MAX_ENTRIES: u64 = 1_000_000;
 /// Bytes of names, link targets and xattrs of one layer indexed in memory.
 pub const DEFAULT_INDEX_MAX_NAME_BYTES: u64 = 64 << 20;
@@ -203,8 +204,9 @@ pub struct Config {
     )]
     pub layer_store_bytes: u64,
     /// Most tar entries a layer may have to be mounted: its index is built
-    /// in memory (about 300 bytes per entry at the peak, two builds at a
-    /// time); a layer with more is extracted (logged with its digest).
+    /// in memory (about 180 bytes per entry for the tree, about as much
+    /// again to lay the image out; two builds at a time); a layer with more
+    /// is extracted (logged with its digest).
     pub index_max_entries: u64,
     /// Most bytes of file names, symlink targets and xattrs a layer may
     /// have to be mounted (suffixes as `cache_bytes`); past it, extracted.

@@ -90,9 +90,9 @@ impl Node {
     }
 }
 
-/// How much one index build may hold in memory: the tree costs about 150
-/// bytes per entry plus its names, and laying the image out as much again
-/// (see docs/architecture.md). Past either limit the build stops and the
+/// How much one index build may hold in memory: the tree costs about 180
+/// bytes per entry with its names (measured), and laying the image out
+/// about as much again (see docs/architecture.md). Past either limit the build stops and the
 /// layer is extracted instead.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IndexLimits {

@@ -153,6 +153,39 @@ impl LayerCache {
         result
     }
 
+    /// Fills `digest` with `fill` unless it is cached or being filled
+    /// already (then `fill` is not called and the answer is false): for a
+    /// blob kept on the way, that nobody waits for yet.
+    pub fn try_fill(
+        &self,
+        digest: &Digest,
+        fill: impl FnOnce(&mut File) -> io::Result<()>,
+    ) -> io::Result<bool> {
+        if self.contains(digest) {
+            return Ok(false);
+        }
+        let lock = {
+            let mut fills = self.fills.lock().unwrap();
+            if fills.contains_key(digest) {
+                return Ok(false);
+            }
+            fills.entry(*digest).or_default().clone()
+        };
+        let guard = lock.lock().unwrap();
+        let result = match self.get(digest) {
+            Some(_) => Ok(false),
+            None => self.fill_locked(digest, fill).map(|_| true),
+        };
+        let mut fills = self.fills.lock().unwrap();
+        if Arc::strong_count(&lock) == 2 && fills.get(digest).is_some_and(|l| Arc::ptr_eq(l, &lock))
+        {
+            fills.remove(digest);
+        }
+        drop(fills);
+        drop(guard);
+        result
+    }
+
     /// Fills the blob's entry; the caller holds its fill lock.
     fn fill_locked(
         &self,

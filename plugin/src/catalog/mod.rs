@@ -59,6 +59,20 @@ pub trait LayerSource: Send + Sync + 'static {
         let _ = digest;
         None
     }
+    /// Length of a layer's tar (its blob decompressed) when known without
+    /// reading it (an uncompressed blob is its tar): sizes the layer
+    /// store's copies before they are made.
+    fn layer_tar_size(&self, layer: &LayerRef) -> Option<u64> {
+        (layer.compression == Compression::None).then_some(layer.size)
+    }
+    /// Says that the blobs `digests` are about to be opened one after the
+    /// other (the layers of an image being pulled, or prepared ahead): a
+    /// source that must decompress an archive from its start to reach a
+    /// blob keeps those it goes by for their turn, so one pass over the
+    /// archive serves them all. A hint: nothing breaks without it.
+    fn expect_blobs(&self, digests: &[Digest]) {
+        let _ = digests;
+    }
 }
 
 /// A blob stored as it is at `offset` of an open file (see

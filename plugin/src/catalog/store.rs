@@ -819,6 +819,37 @@ impl Catalog {
         Err(first_error.unwrap_or(BlobError::Unknown(*digest)))
     }
 
+    /// Announces that `digests` are about to be read (the layers of an
+    /// image being pulled or prepared): those that only a sequential pass
+    /// over a compressed archive reaches, and not cached, are kept in the
+    /// layer cache by the next pass over their archive that goes by them
+    /// (see `blob::pass`).
+    pub fn expect_blobs(&self, digests: &[Digest]) {
+        for digest in digests {
+            if self.cache.contains(digest) {
+                continue;
+            }
+            let Ok(archives) = self.archives_with(digest) else {
+                continue;
+            };
+            // The archive `open_blob` reads first.
+            let archive = &archives[0];
+            if matches!(
+                archive.index.container,
+                Container::Tar | Container::SeekableZstd
+            ) {
+                continue;
+            }
+            let loc = archive.index.blobs[digest];
+            archive.passes.expect([PassRequest {
+                digest: *digest,
+                offset: loc.offset,
+                size: loc.size,
+                what: archive.index.path.display().to_string(),
+            }]);
+        }
+    }
+
     /// Fails when `archive`'s file is no longer the version indexed.
     fn check_unchanged(&self, archive: &Archive, digest: &Digest) -> io::Result<()> {
         if FileKey::of(&archive.file.metadata()?) != archive.index.key {
@@ -841,33 +872,12 @@ impl Catalog {
     ) -> io::Result<Box<dyn Read + Send>> {
         self.check_unchanged(archive, digest)?;
         let what = archive.index.path.display().to_string();
-        let container = archive.index.container;
-        let streamed = !matches!(container, Container::Tar | Container::SeekableZstd);
-        if streamed && self.cache.get(digest).is_none() {
-            // Read once, in order (a layer being extracted): decompress
-            // straight through, with no copy in the cache, which is for
-            // random access.
-            let loc = archive.index.blobs[digest];
-            let stream = Counted {
-                inner: container::decode_file(archive.file.clone(), container)?,
-                stats: self.stats.clone(),
-                archive: archive.decompressed.clone(),
-            };
-            let mut stream = stream;
-            let skipped = io::copy(&mut (&mut stream).take(loc.offset), &mut io::sink())?;
-            if skipped != loc.offset {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("{what} ends before blob {digest}"),
-                ));
-            }
-            return Ok(Box::new(VerifyingReader::new(
-                stream.take(loc.size),
-                *digest,
-                loc.size,
-                what,
-            )));
-        }
+        // A compressed archive without random access is read through the
+        // layer cache too, even for a blob read once in order (a layer
+        // being extracted or indexed): the pass filling it serves every
+        // other blob of the archive asked for or expected meanwhile, where
+        // decompressing straight through would start from the archive's
+        // first byte for each layer.
         let reader = self.raw_reader(archive, digest)?;
         let size = reader.size();
         Ok(Box::new(VerifyingReader::new(
@@ -920,7 +930,21 @@ impl Catalog {
             ))),
             (container, _) => {
                 // Filled by one pass over the archive shared with every other
-                // blob of it requested meanwhile (see `blob::pass`).
+                // blob of it requested meanwhile, and keeping those expected
+                // (see `blob::pass`).
+                let keep = |r: &PassRequest, blob: &mut dyn Read| -> io::Result<bool> {
+                    let kept = self.cache.try_fill(&r.digest, |out| {
+                        io::copy(blob, out)?;
+                        Ok(())
+                    })?;
+                    if kept {
+                        self.verified
+                            .lock()
+                            .unwrap()
+                            .insert((archive.index.key, r.digest));
+                    }
+                    Ok(kept)
+                };
                 let open = || -> io::Result<Box<dyn Read + Send>> {
                     Ok(Box::new(Counted {
                         inner: container::decode_file(archive.file.clone(), container)?,
@@ -935,7 +959,9 @@ impl Catalog {
                     what: archive.index.path.display().to_string(),
                 };
                 let (entry, hit) = self.cache.get_or_fill(digest, |out| {
-                    archive.passes.fill(request, out, &open, &self.permits)
+                    archive
+                        .passes
+                        .fill(request, out, &open, &keep, &self.permits)
                 })?;
                 let counter = if hit {
                     &self.stats.cache_hits
@@ -1057,6 +1083,10 @@ impl LayerSource for Catalog {
 
     fn open_blob(&self, digest: &Digest) -> io::Result<Box<dyn Read + Send>> {
         Catalog::open_blob(self, digest).map_err(io::Error::other)
+    }
+
+    fn expect_blobs(&self, digests: &[Digest]) {
+        Catalog::expect_blobs(self, digests)
     }
 
     fn plain_blob(&self, digest: &Digest) -> Option<super::PlainBlob> {

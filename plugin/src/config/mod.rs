@@ -12,6 +12,8 @@
 //! layer_mounts = "auto"              # "erofs" (required), or "extract"
 //! prepare_layers = "on-pull"         # "on-arrival": decompress and index compressed layers ahead
 //! layer_store_bytes = "10GiB"        # prepared layers kept when no snapshot uses them
+//! index_max_entries = 1000000        # tar entries of a layer indexed in memory; more: extracted
+//! index_max_name_bytes = "64MiB"     # bytes of its names, link targets and xattrs; more: extracted
 //! containerd_address = "/run/containerd/containerd.sock"
 //!
 //! # Archived images registered in containerd before anyone pulls them.
@@ -55,6 +57,11 @@ pub const DEFAULT_SNAPSHOTTER: &str = "airgap";
 pub const DEFAULT_CACHE_BYTES: u64 = 10 << 30;
 /// 10 GiB of prepared layers not in use.
 pub const DEFAULT_LAYER_STORE_BYTES: u64 = 10 << 30;
+/// Tar entries of one layer indexed in memory (stopped there, a build
+/// peaked at 178 MiB).
+pub const DEFAULT_INDEX_MAX_ENTRIES: u64 = 1_000_000;
+/// Bytes of names, link targets and xattrs of one layer indexed in memory.
+pub const DEFAULT_INDEX_MAX_NAME_BYTES: u64 = 64 << 20;
 
 /// Longest path a unix socket address holds (`sun_path`, with its NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -196,6 +203,18 @@ pub struct Config {
         deserialize_with = "deserialize_bytes"
     )]
     pub layer_store_bytes: u64,
+    /// Most tar entries a layer may have to be mounted: its index is built
+    /// in memory (about 180 bytes per entry for the tree, about as much
+    /// again to lay the image out; two builds at a time); a layer with more
+    /// is extracted (logged with its digest).
+    pub index_max_entries: u64,
+    /// Most bytes of file names, symlink targets and xattrs a layer may
+    /// have to be mounted (suffixes as `cache_bytes`); past it, extracted.
+    #[serde(
+        serialize_with = "serialize_bytes",
+        deserialize_with = "deserialize_bytes"
+    )]
+    pub index_max_name_bytes: u64,
     /// Registries the mirror fetches from what the archives lack
     /// (`[[upstream]]` tables).
     pub upstream: Vec<UpstreamConfig>,
@@ -261,6 +280,8 @@ impl Default for Config {
             layer_mounts: LayerMode::Auto,
             prepare_layers: PrepareLayers::OnPull,
             layer_store_bytes: DEFAULT_LAYER_STORE_BYTES,
+            index_max_entries: DEFAULT_INDEX_MAX_ENTRIES,
+            index_max_name_bytes: DEFAULT_INDEX_MAX_NAME_BYTES,
             upstream: Vec::new(),
             containerd_address: PathBuf::from(DEFAULT_CONTAINERD_ADDRESS),
             import: ImportConfig::default(),

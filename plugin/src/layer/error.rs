@@ -55,6 +55,8 @@ pub enum LayerError {
         store.display(), snapshots.display(), store.display()
     )]
     OtherFileSystem { store: PathBuf, snapshots: PathBuf },
+    #[error("layer {0} was found too large to index: it is extracted")]
+    TooLarge(Digest),
     #[error("this kernel cannot mount EROFS tar indexes: {0}")]
     Unsupported(String),
 }

@@ -106,6 +106,8 @@ pub struct LayerOptions {
     pub prepare: PrepareLayers,
     /// Budget of the layer store's entries no snapshot uses.
     pub store_bytes: u64,
+    /// What one index build may hold in memory.
+    pub index_limits: index::IndexLimits,
 }
 
 impl From<LayerMode> for LayerOptions {
@@ -114,6 +116,10 @@ impl From<LayerMode> for LayerOptions {
             mode,
             prepare: PrepareLayers::OnPull,
             store_bytes: crate::config::DEFAULT_LAYER_STORE_BYTES,
+            index_limits: index::IndexLimits {
+                max_entries: crate::config::DEFAULT_INDEX_MAX_ENTRIES,
+                max_name_bytes: crate::config::DEFAULT_INDEX_MAX_NAME_BYTES,
+            },
         }
     }
 }
@@ -124,6 +130,10 @@ impl LayerOptions {
             mode: config.layer_mounts,
             prepare: config.prepare_layers,
             store_bytes: config.layer_store_bytes,
+            index_limits: index::IndexLimits {
+                max_entries: config.index_max_entries,
+                max_name_bytes: config.index_max_name_bytes,
+            },
         }
     }
 }
@@ -183,7 +193,8 @@ impl LayerBacking {
         }
         match mount::probe(scratch) {
             Ok(()) => {
-                let store = LayerStore::open(store_dir, opts.store_bytes)?;
+                let store =
+                    LayerStore::open(store_dir, opts.store_bytes)?.with_limits(opts.index_limits);
                 same_file_system(store_dir, snapshots)?;
                 let (entries, bytes) = store.usage();
                 tracing::info!(

@@ -19,6 +19,16 @@
 //! read once, through the same decompress-and-hash pipeline as extraction,
 //! and its diffID checked before the entry exists.
 //!
+//! Building an index holds the layer's tree in memory: builds run at most
+//! [`INDEX_BUILDS`] at a time (their own permits, not extraction's), each
+//! within [`IndexLimits`]; a layer past them is remembered and extracted
+//! instead. Ahead of a pull a compressed layer is built only if its
+//! estimated size (its tar's length when the source knows it, else its
+//! blob's times [`COMPRESSION_RATIO`]) fits in what is left of the budget;
+//! a building ahead never evicts anything, and what did not fit is
+//! remembered, not tried again, until the layers asked for or the room left
+//! change.
+//!
 //! A snapshot staged from an entry gets hard links to the entry's files
 //! ([`LayerStore::link_into`]). So an entry is in use while its index has
 //! more than one link, and is then never evicted; evicting an entry removes
@@ -36,13 +46,22 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use crate::blob::pass::Permits;
 use crate::catalog::{Compression, FileKey, LayerRef, LayerSource, PlainBlob};
 use crate::digest::Digest;
 use crate::dirs::{mkdir, remove_all, sync_dir};
 
-use super::index::{self, Backing, IndexStats};
+use super::index::{self, Backing, ErofsError, IndexLimits, IndexStats};
 use super::record::{BackingRecord, COPY, IMAGE, RECORD};
 use super::LayerError;
+
+/// Index builds running at once (each holds a layer's tree in memory).
+pub(crate) const INDEX_BUILDS: usize = 2;
+
+/// What a compressed layer's tar is estimated to weigh, per byte of its
+/// blob, when the source does not know (gzip and zstd layers of usual
+/// images decompress to 2-4 times their size).
+pub(crate) const COMPRESSION_RATIO: u64 = 3;
 
 /// One entry, as the store accounts for it.
 struct EntryInfo {
@@ -58,6 +77,17 @@ struct State {
     tick: u64,
 }
 
+/// The compressed layers a pass ahead left out for lack of room, and what
+/// that decision depended on.
+#[derive(Default)]
+struct Skipped {
+    /// The layers that pass was asked for (their digests, hashed in order).
+    asked: Option<Digest>,
+    /// Room left in the budget then.
+    room: u64,
+    digests: HashSet<Digest>,
+}
+
 /// The store of prepared layers (see the module documentation).
 pub(crate) struct LayerStore {
     dir: PathBuf,
@@ -66,6 +96,14 @@ pub(crate) struct LayerStore {
     /// One build per digest at a time; held by whoever builds or links an
     /// entry, so eviction passes over it.
     builds: Mutex<HashMap<Digest, Arc<Mutex<()>>>>,
+    /// Index builds running at once ([`INDEX_BUILDS`]).
+    build_permits: Permits,
+    limits: IndexLimits,
+    /// Layers found past `limits`: extracted, never indexed again.
+    too_large: Mutex<HashSet<Digest>>,
+    skipped: Mutex<Skipped>,
+    /// Times a pass ahead said the store was full (tests).
+    full_logged: std::sync::atomic::AtomicU64,
 }
 
 /// A layer prepared and linked into a snapshot directory.
@@ -119,10 +157,21 @@ impl LayerStore {
             budget,
             state: Mutex::new(state),
             builds: Mutex::new(HashMap::new()),
+            build_permits: Permits::new(INDEX_BUILDS),
+            limits: IndexLimits::NONE,
+            too_large: Mutex::default(),
+            skipped: Mutex::default(),
+            full_logged: Default::default(),
         };
         store.make_room();
         store.report();
         Ok(store)
+    }
+
+    /// Builds indexes within `limits` (default: none).
+    pub(crate) fn with_limits(mut self, limits: IndexLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Entries and bytes held.
@@ -169,11 +218,14 @@ impl LayerStore {
 
     /// Builds, one after the other, the entries of `layers` (every layer
     /// archived for this node) that are missing: those of uncompressed
-    /// layers in uncompressed archives always, the others when `compressed`
-    /// and while the store is within its budget; then drops the entries no
-    /// snapshot uses of layers not in `layers`. Stops early when `stop`
-    /// says so. Returns how many were built; failures are logged (a pull
-    /// retries them, or extracts).
+    /// layers in uncompressed archives always (metadata only), the others
+    /// when `compressed` and if their estimated size fits in the room the
+    /// budget has left; never evicting anything for them. What did not fit
+    /// is remembered (logged once) and not tried again while `layers` and
+    /// the room left stay the same. Then drops the entries no snapshot uses
+    /// of layers not in `layers`. Stops early when `stop` says so. Returns
+    /// how many were built; failures are logged (a pull retries them, or
+    /// extracts).
     pub(crate) fn prepare_ahead(
         &self,
         source: &dyn LayerSource,
@@ -187,22 +239,46 @@ impl LayerStore {
             .map(|l| (l, plain_blob(source, l)))
             .filter(|(_, plain)| plain.is_some() || compressed)
             .collect();
+        let asked = {
+            let mut all = Vec::with_capacity(layers.len() * 32);
+            for l in layers {
+                all.extend_from_slice(l.digest.as_bytes());
+            }
+            Digest::of(&all)
+        };
+        let mut skipped = std::mem::take(&mut *self.skipped.lock().unwrap());
+        if skipped.asked != Some(asked) || self.room() > skipped.room {
+            // Other layers, or room freed since: everything gets a chance.
+            skipped = Skipped {
+                asked: Some(asked),
+                room: 0,
+                digests: HashSet::new(),
+            };
+        }
+        let known = skipped.digests.len();
+        // Compressed layers are read one after the other: a source that
+        // decompresses whole archives serves them all in one pass.
+        let wanted: Vec<Digest> = todo
+            .iter()
+            .filter(|(l, plain)| {
+                plain.is_none() && !skipped.digests.contains(&l.digest) && !self.holds(&l.digest)
+            })
+            .map(|(l, _)| l.digest)
+            .collect();
+        if !wanted.is_empty() {
+            source.expect_blobs(&wanted);
+        }
         metrics.layer_prepare_pending.set(todo.len() as i64);
         let mut built = 0;
-        let mut full_logged = false;
         for (layer, plain) in todo {
             if stop() {
                 break;
             }
-            if plain.is_none() && self.usage().1 >= self.budget {
-                if !full_logged {
-                    tracing::info!(
-                        budget = self.budget,
-                        "layer store full: compressed layers left to prepare on pull"
-                    );
-                    full_logged = true;
-                }
-            } else {
+            let fits = plain.is_some()
+                || self.holds(&layer.digest)
+                || (!skipped.digests.contains(&layer.digest)
+                    && self.usage().1.saturating_add(estimate(source, layer)) <= self.budget);
+            if fits {
                 let lock = self.build_lock(&layer.digest);
                 let _building = lock.lock().unwrap();
                 match self.ensure(source, layer, plain.as_ref()) {
@@ -214,15 +290,37 @@ impl LayerStore {
                         "preparing a layer ahead failed: it is prepared or extracted on pull"
                     ),
                 }
+            } else {
+                skipped.digests.insert(layer.digest);
             }
             metrics.layer_prepare_pending.dec();
         }
         metrics.layer_prepare_pending.set(0);
+        if skipped.digests.len() > known {
+            self.full_logged
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(
+                budget = self.budget,
+                left_out = skipped.digests.len(),
+                "layer store full: compressed layers left to prepare on pull"
+            );
+        }
+        skipped.room = self.room();
+        *self.skipped.lock().unwrap() = skipped;
         if !stop() {
             self.drop_unarchived(&layers.iter().map(|l| l.digest).collect());
         }
-        self.make_room();
         built
+    }
+
+    /// What the budget has left.
+    fn room(&self) -> u64 {
+        self.budget.saturating_sub(self.usage().1)
+    }
+
+    /// Whether the store has an entry for `digest`.
+    fn holds(&self, digest: &Digest) -> bool {
+        self.state.lock().unwrap().entries.contains_key(digest)
     }
 
     pub(super) fn entry_dir(&self, digest: &Digest) -> PathBuf {
@@ -259,13 +357,31 @@ impl LayerStore {
                 _ => self.forget(&layer.digest),
             }
         }
+        if self.too_large.lock().unwrap().contains(&layer.digest) {
+            return Err(LayerError::TooLarge(layer.digest));
+        }
+        // The tree of a large layer takes memory: few builds at once.
+        let _permit = self.build_permits.acquire();
         let tmp = tempfile::Builder::new()
             .prefix(".new-")
             .tempdir_in(&self.dir)
             .map_err(LayerError::io("create a directory in", &self.dir))?;
-        let (record, stats) = match plain {
-            Some(p) => build_in_place(p, layer, tmp.path())?,
-            None => build_copy(source, layer, tmp.path())?,
+        let built = match plain {
+            Some(p) => build_in_place(p, layer, self.limits, tmp.path()),
+            None => build_copy(source, layer, self.limits, tmp.path()),
+        };
+        let (record, stats) = match built {
+            Err(LayerError::Index(ErofsError::TooLarge(why))) => {
+                tracing::warn!(
+                    digest = %layer.digest,
+                    diff_id = %layer.diff_id,
+                    reason = %why,
+                    "layer too large to index: it is extracted instead"
+                );
+                self.too_large.lock().unwrap().insert(layer.digest);
+                return Err(LayerError::Index(ErofsError::TooLarge(why)));
+            }
+            other => other?,
         };
         record.write(tmp.path())?;
         let bytes =
@@ -394,6 +510,18 @@ pub(crate) fn plain_blob(source: &dyn LayerSource, layer: &LayerRef) -> Option<P
     }
 }
 
+/// What the entry of a compressed `layer` will take: its tar (its length
+/// when the source knows it, else estimated from the blob's), and the index
+/// and record beside it.
+fn estimate(source: &dyn LayerSource, layer: &LayerRef) -> u64 {
+    let tar = source
+        .layer_tar_size(layer)
+        .unwrap_or_else(|| layer.size.saturating_mul(COMPRESSION_RATIO));
+    tar.next_multiple_of(4096)
+        .saturating_add(tar / 128)
+        .saturating_add(16 << 10)
+}
+
 /// Bytes an entry takes on disk.
 fn entry_bytes(dir: &Path, copy: bool) -> io::Result<u64> {
     let mut names = vec![IMAGE, RECORD];
@@ -411,6 +539,7 @@ fn entry_bytes(dir: &Path, copy: bool) -> io::Result<u64> {
 fn build_in_place(
     plain: &PlainBlob,
     layer: &LayerRef,
+    limits: IndexLimits,
     dir: &Path,
 ) -> Result<(BackingRecord, IndexStats), LayerError> {
     let unchanged = || -> Result<(), LayerError> {
@@ -432,7 +561,7 @@ fn build_in_place(
         end: plain.offset + plain.size,
     };
     // The digest of an uncompressed layer is its diffID, checked here.
-    let stats = index::build_index(
+    let stats = index::build_index_within(
         reader,
         Compression::None,
         &layer.diff_id,
@@ -440,6 +569,7 @@ fn build_in_place(
             data_base: plain.offset,
             backing_len: plain.key.size,
         },
+        limits,
         &dir.join(IMAGE),
     )?;
     unchanged()?;
@@ -458,6 +588,7 @@ fn build_in_place(
 fn build_copy(
     source: &dyn LayerSource,
     layer: &LayerRef,
+    limits: IndexLimits,
     dir: &Path,
 ) -> Result<(BackingRecord, IndexStats), LayerError> {
     let blob = source
@@ -471,6 +602,7 @@ fn build_copy(
         blob,
         layer.compression,
         &layer.diff_id,
+        limits,
         &dir.join(IMAGE),
         &tar,
     )?;
@@ -596,7 +728,8 @@ mod tests {
         assert_eq!(fake.opened(&layers[0].digest), 1);
     }
 
-    /// Entries nobody uses go least recently used first.
+    /// Entries nobody uses go least recently used first (when a pull
+    /// builds one over the budget).
     #[test]
     fn the_least_recently_used_entry_goes_first() {
         let work = tempfile::tempdir().unwrap();
@@ -608,14 +741,20 @@ mod tests {
         sizing.prepare_ahead(&fake, &layers[..3], true, &|| false);
         let three = sizing.usage().1;
         let store = LayerStore::open(&dir, three - 1).unwrap();
-        store.prepare_ahead(&fake, &layers[..3], true, &|| false);
+        let use_once = |i: usize| {
+            let name = format!("use-{i}");
+            link(&store, &fake, &layers[i], work.path(), &name);
+            std::fs::remove_dir_all(work.path().join(name)).unwrap();
+        };
+        for i in 0..3 {
+            use_once(i);
+        }
         let mut expect = vec![layers[1].digest.hex(), layers[2].digest.hex()];
         expect.sort();
         assert_eq!(entries(&store), expect, "the oldest went");
         // Using layer 1 makes layer 2 the oldest.
-        link(&store, &fake, &layers[1], work.path(), "use-1");
-        std::fs::remove_dir_all(work.path().join("use-1")).unwrap();
-        store.prepare_ahead(&fake, &layers[1..], true, &|| false);
+        use_once(1);
+        use_once(3);
         let mut expect = vec![layers[1].digest.hex(), layers[3].digest.hex()];
         expect.sort();
         assert_eq!(entries(&store), expect);
@@ -661,6 +800,134 @@ mod tests {
         ];
         left.sort();
         assert_eq!(entries(&store), left, "s3 still uses the second gzip layer");
+    }
+
+    /// A budget that fits two of three compressed layers: every pass ahead
+    /// builds those two and no more, evicts nothing, opens the third
+    /// never, and says the store is full once.
+    #[test]
+    fn ahead_over_budget_builds_what_fits_once_and_evicts_nothing() {
+        let work = tempfile::tempdir().unwrap();
+        let mut fake = FakeSource::default();
+        let big: Vec<Vec<u8>> = (0..3u8)
+            .map(|i| layer_tar(&[Entry::File(&format!("f{i}"), &vec![i + 1; 1 << 20])]))
+            .collect();
+        let layers = fake.add_image(&big, &[]);
+        let sizing = LayerStore::open(&work.path().join("sizing"), u64::MAX).unwrap();
+        assert_eq!(sizing.prepare_ahead(&fake, &layers, true, &|| false), 3);
+        let one = sizing.usage().1 / 3;
+        let store = LayerStore::open(&work.path().join("layers"), one * 5 / 2).unwrap();
+        let opens = fake.total_opens();
+        assert_eq!(store.prepare_ahead(&fake, &layers, true, &|| false), 2);
+        let kept = entries(&store);
+        for _ in 0..3 {
+            assert_eq!(store.prepare_ahead(&fake, &layers, true, &|| false), 0);
+            assert_eq!(entries(&store), kept, "an entry was evicted or added");
+        }
+        assert_eq!(fake.total_opens() - opens, 2, "the third layer was read");
+        assert_eq!(
+            fake.opened(&layers[2].digest),
+            1,
+            "only by the sizing store"
+        );
+        assert_eq!(
+            store.full_logged.load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        // The first layer's archive gone: its entry is dropped, and with
+        // the room that frees, the third gets its chance.
+        assert_eq!(store.prepare_ahead(&fake, &layers[1..], true, &|| false), 0);
+        assert!(!store.holds(&layers[0].digest));
+        assert_eq!(store.prepare_ahead(&fake, &layers[1..], true, &|| false), 1);
+        assert!(store.holds(&layers[2].digest));
+    }
+
+    /// Every layer of a compressed archive (single-frame `.tar.zst` of
+    /// uncompressed layers, as k3s ships; `.tar.gz` of gzip layers)
+    /// prepared ahead: one sequential pass over the archive feeds every
+    /// build, so the archive is decompressed about once, not once per layer.
+    #[test]
+    fn compressed_archives_prepared_ahead_are_decompressed_once() {
+        use crate::catalog::{Catalog, CatalogOptions};
+        use crate::testsupport::{self as ts, ImageSpec, LayerCompression, OciLayout, Wrap};
+        for (wrap, compression) in [
+            (Wrap::Zstd, LayerCompression::None),
+            (Wrap::Gzip, LayerCompression::Gzip),
+        ] {
+            let work = tempfile::tempdir().unwrap();
+            let archives = work.path().join("archives");
+            std::fs::create_dir(&archives).unwrap();
+            let tars: Vec<Vec<u8>> = (0..6u64)
+                .map(|i| {
+                    let (name, data) = (format!("f{i}"), ts::noise(i, (1 + i as usize) << 19));
+                    ts::layer_tar(&[(name.as_str(), data.as_slice())])
+                })
+                .collect();
+            let spec = ImageSpec {
+                compression,
+                ..ImageSpec::new(tars)
+            };
+            let (oci, _) = OciLayout::single("busybox:1.36", &spec);
+            let name = format!("bundle.{}", wrap.extension());
+            ts::write(&archives, &name, &ts::wrap(&oci.to_tar(), wrap));
+            let catalog = Catalog::open(CatalogOptions {
+                dirs: vec![archives.clone()],
+                settle: std::time::Duration::ZERO,
+                cache_dir: Some(work.path().join("cache")),
+                ..Default::default()
+            })
+            .unwrap();
+            let layers = catalog.layers_for(&crate::setup::platform());
+            assert_eq!(layers.len(), 6);
+            let store = LayerStore::open(&work.path().join("layers"), u64::MAX).unwrap();
+            assert_eq!(
+                store.prepare_ahead(catalog.as_ref(), &layers, true, &|| false),
+                6
+            );
+            let stream = catalog.archives()[0].index.stream_len;
+            let decompressed: u64 = catalog
+                .decompressed_by_archive()
+                .iter()
+                .map(|(_, n)| n)
+                .sum();
+            println!("{name}: decompressed {decompressed} bytes of a {stream}-byte stream");
+            assert!(
+                decompressed * 10 <= stream * 12,
+                "{name}: decompressed {decompressed} bytes of a {stream}-byte stream"
+            );
+        }
+    }
+
+    /// A layer past the index limits is remembered: the next pull goes
+    /// straight to extraction without reading it again.
+    #[test]
+    fn a_layer_past_the_limits_is_not_read_again() {
+        let work = tempfile::tempdir().unwrap();
+        let mut fake = FakeSource::default();
+        let layers = fake.add_image(&tars(1, "t"), &[]);
+        let store = LayerStore::open(&work.path().join("layers"), u64::MAX)
+            .unwrap()
+            .with_limits(IndexLimits {
+                max_entries: 1,
+                max_name_bytes: u64::MAX,
+            });
+        for i in 0..2 {
+            let err = match store.link_into(
+                &fake,
+                &layers[0],
+                None,
+                &work.path().join(format!("s{i}")),
+            ) {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("a layer past the limits was linked"),
+            };
+            assert!(
+                err.contains("index_max_entries") || err.contains("too large"),
+                "{err}"
+            );
+        }
+        assert_eq!(fake.opened(&layers[0].digest), 1);
+        assert!(entries(&store).is_empty());
     }
 
     /// The same layer found in another archive (a replaced or moved one):

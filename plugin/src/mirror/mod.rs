@@ -296,6 +296,17 @@ fn archived_manifest(catalog: &Catalog, r: &Reference) -> Result<Option<Manifest
         return Ok(None);
     };
     let media_type = listed_type.filter(|t| !t.is_empty()).unwrap_or(sniffed);
+    // A client asks for the layers next, all at once: one pass over a
+    // compressed archive keeps them all as it goes by them.
+    if let Some(m) = catalog.manifest(&digest) {
+        let layers: Vec<Digest> = m
+            .chain
+            .iter()
+            .filter_map(|c| crate::catalog::LayerSource::layer(catalog, c))
+            .map(|l| l.digest)
+            .collect();
+        catalog.expect_blobs(&layers);
+    }
     Ok(Some(Manifest {
         digest,
         media_type,

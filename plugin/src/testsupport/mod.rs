@@ -201,6 +201,20 @@ fn layer_media_type(c: LayerCompression) -> &'static str {
     }
 }
 
+/// `len` bytes that do not compress (a fixed pseudo-random sequence per
+/// `seed`).
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 /// One platform image: its layers (uncompressed tars) and platform.
 #[derive(Clone)]
 pub struct ImageSpec {

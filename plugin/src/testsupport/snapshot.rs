@@ -94,6 +94,8 @@ pub struct FakeSource {
     withdrawn: Mutex<std::collections::HashSet<Digest>>,
     /// Uncompressed blobs also lying in a plain "archive" file.
     plain: HashMap<Digest, crate::catalog::PlainBlob>,
+    /// Each blob's tar length.
+    tar_sizes: HashMap<Digest, u64>,
 }
 
 impl FakeSource {
@@ -114,6 +116,7 @@ impl FakeSource {
                 compression: Compression::Gzip,
             };
             if !skip.contains(&i) {
+                self.tar_sizes.insert(layer.digest, tar.len() as u64);
                 self.blobs.get_mut().unwrap().insert(layer.digest, blob);
                 self.layers.insert(layer.chain_id, layer.clone());
             }
@@ -239,6 +242,10 @@ impl LayerSource for FakeSource {
 
     fn plain_blob(&self, digest: &Digest) -> Option<crate::catalog::PlainBlob> {
         self.plain.get(digest).cloned()
+    }
+
+    fn layer_tar_size(&self, layer: &LayerRef) -> Option<u64> {
+        self.tar_sizes.get(&layer.digest).copied()
     }
 }
 

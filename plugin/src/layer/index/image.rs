@@ -117,32 +117,38 @@ pub(super) fn write_image(
         .map_err(|_| ImageError::BackingTooLarge { len: backing_len })?;
 
     // 1. Every reachable node once, breadth first from the root; link counts.
+    // Per-node tables are vectors indexed by node id, not hash maps: a few
+    // bytes per node instead of tens, for millions of nodes.
+    let n = tree.nodes.len();
+    if n >= u32::MAX as usize {
+        return Err(ImageError::TooLarge { what: "inodes" });
+    }
+    const NONE: u32 = u32::MAX;
     let mut order: Vec<NodeId> = vec![ROOT];
-    let mut index_of: HashMap<NodeId, usize> = HashMap::from([(ROOT, 0)]);
-    let mut parent_of: HashMap<NodeId, NodeId> = HashMap::from([(ROOT, ROOT)]);
-    let mut links: HashMap<NodeId, u32> = HashMap::new();
-    let mut subdirs: HashMap<NodeId, u32> = HashMap::new();
+    let mut index_of: Vec<u32> = vec![NONE; n];
+    let mut parent_of: Vec<u32> = vec![NONE; n];
+    let mut links: Vec<u32> = vec![0; n];
+    let mut subdirs: Vec<u32> = vec![0; n];
+    index_of[ROOT] = 0;
+    parent_of[ROOT] = ROOT as u32;
     let mut queue = VecDeque::from([ROOT]);
     while let Some(dir) = queue.pop_front() {
         let Body::Dir(children) = &tree.nodes[dir].body else {
             continue;
         };
         for &child in children.values() {
-            *links.entry(child).or_default() += 1;
-            if index_of.contains_key(&child) {
+            links[child] = links[child].saturating_add(1);
+            if index_of[child] != NONE {
                 continue; // another hard link to it
             }
-            index_of.insert(child, order.len());
+            index_of[child] = order.len() as u32;
             order.push(child);
             if tree.nodes[child].is_dir() {
-                *subdirs.entry(dir).or_default() += 1;
-                parent_of.insert(child, dir);
+                subdirs[dir] += 1;
+                parent_of[child] = dir as u32;
                 queue.push_back(child);
             }
         }
-    }
-    if order.len() > u32::MAX as usize {
-        return Err(ImageError::TooLarge { what: "inodes" });
     }
 
     // 2. The most common mtime becomes the build time: those inodes can be compact.
@@ -164,18 +170,18 @@ pub(super) fn write_image(
         let node = &tree.nodes[id];
         let mtime = node.mtime.unwrap_or(build_time);
         let nlink = if node.is_dir() {
-            2 + subdirs.get(&id).copied().unwrap_or(0)
+            2 + subdirs[id]
         } else {
-            links.get(&id).copied().unwrap_or(1)
+            links[id].max(1)
         };
-        let xattrs = encode_xattrs(&node.xattrs)?;
+        let xattrs = encode_xattrs(node.xattrs())?;
         let (kind, data, size) = match &node.body {
             Body::Dir(children) => {
-                let parent = parent_of[&id];
+                let parent = parent_of[id] as NodeId;
                 let mut entries: Vec<(&[u8], NodeId)> = Vec::with_capacity(children.len() + 2);
                 entries.push((b".", id));
                 entries.push((b"..", parent));
-                entries.extend(children.iter().map(|(n, &c)| (n.as_slice(), c)));
+                entries.extend(children.iter().map(|(n, &c)| (&**n, c)));
                 entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
                 // nids are not known yet: blocks are filled in later, sizes now.
                 let blocks = dir_blocks(&entries);
@@ -212,7 +218,7 @@ pub(super) fn write_image(
             }
             Body::Symlink(target) => (
                 format::S_IFLNK,
-                Data::Inline(target.clone()),
+                Data::Inline(target.to_vec()),
                 target.len() as u64,
             ),
             Body::Char { .. } => (format::S_IFCHR, Data::None, 0),
@@ -325,7 +331,7 @@ pub(super) fn write_image(
         return Err(ImageError::TooLarge { what: "image size" });
     }
     let nids: Vec<u64> = records.iter().map(|r| r.pos / SLOT).collect();
-    let nid_of = |id: NodeId| nids[index_of[&id]];
+    let nid_of = |id: NodeId| nids[index_of[id] as usize];
 
     // 5. Bytes.
     let mut image = vec![0u8; next_block as usize * BLOCK_USIZE];
@@ -344,11 +350,11 @@ pub(super) fn write_image(
     for (i, rec) in records.iter_mut().enumerate() {
         // Directory contents, now that every nid is known.
         if let Body::Dir(children) = &tree.nodes[rec.node].body {
-            let parent = parent_of[&rec.node];
+            let parent = parent_of[rec.node] as NodeId;
             let mut entries: Vec<(&[u8], NodeId)> = Vec::with_capacity(children.len() + 2);
             entries.push((b".", rec.node));
             entries.push((b"..", parent));
-            entries.extend(children.iter().map(|(n, &c)| (n.as_slice(), c)));
+            entries.extend(children.iter().map(|(n, &c)| (&**n, c)));
             entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
             let blocks = dir_blocks(&entries);
             let out: &mut Vec<u8> = match &mut rec.data {

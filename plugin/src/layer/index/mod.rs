@@ -40,7 +40,7 @@ use crate::extract::{walk_entries, walk_layer, ExtractError};
 
 pub(crate) use format::MAGIC;
 pub use image::{ImageError, ImageStats};
-pub use tree::TreeStats;
+pub use tree::{IndexLimits, TooLarge, TreeStats};
 
 /// Why a layer could not be indexed.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +49,9 @@ pub enum ErofsError {
     /// does not model (extraction may still take it), or a diffID mismatch.
     #[error(transparent)]
     Layer(#[from] ExtractError),
+    /// Past the build's [`IndexLimits`]: the layer is extracted instead.
+    #[error(transparent)]
+    TooLarge(#[from] TooLarge),
     #[error(transparent)]
     Image(#[from] ImageError),
     #[error("writing the EROFS image {}: {source}", path.display())]
@@ -86,7 +89,21 @@ pub fn build_index(
     backing: Backing,
     out: &Path,
 ) -> Result<IndexStats, ErofsError> {
-    let walked = walk_layer(blob, compression, build_tree)?;
+    build_index_within(blob, compression, diff_id, backing, IndexLimits::NONE, out)
+}
+
+/// [`build_index`] within `limits`: the tree is held in memory until the
+/// image is written, and past `limits` the build stops with
+/// [`ErofsError::TooLarge`].
+pub fn build_index_within(
+    blob: impl Read + Send,
+    compression: Compression,
+    diff_id: &Digest,
+    backing: Backing,
+    limits: IndexLimits,
+    out: &Path,
+) -> Result<IndexStats, ErofsError> {
+    let walked = walk_layer(blob, compression, |s| build_tree(s, limits))?;
     if walked.diff_id != *diff_id {
         return Err(ExtractError::DiffIdMismatch {
             expected: *diff_id,
@@ -134,10 +151,12 @@ fn write_index(
 /// decompressed once, the tar stream written to `tar_out` (created, must not
 /// exist) on the way, and the index written to `out` points into that file
 /// (its backing file). Both files are synced; on error neither is left.
+/// Within `limits`, as [`build_index_within`].
 pub fn build_index_with_copy(
     blob: impl Read + Send,
     compression: Compression,
     diff_id: &Digest,
+    limits: IndexLimits,
     out: &Path,
     tar_out: &Path,
 ) -> Result<IndexStats, ErofsError> {
@@ -155,7 +174,7 @@ pub fn build_index_with_copy(
             inner: decoder(blob, compression).map_err(write_err)?,
             out: io::BufWriter::with_capacity(1 << 20, file),
         };
-        let walked = walk_layer(tee, Compression::None, build_tree)?;
+        let walked = walk_layer(tee, Compression::None, |s| build_tree(s, limits))?;
         if walked.diff_id != *diff_id {
             return Err(ExtractError::DiffIdMismatch {
                 expected: *diff_id,
@@ -218,11 +237,27 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
     }
 }
 
-/// Applies every entry of the stream, then reads it to its end.
-fn build_tree(stream: TarStream) -> Result<tree::LayerTree, ExtractError> {
-    let mut tree = tree::LayerTree::new();
-    walk_entries(stream, |stream, entry, shown| {
-        tree.apply(entry, stream.position(), shown)
-    })?;
+/// Applies every entry of the stream, then reads it to its end; stops as
+/// soon as the tree is past `limits`.
+fn build_tree(stream: TarStream, limits: IndexLimits) -> Result<tree::LayerTree, ErofsError> {
+    let mut tree = tree::LayerTree::new(limits);
+    // The walk stops on an extraction error: the limit's own error is kept
+    // aside and given back instead.
+    let mut too_large = None;
+    let walked = walk_entries(stream, |stream, entry, shown| {
+        tree.apply(entry, stream.position(), shown)?;
+        tree.check_limits().map_err(|e| {
+            let what = e.to_string();
+            too_large = Some(e);
+            ExtractError::Unsupported {
+                entry: shown.to_owned(),
+                what,
+            }
+        })
+    });
+    match (walked, too_large) {
+        (Err(_), Some(e)) => return Err(e.into()),
+        (walked, _) => walked?,
+    }
     Ok(tree)
 }

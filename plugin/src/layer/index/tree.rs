@@ -27,16 +27,17 @@ pub(super) type Xattr = (Vec<u8>, Vec<u8>);
 /// The layer root.
 pub(super) const ROOT: NodeId = 0;
 
-/// What a node is, with what its type needs.
+/// What a node is, with what its type needs. Names and targets are boxed
+/// slices, not vectors: a tree can hold millions of them.
 #[derive(Debug)]
 pub(super) enum Body {
-    Dir(BTreeMap<Vec<u8>, NodeId>),
+    Dir(BTreeMap<Box<[u8]>, NodeId>),
     /// Data at `offset` in the layer's tar stream.
     File {
         offset: u64,
         size: u64,
     },
-    Symlink(Vec<u8>),
+    Symlink(Box<[u8]>),
     Char {
         major: u32,
         minor: u32,
@@ -56,8 +57,10 @@ pub(super) struct Node {
     pub gid: u32,
     /// `None` for a directory nobody declared (made as a missing parent).
     pub mtime: Option<Time>,
-    /// Full xattr names, each one a namespace EROFS stores.
-    pub xattrs: Vec<Xattr>,
+    /// Full xattr names, each one a namespace EROFS stores (most nodes
+    /// have none: one pointer then, not an empty vector's three words).
+    #[allow(clippy::box_collection)] // one word on every node, not a slice's two
+    xattrs: Option<Box<Vec<Xattr>>>,
     pub body: Body,
 }
 
@@ -68,7 +71,7 @@ impl Node {
             uid: 0,
             gid: 0,
             mtime: None,
-            xattrs: Vec::new(),
+            xattrs: None,
             body: Body::Dir(BTreeMap::new()),
         }
     }
@@ -76,6 +79,46 @@ impl Node {
     pub fn is_dir(&self) -> bool {
         matches!(self.body, Body::Dir(_))
     }
+
+    pub fn xattrs(&self) -> &[Xattr] {
+        self.xattrs.as_deref().map_or(&[], Vec::as_slice)
+    }
+
+    /// Sets (or replaces) one xattr; returns the bytes it added.
+    fn set_xattr(&mut self, name: Vec<u8>, value: Vec<u8>) -> u64 {
+        let added = (name.len() + value.len()) as u64;
+        set_xattr(self.xattrs.get_or_insert_with(Box::default), name, value);
+        added
+    }
+}
+
+/// How much one index build may hold in memory: the tree costs about 180
+/// bytes per entry with its names (measured), and laying the image out
+/// about as much again (see docs/architecture.md). Past either limit the build stops and the
+/// layer is extracted instead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexLimits {
+    /// Tar entries per layer.
+    pub max_entries: u64,
+    /// Bytes of names, symlink targets and xattrs kept per layer.
+    pub max_name_bytes: u64,
+}
+
+impl IndexLimits {
+    /// No limit (tests, and the verifying tools).
+    pub const NONE: IndexLimits = IndexLimits {
+        max_entries: u64::MAX,
+        max_name_bytes: u64::MAX,
+    };
+}
+
+/// The layer is past one of its [`IndexLimits`].
+#[derive(Debug, thiserror::Error)]
+#[error("the layer has more than {limit} {what} (`{field}`): too large to index in memory")]
+pub struct TooLarge {
+    pub what: &'static str,
+    pub field: &'static str,
+    pub limit: u64,
 }
 
 /// Counts of what the tree holds, as extraction counts them.
@@ -95,6 +138,9 @@ pub struct TreeStats {
 pub(super) struct LayerTree {
     pub nodes: Vec<Node>,
     pub stats: TreeStats,
+    limits: IndexLimits,
+    /// Bytes of names, symlink targets and xattrs held.
+    name_bytes: u64,
 }
 
 fn unsupported(shown: &str, what: impl Into<String>) -> ExtractError {
@@ -120,21 +166,42 @@ fn io_err(shown: &str, op: &'static str, errno: i32) -> ExtractError {
 }
 
 impl LayerTree {
-    pub fn new() -> Self {
+    pub fn new(limits: IndexLimits) -> Self {
         LayerTree {
             nodes: vec![Node::implicit_dir()],
             stats: TreeStats::default(),
+            limits,
+            name_bytes: 0,
         }
     }
 
-    fn children(&self, dir: NodeId) -> &BTreeMap<Vec<u8>, NodeId> {
+    /// Fails once the tree holds more than its limits allow.
+    pub fn check_limits(&self) -> Result<(), TooLarge> {
+        if self.stats.entries > self.limits.max_entries {
+            return Err(TooLarge {
+                what: "tar entries",
+                field: "index_max_entries",
+                limit: self.limits.max_entries,
+            });
+        }
+        if self.name_bytes > self.limits.max_name_bytes {
+            return Err(TooLarge {
+                what: "bytes of names, link targets and xattrs",
+                field: "index_max_name_bytes",
+                limit: self.limits.max_name_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    fn children(&self, dir: NodeId) -> &BTreeMap<Box<[u8]>, NodeId> {
         match &self.nodes[dir].body {
             Body::Dir(c) => c,
             _ => unreachable!("children of a non-directory"),
         }
     }
 
-    fn children_mut(&mut self, dir: NodeId) -> &mut BTreeMap<Vec<u8>, NodeId> {
+    fn children_mut(&mut self, dir: NodeId) -> &mut BTreeMap<Box<[u8]>, NodeId> {
         match &mut self.nodes[dir].body {
             Body::Dir(c) => c,
             _ => unreachable!("children of a non-directory"),
@@ -167,7 +234,8 @@ impl LayerTree {
                 },
                 None if create => {
                     let id = self.add(Node::implicit_dir());
-                    self.children_mut(cur).insert(comp.to_vec(), id);
+                    self.name_bytes += comp.len() as u64;
+                    self.children_mut(cur).insert(comp.into(), id);
                     id
                 }
                 None => return Err(io_err(shown, "resolving a directory", libc::ENOENT)),
@@ -196,7 +264,9 @@ impl LayerTree {
                 }
             }
         }
-        self.children_mut(parent).insert(name.to_vec(), id);
+        if self.children_mut(parent).insert(name.into(), id).is_none() {
+            self.name_bytes += name.len() as u64;
+        }
         Ok(())
     }
 
@@ -220,12 +290,16 @@ impl LayerTree {
         check_name(name, shown)?;
         let parent = self.dir(dir, true, shown)?;
         let xattrs = xattrs(e, shown)?;
+        self.name_bytes += xattrs
+            .iter()
+            .map(|(n, v)| (n.len() + v.len()) as u64)
+            .sum::<u64>();
         let mut node = Node {
             perm: e.mode & 0o7777,
             uid: e.uid,
             gid: e.gid,
             mtime: Some(e.mtime),
-            xattrs,
+            xattrs: (!xattrs.is_empty()).then(|| Box::new(xattrs)),
             body: Body::Fifo,
         };
         node.body = match e.kind {
@@ -247,8 +321,8 @@ impl LayerTree {
                         n.uid = node.uid;
                         n.gid = node.gid;
                         n.mtime = node.mtime;
-                        for (k, v) in node.xattrs {
-                            set_xattr(&mut n.xattrs, k, v);
+                        for (k, v) in node.xattrs.map(|x| *x).unwrap_or_default() {
+                            n.set_xattr(k, v);
                         }
                         return Ok(());
                     }
@@ -261,7 +335,8 @@ impl LayerTree {
                     return Err(unsupported(shown, "symlink with an empty target"));
                 }
                 node.perm = 0o777;
-                Body::Symlink(e.link.clone())
+                self.name_bytes += e.link.len() as u64;
+                Body::Symlink(e.link.as_slice().into())
             }
             Kind::HardLink => return self.hardlink(e, shown, parent, name, &path),
             Kind::Char | Kind::Block => {
@@ -333,11 +408,8 @@ impl LayerTree {
     ) -> Result<(), ExtractError> {
         if wh == b".wh..opq" {
             let d = self.dir(dir, true, shown)?;
-            set_xattr(
-                &mut self.nodes[d].xattrs,
-                b"trusted.overlay.opaque".to_vec(),
-                b"y".to_vec(),
-            );
+            self.name_bytes +=
+                self.nodes[d].set_xattr(b"trusted.overlay.opaque".to_vec(), b"y".to_vec());
             self.stats.whiteouts += 1;
             return Ok(());
         }
@@ -355,7 +427,7 @@ impl LayerTree {
             uid: e.uid,
             gid: e.gid,
             mtime: Some(e.mtime),
-            xattrs: Vec::new(),
+            xattrs: None,
             body: Body::Char { major: 0, minor: 0 },
         });
         self.put(parent, wh, id, shown)?;

@@ -35,9 +35,14 @@ impl Remote {
             }
         }
         let committed = sn.committed_targets().unwrap_or_default();
+        wanted.retain(|l| !committed.contains(&l.chain_id.to_string()));
+        // Read one after the other: one pass over a compressed archive
+        // serves them all.
+        let digests: Vec<Digest> = wanted.iter().map(|l| l.digest).collect();
+        self.source.expect_blobs(&digests);
         for l in wanted {
             let busy = self.taken.lock().unwrap().contains(&l.chain_id);
-            if !busy && !committed.contains(&l.chain_id.to_string()) {
+            if !busy {
                 tracing::debug!(chain_id = %l.chain_id, "prefetching layer");
                 drop(self.extraction(&l));
             }

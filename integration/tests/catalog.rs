@@ -410,7 +410,7 @@ fn an_empty_mount_point_at_start_unregisters_nothing() {
         let port = free_port()?;
         let metrics = format!("127.0.0.1:{port}");
         let mut daemon = Daemon::start_with_args(
-            &[&archive],
+            &[archive.as_path()],
             &[
                 "--metrics-listen",
                 &metrics,

@@ -11,11 +11,11 @@ use crate::testsupport::*;
 const GRACE: Duration = Duration::from_secs(60);
 const NAME: &str = "docker.io/library/app:1";
 
-/// A catalog of `dirs` with the removal grace set and indexes persisted in
+/// A catalog of `dir` with the removal grace set and indexes persisted in
 /// `state`; not scanned yet.
-fn catalog(dirs: &[&Path], state: &Path) -> Arc<Catalog> {
+fn catalog(dir: &Path, state: &Path) -> Arc<Catalog> {
     Catalog::empty(CatalogOptions {
-        dirs: dirs.iter().map(|d| d.to_path_buf()).collect(),
+        dirs: vec![dir.to_path_buf()],
         state_dir: Some(state.into()),
         settle: Duration::ZERO,
         cache_bytes: 64 << 20,
@@ -66,7 +66,7 @@ fn a_directory_that_cannot_be_read_keeps_its_archives() {
     let parent = tmp.path().join("disk");
     std::fs::create_dir(&parent).unwrap();
     let (dir, _, built) = archives_dir(&parent);
-    let c = catalog(&[&dir], state.path());
+    let c = catalog(&dir, state.path());
     let t0 = Instant::now();
     c.rescan_at(t0);
     assert!(c.resolve(NAME).is_some());
@@ -79,7 +79,7 @@ fn a_directory_that_cannot_be_read_keeps_its_archives() {
     let before = *changes.borrow();
     for later in [Duration::ZERO, GRACE * 10] {
         let report = c.rescan_at(t0 + later);
-        assert_eq!(report.unreadable, [dir.clone()], "{report:?}");
+        assert_eq!(report.unreadable, std::slice::from_ref(&dir), "{report:?}");
         assert!(
             report.removed.is_empty() && report.missing.is_empty(),
             "{report:?}"
@@ -105,7 +105,7 @@ fn an_empty_directory_keeps_its_archives_for_the_grace_then_they_are_gone() {
     let tmp = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
     let (dir, _, _) = archives_dir(tmp.path());
-    let c = catalog(&[&dir], state.path());
+    let c = catalog(&dir, state.path());
     let t0 = Instant::now();
     c.rescan_at(t0);
     let changes = c.subscribe();
@@ -141,7 +141,7 @@ fn an_archive_back_within_the_grace_was_never_gone() {
     let tmp = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
     let (dir, archive, _) = archives_dir(tmp.path());
-    let c = catalog(&[&dir], state.path());
+    let c = catalog(&dir, state.path());
     let t0 = Instant::now();
     c.rescan_at(t0);
     let changes = c.subscribe();
@@ -175,7 +175,7 @@ fn an_archive_back_within_the_grace_was_never_gone() {
     let staged = write(&dir, ".app.tar.tmp", &oci.to_tar());
     std::fs::rename(&staged, &archive).unwrap();
     let report = c.rescan_at(t0 + GRACE * 2);
-    assert_eq!(report.indexed, [archive.clone()], "{report:?}");
+    assert_eq!(report.indexed, std::slice::from_ref(&archive), "{report:?}");
     assert_eq!(c.resolve(NAME).unwrap().entry.digest, v2.manifest);
 }
 
@@ -184,17 +184,17 @@ fn the_first_scan_after_a_restart_keeps_the_archives_known_before() {
     let tmp = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
     let (dir, archive, built) = archives_dir(tmp.path());
-    let c = catalog(&[&dir], state.path());
+    let c = catalog(&dir, state.path());
     c.rescan();
     let layer = c.archives()[0].index.layers[0].clone();
     drop(c);
 
     // Restarted with the directory an empty mount point.
     let aside = hide(&dir);
-    let c = catalog(&[&dir], state.path());
+    let c = catalog(&dir, state.path());
     let t0 = Instant::now();
     let report = c.rescan_at(t0);
-    assert_eq!(report.missing, [archive.clone()], "{report:?}");
+    assert_eq!(report.missing, std::slice::from_ref(&archive), "{report:?}");
     assert!(report.removed.is_empty() && report.indexed.is_empty());
     let image = c.resolve(NAME).expect("listed from its persisted index");
     assert_eq!(image.entry.digest, built.manifest);
@@ -220,7 +220,11 @@ fn the_first_scan_after_a_restart_keeps_the_archives_known_before() {
     let changes = c.subscribe();
     let before = *changes.borrow();
     let report = c.rescan_at(t0 + GRACE / 2);
-    assert_eq!(report.returned, [archive.clone()], "{report:?}");
+    assert_eq!(
+        report.returned,
+        std::slice::from_ref(&archive),
+        "{report:?}"
+    );
     assert!(report.indexed.is_empty());
     assert!(c.archives()[0].is_open());
     assert_eq!(c.missing_count(), 0);
@@ -234,12 +238,12 @@ fn archives_known_before_a_restart_go_after_the_grace() {
     let tmp = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
     let (dir, archive, _) = archives_dir(tmp.path());
-    let c = catalog(&[&dir], state.path());
+    let c = catalog(&dir, state.path());
     c.rescan();
     drop(c);
     std::fs::remove_file(&archive).unwrap();
 
-    let c = catalog(&[&dir], state.path());
+    let c = catalog(&dir, state.path());
     let t0 = Instant::now();
     c.rescan_at(t0);
     assert!(c.resolve(NAME).is_some());
@@ -249,7 +253,7 @@ fn archives_known_before_a_restart_go_after_the_grace() {
     assert_eq!(persisted(state.path()), 0);
 
     // Nothing persisted any more: the next start lists nothing.
-    let c = catalog(&[&dir], state.path());
+    let c = catalog(&dir, state.path());
     c.rescan();
     assert!(c.images().is_empty());
 }
@@ -281,7 +285,7 @@ fn archives_a_restart_finds_replaced_are_indexed_at_once() {
     let tmp = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
     let (dir, archive, _) = archives_dir(tmp.path());
-    let c = catalog(&[&dir], state.path());
+    let c = catalog(&dir, state.path());
     c.rescan();
     drop(c);
     let (oci, v2) = OciLayout::single(
@@ -291,7 +295,7 @@ fn archives_a_restart_finds_replaced_are_indexed_at_once() {
     let staged = write(&dir, ".app.tar.tmp", &oci.to_tar());
     std::fs::rename(&staged, &archive).unwrap();
 
-    let c = catalog(&[&dir], state.path());
+    let c = catalog(&dir, state.path());
     let report = c.rescan();
     assert_eq!(report.indexed, [archive], "{report:?}");
     assert!(report.missing.is_empty());

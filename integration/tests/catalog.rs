@@ -374,7 +374,7 @@ fn prepared_layers(root: &Path) -> Result<Vec<String>> {
         Ok(entries) => entries
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with("sha256"))
+            .filter(|n| n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()))
             .collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
@@ -434,11 +434,30 @@ fn an_empty_mount_point_at_start_unregisters_nothing() {
             Duration::from_secs(60),
             || listed(&mut cri),
         )?;
-        // Let the pass that prepares layers ahead finish.
+        // Uncompressed layers are prepared ahead as their archive arrives
+        // (where the kernel mounts EROFS): wait for every one.
         let log = daemon.log_path().to_path_buf();
         let root = daemon.root().to_path_buf();
-        std::thread::sleep(Duration::from_secs(3));
-        let prepared = prepared_layers(&root)?;
+        let mut prepared = Vec::new();
+        if daemon.log().contains("EROFS layer mounts unavailable") {
+            eprintln!("== {test}: this kernel cannot mount EROFS: no prepared layers to keep");
+        } else {
+            process::wait_until(
+                "every layer to be prepared ahead",
+                Duration::from_secs(60),
+                || {
+                    prepared = prepared_layers(&root)?;
+                    Ok(prepared.len() == built.layer_digests.len())
+                },
+            )
+            .with_context(|| {
+                format!(
+                    "{prepared:?} in {}; end of the daemon log:\n{}",
+                    root.join("layers").display(),
+                    process::tail(&log, 40)
+                )
+            })?;
+        }
         eprintln!(
             "== {test}: registered; {} layers prepared ahead",
             prepared.len()
@@ -533,11 +552,6 @@ fn an_empty_mount_point_at_start_unregisters_nothing() {
         ensure!(
             prepared_layers(&root)? == prepared,
             "the prepared layers changed once the directory was back"
-        );
-        ensure!(
-            built.layer_digests.len() >= 2,
-            "the sample image has {} layers",
-            built.layer_digests.len()
         );
         drop(containerd);
         Ok(())

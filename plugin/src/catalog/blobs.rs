@@ -2,49 +2,20 @@
 //! checked against its digest, bad copies set aside for the next archive
 //! holding the blob.
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::container::{self, Container};
 use super::error::BlobError;
 use super::index::FileKey;
-use super::store::Archive;
+use super::store::{Archive, BadCopies};
 use super::Catalog;
 use crate::blob::pass::PassRequest;
 use crate::blob::{BlobReader, FileRange, SeekableRange, SequentialReader, Stats, VerifyingReader};
 use crate::digest::Digest;
-
-/// Copies of blobs found bad, by archive version and digest: never read
-/// again while the archive is that version (a rescan that indexes a new
-/// version of the file gives it a new key, and a fresh chance).
-#[derive(Default)]
-pub(crate) struct BadCopies {
-    set: Mutex<HashSet<(FileKey, Digest)>>,
-    /// Copies marked bad so far (a metric).
-    pub marked: AtomicU64,
-}
-
-impl BadCopies {
-    pub(super) fn contains(&self, archive: &Archive, digest: &Digest) -> bool {
-        self.set
-            .lock()
-            .unwrap()
-            .contains(&(archive.index.key, *digest))
-    }
-
-    /// Marks a copy bad and logs it, once.
-    fn mark(&self, key: FileKey, path: &Path, digest: &Digest, error: &io::Error) {
-        if self.set.lock().unwrap().insert((key, *digest)) {
-            self.marked.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(archive = %path.display(), %digest, %error,
-                "bad copy of a blob: not read from this archive again; using another archive holding it");
-        }
-    }
-}
 
 /// True for the errors that say a copy's bytes are wrong (a digest or
 /// length mismatch, a corrupt compressed stream, an archive changed since it
@@ -84,7 +55,7 @@ impl Catalog {
                     if is_bad_copy(&e) {
                         self.bad.mark(archive.index.key, archive.path(), digest, &e);
                     }
-                    first_error.get_or_insert_with(|| BlobError::read(digest, &archive, e));
+                    first_error.get_or_insert_with(|| BlobError::read(digest, archive.path(), e));
                 }
             }
         }
@@ -142,7 +113,7 @@ impl Catalog {
                     if is_bad_copy(&e) {
                         self.bad.mark(archive.index.key, archive.path(), digest, &e);
                     }
-                    first_error.get_or_insert_with(|| BlobError::read(digest, &archive, e));
+                    first_error.get_or_insert_with(|| BlobError::read(digest, archive.path(), e));
                 }
             }
         }
@@ -222,7 +193,7 @@ impl Catalog {
         if good.is_empty() {
             return Err(BlobError::read(
                 digest,
-                &all[0],
+                all[0].path(),
                 io::Error::new(
                     io::ErrorKind::InvalidData,
                     "every archive's copy of the blob was found bad",

@@ -1,9 +1,8 @@
 //! The catalog's errors.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use super::store::Archive;
 use crate::digest::Digest;
 
 /// Why the catalog cannot be set up, or one archive cannot be read.
@@ -41,10 +40,10 @@ pub enum BlobError {
 }
 
 impl BlobError {
-    pub(super) fn read(digest: &Digest, archive: &Archive, source: io::Error) -> BlobError {
+    pub(super) fn read(digest: &Digest, archive: &Path, source: io::Error) -> BlobError {
         BlobError::Read {
             digest: *digest,
-            archive: archive.index.path.clone(),
+            archive: archive.to_path_buf(),
             source,
         }
     }

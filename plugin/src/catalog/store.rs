@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use super::blobs::BadCopies;
 use super::error::CatalogError;
 use super::index::{ArchiveIndex, FileKey, ImageEntry};
 use crate::blob::pass::{ArchivePasses, Permits};
@@ -82,6 +81,34 @@ impl Archive {
     /// False while the archive is in the view only by its persisted index.
     pub fn is_open(&self) -> bool {
         self.file.is_some()
+    }
+}
+
+/// Copies of blobs found bad, by archive version and digest: never read
+/// again while the archive is that version (a rescan that indexes a new
+/// version of the file gives it a new key, and a fresh chance).
+#[derive(Default)]
+pub(crate) struct BadCopies {
+    set: Mutex<HashSet<(FileKey, Digest)>>,
+    /// Copies marked bad so far (a metric).
+    pub marked: AtomicU64,
+}
+
+impl BadCopies {
+    pub(super) fn contains(&self, archive: &Archive, digest: &Digest) -> bool {
+        self.set
+            .lock()
+            .unwrap()
+            .contains(&(archive.index.key, *digest))
+    }
+
+    /// Marks a copy bad and logs it, once.
+    pub(super) fn mark(&self, key: FileKey, path: &Path, digest: &Digest, error: &std::io::Error) {
+        if self.set.lock().unwrap().insert((key, *digest)) {
+            self.marked.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(archive = %path.display(), %digest, %error,
+                "bad copy of a blob: not read from this archive again; using another archive holding it");
+        }
     }
 }
 

@@ -58,11 +58,3 @@ pub struct NoPlatformManifest {
     /// The platforms the archive has for the image.
     pub archived: Vec<String>,
 }
-
-/// For callers whose own errors are still messages (the importer's plan):
-/// the message, as before the error was typed.
-impl From<NoPlatformManifest> for String {
-    fn from(e: NoPlatformManifest) -> String {
-        e.to_string()
-    }
-}

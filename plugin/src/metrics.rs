@@ -280,6 +280,12 @@ impl Collector for CatalogCollector {
             "Archives that could not be read",
             broken as i64,
         )?;
+        gauge(
+            &mut e,
+            "airgap_archives_missing",
+            "Archives kept in the view while their file is absent (gone after archive_removal_grace)",
+            c.missing_count() as i64,
+        )?;
         counter(
             &mut e,
             "airgap_archive_read_bytes",

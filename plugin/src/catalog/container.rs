@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::seekable::{SeekTable, SeekTableError, SEEKABLE_MAGIC};
+use super::seekable::{read_full_at, SeekTable, SeekTableError, SEEKABLE_MAGIC};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -131,20 +131,6 @@ pub fn sniff(file: &File, len: u64) -> Result<(Container, Option<SeekTable>), Co
         None if is_tar_header(head) => Ok((Container::Tar, None)),
         None => Err(ContainerError::Unknown),
     }
-}
-
-/// `pread` until `buf` is full or EOF; returns the bytes read.
-pub fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match file.read_at(&mut buf[done..], offset + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
 }
 
 /// A decoder for the whole stream of `container` over `input`.

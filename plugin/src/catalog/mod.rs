@@ -89,16 +89,25 @@ pub struct PlainBlob {
     pub size: u64,
 }
 
+mod blobs;
 pub mod container;
+mod error;
 pub mod index;
+mod lookup;
+mod persist;
 pub mod reference;
+mod scan;
 pub mod seekable;
 mod store;
 pub mod verify;
 pub mod watch;
 
+pub use error::{BlobError, CatalogError, NoPlatformManifest};
 pub use index::{ArchiveIndex, FileKey, ImageEntry, IndexError, ManifestEntry};
-pub use store::{Archive, BlobError, Catalog, CatalogError, CatalogOptions, ImageInfo, ScanReport};
+pub use scan::ScanReport;
+pub use store::{Archive, Catalog, CatalogOptions, ImageInfo};
 
+#[cfg(test)]
+mod scan_tests;
 #[cfg(test)]
 mod tests;

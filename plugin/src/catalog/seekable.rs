@@ -15,10 +15,10 @@
 //! frame at a time) does not.
 
 use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
 
 use serde::{Deserialize, Serialize};
-
-use super::container::read_full_at;
 
 /// Last four bytes of a seekable zstd file.
 pub const SEEKABLE_MAGIC: u32 = 0x8F92_EAB1;
@@ -27,6 +27,22 @@ pub const SEEK_TABLE_FRAME_MAGIC: u32 = 0x184D_2A5E;
 const FOOTER_LEN: u64 = 9;
 /// Upper bound on frames, so a hostile table cannot make us allocate much.
 const MAX_FRAMES: u64 = 1 << 24;
+
+/// `pread` until `buf` is full or EOF; returns the bytes read. Here, the
+/// lowest module of the catalog, so `container` (which sniffs a seek table)
+/// uses it without the two importing each other.
+pub fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
 
 /// One frame: where its compressed bytes are in the file and which range of
 /// the decompressed stream it holds.

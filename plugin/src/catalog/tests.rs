@@ -386,6 +386,9 @@ fn watcher_follows_adds_replaces_deletes_and_waits_for_copies() {
     let c = Catalog::open(CatalogOptions {
         dirs: vec![dir.path().into()],
         settle: Duration::from_millis(700),
+        // Short, so the deletion below takes effect within the test; the
+        // watcher looks again when it expires, not at its next poll.
+        removal_grace: Duration::from_millis(1500),
         ..Default::default()
     })
     .unwrap();
@@ -431,7 +434,10 @@ fn watcher_follows_adds_replaces_deletes_and_waits_for_copies() {
     assert!(c.broken().is_empty());
 
     std::fs::remove_file(dir.path().join("app.tar")).unwrap();
+    eventually("deleted archive missing", || c.missing_count() == 1);
+    assert!(c.resolve(name).is_some(), "gone before the grace");
     eventually("deleted archive gone", || c.resolve(name).is_none());
+    assert_eq!(c.missing_count(), 0);
 }
 
 #[test]

@@ -5,13 +5,19 @@
 //! compares each file's (device, inode, size, mtime) with what is indexed.
 //! A file modified within the settle delay is still being copied and is looked
 //! at again once it has been left alone; a periodic rescan covers lost events
-//! (inotify queue overflow, a directory created after start).
+//! (inotify queue overflow, a directory created after start). A directory
+//! whose identity (device, inode) changes, such as a disk mounted on the
+//! mount point, is watched again and looked at at once: inotify watches the
+//! directory it was given, and never reports files of a filesystem mounted
+//! over it. A missing archive is looked at again when it would count as gone.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use notify::{RecursiveMode, Watcher};
 
@@ -19,6 +25,13 @@ use super::Catalog;
 
 /// A full rescan this often even without events.
 const POLL: Duration = Duration::from_secs(30);
+/// The directories' identities are checked this often (a `stat` each).
+const DIR_CHECK: Duration = Duration::from_secs(2);
+
+/// A directory's (device, inode), `None` when it cannot be looked at.
+fn identity(dir: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(dir).ok().map(|m| (m.dev(), m.ino()))
+}
 
 /// Stops the watcher when dropped.
 pub struct WatchHandle {
@@ -67,10 +80,14 @@ impl Catalog {
             .name("archive-watch".into())
             .spawn(move || {
                 let settle = catalog.options().settle;
+                let dirs = catalog.options().dirs.clone();
                 let mut watched: Vec<PathBuf> = Vec::new();
+                let mut identities: HashMap<PathBuf, Option<(u64, u64)>> =
+                    dirs.iter().map(|d| (d.clone(), identity(d))).collect();
+                let mut next_scan = Instant::now();
                 loop {
                     if let Some(w) = watcher.as_mut() {
-                        for dir in &catalog.options().dirs {
+                        for dir in &dirs {
                             if !watched.contains(dir) && dir.is_dir() {
                                 match w.watch(dir, RecursiveMode::NonRecursive) {
                                     Ok(()) => watched.push(dir.clone()),
@@ -80,12 +97,23 @@ impl Catalog {
                         }
                         watched.retain(|d| d.is_dir());
                     }
-                    let report = catalog.rescan();
-                    if catalog.stopping() {
-                        break;
+                    if Instant::now() >= next_scan {
+                        let report = catalog.rescan();
+                        if catalog.stopping() {
+                            break;
+                        }
+                        // Something still settling: look again once it may
+                        // have; a missing archive: when it counts as gone.
+                        let mut wait = if report.unsettled.is_empty() { POLL } else { settle };
+                        if let Some(removal) = report.next_removal {
+                            // A little after, so the scan finds it past due.
+                            wait = wait.min(removal + Duration::from_millis(10));
+                        }
+                        next_scan = Instant::now() + wait;
                     }
-                    // Something still settling: look again once it may have.
-                    let timeout = if report.unsettled.is_empty() { POLL } else { settle };
+                    let timeout = next_scan
+                        .saturating_duration_since(Instant::now())
+                        .min(DIR_CHECK);
                     match rx.recv_timeout(timeout) {
                         Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => break,
                         Ok(Wake::Fs) => {
@@ -96,8 +124,24 @@ impl Catalog {
                                     return;
                                 }
                             }
+                            next_scan = Instant::now();
                         }
                         Err(RecvTimeoutError::Timeout) => {}
+                    }
+                    for dir in &dirs {
+                        let now = identity(dir);
+                        let before = identities.insert(dir.clone(), now);
+                        if before.is_some_and(|b| b != now) {
+                            tracing::info!(dir = %dir.display(),
+                                "archives directory changed (a filesystem mounted or unmounted there, or the directory replaced): looking again");
+                            if let Some(w) = watcher.as_mut() {
+                                if watched.contains(dir) {
+                                    let _ = w.unwatch(dir);
+                                    watched.retain(|d| d != dir);
+                                }
+                            }
+                            next_scan = Instant::now();
+                        }
                     }
                 }
             })

@@ -74,6 +74,7 @@ async fn serve(
         state_dir: Some(config.root.join("catalog")),
         cache_dir: Some(config.root.join("cache")),
         cache_bytes: config.cache_bytes,
+        removal_grace: config.archive_removal_grace,
         ..Default::default()
     };
     let catalog = tokio::task::spawn_blocking(move || Catalog::empty(catalog_options))

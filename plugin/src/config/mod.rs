@@ -14,6 +14,7 @@
 //! layer_store_bytes = "10GiB"        # prepared layers kept when no snapshot uses them
 //! index_max_entries = 1000000        # tar entries of a layer indexed in memory; more: extracted
 //! index_max_name_bytes = "64MiB"     # bytes of its names, link targets and xattrs; more: extracted
+//! archive_removal_grace = "5m"       # an archive's file absent this long: the archive is gone
 //! containerd_address = "/run/containerd/containerd.sock"
 //!
 //! # Archived images registered in containerd before anyone pulls them.
@@ -37,11 +38,14 @@ mod upstream;
 mod values;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 pub use upstream::UpstreamConfig;
-use values::{deserialize_bytes, serialize_bytes, valid_namespace};
+use values::{
+    deserialize_bytes, deserialize_duration, serialize_bytes, serialize_duration, valid_namespace,
+};
 pub use values::{parse_bytes, Listen, ValueError};
 
 pub const DEFAULT_ROOT: &str = "/var/lib/airgap-snapshotter";
@@ -62,6 +66,12 @@ pub const DEFAULT_LAYER_STORE_BYTES: u64 = 10 << 30;
 pub const DEFAULT_INDEX_MAX_ENTRIES: u64 = 1_000_000;
 /// Bytes of names, link targets and xattrs of one layer indexed in memory.
 pub const DEFAULT_INDEX_MAX_NAME_BYTES: u64 = 64 << 20;
+/// Default of [`Config::archive_removal_grace`]: longer than a disk takes
+/// to be mounted at boot.
+pub const DEFAULT_ARCHIVE_REMOVAL_GRACE: Duration = Duration::from_secs(300);
+/// Longest [`Config::archive_removal_grace`]: an archive deleted for good
+/// must leave the view within a day.
+const MAX_ARCHIVE_REMOVAL_GRACE: Duration = Duration::from_secs(24 * 3600);
 
 /// Longest path a unix socket address holds (`sun_path`, with its NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -124,6 +134,11 @@ pub struct ServeArgs {
     /// --cache-bytes) [default: 10GiB].
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     pub layer_store_bytes: Option<u64>,
+    /// How long an archive's file must be absent from its readable
+    /// directory before its images are unregistered and its prepared layers
+    /// dropped (`90s`, `5m`) [default: 5m].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub archive_removal_grace: Option<Duration>,
 }
 
 /// The `[import]` table: archived images registered in containerd before
@@ -215,6 +230,19 @@ pub struct Config {
         deserialize_with = "deserialize_bytes"
     )]
     pub index_max_name_bytes: u64,
+    /// How long an archive's file must be absent from its directory, seen
+    /// readable, before the archive counts as gone (its images unregistered,
+    /// its persisted index and prepared layers dropped), as `"90s"` or
+    /// `"5m"`. Until then it stays listed; a directory that cannot be read
+    /// changes nothing, and after a restart the archives known before stay
+    /// listed for this long while their files are not there (a disk
+    /// mounted late at boot). A file replaced (renamed over) is taken at
+    /// once. Between 1s and 24h.
+    #[serde(
+        serialize_with = "serialize_duration",
+        deserialize_with = "deserialize_duration"
+    )]
+    pub archive_removal_grace: Duration,
     /// Registries the mirror fetches from what the archives lack
     /// (`[[upstream]]` tables).
     pub upstream: Vec<UpstreamConfig>,
@@ -282,6 +310,7 @@ impl Default for Config {
             layer_store_bytes: DEFAULT_LAYER_STORE_BYTES,
             index_max_entries: DEFAULT_INDEX_MAX_ENTRIES,
             index_max_name_bytes: DEFAULT_INDEX_MAX_NAME_BYTES,
+            archive_removal_grace: DEFAULT_ARCHIVE_REMOVAL_GRACE,
             upstream: Vec::new(),
             containerd_address: PathBuf::from(DEFAULT_CONTAINERD_ADDRESS),
             import: ImportConfig::default(),
@@ -350,6 +379,9 @@ impl Config {
         if let Some(b) = args.layer_store_bytes {
             config.layer_store_bytes = b;
         }
+        if let Some(g) = args.archive_removal_grace {
+            config.archive_removal_grace = g;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -416,6 +448,16 @@ impl Config {
             if dir.as_os_str().is_empty() {
                 return invalid("archives", "an entry is empty".into());
             }
+        }
+        let grace = self.archive_removal_grace;
+        if grace < Duration::from_secs(1) || grace > MAX_ARCHIVE_REMOVAL_GRACE {
+            return invalid(
+                "archive_removal_grace",
+                format!(
+                    "{} is not between 1s and 24h",
+                    humantime::format_duration(grace)
+                ),
+            );
         }
         if let Listen::Addr(addr) = self.mirror_listen {
             if !addr.ip().is_loopback() && !self.mirror_allow_non_loopback {
@@ -525,6 +567,31 @@ mod tests {
         let err = Config::load(&args(&["--socket", &long])).unwrap_err();
         assert!(err.to_string().contains("`socket`"), "{err}");
         assert!(Cli::try_parse_from(["x", "--mirror-listen", "nope"]).is_err());
+    }
+
+    #[test]
+    fn archive_removal_grace_from_file_and_flag_within_bounds() {
+        assert_eq!(
+            Config::default().archive_removal_grace,
+            DEFAULT_ARCHIVE_REMOVAL_GRACE
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "archive_removal_grace = \"2m 30s\"\n").unwrap();
+        let f = file.to_str().unwrap();
+        let c = Config::load(&args(&["--config", f])).unwrap();
+        assert_eq!(c.archive_removal_grace, Duration::from_secs(150));
+        let c = Config::load(&args(&["--config", f, "--archive-removal-grace", "3s"])).unwrap();
+        assert_eq!(c.archive_removal_grace, Duration::from_secs(3));
+        // It round-trips through the file form.
+        let text = toml::to_string(&c).unwrap();
+        assert!(text.contains("archive_removal_grace = \"3s\""), "{text}");
+        for bad in ["0s", "500ms", "25h"] {
+            let err = Config::load(&args(&["--archive-removal-grace", bad])).unwrap_err();
+            assert!(err.to_string().contains("`archive_removal_grace`"), "{err}");
+        }
+        std::fs::write(&file, "archive_removal_grace = \"soon\"\n").unwrap();
+        assert!(Config::from_file(&file).is_err());
     }
 
     #[test]

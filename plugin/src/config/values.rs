@@ -99,6 +99,21 @@ pub fn parse_bytes(s: &str) -> Result<u64, ValueError> {
         .ok_or_else(|| ValueError::TooLarge(s.to_string()))
 }
 
+/// A duration as `humantime` writes it (`5m`, `1h 30m`).
+pub(super) fn serialize_duration<S: Serializer>(
+    v: &std::time::Duration,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_duration(*v))
+}
+
+/// A duration as `humantime` reads it (`90s`, `5m`, `2m 30s`).
+pub(super) fn deserialize_duration<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<std::time::Duration, D::Error> {
+    humantime::parse_duration(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+}
+
 pub(super) fn serialize_bytes<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(*v)
 }

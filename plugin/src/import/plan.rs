@@ -49,8 +49,8 @@ pub struct Document {
 pub enum PlanError {
     /// No manifest for this node's platform (the catalog's words: which
     /// platforms the archive has).
-    #[error("{0}")]
-    Platform(String),
+    #[error(transparent)]
+    Platform(crate::catalog::NoPlatformManifest),
     #[error("layer {0} (chain ID) is not in the archive: pulled from a registry instead")]
     LayerNotArchived(Digest),
     #[error("the manifest has no layers")]

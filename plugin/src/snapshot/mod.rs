@@ -78,6 +78,16 @@ where
 /// runs them on blocking threads. Snapshot keys and names arrive as
 /// containerd sends them (namespaced); labels as containerd sends them too.
 pub trait SnapshotApi: Send + Sync + 'static {
+    /// A new snapshot `key` of `kind` (active for Prepare, view for View) on
+    /// the committed snapshot `parent` (empty for none); its mounts.
+    fn create(
+        &self,
+        kind: Kind,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>, SnapshotError>;
+
     /// A new active snapshot `key` on the committed snapshot `parent` (empty
     /// for none); its mounts.
     fn prepare(
@@ -85,7 +95,9 @@ pub trait SnapshotApi: Send + Sync + 'static {
         key: &str,
         parent: &str,
         labels: HashMap<String, String>,
-    ) -> Result<Vec<Mount>, SnapshotError>;
+    ) -> Result<Vec<Mount>, SnapshotError> {
+        self.create(Kind::Active, key, parent, labels)
+    }
 
     /// A new read-only view `key` of the committed snapshot `parent`.
     fn view(
@@ -93,7 +105,9 @@ pub trait SnapshotApi: Send + Sync + 'static {
         key: &str,
         parent: &str,
         labels: HashMap<String, String>,
-    ) -> Result<Vec<Mount>, SnapshotError>;
+    ) -> Result<Vec<Mount>, SnapshotError> {
+        self.create(Kind::View, key, parent, labels)
+    }
 
     /// The mounts of an active snapshot or view.
     fn mounts(&self, key: &str) -> Result<Vec<Mount>, SnapshotError>;
@@ -325,15 +339,60 @@ impl Snapshotter {
         }
     }
 
+    /// Renames a fully built directory to its id. Called with the write
+    /// transaction open: a directory already there belongs to no record (an
+    /// id handed out by a transaction that never committed), so it goes.
+    pub(crate) fn install(&self, built: &Path, dir: &Path) -> Result<(), SnapshotError> {
+        self.discard_orphan(dir)?;
+        fs::rename(built, dir).map_err(|e| SnapshotError::io("rename into place", dir, e))
+    }
+
+    /// An empty snapshot directory (`fs/` only) at `dir`, for a layer
+    /// committed before its data is there. Called with the write
+    /// transaction open, as [`Snapshotter::install`].
+    pub(crate) fn install_empty(&self, dir: &Path) -> Result<(), SnapshotError> {
+        self.discard_orphan(dir)?;
+        mkdir(dir, 0o700)?;
+        mkdir(&dir.join("fs"), 0o755)?;
+        sync_dir(dir)
+    }
+
+    /// Discards what is at `dir`, the directory of an id no record holds (see
+    /// [`Snapshotter::install`]), if anything is.
+    fn discard_orphan(&self, dir: &Path) -> Result<(), SnapshotError> {
+        if fs::symlink_metadata(dir).is_ok() {
+            tracing::warn!(path = %dir.display(), "replacing orphaned snapshot directory");
+            self.discard(dir)?;
+        }
+        Ok(())
+    }
+
+    /// Moves `path` into the trash (instantly), then deletes it.
+    fn discard(&self, path: &Path) -> Result<(), SnapshotError> {
+        let trash = tempfile::Builder::new()
+            .prefix("old-")
+            .tempdir_in(self.root.join("trash"))
+            .map_err(|e| SnapshotError::io("create directory in", self.root.join("trash"), e))?
+            .keep();
+        let dest = trash.join("d");
+        fs::rename(path, &dest).map_err(|e| SnapshotError::io("move to trash", path, e))?;
+        remove_all(&trash);
+        Ok(())
+    }
+}
+
+impl SnapshotApi for Snapshotter {
     /// Prepare (`Kind::Active`) or View (`Kind::View`): a new snapshot `key`
-    /// on the committed snapshot `parent` (empty for none).
+    /// on the committed snapshot `parent` (empty for none), once the chain
+    /// of `parent` is mounted.
     fn create(
         &self,
         kind: Kind,
         key: &str,
         parent: &str,
-        labels: impl IntoIterator<Item = (String, String)>,
+        labels: HashMap<String, String>,
     ) -> Result<Vec<Mount>, SnapshotError> {
+        self.ensure_chain_mounted(parent)?;
         let labels = clean_labels(labels)?;
         let snapshots = self.layout.snapshots_dir();
         let txn = self.meta.write()?;
@@ -364,65 +423,6 @@ impl Snapshotter {
             return Err(err);
         }
         Ok(self.layout.mounts(&chain))
-    }
-
-    /// Renames a fully built directory to its id. Called with the write
-    /// transaction open: a directory already there belongs to no record (an
-    /// id handed out by a transaction that never committed), so it goes.
-    pub(crate) fn install(&self, built: &Path, dir: &Path) -> Result<(), SnapshotError> {
-        if fs::symlink_metadata(dir).is_ok() {
-            tracing::warn!(path = %dir.display(), "replacing orphaned snapshot directory");
-            self.discard(dir)?;
-        }
-        fs::rename(built, dir).map_err(|e| SnapshotError::io("rename into place", dir, e))
-    }
-
-    /// An empty snapshot directory (`fs/` only) at `dir`, for a layer
-    /// committed before its data is there. Called with the write
-    /// transaction open, as [`Snapshotter::install`].
-    pub(crate) fn install_empty(&self, dir: &Path) -> Result<(), SnapshotError> {
-        if fs::symlink_metadata(dir).is_ok() {
-            tracing::warn!(path = %dir.display(), "replacing orphaned snapshot directory");
-            self.discard(dir)?;
-        }
-        mkdir(dir, 0o700)?;
-        mkdir(&dir.join("fs"), 0o755)?;
-        sync_dir(dir)
-    }
-
-    /// Moves `path` into the trash (instantly), then deletes it.
-    fn discard(&self, path: &Path) -> Result<(), SnapshotError> {
-        let trash = tempfile::Builder::new()
-            .prefix("old-")
-            .tempdir_in(self.root.join("trash"))
-            .map_err(|e| SnapshotError::io("create directory in", self.root.join("trash"), e))?
-            .keep();
-        let dest = trash.join("d");
-        fs::rename(path, &dest).map_err(|e| SnapshotError::io("move to trash", path, e))?;
-        remove_all(&trash);
-        Ok(())
-    }
-}
-
-impl SnapshotApi for Snapshotter {
-    fn prepare(
-        &self,
-        key: &str,
-        parent: &str,
-        labels: HashMap<String, String>,
-    ) -> Result<Vec<Mount>, SnapshotError> {
-        self.ensure_chain_mounted(parent)?;
-        self.create(Kind::Active, key, parent, labels)
-    }
-
-    fn view(
-        &self,
-        key: &str,
-        parent: &str,
-        labels: HashMap<String, String>,
-    ) -> Result<Vec<Mount>, SnapshotError> {
-        self.ensure_chain_mounted(parent)?;
-        self.create(Kind::View, key, parent, labels)
     }
 
     /// The mounts of an active or view snapshot, every layer mounted from

@@ -283,7 +283,9 @@ impl FakeSnapshotter {
             .cloned()
             .ok_or_else(|| SnapshotError::NotFound(format!("snapshot {key:?}")))
     }
+}
 
+impl SnapshotApi for FakeSnapshotter {
     fn create(
         &self,
         kind: Kind,
@@ -317,26 +319,6 @@ impl FakeSnapshotter {
             source: format!("/fake/{id}"),
             options: vec!["rbind".into(), "rw".into()],
         }])
-    }
-}
-
-impl SnapshotApi for FakeSnapshotter {
-    fn prepare(
-        &self,
-        key: &str,
-        parent: &str,
-        labels: HashMap<String, String>,
-    ) -> Result<Vec<Mount>, SnapshotError> {
-        self.create(Kind::Active, key, parent, labels)
-    }
-
-    fn view(
-        &self,
-        key: &str,
-        parent: &str,
-        labels: HashMap<String, String>,
-    ) -> Result<Vec<Mount>, SnapshotError> {
-        self.create(Kind::View, key, parent, labels)
     }
 
     fn mounts(&self, key: &str) -> Result<Vec<Mount>, SnapshotError> {

@@ -95,7 +95,7 @@ impl PrivateContainerd {
     /// (see [`private_paths`] and [`PrivateContainerd::start_with_config`]).
     pub fn dir() -> Result<TestDir> {
         let dir = TestDir::new("containerd")?;
-        for d in ["root", "state", "opt", "cni"] {
+        for d in ["root", "state", "opt", "cni", "certs.d"] {
             let d = dir.path().join(d);
             std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
         }
@@ -573,6 +573,11 @@ pub fn private_paths(text: &str, version: &Version, dir: &Path) -> Result<String
     ];
     if version.is_2x() {
         edits.push((nri.to_vec(), value(true)));
+        // 2.2+ defaults to `imports = ['/etc/containerd/conf.d/*.toml']`:
+        // the node's drop-ins must not reach a private containerd.
+        if doc.contains_key("imports") {
+            edits.push((vec!["imports"], value(toml_edit::Array::new())));
+        }
     }
     for (path, item) in edits {
         let (last, parents) = path.split_last().context("empty key path")?;
@@ -659,6 +664,18 @@ fn set(table: &mut toml::Table, path: &[&str], value: impl Into<toml::Value>) ->
 
 fn path_str(path: &Path) -> String {
     path.to_string_lossy().into_owned()
+}
+
+/// CRI's registry `config_path` for the options: their hosts directory, or
+/// none. "None" is `""` on 1.6/1.7; 2.2+'s CRI replaces `""` with the node's
+/// `/etc/containerd/certs.d:/etc/docker/certs.d` when it starts, so on 2.x
+/// it is the private `dir/certs.d` (empty unless the test fills it).
+fn hosts_dir_value(version: &Version, dir: &Path, options: &ContainerdOptions) -> String {
+    match &options.hosts_dir {
+        Some(d) => path_str(d),
+        None if version.is_2x() => path_str(&dir.join("certs.d")),
+        None => String::new(),
+    }
 }
 
 /// The CRI tables of a config version: (snapshotter and annotations table,
@@ -768,11 +785,7 @@ fn write_config(
     set(
         &mut config,
         &key_path(&registry, "config_path"),
-        options
-            .hosts_dir
-            .as_deref()
-            .map(path_str)
-            .unwrap_or_default(),
+        hosts_dir_value(version, dir, options),
     )?;
     if let Some(name) = &options.cri_snapshotter {
         set(
@@ -788,6 +801,9 @@ fn write_config(
         set(&mut config, &restrict_oom_key(version), true)?;
     }
     if version.is_2x() {
+        // 2.2+ defaults to `imports = ['/etc/containerd/conf.d/*.toml']`:
+        // the node's drop-ins must not reach a private containerd.
+        set(&mut config, &["imports"], toml::Value::Array(Vec::new()))?;
         // `disable_snapshot_annotations = false` makes 2.1+ CRI fall back to
         // the client-side ("local") pull; the default (true) pulls through
         // the transfer service. Both must take the layers from the archive.
@@ -867,11 +883,7 @@ fn check_config(
     )?;
     expect(
         &key_path(&registry, "config_path"),
-        &options
-            .hosts_dir
-            .as_deref()
-            .map(path_str)
-            .unwrap_or_default(),
+        &hosts_dir_value(version, dir, options),
     )?;
     expect(&key_path(&cni, "conf_dir"), &under("cni"))?;
     if let Some(image) = &options.sandbox_image {
@@ -882,6 +894,14 @@ fn check_config(
     }
     if version.is_2x() {
         expect(&["version"], "3")?;
+        ensure!(
+            lookup(&["imports"])
+                .as_ref()
+                .and_then(toml::Value::as_array)
+                .is_none_or(|a| a.is_empty()),
+            "generated containerd config imports drop-ins: {:?}",
+            lookup(&["imports"])
+        );
         expect(&["plugins", "io.containerd.nri.v1.nri", "disable"], "true")?;
         expect(
             &[
@@ -1124,6 +1144,19 @@ state = '/run/containerd'
                 Some("127.0.0.1:1/library/pause:v1")
             );
         }
+        // 2.2+: the node's conf.d drop-ins and certs.d stay out.
+        let default_2_2 = format!("imports = ['/etc/containerd/conf.d/*.toml']\n{DEFAULT_2}");
+        let options = ContainerdOptions::default();
+        let text = write_config(&default_2_2, FRAGMENT_2, &version, dir, &options).unwrap();
+        check_config(&text, &version, dir, sock, &options).unwrap();
+        let value: toml::Value = text.parse().unwrap();
+        assert_eq!(value["imports"].as_array().map(Vec::len), Some(0));
+        assert_eq!(
+            value["plugins"]["io.containerd.cri.v1.images"]["registry"]["config_path"].as_str(),
+            Some("/tmp/x/certs.d")
+        );
+        let paths = private_paths(&default_2_2, &version, dir).unwrap();
+        assert!(!paths.contains("conf.d"), "{paths}");
         // The benchmark's baseline: CRI on containerd's own overlayfs.
         let options = ContainerdOptions {
             cri_snapshotter: Some("overlayfs".into()),

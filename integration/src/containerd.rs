@@ -551,17 +551,12 @@ pub fn private_paths(text: &str, version: &Version, dir: &Path) -> Result<String
     let mut doc: DocumentMut = text.parse().context("parsing the containerd config")?;
     let (_, _, cni) = cri_tables(version);
     let nri = ["plugins", "io.containerd.nri.v1.nri", "disable"];
+    let [grpc, ttrpc] = server_address_keys(doc.get("version").and_then(|v| v.as_integer()));
     let mut edits: Vec<(Vec<&str>, Item)> = vec![
         (vec!["root"], value(path_str(&dir.join("root")))),
         (vec!["state"], value(path_str(&dir.join("state")))),
-        (
-            vec!["grpc", "address"],
-            value(path_str(&dir.join("containerd.sock"))),
-        ),
-        (
-            vec!["ttrpc", "address"],
-            value(path_str(&dir.join("containerd.sock.ttrpc"))),
-        ),
+        (grpc, value(path_str(&dir.join("containerd.sock")))),
+        (ttrpc, value(path_str(&dir.join("containerd.sock.ttrpc")))),
         (
             vec!["plugins", "io.containerd.internal.v1.opt", "path"],
             value(path_str(&dir.join("opt"))),
@@ -666,6 +661,20 @@ fn path_str(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
 
+/// Where a config version has the gRPC and ttrpc socket addresses:
+/// top-level `[grpc]` and `[ttrpc]` up to version 3; version 4 (containerd
+/// 2.3+) ignores those and reads the `io.containerd.server.v1.*` plugins'.
+fn server_address_keys(config_version: Option<i64>) -> [Vec<&'static str>; 2] {
+    if config_version.is_some_and(|v| v >= 4) {
+        [
+            vec!["plugins", "io.containerd.server.v1.grpc", "address"],
+            vec!["plugins", "io.containerd.server.v1.ttrpc", "address"],
+        ]
+    } else {
+        [vec!["grpc", "address"], vec!["ttrpc", "address"]]
+    }
+}
+
 /// CRI's registry `config_path` for the options: their hosts directory, or
 /// none. "None" is `""` on 1.6/1.7; 2.2+'s CRI replaces `""` with the node's
 /// `/etc/containerd/certs.d:/etc/docker/certs.d` when it starts, so on 2.x
@@ -760,14 +769,12 @@ fn write_config(
 
     set(&mut config, &["root"], path_str(&dir.join("root")))?;
     set(&mut config, &["state"], path_str(&dir.join("state")))?;
+    let [grpc, ttrpc] =
+        server_address_keys(config.get("version").and_then(toml::Value::as_integer));
+    set(&mut config, &grpc, path_str(&dir.join("containerd.sock")))?;
     set(
         &mut config,
-        &["grpc", "address"],
-        path_str(&dir.join("containerd.sock")),
-    )?;
-    set(
-        &mut config,
-        &["ttrpc", "address"],
+        &ttrpc,
         path_str(&dir.join("containerd.sock.ttrpc")),
     )?;
     set(
@@ -861,8 +868,10 @@ fn check_config(
     let under = |p: &str| dir.join(p).to_string_lossy().into_owned();
     expect(&["root"], &under("root"))?;
     expect(&["state"], &under("state"))?;
-    expect(&["grpc", "address"], &under("containerd.sock"))?;
-    expect(&["ttrpc", "address"], &under("containerd.sock.ttrpc"))?;
+    let config_version = lookup(&["version"]).and_then(|v| v.as_integer());
+    let [grpc, ttrpc] = server_address_keys(config_version);
+    expect(&grpc, &under("containerd.sock"))?;
+    expect(&ttrpc, &under("containerd.sock.ttrpc"))?;
     expect(&["proxy_plugins", SNAPSHOTTER, "type"], "snapshot")?;
     expect(
         &["proxy_plugins", SNAPSHOTTER, "address"],
@@ -893,7 +902,10 @@ fn check_config(
         expect(&restrict_oom_key(version), "true")?;
     }
     if version.is_2x() {
-        expect(&["version"], "3")?;
+        ensure!(
+            matches!(config_version, Some(3 | 4)),
+            "generated containerd config: version is {config_version:?}, expected 3 or 4"
+        );
         ensure!(
             lookup(&["imports"])
                 .as_ref()
@@ -1203,6 +1215,39 @@ state = '/run/containerd'
                 version.is_2x().then_some(true)
             );
         }
+    }
+
+    /// 2.3's `containerd config default`: `version = 4`, the sockets in
+    /// `io.containerd.server.v1.*`, conf.d imported.
+    #[test]
+    fn config_4_moves_the_server_plugins_sockets() {
+        const DEFAULT_2_3: &str =
+            include_str!("../../plugin/src/setup/testdata/containerd-2.3.7.toml");
+        let dir = Path::new("/tmp/x");
+        let sock = Path::new("/tmp/y/snap.sock");
+        let version = v("containerd x 2.3.7");
+        let options = ContainerdOptions::default();
+        let text = write_config(DEFAULT_2_3, FRAGMENT_2, &version, dir, &options).unwrap();
+        check_config(&text, &version, dir, sock, &options).unwrap();
+        let value: toml::Value = text.parse().unwrap();
+        let server = |p: &str| value["plugins"][p]["address"].as_str().map(str::to_string);
+        assert_eq!(
+            server("io.containerd.server.v1.grpc").as_deref(),
+            Some("/tmp/x/containerd.sock")
+        );
+        assert_eq!(
+            server("io.containerd.server.v1.ttrpc").as_deref(),
+            Some("/tmp/x/containerd.sock.ttrpc")
+        );
+        let paths = private_paths(DEFAULT_2_3, &version, dir).unwrap();
+        assert!(
+            !paths.contains(SYSTEM_SOCKET) && !paths.contains("conf.d/*.toml"),
+            "{paths}"
+        );
+        // A version 3 layout would leave the system socket in place.
+        let three = DEFAULT_2_3.replacen("version = 4", "version = 3", 1);
+        let text = write_config(&three, FRAGMENT_2, &version, dir, &options).unwrap();
+        assert!(check_config(&text, &version, dir, sock, &options).is_err());
     }
 
     #[test]

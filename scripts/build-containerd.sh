@@ -87,6 +87,7 @@ resolve() {
             tail -n 3 "$cache/.list.err" >&2
             return 1
         }
+        rm -f "$cache/.list.err"
     fi
     local v best=
     for v in ${served#"$module"}; do

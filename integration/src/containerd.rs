@@ -95,7 +95,7 @@ impl PrivateContainerd {
     /// (see [`private_paths`] and [`PrivateContainerd::start_with_config`]).
     pub fn dir() -> Result<TestDir> {
         let dir = TestDir::new("containerd")?;
-        for d in ["root", "state", "opt", "cni"] {
+        for d in ["root", "state", "opt", "cni", "certs.d"] {
             let d = dir.path().join(d);
             std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
         }
@@ -551,17 +551,12 @@ pub fn private_paths(text: &str, version: &Version, dir: &Path) -> Result<String
     let mut doc: DocumentMut = text.parse().context("parsing the containerd config")?;
     let (_, _, cni) = cri_tables(version);
     let nri = ["plugins", "io.containerd.nri.v1.nri", "disable"];
+    let [grpc, ttrpc] = server_address_keys(doc.get("version").and_then(|v| v.as_integer()));
     let mut edits: Vec<(Vec<&str>, Item)> = vec![
         (vec!["root"], value(path_str(&dir.join("root")))),
         (vec!["state"], value(path_str(&dir.join("state")))),
-        (
-            vec!["grpc", "address"],
-            value(path_str(&dir.join("containerd.sock"))),
-        ),
-        (
-            vec!["ttrpc", "address"],
-            value(path_str(&dir.join("containerd.sock.ttrpc"))),
-        ),
+        (grpc, value(path_str(&dir.join("containerd.sock")))),
+        (ttrpc, value(path_str(&dir.join("containerd.sock.ttrpc")))),
         (
             vec!["plugins", "io.containerd.internal.v1.opt", "path"],
             value(path_str(&dir.join("opt"))),
@@ -573,6 +568,11 @@ pub fn private_paths(text: &str, version: &Version, dir: &Path) -> Result<String
     ];
     if version.is_2x() {
         edits.push((nri.to_vec(), value(true)));
+        // 2.2+ defaults to `imports = ['/etc/containerd/conf.d/*.toml']`:
+        // the node's drop-ins must not reach a private containerd.
+        if doc.contains_key("imports") {
+            edits.push((vec!["imports"], value(toml_edit::Array::new())));
+        }
     }
     for (path, item) in edits {
         let (last, parents) = path.split_last().context("empty key path")?;
@@ -661,6 +661,32 @@ fn path_str(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
 
+/// Where a config version has the gRPC and ttrpc socket addresses:
+/// top-level `[grpc]` and `[ttrpc]` up to version 3; version 4 (containerd
+/// 2.3+) ignores those and reads the `io.containerd.server.v1.*` plugins'.
+fn server_address_keys(config_version: Option<i64>) -> [Vec<&'static str>; 2] {
+    if config_version.is_some_and(|v| v >= 4) {
+        [
+            vec!["plugins", "io.containerd.server.v1.grpc", "address"],
+            vec!["plugins", "io.containerd.server.v1.ttrpc", "address"],
+        ]
+    } else {
+        [vec!["grpc", "address"], vec!["ttrpc", "address"]]
+    }
+}
+
+/// CRI's registry `config_path` for the options: their hosts directory, or
+/// none. "None" is `""` on 1.6/1.7; 2.2+'s CRI replaces `""` with the node's
+/// `/etc/containerd/certs.d:/etc/docker/certs.d` when it starts, so on 2.x
+/// it is the private `dir/certs.d` (empty unless the test fills it).
+fn hosts_dir_value(version: &Version, dir: &Path, options: &ContainerdOptions) -> String {
+    match &options.hosts_dir {
+        Some(d) => path_str(d),
+        None if version.is_2x() => path_str(&dir.join("certs.d")),
+        None => String::new(),
+    }
+}
+
 /// The CRI tables of a config version: (snapshotter and annotations table,
 /// registry table, CNI table).
 fn cri_tables(version: &Version) -> ([&'static str; 3], [&'static str; 3], [&'static str; 3]) {
@@ -743,14 +769,12 @@ fn write_config(
 
     set(&mut config, &["root"], path_str(&dir.join("root")))?;
     set(&mut config, &["state"], path_str(&dir.join("state")))?;
+    let [grpc, ttrpc] =
+        server_address_keys(config.get("version").and_then(toml::Value::as_integer));
+    set(&mut config, &grpc, path_str(&dir.join("containerd.sock")))?;
     set(
         &mut config,
-        &["grpc", "address"],
-        path_str(&dir.join("containerd.sock")),
-    )?;
-    set(
-        &mut config,
-        &["ttrpc", "address"],
+        &ttrpc,
         path_str(&dir.join("containerd.sock.ttrpc")),
     )?;
     set(
@@ -768,11 +792,7 @@ fn write_config(
     set(
         &mut config,
         &key_path(&registry, "config_path"),
-        options
-            .hosts_dir
-            .as_deref()
-            .map(path_str)
-            .unwrap_or_default(),
+        hosts_dir_value(version, dir, options),
     )?;
     if let Some(name) = &options.cri_snapshotter {
         set(
@@ -788,6 +808,9 @@ fn write_config(
         set(&mut config, &restrict_oom_key(version), true)?;
     }
     if version.is_2x() {
+        // 2.2+ defaults to `imports = ['/etc/containerd/conf.d/*.toml']`:
+        // the node's drop-ins must not reach a private containerd.
+        set(&mut config, &["imports"], toml::Value::Array(Vec::new()))?;
         // `disable_snapshot_annotations = false` makes 2.1+ CRI fall back to
         // the client-side ("local") pull; the default (true) pulls through
         // the transfer service. Both must take the layers from the archive.
@@ -845,8 +868,10 @@ fn check_config(
     let under = |p: &str| dir.join(p).to_string_lossy().into_owned();
     expect(&["root"], &under("root"))?;
     expect(&["state"], &under("state"))?;
-    expect(&["grpc", "address"], &under("containerd.sock"))?;
-    expect(&["ttrpc", "address"], &under("containerd.sock.ttrpc"))?;
+    let config_version = lookup(&["version"]).and_then(|v| v.as_integer());
+    let [grpc, ttrpc] = server_address_keys(config_version);
+    expect(&grpc, &under("containerd.sock"))?;
+    expect(&ttrpc, &under("containerd.sock.ttrpc"))?;
     expect(&["proxy_plugins", SNAPSHOTTER, "type"], "snapshot")?;
     expect(
         &["proxy_plugins", SNAPSHOTTER, "address"],
@@ -867,11 +892,7 @@ fn check_config(
     )?;
     expect(
         &key_path(&registry, "config_path"),
-        &options
-            .hosts_dir
-            .as_deref()
-            .map(path_str)
-            .unwrap_or_default(),
+        &hosts_dir_value(version, dir, options),
     )?;
     expect(&key_path(&cni, "conf_dir"), &under("cni"))?;
     if let Some(image) = &options.sandbox_image {
@@ -881,7 +902,18 @@ fn check_config(
         expect(&restrict_oom_key(version), "true")?;
     }
     if version.is_2x() {
-        expect(&["version"], "3")?;
+        ensure!(
+            matches!(config_version, Some(3 | 4)),
+            "generated containerd config: version is {config_version:?}, expected 3 or 4"
+        );
+        ensure!(
+            lookup(&["imports"])
+                .as_ref()
+                .and_then(toml::Value::as_array)
+                .is_none_or(|a| a.is_empty()),
+            "generated containerd config imports drop-ins: {:?}",
+            lookup(&["imports"])
+        );
         expect(&["plugins", "io.containerd.nri.v1.nri", "disable"], "true")?;
         expect(
             &[
@@ -1124,6 +1156,19 @@ state = '/run/containerd'
                 Some("127.0.0.1:1/library/pause:v1")
             );
         }
+        // 2.2+: the node's conf.d drop-ins and certs.d stay out.
+        let default_2_2 = format!("imports = ['/etc/containerd/conf.d/*.toml']\n{DEFAULT_2}");
+        let options = ContainerdOptions::default();
+        let text = write_config(&default_2_2, FRAGMENT_2, &version, dir, &options).unwrap();
+        check_config(&text, &version, dir, sock, &options).unwrap();
+        let value: toml::Value = text.parse().unwrap();
+        assert_eq!(value["imports"].as_array().map(Vec::len), Some(0));
+        assert_eq!(
+            value["plugins"]["io.containerd.cri.v1.images"]["registry"]["config_path"].as_str(),
+            Some("/tmp/x/certs.d")
+        );
+        let paths = private_paths(&default_2_2, &version, dir).unwrap();
+        assert!(!paths.contains("conf.d"), "{paths}");
         // The benchmark's baseline: CRI on containerd's own overlayfs.
         let options = ContainerdOptions {
             cri_snapshotter: Some("overlayfs".into()),
@@ -1170,6 +1215,39 @@ state = '/run/containerd'
                 version.is_2x().then_some(true)
             );
         }
+    }
+
+    /// 2.3's `containerd config default`: `version = 4`, the sockets in
+    /// `io.containerd.server.v1.*`, conf.d imported.
+    #[test]
+    fn config_4_moves_the_server_plugins_sockets() {
+        const DEFAULT_2_3: &str =
+            include_str!("../../plugin/src/setup/testdata/containerd-2.3.7.toml");
+        let dir = Path::new("/tmp/x");
+        let sock = Path::new("/tmp/y/snap.sock");
+        let version = v("containerd x 2.3.7");
+        let options = ContainerdOptions::default();
+        let text = write_config(DEFAULT_2_3, FRAGMENT_2, &version, dir, &options).unwrap();
+        check_config(&text, &version, dir, sock, &options).unwrap();
+        let value: toml::Value = text.parse().unwrap();
+        let server = |p: &str| value["plugins"][p]["address"].as_str().map(str::to_string);
+        assert_eq!(
+            server("io.containerd.server.v1.grpc").as_deref(),
+            Some("/tmp/x/containerd.sock")
+        );
+        assert_eq!(
+            server("io.containerd.server.v1.ttrpc").as_deref(),
+            Some("/tmp/x/containerd.sock.ttrpc")
+        );
+        let paths = private_paths(DEFAULT_2_3, &version, dir).unwrap();
+        assert!(
+            !paths.contains(SYSTEM_SOCKET) && !paths.contains("conf.d/*.toml"),
+            "{paths}"
+        );
+        // A version 3 layout would leave the system socket in place.
+        let three = DEFAULT_2_3.replacen("version = 4", "version = 3", 1);
+        let text = write_config(&three, FRAGMENT_2, &version, dir, &options).unwrap();
+        assert!(check_config(&text, &version, dir, sock, &options).is_err());
     }
 
     #[test]

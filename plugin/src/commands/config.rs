@@ -326,7 +326,7 @@ fn write_new(file: &Path, text: &str) -> Result<()> {
 fn layout_name(v: ContainerdVersion) -> &'static str {
     match v {
         ContainerdVersion::V1 => "containerd 1.6/1.7 (version = 2)",
-        ContainerdVersion::V2 => "containerd 2.x (version = 3)",
+        ContainerdVersion::V2 => "containerd 2.x (version = 3, or 4 from 2.3)",
     }
 }
 

@@ -29,7 +29,8 @@ pub enum MergeError {
     )]
     NoVersion { path: PathBuf },
     #[error(
-        "{}: `version = {found}`: expected 2 (containerd 1.6/1.7) or 3 (containerd 2.x)",
+        "{}: `version = {found}`: expected 2 (containerd 1.6/1.7), 3 (containerd 2.0 to 2.2) \
+         or 4 (containerd 2.3+)",
         path.display()
     )]
     UnknownVersion { path: PathBuf, found: String },
@@ -54,7 +55,10 @@ pub enum MergeError {
 }
 
 /// The config layout a file's `version` field says: 2 is containerd
-/// 1.6/1.7's, 3 is 2.x's. A file without it is the version 1 format.
+/// 1.6/1.7's, 3 and 4 are 2.x's (4, from 2.3, moves only the server settings,
+/// `[grpc]`, `[ttrpc]`, `[debug]`, `[metrics]`, into `io.containerd.server.v1.*`
+/// plugin tables; every table the wiring edits is the same as in 3). A file
+/// without it is the version 1 format.
 pub fn file_version(path: &Path, text: &str) -> Result<ContainerdVersion, MergeError> {
     let doc = parse(path, text)?;
     version_of(path, &doc)
@@ -76,7 +80,7 @@ fn version_of(path: &Path, doc: &DocumentMut) -> Result<ContainerdVersion, Merge
     };
     match item.as_integer() {
         Some(2) => Ok(ContainerdVersion::V1),
-        Some(3) => Ok(ContainerdVersion::V2),
+        Some(3 | 4) => Ok(ContainerdVersion::V2),
         _ => Err(MergeError::UnknownVersion {
             path: path.to_path_buf(),
             found: item.to_string().trim().to_string(),
@@ -297,6 +301,7 @@ mod tests {
     const V1_6: &str = include_str!("testdata/containerd-1.6.20.toml");
     const V1_7: &str = include_str!("testdata/containerd-1.7.24.toml");
     const V2_1: &str = include_str!("testdata/containerd-2.1.9.toml");
+    const V2_3: &str = include_str!("testdata/containerd-2.3.7.toml");
 
     const SOCK: &str = "/run/x/snap.sock";
     const HOSTS: &str = "/srv/certs.d";
@@ -465,6 +470,12 @@ mod tests {
     #[test]
     fn merges_into_2_1_default() {
         check(V2_1, ContainerdVersion::V2);
+    }
+
+    /// 2.3's `version = 4`: the same plugin tables as 3.
+    #[test]
+    fn merges_into_2_3_default() {
+        check(V2_3, ContainerdVersion::V2);
     }
 
     #[test]

@@ -73,7 +73,8 @@ pub struct ConfigArgs {
 pub enum ContainerdVersion {
     /// containerd 1.6 and 1.7: `version = 2` config.
     V1,
-    /// containerd 2.x: `version = 3` config.
+    /// containerd 2.x: `version = 3` config (4 from 2.3: the same plugin
+    /// tables, server settings moved into `io.containerd.server.v1.*`).
     V2,
 }
 
@@ -344,7 +345,7 @@ pub fn render(wiring: &Wiring) -> String {
              # both plugin tables); `config --merge FILE` does it for you.\n"
         }
         ContainerdVersion::V2 => {
-            "# containerd 2.x: /etc/containerd/config.toml (version = 3).\n\
+            "# containerd 2.x: /etc/containerd/config.toml (version = 3; 4 from 2.3).\n\
              # Merge these keys into the tables of the same name: containerd refuses a\n\
              # table defined twice; `config --merge FILE` does it for you.\n"
         }

@@ -349,14 +349,15 @@ impl Catalog {
                 seen.insert(path.clone());
                 let key = FileKey::of(&meta);
                 let state = self.state.read().unwrap();
-                let known = state
-                    .archives
-                    .get(&path)
-                    .is_some_and(|a| a.index.key == key)
-                    || state.broken.get(&path).is_some_and(|(k, _)| *k == key);
+                let before = state.archives.get(&path).map(|a| a.index.key);
+                let known =
+                    before == Some(key) || state.broken.get(&path).is_some_and(|(k, _)| *k == key);
                 drop(state);
                 if known {
                     continue;
+                }
+                if let Some(before) = before {
+                    crate::layer::rewrites::seen(&path, &before, &key);
                 }
                 let age = meta
                     .modified()

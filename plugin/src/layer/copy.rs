@@ -303,7 +303,7 @@ mod tests {
             }
             let skip = |why: &str| {
                 let thread = std::thread::current();
-                eprintln!("skipped {}: {why}", thread.name().unwrap_or("test"));
+                crate::testsupport::skip(thread.name().unwrap_or("test"), why);
             };
             let img = tempfile::tempdir().unwrap();
             let file = img.path().join("xfs.img");

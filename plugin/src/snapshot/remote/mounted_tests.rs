@@ -782,7 +782,7 @@ async fn a_root_behind_a_symlink_leaves_no_mounts() {
 /// naming the mounted layers that read the archive itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_archive_rewritten_in_place_changes_nothing_a_container_reads() {
-    requires_root!();
+    requires_erofs!();
     use crate::config::{LayerBackingMode, LayerMode};
     use crate::testsupport::{docker_save, write, ImageSpec};
     use std::os::unix::fs::FileExt;

@@ -870,6 +870,60 @@ mod tests {
         assert!(!store.entry_dir(&late_layers[0].digest).exists());
     }
 
+    /// The cost of each `layer_backing` at a layer's first pull: the time
+    /// to prepare and link a layer of `AIRGAP_BENCH_LAYER_MB` MB (default
+    /// 1024, 256 files) lying in a docker-save-like archive in
+    /// `AIRGAP_BENCH_DIR` (its filesystem is what is measured), page cache
+    /// dropped first, and the disk the entry takes. Run by hand:
+    /// `AIRGAP_BENCH_DIR=/mnt/xfs cargo test -p airgap-snapshotter --lib
+    /// --release -- --ignored --nocapture measure_layer_backing`.
+    #[test]
+    #[ignore]
+    fn measure_layer_backing() {
+        let Some(dir) = std::env::var_os("AIRGAP_BENCH_DIR") else {
+            crate::testsupport::skip("measure_layer_backing", "AIRGAP_BENCH_DIR is not set");
+            return;
+        };
+        let mb: usize = std::env::var("AIRGAP_BENCH_LAYER_MB")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1024);
+        let work = tempfile::tempdir_in(dir).unwrap();
+        let files = 256;
+        let body: Vec<Vec<u8>> = (0..files)
+            .map(|i| {
+                (0..mb * 1024 * 1024 / files)
+                    .map(|j| (j * 31 + i * 7 + j / 4093) as u8)
+                    .collect()
+            })
+            .collect();
+        let names: Vec<String> = (0..files).map(|i| format!("d/f{i}")).collect();
+        let mut entries = vec![Entry::Dir("d")];
+        entries.extend(names.iter().zip(&body).map(|(n, b)| Entry::File(n, b)));
+        let tar = layer_tar(&entries);
+        drop(body);
+        let mut fake = FakeSource::default();
+        let layers = fake.add_plain_image(&[tar], &work.path().join("image.tar"));
+        for (mode, in_place) in [("archive", true), ("private", false)] {
+            let store = LayerStore::open(&work.path().join(format!("layers-{mode}")), u64::MAX)
+                .unwrap()
+                .archive_backed(in_place);
+            let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+            let started = std::time::Instant::now();
+            let linked = link(&store, &fake, &layers[0], work.path(), mode);
+            let elapsed = started.elapsed();
+            let entry = store.entry_dir(&layers[0].digest);
+            let on_disk = entry_bytes(&entry, !in_place).unwrap();
+            eprintln!(
+                "layer_backing={mode}: {mb} MB layer prepared in {:.2} s; reflinked={}; entry {} MB \
+                 (st_blocks; a clone's blocks are shared with the archive)",
+                elapsed.as_secs_f64(),
+                linked.record.reflinked,
+                on_disk >> 20,
+            );
+        }
+    }
+
     /// A layer whose bytes do not match its diffID leaves no entry and no
     /// half-built directory, and the error names the mismatch.
     #[test]

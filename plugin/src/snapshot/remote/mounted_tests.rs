@@ -772,6 +772,7 @@ async fn a_root_behind_a_symlink_leaves_no_mounts() {
     assert!(crate::testsupport::snapshot::dir_names(&root.join("staging")).is_empty());
     assert!(crate::testsupport::snapshot::dir_names(&root.join("trash")).is_empty());
     drop(sn);
+}
 
 /// Issue 19.1: a docker-save `.tar` rewritten in place (same inode) while
 /// a container runs on a layer mounted from it, at the same size and at

@@ -474,8 +474,7 @@ async fn an_archive_gone_at_reboot_is_refused_by_name_then_rebuilt_from_another_
     let archive = work.path().join("image.tar");
     let mut fake = FakeSource::default();
     let layers = fake.add_plain_image(&tars, &archive);
-    let server =
-        TestServer::start_with(Some(Arc::new(fake)), crate::config::LayerMode::Erofs).await;
+    let server = TestServer::start_with(Some(Arc::new(fake)), archive_backed()).await;
     let root = server.root();
     let _root_guard = Unmount(root.clone());
     let parent = server.commit_layers(&layers, &HashMap::new()).await;
@@ -489,7 +488,7 @@ async fn an_archive_gone_at_reboot_is_refused_by_name_then_rebuilt_from_another_
     let sn = Snapshotter::open_with(
         &root,
         Some(Arc::new(FakeSource::default())),
-        crate::config::LayerMode::Erofs,
+        archive_backed(),
     )
     .unwrap();
     assert!(crate::metrics::global().layer_remount_failures.get() >= failures + 2);
@@ -513,8 +512,7 @@ async fn an_archive_gone_at_reboot_is_refused_by_name_then_rebuilt_from_another_
     let mut back = FakeSource::default();
     let renamed = work.path().join("renamed.tar");
     back.add_plain_image(&tars, &renamed);
-    let sn = Snapshotter::open_with(&root, Some(Arc::new(back)), crate::config::LayerMode::Erofs)
-        .unwrap();
+    let sn = Snapshotter::open_with(&root, Some(Arc::new(back)), archive_backed()).unwrap();
     sn.prepare("ns/9/ctr", &parent, HashMap::new()).unwrap();
     assert_layers_served(&root, &ids);
     for id in &ids {
@@ -772,6 +770,15 @@ async fn a_root_behind_a_symlink_leaves_no_mounts() {
     assert!(crate::testsupport::snapshot::dir_names(&root.join("staging")).is_empty());
     assert!(crate::testsupport::snapshot::dir_names(&root.join("trash")).is_empty());
     drop(sn);
+}
+
+/// Layers mounted from the archive itself (`layer_backing = "archive"`):
+/// what an archive gone or moved does to them is only seen there (private
+/// copies do not depend on the archive).
+fn archive_backed() -> crate::layer::LayerOptions {
+    let mut opts = crate::layer::LayerOptions::from(crate::config::LayerMode::Erofs);
+    opts.backing = crate::config::LayerBackingMode::Archive;
+    opts
 }
 
 /// Issue 19.1: a docker-save `.tar` rewritten in place (same inode) while

@@ -205,6 +205,14 @@ impl Daemon {
                     self.extra_args.drain(i..i + 2);
                 }
             }
+            // So do its `--mirror-listen off` and `--metrics-listen off`.
+            for flag in ["--mirror-listen", "--metrics-listen"] {
+                if arg.starts_with(flag) {
+                    if let Some(i) = self.extra_args.iter().position(|a| a == flag) {
+                        self.extra_args.drain(i..i + 2);
+                    }
+                }
+            }
         }
         if args.contains(&"--archive-removal-grace") {
             // The harness's (or an earlier) grace gives way.

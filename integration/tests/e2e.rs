@@ -2305,3 +2305,213 @@ fn twenty_pulls(test: &str, env: &mut Env, images: &Images) -> Result<()> {
     run_sample_check(env, &images.archived[0].name, "twenty")?;
     Ok(())
 }
+
+/// (issue 19.1) A container runs on the layers of a docker-save `.tar`
+/// (mounted over private copies, `layer_backing = "private"`, the
+/// default); the archive is then rewritten in place, as `cp new.tar
+/// old.tar` and the k3s upgrade do: first at the same size (one file's
+/// bytes changed), then with another archive of another size. After
+/// each, with the page cache dropped, `ctr task exec ... cat` in the
+/// running container still gives the original bytes; the daemon logs the
+/// rewrite at error level, counts it (`airgap_archive_rewrites_total`)
+/// and `doctor` reports it.
+#[test]
+fn archive_rewritten_in_place_under_a_running_container() {
+    let test = "archive_rewritten";
+    if !kernel_has_erofs_indexes(test) {
+        return;
+    }
+    run_test(
+        test,
+        |host| {
+            Ok((
+                vec![TestImage {
+                    spec: sample_spec(host, "rewritten", "v1")?,
+                    layers: LayerCompression::Gzip,
+                    container: ArchiveContainer::Tar,
+                    docker_save: true,
+                    cmd: None,
+                }],
+                vec![sample_spec(host, "rewritten-other", "v1")?],
+            ))
+        },
+        archive_rewritten,
+    );
+}
+
+fn archive_rewritten(test: &str, env: &mut Env, images: &Images) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let image = &images.archived[0];
+    let root = env.daemon.root().to_path_buf();
+    let metrics = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+        probe.local_addr()?.to_string()
+    };
+    env.daemon
+        .restart_with_args(&["--metrics-listen", &metrics])?;
+    env.containerd
+        .wait_snapshotter_reachable(Duration::from_secs(60))?;
+    eprintln!("== {test}: CRI PullImage {}", image.name);
+    pull_after_restart(test, &mut env.cri, &image.name)?;
+    let layers = image.chain_ids.len();
+    let mounted = erofs_mounts(&root)?;
+    ensure!(
+        mounted.len() == layers,
+        "{} EROFS mounts for {layers} layers: {mounted:?}",
+        mounted.len()
+    );
+    for m in &mounted {
+        let copy = m.parent().context("mount point")?.join("layer.tar");
+        ensure!(copy.exists(), "{} has no private copy", copy.display());
+    }
+    let id = container_id("rewritten");
+    env.containerd.ctr(&[
+        "-n",
+        K8S_NS,
+        "run",
+        "-d",
+        "--null-io",
+        "--snapshotter",
+        SNAPSHOTTER,
+        &image.name,
+        &id,
+        "/bin/sh",
+        "-c",
+        "trap 'exit 0' TERM; sleep 2147483647 & wait",
+    ])?;
+    let mut execs = 0;
+    let mut cat = |what: &str| -> Result<String> {
+        std::fs::write("/proc/sys/vm/drop_caches", "3").context("dropping the page cache")?;
+        execs += 1;
+        let exec_id = format!("cat{execs}");
+        env.containerd.ctr(&[
+            "-n",
+            K8S_NS,
+            "task",
+            "exec",
+            "--exec-id",
+            &exec_id,
+            &id,
+            "cat",
+            what,
+        ])
+    };
+    let original = cat("/data/file")?;
+    ensure!(original == "hello airgap\n", "before: {original:?}");
+
+    let name = image.archive.file_name().context("archive name")?;
+    let archive = env.daemon.archives_dir().join(name);
+    let ino = std::fs::metadata(&archive)?.ino();
+    let rewrites = |n: usize| {
+        let daemon = &env.daemon;
+        process::wait_until(
+            "the daemon to log the rewrite",
+            Duration::from_secs(60),
+            || Ok(daemon.log().matches("archive rewritten in place").count() >= n),
+        )
+    };
+
+    eprintln!(
+        "== {test}: rewriting {} in place, same size",
+        archive.display()
+    );
+    let mut bytes = std::fs::read(&archive)?;
+    let (from, to) = (b"hello airgap\n", b"HELLO AIRGAP\n");
+    let mut changed = 0;
+    for i in 0..bytes.len().saturating_sub(from.len()) {
+        if &bytes[i..i + from.len()] == from {
+            bytes[i..i + from.len()].copy_from_slice(to);
+            changed += 1;
+        }
+    }
+    ensure!(changed > 0, "the file's bytes are not in the archive");
+    let f = std::fs::OpenOptions::new().write(true).open(&archive)?;
+    f.write_all_at(&bytes, 0)?;
+    f.sync_all()?;
+    drop(f);
+    rewrites(1)?;
+    let after = cat("/data/file")?;
+    ensure!(after == original, "after a same-size rewrite: {after:?}");
+
+    eprintln!("== {test}: copying another archive over it (another size)");
+    let other = &images.remote_only[0].archive;
+    ensure!(
+        std::fs::metadata(other)?.len() != bytes.len() as u64,
+        "same size"
+    );
+    std::fs::copy(other, &archive)?;
+    ensure!(
+        std::fs::metadata(&archive)?.ino() == ino,
+        "not rewritten in place"
+    );
+    rewrites(2)?;
+    let after = cat("/data/file")?;
+    ensure!(
+        after == original,
+        "after another archive was copied over: {after:?}"
+    );
+    let marker = cat("/data/marker")?;
+    ensure!(marker == "rewritten:v1\n", "marker: {marker:?}");
+
+    // Counted, and reported by doctor (which reads the daemon's root).
+    let scraped = http_get(&metrics, "/metrics")?;
+    let count: f64 = scraped
+        .lines()
+        .find_map(|l| l.strip_prefix("airgap_archive_rewrites_total "))
+        .context("no airgap_archive_rewrites_total")?
+        .trim()
+        .parse()?;
+    ensure!(count >= 2.0, "airgap_archive_rewrites_total {count}");
+    let out = process::run_unchecked(
+        std::process::Command::new(airgap_integration::daemon::binary()?)
+            .arg("doctor")
+            .arg("--json")
+            .arg("--root")
+            .arg(&root)
+            .arg("--archives")
+            .arg(env.daemon.archives_dir())
+            .arg("--socket")
+            .arg(env.daemon.socket())
+            .arg("--containerd-config")
+            .arg(env.containerd.config_path())
+            .arg("--containerd-address")
+            .arg(env.containerd.address())
+            .arg("--ctr")
+            .arg(airgap_integration::containerd::binary("ctr"))
+            .args(["--mirror-listen", "off", "--metrics-listen", "off"]),
+        Duration::from_secs(60),
+    )?;
+    let json: serde_json::Value = serde_json::from_str(&out.stdout)
+        .with_context(|| format!("doctor output:\n{}\n{}", out.stdout, out.stderr))?;
+    let check = json["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "archive rewrites"))
+        .with_context(|| format!("no archive rewrites check: {json}"))?;
+    ensure!(
+        check["status"] == "warn"
+            && check["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains(&*archive.to_string_lossy())),
+        "doctor: {check}"
+    );
+    env.containerd
+        .ctr(&["-n", K8S_NS, "task", "kill", "-s", "SIGKILL", &id])?;
+    env.daemon.check_running()?;
+    Ok(())
+}
+
+/// `GET path` over HTTP/1.0 from `addr`; the body.
+fn http_get(addr: &str, path: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let (head, body) = out.split_once("\r\n\r\n").context("no HTTP header")?;
+    ensure!(
+        head.starts_with("HTTP/1.") && head.contains(" 200"),
+        "{head}"
+    );
+    Ok(body.to_string())
+}

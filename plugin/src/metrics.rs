@@ -44,6 +44,9 @@ pub struct Metrics {
     pub layer_store_entries: Gauge,
     pub layer_store_bytes: Gauge,
     pub layer_store_evictions: Counter,
+    /// Archives found rewritten in place (same file, new size or mtime):
+    /// see [`crate::layer::rewrites`].
+    pub archive_rewrites: Counter,
     /// Prepares that went the ordinary way (containerd downloads the
     /// layer), by reason.
     pub layer_fallbacks: Family<Labels, Counter>,
@@ -74,6 +77,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     layer_store_entries: Gauge::default(),
     layer_store_bytes: Gauge::default(),
     layer_store_evictions: Counter::default(),
+    archive_rewrites: Counter::default(),
     layer_fallbacks: Family::default(),
     // 10 ms .. ~10 min.
     extraction_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 16)),
@@ -162,6 +166,11 @@ pub fn registry(catalog: Arc<Catalog>) -> Registry {
         "airgap_layer_remount_failures",
         "Layers mounted from an archive found unmounted that could be neither mounted again nor rebuilt from an archive",
         m.layer_remount_failures.clone(),
+    );
+    r.register(
+        "airgap_archive_rewrites",
+        "Archives rewritten in place (same inode, new size or mtime) instead of replaced by rename",
+        m.archive_rewrites.clone(),
     );
     r.register(
         "airgap_layers_prepared",

@@ -115,6 +115,7 @@ impl Catalog {
                 seen.present.insert(path.clone());
                 let key = FileKey::of(&meta);
                 let state = self.state.read().unwrap();
+                let before = state.archives.get(&path).map(|a| a.index.key);
                 let known = state
                     .archives
                     .get(&path)
@@ -123,6 +124,9 @@ impl Catalog {
                 drop(state);
                 if known {
                     continue;
+                }
+                if let Some(before) = before {
+                    crate::layer::rewrites::seen(&path, &before, &key);
                 }
                 let age = meta
                     .modified()

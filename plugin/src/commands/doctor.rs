@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use airgap_snapshotter::catalog::reference::Reference;
 use airgap_snapshotter::config::{Config, Listen, ServeArgs};
 use airgap_snapshotter::doctor::{
-    config_file, hosts, images, probe, upstream, Check, ImageStatus, Report, Status,
+    config_file, hosts, images, probe, rewrites, upstream, Check, ImageStatus, Report, Status,
 };
 use airgap_snapshotter::registry::Upstreams;
 use airgap_snapshotter::setup::{platform, DEFAULT_HOSTS_DIR};
@@ -116,6 +116,10 @@ pub fn run(args: DoctorArgs) -> Result<ExitCode> {
     checks.push(probe::layer_mounts(
         config.layer_mounts,
         Path::new("/sys/fs/erofs/features"),
+    ));
+    checks.push(rewrites::check(
+        airgap_snapshotter::layer::rewrites::read_status(&config.root),
+        config.layer_backing,
     ));
     checks.push(probe::free_space(
         &config.root,

@@ -68,6 +68,7 @@ async fn serve(
     // reached through a symlink must not leave mounts behind.
     config.root = fs::canonicalize(&config.root)
         .with_context(|| format!("resolve root {}", config.root.display()))?;
+    airgap_snapshotter::layer::rewrites::init(&config.root);
 
     let catalog_options = CatalogOptions {
         dirs: config.archives.clone(),

@@ -11,6 +11,7 @@
 //! cache_bytes = "10GiB"              # or a number of bytes
 //! layer_mounts = "auto"              # "erofs" (required), or "extract"
 //! prepare_layers = "on-pull"         # "on-arrival": decompress and index compressed layers ahead
+//! layer_backing = "private"          # "archive": mount plain layers from the archive itself (zero copy)
 //! layer_store_bytes = "10GiB"        # prepared layers kept when no snapshot uses them
 //! index_max_entries = 1000000        # tar entries of a layer indexed in memory; more: extracted
 //! index_max_name_bytes = "64MiB"     # bytes of its names, link targets and xattrs; more: extracted
@@ -130,6 +131,11 @@ pub struct ServeArgs {
     /// archive is indexed) [default: on-pull].
     #[arg(long, value_enum)]
     pub prepare_layers: Option<PrepareLayers>,
+    /// What a mounted layer of an uncompressed archive reads: `private` (a
+    /// reflink clone or a copy inside the root) or `archive` (the archive
+    /// itself: replace archives only by rename) [default: private].
+    #[arg(long, value_enum)]
+    pub layer_backing: Option<LayerBackingMode>,
     /// Byte budget of prepared layers no snapshot uses (suffixes as
     /// --cache-bytes) [default: 10GiB].
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
@@ -196,20 +202,35 @@ pub struct Config {
     )]
     pub cache_bytes: u64,
     /// How layers taken from archives become snapshots: mounted (an EROFS
-    /// index of the layer's metadata over its data, Linux 6.12+): an
-    /// uncompressed layer of an uncompressed archive in place, with the
-    /// archive as backing file, any other layer over its tar decompressed
-    /// once into the layer store (`<root>/layers`); or extracted. `auto`
+    /// index of the layer's metadata over its data, Linux 6.12+) over a
+    /// private copy of its tar in the layer store (`<root>/layers`): cloned
+    /// or copied from an uncompressed archive (or, with `layer_backing =
+    /// "archive"`, the archive itself), decompressed once from any other;
+    /// or extracted. `auto`
     /// mounts where the kernel can and extracts otherwise (said once in the
     /// log), `erofs` refuses to start on a kernel that cannot, `extract`
     /// always extracts.
     pub layer_mounts: LayerMode,
     /// When compressed layers are prepared for mounting: `on-pull`, or
     /// `on-arrival` (decompressed and indexed in the background as soon as
-    /// their archive is indexed, while the store's budget lasts). The
-    /// indexes of uncompressed layers (metadata only) are always built on
-    /// arrival.
+    /// their archive is indexed, while the store's budget lasts).
+    /// Uncompressed layers of uncompressed archives are always prepared on
+    /// arrival when that writes no data (indexed in place with
+    /// `layer_backing = "archive"`, or a reflink clone); copies of them
+    /// follow this setting.
     pub prepare_layers: PrepareLayers,
+    /// What a mounted layer that lies as a plain tar in an uncompressed
+    /// archive (docker-save `.tar`) reads. `private` (the default): a file
+    /// inside the root, a reflink clone of its range where the filesystem
+    /// has reflinks (xfs, btrfs: no time, no disk until the archive is
+    /// rewritten or deleted), else a copy (one write of the layer); an
+    /// archive rewritten in place then changes nothing a container reads.
+    /// `archive`: the archive itself (no copy, no disk), which must then
+    /// only ever be replaced by rename: rewritten in place (`cp new.tar
+    /// old.tar`), running containers read the new bytes at the old offsets.
+    /// Either way a rewrite in place is logged, counted and reported by
+    /// `doctor`.
+    pub layer_backing: LayerBackingMode,
     /// Byte budget of the layer store's entries that no snapshot uses
     /// (least recently used evicted first); entries in use are never
     /// evicted, and a pull is never refused for lack of budget.
@@ -286,6 +307,15 @@ pub enum LayerMode {
     Extract,
 }
 
+/// See [`Config::layer_backing`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LayerBackingMode {
+    #[default]
+    Private,
+    Archive,
+}
+
 /// See [`Config::prepare_layers`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -307,6 +337,7 @@ impl Default for Config {
             cache_bytes: DEFAULT_CACHE_BYTES,
             layer_mounts: LayerMode::Auto,
             prepare_layers: PrepareLayers::OnPull,
+            layer_backing: LayerBackingMode::Private,
             layer_store_bytes: DEFAULT_LAYER_STORE_BYTES,
             index_max_entries: DEFAULT_INDEX_MAX_ENTRIES,
             index_max_name_bytes: DEFAULT_INDEX_MAX_NAME_BYTES,
@@ -375,6 +406,9 @@ impl Config {
         }
         if let Some(p) = args.prepare_layers {
             config.prepare_layers = p;
+        }
+        if let Some(b) = args.layer_backing {
+            config.layer_backing = b;
         }
         if let Some(b) = args.layer_store_bytes {
             config.layer_store_bytes = b;

@@ -9,6 +9,7 @@ pub mod config_file;
 pub mod hosts;
 pub mod images;
 pub mod probe;
+pub mod rewrites;
 pub mod upstream;
 
 use std::path::PathBuf;

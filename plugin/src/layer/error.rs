@@ -20,6 +20,17 @@ pub enum LayerError {
     Dir(#[from] crate::dirs::DirError),
     #[error("the archive changed since it was indexed")]
     Changed,
+    /// Ahead of a pull, a plain layer that cannot be cloned and was not to
+    /// be copied (not an error: it is copied on pull).
+    #[error("the layer cannot be cloned from its archive (no reflinks here)")]
+    NoReflink,
+    #[error("copy layer {digest} out of {}: {source}", archive.display())]
+    Copy {
+        archive: PathBuf,
+        digest: Digest,
+        #[source]
+        source: io::Error,
+    },
     #[error("open blob {digest}: {source}")]
     OpenBlob {
         digest: Digest,

@@ -55,10 +55,12 @@
 //! identity was checked, and any path works (mount options cannot carry a
 //! `,`).
 
+pub(crate) mod copy;
 mod error;
 pub mod index;
 pub mod mount;
 pub(crate) mod record;
+pub mod rewrites;
 pub(crate) mod store;
 
 pub use error::LayerError;
@@ -71,7 +73,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::catalog::{FileKey, LayerRef, LayerSource, PlainBlob};
-use crate::config::{LayerMode, PrepareLayers};
+use crate::config::{LayerBackingMode, LayerMode, PrepareLayers};
 use crate::digest::Digest;
 
 use record::{BackingRecord, COPY, IMAGE, RECORD};
@@ -104,6 +106,8 @@ pub(crate) enum Ensured {
 pub struct LayerOptions {
     pub mode: LayerMode,
     pub prepare: PrepareLayers,
+    /// What plain layers of uncompressed archives are read from.
+    pub backing: LayerBackingMode,
     /// Budget of the layer store's entries no snapshot uses.
     pub store_bytes: u64,
     /// What one index build may hold in memory.
@@ -115,6 +119,7 @@ impl From<LayerMode> for LayerOptions {
         LayerOptions {
             mode,
             prepare: PrepareLayers::OnPull,
+            backing: LayerBackingMode::Private,
             store_bytes: crate::config::DEFAULT_LAYER_STORE_BYTES,
             index_limits: index::IndexLimits {
                 max_entries: crate::config::DEFAULT_INDEX_MAX_ENTRIES,
@@ -129,6 +134,7 @@ impl LayerOptions {
         LayerOptions {
             mode: config.layer_mounts,
             prepare: config.prepare_layers,
+            backing: config.layer_backing,
             store_bytes: config.layer_store_bytes,
             index_limits: index::IndexLimits {
                 max_entries: config.index_max_entries,
@@ -193,12 +199,14 @@ impl LayerBacking {
         }
         match mount::probe(scratch) {
             Ok(()) => {
-                let store =
-                    LayerStore::open(store_dir, opts.store_bytes)?.with_limits(opts.index_limits);
+                let store = LayerStore::open(store_dir, opts.store_bytes)?
+                    .with_limits(opts.index_limits)
+                    .archive_backed(opts.backing == LayerBackingMode::Archive);
                 same_file_system(store_dir, snapshots)?;
                 let (entries, bytes) = store.usage();
                 tracing::info!(
                     prepare = ?opts.prepare,
+                    backing = ?opts.backing,
                     store_entries = entries,
                     store_bytes = bytes,
                     "archived layers are mounted (EROFS), not extracted"
@@ -328,7 +336,8 @@ impl LayerBacking {
         let store = self.store.as_ref()?;
         let plain = plain_blob(source, layer);
         let backing = match &plain {
-            Some(p) => p.path.display().to_string(),
+            Some(p) if store.in_place() => p.path.display().to_string(),
+            Some(p) => format!("a private copy ({COPY}) of {}", p.path.display()),
             None => format!("a decompressed copy ({COPY})"),
         };
         let started = Instant::now();
@@ -395,7 +404,7 @@ fn stage(
     // The backing file the mount gets: the archive as opened when indexed
     // (checked again now), or the copy linked here.
     let copy;
-    let file = match plain {
+    let file = match plain.filter(|_| !linked.record.archive.is_relative()) {
         Some(p) => {
             check_unchanged(p, &linked.record)?;
             &*p.file
@@ -533,7 +542,7 @@ fn rebuild(
         // changed is changed in both, and is built again.
         store.forget(&layer.digest);
     }
-    let (record, _) = store.ensure(source, layer, plain.as_ref())?;
+    let (record, _) = store.ensure(source, layer, plain.as_ref(), true)?;
     let mut names = vec![IMAGE];
     if record.archive.is_relative() {
         names.push(COPY);
@@ -556,7 +565,7 @@ fn rebuild(
     let image = own_image(dir, &layer.diff_id)?;
     record.replace(dir)?;
     let copy;
-    let file = match &plain {
+    let file = match plain.as_ref().filter(|_| !record.archive.is_relative()) {
         Some(p) => {
             check_unchanged(p, &record)?;
             &*p.file

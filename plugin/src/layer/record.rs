@@ -33,6 +33,10 @@ pub(crate) struct BackingRecord {
     /// Inodes of the index (the snapshot's `Usage`).
     #[serde(default)]
     pub(crate) inodes: u64,
+    /// The copy shares its blocks with the archive (a reflink clone): it
+    /// takes no disk of its own until the archive is rewritten or deleted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) reflinked: bool,
 }
 
 impl BackingRecord {
@@ -49,15 +53,30 @@ impl BackingRecord {
     }
 
     /// Whether this record indexes `layer` as it is found today: in place in
-    /// `plain`, or (no plain copy) over a decompressed copy.
-    pub(crate) fn serves(&self, layer: &LayerRef, plain: Option<&PlainBlob>) -> bool {
+    /// `plain` when `in_place` (layer_backing = "archive"), else over a
+    /// private copy, whose content is the layer's (its diffID was checked
+    /// when it was made) whatever archive it came from.
+    pub(crate) fn serves(
+        &self,
+        layer: &LayerRef,
+        plain: Option<&PlainBlob>,
+        in_place: bool,
+    ) -> bool {
         if self.diff_id != layer.diff_id {
             return false;
         }
         match plain {
-            Some(p) => self.archive == p.path && self.key == p.key && self.data_base == p.offset,
-            None => self.archive.is_relative(),
+            Some(p) if in_place => {
+                self.archive == p.path && self.key == p.key && self.data_base == p.offset
+            }
+            _ => self.archive.is_relative(),
         }
+    }
+
+    /// Bytes of its own the copy takes (0 for a clone, which shares the
+    /// archive's blocks, and for an index in place).
+    pub(crate) fn copy_counts(&self) -> bool {
+        self.archive.is_relative() && !self.reflinked
     }
 
     pub(crate) fn read(path: &Path) -> Result<Self, LayerError> {

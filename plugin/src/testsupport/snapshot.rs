@@ -461,7 +461,7 @@ impl TestServer {
     /// [`TestServer::start`] with archived layers mounted as `mode` says.
     pub async fn start_with(
         source: Option<Arc<dyn LayerSource>>,
-        mode: crate::config::LayerMode,
+        mode: impl Into<crate::layer::LayerOptions>,
     ) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let sn = Snapshotter::open_with(&dir.path().join("root"), source, mode).unwrap();

@@ -158,8 +158,9 @@ async fn archived_layers_are_mounted_committed_remounted_and_removed() {
 }
 
 /// The real catalog over each kind of archive a site ships: every
-/// layer mounted through Prepare (in place for a docker-save `.tar` and
-/// an OCI layout of `tar` layers, over a decompressed copy otherwise),
+/// layer mounted through Prepare (over a private copy of the layer: cloned
+/// or copied for a docker-save `.tar` and an OCI layout of `tar` layers,
+/// decompressed otherwise),
 /// each equal to its extraction file for file, the merged tree of the
 /// two layers equal to the merged extracted tree, all unmounted by
 /// Remove.
@@ -189,44 +190,29 @@ async fn every_archive_kind_through_the_catalog() {
             Entry::File("opt/new", b"new"),
         ]),
     ];
-    let kinds: [(&str, LayerCompression, Wrap, bool, bool); 5] = [
-        (
-            "docker-save.tar",
-            LayerCompression::None,
-            Wrap::Tar,
-            true,
-            true,
-        ),
+    let kinds: [(&str, LayerCompression, Wrap, bool); 5] = [
+        ("docker-save.tar", LayerCompression::None, Wrap::Tar, true),
         (
             "docker-save.tar.zst",
             LayerCompression::None,
             Wrap::Zstd,
             true,
-            false,
         ),
         (
             "oci-tar-layers.tar",
             LayerCompression::None,
             Wrap::Tar,
             false,
-            true,
         ),
-        (
-            "oci-gzip.tar",
-            LayerCompression::Gzip,
-            Wrap::Tar,
-            false,
-            false,
-        ),
+        ("oci-gzip.tar", LayerCompression::Gzip, Wrap::Tar, false),
         (
             "oci-zstd.tar.zst",
             LayerCompression::Zstd,
             Wrap::Seekable,
             false,
-            false,
         ),
     ];
-    for (name, compression, container, saved, in_place) in kinds {
+    for (name, compression, container, saved) in kinds {
         let work = tempfile::tempdir().unwrap();
         let _guard = Unmount(work.path().to_owned());
         let mut spec = ImageSpec::new(layers.clone());
@@ -280,7 +266,8 @@ async fn every_archive_kind_through_the_catalog() {
                 crate::layer::mount::is_mounted(&fs_dir),
                 "{name}: layer {i} not mounted"
             );
-            assert_eq!(!dir.join(COPY).exists(), in_place, "{name}: layer {i}");
+            // layer_backing = "private": every layer has its own copy.
+            assert!(dir.join(COPY).exists(), "{name}: layer {i}");
             let ext = work.path().join(format!("ext{i}"));
             std::fs::create_dir(&ext).unwrap();
             let tar = &spec.layers[i];
@@ -487,8 +474,7 @@ async fn an_archive_gone_at_reboot_is_refused_by_name_then_rebuilt_from_another_
     let archive = work.path().join("image.tar");
     let mut fake = FakeSource::default();
     let layers = fake.add_plain_image(&tars, &archive);
-    let server =
-        TestServer::start_with(Some(Arc::new(fake)), crate::config::LayerMode::Erofs).await;
+    let server = TestServer::start_with(Some(Arc::new(fake)), archive_backed()).await;
     let root = server.root();
     let _root_guard = Unmount(root.clone());
     let parent = server.commit_layers(&layers, &HashMap::new()).await;
@@ -502,7 +488,7 @@ async fn an_archive_gone_at_reboot_is_refused_by_name_then_rebuilt_from_another_
     let sn = Snapshotter::open_with(
         &root,
         Some(Arc::new(FakeSource::default())),
-        crate::config::LayerMode::Erofs,
+        archive_backed(),
     )
     .unwrap();
     assert!(crate::metrics::global().layer_remount_failures.get() >= failures + 2);
@@ -526,8 +512,7 @@ async fn an_archive_gone_at_reboot_is_refused_by_name_then_rebuilt_from_another_
     let mut back = FakeSource::default();
     let renamed = work.path().join("renamed.tar");
     back.add_plain_image(&tars, &renamed);
-    let sn = Snapshotter::open_with(&root, Some(Arc::new(back)), crate::config::LayerMode::Erofs)
-        .unwrap();
+    let sn = Snapshotter::open_with(&root, Some(Arc::new(back)), archive_backed()).unwrap();
     sn.prepare("ns/9/ctr", &parent, HashMap::new()).unwrap();
     assert_layers_served(&root, &ids);
     for id in &ids {
@@ -785,4 +770,142 @@ async fn a_root_behind_a_symlink_leaves_no_mounts() {
     assert!(crate::testsupport::snapshot::dir_names(&root.join("staging")).is_empty());
     assert!(crate::testsupport::snapshot::dir_names(&root.join("trash")).is_empty());
     drop(sn);
+}
+
+/// Layers mounted from the archive itself (`layer_backing = "archive"`):
+/// what an archive gone or moved does to them is only seen there (private
+/// copies do not depend on the archive).
+fn archive_backed() -> crate::layer::LayerOptions {
+    let mut opts = crate::layer::LayerOptions::from(crate::config::LayerMode::Erofs);
+    opts.backing = crate::config::LayerBackingMode::Archive;
+    opts
+}
+
+/// Issue 19.1: a docker-save `.tar` rewritten in place (same inode) while
+/// a container runs on a layer mounted from it, at the same size and at
+/// another size, other contents, page cache dropped before each read.
+/// `private` (the default): the container reads exactly its layer's
+/// bytes. `archive`: it reads the new bytes (the documented trade). Both:
+/// the rescan logs the rewrite, counts it, and records it for doctor,
+/// naming the mounted layers that read the archive itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archive_rewritten_in_place_changes_nothing_a_container_reads() {
+    requires_erofs!();
+    use crate::config::{LayerBackingMode, LayerMode};
+    use crate::testsupport::{docker_save, write, ImageSpec};
+    use std::os::unix::fs::FileExt;
+    let marker = |fill: u8, len: usize| vec![fill; len];
+    let spec_with = |body: &[u8]| {
+        ImageSpec::new(vec![layer_tar(&[
+            Entry::Dir("etc"),
+            Entry::File("etc/marker.txt", body),
+        ])])
+    };
+    let original = marker(b'o', 20_000);
+    for backing in [LayerBackingMode::Private, LayerBackingMode::Archive] {
+        let work = tempfile::tempdir().unwrap();
+        let _guard = Unmount(work.path().to_owned());
+        let spec = spec_with(&original);
+        let saved = docker_save(&spec, &["app:1"]);
+        let archives = work.path().join("archives");
+        std::fs::create_dir(&archives).unwrap();
+        let archive = write(&archives, "app.tar", &saved);
+        let catalog = crate::catalog::Catalog::open(crate::catalog::CatalogOptions {
+            dirs: vec![archives.clone()],
+            settle: std::time::Duration::ZERO,
+            cache_bytes: 64 << 20,
+            ..Default::default()
+        })
+        .unwrap();
+        let mut opts = crate::layer::LayerOptions::from(LayerMode::Erofs);
+        opts.backing = backing;
+        let server = TestServer::start_with(Some(catalog.clone()), opts).await;
+        let root = server.root();
+        let _root_guard = Unmount(root.clone());
+        crate::layer::rewrites::init(&root);
+        let chain = spec.chain_ids()[0];
+        let labels = HashMap::from([(TARGET_SNAPSHOT_REF.to_string(), chain.to_string())]);
+        let err = server
+            .client
+            .clone()
+            .prepare(api::PrepareSnapshotRequest {
+                snapshotter: "airgap".into(),
+                key: "ns/1/extract".into(),
+                parent: String::new(),
+                labels,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+        let (_, id) = committed(&server.sn)[0].clone();
+        let layer_dir = root.join("snapshots").join(id.to_string());
+        assert!(crate::layer::mount::is_mounted(&layer_dir.join("fs")));
+        assert_eq!(
+            layer_dir.join(COPY).exists(),
+            backing == LayerBackingMode::Private,
+            "{backing:?}"
+        );
+        // The container: an overlay over the layer, as containerd mounts it.
+        let mounts = server
+            .sn
+            .prepare("ns/9/ctr", &chain.to_string(), HashMap::new())
+            .unwrap();
+        let merged = work.path().join("merged");
+        std::fs::create_dir(&merged).unwrap();
+        mount_overlay(&mounts[0].options.join(","), &merged);
+        let _merged_guard = Unmount(merged.clone());
+        let read = || {
+            std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+            std::fs::read(merged.join("etc/marker.txt"))
+        };
+        assert_eq!(read().unwrap(), original);
+        let counted = crate::metrics::global().archive_rewrites.get();
+
+        // Same size, other bytes, written over the same inode.
+        let changed = marker(b'X', original.len());
+        let same_size = docker_save(&spec_with(&changed), &["app:1"]);
+        assert_eq!(same_size.len(), saved.len());
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&archive)
+            .unwrap();
+        f.write_all_at(&same_size, 0).unwrap();
+        f.sync_all().unwrap();
+        drop(f);
+        catalog.rescan();
+        match backing {
+            LayerBackingMode::Private => assert_eq!(read().unwrap(), original),
+            // The trade "archive" makes: the new bytes at the old offsets.
+            LayerBackingMode::Archive => assert_eq!(read().unwrap(), changed),
+        }
+        assert!(crate::metrics::global().archive_rewrites.get() > counted);
+        let status = crate::layer::rewrites::read_status(&root).unwrap();
+        let found = status
+            .rewrites
+            .iter()
+            .find(|r| r.archive == archive)
+            .unwrap_or_else(|| panic!("{backing:?}: not recorded: {status:?}"));
+        assert_eq!(
+            found.mounted_layers.len(),
+            usize::from(backing == LayerBackingMode::Archive),
+            "{found:?}"
+        );
+
+        // Another size: truncated and rewritten (what `cp` does).
+        let counted = crate::metrics::global().archive_rewrites.get();
+        std::fs::write(
+            &archive,
+            docker_save(&spec_with(&marker(b'Y', 70_000)), &["app:1"]),
+        )
+        .unwrap();
+        catalog.rescan();
+        assert!(crate::metrics::global().archive_rewrites.get() > counted);
+        if backing == LayerBackingMode::Private {
+            assert_eq!(read().unwrap(), original);
+        }
+        crate::dirs::unmount(&merged);
+        server.sn.remove("ns/9/ctr").unwrap();
+        server.sn.remove(&chain.to_string()).unwrap();
+        server.stop().await;
+    }
 }

@@ -45,7 +45,7 @@ pub struct Metrics {
     pub layer_store_bytes: Gauge,
     pub layer_store_evictions: Counter,
     /// Archives found rewritten in place (same file, new size or mtime):
-    /// see [`crate::layer::rewrites`].
+    /// see `layer::rewrites`.
     pub archive_rewrites: Counter,
     /// Prepares that went the ordinary way (containerd downloads the
     /// layer), by reason.

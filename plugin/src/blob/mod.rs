@@ -17,8 +17,9 @@ use std::sync::{Arc, Mutex};
 use lru::LruCache;
 
 pub mod pass;
+pub mod seekable;
 
-use crate::catalog::seekable::SeekTable;
+use self::seekable::SeekTable;
 use crate::digest::{Digest, HashingReader};
 
 /// `read_at` over one blob.
@@ -409,7 +410,7 @@ mod tests {
     fn seekable_range_decompresses_only_covering_frames() {
         use std::io::Write;
         let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 256) as u8).collect();
-        let enc = crate::catalog::seekable::encode(&data, 64 * 1024, &[], 1).unwrap();
+        let enc = seekable::encode(&data, 64 * 1024, &[], 1).unwrap();
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(&enc).unwrap();
         let table = SeekTable::read(f.as_file(), enc.len() as u64).unwrap();

@@ -97,7 +97,8 @@ mod lookup;
 mod persist;
 pub mod reference;
 mod scan;
-pub mod seekable;
+/// zstd's seekable format lives with the readers that use it.
+pub use crate::blob::seekable;
 mod store;
 pub mod verify;
 pub mod watch;

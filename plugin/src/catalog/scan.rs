@@ -125,8 +125,8 @@ impl Catalog {
                 if known {
                     continue;
                 }
-                if let Some(before) = before {
-                    crate::layer::rewrites::seen(&path, &before, &key);
+                if let (Some(before), Some(report)) = (before, self.opts.on_rewrite) {
+                    report(&path, &before, &key);
                 }
                 let age = meta
                     .modified()

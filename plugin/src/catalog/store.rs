@@ -42,6 +42,11 @@ pub struct CatalogOptions {
     /// put back in it at the first scan. Zero (one-shot commands): what is
     /// there now, absence is final at once and nothing is put back.
     pub removal_grace: Duration,
+    /// Told when a scan finds an archive's file rewritten in place (same
+    /// path, a new identity): `(path, indexed, now)`. `serve` hands the
+    /// layer store's report (`layer::rewrites::seen`), which knows what
+    /// is mounted from the file; the catalog itself only notices.
+    pub on_rewrite: Option<fn(&Path, &FileKey, &FileKey)>,
 }
 
 impl Default for CatalogOptions {
@@ -53,6 +58,7 @@ impl Default for CatalogOptions {
             cache_bytes: 4 << 30,
             settle: Duration::from_secs(2),
             removal_grace: Duration::ZERO,
+            on_rewrite: None,
         }
     }
 }

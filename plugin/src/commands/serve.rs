@@ -76,6 +76,7 @@ async fn serve(
         cache_dir: Some(config.root.join("cache")),
         cache_bytes: config.cache_bytes,
         removal_grace: config.archive_removal_grace,
+        on_rewrite: Some(airgap_snapshotter::layer::rewrites::seen),
         ..Default::default()
     };
     let catalog = tokio::task::spawn_blocking(move || Catalog::empty(catalog_options))

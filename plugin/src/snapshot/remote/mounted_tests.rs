@@ -814,6 +814,7 @@ async fn an_archive_rewritten_in_place_changes_nothing_a_container_reads() {
             dirs: vec![archives.clone()],
             settle: std::time::Duration::ZERO,
             cache_bytes: 64 << 20,
+            on_rewrite: Some(crate::layer::rewrites::seen),
             ..Default::default()
         })
         .unwrap();

@@ -396,8 +396,10 @@ fn an_empty_mount_point_at_start_unregisters_nothing() {
         let work = TestDir::new("catalog-late")?;
         let archive = work.path().join("late.tar");
         let name = "example.test/catalog/late:v1";
-        // Uncompressed layers: prepared ahead (indexed for mounting) as
-        // soon as the archive is, where the kernel mounts EROFS.
+        // Uncompressed layers, prepared ahead (copied and indexed for
+        // mounting) as soon as the archive is, where the kernel mounts
+        // EROFS: `--prepare-layers on-arrival`, as the default private
+        // backing prepares only reflink clones ahead by itself.
         let built = image::write_oci_archive_with(
             &ImageSpec {
                 name: name.into(),
@@ -416,6 +418,8 @@ fn an_empty_mount_point_at_start_unregisters_nothing() {
                 &metrics,
                 "--archive-removal-grace",
                 "5m",
+                "--prepare-layers",
+                "on-arrival",
             ],
         )?;
         let containerd = PrivateContainerd::start(daemon.socket(), &ContainerdOptions::default())?;

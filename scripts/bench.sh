@@ -751,7 +751,7 @@ Reproduce: \`[AIRGAP_CONTAINERD_DIR=DIR] scripts/bench.sh --import --write [--ca
 # mounted layers, against (9) over extracted ones), the reads last.
 mounts_table() {
     local id t label note r vs of want ids=()
-    declare -A targets=([mount-plain]=0.05 [arrival-docker]=0.05 [pull-docker]=0.25 [pull-oci]=0.25 [mount-plain-run]=1.3)
+    declare -A targets=([mount-plain]=0.05 [arrival-docker]=0.05 [pull-plain]=0.25 [pull-docker]=0.25 [pull-oci]=0.25 [mount-plain-run]=1.3)
     for id in "${order[@]}"; do [[ $id == *-run ]] || ids+=("$id"); done
     for id in "${order[@]}"; do [[ $id != *-run ]] || ids+=("$id"); done
     echo "| step | time to runnable | vs (2) | vs (6) parallel | issue 12's target | disk (containerd + daemon root) | daemon peak RSS | notes |"
@@ -817,8 +817,12 @@ for ((round = 1; round <= reps; round++)); do
         step_mount extract-oci "(5) CRI PullImage, mirror + snapshotter, oci archive, layers extracted (\`--layer-mounts extract\`)" oci \
             --run "(9) \`ctr run\` reading every file of the image, layers extracted (pulled by (5))" -- --layer-mounts extract
         if ((can_prepare)); then
-            step_mount mount-plain "(8) CRI PullImage, mirror + snapshotter, docker-save \`.tar\` (uncompressed), \`--layer-mounts auto\`, once prepared" \
-                docker-plain --prepared --run "(9) \`ctr run\` reading every file of the image, layers mounted (pulled by (8) from the \`.tar\`)" -- --layer-mounts auto
+            step_mount mount-plain "(8) CRI PullImage, mirror + snapshotter, docker-save \`.tar\` (uncompressed), private copies (the default) made on arrival, once prepared" \
+                docker-plain --prepared --run "(9) \`ctr run\` reading every file of the image, layers mounted (pulled by (8) from the \`.tar\`)" -- --layer-mounts auto --prepare-layers on-arrival
+            step_mount pull-plain "(8) CRI PullImage, mirror + snapshotter, docker-save \`.tar\` (uncompressed), private copies (the default) made on pull" \
+                docker-plain -- --layer-mounts auto --prepare-layers on-pull
+            step_mount archive-plain "(8) CRI PullImage, mirror + snapshotter, docker-save \`.tar\` (uncompressed), \`--layer-backing archive\` (in place, no copy), once prepared" \
+                docker-plain --prepared -- --layer-mounts auto --layer-backing archive
             step_mount arrival-docker "(8) CRI PullImage, mirror + snapshotter, docker-save \`.tar.zst\`, \`--prepare-layers on-arrival\`, once prepared" \
                 docker --prepared -- --layer-mounts auto --prepare-layers on-arrival
             step_mount pull-docker "(8) CRI PullImage, mirror + snapshotter, docker-save \`.tar.zst\`, prepared on pull" \

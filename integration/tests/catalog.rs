@@ -444,7 +444,12 @@ fn an_empty_mount_point_at_start_unregisters_nothing() {
         let root = daemon.root().to_path_buf();
         let mut prepared = Vec::new();
         if daemon.log().contains("EROFS layer mounts unavailable") {
-            eprintln!("== {test}: this kernel cannot mount EROFS: no prepared layers to keep");
+            // Half of what this test checks cannot run here: counted as a
+            // skip in the summary, not passed silently.
+            airgap_snapshotter::testsupport::skip(
+                test,
+                "this kernel cannot mount EROFS: the prepared layers kept across the late mount are not checked",
+            );
         } else {
             process::wait_until(
                 "every layer to be prepared ahead",

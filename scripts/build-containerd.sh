@@ -17,8 +17,9 @@
 # Built with the ordinary Go client at $AIRGAP_GO (default
 # /usr/local/go/bin/go, Go 1.26): NOT the `go` on PATH, which may be
 # Debian's golang-go 1.19, too old for these modules. Go's caches are
-# shared by every Go build of the project: GOMODCACHE and GOCACHE under
-# /var/cache/airgap-snapshotter/go. Builds run under `nice -n 10`.
+# shared by every Go build of the project (scripts/lib/go.sh): GOMODCACHE
+# and GOCACHE under /var/cache/airgap-snapshotter/go. Builds run under
+# `nice -n 10`.
 #
 # Idempotent: a version whose bin directory is complete is not rebuilt
 # (binaries are installed into a temporary directory renamed into place
@@ -30,8 +31,7 @@
 set -euo pipefail
 
 cache=${AIRGAP_CONTAINERD_GO_CACHE:-/var/cache/airgap-snapshotter/containerd-go}
-go_cache=${AIRGAP_GO_CACHE:-/var/cache/airgap-snapshotter/go}
-go=${AIRGAP_GO:-/usr/local/go/bin/go}
+source "$(dirname "${BASH_SOURCE[0]}")/lib/go.sh"
 module=github.com/containerd/containerd/v2
 BINARIES=(containerd ctr containerd-shim-runc-v2)
 
@@ -53,15 +53,9 @@ done
 
 log() { printf 'build-containerd: %s\n' "$*" >&2; }
 
-if [[ ! -x $go ]]; then
-    log "no Go client at $go (install Go >= 1.26 there, or set AIRGAP_GO)"
-    exit 1
-fi
-export GOMODCACHE=$go_cache/mod GOCACHE=$go_cache/build
-# Module files read-only by default would make the cache undeletable.
-export GOFLAGS=-modcacherw CGO_ENABLED=0
-mkdir -p "$cache" "$GOMODCACHE" "$GOCACHE" || {
-    log "cannot create $cache or $go_cache (run as root?)"
+go_ready build-containerd || exit 1
+mkdir -p "$cache" || {
+    log "cannot create $cache (run as root?)"
     exit 1
 }
 

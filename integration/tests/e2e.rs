@@ -417,7 +417,10 @@ fn cri_pull_through_the_transfer_service_downloads_no_layer() {
     }
     let version = or_panic(test, airgap_integration::containerd::version());
     if !version.is_2x() {
-        eprintln!("== {test}: not applicable to containerd {version} (CRI has no transfer-service pull before 2.1)");
+        airgap_snapshotter::testsupport::skip(
+            test,
+            &format!("not applicable to containerd {version}: CRI has no transfer-service pull before 2.1"),
+        );
         return;
     }
     run_test_with(

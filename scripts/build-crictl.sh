@@ -73,7 +73,10 @@ if [[ ! -x $dest/crictl ]]; then
     mkdir -p "$tmp"
     start=$SECONDS
     log "$version: go install $module/cmd/crictl@v$version (log: $cache/$version/build.log)"
-    if ! GOBIN=$tmp nice -n 10 "$go" install "$module/cmd/crictl@v$version" >"$cache/$version/build.log" 2>&1; then
+    # The version crictl reports (`crictl --version`), as cri-tools'
+    # Makefile sets it.
+    if ! GOBIN=$tmp nice -n 10 "$go" install -ldflags "-X $module/pkg/version.Version=$version" \
+        "$module/cmd/crictl@v$version" >"$cache/$version/build.log" 2>&1; then
         log "$version: go install failed:"
         tail -n 10 "$cache/$version/build.log" >&2
         rm -rf "$tmp"

@@ -197,6 +197,7 @@ set +e
         "$suite"
 ) >"$work/suite.out" 2>&1
 rc=$?
+suite_rc=$rc
 set -e
 cat "$work/suite.out"
 if [[ -n ${AIRGAP_DISTSPEC_RESULTS:-} && -d $work/results ]]; then
@@ -216,7 +217,7 @@ fi
 # The suite exits 0 when it could not even start: its verdict is the line.
 if ((rc != 0)) || ! grep -q '^OCI Conformance Result: Pass$' "$work/suite.out" ||
     [[ $(count FAIL) != 0 || $(count Error) != 0 ]]; then
-    log "the conformance suite did not pass (exit $rc)"
+    log "the conformance suite did not pass (it exited with $suite_rc)"
     exit 1
 fi
 kill -0 "$daemon_pid" 2>/dev/null || {

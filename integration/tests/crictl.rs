@@ -533,6 +533,13 @@ fn crictl_pull_run(test: &str, binary: PathBuf) -> Result<()> {
 
     // No layer blob was fetched, from the mirror or anywhere, and nothing
     // reached the registry.
+    // (The daemon logs every mirror request: the manifests must be there.)
+    let log = daemon.log();
+    ensure!(
+        log.lines()
+            .any(|l| l.contains("mirror request") && l.contains("/manifests/")),
+        "the daemon logged no mirror request for a manifest"
+    );
     let layers: Vec<String> = built.iter().flat_map(|b| b.layer_digests.clone()).collect();
     let fetched = mirror_blob_gets(&daemon, &layers);
     ensure!(

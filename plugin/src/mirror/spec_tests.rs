@@ -3,10 +3,11 @@
 //! spec's own suite (`conformance/01_pull_test.go`, `03_discovery_test.go`),
 //! case by case, against the mirror in-process, for an archived OCI image (a
 //! multi-arch index and its two manifests, several tags) and a docker-save
-//! image (its synthesized manifest). The suite itself is Go with
-//! dependencies Debian does not package, so its cases are restated here with
-//! the spec's expectations; where the spec allows two answers, the comment
-//! says which one the mirror gives.
+//! image (its synthesized manifest), restated with the spec's
+//! expectations; where the spec allows two answers, the comment says which
+//! one the mirror gives. The suite itself (Go, from the module proxy) runs
+//! against the real daemon in `integration/distspec.sh`: these cases run
+//! in-process with every `cargo test`, that one once per `scripts/test.sh`.
 
 use axum::http::StatusCode;
 use bytes::Bytes;

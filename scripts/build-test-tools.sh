@@ -6,6 +6,8 @@
 #   containerd 2.3 (LTS) and 2.4   scripts/build-containerd.sh
 #   crictl                         scripts/build-crictl.sh
 #   kubelet                        scripts/build-kubelet.sh
+#   the distribution-spec suite    integration/distspec.sh --build-only
+#                                  (built here so its step only runs it)
 #
 # each at the newest patch release the proxy serves, cached under
 # /var/cache/airgap-snapshotter/ keyed by version (a cached build costs
@@ -39,10 +41,22 @@ want() {
     lines+=("$var=${result#* }")
 }
 
+# prebuild NAME COMMAND...: a build whose result its own step finds.
+prebuild() {
+    local name=$1 start=$SECONDS
+    shift
+    if "$@" >&2; then
+        printf 'build-test-tools: %s (%s s)\n' "$name" "$((SECONDS - start))" >&2
+    else
+        failed+=("$name")
+    fi
+}
+
 want containerd-2.3 AIRGAP_CONTAINERD_2_3 build-containerd.sh 2.3
 want containerd-2.4 AIRGAP_CONTAINERD_2_4 build-containerd.sh 2.4
 want crictl AIRGAP_CRICTL build-crictl.sh
 want kubelet AIRGAP_KUBELET build-kubelet.sh
+prebuild distspec "$here/../integration/distspec.sh" --build-only
 
 printf '%s\n' "${lines[@]}" >"$out"
 if ((${#failed[@]})); then

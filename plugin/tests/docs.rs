@@ -425,3 +425,57 @@ fn the_synopsis_matches_help() {
         "README's table of commands against --help"
     );
 }
+
+/// Every `sed -i ... /etc/airgap-snapshotter/airgap-snapshotter.toml` the
+/// docs give (k3s and rke2: the containerd socket) is run on a copy of the
+/// shipped config file, which must then load with k3s's socket.
+#[test]
+fn the_k3s_socket_edit_works_on_the_shipped_config() {
+    const TARGET: &str = "/etc/airgap-snapshotter/airgap-snapshotter.toml";
+    let shipped = repo().join("scripts/airgap-snapshotter.toml");
+    let mut ran = 0;
+    for (path, text) in docs() {
+        for block in blocks(&text) {
+            if !block.info.starts_with("sh") {
+                continue;
+            }
+            for line in logical_lines(&block.body) {
+                for cmd in commands(&line) {
+                    if cmd[0] != "sed" || cmd.last().map(String::as_str) != Some(TARGET) {
+                        continue;
+                    }
+                    let dir = tempfile::tempdir().expect("temp dir");
+                    let copy = dir.path().join("airgap-snapshotter.toml");
+                    std::fs::copy(&shipped, &copy).expect("copy the shipped config");
+                    let status = Command::new("sed")
+                        .args(&cmd[1..cmd.len() - 1])
+                        .arg(&copy)
+                        .status()
+                        .expect("run sed");
+                    assert!(
+                        status.success(),
+                        "{}: `{}` failed",
+                        path.display(),
+                        cmd.join(" ")
+                    );
+                    let config = airgap_snapshotter::config::Config::from_file(&copy)
+                        .unwrap_or_else(|e| {
+                            panic!("{}: the edited config does not load: {e}", path.display())
+                        });
+                    assert_eq!(
+                        config.containerd_address,
+                        Path::new("/run/k3s/containerd/containerd.sock"),
+                        "{}: `{}` did not set the socket",
+                        path.display(),
+                        cmd.join(" ")
+                    );
+                    ran += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        ran >= 3,
+        "only {ran} edits of {TARGET} found (README, k3s.md, rke2.md)"
+    );
+}

@@ -282,7 +282,8 @@ fn every_named_script_and_linked_file_exists() {
     let root = repo();
     let path_re =
         regex::Regex::new(r"\b(?:scripts|integration|plugin)/[A-Za-z0-9_./-]*").expect("regex");
-    let link_re = regex::Regex::new(r"\]\(([^)#:\s]+)(?:#[^)]*)?\)").expect("regex");
+    // [text](file#anchor), [text](#anchor); not URLs (a scheme has a colon).
+    let link_re = regex::Regex::new(r"\]\(([^)#:\s]*)(?:#([^)\s]*))?\)").expect("regex");
     let mut missing = Vec::new();
     for (path, text) in docs() {
         for m in path_re.find_iter(&text) {
@@ -299,8 +300,24 @@ fn every_named_script_and_linked_file_exists() {
         let dir = path.parent().expect("a doc has a directory");
         for c in link_re.captures_iter(&text) {
             let target = &c[1];
-            if !dir.join(target).exists() {
+            let file = if target.is_empty() {
+                path.clone()
+            } else {
+                dir.join(target)
+            };
+            if !file.exists() {
                 missing.push(format!("{}: link {target}", path.display()));
+                continue;
+            }
+            if let Some(anchor) = c.get(2) {
+                let text = std::fs::read_to_string(&file).unwrap_or_default();
+                if !anchors(&text).contains(anchor.as_str()) {
+                    missing.push(format!(
+                        "{}: link {target}#{}",
+                        path.display(),
+                        anchor.as_str()
+                    ));
+                }
             }
         }
     }
@@ -309,6 +326,33 @@ fn every_named_script_and_linked_file_exists() {
         "named in the docs, not in the repository:\n{}",
         missing.join("\n")
     );
+}
+
+/// The anchors GitHub makes of a Markdown file's headings: lower case,
+/// spaces to `-`, punctuation other than `-` and `_` dropped.
+fn anchors(text: &str) -> BTreeSet<String> {
+    let mut fenced = false;
+    let mut out = BTreeSet::new();
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+        }
+        if fenced || !line.starts_with('#') {
+            continue;
+        }
+        let heading = line.trim_start_matches('#').trim();
+        let slug: String = heading
+            .to_lowercase()
+            .chars()
+            .filter_map(|c| match c {
+                ' ' => Some('-'),
+                c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+                _ => None,
+            })
+            .collect();
+        out.insert(slug);
+    }
+    out
 }
 
 #[test]

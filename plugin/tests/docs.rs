@@ -523,3 +523,77 @@ fn the_k3s_socket_edit_works_on_the_shipped_config() {
         "only {ran} edits of {TARGET} found (README, k3s.md, rke2.md)"
     );
 }
+
+/// The template step of the k3s and rke2 paths (`T=...`, the backup of an
+/// existing template, `config --containerd-template > "$T"`) is run as the
+/// docs give it, with `T` in a temp dir: the first run writes the template,
+/// the second keeps the first as a `.bak` beside it.
+#[test]
+fn the_template_step_backs_up_the_existing_template() {
+    let mut ran = 0;
+    for (path, text) in docs() {
+        for block in blocks(&text) {
+            if !block.info.starts_with("sh") {
+                continue;
+            }
+            let lines: Vec<String> = logical_lines(&block.body)
+                .into_iter()
+                .filter(|l| l.starts_with("T=") || l.contains("\"$T\""))
+                .collect();
+            if lines.is_empty() {
+                continue;
+            }
+            let dir = tempfile::tempdir().expect("temp dir");
+            let template = dir.path().join("config-v3.toml.tmpl");
+            let script: Vec<String> = lines
+                .iter()
+                .map(|l| match l.strip_prefix("T=") {
+                    Some(rest) => {
+                        let tail = rest.split_once(' ').map_or("", |(_, t)| t);
+                        format!("T={} {tail}", template.display())
+                    }
+                    None => l.replace("airgap-snapshotter config", &format!("{BIN} config")),
+                })
+                .collect();
+            let script = script.join("\n");
+            let at = format!("{} (block at line {})", path.display(), block.line);
+            for _ in 0..2 {
+                let out = Command::new("sh")
+                    .arg("-ec")
+                    .arg(&script)
+                    .output()
+                    .expect("run sh");
+                assert!(
+                    out.status.success(),
+                    "{at}: the template step failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let written = std::fs::read_to_string(&template).expect("the template is written");
+            assert!(
+                written.contains("[proxy_plugins.airgap]"),
+                "{at}: no proxy plugin in the template:\n{written}"
+            );
+            let backups: Vec<PathBuf> = std::fs::read_dir(dir.path())
+                .expect("read temp dir")
+                .map(|e| e.expect("entry").path())
+                .filter(|p| p.extension().is_some_and(|e| e == "bak"))
+                .collect();
+            assert_eq!(
+                backups.len(),
+                1,
+                "{at}: one backup expected, found {backups:?}"
+            );
+            assert_eq!(
+                std::fs::read_to_string(&backups[0]).expect("read backup"),
+                written,
+                "{at}"
+            );
+            ran += 1;
+        }
+    }
+    assert!(
+        ran >= 3,
+        "only {ran} template steps found (README, k3s.md, rke2.md)"
+    );
+}

@@ -9,8 +9,9 @@
 // in-process (contrib/snapshotservice on a unix socket): the bar the daemon
 // is held to.
 //
-// Build in GOPATH mode against Debian sid's containerd 2.x sources (see
-// ../conformance2.sh) and run as root with -test.root.
+// A Go module of its own (go.mod pins containerd 2.3 LTS, go.sum is
+// committed); ../conformance2.sh builds the test binary with Go 1.26 and runs
+// it as root with -test.root.
 package conformance2
 
 import (

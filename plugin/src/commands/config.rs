@@ -1,13 +1,16 @@
 //! `airgap-snapshotter config`: prints the containerd config.toml fragment and
 //! the hosts.toml for this daemon, and with `--write DIR` writes the hosts.toml
-//! files. With `--merge FILE` it edits a containerd config.toml in place
-//! instead (see `setup::merge`).
+//! files. With `--merge FILE` it wires a containerd config.toml instead:
+//! a drop-in file in the directory FILE imports (2.x configs whose
+//! `imports` has a glob such as `conf.d/*.toml`, see `setup::dropin`), else
+//! FILE edited in place (see `setup::merge`); `--revert` removes the drop-in.
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use airgap_snapshotter::setup::dropin::{self, Target};
 use airgap_snapshotter::setup::merge::{file_version, merge};
 use airgap_snapshotter::setup::registries::{self, RegistriesWant, WILDCARD};
 use airgap_snapshotter::setup::{
@@ -182,10 +185,50 @@ fn run_merge(file: &Path, args: &ConfigArgs) -> Result<ExitCode> {
             layout_name(version)
         );
     }
+    if args.revert {
+        return run_revert(file, &original, args);
+    }
     let wiring = Wiring::new(version, &args.socket, &hosts_dir(args));
-    let merged = merge(file, &original, &wiring)?;
+    let target = if args.no_drop_in {
+        Target::ConfigToml {
+            why: "--no-drop-in".into(),
+        }
+    } else if version != from_file {
+        Target::ConfigToml {
+            why: "--containerd overrides the file's own layout".into(),
+        }
+    } else {
+        dropin::target(file, &original, version)?
+    };
+    match target {
+        Target::DropIn {
+            file: drop_in,
+            import,
+        } => write_drop_in(file, &original, &wiring, &drop_in, &import, args)?,
+        Target::ConfigToml { why } => {
+            eprintln!("editing {} in place: {why}", file.display());
+            merge_in_place(file, &original, &wiring, version, args)?
+        }
+    }
     let hosts = hosts_toml(args);
     let dir = hosts_dir(args);
+    if args.dry_run {
+        println!("dry run: {}/_default/hosts.toml not written", dir.display());
+    } else {
+        write_hosts_files(&dir, args, &hosts)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--merge` into config.toml itself (backup, diff, atomic write).
+fn merge_in_place(
+    file: &Path,
+    original: &str,
+    wiring: &Wiring,
+    version: ContainerdVersion,
+    args: &ConfigArgs,
+) -> Result<()> {
+    let merged = merge(file, original, wiring)?;
     if !merged.changed {
         println!(
             "{} already has everything airgap-snapshotter needs ({}): nothing changed",
@@ -193,7 +236,7 @@ fn run_merge(file: &Path, args: &ConfigArgs) -> Result<ExitCode> {
             layout_name(version)
         );
     } else {
-        let diff = similar::TextDiff::from_lines(&original, &merged.text);
+        let diff = similar::TextDiff::from_lines(original, &merged.text);
         print!(
             "{}",
             diff.unified_diff()
@@ -214,12 +257,149 @@ fn run_merge(file: &Path, args: &ConfigArgs) -> Result<ExitCode> {
             println!("restart containerd to apply it");
         }
     }
-    if args.dry_run {
-        println!("dry run: {}/_default/hosts.toml not written", dir.display());
-    } else {
-        write_hosts_files(&dir, args, &hosts)?;
+    Ok(())
+}
+
+/// `--merge` as a drop-in: `drop_in` (in a directory `import` of `file`
+/// covers) gets the wiring; `file` is not touched. A file there that
+/// `--merge` did not write is never replaced.
+fn write_drop_in(
+    file: &Path,
+    original: &str,
+    wiring: &Wiring,
+    drop_in: &Path,
+    import: &str,
+    args: &ConfigArgs,
+) -> Result<()> {
+    let text = dropin::drop_in_text(file, original, wiring, drop_in)?;
+    let old = match fs::read_to_string(drop_in) {
+        Ok(t) => Some(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("read {}", drop_in.display())),
+    };
+    if let Some(old) = &old {
+        if !dropin::is_ours(old) {
+            bail!(
+                "{} exists and was not written by `airgap-snapshotter config --merge` (its first \
+                 line is not {:?}): not replacing it; move it away, or pass --no-drop-in to edit {} instead",
+                drop_in.display(),
+                dropin::MARKER,
+                file.display()
+            );
+        }
     }
+    if old.as_deref() == Some(text.as_str()) {
+        println!(
+            "{} already has everything airgap-snapshotter needs (a drop-in {} imports through {import:?}): nothing changed",
+            drop_in.display(),
+            file.display()
+        );
+        return Ok(());
+    }
+    let name = drop_in.display().to_string();
+    let diff = similar::TextDiff::from_lines(old.as_deref().unwrap_or(""), &text);
+    print!(
+        "{}",
+        diff.unified_diff()
+            .context_radius(2)
+            .header(if old.is_some() { &name } else { "/dev/null" }, &name)
+    );
+    if args.dry_run {
+        println!(
+            "dry run: {name} not written ({} imports it through {import:?}; {} would not change)",
+            file.display(),
+            file.display()
+        );
+        return Ok(());
+    }
+    let dir = drop_in
+        .parent()
+        .with_context(|| format!("{name} has no directory"))?;
+    fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("create a temporary file in {}", dir.display()))?;
+    tmp.write_all(text.as_bytes())
+        .and_then(|_| tmp.as_file().sync_all())
+        .with_context(|| format!("write {}", tmp.path().display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o644))
+            .with_context(|| format!("chmod {}", tmp.path().display()))?;
+    }
+    tmp.persist(drop_in)
+        .map_err(|e| e.error)
+        .with_context(|| format!("write {name}"))?;
+    println!(
+        "wrote {name} (a drop-in {} imports through {import:?}; {} is unchanged; `config --merge {} --revert` removes it)",
+        file.display(),
+        file.display(),
+        file.display()
+    );
+    println!("restart containerd to apply it");
+    Ok(())
+}
+
+/// `--merge FILE --revert`: removes the drop-ins `--merge` wrote among the
+/// files FILE imports (the marker on their first line says so); an edited
+/// config.toml is left alone, its backups named.
+fn run_revert(file: &Path, original: &str, args: &ConfigArgs) -> Result<ExitCode> {
+    let ours = dropin::ours(file, original)?;
+    for d in &ours {
+        if args.dry_run {
+            println!("dry run: {} not removed", d.display());
+        } else {
+            fs::remove_file(d).with_context(|| format!("remove {}", d.display()))?;
+            println!("removed {}", d.display());
+        }
+    }
+    let backups = backups_of(file);
+    if ours.is_empty() {
+        println!(
+            "no drop-in written by `config --merge` is imported by {}: nothing removed",
+            file.display()
+        );
+    } else if !args.dry_run {
+        println!("restart containerd to apply it");
+    }
+    if !backups.is_empty() {
+        println!(
+            "{} itself is not changed back: a `config --merge` that edited it kept the previous file as {} (restore one by hand)",
+            file.display(),
+            backups
+                .iter()
+                .map(|b| b.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    println!("the hosts.toml files are left in place");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `FILE.<unix time>[.<n>].bak` beside `file`, oldest first.
+fn backups_of(file: &Path) -> Vec<PathBuf> {
+    let (Some(dir), Some(name)) = (file.parent(), file.file_name()) else {
+        return Vec::new();
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!("{}.", name.to_string_lossy());
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with(&prefix) && n.ends_with(".bak")
+        })
+        .map(|e| e.path())
+        .collect();
+    out.sort();
+    out
 }
 
 /// `config --registries-yaml FILE`: the mirror first in a k3s / rke2

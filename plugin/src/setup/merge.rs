@@ -139,6 +139,15 @@ pub fn merge(path: &Path, original: &str, wiring: &Wiring) -> Result<Merged, Mer
     })
 }
 
+/// What [`merge`] refuses before editing: no or an unknown `version`, legacy
+/// CRI mirrors. `config --merge` checks config.toml with it before writing
+/// a drop-in instead.
+pub fn check_mergeable(path: &Path, original: &str, wiring: &Wiring) -> Result<(), MergeError> {
+    let doc = parse(path, original)?;
+    version_of(path, &doc)?;
+    legacy_mirrors(path, &doc, wiring)
+}
+
 /// Refuses a config whose CRI registry table has legacy `mirrors`:
 /// containerd's CRI plugin does not load with those and a `config_path`
 /// (checked on 1.6.20).

@@ -8,6 +8,7 @@
 //! and the 2.x `unpack_config` entries): [`render`] prints it as a fragment,
 //! [`merge`] edits an existing config.toml to match it.
 
+pub mod dropin;
 pub mod merge;
 pub mod registries;
 
@@ -55,6 +56,17 @@ pub struct ConfigArgs {
     /// With --merge or --registries-yaml: print the diff, write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// With --merge: edit FILE itself even when it imports a drop-in
+    /// directory (by default a 2.x config whose `imports` has a glob such as
+    /// `/etc/containerd/conf.d/*.toml`, the default from containerd 2.2,
+    /// gets the wiring as a drop-in file there, FILE left untouched).
+    #[arg(long, requires = "merge")]
+    pub no_drop_in: bool,
+    /// With --merge: undo it: remove the drop-in file `--merge` wrote for
+    /// FILE (only a file it wrote: the first line says so). An edited
+    /// config.toml is not touched: its backups are named.
+    #[arg(long, requires = "merge", conflicts_with = "no_drop_in")]
+    pub revert: bool,
     /// k3s / rke2: put the mirror first in this registries.yaml
     /// (`/etc/rancher/k3s/registries.yaml`, `/etc/rancher/rke2/registries.yaml`),
     /// in every `mirrors` entry and in a `"*"` entry (and one per --registry)

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use super::Check;
+use crate::setup::dropin;
 use crate::setup::merge::{file_version, MergeError};
 use crate::setup::{
     cri_images_table, cri_registry_table, table_header, ContainerdVersion, SettingValue, Wiring,
@@ -59,19 +60,56 @@ pub fn check(path: &Path, text: &str, socket: &Path) -> ConfigFindings {
         }
     };
     out.version = Some(version);
-    let value: toml::Value = match text.parse() {
-        Ok(v) => v,
+    // What containerd ends up with: config.toml and the drop-ins its
+    // `imports` name, merged as containerd merges them.
+    let loaded = match dropin::load(path, text, version) {
+        Ok(l) => l,
         Err(e) => {
             out.checks.push(Check::fail(
                 "containerd config",
-                format!("{file}: {e}"),
-                format!("fix {file}"),
+                e.to_string(),
+                format!("fix it: containerd does not start with a config it cannot load ({file})"),
             ));
             return out;
         }
     };
+    let value = loaded.value;
+    let file = if loaded.imported.is_empty() {
+        file.to_string()
+    } else {
+        let names: Vec<String> = loaded
+            .imported
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        out.checks.push(Check::ok(
+            "containerd config imports",
+            format!(
+                "{file} imports {} (merged after it, in this order: a later file's keys win)",
+                names.join(", ")
+            ),
+        ));
+        format!("{file} (with its drop-ins)")
+    };
+    // The file the proxy plugin's table comes from: the last that has it
+    // (an import replaces the whole [proxy_plugins.NAME] table).
+    if lookup(&value, &["proxy_plugins", SNAPSHOTTER]).is_some() {
+        let from = loaded
+            .parts
+            .iter()
+            .zip(&loaded.imported)
+            .rev()
+            .find(|(v, _)| lookup(v, &["proxy_plugins", SNAPSHOTTER]).is_some())
+            .map(|(_, p)| p.display().to_string())
+            .unwrap_or_else(|| path.display().to_string());
+        out.checks.push(Check::ok(
+            format!("[proxy_plugins.{SNAPSHOTTER}]"),
+            format!("in {from}"),
+        ));
+    }
     let merge_fix = format!(
-        "airgap-snapshotter config --merge {file} --socket {}",
+        "airgap-snapshotter config --merge {} --socket {}",
+        path.display(),
         socket.display()
     );
     let wiring = Wiring::new(version, socket, Path::new(DEFAULT_HOSTS_DIR));
@@ -157,9 +195,12 @@ pub fn check(path: &Path, text: &str, socket: &Path) -> ConfigFindings {
         ));
     }
 
+    let mut transfer = false;
     if version == ContainerdVersion::V2 {
-        unpack_checks(&mut out, &value, &wiring, &file.to_string(), &merge_fix);
-        out.checks.push(pull_mode(&value, version));
+        unpack_checks(&mut out, &value, &wiring, &file, &merge_fix);
+        let (mode, t) = pull_mode(&value, version);
+        out.checks.push(mode);
+        transfer = t;
     }
 
     // config_path: one directory.
@@ -181,12 +222,47 @@ pub fn check(path: &Path, text: &str, socket: &Path) -> ConfigFindings {
             fix_dir(DEFAULT_HOSTS_DIR),
         ));
     } else if cp.contains(':') {
-        let first = cp.split(':').next().unwrap_or(DEFAULT_HOSTS_DIR);
-        out.checks.push(Check::fail(
-            "registry config_path",
-            format!("config_path is {cp:?}, several directories: from containerd 2.2 transfer-service pulls then ignore hosts.toml"),
-            fix_dir(first),
-        ));
+        let dirs: Vec<&str> = cp.split(':').filter(|d| !d.is_empty()).collect();
+        let first = dirs.first().copied().unwrap_or(DEFAULT_HOSTS_DIR);
+        if transfer {
+            // containerd#12636: the transfer service's registry takes the
+            // whole list as one directory (core/transfer/registry:
+            // HostDirFromRoot(config_path), unsplit, in 2.1.9, 2.3.7 and
+            // 2.4.2; CRI's local pull splits it), so it finds no hosts.toml
+            // at all.
+            let images = table_header(&cri_images_table(version));
+            out.checks.push(Check::fail(
+                "registry config_path",
+                format!(
+                    "config_path is {cp:?}, several directories, and CRI pulls through the transfer \
+                     service: containerd 2.1 and later (still in 2.3.7 and 2.4.2, containerd#12636) \
+                     then take the whole list as one directory and read no hosts.toml at all, so CRI \
+                     pulls never reach the mirror"
+                ),
+                format!(
+                    "{}; or keep the list and set use_local_image_pull = true in [{images}] of {file} \
+                     (CRI then pulls on the client side, which reads each directory)",
+                    fix_dir(first)
+                ),
+            ));
+        } else {
+            out.hosts_dir = Some(PathBuf::from(first));
+            let who = match version {
+                ContainerdVersion::V1 => "containerd 1.x's CRI",
+                ContainerdVersion::V2 => "CRI's client-side pull",
+            };
+            out.checks.push(Check::ok(
+                "registry config_path",
+                format!(
+                    "= {cp:?}: {who} looks for a registry's hosts.toml in each directory in turn, {first} first{}",
+                    if version == ContainerdVersion::V2 {
+                        " (were CRI to pull through the transfer service, containerd#12636 would ignore them all: keep one directory)"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
     } else if let Some(mirrors) = {
         let mut m = registry_table.clone();
         m.push("mirrors");
@@ -272,7 +348,7 @@ fn unpack_checks(
 
 /// 2.x: whether CRI pulls through the transfer service or on the client
 /// side, and why. Both pass `snapshot.ref`: informational.
-fn pull_mode(value: &toml::Value, version: ContainerdVersion) -> Check {
+fn pull_mode(value: &toml::Value, version: ContainerdVersion) -> (Check, bool) {
     let images = cri_images_table(version);
     let get = |k: &str| {
         let mut p = images.clone();
@@ -309,18 +385,18 @@ fn pull_mode(value: &toml::Value, version: ContainerdVersion) -> Check {
         reasons.push("legacy registry mirrors/configs/auths");
     }
     if reasons.is_empty() {
-        Check::ok(
+        (Check::ok(
             "CRI pull mode",
             "CRI pulls through the transfer service (2.1+): snapshot.ref reaches the snapshotter, with the cri.* hints when exports.enable_remote_snapshot_annotations is set",
-        )
+        ), true)
     } else {
-        Check::ok(
+        (Check::ok(
             "CRI pull mode",
             format!(
                 "CRI pulls on the client side (local pull) because of {}: snapshot.ref and the cri.* hints reach the snapshotter; archived layers are taken from the archive either way",
                 reasons.join(", ")
             ),
-        )
+        ), false)
     }
 }
 
@@ -332,6 +408,7 @@ mod tests {
 
     const V1_6: &str = include_str!("../setup/testdata/containerd-1.6.20.toml");
     const V2_1: &str = include_str!("../setup/testdata/containerd-2.1.9.toml");
+    const V2_3: &str = include_str!("../setup/testdata/containerd-2.3.7.toml");
     const SOCK: &str = "/run/airgap-snapshotter/snapshotter.sock";
 
     fn merged(default: &str, v: ContainerdVersion) -> String {
@@ -426,20 +503,139 @@ mod tests {
         assert!(c.detail.contains("overlayfs"), "{c:?}");
     }
 
+    const TWO_DIRS: &str = "config_path = '/etc/containerd/certs.d:/etc/docker/certs.d'";
+
+    fn two_dirs(default: &str, v: ContainerdVersion) -> String {
+        merged(default, v).replace(&format!("config_path = \"{DEFAULT_HOSTS_DIR}\""), TWO_DIRS)
+    }
+
+    /// containerd#12636: 2.x CRI through the transfer service (its default)
+    /// with a colon-separated config_path reads no hosts.toml.
     #[test]
-    fn two_directory_config_path() {
-        let text = merged(V2_1, ContainerdVersion::V2).replace(
-            &format!("config_path = \"{DEFAULT_HOSTS_DIR}\""),
-            "config_path = '/etc/containerd/certs.d:/etc/docker/certs.d'",
-        );
+    fn two_directory_config_path_with_the_transfer_service() {
+        let text = two_dirs(V2_1, ContainerdVersion::V2);
+        assert!(text.contains(TWO_DIRS));
         let f = run(&text);
         let c = one_failure(&f, "config_path");
-        assert!(c
-            .fix
-            .as_deref()
-            .unwrap()
-            .contains("\"/etc/containerd/certs.d\""));
+        assert_eq!(c.status, Status::Fail);
+        assert!(
+            c.detail.contains("12636") && c.detail.contains("transfer"),
+            "{c:?}"
+        );
+        let fix = c.fix.as_deref().unwrap();
+        assert!(fix.contains("\"/etc/containerd/certs.d\""), "{fix}");
+        assert!(fix.contains("use_local_image_pull = true"), "{fix}");
         assert!(f.hosts_dir.is_none());
+        // The 2.3 default layout (version = 4) as well.
+        let text = two_dirs(V2_3, ContainerdVersion::V2);
+        one_failure(&run_in_tmp(&text).0, "12636");
+    }
+
+    /// The same list is fine where CRI pulls on the client side: 1.x, and
+    /// 2.x with a setting that turns the transfer service off for CRI.
+    #[test]
+    fn two_directory_config_path_with_local_pulls() {
+        let f = run(&two_dirs(V1_6, ContainerdVersion::V1));
+        assert!(failed(&f).is_empty(), "{:#?}", failed(&f));
+        assert_eq!(f.hosts_dir.as_deref(), Some(Path::new(DEFAULT_HOSTS_DIR)));
+        for (from, to) in [
+            (
+                "use_local_image_pull = false",
+                "use_local_image_pull = true",
+            ),
+            (
+                "disable_snapshot_annotations = true",
+                "disable_snapshot_annotations = false",
+            ),
+            (
+                "discard_unpacked_layers = false",
+                "discard_unpacked_layers = true",
+            ),
+        ] {
+            let text = two_dirs(V2_1, ContainerdVersion::V2);
+            assert!(text.contains(from), "{from}");
+            let f = run(&text.replace(from, to));
+            assert!(failed(&f).is_empty(), "{to}: {:#?}", failed(&f));
+            let c = f
+                .checks
+                .iter()
+                .find(|c| c.name == "registry config_path")
+                .unwrap();
+            assert!(c.detail.contains("12636"), "{c:?}");
+        }
+    }
+
+    /// config.toml (2.3's default, imports conf.d/*.toml) in a temporary
+    /// directory with `drop_ins` (name, text) in its conf.d.
+    fn run_in_tmp_with(
+        text: &str,
+        drop_ins: &[(&str, &str)],
+    ) -> (ConfigFindings, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let conf_d = dir.path().join("conf.d");
+        std::fs::create_dir(&conf_d).unwrap();
+        for (name, t) in drop_ins {
+            std::fs::write(conf_d.join(name), t).unwrap();
+        }
+        let main = dir.path().join("config.toml");
+        let text = text.replace("/etc/containerd/conf.d/*.toml", "conf.d/*.toml");
+        (check(&main, &text, Path::new(SOCK)), dir)
+    }
+
+    fn run_in_tmp(text: &str) -> (ConfigFindings, tempfile::TempDir) {
+        run_in_tmp_with(text, &[])
+    }
+
+    /// `config --merge` on 2.3 writes a drop-in: doctor finds the plugin
+    /// there, config.toml untouched.
+    #[test]
+    fn plugin_in_a_drop_in() {
+        let main = Path::new("/etc/containerd/config.toml");
+        let w = Wiring::new(
+            ContainerdVersion::V2,
+            Path::new(SOCK),
+            Path::new(DEFAULT_HOSTS_DIR),
+        );
+        let drop_in = crate::setup::dropin::drop_in_text(
+            main,
+            V2_3,
+            &w,
+            Path::new("/etc/containerd/conf.d/airgap-snapshotter.toml"),
+        )
+        .unwrap();
+        // Without it: the plugin is missing.
+        let (f, _d) = run_in_tmp(V2_3);
+        assert!(failed(&f).iter().any(|c| c.name.contains("proxy_plugins")));
+        let (f, dir) = run_in_tmp_with(V2_3, &[("airgap-snapshotter.toml", &drop_in)]);
+        assert!(failed(&f).is_empty(), "{:#?}", failed(&f));
+        let from = f
+            .checks
+            .iter()
+            .find(|c| c.name == "[proxy_plugins.airgap]")
+            .unwrap();
+        assert!(from.detail.contains("airgap-snapshotter.toml"), "{from:?}");
+        assert!(f
+            .checks
+            .iter()
+            .any(|c| c.name == "containerd config imports"
+                && c.detail
+                    .contains(&dir.path().join("conf.d").display().to_string())));
+        // A later drop-in that sets CRI's snapshotter back: doctor says so.
+        let (f, _d) = run_in_tmp_with(
+            V2_3,
+            &[
+                ("airgap-snapshotter.toml", &drop_in),
+                (
+                    "zz-k8s.toml",
+                    "version = 3\n[plugins.'io.containerd.cri.v1.images']\nsnapshotter = 'overlayfs'\n",
+                ),
+            ],
+        );
+        let c = one_failure(&f, "snapshotter");
+        assert!(c.detail.contains("overlayfs") && c.fix.unwrap().contains("drop-ins"));
+        // A drop-in containerd cannot parse: a failure naming it.
+        let (f, _d) = run_in_tmp_with(V2_3, &[("broken.toml", "version = [")]);
+        one_failure(&f, "broken.toml");
     }
 
     #[test]

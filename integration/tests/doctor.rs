@@ -532,11 +532,31 @@ fn doctor(test: &str) -> Result<()> {
             *item_at(doc, &p) = toml_edit::value(two.as_str());
         })?;
         let o = node.doctor(Some(&file), None, None, &[])?;
+        if !node.version.is_2x() {
+            // 1.x's CRI reads each directory in turn: fine.
+            let check = o.json["checks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["name"] == "registry config_path")
+                .context("no registry config_path check")?;
+            ensure!(
+                o.failing().is_empty() && check["status"] == "ok",
+                "containerd {}: {check}\n{}",
+                node.version,
+                o.show()
+            );
+            return Ok(());
+        }
+        // 2.x CRI through the transfer service: containerd#12636.
         o.expect(
             &["registry config_path"],
-            "several directories",
+            "12636",
             &format!("config_path = \"{}\"", node.hosts.display()),
-        )
+        )?;
+        let fix = o.failing()[0]["fix"].as_str().unwrap_or("").to_string();
+        ensure!(fix.contains("use_local_image_pull = true"), "fix: {fix}");
+        Ok(())
     });
 
     case("a registry directory without the mirror", &mut || {

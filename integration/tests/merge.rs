@@ -337,3 +337,378 @@ fn config_merge(test: &str) -> Result<()> {
     );
     Ok(())
 }
+
+/// containerd 2.x with a config that imports a drop-in directory (the
+/// default from 2.2: `imports = ['/etc/containerd/conf.d/*.toml']`; here a
+/// private conf.d): `config --merge` writes the wiring as a drop-in there
+/// and leaves config.toml as it was; containerd loads the plugin from it;
+/// `doctor` finds it there; `--revert` removes that file and no other. On
+/// 1.x, whose imports replace whole plugin tables, the same config is
+/// edited in place instead.
+#[test]
+fn config_merge_writes_a_conf_d_drop_in() {
+    let test = "config_merge_drop_in";
+    run_as_root(test, config_merge_drop_in);
+}
+
+fn config_merge_drop_in(test: &str) -> Result<()> {
+    let _serial = serial()?;
+    let version = containerd::version()?;
+    let daemon = Daemon::start_with_args(&[], &["--mirror-listen", "off"])?;
+    let dir = PrivateContainerd::dir()?;
+    let config = dir.path().join("config.toml");
+    let conf_d = dir.path().join("conf.d");
+    std::fs::create_dir_all(&conf_d)?;
+    // A drop-in of the site's own, which nothing may touch.
+    let site = conf_d.join("00-site.toml");
+    let site_text = format!(
+        "version = {}\n[plugins.'io.containerd.gc.v1.scheduler']\npause_threshold = 0.02\n",
+        if version.is_2x() { 3 } else { 2 }
+    );
+    std::fs::write(&site, &site_text)?;
+    let text = containerd::private_paths(&containerd::default_config()?, &version, dir.path())?;
+    let mut doc: toml_edit::DocumentMut = text.parse()?;
+    let mut imports = toml_edit::Array::new();
+    imports.push(format!("{}/*.toml", conf_d.display()));
+    doc["imports"] = toml_edit::value(imports);
+    let text = format!("{COMMENT}{doc}");
+    std::fs::write(&config, &text)?;
+    let hosts = dir.path().join("certs.d").to_string_lossy().into_owned();
+    let socket = daemon.socket().to_string_lossy().into_owned();
+    let args = [
+        "--socket",
+        socket.as_str(),
+        "--mirror",
+        "off",
+        "--write",
+        hosts.as_str(),
+    ];
+    let drop_in = conf_d.join("airgap-snapshotter.toml");
+
+    if !version.is_2x() {
+        eprintln!("== {test}: containerd {version} (1.x): a config importing conf.d/*.toml is edited in place");
+        let out = merge(&config, &args)?;
+        ensure!(
+            std::fs::read_to_string(&config)? != text && !drop_in.exists(),
+            "1.x: expected config.toml edited and no drop-in:\n{out}"
+        );
+        ensure!(
+            std::fs::read_to_string(&site)? == site_text,
+            "00-site.toml changed"
+        );
+        return Ok(());
+    }
+
+    eprintln!(
+        "== {test}: config --merge --dry-run on containerd {version}, config importing {}/*.toml",
+        conf_d.display()
+    );
+    let out = merge(&config, &[&args[..], &["--dry-run"]].concat())?;
+    eprintln!("{out}");
+    ensure!(
+        out.contains(&format!("+++ {}", drop_in.display())) && out.contains("dry run"),
+        "--dry-run does not show the drop-in:\n{out}"
+    );
+    ensure!(!drop_in.exists(), "--dry-run wrote {}", drop_in.display());
+    ensure!(
+        std::fs::read_to_string(&config)? == text,
+        "--dry-run changed config.toml"
+    );
+
+    eprintln!("== {test}: config --merge");
+    let out = merge(&config, &args)?;
+    eprintln!("{out}");
+    ensure!(out.contains("wrote "), "no write reported:\n{out}");
+    ensure!(
+        std::fs::read_to_string(&config)? == text,
+        "config.toml changed although it imports a drop-in directory"
+    );
+    let written = std::fs::read_to_string(&drop_in)
+        .with_context(|| format!("reading {}", drop_in.display()))?;
+    ensure!(
+        written.starts_with("# Written by `airgap-snapshotter config --merge`"),
+        "the drop-in has no marker:\n{written}"
+    );
+    let backups: Vec<_> = std::fs::read_dir(dir.path())?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".bak"))
+        .collect();
+    ensure!(
+        backups.is_empty(),
+        "backups of an unchanged config.toml: {backups:?}"
+    );
+    let out = merge(&config, &args)?;
+    ensure!(out.contains("nothing changed"), "second merge:\n{out}");
+    ensure!(
+        std::fs::read_to_string(&drop_in)? == written,
+        "the second merge changed the drop-in"
+    );
+
+    // What containerd makes of config.toml and its drop-ins.
+    let dump = process::run(
+        containerd::command("containerd")
+            .arg("--config")
+            .arg(&config)
+            .args(["config", "dump"]),
+        Duration::from_secs(30),
+    )?;
+    let dumped: toml::Value = dump.parse().context("containerd config dump")?;
+    let images = &dumped["plugins"]["io.containerd.cri.v1.images"];
+    ensure!(
+        images["snapshotter"].as_str() == Some(SNAPSHOTTER)
+            && images["registry"]["config_path"].as_str() == Some(hosts.as_str()),
+        "containerd config dump: CRI images table {images}"
+    );
+
+    eprintln!("== {test}: starting containerd {version}");
+    let containerd = PrivateContainerd::start_with_config(dir, config.clone())?;
+    let plugins = containerd.ctr(&["plugins", "ls"])?;
+    let airgap = plugins
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.get(1) == Some(&SNAPSHOTTER));
+    ensure!(
+        airgap
+            .as_ref()
+            .is_some_and(|f| f[0] == "io.containerd.snapshotter.v1" && f.last() == Some(&"ok")),
+        "ctr plugins ls does not list the airgap snapshotter as ok: {airgap:?}\n{plugins}"
+    );
+
+    eprintln!("== {test}: doctor finds the plugin in the drop-in");
+    let out = process::run_unchecked(
+        Command::new(daemon::binary()?)
+            .arg("doctor")
+            .arg("--containerd-config")
+            .arg(&config)
+            .arg("--containerd-address")
+            .arg(containerd.address())
+            .arg("--ctr")
+            .arg(containerd::binary("ctr"))
+            .args(["--socket", &socket, "--mirror-listen", "off", "--json"])
+            .arg("--root")
+            .arg(daemon.root())
+            .arg("--archives")
+            .arg(daemon.archives_dir()),
+        Duration::from_secs(60),
+    )?;
+    let json: serde_json::Value = serde_json::from_str(&out.stdout)
+        .with_context(|| format!("doctor output:\n{}\n{}", out.stdout, out.stderr))?;
+    let checks: Vec<&serde_json::Value> = json["checks"].as_array().into_iter().flatten().collect();
+    let found = checks
+        .iter()
+        .find(|c| c["name"] == "[proxy_plugins.airgap]")
+        .with_context(|| format!("doctor has no [proxy_plugins.airgap] check: {checks:#?}"))?;
+    ensure!(
+        found["status"] == "ok"
+            && found["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("airgap-snapshotter.toml")),
+        "doctor: {found}"
+    );
+    let wiring_failures: Vec<_> = checks
+        .iter()
+        .filter(|c| c["status"] != "ok")
+        .filter(|c| {
+            let n = c["name"].as_str().unwrap_or("");
+            n.contains("proxy_plugins")
+                || n.contains("snapshotter")
+                || n.contains("config_path")
+                || n.contains("loaded airgap")
+                || n.contains("unpack_config")
+        })
+        .collect();
+    ensure!(wiring_failures.is_empty(), "doctor: {wiring_failures:#?}");
+
+    eprintln!("== {test}: config --merge --revert");
+    let out = merge(&config, &["--revert", "--dry-run"])?;
+    ensure!(
+        drop_in.exists() && out.contains("not removed"),
+        "--revert --dry-run:\n{out}"
+    );
+    let out = merge(&config, &["--revert"])?;
+    eprintln!("{out}");
+    ensure!(
+        !drop_in.exists(),
+        "--revert left {}:\n{out}",
+        drop_in.display()
+    );
+    ensure!(
+        std::fs::read_to_string(&site)? == site_text,
+        "--revert touched 00-site.toml"
+    );
+    ensure!(
+        std::fs::read_to_string(&config)? == text,
+        "--revert changed config.toml"
+    );
+    let out = merge(&config, &["--revert"])?;
+    ensure!(out.contains("nothing removed"), "a second --revert:\n{out}");
+    // A file of that name the merge did not write is never replaced.
+    std::fs::write(&drop_in, "version = 3\n")?;
+    let out = process::run_unchecked(
+        Command::new(daemon::binary()?)
+            .arg("config")
+            .arg("--merge")
+            .arg(&config)
+            .args(args),
+        Duration::from_secs(30),
+    )?;
+    ensure!(
+        !out.status.success() && out.stderr.contains("not replacing it"),
+        "merge over a foreign {}: {}\n{}",
+        drop_in.display(),
+        out.stdout,
+        out.stderr
+    );
+    let out = merge(&config, &["--revert"])?;
+    ensure!(
+        drop_in.exists() && out.contains("nothing removed"),
+        "--revert removed a file it did not write:\n{out}"
+    );
+    std::fs::remove_file(&drop_in)?;
+    drop(containerd);
+    Ok(())
+}
+
+/// containerd#12636 on the containerd under test (2.x): with a
+/// colon-separated `config_path` CRI pulls through the transfer service
+/// read no hosts.toml, so an archived image is fetched from its registry,
+/// not through the mirror, and `doctor` says so with its fix; with
+/// `use_local_image_pull = true` (one of the fixes doctor names) the same
+/// list works and the mirror serves the pull. 1.x (CRI always pulls on the
+/// client side) is skipped with a message.
+#[test]
+fn transfer_service_ignores_a_config_path_list() {
+    let test = "config_path_list";
+    run_as_root(test, config_path_list);
+}
+
+fn config_path_list(test: &str) -> Result<()> {
+    let _serial = serial()?;
+    let version = containerd::version()?;
+    if !version.is_2x() {
+        eprintln!("== {test}: skipped: containerd {version} is 1.x, whose CRI never pulls through the transfer service");
+        return Ok(());
+    }
+    let registry = Registry::start()?;
+    let host = registry.host();
+    let work = TestDir::new(test)?;
+    let mut files = Vec::new();
+    let mut built = Vec::new();
+    for name in ["listed", "local"] {
+        let spec = image::sample_spec(&host, name, "v1")?;
+        let file = work.path().join(format!("{name}.tar"));
+        built.push(image::write_oci_archive(&spec, &file)?);
+        registry.push_oci_archive(&file, "v1", &format!("library/{name}:v1"))?;
+        files.push(file);
+    }
+    let mirror = format!("127.0.0.1:{}", free_port()?);
+    let files: Vec<&Path> = files.iter().map(|f| f.as_path()).collect();
+    let daemon = Daemon::start_with_args(&files, &["--mirror-listen", &mirror])?;
+    let dir = PrivateContainerd::dir()?;
+    let config = dir.path().join("config.toml");
+    let text = containerd::private_paths(&containerd::default_config()?, &version, dir.path())?;
+    std::fs::write(&config, &text)?;
+    let hosts = work.path().join("certs.d");
+    let socket = daemon.socket().to_string_lossy().into_owned();
+    let hosts_arg = hosts.to_string_lossy().into_owned();
+    let upstream = format!("http://{host}");
+    merge(
+        &config,
+        &[
+            "--socket",
+            &socket,
+            "--mirror",
+            &mirror,
+            "--upstream",
+            &upstream,
+            "--write",
+            &hosts_arg,
+        ],
+    )?;
+    let edit = |local_pull: bool| -> Result<()> {
+        let mut doc: toml_edit::DocumentMut = std::fs::read_to_string(&config)?.parse()?;
+        let images = doc["plugins"]["io.containerd.cri.v1.images"]
+            .as_table_like_mut()
+            .context("no CRI images table")?;
+        images.insert("use_local_image_pull", toml_edit::value(local_pull));
+        doc["plugins"]["io.containerd.cri.v1.images"]["registry"]["config_path"] = toml_edit::value(
+            format!("{hosts_arg}:{}/docker-certs.d", work.path().display()),
+        );
+        std::fs::write(&config, doc.to_string())?;
+        Ok(())
+    };
+    edit(false)?;
+    let mut containerd = PrivateContainerd::start_with_config(dir, config.clone())?;
+    let doctor = |address: &Path| -> Result<serde_json::Value> {
+        let out = process::run_unchecked(
+            Command::new(daemon::binary()?)
+                .arg("doctor")
+                .arg("--containerd-config")
+                .arg(&config)
+                .arg("--containerd-address")
+                .arg(address)
+                .arg("--ctr")
+                .arg(containerd::binary("ctr"))
+                .args(["--socket", &socket, "--mirror-listen", &mirror, "--json"])
+                .arg("--root")
+                .arg(daemon.root())
+                .arg("--archives")
+                .arg(daemon.archives_dir()),
+            Duration::from_secs(60),
+        )?;
+        let json: serde_json::Value = serde_json::from_str(&out.stdout)
+            .with_context(|| format!("doctor output:\n{}\n{}", out.stdout, out.stderr))?;
+        json["checks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["name"] == "registry config_path")
+            .cloned()
+            .context("doctor has no registry config_path check")
+    };
+    // pull NAME: whether the registry was asked for the image (the mirror
+    // bypassed).
+    let pull = |cri: &mut CriClient, i: usize| -> Result<bool> {
+        let mark = registry.mark();
+        cri.pull_image(&built[i].name)?;
+        registry.settle();
+        let name = format!("/{}/", ["listed", "local"][i]);
+        Ok(registry
+            .access_lines()
+            .into_iter()
+            .skip(mark)
+            .any(|l| l.path.contains(&name)))
+    };
+
+    eprintln!("== {test}: containerd {version}, config_path = \"{hosts_arg}:...\", CRI through the transfer service");
+    let mut cri = CriClient::connect(containerd.address())?;
+    ensure!(
+        pull(&mut cri, 0)?,
+        "containerd {version} read the hosts.toml of a colon-separated config_path through the transfer service: \
+         containerd#12636 is fixed here, doctor's check must say which versions it applies to"
+    );
+    let check = doctor(containerd.address())?;
+    ensure!(
+        check["status"] == "fail"
+            && check["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("12636"))
+            && check["fix"]
+                .as_str()
+                .is_some_and(|f| f.contains("use_local_image_pull")),
+        "doctor: {check}"
+    );
+
+    eprintln!("== {test}: use_local_image_pull = true");
+    edit(true)?;
+    containerd.restart()?;
+    let mut cri = CriClient::connect(containerd.address())?;
+    ensure!(
+        !pull(&mut cri, 1)?,
+        "with use_local_image_pull the pull still bypassed the mirror"
+    );
+    let check = doctor(containerd.address())?;
+    ensure!(check["status"] == "ok", "doctor: {check}");
+    drop(containerd);
+    Ok(())
+}

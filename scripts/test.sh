@@ -17,8 +17,10 @@
 #      test, cargo nextest), fuzz (a short run of each fuzz target; skipped,
 #      and said so, without a nightly toolchain and cargo-fuzz)
 #   4. conformance, conformance-2.x: containerd's snapshotter conformance
-#      suite from 1.6 (Debian 12's sources) and from 2.3 (a Go module of the
-#      project, integration/conformance2/)
+#      suite from 1.6 (Debian 12's sources, GOPATH mode, Debian's Go 1.19)
+#      and from 2.3.7 (the Go module integration/conformance2, go.sum
+#      committed, built with /usr/local/go; the test binary cached under
+#      /var/cache/airgap-snapshotter/conformance2: about 50 s warm)
 #   5. release, in the background from here on (its own target directory,
 #      niced): static musl binaries, tarballs and .debs for linux-amd64 and
 #      linux-arm64 (scripts/release.sh)
@@ -286,6 +288,7 @@ E2E_SUBSET+=(imported_image_runs_without_a_pull)
 #   each containerd config version (2, 3), written by `config --merge`,
 #   read by doctor, k3s's template, the mirror through hosts.toml
 E2E_SUBSET+=(config_merge_wires_containerd_default_config doctor_names_each_mistake_with_its_fix
+    config_merge_writes_a_conf_d_drop_in transfer_service_ignores_a_config_path_list
     k3s_template_and_registries_yaml_take_layers_from_the_archive ctr_and_cri_pull_through_the_mirror)
 # crictl, the real CRI client, runs on every version (binary(=crictl)).
 

@@ -586,7 +586,10 @@ fn config_path_list(test: &str) -> Result<()> {
     let _serial = serial()?;
     let version = containerd::version()?;
     if !version.is_2x() {
-        eprintln!("== {test}: skipped: containerd {version} is 1.x, whose CRI never pulls through the transfer service");
+        airgap_snapshotter::testsupport::skip(
+            test,
+            &format!("not applicable to containerd {version}: 1.x CRI never pulls through the transfer service"),
+        );
         return Ok(());
     }
     let registry = Registry::start()?;

@@ -158,20 +158,27 @@ pub(crate) async fn prepare(
         let source = remote.source().clone();
         let named = same_layer_named(labels, &chain_id);
         let found = blocking(move || {
-            Ok(source.layer(&chain_id).or_else(|| {
+            Ok(source.layer(&chain_id).map(|l| (l, None)).or_else(|| {
                 // containerd 2.3+: the same layer archived on another parent.
                 let (diff_id, parent) = named?;
                 let archived = source.layer_with_diff_id(&diff_id)?;
-                Some(LayerRef {
+                let archived_chain = archived.chain_id;
+                let layer = LayerRef {
                     chain_id,
                     parent,
                     ..archived
-                })
+                };
+                Some((layer, Some(archived_chain)))
             }))
         })
         .await;
         let layer = match found {
-            Ok(Some(layer)) => layer,
+            Ok(Some((layer, by_diff_id))) => {
+                if let Some(archived_chain) = by_diff_id {
+                    tracing::info!(diff_id = %layer.diff_id, %archived_chain, "layer taken by its diffID from an archived image on another parent");
+                }
+                layer
+            }
             _ => {
                 tracing::debug!("layer not in the archives: ordinary path");
                 return fallback("not_archived");

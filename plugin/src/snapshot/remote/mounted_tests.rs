@@ -930,7 +930,7 @@ async fn a_layer_taken_by_diff_id_is_rebuilt_by_diff_id() {
             &work.path().join(format!("a{suffix}.tar")),
         );
         fake.add_plain_image(
-            &[base_c.clone()],
+            std::slice::from_ref(&base_c),
             &work.path().join(format!("c{suffix}.tar")),
         )
     };

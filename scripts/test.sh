@@ -279,8 +279,11 @@ fi
 # differs by version, so each difference is still asserted on each version.
 #   CRI pull from an archive, a pod running it, CRI's version answer, pins
 E2E_SUBSET=(cri_pull_of_archived_image_downloads_no_layer cri_pod_runs_archived_image)
-#   the transfer service (2.x), ctr pull with and without it
-E2E_SUBSET+=(cri_pull_through_the_transfer_service_downloads_no_layer plain_ctr_pull_works_as_ordinary_snapshotter)
+#   the transfer service (2.x), ctr pull with and without it, the diff-id
+#   and parent-chain-id Prepare labels (2.3+: a layer from another image's
+#   archive)
+E2E_SUBSET+=(cri_pull_through_the_transfer_service_downloads_no_layer plain_ctr_pull_works_as_ordinary_snapshotter
+    cri_pull_of_rebased_image_takes_its_archived_layer_by_diff_id)
 #   EROFS layers and their mounts across a daemon restart
 E2E_SUBSET+=(docker_save_layers_are_mounted_from_the_archive daemon_restart_keeps_snapshots_usable)
 #   registration through containerd's images API

@@ -460,6 +460,11 @@ impl Version {
         self.major >= 2
     }
 
+    /// Whether this is `major.minor` or newer.
+    pub fn at_least(&self, major: u32, minor: u32) -> bool {
+        (self.major, self.minor) >= (major, minor)
+    }
+
     /// The `airgap-snapshotter config --containerd` argument for it.
     pub fn config_arg(&self) -> &'static str {
         match (self.major, self.minor) {

@@ -784,6 +784,86 @@ fn cri_pull_partial(test: &str, env: &mut Env, images: &Images) -> Result<()> {
     Ok(())
 }
 
+/// (a', 2.3+) A rebased image: not archived, its top layer the same (same
+/// diffID) as an archived image's top layer on another base, and that base
+/// already on the node (pulled before with another image, as a patched base
+/// is). containerd 2.3+ names each layer's diffID and parent chain ID on
+/// Prepare, so the top layer comes from the archive and nothing is
+/// downloaded; 1.6 to 2.1 name only the chain ID, which no archive holds:
+/// the top layer is downloaded, as before. (containerd fetches every layer
+/// above the first one it must write, so a base not on the node yet means
+/// the top layer's blob is downloaded on every version, and the remote path
+/// only spares its apply.)
+#[test]
+fn cri_pull_of_rebased_image_takes_its_archived_layer_by_diff_id() {
+    run_test(
+        "cri_pull_rebased",
+        |host| {
+            let mut rebased = sample_spec(host, "rebased", "v1")?;
+            // The top layer of archived:v1 on a base of its own.
+            rebased.layers = image::sample_layers("archived:v1")?;
+            rebased.layers[0]
+                .entries
+                .push(Entry::file("data/rebased", "another base\n"));
+            // That base alone, pulled first.
+            let mut base = sample_spec(host, "newbase", "v1")?;
+            base.layers = vec![rebased.layers[0].clone()];
+            Ok((
+                vec![sample_spec(host, "archived", "v1")?.into()],
+                vec![base, rebased],
+            ))
+        },
+        cri_pull_rebased,
+    );
+}
+
+fn cri_pull_rebased(test: &str, env: &mut Env, images: &Images) -> Result<()> {
+    let archived = &images.archived[0];
+    let (base, rebased) = (&images.remote_only[0], &images.remote_only[1]);
+    ensure!(
+        archived.layer_digests[0] != rebased.layer_digests[0]
+            && base.layer_digests[0] == rebased.layer_digests[0]
+            && archived.layer_digests[1] == rebased.layer_digests[1]
+            && archived.chain_ids[1] != rebased.chain_ids[1],
+        "the test images should share exactly their top layer, on different bases"
+    );
+    let version = env.containerd.version().clone();
+    eprintln!("== {test}: CRI PullImage {} (the new base)", base.name);
+    env.cri.pull_image(&base.name)?;
+    let mark = env.registry.mark();
+    eprintln!(
+        "== {test}: CRI PullImage {} (containerd {version})",
+        rebased.name
+    );
+    env.cri.pull_image(&rebased.name)?;
+    let downloaded: BTreeSet<String> = layer_gets(env, rebased, mark).into_iter().collect();
+    let by_diff_id = env
+        .daemon
+        .log()
+        .contains("layer taken by its diffID from an archived image on another parent");
+    if version.at_least(2, 3) {
+        ensure!(
+            downloaded.is_empty(),
+            "containerd {version} sends diff-id: nothing should be downloaded, got {downloaded:?}"
+        );
+        ensure!(
+            by_diff_id,
+            "the daemon did not say it took the layer by its diffID"
+        );
+    } else {
+        let top: BTreeSet<String> = [rebased.layer_digests[1].clone()].into();
+        ensure!(
+            downloaded == top,
+            "containerd {version} sends no diff-id: the top layer {top:?} should be downloaded, got {downloaded:?}"
+        );
+        ensure!(!by_diff_id, "containerd {version} sent a diff-id label?");
+    }
+    assert_chain_snapshots(env, rebased)?;
+    run_sample_check(env, &rebased.name, "rebased")?;
+    env.daemon.check_running()?;
+    Ok(())
+}
+
 /// (a'') Plain `ctr images pull` fetches the layers in the ctr process and
 /// calls Prepare with no `snapshot.ref` label (containerd 1.6 and 1.7 by
 /// default, 2.x with `--local`): the airgap snapshotter works as an

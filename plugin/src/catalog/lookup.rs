@@ -220,6 +220,19 @@ impl LayerSource for Catalog {
             .map(|(a, i)| self.layer_ref(a, *i))
     }
 
+    fn layer_with_diff_id(&self, diff_id: &Digest) -> Option<LayerRef> {
+        let state = self.ready_state();
+        // A scan of every archived layer: asked only when a Prepare's chain
+        // ID is not archived. An uncompressed blob first (usable in place),
+        // then the lowest digest, so the answer does not depend on hashing.
+        state
+            .chains
+            .values()
+            .map(|(a, i)| self.layer_ref(a, *i))
+            .filter(|l| l.diff_id == *diff_id)
+            .min_by_key(|l| (l.compression != crate::catalog::Compression::None, l.digest))
+    }
+
     fn image_layers(&self, chain_id: &Digest, manifest: Option<&Digest>) -> Vec<LayerRef> {
         let state = self.ready_state();
         let candidates: Vec<&Vec<Digest>> = state

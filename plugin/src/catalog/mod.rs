@@ -41,6 +41,15 @@ pub struct LayerRef {
 pub trait LayerSource: Send + Sync + 'static {
     /// The archived layer whose chain ID is `chain_id`.
     fn layer(&self, chain_id: &Digest) -> Option<LayerRef>;
+    /// An archived layer whose diffID (its uncompressed tar's digest) is
+    /// `diff_id`, whatever the layers below it: containerd 2.3+ names the
+    /// diffID on Prepare (`containerd.io/snapshot/diff-id`), so a layer
+    /// archived in one image can serve the same layer on another parent.
+    /// Its `chain_id` and `parent` are those of the archive it was found in.
+    fn layer_with_diff_id(&self, diff_id: &Digest) -> Option<LayerRef> {
+        let _ = diff_id;
+        None
+    }
     /// The archived layers of the image being pulled, bottom first, each once
     /// (used to start extracting its other layers early). `manifest` is the
     /// platform manifest containerd is unpacking, when it says (CRI's

@@ -302,6 +302,16 @@ impl LayerBacking {
         let layer = source
             .layer(chain_id)
             .filter(|l| l.diff_id == record.diff_id)
+            // A layer taken by its diffID from another parent's image
+            // (containerd 2.3+'s labels): its chain ID is in no archive.
+            .or_else(|| {
+                source
+                    .layer_with_diff_id(&record.diff_id)
+                    .map(|l| LayerRef {
+                        chain_id: *chain_id,
+                        ..l
+                    })
+            })
             .ok_or_else(|| unavailable(format!("{why}; and no archive holds the layer")))?;
         rebuild(store, source, &layer, dir)
             .map(|()| Ensured::Rebuilt)

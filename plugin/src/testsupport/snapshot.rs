@@ -213,6 +213,15 @@ impl LayerSource for FakeSource {
         self.layers.get(chain_id).cloned()
     }
 
+    fn layer_with_diff_id(&self, diff_id: &Digest) -> Option<LayerRef> {
+        let withdrawn = self.withdrawn.lock().unwrap();
+        self.layers
+            .values()
+            .filter(|l| l.diff_id == *diff_id && !withdrawn.contains(&l.chain_id))
+            .min_by_key(|l| l.chain_id)
+            .cloned()
+    }
+
     fn image_layers(&self, chain_id: &Digest, _manifest: Option<&Digest>) -> Vec<LayerRef> {
         let mut out: Vec<LayerRef> = Vec::new();
         for image in self.images.iter().filter(|i| i.contains(chain_id)) {

@@ -156,8 +156,29 @@ pub(crate) async fn prepare(
         }
 
         let source = remote.source().clone();
-        let layer = match blocking(move || Ok(source.layer(&chain_id))).await {
-            Ok(Some(layer)) => layer,
+        let named = same_layer_named(labels, &chain_id);
+        let found = blocking(move || {
+            Ok(source.layer(&chain_id).map(|l| (l, None)).or_else(|| {
+                // containerd 2.3+: the same layer archived on another parent.
+                let (diff_id, parent) = named?;
+                let archived = source.layer_with_diff_id(&diff_id)?;
+                let archived_chain = archived.chain_id;
+                let layer = LayerRef {
+                    chain_id,
+                    parent,
+                    ..archived
+                };
+                Some((layer, Some(archived_chain)))
+            }))
+        })
+        .await;
+        let layer = match found {
+            Ok(Some((layer, by_diff_id))) => {
+                if let Some(archived_chain) = by_diff_id {
+                    tracing::info!(diff_id = %layer.diff_id, %archived_chain, "layer taken by its diffID from an archived image on another parent");
+                }
+                layer
+            }
             _ => {
                 tracing::debug!("layer not in the archives: ordinary path");
                 return fallback("not_archived");
@@ -231,6 +252,30 @@ pub(crate) async fn prepare(
     }
     .instrument(span)
     .await
+}
+
+/// The layer containerd 2.3+ names on Prepare (its diffID, and the chain ID
+/// of its parent; neither label before 2.3), when they add up to the
+/// target's chain ID (OCI "Layer ChainID": the diffID for the bottom layer,
+/// else `sha256(parent + " " + diffID)`): a layer is its diffID, so one
+/// archived on any other parent is this layer's content (overlay stacks it
+/// on whatever is below, as containerd's applier would write it). Labels
+/// that do not add up name nothing.
+fn same_layer_named(
+    labels: &HashMap<String, String>,
+    chain_id: &Digest,
+) -> Option<(Digest, Option<Digest>)> {
+    let diff_id: Digest = labels.get(SNAPSHOT_DIFF_ID)?.parse().ok()?;
+    let parent: Option<Digest> = match labels.get(SNAPSHOT_PARENT_CHAIN_ID) {
+        None => None,
+        Some(p) if p.is_empty() => None,
+        Some(p) => Some(p.parse().ok()?),
+    };
+    let computed = match parent {
+        None => diff_id,
+        Some(p) => Digest::of(format!("{p} {diff_id}").as_bytes()),
+    };
+    (computed == *chain_id).then_some((diff_id, parent))
 }
 
 /// What containerd 2.3+ says of the layer (its diffID and its parent's chain

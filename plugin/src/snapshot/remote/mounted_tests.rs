@@ -910,3 +910,85 @@ async fn an_archive_rewritten_in_place_changes_nothing_a_container_reads() {
         server.stop().await;
     }
 }
+
+/// A layer taken by its diffID on another parent (containerd 2.3+'s
+/// labels, a rebased image) is mounted from the archive like any other, and
+/// after a reboot with its archive gone and back under another name it is
+/// rebuilt by its diffID: its chain ID is in no archive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_taken_by_diff_id_is_rebuilt_by_diff_id() {
+    use crate::labels::{SNAPSHOT_DIFF_ID, SNAPSHOT_PARENT_CHAIN_ID};
+    requires_erofs!();
+    let work = tempfile::tempdir().unwrap();
+    let _guard = Unmount(work.path().to_owned());
+    let base_a = layer_tar(&[Entry::Dir("etc"), Entry::File("etc/base", b"a\n")]);
+    let base_c = layer_tar(&[Entry::Dir("etc"), Entry::File("etc/base", b"c\n")]);
+    let top = layer_tar(&[Entry::Dir("etc"), Entry::File("etc/top", b"top\n")]);
+    let archives = |fake: &mut FakeSource, suffix: &str| {
+        fake.add_plain_image(
+            &[base_a.clone(), top.clone()],
+            &work.path().join(format!("a{suffix}.tar")),
+        );
+        fake.add_plain_image(
+            std::slice::from_ref(&base_c),
+            &work.path().join(format!("c{suffix}.tar")),
+        )
+    };
+    let mut fake = FakeSource::default();
+    let base = archives(&mut fake, "");
+    let server = TestServer::start_with(Some(Arc::new(fake)), archive_backed()).await;
+    let root = server.root();
+    let _root_guard = Unmount(root.clone());
+    let parent = server.commit_layers(&base, &HashMap::new()).await;
+    let diff_id = Digest::of(&top);
+    let chain = Digest::chain_ids(&[base[0].diff_id, diff_id])[1];
+    let labels = HashMap::from([
+        (TARGET_SNAPSHOT_REF.to_string(), chain.to_string()),
+        (SNAPSHOT_DIFF_ID.to_string(), diff_id.to_string()),
+        (
+            SNAPSHOT_PARENT_CHAIN_ID.to_string(),
+            base[0].chain_id.to_string(),
+        ),
+    ]);
+    let err = server
+        .client
+        .clone()
+        .prepare(api::PrepareSnapshotRequest {
+            snapshotter: "airgap".into(),
+            key: "ns/1/extract-top".into(),
+            parent: parent.clone(),
+            labels,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    let id = committed(&server.sn)
+        .into_iter()
+        .find(|(name, _)| *name == chain.to_string())
+        .map(|(_, id)| id)
+        .expect("the rebased top committed under its chain ID");
+    let top_file = snapshot_dir(&root, id).join("fs/etc/top");
+    assert_eq!(std::fs::read(&top_file).unwrap(), b"top\n");
+
+    // The reboot: mounts gone, archives gone, back under other names.
+    let state = server.stop_keeping_state().await;
+    unmount_under(&root);
+    for name in ["a.tar", "c.tar"] {
+        std::fs::remove_file(work.path().join(name)).unwrap();
+    }
+    let mut back = FakeSource::default();
+    archives(&mut back, "-renamed");
+    let sn = Snapshotter::open_with(&root, Some(Arc::new(back)), archive_backed()).unwrap();
+    sn.view("ns/9/view", &chain.to_string(), HashMap::new())
+        .unwrap();
+    assert_eq!(std::fs::read(&top_file).unwrap(), b"top\n");
+    let record =
+        crate::layer::record::BackingRecord::read(&snapshot_dir(&root, id).join(RECORD)).unwrap();
+    assert_eq!(record.archive, work.path().join("a-renamed.tar"));
+    sn.remove("ns/9/view").unwrap();
+    sn.remove(&chain.to_string()).unwrap();
+    sn.remove(&parent).unwrap();
+    assert!(mounts_under(&root).is_empty(), "{:?}", mounts_under(&root));
+    drop(sn);
+    drop(state);
+}

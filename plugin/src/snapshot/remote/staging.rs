@@ -64,6 +64,10 @@ type Extraction = Shared<BoxFuture<'static, Result<StagedLayer, Arc<StagingError
 pub(super) struct Job {
     /// Tells this job from a later one for the same chain ID.
     seq: u64,
+    /// The layer's diffID when no archive holds its chain ID (found by
+    /// diffID on another parent, see `same_layer_named`): it is withdrawn
+    /// when no archive holds that diffID any more.
+    by_diff_id: Option<Digest>,
     extraction: Extraction,
     started: Instant,
 }
@@ -81,6 +85,12 @@ impl Remote {
     /// The running or finished extraction of `layer`, started if there is
     /// none. Needs a tokio runtime.
     pub(super) fn extraction(&self, layer: &LayerRef) -> (u64, Extraction) {
+        // Asked before taking the jobs lock (see `expire`).
+        let by_diff_id = self
+            .source
+            .layer(&layer.chain_id)
+            .is_none()
+            .then_some(layer.diff_id);
         let mut jobs = self.jobs.lock().unwrap();
         if let Some(job) = jobs.get(&layer.chain_id) {
             return (job.seq, job.extraction.clone());
@@ -115,6 +125,7 @@ impl Remote {
             chain_id,
             Job {
                 seq,
+                by_diff_id,
                 extraction: extraction.clone(),
                 started: Instant::now(),
             },
@@ -160,19 +171,23 @@ impl Remote {
     /// never claims them), and forgets failed extractions. Returns the
     /// sequence numbers of the jobs left. Blocking.
     pub(super) fn expire(&self) -> HashSet<u64> {
-        let finished: Vec<Digest> = self
+        let finished: Vec<(Digest, Option<Digest>)> = self
             .jobs
             .lock()
             .unwrap()
             .iter()
             .filter(|(_, job)| matches!(job.finished(), Some(Ok(_))))
-            .map(|(chain_id, _)| *chain_id)
+            .map(|(chain_id, job)| (*chain_id, job.by_diff_id))
             .collect();
         // Asked without holding the jobs lock: the source may wait for
         // its own.
         let withdrawn: HashSet<Digest> = finished
             .into_iter()
-            .filter(|chain_id| self.source.layer(chain_id).is_none())
+            .filter(|(chain_id, by_diff_id)| match by_diff_id {
+                Some(diff_id) => self.source.layer_with_diff_id(diff_id).is_none(),
+                None => self.source.layer(chain_id).is_none(),
+            })
+            .map(|(chain_id, _)| chain_id)
             .collect();
         let mut known = HashSet::new();
         let mut stale = Vec::new();

@@ -687,3 +687,129 @@ async fn staged_layers_of_a_deleted_archive_are_cleaned_up() {
     assert!(dir_names(&server.root().join("snapshots")).is_empty());
     server.stop().await;
 }
+
+/// containerd 2.3+ names the layer's diffID and its parent's chain ID on
+/// Prepare: a layer archived in one image serves the same layer of an image
+/// on another base (a rebased image, whose chain IDs are in no archive).
+/// Without those labels (1.6 to 2.2), or with labels that do not add up to
+/// the target, the layer takes the ordinary path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_2_3_diff_id_takes_an_archived_layer_on_another_parent() {
+    use crate::labels::{SNAPSHOT_DIFF_ID, SNAPSHOT_PARENT_CHAIN_ID};
+    requires_root!();
+    let app = layer_tar(&[
+        Entry::Dir("app"),
+        Entry::File("app/run", b"the application\n"),
+    ]);
+    let base = |name: &str| layer_tar(&[Entry::Dir("etc"), Entry::File("etc/os", name.as_bytes())]);
+    let mut fake = FakeSource::default();
+    let archived = fake.add_image(&[base("old base\n"), app.clone()], &[]);
+    // The rebased image: nothing of it archived but the diffID of its top.
+    let rebased = fake.add_image(&[base("new base\n"), app], &[0, 1]);
+    assert_eq!(archived[1].diff_id, rebased[1].diff_id);
+    let fake = Arc::new(fake);
+    let mut server = TestServer::start(Some(fake.clone())).await;
+
+    // Its base is not archived: containerd writes it (ordinary path).
+    let mut labels = target_labels(&rebased[0].chain_id);
+    labels.insert(SNAPSHOT_DIFF_ID.into(), rebased[0].diff_id.to_string());
+    let mounts = server
+        .client
+        .prepare(prepare("k8s.io/1/extract-base", "", labels))
+        .await
+        .expect("ordinary path for a layer no archive holds")
+        .into_inner()
+        .mounts;
+    let fs_dir = mounts[0].source.clone();
+    std::fs::create_dir(Path::new(&fs_dir).join("etc")).unwrap();
+    std::fs::write(Path::new(&fs_dir).join("etc/os"), "new base\n").unwrap();
+    let base_name = rebased[0].chain_id.to_string();
+    server
+        .client
+        .commit(api::CommitSnapshotRequest {
+            snapshotter: "airgap".into(),
+            name: base_name.clone(),
+            key: "k8s.io/1/extract-base".into(),
+            labels: HashMap::new(),
+        })
+        .await
+        .unwrap();
+
+    let top = rebased[1].chain_id;
+    let with = |diff_id: &Digest, parent: &Digest| {
+        let mut l = target_labels(&top);
+        l.insert(SNAPSHOT_DIFF_ID.into(), diff_id.to_string());
+        l.insert(SNAPSHOT_PARENT_CHAIN_ID.into(), parent.to_string());
+        l
+    };
+    // 1.6 to 2.2: the target alone, not archived: ordinary path.
+    let ordinary = |key: &str, labels| prepare(key, &base_name, labels);
+    server
+        .client
+        .prepare(ordinary("k8s.io/2/old", target_labels(&top)))
+        .await
+        .expect("without diff-id: ordinary path");
+    // Labels that do not add up to the target: ordinary path.
+    for (i, labels) in [
+        with(&rebased[1].diff_id, &archived[0].chain_id),
+        with(&Digest::of(b"another layer"), &rebased[0].chain_id),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        server
+            .client
+            .prepare(ordinary(&format!("k8s.io/3/wrong-{i}"), labels))
+            .await
+            .expect("labels not adding up: ordinary path");
+    }
+    // An archive holds no layer of that diffID: ordinary path.
+    assert!(fake.layer_with_diff_id(&rebased[0].diff_id).is_none());
+
+    // 2.3+: the top layer comes from the other image's archive.
+    let opened = fake.opened(&archived[1].digest);
+    let err = server
+        .client
+        .prepare(ordinary(
+            "k8s.io/4/extract-top",
+            with(&rebased[1].diff_id, &rebased[0].chain_id),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    assert_eq!(fake.opened(&archived[1].digest), opened + 1);
+    let found = lookup(&mut server, &top, &base_name).await;
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].parent, base_name);
+
+    // A container on it sees the app on the new base.
+    let view = server
+        .client
+        .view(api::ViewSnapshotRequest {
+            snapshotter: "airgap".into(),
+            key: "view".into(),
+            parent: found[0].name.clone(),
+            labels: HashMap::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let lower = view.mounts[0]
+        .options
+        .iter()
+        .find_map(|o| o.strip_prefix("lowerdir="))
+        .unwrap()
+        .to_string();
+    let dirs: Vec<&str> = lower.split(':').collect();
+    assert_eq!(dirs.len(), 2);
+    assert_eq!(
+        std::fs::read_to_string(Path::new(dirs[0]).join("app/run")).unwrap(),
+        "the application\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(Path::new(dirs[1]).join("etc/os")).unwrap(),
+        "new base\n"
+    );
+    assert!(staging_is_empty(&server));
+    server.stop().await;
+}

@@ -287,7 +287,7 @@ E2E_SUBSET+=(cri_pull_through_the_transfer_service_downloads_no_layer plain_ctr_
 #   EROFS layers and their mounts across a daemon restart
 E2E_SUBSET+=(docker_save_layers_are_mounted_from_the_archive daemon_restart_keeps_snapshots_usable)
 #   registration through containerd's images API
-E2E_SUBSET+=(imported_image_runs_without_a_pull)
+E2E_SUBSET+=(imported_image_runs_without_a_pull a_pulled_image_is_untouched_by_archives_of_its_name)
 #   each containerd config version (2, 3), written by `config --merge`,
 #   read by doctor, k3s's template, the mirror through hosts.toml
 E2E_SUBSET+=(config_merge_wires_containerd_default_config doctor_names_each_mistake_with_its_fix

@@ -27,6 +27,7 @@
 //! The tests take a cross-process lock, so they run one at a time even
 //! under nextest.
 
+pub mod bench;
 pub mod containerd;
 pub mod cri;
 pub mod daemon;

@@ -1,4 +1,4 @@
-//! `bench-cri ADDRESS IMAGE...`: plays kubelet for `scripts/bench.sh`. Sends
+//! `bench-cri ADDRESS IMAGE...`: plays kubelet for `scripts/demo.sh`. Sends
 //! a CRI `PullImage` for each image, in order, to the containerd at the
 //! socket ADDRESS, and prints one line per image: the wall seconds the call
 //! took (PullImage returns once the image is unpacked, i.e. can run) and the

@@ -6,8 +6,8 @@
 //! `AIRGAP_CONTAINERD_DIR`) with `airgap-snapshotter config --containerd
 //! <its version>` merged in (`AIRGAP_SNAPSHOTTER_BIN` names that binary).
 //! `--cri-snapshotter overlayfs` makes CRI unpack with containerd's own
-//! snapshotter (the benchmark's baselines). Used by `scripts/demo.sh` and
-//! `scripts/bench.sh`; the detected version goes to stderr.
+//! snapshotter (the benchmark's baselines). Used by `scripts/demo.sh`
+//! (the benchmark calls the same library code); the detected version goes to stderr.
 
 use std::path::PathBuf;
 

@@ -80,25 +80,7 @@ fi
 rm -f "$cache/.list.err"
 suite=$cache/$version/bin/conformance
 if [[ ! -x $suite ]]; then
-    tmp=$cache/$version/bin.tmp
-    rm -rf "$tmp"
-    mkdir -p "$tmp"
-    start=$SECONDS
-    log "$version: go install $module@$version (log: $cache/$version/build.log)"
-    if ! GOBIN=$tmp nice -n 10 "$go" install "$module@$version" >"$cache/$version/build.log" 2>&1; then
-        log "$version: go install failed:"
-        tail -n 10 "$cache/$version/build.log" >&2
-        rm -rf "$tmp"
-        exit 1
-    fi
-    if [[ ! -x $tmp/conformance ]]; then
-        log "$version: go install left no conformance in $tmp"
-        rm -rf "$tmp"
-        exit 1
-    fi
-    rm -rf "$cache/$version/bin"
-    mv "$tmp" "$cache/$version/bin"
-    log "$version: built in $((SECONDS - start)) s"
+    go_install_to "$cache/$version/bin" conformance "$module@$version" || exit 1
 fi
 log "suite $version: $suite"
 $build_only && exit 0

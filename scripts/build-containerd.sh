@@ -107,27 +107,11 @@ build() {
     version=$(resolve "$1") || return 1
     local dest=$cache/$version/bin
     if ! complete "$dest"; then
-        local tmp=$cache/$version/bin.tmp
-        rm -rf "$tmp"
-        mkdir -p "$tmp"
-        local pkgs=() b start=$SECONDS
+        local pkgs=() b
         for b in "${BINARIES[@]}"; do
             pkgs+=("$module/cmd/$b@v$version")
         done
-        log "$version: go install ${pkgs[*]} (log: $cache/$version/build.log)"
-        if ! GOBIN=$tmp nice -n 10 "$go" install "${pkgs[@]}" >"$cache/$version/build.log" 2>&1; then
-            log "$version: go install failed:"
-            tail -n 10 "$cache/$version/build.log" >&2
-            rm -rf "$tmp"
-            return 1
-        fi
-        if ! complete "$tmp"; then
-            log "$version: go install left no ${BINARIES[*]} in $tmp"
-            return 1
-        fi
-        rm -rf "$dest"
-        mv "$tmp" "$dest"
-        log "$version: built in $((SECONDS - start)) s"
+        go_install_to "$dest" "${BINARIES[*]}" "${pkgs[@]}" || return 1
     fi
     # A minor asked for by name (2.3) names its newest build.
     [[ ${1#v} == *.*.* ]] || ln -sfn "$version" "$cache/${1#v}"

@@ -68,27 +68,9 @@ fi
 
 dest=$cache/$version/bin
 if [[ ! -x $dest/crictl ]]; then
-    tmp=$cache/$version/bin.tmp
-    rm -rf "$tmp"
-    mkdir -p "$tmp"
-    start=$SECONDS
-    log "$version: go install $module/cmd/crictl@v$version (log: $cache/$version/build.log)"
     # The version crictl reports (`crictl --version`), as cri-tools'
     # Makefile sets it.
-    if ! GOBIN=$tmp nice -n 10 "$go" install -ldflags "-X $module/pkg/version.Version=$version" \
-        "$module/cmd/crictl@v$version" >"$cache/$version/build.log" 2>&1; then
-        log "$version: go install failed:"
-        tail -n 10 "$cache/$version/build.log" >&2
-        rm -rf "$tmp"
-        exit 1
-    fi
-    if [[ ! -x $tmp/crictl ]]; then
-        log "$version: go install left no crictl in $tmp"
-        rm -rf "$tmp"
-        exit 1
-    fi
-    rm -rf "$dest"
-    mv "$tmp" "$dest"
-    log "$version: built in $((SECONDS - start)) s"
+    go_install_to "$dest" crictl -ldflags "-X $module/pkg/version.Version=$version" \
+        "$module/cmd/crictl@v$version" || exit 1
 fi
 printf '%s %s\n' "$version" "$dest/crictl"

@@ -23,8 +23,10 @@ export GOFLAGS=-modcacherw CGO_ENABLED=0
 # Toolchain switching would download another Go: the one at $go is the one.
 export GOTOOLCHAIN=local
 
+go_who=go
 go_ready() {
     local who=$1
+    go_who=$who
     if [[ ! -x $go ]]; then
         printf '%s: no Go client at %s (install Go >= 1.26 there, or set AIRGAP_GO)\n' "$who" "$go" >&2
         return 1
@@ -57,4 +59,35 @@ go_newest() {
         return 1
     fi
     printf '%s\n' "$best"
+}
+
+# go_install_to DEST "BIN..." ARGS...: `go install ARGS` (niced) into a
+# temporary directory beside DEST, renamed to DEST only once every BIN is
+# in it: a build cut short never leaves a half-filled DEST, and a complete
+# DEST is what the callers test for to skip a build. The output goes to
+# build.log beside DEST; a failure prints its tail and returns 1.
+go_install_to() {
+    local dest=$1 bins=$2
+    shift 2
+    local tmp=$dest.tmp log b start=$SECONDS
+    log=$(dirname "$dest")/build.log
+    rm -rf "$tmp"
+    mkdir -p "$tmp" || return 1
+    printf '%s: go install %s (log: %s)\n' "$go_who" "$*" "$log" >&2
+    if ! GOBIN=$tmp nice -n 10 "$go" install "$@" >"$log" 2>&1; then
+        printf '%s: go install failed:\n' "$go_who" >&2
+        tail -n 10 "$log" >&2
+        rm -rf "$tmp"
+        return 1
+    fi
+    for b in $bins; do
+        if [[ ! -x $tmp/$b ]]; then
+            printf '%s: go install left no %s in %s\n' "$go_who" "$b" "$tmp" >&2
+            rm -rf "$tmp"
+            return 1
+        fi
+    done
+    rm -rf "$dest"
+    mv "$tmp" "$dest"
+    printf '%s: built %s in %s s\n' "$go_who" "$dest" "$((SECONDS - start))" >&2
 }

@@ -2,7 +2,10 @@
 //! snapshotter, serves containerd's snapshots API on a unix socket, the
 //! registry mirror and the Prometheus metrics on their TCP addresses until
 //! SIGTERM or SIGINT. Under systemd (`Type=notify`) it reports `READY=1`
-//! once every socket is bound and `STOPPING=1` when it starts shutting down.
+//! once every socket is bound and `STOPPING=1` when it starts shutting down,
+//! and with `WatchdogSec=` keeps the watchdog fed (`WATCHDOG=1`) from the
+//! start. The metrics listener also answers `/healthz` and `/readyz`
+//! (`health`).
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
@@ -17,6 +20,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 use airgap_snapshotter::catalog::{Catalog, CatalogOptions, LayerSource};
 use airgap_snapshotter::config::{Config, LayerMode, Listen, ServeArgs};
+use airgap_snapshotter::health::{ContainerdState, Health};
 use airgap_snapshotter::import::{ImportMode, ImportOptions, Importer};
 use airgap_snapshotter::mirror::Mirror;
 use airgap_snapshotter::registry::Upstreams;
@@ -60,6 +64,15 @@ async fn serve(
         cache_bytes = config.cache_bytes,
         "starting"
     );
+    // From the start: opening a large state may take a while, and systemd
+    // counts from the process's start.
+    if let Some(every) = systemd::watchdog_interval() {
+        tracing::info!(
+            every_ms = every.as_millis() as u64,
+            "feeding the systemd watchdog"
+        );
+        tokio::spawn(feed_watchdog(every));
+    }
 
     // Before anything touches the root: a second daemon on the same root
     // must not empty the first one's cache, staging or trash.
@@ -88,7 +101,14 @@ async fn serve(
     let _watch = catalog.watch();
     let upstreams = Upstreams::new(&config.upstream).context("set up the upstream registries")?;
     let mirror = Mirror::new(catalog.clone(), upstreams);
-    let metrics_catalog = catalog.clone();
+    // Readiness: the first scan done, and containerd answering the importer
+    // when registration is on.
+    let containerd_state = (config.import.mode != ImportMode::Off)
+        .then(|| ContainerdState::new(config.containerd_address.clone()));
+    let mut health = Health::new(catalog.clone());
+    if let Some(state) = &containerd_state {
+        health = health.with_containerd(state.clone());
+    }
     let import_catalog = catalog.clone();
     let stop_catalog = catalog.clone();
     let prepare_catalog = catalog.clone();
@@ -144,13 +164,9 @@ async fn serve(
     });
     let metrics_task = metrics_listener.map(|l| {
         let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        tracing::info!(listen = %addr, "serving Prometheus metrics on /metrics");
+        tracing::info!(listen = %addr, "serving Prometheus metrics on /metrics, /healthz and /readyz");
         let shutdown = stopped(stop_rx.clone());
-        tokio::spawn(airgap_snapshotter::metrics::serve(
-            metrics_catalog,
-            l,
-            shutdown,
-        ))
+        tokio::spawn(airgap_snapshotter::metrics::serve(health, l, shutdown))
     });
 
     let import_stop = stop_rx.clone();
@@ -169,7 +185,10 @@ async fn serve(
     tell_systemd(systemd::READY);
     // Registration waits for containerd, which waits for this daemon.
     let import_task = (config.import.mode != ImportMode::Off).then(|| {
-        let importer = Importer::new(import_catalog, ImportOptions::from_config(&config));
+        let mut importer = Importer::new(import_catalog, ImportOptions::from_config(&config));
+        if let Some(state) = containerd_state {
+            importer = importer.with_containerd_state(state);
+        }
         tokio::spawn(importer.run(import_stop))
     });
     let mut server = tokio::spawn(server);
@@ -265,6 +284,18 @@ async fn prepare_on_arrival(
             () = tokio::time::sleep(std::time::Duration::from_secs(300)) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
+    }
+}
+
+/// Sends `WATCHDOG=1` every `every` (half of systemd's `WatchdogSec`) for
+/// as long as the runtime runs its tasks: a runtime that stopped answering
+/// gets the daemon restarted.
+async fn feed_watchdog(every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        tell_systemd(systemd::WATCHDOG);
     }
 }
 

@@ -398,6 +398,10 @@ async fn shutdown_signal() {
 mod tests {
     use super::*;
 
+    /// The tests that set systemd's variables (process-wide) take turns
+    /// when `cargo test` runs them as threads of one process.
+    static SYSTEMD_ENV: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
     #[tokio::test]
     async fn socket_is_private_and_stale_sockets_are_replaced() {
         let dir = tempfile::tempdir().unwrap();
@@ -427,6 +431,7 @@ mod tests {
     /// socket answers, and `STOPPING=1` when the daemon is asked to stop.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn tells_systemd_ready_then_stopping() {
+        let _env = SYSTEMD_ENV.lock().await;
         use std::os::unix::net::UnixDatagram;
         let dir = tempfile::tempdir().unwrap();
         let notify = dir.path().join("notify");
@@ -455,10 +460,14 @@ mod tests {
             let _ = stopped.await;
         }));
         let recv = |listener: UnixDatagram| {
-            tokio::task::spawn_blocking(move || {
+            tokio::task::spawn_blocking(move || loop {
+                // The watchdog's keep-alives, if a test sets one, aside.
                 let mut buf = [0u8; 64];
                 let n = listener.recv(&mut buf).expect("a notification");
-                (String::from_utf8_lossy(&buf[..n]).into_owned(), listener)
+                let state = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if state != systemd::WATCHDOG {
+                    return (state, listener);
+                }
             })
         };
         let (state, listener) = recv(listener).await.unwrap();
@@ -470,6 +479,62 @@ mod tests {
         stop.send(()).unwrap();
         let (state, _) = recv(listener).await.unwrap();
         assert_eq!(state, "STOPPING=1");
+        assert_eq!(daemon.await.unwrap().unwrap(), ExitCode::SUCCESS);
+    }
+
+    /// With `WATCHDOG_USEC` set (systemd's `WatchdogSec=`), `WATCHDOG=1`
+    /// arrives at half that interval while the daemon runs, and readiness
+    /// is reported as without it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn feeds_the_systemd_watchdog() {
+        let _env = SYSTEMD_ENV.lock().await;
+        use std::os::unix::net::UnixDatagram;
+        let dir = tempfile::tempdir().unwrap();
+        let notify = dir.path().join("notify");
+        let listener = UnixDatagram::bind(&notify).unwrap();
+        listener
+            .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        // Safe here: nextest runs each test in its own process.
+        std::env::set_var("NOTIFY_SOCKET", &notify);
+        std::env::set_var("WATCHDOG_USEC", "200000");
+        std::env::remove_var("WATCHDOG_PID");
+        let config = Config {
+            root: dir.path().join("root"),
+            socket: dir.path().join("run/snapshotter.sock"),
+            archives: vec![dir.path().join("archives")],
+            mirror_listen: Listen::Off,
+            metrics_listen: Listen::Off,
+            import: airgap_snapshotter::config::ImportConfig {
+                mode: ImportMode::Off,
+                ..Default::default()
+            },
+            ..Config::default()
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let daemon = tokio::spawn(serve(config, async {
+            let _ = stopped.await;
+        }));
+        let seen = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let (mut ready, mut fed) = (false, 0);
+            while !(ready && fed >= 3) {
+                let mut buf = [0u8; 64];
+                let n = listener.recv(&mut buf).expect("a notification");
+                match &buf[..n] {
+                    b"READY=1" => ready = true,
+                    b"WATCHDOG=1" => fed += 1,
+                    other => panic!("unexpected {}", String::from_utf8_lossy(other)),
+                }
+            }
+            started.elapsed()
+        })
+        .await
+        .unwrap();
+        std::env::remove_var("WATCHDOG_USEC");
+        // Three keep-alives 100 ms apart (the first at once), not a flood.
+        assert!(seen >= std::time::Duration::from_millis(150), "{seen:?}");
+        stop.send(()).unwrap();
         assert_eq!(daemon.await.unwrap().unwrap(), ExitCode::SUCCESS);
     }
 

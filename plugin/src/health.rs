@@ -79,6 +79,17 @@ pub struct Health {
     catalog: Arc<Catalog>,
     /// Set when registration is on: containerd must be reachable.
     containerd: Option<Arc<ContainerdState>>,
+    /// The daemon's root and its byte budgets, for the disk gauges.
+    disk: Option<Disk>,
+}
+
+/// The daemon's root and the budgets it was given (`cache_bytes`,
+/// `layer_store_bytes`).
+#[derive(Debug, Clone)]
+pub struct Disk {
+    pub root: PathBuf,
+    pub cache_budget: u64,
+    pub layer_store_budget: u64,
 }
 
 impl fmt::Debug for Health {
@@ -94,7 +105,19 @@ impl Health {
         Health {
             catalog,
             containerd: None,
+            disk: None,
         }
+    }
+
+    /// The metrics also report the filesystem of `disk.root` and the
+    /// budgets.
+    pub fn with_disk(mut self, disk: Disk) -> Health {
+        self.disk = Some(disk);
+        self
+    }
+
+    pub fn disk(&self) -> Option<&Disk> {
+        self.disk.as_ref()
     }
 
     /// Readiness also needs containerd reachable, as `state` tells.

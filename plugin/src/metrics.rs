@@ -397,6 +397,17 @@ pub fn registry(health: Health) -> Registry {
         "Unix time of the last registration pass that succeeded",
         m.import_last_success.clone(),
     );
+    // The bounded series exist from the start at zero, so that a rate
+    // over them is 0 rather than absent.
+    for method in crate::snapshot::observe::METHODS {
+        let labels: Labels = vec![("method", method.to_string())];
+        m.grpc_requests.get_or_create(&labels);
+        m.grpc_seconds.get_or_create(&labels);
+    }
+    for result in ["ok", "failed", "unavailable"] {
+        m.import_passes
+            .get_or_create(&vec![("result", result.to_string())]);
+    }
     let build: Family<Labels, Gauge> = Family::default();
     build
         .get_or_create(&vec![
@@ -550,6 +561,42 @@ impl Collector for HealthCollector {
                 reachable as i64,
             )?;
         }
+        if let Some(disk) = self.0.disk() {
+            gauge(
+                &mut e,
+                "airgap_cache_budget_bytes",
+                "Byte budget of the layer cache (cache_bytes)",
+                disk.cache_budget as i64,
+            )?;
+            gauge(
+                &mut e,
+                "airgap_layer_store_budget_bytes",
+                "Byte budget of prepared layers no snapshot uses (layer_store_bytes)",
+                disk.layer_store_budget as i64,
+            )?;
+            // A failed statvfs leaves the two out (an absent series, not a
+            // false zero).
+            match rustix::fs::statvfs(&disk.root) {
+                Ok(st) => {
+                    let frsize = st.f_frsize.max(1);
+                    gauge(
+                        &mut e,
+                        "airgap_root_filesystem_avail_bytes",
+                        "Bytes available to the daemon on the filesystem of its root",
+                        st.f_bavail.saturating_mul(frsize).min(i64::MAX as u64) as i64,
+                    )?;
+                    gauge(
+                        &mut e,
+                        "airgap_root_filesystem_size_bytes",
+                        "Size of the filesystem of the daemon's root",
+                        st.f_blocks.saturating_mul(frsize).min(i64::MAX as u64) as i64,
+                    )?;
+                }
+                Err(err) => {
+                    tracing::debug!(root = %disk.root.display(), error = %err, "statvfs of the root failed")
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -607,3 +654,6 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await
 }
+
+#[cfg(test)]
+mod contrib_tests;

@@ -20,7 +20,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 use airgap_snapshotter::catalog::{Catalog, CatalogOptions, LayerSource};
 use airgap_snapshotter::config::{Config, LayerMode, Listen, ServeArgs};
-use airgap_snapshotter::health::{ContainerdState, Health};
+use airgap_snapshotter::health::{ContainerdState, Disk, Health};
 use airgap_snapshotter::import::{ImportMode, ImportOptions, Importer};
 use airgap_snapshotter::mirror::Mirror;
 use airgap_snapshotter::registry::Upstreams;
@@ -105,7 +105,11 @@ async fn serve(
     // when registration is on.
     let containerd_state = (config.import.mode != ImportMode::Off)
         .then(|| ContainerdState::new(config.containerd_address.clone()));
-    let mut health = Health::new(catalog.clone());
+    let mut health = Health::new(catalog.clone()).with_disk(Disk {
+        root: config.root.clone(),
+        cache_budget: config.cache_bytes,
+        layer_store_budget: config.layer_store_bytes,
+    });
     if let Some(state) = &containerd_state {
         health = health.with_containerd(state.clone());
     }

@@ -21,7 +21,7 @@ use tonic::server::NamedService;
 /// The methods of containerd's Snapshots service: the only values of the
 /// `method` label (anything else is `other`), so that a client cannot grow
 /// the series.
-const METHODS: [&str; 10] = [
+pub const METHODS: [&str; 10] = [
     "Prepare", "View", "Mounts", "Commit", "Remove", "Stat", "Update", "List", "Usage", "Cleanup",
 ];
 

@@ -401,12 +401,14 @@ pub fn registry(health: Health) -> Registry {
     // over them is 0 rather than absent.
     for method in crate::snapshot::observe::METHODS {
         let labels: Labels = vec![("method", method.to_string())];
-        m.grpc_requests.get_or_create(&labels);
-        m.grpc_seconds.get_or_create(&labels);
+        drop(m.grpc_requests.get_or_create(&labels));
+        drop(m.grpc_seconds.get_or_create(&labels));
     }
     for result in ["ok", "failed", "unavailable"] {
-        m.import_passes
-            .get_or_create(&vec![("result", result.to_string())]);
+        drop(
+            m.import_passes
+                .get_or_create(&vec![("result", result.to_string())]),
+        );
     }
     let build: Family<Labels, Gauge> = Family::default();
     build

@@ -2599,7 +2599,7 @@ fn http_get(addr: &str, path: &str) -> Result<String> {
     Ok(body.to_string())
 }
 
-/// Observability of a running daemon (README, Metrics): with registration
+/// Observability of a running daemon (docs/operations.md, Metrics): with registration
 /// on, `/readyz` turns 200 once containerd answers the importer; a CRI pull
 /// of an archived image through the real containerd shows in the Snapshots
 /// API's metrics (Prepare calls, and the `AlreadyExists` the remote path

@@ -25,6 +25,9 @@ PACKAGES=(
     jq curl ca-certificates openssl util-linux procps python3
     # the layer store's reflink clones, tested on a loop-mounted xfs image
     xfsprogs
+    # promtool: checks and tests contrib/prometheus's alert rules (the
+    # package also ships a Prometheus server unit, not started by the tests)
+    prometheus
     # C toolchain for zstd-sys, bzip2-sys and friends
     build-essential pkg-config
 )

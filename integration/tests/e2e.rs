@@ -2598,3 +2598,93 @@ fn http_get(addr: &str, path: &str) -> Result<String> {
     );
     Ok(body.to_string())
 }
+
+/// Observability of a running daemon (docs/operations.md, Metrics): with registration
+/// on, `/readyz` turns 200 once containerd answers the importer; a CRI pull
+/// of an archived image through the real containerd shows in the Snapshots
+/// API's metrics (Prepare calls, and the `AlreadyExists` the remote path
+/// answers for every archived layer, read from containerd's own gRPC
+/// client's traffic); `/healthz` and `airgap_build_info` answer.
+#[test]
+fn metrics_health_and_readiness_of_a_running_daemon() {
+    let test = "observability";
+    run_test(
+        test,
+        |host| Ok((vec![sample_spec(host, "observed", "v1")?.into()], vec![])),
+        observability,
+    );
+}
+
+fn observability(test: &str, env: &mut Env, images: &Images) -> Result<()> {
+    let image = &images.archived[0];
+    let metrics = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+        probe.local_addr()?.to_string()
+    };
+    let address = env.containerd.address().display().to_string();
+    env.daemon.restart_with_args(&[
+        "--metrics-listen",
+        &metrics,
+        "--containerd-address",
+        &address,
+        "--import-mode",
+        "lazy",
+    ])?;
+    env.containerd
+        .wait_snapshotter_reachable(Duration::from_secs(60))?;
+    ensure!(http_get(&metrics, "/healthz")? == "ok\n", "/healthz");
+    eprintln!("== {test}: waiting for /readyz");
+    process::wait_until("/readyz to answer 200", Duration::from_secs(60), || {
+        Ok(http_get(&metrics, "/readyz").is_ok())
+    })?;
+    let value = |text: &str, series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    };
+    let prepares = "airgap_grpc_requests_total{method=\"Prepare\"}";
+    let exists = "airgap_grpc_errors_total{method=\"Prepare\",code=\"AlreadyExists\"}";
+    let before = http_get(&metrics, "/metrics")?;
+    eprintln!("== {test}: CRI PullImage {}", image.name);
+    pull_after_restart(test, &mut env.cri, &image.name)?;
+    run_sample_check(env, &image.name, "o")?;
+    let after = http_get(&metrics, "/metrics")?;
+    ensure!(
+        value(&after, prepares) > value(&before, prepares),
+        "no Prepare counted:\n{after}"
+    );
+    // Registration (lazy) or the pull: every archived layer is answered
+    // AlreadyExists by the remote path, a gRPC error as containerd sees it.
+    ensure!(
+        value(&after, exists) >= image.chain_ids.len() as f64,
+        "{} layers, {exists} {}:\n{after}",
+        image.chain_ids.len(),
+        value(&after, exists)
+    );
+    ensure!(
+        value(&after, "airgap_ready") == 1.0,
+        "airgap_ready:\n{after}"
+    );
+    ensure!(
+        value(&after, "airgap_containerd_reachable") == 1.0,
+        "airgap_containerd_reachable:\n{after}"
+    );
+    ensure!(
+        value(&after, "airgap_import_passes_total{result=\"ok\"}") >= 1.0,
+        "no registration pass counted:\n{after}"
+    );
+    ensure!(
+        after
+            .lines()
+            .any(|l| l.starts_with("airgap_build_info{") && l.ends_with(" 1")),
+        "no airgap_build_info:\n{after}"
+    );
+    env.daemon.check_running()?;
+    Ok(())
+}

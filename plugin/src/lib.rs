@@ -14,6 +14,7 @@ pub mod digest;
 pub mod dirs;
 pub mod doctor;
 pub mod extract;
+pub mod health;
 pub mod import;
 pub mod labels;
 pub mod layer;

@@ -19,6 +19,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::catalog::Catalog;
+use crate::health::Health;
 
 /// Label set of a counter family: `(name, value)` pairs.
 pub type Labels = Vec<(&'static str, String)>;
@@ -57,14 +58,42 @@ pub struct Metrics {
     /// Seconds from a Prepare naming an archived layer to that layer
     /// committed from the archive (waiting for its extraction included).
     pub layer_pull_seconds: Histogram,
-    /// Mirror requests by route and status code.
+    /// Mirror requests by route, status code and source (`archive`,
+    /// `upstream`, `none`).
     pub mirror_requests: Family<Labels, Counter>,
-    /// Requests sent to upstream registries (token requests included).
-    pub upstream_requests: Counter,
-    /// Upstream failures, by kind.
+    /// Seconds from a mirror request to its response's headers, by route
+    /// and source.
+    pub mirror_seconds: Family<Labels, Histogram, fn() -> Histogram>,
+    /// Requests sent to upstream registries (token requests included), by
+    /// upstream (the configured `registry` of its `[[upstream]]` table).
+    pub upstream_requests: Family<Labels, Counter>,
+    /// Upstream failures, by upstream and kind.
     pub upstream_errors: Family<Labels, Counter>,
-    /// Bytes received from upstream registries.
-    pub upstream_bytes: Counter,
+    /// Bytes received from upstream registries, by upstream.
+    pub upstream_bytes: Family<Labels, Counter>,
+    /// Snapshots API calls by method (see [`crate::snapshot::observe`]).
+    pub grpc_requests: Family<Labels, Counter>,
+    /// Snapshots API calls that failed, by method and gRPC code.
+    pub grpc_errors: Family<Labels, Counter>,
+    /// Seconds a Snapshots API call took, by method.
+    pub grpc_seconds: Family<Labels, Histogram, fn() -> Histogram>,
+    /// Registration passes of the importer, by result (`ok`, `failed`,
+    /// `unavailable`).
+    pub import_passes: Family<Labels, Counter>,
+    /// Images registered or updated in containerd.
+    pub import_registered: Counter,
+    /// Image records the importer deleted (their image left the archives).
+    pub import_removed: Counter,
+    /// Images that could not be registered, and listed references that
+    /// could not be pulled.
+    pub import_failures: Counter,
+    /// Unix time of the last registration pass that succeeded.
+    pub import_last_success: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+/// Buckets of request latencies: 1 ms .. ~65 s.
+fn request_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
@@ -84,9 +113,18 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     extractions_in_flight: Gauge::default(),
     layer_pull_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 18)),
     mirror_requests: Family::default(),
-    upstream_requests: Counter::default(),
+    mirror_seconds: Family::new_with_constructor(request_histogram),
+    upstream_requests: Family::default(),
     upstream_errors: Family::default(),
-    upstream_bytes: Counter::default(),
+    upstream_bytes: Family::default(),
+    grpc_requests: Family::default(),
+    grpc_errors: Family::default(),
+    grpc_seconds: Family::new_with_constructor(request_histogram),
+    import_passes: Family::default(),
+    import_registered: Counter::default(),
+    import_removed: Counter::default(),
+    import_failures: Counter::default(),
+    import_last_success: Gauge::default(),
 });
 
 /// The process-wide event metrics.
@@ -102,21 +140,98 @@ impl Metrics {
             .inc();
     }
 
-    pub fn mirror_request(&self, route: &'static str, status: u16) {
+    /// Counts a mirror request answered with `status` from `source`
+    /// (`archive`, `upstream`, `none`) after `seconds`.
+    pub fn mirror_request(
+        &self,
+        route: &'static str,
+        status: u16,
+        source: &'static str,
+        seconds: f64,
+    ) {
         self.mirror_requests
             .get_or_create(&vec![
                 ("route", route.to_string()),
                 ("status", status.to_string()),
+                ("source", source.to_string()),
+            ])
+            .inc();
+        self.mirror_seconds
+            .get_or_create(&vec![
+                ("route", route.to_string()),
+                ("source", source.to_string()),
+            ])
+            .observe(seconds);
+    }
+
+    /// The counters of the upstream named `upstream` (the `registry` of its
+    /// `[[upstream]]` table: bounded by the configuration, never a name
+    /// taken from a request).
+    pub fn upstream(&self, upstream: &str) -> UpstreamMetrics {
+        let labels: Labels = vec![("upstream", upstream.to_string())];
+        UpstreamMetrics {
+            name: upstream.to_string(),
+            requests: self.upstream_requests.get_or_create(&labels).clone(),
+            bytes: self.upstream_bytes.get_or_create(&labels).clone(),
+        }
+    }
+
+    /// Counts one Snapshots API call of `method` (bounded: the API's
+    /// methods) that ended with `code` after `seconds`.
+    pub fn grpc_call(&self, method: &'static str, code: tonic::Code, seconds: f64) {
+        let labels: Labels = vec![("method", method.to_string())];
+        self.grpc_requests.get_or_create(&labels).inc();
+        self.grpc_seconds.get_or_create(&labels).observe(seconds);
+        if code != tonic::Code::Ok {
+            self.grpc_errors
+                .get_or_create(&vec![
+                    ("method", method.to_string()),
+                    ("code", format!("{code:?}")),
+                ])
+                .inc();
+        }
+    }
+
+    /// Counts a registration pass that ended as `result` (`ok`, `failed`,
+    /// `unavailable`).
+    pub fn import_pass(&self, result: &'static str) {
+        self.import_passes
+            .get_or_create(&vec![("result", result.to_string())])
+            .inc();
+        if result == "ok" {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            self.import_last_success.set(now.as_secs_f64());
+        }
+    }
+}
+
+/// One upstream's counters, created once with its label.
+#[derive(Clone, Debug)]
+pub struct UpstreamMetrics {
+    name: String,
+    /// Requests sent to it (token requests included).
+    pub requests: Counter,
+    /// Bytes received from it.
+    pub bytes: Counter,
+}
+
+impl UpstreamMetrics {
+    /// Counts a failure of this upstream, by `kind` (`unreachable`,
+    /// `failed`, `transfer`, `digest`).
+    pub fn error(&self, kind: &'static str) {
+        global()
+            .upstream_errors
+            .get_or_create(&vec![
+                ("upstream", self.name.clone()),
+                ("kind", kind.to_string()),
             ])
             .inc();
     }
+}
 
-    pub fn upstream_error(&self, kind: &'static str) {
-        self.upstream_errors
-            .get_or_create(&vec![("kind", kind.to_string())])
-            .inc();
-    }
-
+impl Metrics {
     /// Counts one extraction in flight until the guard drops, then records
     /// its duration.
     pub fn extraction(&'static self) -> ExtractionGuard {
@@ -142,9 +257,9 @@ impl Drop for ExtractionGuard {
     }
 }
 
-/// The registry a scrape encodes: the event metrics and the catalog's own
-/// figures.
-pub fn registry(catalog: Arc<Catalog>) -> Registry {
+/// The registry a scrape encodes: the event metrics, the catalog's own
+/// figures and the daemon's readiness.
+pub fn registry(health: Health) -> Registry {
     let m = global();
     let mut r = Registry::default();
     r.register(
@@ -219,25 +334,97 @@ pub fn registry(catalog: Arc<Catalog>) -> Registry {
     );
     r.register(
         "airgap_mirror_requests",
-        "Registry mirror requests by route and status",
+        "Registry mirror requests by route, status and source (archive, upstream, none)",
         m.mirror_requests.clone(),
     );
     r.register(
+        "airgap_mirror_request_duration_seconds",
+        "Time from a registry mirror request to its response headers, by route and source",
+        m.mirror_seconds.clone(),
+    );
+    r.register(
         "airgap_upstream_requests",
-        "Requests sent to upstream registries",
+        "Requests sent to upstream registries, by upstream (its configured registry)",
         m.upstream_requests.clone(),
     );
     r.register(
         "airgap_upstream_errors",
-        "Upstream registry failures by kind",
+        "Upstream registry failures by upstream and kind",
         m.upstream_errors.clone(),
     );
     r.register(
         "airgap_upstream_read_bytes",
-        "Bytes received from upstream registries",
+        "Bytes received from upstream registries, by upstream",
         m.upstream_bytes.clone(),
     );
-    r.register_collector(Box::new(CatalogCollector(catalog)));
+    r.register(
+        "airgap_grpc_requests",
+        "Snapshots API calls by method",
+        m.grpc_requests.clone(),
+    );
+    r.register(
+        "airgap_grpc_errors",
+        "Snapshots API calls that failed, by method and gRPC code",
+        m.grpc_errors.clone(),
+    );
+    r.register(
+        "airgap_grpc_request_duration_seconds",
+        "Time a Snapshots API call took, by method",
+        m.grpc_seconds.clone(),
+    );
+    r.register(
+        "airgap_import_passes",
+        "Registration passes of the importer by result (ok, failed, unavailable)",
+        m.import_passes.clone(),
+    );
+    r.register(
+        "airgap_import_registered_images",
+        "Images registered or updated in containerd by the importer",
+        m.import_registered.clone(),
+    );
+    r.register(
+        "airgap_import_removed_images",
+        "Image records the importer deleted because their image left the archives",
+        m.import_removed.clone(),
+    );
+    r.register(
+        "airgap_import_failures",
+        "Images the importer could not register, and listed images it could not pull",
+        m.import_failures.clone(),
+    );
+    r.register(
+        "airgap_import_last_success_timestamp_seconds",
+        "Unix time of the last registration pass that succeeded",
+        m.import_last_success.clone(),
+    );
+    // The bounded series exist from the start at zero, so that a rate
+    // over them is 0 rather than absent.
+    for method in crate::snapshot::observe::METHODS {
+        let labels: Labels = vec![("method", method.to_string())];
+        drop(m.grpc_requests.get_or_create(&labels));
+        drop(m.grpc_seconds.get_or_create(&labels));
+    }
+    for result in ["ok", "failed", "unavailable"] {
+        drop(
+            m.import_passes
+                .get_or_create(&vec![("result", result.to_string())]),
+        );
+    }
+    let build: Family<Labels, Gauge> = Family::default();
+    build
+        .get_or_create(&vec![
+            ("version", env!("CARGO_PKG_VERSION").to_string()),
+            ("commit", crate::version::COMMIT.to_string()),
+            ("target", crate::version::TARGET.to_string()),
+        ])
+        .set(1);
+    r.register(
+        "airgap_build_info",
+        "Always 1: the version, git commit and target of the running daemon",
+        build,
+    );
+    r.register_collector(Box::new(CatalogCollector(health.catalog().clone())));
+    r.register_collector(Box::new(HealthCollector(health)));
     r
 }
 
@@ -356,37 +543,119 @@ impl Collector for CatalogCollector {
     }
 }
 
-/// The metrics HTTP service: `GET /metrics` in the Prometheus text format,
-/// 404 for anything else.
-pub fn router(catalog: Arc<Catalog>) -> axum::Router {
-    use axum::http::header;
-    use axum::response::IntoResponse;
-    let registry = Arc::new(registry(catalog));
-    axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let registry = registry.clone();
-            async move {
-                // The collector takes the catalog's locks: off the runtime.
-                match tokio::task::spawn_blocking(move || encode(&registry)).await {
-                    Ok(text) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
-                    Err(e) => {
-                        tracing::error!(error = %e, "encoding the metrics failed");
-                        axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response()
-                    }
+/// Reads the daemon's readiness at scrape time (see [`crate::health`]).
+#[derive(Debug)]
+struct HealthCollector(Health);
+
+impl Collector for HealthCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        gauge(
+            &mut e,
+            "airgap_ready",
+            "1 when the daemon is ready (/readyz answers 200): archives scanned, containerd reachable when registration is on",
+            self.0.ready().is_ok() as i64,
+        )?;
+        if let Some(reachable) = self.0.containerd_reachable() {
+            gauge(
+                &mut e,
+                "airgap_containerd_reachable",
+                "1 when the importer's last attempt reached containerd (registration on only)",
+                reachable as i64,
+            )?;
+        }
+        if let Some(disk) = self.0.disk() {
+            gauge(
+                &mut e,
+                "airgap_cache_budget_bytes",
+                "Byte budget of the layer cache (cache_bytes)",
+                disk.cache_budget as i64,
+            )?;
+            gauge(
+                &mut e,
+                "airgap_layer_store_budget_bytes",
+                "Byte budget of prepared layers no snapshot uses (layer_store_bytes)",
+                disk.layer_store_budget as i64,
+            )?;
+            // A failed statvfs leaves the two out (an absent series, not a
+            // false zero).
+            match rustix::fs::statvfs(&disk.root) {
+                Ok(st) => {
+                    let frsize = st.f_frsize.max(1);
+                    gauge(
+                        &mut e,
+                        "airgap_root_filesystem_avail_bytes",
+                        "Bytes available to the daemon on the filesystem of its root",
+                        st.f_bavail.saturating_mul(frsize).min(i64::MAX as u64) as i64,
+                    )?;
+                    gauge(
+                        &mut e,
+                        "airgap_root_filesystem_size_bytes",
+                        "Size of the filesystem of the daemon's root",
+                        st.f_blocks.saturating_mul(frsize).min(i64::MAX as u64) as i64,
+                    )?;
+                }
+                Err(err) => {
+                    tracing::debug!(root = %disk.root.display(), error = %err, "statvfs of the root failed")
                 }
             }
-        }),
-    )
+        }
+        Ok(())
+    }
+}
+
+/// The metrics listener's HTTP service: `GET /metrics` in the Prometheus
+/// text format, `/healthz` (200 while the process answers), `/readyz` (200
+/// when ready, else 503 with the reason on one line), 404 for anything
+/// else.
+pub fn router(health: Health) -> axum::Router {
+    use axum::http::{header, StatusCode};
+    use axum::response::IntoResponse;
+    let registry = Arc::new(registry(health.clone()));
+    axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let registry = registry.clone();
+                async move {
+                    // The collector takes the catalog's locks: off the runtime.
+                    match tokio::task::spawn_blocking(move || encode(&registry)).await {
+                        Ok(text) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
+                        Err(e) => {
+                            tracing::error!(error = %e, "encoding the metrics failed");
+                            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+                        }
+                    }
+                }
+            }),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            axum::routing::get(move || {
+                let health = health.clone();
+                async move {
+                    match health.ready() {
+                        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+                        Err(why) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: {why}\n"),
+                        ),
+                    }
+                }
+            }),
+        )
 }
 
 /// Serves [`router`] on `listener` until `shutdown` resolves.
 pub async fn serve(
-    catalog: Arc<Catalog>,
+    health: Health,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(catalog))
+    axum::serve(listener, router(health))
         .with_graceful_shutdown(shutdown)
         .await
 }
+
+#[cfg(test)]
+mod contrib_tests;

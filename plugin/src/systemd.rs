@@ -1,7 +1,12 @@
 //! systemd's readiness protocol (`sd_notify`): one datagram to the unix
 //! socket named by `$NOTIFY_SOCKET` (a path, or `@name` for the abstract
 //! namespace). With `Type=notify`, systemd starts the units ordered after
-//! this one (containerd) only once `READY=1` arrives.
+//! this one (containerd) only once `READY=1` arrives. With `WatchdogSec=`,
+//! systemd sets `$WATCHDOG_USEC` and restarts the service when no
+//! `WATCHDOG=1` arrives within that time; [`watchdog_interval`] reads it.
+//!
+//! Written by hand rather than with the `sd-notify` crate: it is one
+//! datagram, and the abstract-namespace case needs the same few lines.
 
 use std::ffi::OsStr;
 use std::io;
@@ -12,6 +17,38 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 pub const READY: &str = "READY=1";
 /// The service is shutting down.
 pub const STOPPING: &str = "STOPPING=1";
+/// The service is alive (the watchdog keep-alive).
+pub const WATCHDOG: &str = "WATCHDOG=1";
+
+/// How often to send [`WATCHDOG`]: half of `$WATCHDOG_USEC`, when systemd
+/// watches this process (`$WATCHDOG_PID` unset or this process) and
+/// `$NOTIFY_SOCKET` is set; `None` otherwise.
+pub fn watchdog_interval() -> Option<std::time::Duration> {
+    watchdog_from(
+        std::env::var("WATCHDOG_USEC").ok().as_deref(),
+        std::env::var("WATCHDOG_PID").ok().as_deref(),
+        std::env::var_os("NOTIFY_SOCKET").is_some_and(|s| !s.is_empty()),
+        std::process::id(),
+    )
+}
+
+fn watchdog_from(
+    usec: Option<&str>,
+    pid: Option<&str>,
+    notify: bool,
+    me: u32,
+) -> Option<std::time::Duration> {
+    if !notify {
+        return None;
+    }
+    if let Some(pid) = pid {
+        if pid.trim().parse::<u32>().ok() != Some(me) {
+            return None;
+        }
+    }
+    let usec: u64 = usec?.trim().parse().ok().filter(|&u| u > 0)?;
+    Some(std::time::Duration::from_micros(usec / 2))
+}
 
 /// Sends `state` to `$NOTIFY_SOCKET`; `Ok(false)` when it is not set (not
 /// started by systemd, or not `Type=notify`).
@@ -56,6 +93,20 @@ mod tests {
         let mut buf = [0u8; 256];
         let n = sock.recv(&mut buf).unwrap();
         String::from_utf8(buf[..n].to_vec()).unwrap()
+    }
+
+    #[test]
+    fn watchdog_interval_is_half_of_what_systemd_asks_for_this_process() {
+        use std::time::Duration;
+        let half = Some(Duration::from_secs(15));
+        assert_eq!(watchdog_from(Some("30000000"), None, true, 7), half);
+        assert_eq!(watchdog_from(Some("30000000"), Some("7"), true, 7), half);
+        // Another process's watchdog, no socket, nothing asked or garbage.
+        assert_eq!(watchdog_from(Some("30000000"), Some("8"), true, 7), None);
+        assert_eq!(watchdog_from(Some("30000000"), None, false, 7), None);
+        assert_eq!(watchdog_from(None, None, true, 7), None);
+        assert_eq!(watchdog_from(Some("0"), None, true, 7), None);
+        assert_eq!(watchdog_from(Some("soon"), None, true, 7), None);
     }
 
     #[test]

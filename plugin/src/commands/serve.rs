@@ -2,7 +2,10 @@
 //! snapshotter, serves containerd's snapshots API on a unix socket, the
 //! registry mirror and the Prometheus metrics on their TCP addresses until
 //! SIGTERM or SIGINT. Under systemd (`Type=notify`) it reports `READY=1`
-//! once every socket is bound and `STOPPING=1` when it starts shutting down.
+//! once every socket is bound and `STOPPING=1` when it starts shutting down,
+//! and with `WatchdogSec=` keeps the watchdog fed (`WATCHDOG=1`) from the
+//! start. The metrics listener also answers `/healthz` and `/readyz`
+//! (`health`).
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
@@ -17,6 +20,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 use airgap_snapshotter::catalog::{Catalog, CatalogOptions, LayerSource};
 use airgap_snapshotter::config::{Config, LayerMode, Listen, ServeArgs};
+use airgap_snapshotter::health::{ContainerdState, Disk, Health};
 use airgap_snapshotter::import::{ImportMode, ImportOptions, Importer};
 use airgap_snapshotter::mirror::Mirror;
 use airgap_snapshotter::registry::Upstreams;
@@ -60,6 +64,15 @@ async fn serve(
         cache_bytes = config.cache_bytes,
         "starting"
     );
+    // From the start: opening a large state may take a while, and systemd
+    // counts from the process's start.
+    if let Some(every) = systemd::watchdog_interval() {
+        tracing::info!(
+            every_ms = every.as_millis() as u64,
+            "feeding the systemd watchdog"
+        );
+        tokio::spawn(feed_watchdog(every));
+    }
 
     // Before anything touches the root: a second daemon on the same root
     // must not empty the first one's cache, staging or trash.
@@ -88,7 +101,18 @@ async fn serve(
     let _watch = catalog.watch();
     let upstreams = Upstreams::new(&config.upstream).context("set up the upstream registries")?;
     let mirror = Mirror::new(catalog.clone(), upstreams);
-    let metrics_catalog = catalog.clone();
+    // Readiness: the first scan done, and containerd answering the importer
+    // when registration is on.
+    let containerd_state = (config.import.mode != ImportMode::Off)
+        .then(|| ContainerdState::new(config.containerd_address.clone()));
+    let mut health = Health::new(catalog.clone()).with_disk(Disk {
+        root: config.root.clone(),
+        cache_budget: config.cache_bytes,
+        layer_store_budget: config.layer_store_bytes,
+    });
+    if let Some(state) = &containerd_state {
+        health = health.with_containerd(state.clone());
+    }
     let import_catalog = catalog.clone();
     let stop_catalog = catalog.clone();
     let prepare_catalog = catalog.clone();
@@ -144,13 +168,9 @@ async fn serve(
     });
     let metrics_task = metrics_listener.map(|l| {
         let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        tracing::info!(listen = %addr, "serving Prometheus metrics on /metrics");
+        tracing::info!(listen = %addr, "serving Prometheus metrics on /metrics, /healthz and /readyz");
         let shutdown = stopped(stop_rx.clone());
-        tokio::spawn(airgap_snapshotter::metrics::serve(
-            metrics_catalog,
-            l,
-            shutdown,
-        ))
+        tokio::spawn(airgap_snapshotter::metrics::serve(health, l, shutdown))
     });
 
     let import_stop = stop_rx.clone();
@@ -169,7 +189,10 @@ async fn serve(
     tell_systemd(systemd::READY);
     // Registration waits for containerd, which waits for this daemon.
     let import_task = (config.import.mode != ImportMode::Off).then(|| {
-        let importer = Importer::new(import_catalog, ImportOptions::from_config(&config));
+        let mut importer = Importer::new(import_catalog, ImportOptions::from_config(&config));
+        if let Some(state) = containerd_state {
+            importer = importer.with_containerd_state(state);
+        }
         tokio::spawn(importer.run(import_stop))
     });
     let mut server = tokio::spawn(server);
@@ -265,6 +288,18 @@ async fn prepare_on_arrival(
             () = tokio::time::sleep(std::time::Duration::from_secs(300)) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
+    }
+}
+
+/// Sends `WATCHDOG=1` every `every` (half of systemd's `WatchdogSec`) for
+/// as long as the runtime runs its tasks: a runtime that stopped answering
+/// gets the daemon restarted.
+async fn feed_watchdog(every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        tell_systemd(systemd::WATCHDOG);
     }
 }
 
@@ -367,6 +402,10 @@ async fn shutdown_signal() {
 mod tests {
     use super::*;
 
+    /// The tests that set systemd's variables (process-wide) take turns
+    /// when `cargo test` runs them as threads of one process.
+    static SYSTEMD_ENV: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
     #[tokio::test]
     async fn socket_is_private_and_stale_sockets_are_replaced() {
         let dir = tempfile::tempdir().unwrap();
@@ -396,6 +435,7 @@ mod tests {
     /// socket answers, and `STOPPING=1` when the daemon is asked to stop.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn tells_systemd_ready_then_stopping() {
+        let _env = SYSTEMD_ENV.lock().await;
         use std::os::unix::net::UnixDatagram;
         let dir = tempfile::tempdir().unwrap();
         let notify = dir.path().join("notify");
@@ -424,10 +464,14 @@ mod tests {
             let _ = stopped.await;
         }));
         let recv = |listener: UnixDatagram| {
-            tokio::task::spawn_blocking(move || {
+            tokio::task::spawn_blocking(move || loop {
+                // The watchdog's keep-alives, if a test sets one, aside.
                 let mut buf = [0u8; 64];
                 let n = listener.recv(&mut buf).expect("a notification");
-                (String::from_utf8_lossy(&buf[..n]).into_owned(), listener)
+                let state = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if state != systemd::WATCHDOG {
+                    return (state, listener);
+                }
             })
         };
         let (state, listener) = recv(listener).await.unwrap();
@@ -439,6 +483,62 @@ mod tests {
         stop.send(()).unwrap();
         let (state, _) = recv(listener).await.unwrap();
         assert_eq!(state, "STOPPING=1");
+        assert_eq!(daemon.await.unwrap().unwrap(), ExitCode::SUCCESS);
+    }
+
+    /// With `WATCHDOG_USEC` set (systemd's `WatchdogSec=`), `WATCHDOG=1`
+    /// arrives at half that interval while the daemon runs, and readiness
+    /// is reported as without it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn feeds_the_systemd_watchdog() {
+        let _env = SYSTEMD_ENV.lock().await;
+        use std::os::unix::net::UnixDatagram;
+        let dir = tempfile::tempdir().unwrap();
+        let notify = dir.path().join("notify");
+        let listener = UnixDatagram::bind(&notify).unwrap();
+        listener
+            .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        // Safe here: nextest runs each test in its own process.
+        std::env::set_var("NOTIFY_SOCKET", &notify);
+        std::env::set_var("WATCHDOG_USEC", "200000");
+        std::env::remove_var("WATCHDOG_PID");
+        let config = Config {
+            root: dir.path().join("root"),
+            socket: dir.path().join("run/snapshotter.sock"),
+            archives: vec![dir.path().join("archives")],
+            mirror_listen: Listen::Off,
+            metrics_listen: Listen::Off,
+            import: airgap_snapshotter::config::ImportConfig {
+                mode: ImportMode::Off,
+                ..Default::default()
+            },
+            ..Config::default()
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let daemon = tokio::spawn(serve(config, async {
+            let _ = stopped.await;
+        }));
+        let seen = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let (mut ready, mut fed) = (false, 0);
+            while !(ready && fed >= 3) {
+                let mut buf = [0u8; 64];
+                let n = listener.recv(&mut buf).expect("a notification");
+                match &buf[..n] {
+                    b"READY=1" => ready = true,
+                    b"WATCHDOG=1" => fed += 1,
+                    other => panic!("unexpected {}", String::from_utf8_lossy(other)),
+                }
+            }
+            started.elapsed()
+        })
+        .await
+        .unwrap();
+        std::env::remove_var("WATCHDOG_USEC");
+        // Three keep-alives 100 ms apart (the first at once), not a flood.
+        assert!(seen >= std::time::Duration::from_millis(150), "{seen:?}");
+        stop.send(()).unwrap();
         assert_eq!(daemon.await.unwrap().unwrap(), ExitCode::SUCCESS);
     }
 

@@ -162,6 +162,8 @@ pub struct Importer {
     /// Records left alone that were logged already (namespace, name,
     /// target digest): logged once, not every pass.
     left_alone_logged: Mutex<HashSet<(String, String, String)>>,
+    /// Told whether containerd answered (the daemon's `/readyz`).
+    containerd: Option<Arc<crate::health::ContainerdState>>,
 }
 
 /// Passes started in this process: with the process id, they make the
@@ -188,6 +190,23 @@ impl Importer {
             opts,
             pull_failures: Default::default(),
             left_alone_logged: Default::default(),
+            containerd: None,
+        }
+    }
+
+    /// Tells `state` whether containerd answered, as the background loop
+    /// connects and passes.
+    pub fn with_containerd_state(mut self, state: Arc<crate::health::ContainerdState>) -> Self {
+        self.containerd = Some(state);
+        self
+    }
+
+    fn containerd_reached(&self, result: Result<(), &dyn std::fmt::Display>) {
+        if let Some(state) = &self.containerd {
+            match result {
+                Ok(()) => state.reachable(),
+                Err(why) => state.unreachable(why),
+            }
         }
     }
 
@@ -195,8 +214,31 @@ impl Importer {
         &self.opts
     }
 
-    /// One registration pass over every namespace.
+    /// One registration pass over every namespace, counted in the
+    /// `airgap_import_*` metrics.
     pub async fn pass<C: ContainerdApi>(&self, client: &C) -> Result<ImportReport, ImportError> {
+        let result = self.pass_uncounted(client).await;
+        let m = crate::metrics::global();
+        match &result {
+            Ok(report) => {
+                m.import_pass("ok");
+                let ns = &report.namespaces;
+                m.import_registered
+                    .inc_by(ns.iter().map(|n| n.registered.len() as u64).sum());
+                m.import_removed
+                    .inc_by(ns.iter().map(|n| n.removed.len() as u64).sum());
+                m.import_failures.inc_by(report.failed() as u64);
+            }
+            Err(e) if e.is_unavailable() => m.import_pass("unavailable"),
+            Err(_) => m.import_pass("failed"),
+        }
+        result
+    }
+
+    async fn pass_uncounted<C: ContainerdApi>(
+        &self,
+        client: &C,
+    ) -> Result<ImportReport, ImportError> {
         let pass = PASSES.fetch_add(1, Ordering::Relaxed);
         let catalog = self.catalog.clone();
         let (platform, snapshotter) = (self.opts.platform.clone(), self.opts.snapshotter.clone());
@@ -251,6 +293,7 @@ impl Importer {
             let client = match Containerd::connect(&self.opts.address).await {
                 Ok(c) => c,
                 Err(e) => {
+                    self.containerd_reached(Err(&e));
                     if !waiting_logged {
                         tracing::info!(error = %e, "waiting for containerd to register the archived images");
                         waiting_logged = true;
@@ -270,6 +313,7 @@ impl Importer {
                 changes.borrow_and_update();
                 match self.pass(&client).await {
                     Ok(report) => {
+                        self.containerd_reached(Ok(()));
                         log_report(&report);
                         backoff = Duration::from_millis(200);
                         waiting_logged = false;
@@ -277,6 +321,7 @@ impl Importer {
                     Err(e) if e.is_unavailable() => {
                         // containerd restarting, or not connected to this
                         // snapshotter yet: again after a while.
+                        self.containerd_reached(Err(&e));
                         if !waiting_logged {
                             tracing::info!(error = %e, "containerd or its connection to this snapshotter is not up; retrying");
                             waiting_logged = true;
@@ -288,6 +333,8 @@ impl Importer {
                         break;
                     }
                     Err(e) => {
+                        // containerd answered, with an error.
+                        self.containerd_reached(Ok(()));
                         tracing::warn!(error = %e, "registration pass failed; retrying later")
                     }
                 }

@@ -383,3 +383,30 @@ async fn content_ingest_refs_are_unique_per_process_and_pass() {
     let unique: std::collections::HashSet<_> = seen.iter().collect();
     assert_eq!(unique.len(), seen.len(), "{seen:?}");
 }
+
+/// Every pass is counted by its result, with the images it registered and
+/// removed (`airgap_import_*`; process-wide counters, so deltas).
+#[tokio::test]
+async fn passes_registrations_and_removals_are_counted() {
+    let m = crate::metrics::global();
+    let ok = || {
+        m.import_passes
+            .get_or_create(&vec![("result", "ok".to_string())])
+            .get()
+    };
+    let (passes, registered, removed) = (ok(), m.import_registered.get(), m.import_removed.get());
+    let dir = tempfile::tempdir().unwrap();
+    let image = archive(dir.path(), "app.tar", "example.com/app:1", "one");
+    let fake = FakeContainerd::new();
+    let catalog = catalog(dir.path());
+    let importer = importer(&catalog);
+    pass(&importer, &fake).await;
+    assert!(ok() > passes);
+    assert!(m.import_registered.get() > registered);
+    assert!(m.import_last_success.get() > 0.0);
+    withdraw(&catalog, &image);
+    pass(&importer, &fake).await;
+    assert!(ok() >= passes + 2);
+    // Its three records: id, repo digest, tag.
+    assert!(m.import_removed.get() >= removed + 3);
+}

@@ -9,7 +9,11 @@ use tower::ServiceExt;
 
 use super::Mirror;
 use crate::catalog::{Catalog, CatalogOptions};
-use crate::metrics::router;
+use crate::health::Health;
+
+fn router(catalog: std::sync::Arc<Catalog>) -> axum::Router {
+    crate::metrics::router(Health::new(catalog))
+}
 use crate::registry::Upstreams;
 use crate::testsupport::*;
 
@@ -73,7 +77,7 @@ async fn a_scrape_shows_what_a_mirror_blob_request_did() {
     }
     let (_, after) = get_text(&metrics, "/metrics").await;
     // Process-wide: other tests in this process may count too.
-    let blob_200 = "airgap_mirror_requests_total{route=\"blob\",status=\"200\"}";
+    let blob_200 = "airgap_mirror_requests_total{route=\"blob\",status=\"200\",source=\"archive\"}";
     let served = sample(&after, blob_200).unwrap_or(0.0) - sample(&before, blob_200).unwrap_or(0.0);
     assert!(served >= 2.0, "{after}");
     assert_eq!(sample(&after, "airgap_cache_misses_total"), Some(1.0));
@@ -85,14 +89,12 @@ async fn a_scrape_shows_what_a_mirror_blob_request_did() {
     );
     for name in [
         "airgap_layers_from_archive_total",
-        "airgap_upstream_requests_total",
         "airgap_extractions_in_flight",
         "airgap_extraction_duration_seconds_count",
         "airgap_layer_pull_duration_seconds_count",
         "airgap_cache_evictions_total",
         "airgap_blob_bad_copies_total",
         "airgap_archive_read_bytes_total",
-        "airgap_upstream_read_bytes_total",
     ] {
         assert!(sample(&after, name).is_some(), "{name} missing:\n{after}");
     }
@@ -187,4 +189,182 @@ async fn concurrent_reads_of_one_compressed_archive_decompress_it_once() {
         "{used} bytes decompressed for 6 concurrent reads of a {stream_len}-byte stream"
     );
     assert!(used >= (8 << 20) as f64, "{used}");
+}
+
+/// A registry that answers every blob request with `blob`.
+async fn one_blob_upstream(blob: &'static [u8]) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().fallback(move || async move {
+        (
+            [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+            blob,
+        )
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+/// Mirror requests are counted by source: a blob from the archives, one
+/// from the upstream (with that upstream's request and byte counters, named
+/// by its configured registry), the API check (nothing looked up), and a
+/// request to an upstream that is down (an error of that upstream).
+#[tokio::test]
+async fn mirror_requests_are_counted_by_source_and_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = ImageSpec::new(vec![layer_tar(&[("etc/hello", b"hello\n")])]);
+    let (oci, built) = OciLayout::single("busybox:1.36", &spec);
+    write(dir.path(), "a.tar", &oci.to_tar());
+    let catalog = Catalog::open(CatalogOptions {
+        dirs: vec![dir.path().to_path_buf()],
+        settle: Duration::ZERO,
+        ..Default::default()
+    })
+    .unwrap();
+    let remote: &'static [u8] = b"only upstream\n";
+    let remote_digest = crate::digest::Digest::of(remote);
+    let endpoint = one_blob_upstream(remote).await;
+    let upstreams = Upstreams::new(&[crate::config::UpstreamConfig::anonymous(
+        "docker.io",
+        &endpoint,
+    )])
+    .unwrap();
+    let mirror = Mirror::new(catalog.clone(), upstreams).router();
+    let metrics = router(catalog.clone());
+    let requests = |text: &str, route: &str, status: u16, source: &str| {
+        sample(
+            text,
+            &format!("airgap_mirror_requests_total{{route=\"{route}\",status=\"{status}\",source=\"{source}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    let up = |text: &str, name: &str| {
+        sample(text, &format!("{name}{{upstream=\"docker.io\"}}")).unwrap_or(0.0)
+    };
+    let (_, before) = get_text(&metrics, "/metrics").await;
+
+    let archived = format!("/v2/library/busybox/blobs/{}?ns=docker.io", built.layers[0]);
+    assert_eq!(get(&mirror, &archived).await.0, StatusCode::OK);
+    let upstream = format!("/v2/library/remote/blobs/{remote_digest}?ns=docker.io");
+    let (status, body) = get(&mirror, &upstream).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, remote));
+    assert_eq!(get(&mirror, "/v2/").await.0, StatusCode::OK);
+
+    let (_, after) = get_text(&metrics, "/metrics").await;
+    let moved = |route, status, source| {
+        requests(&after, route, status, source) - requests(&before, route, status, source)
+    };
+    assert!(moved("blob", 200, "archive") >= 1.0, "{after}");
+    assert!(moved("blob", 200, "upstream") >= 1.0, "{after}");
+    assert!(moved("base", 200, "none") >= 1.0, "{after}");
+    assert!(
+        up(&after, "airgap_upstream_requests_total")
+            > up(&before, "airgap_upstream_requests_total")
+    );
+    assert!(
+        up(&after, "airgap_upstream_read_bytes_total")
+            >= up(&before, "airgap_upstream_read_bytes_total") + remote.len() as f64
+    );
+    assert!(
+        sample(
+            &after,
+            "airgap_mirror_request_duration_seconds_count{route=\"blob\",source=\"upstream\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{after}"
+    );
+    // Never a label from the request: the image and endpoint appear nowhere.
+    assert!(!after.contains("library/remote") && !after.contains(&endpoint));
+
+    // An upstream that is down: a 502 from the upstream, and its error.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let down = Upstreams::new(&[crate::config::UpstreamConfig::anonymous(
+        "*",
+        &format!("http://127.0.0.1:{port}"),
+    )])
+    .unwrap();
+    let mirror = Mirror::new(catalog, down).router();
+    let unreachable = "airgap_upstream_errors_total{upstream=\"*\",kind=\"unreachable\"}";
+    let (_, before) = get_text(&metrics, "/metrics").await;
+    assert_eq!(get(&mirror, &upstream).await.0, StatusCode::BAD_GATEWAY);
+    let (_, after) = get_text(&metrics, "/metrics").await;
+    assert!(requests(&after, "blob", 502, "upstream") > requests(&before, "blob", 502, "upstream"));
+    assert!(
+        sample(&after, unreachable).unwrap_or(0.0) > sample(&before, unreachable).unwrap_or(0.0),
+        "{after}"
+    );
+}
+
+/// `/healthz` answers while the process does; `/readyz` is 503 with its
+/// reason until the archives are scanned and, with registration on,
+/// containerd answered; `airgap_ready` follows it.
+#[tokio::test]
+async fn readyz_follows_the_scan_and_containerd() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Catalog::empty(CatalogOptions {
+        dirs: vec![dir.path().to_path_buf()],
+        ..Default::default()
+    })
+    .unwrap();
+    let state = crate::health::ContainerdState::new("/run/containerd/containerd.sock".into());
+    let metrics =
+        crate::metrics::router(Health::new(catalog.clone()).with_containerd(state.clone()));
+    assert_eq!(
+        get_text(&metrics, "/healthz").await,
+        (StatusCode::OK, "ok\n".into())
+    );
+
+    let (status, body) = get_text(&metrics, "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body, "not ready: the archives have not been scanned yet\n");
+    let (_, text) = get_text(&metrics, "/metrics").await;
+    assert_eq!(sample(&text, "airgap_ready"), Some(0.0));
+
+    catalog.rescan();
+    let (status, body) = get_text(&metrics, "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        body.starts_with("not ready: containerd at /run/containerd/containerd.sock")
+            && body.lines().count() == 1,
+        "{body}"
+    );
+    let (_, text) = get_text(&metrics, "/metrics").await;
+    assert_eq!(sample(&text, "airgap_containerd_reachable"), Some(0.0));
+
+    state.reachable();
+    assert_eq!(
+        get_text(&metrics, "/readyz").await,
+        (StatusCode::OK, "ready\n".into())
+    );
+    let (_, text) = get_text(&metrics, "/metrics").await;
+    assert_eq!(sample(&text, "airgap_ready"), Some(1.0));
+    assert_eq!(sample(&text, "airgap_containerd_reachable"), Some(1.0));
+    let build = text
+        .lines()
+        .find(|l| l.starts_with("airgap_build_info{"))
+        .expect("build info");
+    assert!(
+        build.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION")))
+            && build.contains(&format!("commit=\"{}\"", crate::version::COMMIT))
+            && build.ends_with(" 1"),
+        "{build}"
+    );
+
+    state.unreachable("connection refused");
+    assert_eq!(
+        get_text(&metrics, "/readyz").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    catalog.shutdown();
+    assert_eq!(
+        get_text(&metrics, "/readyz").await,
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: shutting down\n".into()
+        )
+    );
 }

@@ -46,7 +46,7 @@ use crate::catalog::{BlobError, Catalog};
 use crate::digest::Digest;
 
 use crate::registry::media::manifest_media_type;
-use crate::registry::{UpstreamError, Upstreams};
+use crate::registry::{Upstream, UpstreamError, Upstreams};
 use body::RangeRequest;
 pub use error::MirrorError;
 use request::Route;
@@ -55,6 +55,29 @@ use request::Route;
 pub struct Mirror {
     catalog: Arc<Catalog>,
     upstreams: Upstreams,
+}
+
+/// Where a mirror request's answer came from: the `source` label of
+/// `airgap_mirror_requests_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    /// The archives (what they hold, or that they lack it and there is no
+    /// upstream to ask).
+    Archive,
+    /// The upstream was asked (whatever it answered).
+    Upstream,
+    /// Nothing was looked up (the API check, a bad request).
+    None,
+}
+
+impl Source {
+    fn label(self) -> &'static str {
+        match self {
+            Source::Archive => "archive",
+            Source::Upstream => "upstream",
+            Source::None => "none",
+        }
+    }
 }
 
 /// A manifest ready to answer with.
@@ -101,7 +124,14 @@ impl Mirror {
             .map_err(|e| MirrorError::internal("catalog lookup task", e))
     }
 
-    async fn manifest(&self, r: &Reference, headers: &HeaderMap) -> Result<Manifest, MirrorError> {
+    /// The manifest `r` names; `source` becomes [`Source::Upstream`] once
+    /// the upstream is asked.
+    async fn manifest(
+        &self,
+        r: &Reference,
+        headers: &HeaderMap,
+        source: &mut Source,
+    ) -> Result<Manifest, MirrorError> {
         let reference = r.clone();
         if let Some(m) = self
             .lookup(move |c| archived_manifest(c, &reference))
@@ -119,6 +149,7 @@ impl Mirror {
                 .get(header::ACCEPT)
                 .and_then(|v| v.to_str().ok())
                 .filter(|v| !v.trim().is_empty());
+            *source = Source::Upstream;
             match up.manifest(r, accept).await {
                 Ok(Some(m)) => {
                     return Ok(Manifest {
@@ -128,7 +159,7 @@ impl Mirror {
                     })
                 }
                 Ok(None) => {}
-                Err(e) => return Err(upstream_failed(e)),
+                Err(e) => return Err(upstream_failed(up, e)),
             }
         }
         let upstream = self.upstreams.for_registry(&r.domain).is_some();
@@ -144,6 +175,7 @@ impl Mirror {
         digest: Digest,
         headers: &HeaderMap,
         head: bool,
+        source: &mut Source,
     ) -> Result<Response, MirrorError> {
         let (size, in_place, good) = self
             .lookup(move |c| {
@@ -178,20 +210,21 @@ impl Mirror {
             )));
         };
         tracing::info!(%digest, repository = %r.repository(), upstream = %up.endpoint(), "blob not in the archives; asking the upstream");
+        *source = Source::Upstream;
         let missing =
             || MirrorError::BlobUnknown(format!("blob {digest} is in no archive nor upstream"));
         if head {
             let size = up
                 .blob_size(r, &digest)
                 .await
-                .map_err(upstream_failed)?
+                .map_err(|e| upstream_failed(up, e))?
                 .ok_or_else(missing)?;
             return Ok(blob_head(digest, size));
         }
         let blob = up
             .blob(r, &digest, headers.get(header::RANGE))
             .await
-            .map_err(upstream_failed)?
+            .map_err(|e| upstream_failed(up, e))?
             .ok_or_else(missing)?;
         let status = if blob.content_range.is_some() {
             StatusCode::PARTIAL_CONTENT
@@ -353,12 +386,20 @@ async fn handle(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
+    let started = std::time::Instant::now();
     let head = method == Method::HEAD;
     if method != Method::GET && !head {
-        return MirrorError::Unsupported(format!(
+        let response = MirrorError::Unsupported(format!(
             "{method} is not supported: this mirror is read-only"
         ))
         .into_response();
+        crate::metrics::global().mirror_request(
+            "unsupported",
+            response.status().as_u16(),
+            Source::None.label(),
+            started.elapsed().as_secs_f64(),
+        );
+        return response;
     }
     let route = request::parse(uri.path(), uri.query());
     let route_name = match &route {
@@ -369,14 +410,20 @@ async fn handle(
         Ok(Route::Tags { .. }) => "tags",
         Ok(Route::Catalog { .. }) => "catalog",
     };
+    // Content and listings come from the archives unless the upstream is
+    // asked; the API check and bad requests look nothing up.
+    let mut source = match route {
+        Err(_) | Ok(Route::Base) => Source::None,
+        Ok(_) => Source::Archive,
+    };
     let result = match route {
         Err(e) => Err(e),
         Ok(Route::Base) => Ok(base()),
-        Ok(Route::Manifest(r)) => match mirror.manifest(&r, &headers).await {
+        Ok(Route::Manifest(r)) => match mirror.manifest(&r, &headers, &mut source).await {
             Ok(m) => manifest_response(m, &headers, head),
             Err(e) => Err(e),
         },
-        Ok(Route::Blob(r, digest)) => mirror.blob(&r, digest, &headers, head).await,
+        Ok(Route::Blob(r, digest)) => mirror.blob(&r, digest, &headers, head, &mut source).await,
         Ok(Route::Tags {
             name,
             ns,
@@ -392,7 +439,12 @@ async fn handle(
             .and_then(|r| r),
     };
     let response = result.unwrap_or_else(|e| e.into_response());
-    crate::metrics::global().mirror_request(route_name, response.status().as_u16());
+    crate::metrics::global().mirror_request(
+        route_name,
+        response.status().as_u16(),
+        source.label(),
+        started.elapsed().as_secs_f64(),
+    );
     tracing::debug!(%method, path = %uri.path(), status = response.status().as_u16(), "mirror request");
     response
 }
@@ -488,13 +540,13 @@ fn blob_open_error(digest: Digest, e: BlobError) -> MirrorError {
 
 /// Logs an upstream failure (no credentials; an outage is logged once by
 /// the upstream itself) and turns it into the mirror's answer.
-fn upstream_failed(e: UpstreamError) -> MirrorError {
+fn upstream_failed(up: &Upstream, e: UpstreamError) -> MirrorError {
     let kind = if e.is_unreachable() {
         "unreachable"
     } else {
         "failed"
     };
-    crate::metrics::global().upstream_error(kind);
+    up.metrics().error(kind);
     if e.is_unreachable() {
         tracing::debug!(error = %e, "upstream registry unreachable");
     } else {

@@ -78,7 +78,7 @@ impl Upstream {
         if let Some((u, p)) = self.credentials() {
             req = req.basic_auth(u, Some(p));
         }
-        crate::metrics::global().upstream_requests.inc();
+        self.metrics.requests.inc();
         let resp = req.send().await.map_err(|e| self.unreachable(&e))?;
         if !resp.status().is_success() {
             tracing::warn!(endpoint = %self.endpoint, status = %resp.status(), "upstream token service refused a token (check the credentials of this [[upstream]])");

@@ -154,6 +154,8 @@ pub struct Upstream {
     /// The last request could not reach it (logged once per outage).
     down: AtomicBool,
     manifests: Mutex<LruCache<Digest, FetchedManifest>>,
+    /// Its counters, labelled with `registry`.
+    metrics: crate::metrics::UpstreamMetrics,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -219,6 +221,7 @@ impl Upstream {
             manifests: Mutex::new(LruCache::new(
                 NonZeroUsize::new(MANIFEST_CACHE).expect("non-zero"),
             )),
+            metrics: crate::metrics::global().upstream(&c.registry),
         })
     }
 
@@ -229,6 +232,11 @@ impl Upstream {
     /// The registry name this upstream serves (`docker.io`, `*`).
     pub fn registry(&self) -> &str {
         &self.registry
+    }
+
+    /// Its counters (labelled with [`Upstream::registry`]).
+    pub fn metrics(&self) -> &crate::metrics::UpstreamMetrics {
+        &self.metrics
     }
 
     /// `GET /v2/` with this upstream's credentials (answering a token or
@@ -408,7 +416,7 @@ impl Upstream {
                 .map(|c| c.map_err(std::io::Error::other))
                 .boxed()
         } else {
-            verified_stream(resp, *digest, what)
+            verified_stream(resp, *digest, what, self.metrics.clone())
         };
         Ok(Some(UpstreamBlob {
             content_range: if partial { content_range } else { None },
@@ -445,9 +453,7 @@ impl Upstream {
         let mut stream = resp.bytes_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| self.unreachable(&e))?;
-            crate::metrics::global()
-                .upstream_bytes
-                .inc_by(chunk.len() as u64);
+            self.metrics.bytes.inc_by(chunk.len() as u64);
             out.extend_from_slice(&chunk);
             if out.len() > MAX_MANIFEST {
                 return Err(bad(format!("larger than {MAX_MANIFEST} bytes")));
@@ -518,7 +524,7 @@ impl Upstream {
                     None => req,
                 },
             };
-            crate::metrics::global().upstream_requests.inc();
+            self.metrics.requests.inc();
             let resp = req.send().await.map_err(|e| self.unreachable(&e))?;
             self.reached();
             let refused = |resp: reqwest::Response| {

@@ -34,6 +34,7 @@ pub mod error;
 pub mod filter;
 pub mod meta;
 pub mod mounts;
+pub mod observe;
 pub(crate) mod remote;
 pub mod service;
 

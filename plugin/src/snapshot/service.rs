@@ -38,9 +38,10 @@ impl<S: SnapshotApi> SnapshotService<S> {
         SnapshotService { sn }
     }
 
-    /// The service, ready for `tonic::transport::Server::add_service`.
-    pub fn into_server(self) -> SnapshotsServer<Self> {
-        SnapshotsServer::new(self)
+    /// The service, ready for `tonic::transport::Server::add_service`,
+    /// its calls counted by [`super::observe::Observed`].
+    pub fn into_server(self) -> super::observe::Observed<SnapshotsServer<Self>> {
+        super::observe::Observed::new(SnapshotsServer::new(self))
     }
 
     /// Runs one call of the native API on a blocking thread, inside the

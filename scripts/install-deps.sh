@@ -25,9 +25,6 @@ PACKAGES=(
     jq curl ca-certificates openssl util-linux procps python3
     # the layer store's reflink clones, tested on a loop-mounted xfs image
     xfsprogs
-    # promtool: checks and tests contrib/prometheus's alert rules (the
-    # package also ships a Prometheus server unit, not started by the tests)
-    prometheus
     # C toolchain for zstd-sys, bzip2-sys and friends
     build-essential pkg-config
 )
@@ -63,6 +60,26 @@ fi
 
 # Rust: the workspace needs a recent stable toolchain (rust-version in
 # Cargo.toml); Debian's cargo is too old, so it is not installed from apt.
+# promtool checks and tests contrib/prometheus's alert rules. Debian ships it
+# only in the `prometheus` package, whose installation would enable and start
+# a Prometheus server on this machine: the package is downloaded and unpacked
+# into the cache instead (promtool is a static binary), never installed.
+promtool_dir=/var/cache/airgap-snapshotter/prometheus
+if [[ ! -x $promtool_dir/usr/bin/promtool ]]; then
+    log "fetching promtool (Debian's prometheus package, unpacked into $promtool_dir)"
+    tmp=$(mktemp -d)
+    if ! (cd "$tmp" && { apt-get download prometheus 2>/dev/null || { apt-get update && apt-get download prometheus; }; }) ||
+        ! dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/root"; then
+        rm -rf "$tmp"
+        log "cannot download Debian's prometheus package for promtool"
+        exit 1
+    fi
+    rm -rf "$promtool_dir"
+    mkdir -p "$(dirname "$promtool_dir")"
+    mv "$tmp/root" "$promtool_dir"
+    rm -rf "$tmp"
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
     log "cargo not found: install a stable Rust toolchain (rustup) and put ~/.cargo/bin on PATH"
     exit 1

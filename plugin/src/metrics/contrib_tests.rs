@@ -141,19 +141,31 @@ fn every_series_the_dashboard_and_the_rules_use_is_exported() {
 #[test]
 fn the_alert_rules_pass_promtool() {
     let dir = contrib().join("prometheus");
-    let promtool = match Command::new("promtool").arg("--version").output() {
-        Ok(out) if out.status.success() => "promtool",
-        _ => {
-            crate::testsupport::skip(
-                "the_alert_rules_pass_promtool",
-                "promtool not installed (Debian package prometheus, scripts/install-deps.sh)",
-            );
-            return;
-        }
+    // $AIRGAP_PROMTOOL, else the one scripts/install-deps.sh unpacks, else
+    // the one on PATH.
+    let promtool = std::env::var_os("AIRGAP_PROMTOOL")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([
+            PathBuf::from("/var/cache/airgap-snapshotter/prometheus/usr/bin/promtool"),
+            PathBuf::from("promtool"),
+        ])
+        .find(|p| {
+            Command::new(p)
+                .arg("--version")
+                .output()
+                .is_ok_and(|out| out.status.success())
+        });
+    let Some(promtool) = promtool else {
+        crate::testsupport::skip(
+            "the_alert_rules_pass_promtool",
+            "no promtool (scripts/install-deps.sh unpacks Debian's prometheus package's)",
+        );
+        return;
     };
     for args in [["check", "rules", RULES], ["test", "rules", RULES_TEST]] {
         let file = args[2].rsplit('/').next().unwrap();
-        let out = Command::new(promtool)
+        let out = Command::new(&promtool)
             .args(&args[..2])
             .arg(file)
             .current_dir(&dir)

@@ -168,7 +168,7 @@ unit() {
     local bindir=$1 config=/etc/airgap-snapshotter/airgap-snapshotter.toml
     sed -E \
         -e "s|^ExecStart=.*|ExecStart=${bindir}/airgap-snapshotter serve --config ${config} \$AIRGAP_SNAPSHOTTER_ARGS|" \
-        -e "s|^# Extra flags, e.g. .*|# Extra flags, e.g. AIRGAP_SNAPSHOTTER_ARGS=\"--log-json\"; settings go in ${config}|" \
+        -e "s|^# Extra flags, e.g. .*|# Extra flags, e.g. AIRGAP_SNAPSHOTTER_ARGS=\"--log-format json\"; settings go in ${config}|" \
         scripts/airgap-snapshotter.service
 }
 

@@ -9,14 +9,50 @@ use clap::{Parser, Subcommand};
 
 use airgap_snapshotter::config::ServeArgs;
 
+/// Exit codes, the same for every command (also in `--help`).
+mod exit {
+    /// Problems found: `doctor` found a failure, `verify` a bad digest,
+    /// `import` an image it could not register.
+    pub const PROBLEMS: u8 = 1;
+    /// The command could not run: bad configuration, unreadable files,
+    /// containerd or the archives unreachable, a bug.
+    pub const INTERNAL: u8 = 3;
+}
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  ok
+  1  problems found (doctor, verify, import)
+  2  usage error (unknown command or flag, bad value)
+  3  internal failure (the command could not run; the reason is on stderr)";
+
 #[derive(Parser)]
-#[command(name = "airgap-snapshotter", version = airgap_snapshotter::version::VERSION, about)]
+#[command(
+    name = "airgap-snapshotter",
+    version = airgap_snapshotter::version::VERSION,
+    about,
+    after_help = EXIT_CODES
+)]
 struct Cli {
-    /// Log as JSON lines instead of text (logs go to stderr).
-    #[arg(long, global = true, env = "AIRGAP_LOG_JSON")]
+    /// Log level: error, warn, info, debug, trace, or a tracing filter
+    /// (`airgap_snapshotter=debug,info`). Default: info for `serve`, warn
+    /// for the other commands; RUST_LOG is read when this is not given.
+    #[arg(long, global = true, value_name = "LEVEL", env = "AIRGAP_LOG_LEVEL")]
+    log_level: Option<String>,
+    /// Log format (logs go to stderr).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "AIRGAP_LOG_FORMAT")]
+    log_format: LogFormat,
+    /// Same as --log-format json (kept for one release).
+    #[arg(long, global = true, hide = true, env = "AIRGAP_LOG_JSON")]
     log_json: bool,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -40,11 +76,20 @@ enum Command {
     Doctor(commands::doctor::DoctorArgs),
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default: `info` for the daemon,
-/// `warn` for the one-shot commands, whose output is on stdout).
-fn init_tracing(json: bool, default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+/// Logs to stderr, filtered by `--log-level`, else `RUST_LOG`, else
+/// `default_level` (`info` for the daemon, `warn` for the one-shot
+/// commands, whose output is on stdout). A filter that does not parse is a
+/// usage error, named.
+fn init_tracing(
+    level: Option<&str>,
+    json: bool,
+    default_level: &str,
+) -> Result<(), tracing_subscriber::filter::ParseError> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(level) => EnvFilter::try_new(level)?,
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -53,15 +98,21 @@ fn init_tracing(json: bool, default_level: &str) {
     } else {
         builder.init();
     }
+    Ok(())
 }
 
 fn main() -> ExitCode {
+    // clap exits 2 on a usage error, 0 for --help and --version.
     let args = Cli::parse();
     let level = match args.command {
         Command::Serve(_) => "info",
         _ => "warn",
     };
-    init_tracing(args.log_json, level);
+    let json = args.log_json || args.log_format == LogFormat::Json;
+    if let Err(err) = init_tracing(args.log_level.as_deref(), json, level) {
+        eprintln!("airgap-snapshotter: --log-level: {err}");
+        return ExitCode::from(2);
+    }
     let result = match args.command {
         Command::Serve(serve) => commands::serve::run(serve),
         Command::Images(a) => commands::images::run(a),
@@ -75,7 +126,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("airgap-snapshotter: {err:#}");
-            ExitCode::FAILURE
+            ExitCode::from(exit::INTERNAL)
         }
     }
 }

@@ -448,9 +448,12 @@ fn the_synopsis_matches_help() {
     );
     for (cmd, flags) in documented {
         let mut flags = flags;
-        flags.remove("log-json"); // global, shown once in the synopsis
         let mut help = help_flags(&cmd);
-        help.remove("log-json");
+        for global in ["log-level", "log-format"] {
+            // global, shown once in the synopsis
+            flags.remove(global);
+            help.remove(global);
+        }
         assert_eq!(
             flags, help,
             "`{cmd}`: the synopsis' flags (left) against `{cmd} --help` (right)"

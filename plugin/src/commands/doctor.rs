@@ -213,7 +213,7 @@ pub fn run(args: DoctorArgs) -> Result<ExitCode> {
         print_table(&report, &platform);
     }
     Ok(if failed {
-        ExitCode::FAILURE
+        ExitCode::from(crate::exit::PROBLEMS)
     } else {
         ExitCode::SUCCESS
     })

@@ -86,7 +86,7 @@ pub fn run(args: ImportArgs) -> Result<ExitCode> {
         );
     }
     Ok(if report.failed() > 0 {
-        ExitCode::FAILURE
+        ExitCode::from(crate::exit::PROBLEMS)
     } else {
         ExitCode::SUCCESS
     })

@@ -55,13 +55,30 @@ async fn serve(
     mut config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<ExitCode> {
+    // The first line: the version and the effective settings (upstreams by
+    // registry and endpoint only, never their credentials).
+    let upstreams: Vec<String> = config
+        .upstream
+        .iter()
+        .map(|u| format!("{}={}", u.registry, u.endpoint))
+        .collect();
     tracing::info!(
+        version = airgap_snapshotter::version::VERSION,
         root = %config.root.display(),
         socket = %config.socket.display(),
         archives = ?config.archives,
         mirror_listen = %config.mirror_listen,
         metrics_listen = %config.metrics_listen,
         cache_bytes = config.cache_bytes,
+        layer_mounts = ?config.layer_mounts,
+        prepare_layers = ?config.prepare_layers,
+        layer_backing = ?config.layer_backing,
+        layer_store_bytes = config.layer_store_bytes,
+        archive_removal_grace = ?config.archive_removal_grace,
+        containerd_address = %config.containerd_address.display(),
+        import_mode = ?config.import.mode,
+        import_namespaces = ?config.import.namespaces,
+        upstreams = ?upstreams,
         "starting"
     );
     // From the start: opening a large state may take a while, and systemd

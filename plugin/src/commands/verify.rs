@@ -80,6 +80,6 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
     Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {
-        ExitCode::FAILURE
+        ExitCode::from(crate::exit::PROBLEMS)
     })
 }

@@ -86,7 +86,6 @@ fail() {
     exit 1
 }
 
-start=$SECONDS
 mkdir -p "$cache/$version" || fail "cannot create $cache/$version"
 buildlog=$cache/$version/build.log
 : >"$buildlog"
@@ -119,24 +118,15 @@ mkdir -p "$work"
     printf ')\n'
 } >"$work/go.mod"
 
-tmp=$cache/$version/bin.tmp
-rm -rf "$tmp"
-mkdir -p "$tmp"
 # The version kubelet reports, set as kubernetes' hack/lib/version.sh does.
 vpkg=k8s.io/component-base/version
 minor=${version#*.}
 minor=${minor%%.*}
 ldflags="-s -w -X $vpkg.gitVersion=v$version -X $vpkg.gitMajor=${version%%.*} -X $vpkg.gitMinor=$minor"
 ldflags+=" -X $vpkg.gitTreeState=clean -X $vpkg.buildDate=1970-01-01T00:00:00Z"
-log "$version: go build $module/cmd/kubelet, ${#staging[@]} staging modules at $staging_version (log: $buildlog)"
-if ! (cd "$work" && nice -n 10 "$go" build -mod=mod -trimpath -ldflags "$ldflags" \
-    -o "$tmp/kubelet" "$module/cmd/kubelet") >>"$buildlog" 2>&1; then
-    tail -n 10 "$buildlog" >&2
-    rm -rf "$tmp"
-    fail "go build of $module/cmd/kubelet v$version failed (above; whole log: $buildlog)"
-fi
-[[ -x $tmp/kubelet ]] || fail "go build left no kubelet in $tmp"
-rm -rf "$dest"
-mv "$tmp" "$dest"
-log "$version: built in $((SECONDS - start)) s"
+log "$version: $module/cmd/kubelet with ${#staging[@]} staging modules at $staging_version"
+# From inside the throwaway module: `go install PACKAGE` (no @version) takes
+# its requirements and replaces; -mod=mod writes its go.sum as it resolves.
+(cd "$work" && go_install_to "$dest" kubelet -mod=mod -trimpath -ldflags "$ldflags" "$module/cmd/kubelet") ||
+    fail "could not build $module/cmd/kubelet v$version (above; whole log: $buildlog)"
 printf '%s %s\n' "$version" "$dest/kubelet"

@@ -268,6 +268,86 @@ impl CriClient {
             .containers)
     }
 
+    /// ContainerStatus with `verbose` set: the status, and the process id
+    /// of the container's init process from the runtime's verbose `info`
+    /// (containerd puts it in the `info` JSON as `pid`; 0 when it has
+    /// none, e.g. the container exited).
+    pub fn container_status(&mut self, container_id: &str) -> Result<(v1::ContainerStatus, u32)> {
+        let mut client = self.runtime_client.clone();
+        let response = self.call(
+            "ContainerStatus",
+            client.container_status(v1::ContainerStatusRequest {
+                container_id: container_id.to_string(),
+                verbose: true,
+            }),
+        )?;
+        let status = response
+            .status
+            .with_context(|| format!("ContainerStatus {container_id} without a status"))?;
+        let pid = response
+            .info
+            .get("info")
+            .and_then(|info| serde_json::from_str::<serde_json::Value>(info).ok())
+            .and_then(|info| info["pid"].as_u64())
+            .and_then(|pid| u32::try_from(pid).ok())
+            .unwrap_or(0);
+        Ok((status, pid))
+    }
+
+    /// Stops and removes every container and pod sandbox this runtime
+    /// has, as kubelet does for pods it deletes: StopContainer (with
+    /// `grace_seconds`), RemoveContainer, StopPodSandbox, RemovePodSandbox.
+    /// Every call is made even when one fails; the first error is returned.
+    pub fn remove_all_pods(&mut self, grace_seconds: i64) -> Result<()> {
+        let mut client = self.runtime_client.clone();
+        let mut errors: Vec<anyhow::Error> = Vec::new();
+        for container in self.list_containers()? {
+            let id = container.id;
+            if let Err(err) = self.call(
+                "StopContainer",
+                client.stop_container(v1::StopContainerRequest {
+                    container_id: id.clone(),
+                    timeout: grace_seconds,
+                }),
+            ) {
+                errors.push(err);
+            }
+            if let Err(err) = self.call(
+                "RemoveContainer",
+                client.remove_container(v1::RemoveContainerRequest { container_id: id }),
+            ) {
+                errors.push(err);
+            }
+        }
+        for sandbox in self.list_pod_sandboxes()? {
+            let id = sandbox.id;
+            if let Err(err) = self.call(
+                "StopPodSandbox",
+                client.stop_pod_sandbox(v1::StopPodSandboxRequest {
+                    pod_sandbox_id: id.clone(),
+                }),
+            ) {
+                errors.push(err);
+            }
+            if let Err(err) = self.call(
+                "RemovePodSandbox",
+                client.remove_pod_sandbox(v1::RemovePodSandboxRequest { pod_sandbox_id: id }),
+            ) {
+                errors.push(err);
+            }
+        }
+        let mut errors = errors.into_iter();
+        match errors.next() {
+            None => Ok(()),
+            Some(first) => {
+                for other in errors {
+                    eprintln!("warning: removing pods: {other:#}");
+                }
+                Err(first)
+            }
+        }
+    }
+
     /// Runs `command` (the pod spec's `command`, i.e. the entrypoint; no
     /// `args`) in `image` as a one-container pod with `hostNetwork: true`,
     /// `restartPolicy: Never` and `imagePullPolicy: Never`, waits until it

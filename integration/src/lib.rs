@@ -8,7 +8,9 @@
 //! (ImageService) and runs pods ([`CriClient::run_pod_once`], RuntimeService;
 //! the sandbox image is a test image too, see
 //! [`containerd::ContainerdOptions::sandbox_image`]). Test images are OCI
-//! image layouts built here from files on the machine ([`image`]).
+//! image layouts built here from files on the machine ([`image`]). A real
+//! kubelet in standalone mode ([`kubelet::Kubelet`], static pods, its
+//! binary from `AIRGAP_KUBELET`) drives containerd where a test asks for it.
 //!
 //! Every part is stopped by process id and cleaned up on `Drop`, also when a
 //! test panics: processes are signalled (SIGTERM, then SIGKILL), mounts under
@@ -32,6 +34,7 @@ pub mod containerd;
 pub mod cri;
 pub mod daemon;
 pub mod image;
+pub mod kubelet;
 pub mod mounts;
 pub mod process;
 pub mod registry;

@@ -227,7 +227,12 @@ fi
 # $logs/go-tools.env; a cached build costs nothing.
 tools_env=$logs/go-tools.env
 if ((is_root)); then
-    bg_step go-tools 50 scripts/build-test-tools.sh "$tools_env"
+    if ((quick)); then
+        # One containerd, chosen by the caller: only the clients.
+        bg_step go-tools 50 scripts/build-test-tools.sh "$tools_env" crictl kubelet
+    else
+        bg_step go-tools 50 scripts/build-test-tools.sh "$tools_env"
+    fi
 fi
 
 step fmt 5 cargo fmt --all --check

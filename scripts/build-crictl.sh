@@ -27,44 +27,7 @@ cache=${AIRGAP_CRICTL_CACHE:-/var/cache/airgap-snapshotter/crictl}
 source "$(dirname "${BASH_SOURCE[0]}")/lib/go.sh"
 module=sigs.k8s.io/cri-tools
 
-want=
-for arg in "$@"; do
-    case $arg in
-        -h | --help)
-            sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'
-            exit 0
-            ;;
-        -*)
-            echo "build-crictl: unknown option $arg" >&2
-            exit 2
-            ;;
-        *)
-            if [[ -n $want ]]; then
-                echo "build-crictl: one VERSION at most (got $want and $arg)" >&2
-                exit 2
-            fi
-            want=${arg#v}
-            ;;
-    esac
-done
-
-log() { printf 'build-crictl: %s\n' "$*" >&2; }
-
-go_ready build-crictl || exit 1
-mkdir -p "$cache" || {
-    log "cannot create $cache (run as root?)"
-    exit 1
-}
-
-# A full version already built needs no proxy.
-if [[ $want == *.*.* && -x $cache/$want/bin/crictl ]]; then
-    version=$want
-else
-    version=$(go_newest "$module" "$want" 2> >(sed 's/^/build-crictl: /' >&2)) || {
-        log "cannot resolve crictl ${want:-(newest)}"
-        exit 1
-    }
-fi
+go_tool_version build-crictl "$cache" "$module" crictl "$@"
 
 dest=$cache/$version/bin
 if [[ ! -x $dest/crictl ]]; then

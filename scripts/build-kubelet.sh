@@ -37,44 +37,9 @@ cache=${AIRGAP_KUBELET_CACHE:-/var/cache/airgap-snapshotter/kubelet}
 source "$(dirname "${BASH_SOURCE[0]}")/lib/go.sh"
 module=k8s.io/kubernetes
 
-want=
-for arg in "$@"; do
-    case $arg in
-        -h | --help)
-            sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'
-            exit 0
-            ;;
-        -*)
-            echo "build-kubelet: unknown option $arg" >&2
-            exit 2
-            ;;
-        *)
-            [[ -z $want ]] || {
-                echo "build-kubelet: one VERSION at most (got $want and $arg)" >&2
-                exit 2
-            }
-            want=${arg#v}
-            ;;
-    esac
-done
-
 log() { printf 'build-kubelet: %s\n' "$*" >&2; }
 
-go_ready build-kubelet || exit 1
-mkdir -p "$cache" || {
-    log "cannot create $cache (run as root?)"
-    exit 1
-}
-
-# A full version already built needs no proxy.
-if [[ $want == *.*.* && -x $cache/$want/bin/kubelet ]]; then
-    printf '%s %s\n' "$want" "$cache/$want/bin/kubelet"
-    exit 0
-fi
-version=$(go_newest "$module" "$want") || {
-    log "${want:-newest}: cannot resolve the kubernetes version (above)"
-    exit 1
-}
+go_tool_version build-kubelet "$cache" "$module" kubelet "$@"
 dest=$cache/$version/bin
 if [[ -x $dest/kubelet ]]; then
     printf '%s %s\n' "$version" "$dest/kubelet"

@@ -91,3 +91,48 @@ go_install_to() {
     mv "$tmp" "$dest"
     printf '%s: built %s in %s s\n' "$go_who" "$dest" "$((SECONDS - start))" >&2
 }
+
+# go_tool_version NAME CACHE MODULE BIN [ARG...]: the command line of a
+# script building one Go program (`[-h|--help] [VERSION]`), then which
+# version to build: sets `version` to the full version, without v, of
+# MODULE at VERSION (2.3 is its newest 2.3.x; none: the newest release)
+# and creates CACHE. A full VERSION whose CACHE/VERSION/bin/BIN is already
+# there needs no proxy. Exits the script on --help (printing its header),
+# on a usage error (2) and when the Go client, CACHE or the version is
+# missing (1, named).
+go_tool_version() {
+    local name=$1 cache=$2 module=$3 bin=$4 want= arg
+    shift 4
+    for arg in "$@"; do
+        case $arg in
+            -h | --help)
+                sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'
+                exit 0
+                ;;
+            -*)
+                printf '%s: unknown option %s\n' "$name" "$arg" >&2
+                exit 2
+                ;;
+            *)
+                if [[ -n $want ]]; then
+                    printf '%s: one VERSION at most (got %s and %s)\n' "$name" "$want" "$arg" >&2
+                    exit 2
+                fi
+                want=${arg#v}
+                ;;
+        esac
+    done
+    go_ready "$name" || exit 1
+    mkdir -p "$cache" || {
+        printf '%s: cannot create %s (run as root?)\n' "$name" "$cache" >&2
+        exit 1
+    }
+    if [[ $want == *.*.* && -x $cache/$want/bin/$bin ]]; then
+        version=$want
+        return 0
+    fi
+    version=$(go_newest "$module" "$want" 2> >(sed "s/^/$name: /" >&2)) || {
+        printf '%s: cannot resolve %s %s\n' "$name" "$module" "${want:-(newest)}" >&2
+        exit 1
+    }
+}

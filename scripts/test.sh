@@ -299,6 +299,13 @@ E2E_SUBSET+=(config_merge_wires_containerd_default_config doctor_names_each_mist
     config_merge_writes_a_conf_d_drop_in transfer_service_ignores_a_config_path_list
     k3s_template_and_registries_yaml_take_layers_from_the_archive ctr_and_cri_pull_through_the_mirror)
 # crictl, the real CRI client, runs on every version (binary(=crictl)).
+# A name here that no test has would drop its coverage silently: refused.
+for name in "${E2E_SUBSET[@]}"; do
+    if ! grep -q "^fn $name()" integration/tests/*.rs; then
+        summary+=("FAIL  e2e subset: no test named $name in integration/tests (E2E_SUBSET in scripts/test.sh)")
+        failed=1
+    fi
+done
 
 # e2e_step DIR TIER: the end-to-end tests (TIER: all or subset) against the
 # containerd in DIR (or the system's), as step `e2e-<version>`.

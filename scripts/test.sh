@@ -8,11 +8,13 @@
 #
 # Steps, in order (each named in the summary with its time):
 #   1. install-deps: what the build and the tests need (scripts/install-deps.sh)
-#   2. go-tools, in the background from the start (niced, so the Rust steps
-#      keep the CPU): the Go programs Debian does not ship, built from the Go
-#      module proxy with /usr/local/go and cached by version under
-#      /var/cache/airgap-snapshotter/ (scripts/build-test-tools.sh):
-#      containerd 2.3 and 2.4, crictl, kubelet
+#   2. go-clients and go-tools, in the background from the start (niced, so
+#      the Rust steps keep the CPU): the Go programs Debian does not ship,
+#      built from the Go module proxy with /usr/local/go and cached by
+#      version under /var/cache/airgap-snapshotter/
+#      (scripts/build-test-tools.sh): crictl and the distribution-spec suite
+#      (go-clients, needed by every e2e step), containerd 2.3 and 2.4 and
+#      kubelet (go-tools, needed from the first whole-suite step on)
 #   3. fmt, clippy (-D warnings), unit-tests (every unit and in-process
 #      test, cargo nextest), fuzz (a short run of each fuzz target; skipped,
 #      and said so, without a nightly toolchain and cargo-fuzz)
@@ -222,16 +224,18 @@ else
     skip install-deps "not root"
 fi
 
-# The Go programs of the end-to-end tests (containerd 2.3 and 2.4, crictl,
-# kubelet), built while the Rust steps run. Their paths come back in
-# $logs/go-tools.env; a cached build costs nothing.
-tools_env=$logs/go-tools.env
+# The Go programs of the end-to-end tests, built while the Rust steps run, in
+# two steps so that the first e2e steps (crictl) need not wait for the
+# longest builds (kubelet, containerd). Their paths come back in
+# $logs/<step>.env; a cached build costs nothing.
 if ((is_root)); then
     if ((quick)); then
         # One containerd, chosen by the caller: only the clients.
-        bg_step go-tools 50 scripts/build-test-tools.sh "$tools_env" crictl kubelet
+        bg_step go-clients 50 scripts/build-test-tools.sh "$logs/go-clients.env" crictl kubelet
     else
-        bg_step go-tools 50 scripts/build-test-tools.sh "$tools_env"
+        bg_step go-clients 50 scripts/build-test-tools.sh "$logs/go-clients.env" crictl distspec
+        bg_step go-tools 50 scripts/build-test-tools.sh "$logs/go-tools.env" \
+            containerd-2.3 containerd-2.4 kubelet
     fi
 fi
 
@@ -356,37 +360,39 @@ e2e_step() {
     fi
 }
 
-# The Go tools' paths, once step go-tools has finished.
-tools_ready=0
+# use_go_tools STEP...: waits for the background build STEPs and exports the
+# paths they wrote.
 use_go_tools() {
-    ((tools_ready)) && return 0
-    tools_ready=1
-    wait_step go-tools
-    local line
-    while IFS= read -r line; do
-        [[ $line == AIRGAP_*=* ]] && export "${line?}"
-    done < <(cat "$tools_env" 2>/dev/null)
+    local name line
+    for name in "$@"; do
+        [[ -n ${bg_pids[$name]:-} ]] || continue
+        wait_step "$name"
+        while IFS= read -r line; do
+            [[ $line == AIRGAP_*=* ]] && export "${line?}"
+        done < <(cat "$logs/$name.env" 2>/dev/null)
+    done
 }
 
 containerd_cache=${AIRGAP_CONTAINERD_CACHE:-$cache_root/containerd}
 if ((!is_root)); then
     skip e2e "needs root"
 elif [[ -n ${AIRGAP_CONTAINERD_DIRS:-} ]]; then
-    use_go_tools
+    use_go_tools go-clients go-tools
     read -r -a containerd_dirs <<<"$AIRGAP_CONTAINERD_DIRS"
     for dir in "${containerd_dirs[@]}"; do
         e2e_step "$dir" all
     done
 elif ((quick)); then
-    use_go_tools
+    use_go_tools go-clients
     e2e_step "${AIRGAP_CONTAINERD_DIR:-system}" all
 else
     # 1.7 and 2.1 are Debian trixie's and sid's packages.
     step fetch-containerd 10 env AIRGAP_CONTAINERD_CACHE="$containerd_cache" \
         scripts/fetch-containerd.sh trixie sid
+    use_go_tools go-clients
     e2e_step system subset
     e2e_step "$containerd_cache/sid" subset
-    use_go_tools
+    use_go_tools go-tools
     e2e_step "$containerd_cache/trixie" all
     e2e_step "${AIRGAP_CONTAINERD_2_3:-$cache_root/containerd-go/2.3}" all
     e2e_step "${AIRGAP_CONTAINERD_2_4:-$cache_root/containerd-go/2.4}" all

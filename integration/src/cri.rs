@@ -299,53 +299,14 @@ impl CriClient {
     /// `grace_seconds`), RemoveContainer, StopPodSandbox, RemovePodSandbox.
     /// Every call is made even when one fails; the first error is returned.
     pub fn remove_all_pods(&mut self, grace_seconds: i64) -> Result<()> {
-        let mut client = self.runtime_client.clone();
-        let mut errors: Vec<anyhow::Error> = Vec::new();
+        let mut errors = Vec::new();
         for container in self.list_containers()? {
-            let id = container.id;
-            if let Err(err) = self.call(
-                "StopContainer",
-                client.stop_container(v1::StopContainerRequest {
-                    container_id: id.clone(),
-                    timeout: grace_seconds,
-                }),
-            ) {
-                errors.push(err);
-            }
-            if let Err(err) = self.call(
-                "RemoveContainer",
-                client.remove_container(v1::RemoveContainerRequest { container_id: id }),
-            ) {
-                errors.push(err);
-            }
+            self.stop_and_remove_container(&container.id, grace_seconds, &mut errors);
         }
         for sandbox in self.list_pod_sandboxes()? {
-            let id = sandbox.id;
-            if let Err(err) = self.call(
-                "StopPodSandbox",
-                client.stop_pod_sandbox(v1::StopPodSandboxRequest {
-                    pod_sandbox_id: id.clone(),
-                }),
-            ) {
-                errors.push(err);
-            }
-            if let Err(err) = self.call(
-                "RemovePodSandbox",
-                client.remove_pod_sandbox(v1::RemovePodSandboxRequest { pod_sandbox_id: id }),
-            ) {
-                errors.push(err);
-            }
+            self.stop_and_remove_sandbox(&sandbox.id, &mut errors);
         }
-        let mut errors = errors.into_iter();
-        match errors.next() {
-            None => Ok(()),
-            Some(first) => {
-                for other in errors {
-                    eprintln!("warning: removing pods: {other:#}");
-                }
-                Err(first)
-            }
-        }
+        first_error(errors, "removing pods")
     }
 
     /// Runs `command` (the pod spec's `command`, i.e. the entrypoint; no
@@ -530,53 +491,58 @@ impl CriClient {
     /// Step 6 of [`CriClient::run_pod_once`]: every call is made even when
     /// one fails; the first error is returned.
     fn remove_pod(&mut self, sandbox_id: &str, container_id: Option<&str>) -> Result<()> {
-        let mut client = self.runtime_client.clone();
-        let mut errors: Vec<anyhow::Error> = Vec::new();
+        let mut errors = Vec::new();
         if let Some(id) = container_id {
-            if let Err(err) = self.call(
-                "StopContainer",
-                client.stop_container(v1::StopContainerRequest {
-                    container_id: id.to_string(),
-                    timeout: GRACE_PERIOD_SECONDS,
-                }),
-            ) {
-                errors.push(err);
-            }
-            if let Err(err) = self.call(
-                "RemoveContainer",
-                client.remove_container(v1::RemoveContainerRequest {
-                    container_id: id.to_string(),
-                }),
-            ) {
-                errors.push(err);
-            }
+            self.stop_and_remove_container(id, GRACE_PERIOD_SECONDS, &mut errors);
         }
-        if let Err(err) = self.call(
-            "StopPodSandbox",
-            client.stop_pod_sandbox(v1::StopPodSandboxRequest {
-                pod_sandbox_id: sandbox_id.to_string(),
-            }),
-        ) {
-            errors.push(err);
-        }
-        if let Err(err) = self.call(
-            "RemovePodSandbox",
-            client.remove_pod_sandbox(v1::RemovePodSandboxRequest {
-                pod_sandbox_id: sandbox_id.to_string(),
-            }),
-        ) {
-            errors.push(err);
-        }
-        let mut errors = errors.into_iter();
-        match errors.next() {
-            None => Ok(()),
-            Some(first) => {
-                for other in errors {
-                    eprintln!("warning: removing pod {sandbox_id}: {other:#}");
-                }
-                Err(first)
-            }
-        }
+        self.stop_and_remove_sandbox(sandbox_id, &mut errors);
+        first_error(errors, &format!("removing pod {sandbox_id}"))
+    }
+
+    /// StopContainer (with `grace_seconds`) then RemoveContainer, both
+    /// made whatever the first answers; their errors go to `errors`.
+    fn stop_and_remove_container(
+        &mut self,
+        id: &str,
+        grace_seconds: i64,
+        errors: &mut Vec<anyhow::Error>,
+    ) {
+        let mut client = self.runtime_client.clone();
+        let stop = v1::StopContainerRequest {
+            container_id: id.to_string(),
+            timeout: grace_seconds,
+        };
+        errors.extend(
+            self.call("StopContainer", client.stop_container(stop))
+                .err(),
+        );
+        let remove = v1::RemoveContainerRequest {
+            container_id: id.to_string(),
+        };
+        errors.extend(
+            self.call("RemoveContainer", client.remove_container(remove))
+                .err(),
+        );
+    }
+
+    /// StopPodSandbox then RemovePodSandbox, both made whatever the first
+    /// answers; their errors go to `errors`.
+    fn stop_and_remove_sandbox(&mut self, id: &str, errors: &mut Vec<anyhow::Error>) {
+        let mut client = self.runtime_client.clone();
+        let stop = v1::StopPodSandboxRequest {
+            pod_sandbox_id: id.to_string(),
+        };
+        errors.extend(
+            self.call("StopPodSandbox", client.stop_pod_sandbox(stop))
+                .err(),
+        );
+        let remove = v1::RemovePodSandboxRequest {
+            pod_sandbox_id: id.to_string(),
+        };
+        errors.extend(
+            self.call("RemovePodSandbox", client.remove_pod_sandbox(remove))
+                .err(),
+        );
     }
 }
 
@@ -933,6 +899,21 @@ fn image_spec(image: &str) -> v1::ImageSpec {
         annotations: HashMap::new(),
         user_specified_image: image.to_string(),
         runtime_handler: String::new(),
+    }
+}
+
+/// The first of `errors` (the others printed as warnings about `what`), or
+/// Ok when there are none.
+fn first_error(errors: Vec<anyhow::Error>, what: &str) -> Result<()> {
+    let mut errors = errors.into_iter();
+    match errors.next() {
+        None => Ok(()),
+        Some(first) => {
+            for other in errors {
+                eprintln!("warning: {what}: {other:#}");
+            }
+            Err(first)
+        }
     }
 }
 

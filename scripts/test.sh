@@ -31,7 +31,8 @@
 #      CRI client) once per containerd version. The whole suite runs on the
 #      versions that matter most (1.7, 2.3 LTS, 2.4 current); 1.6 (end of
 #      life) and 2.1 get the subset below (E2E_SUBSET), chosen so every
-#      version-specific behaviour is still asserted on them.
+#      version-specific behaviour is still asserted on them. Test files
+#      that do not depend on the version (E2E_ONCE) run on 2.3 only.
 #      Versions: the system's (Debian 12: 1.6), Debian trixie's (1.7) and
 #      sid's (2.1) packages fetched, not installed, by
 #      scripts/fetch-containerd.sh, and 2.3 and 2.4 from step 2.
@@ -304,6 +305,12 @@ E2E_SUBSET+=(config_merge_wires_containerd_default_config doctor_names_each_mist
     k3s_template_and_registries_yaml_take_layers_from_the_archive ctr_and_cri_pull_through_the_mirror)
 # crictl, the real CRI client, runs on every version (binary(=crictl)).
 # A name here that no test has would drop its coverage silently: refused.
+#
+# Test files whose behaviour does not depend on the containerd version
+# (the features built on the mirror and the archives: cluster serving,
+# bundles, signatures) run once, on 2.3 LTS (tier `all`); the other
+# whole-suite versions run everything else (tier `most`).
+E2E_ONCE=(cluster cluster_serve bundles signing)
 for name in "${E2E_SUBSET[@]}"; do
     if ! grep -q "^fn $name()" integration/tests/*.rs; then
         summary+=("FAIL  e2e subset: no test named $name in integration/tests (E2E_SUBSET in scripts/test.sh)")
@@ -311,7 +318,7 @@ for name in "${E2E_SUBSET[@]}"; do
     fi
 done
 
-# e2e_step DIR TIER: the end-to-end tests (TIER: all or subset) against the
+# e2e_step DIR TIER: the end-to-end tests (TIER: all, most or subset) against the
 # containerd in DIR (or the system's), as step `e2e-<version>`.
 e2e_step() {
     local dir=$1 tier=$2 bin version
@@ -332,8 +339,12 @@ e2e_step() {
     fi
     version=$("$bin/containerd" --version 2>/dev/null | awk '{ print $3 }' | sed -E 's/^v//; s/[~+-].*//')
     [[ -n $version ]] || version=unknown
-    local test_cmd filter='kind(test)'
-    if [[ $tier == subset ]]; then
+    local test_cmd filter='kind(test)' once
+    if [[ $tier == most ]]; then
+        for once in "${E2E_ONCE[@]}"; do
+            [[ -f integration/tests/$once.rs ]] && filter+=" & !binary(=$once)"
+        done
+    elif [[ $tier == subset ]]; then
         local name
         filter=
         for name in "${E2E_SUBSET[@]}"; do
@@ -353,6 +364,7 @@ e2e_step() {
     fi
     local name=e2e-$version
     [[ $tier == subset ]] && name+="-subset"
+    [[ $tier == most ]] && name+="-most"
     if [[ $dir == system ]]; then
         step "$name" 25 env -u AIRGAP_CONTAINERD_DIR "${test_cmd[@]}"
     else
@@ -393,9 +405,9 @@ else
     e2e_step system subset
     e2e_step "$containerd_cache/sid" subset
     use_go_tools go-tools
-    e2e_step "$containerd_cache/trixie" all
+    e2e_step "$containerd_cache/trixie" most
     e2e_step "${AIRGAP_CONTAINERD_2_3:-$cache_root/containerd-go/2.3}" all
-    e2e_step "${AIRGAP_CONTAINERD_2_4:-$cache_root/containerd-go/2.4}" all
+    e2e_step "${AIRGAP_CONTAINERD_2_4:-$cache_root/containerd-go/2.4}" most
 fi
 
 if ((!quick && is_root)); then

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use airgap_snapshotter::catalog::ImageInfo;
-use airgap_snapshotter::config::DEFAULT_ARCHIVES;
 use anyhow::Result;
 use serde::Serialize;
 
@@ -12,9 +11,14 @@ use super::{human_bytes, open_catalog};
 
 #[derive(clap::Args, Debug)]
 pub struct ImagesArgs {
-    /// A directory of archives (repeatable).
-    #[arg(long = "archives", value_name = "DIR", default_value = DEFAULT_ARCHIVES)]
+    /// A directory of archives (repeatable) [default: the config file's
+    /// `archives`, else /var/lib/airgap-snapshotter/archives].
+    #[arg(long = "archives", value_name = "DIR")]
     pub archives: Vec<PathBuf>,
+    /// The daemon's config file, for its `archives`
+    /// [default: /etc/airgap-snapshotter/config.toml when it exists].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Print a JSON array instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -57,7 +61,8 @@ struct LayerRow {
 }
 
 pub fn run(args: ImagesArgs) -> Result<ExitCode> {
-    let catalog = open_catalog(args.archives, args.root)?;
+    let archives = super::archive_dirs(args.archives, args.config.as_deref())?;
+    let catalog = open_catalog(archives, args.root)?;
     for (path, reason) in catalog.broken() {
         eprintln!("{}: {reason}", path.display());
     }

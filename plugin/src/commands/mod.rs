@@ -16,7 +16,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use airgap_snapshotter::catalog::{Catalog, CatalogOptions};
+use airgap_snapshotter::config::{Config, ServeArgs};
 use anyhow::{Context, Result};
+
+/// The archive directories of a command that reads no other setting:
+/// `--archives` when given, else the config file's (`--config FILE`, else
+/// the default file when it exists), else the default directory.
+fn archive_dirs(flags: Vec<PathBuf>, config: Option<&std::path::Path>) -> Result<Vec<PathBuf>> {
+    if !flags.is_empty() {
+        return Ok(flags);
+    }
+    let config = Config::load(&ServeArgs {
+        config: config.map(std::path::Path::to_path_buf),
+        ..Default::default()
+    })
+    .context("loading the daemon's configuration")?;
+    Ok(config.archives)
+}
 
 /// Opens a catalog for a one-shot command: every file is indexed now, none
 /// is waited for.

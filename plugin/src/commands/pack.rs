@@ -14,13 +14,13 @@ pub struct PackArgs {
     #[arg(short, long, value_name = "OUT.tar.zst")]
     pub output: PathBuf,
     /// Keep only these platforms (`os/arch[/variant]`, repeatable; default all).
-    #[arg(long, value_name = "PLATFORM")]
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     pub platform: Vec<String>,
     /// A file of image references, one per line, `#` comments, `[group]` sections.
     #[arg(long, value_name = "LIST")]
     pub images_from: Option<PathBuf>,
     /// With --images-from: only these sections (repeatable; default all).
-    #[arg(long, value_name = "GROUP")]
+    #[arg(long, value_name = "NAME")]
     pub group: Vec<String>,
     /// Where the images are: archives, directories of archives, OCI layout
     /// directories, or a registry (`https://host[:port]`, anonymous; asked
@@ -35,7 +35,8 @@ pub struct PackArgs {
     #[arg(long, default_value_t = 3)]
     pub level: i32,
     /// The daemon's config file: its `[[upstream]]` registries (with their
-    /// credentials and CAs) are asked for what the other sources lack.
+    /// credentials and CAs) are asked for what the other sources lack
+    /// [default: /etc/airgap-snapshotter/config.toml when it exists].
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Largest zstd frame in MiB (a blob always starts a new frame).
@@ -64,7 +65,11 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
     }
     // The daemon's [[upstream]] tables (credentials, CA, path prefix) first,
     // then registries named on the command line, anonymously.
-    let mut registries = match &args.config {
+    let file = airgap_snapshotter::config::config_file(
+        args.config.as_deref(),
+        &airgap_snapshotter::config::DefaultFiles::system(),
+    );
+    let mut registries = match &file {
         Some(file) => Config::from_file(file)?.upstream,
         None => Vec::new(),
     };

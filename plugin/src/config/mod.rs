@@ -1,5 +1,6 @@
 //! Daemon configuration: one documented [`Config`], loaded from its defaults,
-//! then a TOML file (`--config`), then command-line flags ([`ServeArgs`]).
+//! then a TOML file (`--config FILE`, else [`DEFAULT_CONFIG_FILE`] when it
+//! exists: see [`config_file`]), then command-line flags ([`ServeArgs`]).
 //!
 //! ```toml
 //! root = "/var/lib/airgap-snapshotter"
@@ -49,6 +50,12 @@ use values::{
 };
 pub use values::{parse_bytes, Listen, ValueError};
 
+/// The config file every command reads when `--config` is not given and
+/// the file exists.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/airgap-snapshotter/config.toml";
+/// Its name up to 0.1 (the packages installed it there): read, with a
+/// warning, when [`DEFAULT_CONFIG_FILE`] does not exist. For one release.
+pub const OLD_CONFIG_FILE: &str = "/etc/airgap-snapshotter/airgap-snapshotter.toml";
 pub const DEFAULT_ROOT: &str = "/var/lib/airgap-snapshotter";
 pub const DEFAULT_SOCKET: &str = "/run/airgap-snapshotter/snapshotter.sock";
 pub const DEFAULT_ARCHIVES: &str = "/var/lib/airgap-snapshotter/archives";
@@ -92,7 +99,8 @@ pub struct ServeArgs {
     /// [default: /var/lib/airgap-snapshotter/archives].
     #[arg(long = "archives", value_name = "DIR")]
     pub archives: Vec<PathBuf>,
-    /// TOML configuration file (keys as the long flags, with `_`).
+    /// TOML configuration file (keys as the long flags, with `_`)
+    /// [default: /etc/airgap-snapshotter/config.toml when it exists].
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Registry mirror listen address, or `off` [default: 127.0.0.1:5050];
@@ -367,11 +375,61 @@ pub enum ConfigError {
     Invalid { field: &'static str, reason: String },
 }
 
+/// Where a command looks for its config file when `--config` is not given:
+/// [`DefaultFiles::system`], or other paths in tests.
+#[derive(Debug, Clone)]
+pub struct DefaultFiles {
+    /// Read when it exists.
+    pub file: PathBuf,
+    /// Read, with a warning, when `file` does not exist and this does.
+    pub old: PathBuf,
+}
+
+impl DefaultFiles {
+    /// [`DEFAULT_CONFIG_FILE`], then [`OLD_CONFIG_FILE`].
+    pub fn system() -> Self {
+        DefaultFiles {
+            file: PathBuf::from(DEFAULT_CONFIG_FILE),
+            old: PathBuf::from(OLD_CONFIG_FILE),
+        }
+    }
+}
+
+/// The config file a command reads: `explicit` (`--config FILE`: a file
+/// that is missing is an error when it is read, naming it), else the default
+/// file when it exists, else the old default name (with a warning), else
+/// none (the built-in defaults).
+pub fn config_file(explicit: Option<&Path>, defaults: &DefaultFiles) -> Option<PathBuf> {
+    if let Some(path) = explicit {
+        return Some(path.to_path_buf());
+    }
+    let exists = |p: &Path| std::fs::symlink_metadata(p).is_ok();
+    if exists(&defaults.file) {
+        return Some(defaults.file.clone());
+    }
+    if exists(&defaults.old) {
+        tracing::warn!(
+            "reading {}: the config file is {} from 0.2 on; rename it (the old name is read \
+             for one more release)",
+            defaults.old.display(),
+            defaults.file.display()
+        );
+        return Some(defaults.old.clone());
+    }
+    None
+}
+
 impl Config {
-    /// Defaults, then the file named by `--config`, then the flags.
+    /// Defaults, then the config file ([`config_file`]: `--config`, else
+    /// [`DEFAULT_CONFIG_FILE`] when it exists), then the flags.
     pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
-        let mut config = match &args.config {
-            Some(path) => Config::from_file(path)?,
+        Config::load_with(args, &DefaultFiles::system())
+    }
+
+    /// [`Config::load`] with other default file paths.
+    pub fn load_with(args: &ServeArgs, defaults: &DefaultFiles) -> Result<Config, ConfigError> {
+        let mut config = match config_file(args.config.as_deref(), defaults) {
+            Some(path) => Config::from_file(&path)?,
             None => Config::default(),
         };
         if let Some(root) = &args.root {
@@ -542,9 +600,69 @@ mod tests {
             .serve
     }
 
+    /// Default files in a directory that has none.
+    fn no_defaults() -> DefaultFiles {
+        DefaultFiles {
+            file: PathBuf::from("/nonexistent/airgap-test/config.toml"),
+            old: PathBuf::from("/nonexistent/airgap-test/airgap-snapshotter.toml"),
+        }
+    }
+
+    impl Config {
+        /// `Config::load` away from the machine's /etc.
+        fn load_test(args: &ServeArgs) -> Result<Config, ConfigError> {
+            Config::load_with(args, &no_defaults())
+        }
+    }
+
+    #[test]
+    fn the_default_file_is_read_when_present_and_an_explicit_one_must_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let defaults = DefaultFiles {
+            file: dir.path().join("config.toml"),
+            old: dir.path().join("airgap-snapshotter.toml"),
+        };
+        // Neither file: the built-in defaults.
+        assert_eq!(config_file(None, &defaults), None);
+        assert_eq!(
+            Config::load_with(&args(&[]), &defaults).unwrap(),
+            Config::default()
+        );
+        // The old name only: read (a warning is logged).
+        std::fs::write(&defaults.old, "root = \"/srv/old\"\n").unwrap();
+        assert_eq!(config_file(None, &defaults), Some(defaults.old.clone()));
+        let c = Config::load_with(&args(&[]), &defaults).unwrap();
+        assert_eq!(c.root, Path::new("/srv/old"));
+        // Both: the new name wins.
+        std::fs::write(&defaults.file, "root = \"/srv/new\"\n").unwrap();
+        let c = Config::load_with(&args(&[]), &defaults).unwrap();
+        assert_eq!(c.root, Path::new("/srv/new"));
+        // A flag still overrides the file.
+        let c = Config::load_with(&args(&["--root", "/srv/flag"]), &defaults).unwrap();
+        assert_eq!(c.root, Path::new("/srv/flag"));
+        // --config overrides the default file.
+        let other = dir.path().join("other.toml");
+        std::fs::write(&other, "root = \"/srv/other\"\n").unwrap();
+        let c =
+            Config::load_with(&args(&["--config", other.to_str().unwrap()]), &defaults).unwrap();
+        assert_eq!(c.root, Path::new("/srv/other"));
+        // A missing --config is an error naming the file, not the defaults.
+        let missing = dir.path().join("missing.toml");
+        let err = Config::load_with(&args(&["--config", missing.to_str().unwrap()]), &defaults)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&missing.display().to_string()), "{err}");
+        // A default file that does not parse is an error too, named.
+        std::fs::write(&defaults.file, "root = [\n").unwrap();
+        let err = Config::load_with(&args(&[]), &defaults)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("config.toml"), "{err}");
+    }
+
     #[test]
     fn defaults() {
-        let c = Config::load(&args(&[])).unwrap();
+        let c = Config::load_test(&args(&[])).unwrap();
         assert_eq!(c, Config::default());
         assert_eq!(c.root, Path::new(DEFAULT_ROOT));
         assert_eq!(c.mirror_listen.to_string(), "127.0.0.1:5050");
@@ -561,12 +679,12 @@ mod tests {
         )
         .unwrap();
         let f = file.to_str().unwrap();
-        let c = Config::load(&args(&["--config", f])).unwrap();
+        let c = Config::load_test(&args(&["--config", f])).unwrap();
         assert_eq!(c.root, Path::new("/srv/a"));
         assert_eq!(c.archives, [Path::new("/x"), Path::new("/y")]);
         assert_eq!(c.mirror_listen, Listen::Off);
         assert_eq!(c.cache_bytes, 2 << 30);
-        let c = Config::load(&args(&[
+        let c = Config::load_test(&args(&[
             "--config",
             f,
             "--root",
@@ -595,10 +713,10 @@ mod tests {
         assert!(err.contains("rooot"), "{err}");
         std::fs::write(&file, "mirror_listen = \"everywhere\"\n").unwrap();
         assert!(Config::from_file(&file).is_err());
-        let err = Config::load(&args(&["--root", "relative"])).unwrap_err();
+        let err = Config::load_test(&args(&["--root", "relative"])).unwrap_err();
         assert!(err.to_string().contains("`root`"), "{err}");
         let long = format!("/{}", "s".repeat(200));
-        let err = Config::load(&args(&["--socket", &long])).unwrap_err();
+        let err = Config::load_test(&args(&["--socket", &long])).unwrap_err();
         assert!(err.to_string().contains("`socket`"), "{err}");
         assert!(Cli::try_parse_from(["x", "--mirror-listen", "nope"]).is_err());
     }
@@ -613,15 +731,16 @@ mod tests {
         let file = dir.path().join("c.toml");
         std::fs::write(&file, "archive_removal_grace = \"2m 30s\"\n").unwrap();
         let f = file.to_str().unwrap();
-        let c = Config::load(&args(&["--config", f])).unwrap();
+        let c = Config::load_test(&args(&["--config", f])).unwrap();
         assert_eq!(c.archive_removal_grace, Duration::from_secs(150));
-        let c = Config::load(&args(&["--config", f, "--archive-removal-grace", "3s"])).unwrap();
+        let c =
+            Config::load_test(&args(&["--config", f, "--archive-removal-grace", "3s"])).unwrap();
         assert_eq!(c.archive_removal_grace, Duration::from_secs(3));
         // It round-trips through the file form.
         let text = toml::to_string(&c).unwrap();
         assert!(text.contains("archive_removal_grace = \"3s\""), "{text}");
         for bad in ["0s", "500ms", "25h"] {
-            let err = Config::load(&args(&["--archive-removal-grace", bad])).unwrap_err();
+            let err = Config::load_test(&args(&["--archive-removal-grace", bad])).unwrap_err();
             assert!(err.to_string().contains("`archive_removal_grace`"), "{err}");
         }
         std::fs::write(&file, "archive_removal_grace = \"soon\"\n").unwrap();
@@ -630,9 +749,9 @@ mod tests {
 
     #[test]
     fn mirror_binds_loopback_unless_allowed() {
-        let err = Config::load(&args(&["--mirror-listen", "0.0.0.0:5050"])).unwrap_err();
+        let err = Config::load_test(&args(&["--mirror-listen", "0.0.0.0:5050"])).unwrap_err();
         assert!(err.to_string().contains("`mirror_listen`"), "{err}");
-        assert!(Config::load(&args(&["--mirror-listen", "[::1]:5050"])).is_ok());
+        assert!(Config::load_test(&args(&["--mirror-listen", "[::1]:5050"])).is_ok());
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
         std::fs::write(
@@ -640,19 +759,19 @@ mod tests {
             "mirror_listen = \"0.0.0.0:5050\"\nmirror_allow_non_loopback = true\n",
         )
         .unwrap();
-        let c = Config::load(&args(&["--config", file.to_str().unwrap()])).unwrap();
+        let c = Config::load_test(&args(&["--config", file.to_str().unwrap()])).unwrap();
         assert_eq!(c.mirror_listen.to_string(), "0.0.0.0:5050");
     }
 
     #[test]
     fn metrics_listen_defaults_binds_loopback_unless_allowed_and_turns_off() {
-        let c = Config::load(&args(&[])).unwrap();
+        let c = Config::load_test(&args(&[])).unwrap();
         assert_eq!(c.metrics_listen.to_string(), "127.0.0.1:5051");
-        let c = Config::load(&args(&["--metrics-listen", "off"])).unwrap();
+        let c = Config::load_test(&args(&["--metrics-listen", "off"])).unwrap();
         assert_eq!(c.metrics_listen, Listen::Off);
-        let err = Config::load(&args(&["--metrics-listen", "0.0.0.0:9100"])).unwrap_err();
+        let err = Config::load_test(&args(&["--metrics-listen", "0.0.0.0:9100"])).unwrap_err();
         assert!(err.to_string().contains("`metrics_listen`"), "{err}");
-        let err = Config::load(&args(&["--metrics-listen", "127.0.0.1:5050"])).unwrap_err();
+        let err = Config::load_test(&args(&["--metrics-listen", "127.0.0.1:5050"])).unwrap_err();
         assert!(err.to_string().contains("`metrics_listen`"), "{err}");
         assert!(Cli::try_parse_from(["x", "--metrics-listen", "nope"]).is_err());
         let dir = tempfile::tempdir().unwrap();
@@ -662,7 +781,7 @@ mod tests {
             "metrics_listen = \"0.0.0.0:9100\"\nmirror_allow_non_loopback = true\n",
         )
         .unwrap();
-        let c = Config::load(&args(&["--config", file.to_str().unwrap()])).unwrap();
+        let c = Config::load_test(&args(&["--config", file.to_str().unwrap()])).unwrap();
         assert_eq!(c.metrics_listen.to_string(), "0.0.0.0:9100");
     }
 
@@ -682,7 +801,7 @@ mod tests {
             ),
         )
         .unwrap();
-        let c = Config::load(&args(&["--config", file.to_str().unwrap()])).unwrap();
+        let c = Config::load_test(&args(&["--config", file.to_str().unwrap()])).unwrap();
         assert_eq!(c.upstream.len(), 2);
         assert_eq!(c.upstream[0].path_prefix.as_deref(), Some("dockerhub"));
         assert_eq!(
@@ -717,7 +836,7 @@ mod tests {
             ),
         ] {
             std::fs::write(&file, format!("[[upstream]]\n{bad}\n")).unwrap();
-            let err = Config::load(&args(&["--config", file.to_str().unwrap()])).unwrap_err();
+            let err = Config::load_test(&args(&["--config", file.to_str().unwrap()])).unwrap_err();
             assert!(err.to_string().contains(field), "{bad}: {err}");
         }
         std::fs::write(

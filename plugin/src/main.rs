@@ -14,6 +14,8 @@ mod exit {
     /// Problems found: `doctor` found a failure, `verify` a bad digest,
     /// `import` an image it could not register.
     pub const PROBLEMS: u8 = 1;
+    /// A usage error clap cannot see (two spellings of one flag disagree).
+    pub const USAGE: u8 = 2;
     /// The command could not run: bad configuration, unreadable files,
     /// containerd or the archives unreachable, a bug.
     pub const INTERNAL: u8 = 3;
@@ -55,24 +57,39 @@ enum LogFormat {
     Json,
 }
 
+/// The one-line summaries are the README's table of commands (a test
+/// compares them); more detail goes in a second paragraph (`CMD --help`).
 #[derive(Subcommand)]
 enum Command {
-    /// Run the daemon: containerd proxy snapshotter (and registry mirror).
+    /// Run the daemon: proxy snapshotter, registry mirror, metrics.
     Serve(ServeArgs),
-    /// List the images the archives hold, one row per image name.
+    /// List the images the archives hold.
+    ///
+    /// One row per image name; --json for an array with each platform
+    /// manifest and its layers.
     Images(commands::images::ImagesArgs),
-    /// Register the archives' images in containerd once (the daemon keeps
-    /// them registered in the background), then exit.
+    /// Register the archives' images in containerd once.
+    ///
+    /// The daemon keeps them registered in the background; this is one
+    /// pass, then exit (exit 1 when an image could not be registered).
     Import(commands::import::ImportArgs),
     /// Check every digest and diffID of the archives.
+    ///
+    /// Exit 1 when one does not hold.
     Verify(commands::verify::VerifyArgs),
-    /// Write a seekable airgap archive of the given images.
+    /// Write a seekable archive of images from archives or a registry.
     Pack(commands::pack::PackArgs),
-    /// Print the containerd config.toml fragment and hosts.toml for this
-    /// daemon (--write DIR writes the hosts.toml files).
+    /// Print or edit containerd's config, hosts.toml, k3s files.
+    ///
+    /// Prints the containerd config.toml fragment and hosts.toml for this
+    /// daemon; --write writes the hosts.toml files, --merge edits
+    /// containerd's config (or writes a drop-in), --registries-yaml and
+    /// --containerd-template are for k3s / rke2.
     Config(airgap_snapshotter::setup::ConfigArgs),
-    /// Check that containerd is wired to the daemon and which images of a
-    /// list this node has; each problem with its fix (exit 1 on a failure).
+    /// Check the node's wiring and image lists, each problem with its fix.
+    ///
+    /// Is containerd wired to the daemon, and which images of a list does
+    /// this node have? Exit 1 on a failure.
     Doctor(commands::doctor::DoctorArgs),
 }
 

@@ -10,14 +10,17 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use airgap_snapshotter::config::{config_file, Config, DefaultFiles, ServeArgs};
 use airgap_snapshotter::setup::dropin::{self, Target};
+use airgap_snapshotter::setup::hosts::merge_hosts;
 use airgap_snapshotter::setup::merge::{file_version, merge};
 use airgap_snapshotter::setup::registries::{self, RegistriesWant, WILDCARD};
 use airgap_snapshotter::setup::{
-    config_toml, hosts_dir, hosts_toml, k3s_template, mirror_url, ConfigArgs, ContainerdVersion,
-    Wiring,
+    config_toml, cri_registry_table, hosts_dir, hosts_toml, k3s_template, mirror_url, ConfigArgs,
+    ContainerdVersion, Wiring, SNAPSHOTTER,
 };
 use anyhow::{bail, Context, Result};
+use serde::Serialize;
 
 /// What `--write` did to one file.
 #[derive(Debug, PartialEq, Eq)]
@@ -27,52 +30,221 @@ pub enum Written {
     Replaced { path: PathBuf, backup: PathBuf },
 }
 
-/// Writes `content` to `dir/<name>/hosts.toml` (atomically), moving a
-/// different existing file aside first.
-pub fn write_hosts(dir: &Path, name: &str, content: &str) -> Result<Written> {
+/// One file `config` writes (or would, with `--dry-run`), as `--json`
+/// names it: the fields are documented in docs/reference.md.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FileChange {
+    pub path: String,
+    /// `containerd-config`, `drop-in`, `hosts` or `registries-yaml`.
+    pub kind: &'static str,
+    /// `create`, `update`, `unchanged`, `remove` or `restore`.
+    pub action: &'static str,
+    /// A unified diff of the change (empty when unchanged).
+    pub diff: String,
+}
+
+/// The command's output: lines and diffs for a reader, or with `--json`
+/// (lines on stderr) one object listing the files at the end.
+struct Out {
+    json: bool,
+    files: Vec<FileChange>,
+}
+
+impl Out {
+    fn new(json: bool) -> Self {
+        Out {
+            json,
+            files: Vec::new(),
+        }
+    }
+
+    /// A line for the reader: stdout, or stderr with `--json`.
+    fn say(&self, line: impl std::fmt::Display) {
+        if self.json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    }
+
+    /// Records a file's change and prints its diff (not with `--json`).
+    fn change(
+        &mut self,
+        path: &Path,
+        kind: &'static str,
+        old: Option<&str>,
+        new: Option<&str>,
+        action: &'static str,
+    ) {
+        let name = path.display().to_string();
+        let diff = if old == new {
+            String::new()
+        } else {
+            similar::TextDiff::from_lines(old.unwrap_or(""), new.unwrap_or(""))
+                .unified_diff()
+                .context_radius(2)
+                .header(
+                    if old.is_some() { &name } else { "/dev/null" },
+                    if new.is_some() { &name } else { "/dev/null" },
+                )
+                .to_string()
+        };
+        if !self.json {
+            print!("{diff}");
+        }
+        self.files.push(FileChange {
+            path: name,
+            kind,
+            action,
+            diff,
+        });
+    }
+
+    /// With `--json`: the object `{dry_run, files}` on stdout.
+    fn finish(self, dry_run: bool) -> Result<()> {
+        if self.json {
+            #[derive(Serialize)]
+            struct Doc {
+                dry_run: bool,
+                files: Vec<FileChange>,
+            }
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&Doc {
+                    dry_run,
+                    files: self.files,
+                })?
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `path` itself, or the file it links to when it is a symlink: a file is
+/// edited where it is, and the link stays a link.
+fn resolve_link(path: &Path) -> Result<PathBuf> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => fs::canonicalize(path).with_context(|| {
+            format!(
+                "{} is a symlink whose target cannot be resolved",
+                path.display()
+            )
+        }),
+        _ => Ok(path.to_path_buf()),
+    }
+}
+
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Replaces (or creates) `path`, not a symlink, with `text` atomically: a
+/// temporary file in its directory with the old file's owner and mode
+/// (`mode` for a new file), a rename (with `no_clobber`, refused when the
+/// file appeared meanwhile), then the directory fsynced so the rename
+/// survives a crash.
+fn replace_file(path: &Path, text: &str, mode: u32, no_clobber: bool) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = parent_dir(path);
+    let old = match fs::metadata(path) {
+        Ok(m) => Some(m),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("stat {}", path.display())),
+    };
+    fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir)
+        .with_context(|| format!("create a temporary file in {}", dir.display()))?;
+    tmp.write_all(text.as_bytes())
+        .and_then(|_| tmp.as_file().sync_all())
+        .with_context(|| format!("write {}", tmp.path().display()))?;
+    if let Some(old) = &old {
+        let new = tmp
+            .as_file()
+            .metadata()
+            .with_context(|| format!("stat {}", tmp.path().display()))?;
+        if (new.uid(), new.gid()) != (old.uid(), old.gid()) {
+            std::os::unix::fs::fchown(tmp.as_file(), Some(old.uid()), Some(old.gid()))
+                .with_context(|| {
+                    format!(
+                        "keep the owner {}:{} of {} (run as root, or as its owner)",
+                        old.uid(),
+                        old.gid(),
+                        path.display()
+                    )
+                })?;
+        }
+    }
+    let mode = old.as_ref().map_or(mode, |m| m.mode() & 0o7777);
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {}", tmp.path().display()))?;
+    if no_clobber {
+        tmp.persist_noclobber(path).map_err(|e| e.error)
+    } else {
+        tmp.persist(path).map_err(|e| e.error)
+    }
+    .with_context(|| format!("write {}", path.display()))?;
+    fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("fsync the directory {}", dir.display()))?;
+    Ok(())
+}
+
+/// Copies `path` to `PATH.<unix time>[.<n>].bak`; returns the backup's path.
+fn backup(path: &Path) -> Result<PathBuf> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} is not a file name", path.display()))?
+        .to_string_lossy()
+        .into_owned();
+    let mut b = path.with_file_name(format!("{name}.{secs}.bak"));
+    let mut n = 1;
+    while fs::symlink_metadata(&b).is_ok() {
+        b = path.with_file_name(format!("{name}.{secs}.{n}.bak"));
+        n += 1;
+    }
+    fs::copy(path, &b).with_context(|| format!("back up {} to {}", path.display(), b.display()))?;
+    Ok(b)
+}
+
+/// What `dir/<name>/hosts.toml` holds and would hold: `ours` alone for a new
+/// file, else the existing file with `ours` merged in (`setup::hosts`).
+/// The path is the file itself, a symlink followed.
+fn plan_hosts(dir: &Path, name: &str, ours: &str) -> Result<(PathBuf, Option<String>, String)> {
     if name.is_empty() || name.contains('/') || name == ".." || name == "." {
         bail!("{name:?} is not a registry host name");
     }
-    let sub = dir.join(name);
-    fs::create_dir_all(&sub).with_context(|| format!("create {}", sub.display()))?;
-    let path = sub.join("hosts.toml");
-    let old = match fs::read(&path) {
+    let path = resolve_link(&dir.join(name).join("hosts.toml"))?;
+    let old = match fs::read_to_string(&path) {
         Ok(old) => Some(old),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
     };
-    if old.as_deref() == Some(content.as_bytes()) {
+    let new = match &old {
+        Some(old) => merge_hosts(&path, old, ours)?,
+        None => ours.to_string(),
+    };
+    Ok((path, old, new))
+}
+
+/// Writes `dir/<name>/hosts.toml` (atomically, owner and mode kept): `ours`,
+/// merged into an existing file, which is kept as a backup first.
+pub fn write_hosts(dir: &Path, name: &str, ours: &str) -> Result<Written> {
+    let (path, old, new) = plan_hosts(dir, name, ours)?;
+    if old.as_deref() == Some(new.as_str()) {
         return Ok(Written::Unchanged(path));
     }
-    let mut backup = None;
-    if old.is_some() {
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let mut b = sub.join(format!("hosts.toml.{secs}.bak"));
-        let mut n = 1;
-        while b.exists() {
-            b = sub.join(format!("hosts.toml.{secs}.{n}.bak"));
-            n += 1;
-        }
-        fs::copy(&path, &b)
-            .with_context(|| format!("back up {} to {}", path.display(), b.display()))?;
-        backup = Some(b);
-    }
-    let mut tmp = tempfile::NamedTempFile::new_in(&sub)
-        .with_context(|| format!("create a temporary file in {}", sub.display()))?;
-    tmp.write_all(content.as_bytes())
-        .and_then(|_| tmp.as_file().sync_all())
-        .with_context(|| format!("write {}", tmp.path().display()))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o644))
-            .with_context(|| format!("chmod {}", tmp.path().display()))?;
-    }
-    tmp.persist(&path)
-        .map_err(|e| e.error)
-        .with_context(|| format!("write {}", path.display()))?;
+    let backup = match &old {
+        Some(_) => Some(backup(&path)?),
+        None => None,
+    };
+    replace_file(&path, &new, 0o644, false)?;
     Ok(match backup {
         Some(backup) => Written::Replaced { path, backup },
         None => Written::Created(path),
@@ -98,8 +270,34 @@ fn bypassing(dir: &Path, written: &[String]) -> Vec<PathBuf> {
     out
 }
 
+/// `--socket` and `--mirror-listen` not given: the daemon's config file's
+/// (`--config FILE`, else the default file when it exists), so the wiring
+/// names the socket and mirror the daemon really uses.
+fn with_daemon_config(mut args: ConfigArgs) -> Result<ConfigArgs> {
+    if args.socket.is_some() && args.mirror_listen.is_some() {
+        return Ok(args);
+    }
+    let Some(file) = config_file(args.config.as_deref(), &DefaultFiles::system()) else {
+        return Ok(args);
+    };
+    let config = Config::load(&ServeArgs {
+        config: Some(file),
+        ..Default::default()
+    })
+    .context("loading the daemon's configuration")?;
+    args.socket.get_or_insert(config.socket);
+    args.mirror_listen
+        .get_or_insert(config.mirror_listen.to_string());
+    Ok(args)
+}
+
 /// Runs the command.
 pub fn run(args: ConfigArgs) -> Result<ExitCode> {
+    if let Err(e) = args.check_spellings() {
+        eprintln!("airgap-snapshotter config: {e}");
+        return Ok(ExitCode::from(crate::exit::USAGE));
+    }
+    let args = with_daemon_config(args)?;
     if let Some(u) = &args.upstream {
         if !(u.starts_with("https://") || u.starts_with("http://")) {
             bail!("--upstream {u:?}: expected https://host[:port] or http://host[:port]");
@@ -108,11 +306,17 @@ pub fn run(args: ConfigArgs) -> Result<ExitCode> {
     if args.dry_run && args.merge.is_none() && args.registries_yaml.is_none() {
         bail!("--dry-run goes with --merge FILE or --registries-yaml FILE");
     }
-    if let Some(file) = &args.merge {
-        return run_merge(file, &args);
+    if let Some(file) = args.merge_file() {
+        let mut out = Out::new(args.json);
+        run_merge(&file, &args, &mut out)?;
+        out.finish(args.dry_run)?;
+        return Ok(ExitCode::SUCCESS);
     }
     if let Some(file) = &args.registries_yaml {
-        return run_registries_yaml(file, &args);
+        let mut out = Out::new(args.json);
+        run_registries_yaml(file, &args, &mut out)?;
+        out.finish(args.dry_run)?;
+        return Ok(ExitCode::SUCCESS);
     }
     if args.containerd_template {
         let wiring = Wiring::from_args(&args);
@@ -131,44 +335,58 @@ pub fn run(args: ConfigArgs) -> Result<ExitCode> {
     ));
     out.push_str(&hosts);
     print!("{out}");
-    if let Some(dir) = &args.write {
-        write_hosts_files(dir, &args, &hosts)?;
+    if let Some(dir) = args.write_dir() {
+        write_hosts_files(&dir, &args, &hosts, &mut Out::new(false))?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes `DIR/_default/hosts.toml` and one per `--registry`, and names the
-/// registry directories that bypass the mirror.
-fn write_hosts_files(dir: &Path, args: &ConfigArgs, hosts: &str) -> Result<()> {
-    {
-        let mut names = vec!["_default".to_string()];
-        names.extend(args.registries.iter().cloned());
-        for name in &names {
-            match write_hosts(dir, name, hosts)? {
-                Written::Created(p) => eprintln!("wrote {}", p.display()),
-                Written::Unchanged(p) => eprintln!("{} is already up to date", p.display()),
-                Written::Replaced { path, backup } => eprintln!(
-                    "wrote {} (the previous file is {})",
-                    path.display(),
-                    backup.display()
-                ),
+/// Writes `DIR/_default/hosts.toml` and one per `--registry` (with
+/// `--dry-run`, prints their diffs instead), and names the registry
+/// directories that bypass the mirror.
+fn write_hosts_files(dir: &Path, args: &ConfigArgs, hosts: &str, out: &mut Out) -> Result<()> {
+    let mut names = vec!["_default".to_string()];
+    names.extend(args.registries.iter().cloned());
+    for name in &names {
+        if args.dry_run {
+            let (path, old, new) = plan_hosts(dir, name, hosts)?;
+            let action = match &old {
+                None => "create",
+                Some(old) if *old == new => "unchanged",
+                Some(_) => "update",
+            };
+            out.change(&path, "hosts", old.as_deref(), Some(&new), action);
+            match action {
+                "unchanged" => out.say(format!("{} is already up to date", path.display())),
+                _ => out.say(format!("dry run: {} not written", path.display())),
             }
+            continue;
         }
-        for p in bypassing(dir, &names) {
-            eprintln!(
-                "note: {} has its own hosts.toml: containerd uses it instead of _default for that registry, \
-                 so those pulls bypass the mirror (add --registry {} to rewrite it)",
-                p.display(),
-                p.file_name().unwrap_or_default().to_string_lossy()
-            );
+        match write_hosts(dir, name, hosts)? {
+            Written::Created(p) => eprintln!("wrote {}", p.display()),
+            Written::Unchanged(p) => eprintln!("{} is already up to date", p.display()),
+            Written::Replaced { path, backup } => eprintln!(
+                "wrote {} (merged into the previous file, which is kept as {})",
+                path.display(),
+                backup.display()
+            ),
         }
+    }
+    for p in bypassing(dir, &names) {
+        eprintln!(
+            "note: {} has its own hosts.toml: containerd uses it instead of _default for that registry, \
+             so those pulls bypass the mirror (add --registry {} to rewrite it)",
+            p.display(),
+            p.file_name().unwrap_or_default().to_string_lossy()
+        );
     }
     Ok(())
 }
 
-/// `config --merge FILE`: the wiring merged into FILE (backup, diff,
-/// atomic write keeping the file's mode), then the hosts.toml files.
-fn run_merge(file: &Path, args: &ConfigArgs) -> Result<ExitCode> {
+/// `config --merge`: the wiring merged into containerd's config `file` (a
+/// drop-in, else the file itself: backup, diff, atomic write keeping owner
+/// and mode), then the hosts.toml files.
+fn run_merge(file: &Path, args: &ConfigArgs, out: &mut Out) -> Result<()> {
     let original = fs::read_to_string(file).with_context(|| {
         format!(
             "read {0} (no config yet? `containerd config default > {0}` first)",
@@ -186,9 +404,9 @@ fn run_merge(file: &Path, args: &ConfigArgs) -> Result<ExitCode> {
         );
     }
     if args.revert {
-        return run_revert(file, &original, args);
+        return run_revert(file, &original, version, args, out);
     }
-    let wiring = Wiring::new(version, &args.socket, &hosts_dir(args));
+    let wiring = Wiring::new(version, &args.socket(), &hosts_dir(args));
     let target = if args.no_drop_in {
         Target::ConfigToml {
             why: "--no-drop-in".into(),
@@ -204,59 +422,71 @@ fn run_merge(file: &Path, args: &ConfigArgs) -> Result<ExitCode> {
         Target::DropIn {
             file: drop_in,
             import,
-        } => write_drop_in(file, &original, &wiring, &drop_in, &import, args)?,
+        } => write_drop_in(file, &original, &wiring, &drop_in, &import, args, out)?,
         Target::ConfigToml { why } => {
             eprintln!("editing {} in place: {why}", file.display());
-            merge_in_place(file, &original, &wiring, version, args)?
+            merge_in_place(file, &original, &wiring, version, args, out)?
         }
     }
     let hosts = hosts_toml(args);
-    let dir = hosts_dir(args);
-    if args.dry_run {
-        println!("dry run: {}/_default/hosts.toml not written", dir.display());
-    } else {
-        write_hosts_files(&dir, args, &hosts)?;
-    }
-    Ok(ExitCode::SUCCESS)
+    write_hosts_files(&hosts_dir(args), args, &hosts, out)
 }
 
-/// `--merge` into config.toml itself (backup, diff, atomic write).
+/// `--merge` into config.toml itself (backup, diff, atomic write; a
+/// symlink's target is edited).
 fn merge_in_place(
     file: &Path,
     original: &str,
     wiring: &Wiring,
     version: ContainerdVersion,
     args: &ConfigArgs,
+    out: &mut Out,
 ) -> Result<()> {
+    let target = resolve_link(file)?;
+    if target != file {
+        eprintln!(
+            "{} is a symlink: editing its target {} (the link stays)",
+            file.display(),
+            target.display()
+        );
+    }
     let merged = merge(file, original, wiring)?;
     if !merged.changed {
-        println!(
+        out.change(
+            &target,
+            "containerd-config",
+            Some(original),
+            Some(original),
+            "unchanged",
+        );
+        out.say(format!(
             "{} already has everything airgap-snapshotter needs ({}): nothing changed",
             file.display(),
             layout_name(version)
-        );
-    } else {
-        let diff = similar::TextDiff::from_lines(original, &merged.text);
-        print!(
-            "{}",
-            diff.unified_diff()
-                .context_radius(2)
-                .header(&file.display().to_string(), &file.display().to_string())
-        );
-        if args.dry_run {
-            println!("dry run: {} not written", file.display());
-        } else {
-            let backup = write_config(file, &merged.text)?;
-            println!(
-                "wrote {} ({} edits, {}; the previous file is {})",
-                file.display(),
-                merged.edits.len(),
-                layout_name(version),
-                backup.display()
-            );
-            println!("restart containerd to apply it");
-        }
+        ));
+        return Ok(());
     }
+    out.change(
+        &target,
+        "containerd-config",
+        Some(original),
+        Some(&merged.text),
+        "update",
+    );
+    if args.dry_run {
+        out.say(format!("dry run: {} not written", target.display()));
+        return Ok(());
+    }
+    let backup = write_config(&target, &merged.text)?;
+    out.say(format!(
+        "wrote {} ({} edits, {}; the previous file is {}; `config --merge --containerd-config {} --revert` restores it)",
+        target.display(),
+        merged.edits.len(),
+        layout_name(version),
+        backup.display(),
+        file.display()
+    ));
+    out.say("restart containerd to apply it");
     Ok(())
 }
 
@@ -270,8 +500,10 @@ fn write_drop_in(
     drop_in: &Path,
     import: &str,
     args: &ConfigArgs,
+    out: &mut Out,
 ) -> Result<()> {
     let text = dropin::drop_in_text(file, original, wiring, drop_in)?;
+    let drop_in = &resolve_link(drop_in)?;
     let old = match fs::read_to_string(drop_in) {
         Ok(t) => Some(t),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -289,128 +521,202 @@ fn write_drop_in(
         }
     }
     if old.as_deref() == Some(text.as_str()) {
-        println!(
+        out.change(drop_in, "drop-in", Some(&text), Some(&text), "unchanged");
+        out.say(format!(
             "{} already has everything airgap-snapshotter needs (a drop-in {} imports through {import:?}): nothing changed",
             drop_in.display(),
             file.display()
-        );
+        ));
         return Ok(());
     }
     let name = drop_in.display().to_string();
-    let diff = similar::TextDiff::from_lines(old.as_deref().unwrap_or(""), &text);
-    print!(
-        "{}",
-        diff.unified_diff()
-            .context_radius(2)
-            .header(if old.is_some() { &name } else { "/dev/null" }, &name)
-    );
+    let action = if old.is_some() { "update" } else { "create" };
+    out.change(drop_in, "drop-in", old.as_deref(), Some(&text), action);
     if args.dry_run {
-        println!(
+        out.say(format!(
             "dry run: {name} not written ({} imports it through {import:?}; {} would not change)",
             file.display(),
             file.display()
-        );
+        ));
         return Ok(());
     }
-    let dir = drop_in
-        .parent()
-        .with_context(|| format!("{name} has no directory"))?;
-    fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("create a temporary file in {}", dir.display()))?;
-    tmp.write_all(text.as_bytes())
-        .and_then(|_| tmp.as_file().sync_all())
-        .with_context(|| format!("write {}", tmp.path().display()))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o644))
-            .with_context(|| format!("chmod {}", tmp.path().display()))?;
-    }
-    tmp.persist(drop_in)
-        .map_err(|e| e.error)
-        .with_context(|| format!("write {name}"))?;
-    println!(
-        "wrote {name} (a drop-in {} imports through {import:?}; {} is unchanged; `config --merge {} --revert` removes it)",
+    replace_file(drop_in, &text, 0o644, false)?;
+    out.say(format!(
+        "wrote {name} (a drop-in {} imports through {import:?}; {} is unchanged; `config --merge --containerd-config {} --revert` removes it)",
         file.display(),
         file.display(),
         file.display()
-    );
-    println!("restart containerd to apply it");
+    ));
+    out.say("restart containerd to apply it");
     Ok(())
 }
 
 /// `--merge FILE --revert`: removes the drop-ins `--merge` wrote among the
-/// files FILE imports (the marker on their first line says so); an edited
-/// config.toml is left alone, its backups named.
-fn run_revert(file: &Path, original: &str, args: &ConfigArgs) -> Result<ExitCode> {
+/// files FILE imports (the marker on their first line says so); when there
+/// is none, restores the backup an in-place `--merge` made of FILE
+/// ([`revert_in_place`]).
+fn run_revert(
+    file: &Path,
+    original: &str,
+    version: ContainerdVersion,
+    args: &ConfigArgs,
+    out: &mut Out,
+) -> Result<()> {
     let ours = dropin::ours(file, original)?;
     for d in &ours {
+        let text = fs::read_to_string(d).ok();
+        out.change(d, "drop-in", text.as_deref(), None, "remove");
         if args.dry_run {
-            println!("dry run: {} not removed", d.display());
+            out.say(format!("dry run: {} not removed", d.display()));
         } else {
             fs::remove_file(d).with_context(|| format!("remove {}", d.display()))?;
-            println!("removed {}", d.display());
+            out.say(format!("removed {}", d.display()));
         }
     }
-    let backups = backups_of(file);
     if ours.is_empty() {
-        println!(
-            "no drop-in written by `config --merge` is imported by {}: nothing removed",
-            file.display()
-        );
+        revert_in_place(file, original, version, args, out)?;
     } else if !args.dry_run {
-        println!("restart containerd to apply it");
+        out.say("restart containerd to apply it");
     }
-    if !backups.is_empty() {
-        println!(
-            "{} itself is not changed back: a `config --merge` that edited it kept the previous file as {} (restore one by hand)",
+    out.say("the hosts.toml files are left in place");
+    Ok(())
+}
+
+/// A string at `path` in a TOML value.
+fn str_at<'a>(value: &'a toml::Value, path: &[&str]) -> Option<&'a str> {
+    path.iter()
+        .try_fold(value, |v, k| v.get(k))
+        .and_then(toml::Value::as_str)
+}
+
+/// `--revert` of an in-place `--merge`: FILE's newest backup
+/// `FILE.<time>.bak` is restored when FILE is that backup with the wiring
+/// merged in (the wiring FILE holds now: its proxy plugin address and
+/// hosts directory), i.e. nothing but the wiring changed since; otherwise
+/// nothing is written and the backup is named. The restored backup is
+/// removed (FILE is its copy now).
+fn revert_in_place(
+    file: &Path,
+    original: &str,
+    version: ContainerdVersion,
+    args: &ConfigArgs,
+    out: &mut Out,
+) -> Result<()> {
+    let target = resolve_link(file)?;
+    let backups = backups_of(&target);
+    let Some(newest) = backups.last() else {
+        out.say(format!(
+            "no drop-in written by `config --merge` is imported by {}: nothing removed; and it \
+             has no backup `{}.<time>.bak` from an in-place merge: nothing restored",
             file.display(),
-            backups
-                .iter()
-                .map(|b| b.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            target.display()
+        ));
+        return Ok(());
+    };
+    let value: toml::Value = original
+        .parse()
+        .with_context(|| format!("parse {}", file.display()))?;
+    let socket = str_at(&value, &["proxy_plugins", SNAPSHOTTER, "address"]);
+    let mut registry = cri_registry_table(version);
+    registry.push("config_path");
+    let hosts = str_at(&value, &registry);
+    let (Some(socket), Some(hosts)) = (socket, hosts) else {
+        out.say(format!(
+            "no drop-in written by `config --merge` is imported by {}: nothing removed; it has no \
+             `[proxy_plugins.{SNAPSHOTTER}]` address or no CRI registry config_path, so no \
+             in-place merge to undo: nothing restored (its backups: {})",
+            file.display(),
+            names(&backups)
+        ));
+        return Ok(());
+    };
+    let saved = fs::read_to_string(newest).with_context(|| format!("read {}", newest.display()))?;
+    let wiring = Wiring::new(version, Path::new(socket), Path::new(hosts));
+    let expected = merge(newest, &saved, &wiring).ok().map(|m| m.text);
+    if expected.as_deref() != Some(original) {
+        bail!(
+            "{} has changed since `config --merge` edited it (it is not its backup {} with the \
+             airgap-snapshotter wiring added): not restoring the backup over those changes; \
+             compare the two (`diff {} {}`) and restore by hand",
+            file.display(),
+            newest.display(),
+            newest.display(),
+            target.display()
         );
     }
-    println!("the hosts.toml files are left in place");
-    Ok(ExitCode::SUCCESS)
+    out.change(
+        &target,
+        "containerd-config",
+        Some(original),
+        Some(&saved),
+        "restore",
+    );
+    if args.dry_run {
+        out.say(format!(
+            "dry run: {} not restored from {}",
+            target.display(),
+            newest.display()
+        ));
+        return Ok(());
+    }
+    replace_file(&target, &saved, 0o644, false)?;
+    fs::remove_file(newest).with_context(|| format!("remove {}", newest.display()))?;
+    out.say(format!(
+        "restored {} from {} (the backup `config --merge` made; removed, as {} is its copy now)",
+        target.display(),
+        newest.display(),
+        target.display()
+    ));
+    out.say("restart containerd to apply it");
+    Ok(())
+}
+
+fn names(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|b| b.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `FILE.<unix time>[.<n>].bak` beside `file`, oldest first.
 fn backups_of(file: &Path) -> Vec<PathBuf> {
-    let (Some(dir), Some(name)) = (file.parent(), file.file_name()) else {
+    let (Some(name), dir) = (file.file_name(), parent_dir(file)) else {
         return Vec::new();
-    };
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
     };
     let prefix = format!("{}.", name.to_string_lossy());
-    let Ok(entries) = fs::read_dir(dir) else {
+    let Ok(entries) = fs::read_dir(&dir) else {
         return Vec::new();
     };
-    let mut out: Vec<PathBuf> = entries
+    // (time, n): the name's numbers, so `.1.bak` sorts after `.bak`.
+    let key = |n: &str| -> Option<(u64, u64)> {
+        let mid = n.strip_prefix(&prefix)?.strip_suffix(".bak")?;
+        let mut parts = mid.split('.');
+        let secs = parts.next()?.parse().ok()?;
+        let n = match parts.next() {
+            Some(n) => n.parse().ok()?,
+            None => 0,
+        };
+        parts.next().is_none().then_some((secs, n))
+    };
+    let mut out: Vec<((u64, u64), PathBuf)> = entries
         .flatten()
-        .filter(|e| {
-            let n = e.file_name().to_string_lossy().into_owned();
-            n.starts_with(&prefix) && n.ends_with(".bak")
-        })
-        .map(|e| e.path())
+        .filter_map(|e| Some((key(&e.file_name().to_string_lossy())?, e.path())))
         .collect();
     out.sort();
-    out
+    out.into_iter().map(|(_, p)| p).collect()
 }
 
 /// `config --registries-yaml FILE`: the mirror first in a k3s / rke2
 /// registries.yaml (created when missing), with a backup and a diff.
-fn run_registries_yaml(file: &Path, args: &ConfigArgs) -> Result<ExitCode> {
-    let Some(mirror) = mirror_url(&args.mirror) else {
+fn run_registries_yaml(file: &Path, args: &ConfigArgs, out: &mut Out) -> Result<()> {
+    let Some(mirror) = mirror_url(&args.mirror()) else {
         bail!(
-            "--registries-yaml puts the mirror into {}: it needs --mirror ADDR, not off",
+            "--registries-yaml puts the mirror into {}: it needs --mirror-listen ADDR, not off",
             file.display()
         );
     };
+    let file = &resolve_link(file)?;
     let original = match fs::read_to_string(file) {
         Ok(t) => Some(t),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -432,24 +738,24 @@ fn run_registries_yaml(file: &Path, args: &ConfigArgs) -> Result<ExitCode> {
         eprintln!("warning: {}: {w}", file.display());
     }
     if !edited.changed {
-        println!(
+        out.change(file, "registries-yaml", Some(text), Some(text), "unchanged");
+        out.say(format!(
             "{} already lists the mirror first in every entry: nothing changed",
             file.display()
-        );
-        return Ok(ExitCode::SUCCESS);
+        ));
+        return Ok(());
     }
-    let name = file.display().to_string();
-    let diff = similar::TextDiff::from_lines(text, &edited.text);
-    print!(
-        "{}",
-        diff.unified_diff().context_radius(2).header(
-            if original.is_some() {
-                &name
-            } else {
-                "/dev/null"
-            },
-            &name
-        )
+    let action = if original.is_some() {
+        "update"
+    } else {
+        "create"
+    };
+    out.change(
+        file,
+        "registries-yaml",
+        original.as_deref(),
+        Some(&edited.text),
+        action,
     );
     if !edited.comments_kept {
         eprintln!(
@@ -459,47 +765,26 @@ fn run_registries_yaml(file: &Path, args: &ConfigArgs) -> Result<ExitCode> {
         );
     }
     if args.dry_run {
-        println!("dry run: {} not written", file.display());
-        return Ok(ExitCode::SUCCESS);
+        out.say(format!("dry run: {} not written", file.display()));
+        return Ok(());
     }
     match original {
         Some(_) => {
             let backup = write_config(file, &edited.text)?;
-            println!(
+            out.say(format!(
                 "wrote {} ({} edits; the previous file is {})",
                 file.display(),
                 edited.edits.len(),
                 backup.display()
-            );
+            ));
         }
         None => {
-            write_new(file, &edited.text)?;
-            println!("wrote {} (a new file)", file.display());
+            // Mode 0600: registries.yaml holds credentials.
+            replace_file(file, &edited.text, 0o600, true)?;
+            out.say(format!("wrote {} (a new file)", file.display()));
         }
     }
-    println!("restart k3s / rke2 (or its agent) to apply it");
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Creates `file` (mode 0600: registries.yaml holds credentials),
-/// atomically.
-fn write_new(file: &Path, text: &str) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = match file.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir)
-        .with_context(|| format!("create a temporary file in {}", dir.display()))?;
-    tmp.write_all(text.as_bytes())
-        .and_then(|_| tmp.as_file().sync_all())
-        .with_context(|| format!("write {}", tmp.path().display()))?;
-    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("chmod {}", tmp.path().display()))?;
-    tmp.persist_noclobber(file)
-        .map_err(|e| e.error)
-        .with_context(|| format!("write {}", file.display()))?;
+    out.say("restart k3s / rke2 (or its agent) to apply it");
     Ok(())
 }
 
@@ -510,102 +795,305 @@ fn layout_name(v: ContainerdVersion) -> &'static str {
     }
 }
 
-/// Replaces `file` with `text` atomically (a temporary file in the same
-/// directory, the old file's mode, a rename) after copying it to
-/// `FILE.<unix time>.bak`; returns the backup's path.
+/// Replaces `file` (not a symlink) with `text` atomically, owner and mode
+/// kept ([`replace_file`]), after copying it to `FILE.<unix time>.bak`;
+/// returns the backup's path.
 fn write_config(file: &Path, text: &str) -> Result<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let name = file
-        .file_name()
-        .with_context(|| format!("{} is not a file name", file.display()))?
-        .to_string_lossy()
-        .into_owned();
-    let dir = match file.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut backup = file.with_file_name(format!("{name}.{secs}.bak"));
-    let mut n = 1;
-    while backup.exists() {
-        backup = file.with_file_name(format!("{name}.{secs}.{n}.bak"));
-        n += 1;
-    }
-    let meta = fs::metadata(file).with_context(|| format!("stat {}", file.display()))?;
-    fs::copy(file, &backup)
-        .with_context(|| format!("back up {} to {}", file.display(), backup.display()))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir)
-        .with_context(|| format!("create a temporary file in {}", dir.display()))?;
-    tmp.write_all(text.as_bytes())
-        .and_then(|_| tmp.as_file().sync_all())
-        .with_context(|| format!("write {}", tmp.path().display()))?;
-    fs::set_permissions(
-        tmp.path(),
-        fs::Permissions::from_mode(meta.permissions().mode() & 0o7777),
-    )
-    .with_context(|| format!("chmod {}", tmp.path().display()))?;
-    tmp.persist(file)
-        .map_err(|e| e.error)
-        .with_context(|| format!("write {}", file.display()))?;
+    let backup = backup(file)?;
+    replace_file(file, text, 0o644, false)?;
     Ok(backup)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    const V1_7: &str = include_str!("../setup/testdata/containerd-1.7.24.toml");
+    const V2_3: &str = include_str!("../setup/testdata/containerd-2.3.7.toml");
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: ConfigArgs,
+    }
+
+    /// `config ARGS` with the socket and mirror given (so no daemon config
+    /// file is read).
+    fn args(argv: &[&str]) -> ConfigArgs {
+        let fixed = [
+            "--socket",
+            "/run/a/s.sock",
+            "--mirror-listen",
+            "127.0.0.1:5050",
+        ];
+        Cli::try_parse_from(
+            std::iter::once("x")
+                .chain(fixed)
+                .chain(argv.iter().copied()),
+        )
+        .unwrap()
+        .config
+    }
+
+    /// `config --merge` on `file` with `extra` flags: what it reported.
+    fn merge_cmd(file: &Path, hosts: &Path, extra: &[&str]) -> Result<Vec<FileChange>> {
+        let mut argv = vec![
+            "--containerd-config",
+            file.to_str().unwrap(),
+            "--merge",
+            "--hosts-dir",
+            hosts.to_str().unwrap(),
+        ];
+        argv.extend_from_slice(extra);
+        let a = args(&argv);
+        a.check_spellings().map_err(anyhow::Error::msg)?;
+        let mut out = Out::new(true);
+        run_merge(&a.merge_file().unwrap(), &a, &mut out)?;
+        Ok(out.files)
+    }
+
+    const OURS: &str = "server = \"https://r.example\"\n[host.\"http://127.0.0.1:5050\"]\n  capabilities = [\"pull\", \"resolve\"]\n";
 
     #[test]
-    fn write_keeps_a_backup() {
+    fn write_keeps_a_backup_and_merges_the_existing_file() {
         let dir = tempfile::tempdir().unwrap();
-        let w = write_hosts(dir.path(), "_default", "a\n").unwrap();
+        let w = write_hosts(dir.path(), "_default", OURS).unwrap();
         let path = dir.path().join("_default/hosts.toml");
         assert_eq!(w, Written::Created(path.clone()));
+        assert_eq!(fs::read_to_string(&path).unwrap(), OURS);
         assert_eq!(
-            write_hosts(dir.path(), "_default", "a\n").unwrap(),
+            write_hosts(dir.path(), "_default", OURS).unwrap(),
             Written::Unchanged(path.clone())
         );
-        match write_hosts(dir.path(), "_default", "b\n").unwrap() {
+        // A site's file: its CA and host kept, ours first, a backup.
+        let site = "ca = \"/etc/ssl/ca.pem\"\n[host.\"https://cache.example\"]\n  capabilities = [\"pull\"]\n";
+        fs::write(&path, site).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+        match write_hosts(dir.path(), "_default", OURS).unwrap() {
             Written::Replaced { path: p, backup } => {
                 assert_eq!(p, path);
-                assert_eq!(fs::read_to_string(&backup).unwrap(), "a\n");
+                assert_eq!(fs::read_to_string(&backup).unwrap(), site);
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(fs::read_to_string(&path).unwrap(), "b\n");
-        match write_hosts(dir.path(), "_default", "c\n").unwrap() {
-            Written::Replaced { backup, .. } => {
-                assert_eq!(fs::read_to_string(backup).unwrap(), "b\n")
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(write_hosts(dir.path(), "../x", "a").is_err());
-        write_hosts(dir.path(), "quay.io", "q\n").unwrap();
+        let merged = fs::read_to_string(&path).unwrap();
+        let v: toml::Table = toml::from_str(&merged).unwrap();
+        assert_eq!(v["ca"].as_str(), Some("/etc/ssl/ca.pem"));
+        assert_eq!(v["server"].as_str(), Some("https://r.example"));
+        let mirror = merged.find("127.0.0.1:5050").unwrap();
+        assert!(mirror < merged.find("cache.example").unwrap(), "{merged}");
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o640);
+        assert!(write_hosts(dir.path(), "../x", OURS).is_err());
+        write_hosts(dir.path(), "quay.io", OURS).unwrap();
         assert_eq!(
             bypassing(dir.path(), &["_default".into()]),
             [dir.path().join("quay.io")]
         );
         assert!(bypassing(dir.path(), &["_default".into(), "quay.io".into()]).is_empty());
+        // Not TOML: refused, named, left alone.
+        fs::write(&path, "[host\n").unwrap();
+        let err = write_hosts(dir.path(), "_default", OURS).unwrap_err();
+        assert!(
+            format!("{err:#}").contains(&path.display().to_string()),
+            "{err:#}"
+        );
+        assert_eq!(fs::read_to_string(&path).unwrap(), "[host\n");
     }
 
     #[test]
-    fn config_write_keeps_mode_and_backup() {
-        use std::os::unix::fs::PermissionsExt;
+    fn config_write_keeps_mode_owner_and_backup() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("config.toml");
         fs::write(&file, "version = 2\n").unwrap();
         fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+        // Another owner, when this test may give one (as root).
+        let owner = if rustix::process::geteuid().is_root() {
+            std::os::unix::fs::chown(&file, Some(4321), Some(4322)).unwrap();
+            (4321, 4322)
+        } else {
+            let m = fs::metadata(&file).unwrap();
+            (m.uid(), m.gid())
+        };
         let backup = write_config(&file, "version = 2\n# x\n").unwrap();
         assert_eq!(fs::read_to_string(&backup).unwrap(), "version = 2\n");
         assert!(backup.to_string_lossy().ends_with(".bak"));
         assert_eq!(fs::read_to_string(&file).unwrap(), "version = 2\n# x\n");
-        assert_eq!(
-            fs::metadata(&file).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        let m = fs::metadata(&file).unwrap();
+        assert_eq!(m.mode() & 0o777, 0o600);
+        assert_eq!((m.uid(), m.gid()), owner);
         let second = write_config(&file, "version = 2\n").unwrap();
         assert_ne!(second, backup);
+        // Newest last, `.1.bak` after `.bak` of the same second.
+        assert_eq!(backups_of(&file), [backup, second]);
+    }
+
+    #[test]
+    fn a_symlinked_config_is_edited_at_its_target_and_reverted() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        fs::create_dir(&real).unwrap();
+        let target = real.join("containerd.toml");
+        fs::write(&target, V1_7).unwrap();
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o600)).unwrap();
+        let link = dir.path().join("config.toml");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let hosts = dir.path().join("certs.d");
+
+        merge_cmd(&link, &hosts, &[]).unwrap();
+        assert!(fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        let merged = fs::read_to_string(&target).unwrap();
+        assert!(merged.contains("/run/a/s.sock"), "{merged}");
+        assert_eq!(fs::metadata(&target).unwrap().mode() & 0o777, 0o600);
+        let backups = backups_of(&target);
+        assert_eq!(backups.len(), 1, "the backup is beside the target");
+        assert!(backups_of(&link).is_empty());
+        assert!(hosts.join("_default/hosts.toml").is_file());
+
+        // --revert restores the backup, at the target, and drops it.
+        let files = merge_cmd(&link, &hosts, &["--revert", "--dry-run"]).unwrap();
+        assert_eq!(files[0].action, "restore");
+        assert_eq!(fs::read_to_string(&target).unwrap(), merged);
+        merge_cmd(&link, &hosts, &["--revert"]).unwrap();
+        assert_eq!(fs::read_to_string(&target).unwrap(), V1_7);
+        assert!(fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(fs::metadata(&target).unwrap().mode() & 0o777, 0o600);
+        assert!(backups_of(&target).is_empty());
+        // Nothing left to revert: said, nothing written.
+        merge_cmd(&link, &hosts, &["--revert"]).unwrap();
+        assert_eq!(fs::read_to_string(&target).unwrap(), V1_7);
+    }
+
+    #[test]
+    fn revert_refuses_when_the_file_changed_since_the_merge() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        fs::write(&file, V1_7).unwrap();
+        let hosts = dir.path().join("certs.d");
+        merge_cmd(&file, &hosts, &[]).unwrap();
+        // The wiring's own values edited: still ours, revert works.
+        let merged = fs::read_to_string(&file).unwrap();
+        fs::write(&file, merged.replace("/run/a/s.sock", "/run/b/s.sock")).unwrap();
+        let files = merge_cmd(&file, &hosts, &["--revert", "--dry-run"]).unwrap();
+        assert_eq!(files[0].action, "restore");
+        // Something else edited: refused, the backup named, nothing written.
+        let changed = format!("{merged}# a site edit\n");
+        fs::write(&file, &changed).unwrap();
+        let backup = backups_of(&file).pop().unwrap();
+        let err = merge_cmd(&file, &hosts, &["--revert"]).unwrap_err();
+        let err = format!("{err:#}");
+        assert!(err.contains(&backup.display().to_string()), "{err}");
+        assert!(err.contains("has changed since"), "{err}");
+        assert_eq!(fs::read_to_string(&file).unwrap(), changed);
+        assert!(backup.exists());
+    }
+
+    #[test]
+    fn dry_run_shows_every_file_and_writes_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        fs::write(&file, V1_7).unwrap();
+        let hosts = dir.path().join("certs.d");
+        fs::create_dir_all(hosts.join("_default")).unwrap();
+        let site = "[host.\"https://cache.example\"]\n  capabilities = [\"pull\"]\n";
+        fs::write(hosts.join("_default/hosts.toml"), site).unwrap();
+        let files = merge_cmd(&file, &hosts, &["--dry-run", "--registry", "quay.io"]).unwrap();
+        let summary: Vec<(&str, &str)> = files.iter().map(|f| (f.kind, f.action)).collect();
+        assert_eq!(
+            summary,
+            [
+                ("containerd-config", "update"),
+                ("hosts", "update"),
+                ("hosts", "create")
+            ]
+        );
+        assert_eq!(
+            files[1].path,
+            hosts.join("_default/hosts.toml").display().to_string()
+        );
+        assert!(
+            files[1].diff.contains("+[host.\"http://127.0.0.1:5050\"]"),
+            "{}",
+            files[1].diff
+        );
+        assert!(
+            !files[1].diff.contains("-[host.\"https://cache.example\"]"),
+            "{}",
+            files[1].diff
+        );
+        assert!(
+            files[2].diff.starts_with("--- /dev/null"),
+            "{}",
+            files[2].diff
+        );
+        assert_eq!(fs::read_to_string(&file).unwrap(), V1_7);
+        assert_eq!(
+            fs::read_to_string(hosts.join("_default/hosts.toml")).unwrap(),
+            site
+        );
+        assert!(!hosts.join("quay.io").exists());
+        assert!(backups_of(&file).is_empty());
+        // The JSON's field names.
+        let v = serde_json::to_value(&files[0]).unwrap();
+        let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["action", "diff", "kind", "path"]);
+    }
+
+    #[test]
+    fn a_drop_in_is_listed_and_reverted_by_removal() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        let conf_d = dir.path().join("conf.d");
+        fs::write(
+            &file,
+            V2_3.replace("/etc/containerd/conf.d", conf_d.to_str().unwrap()),
+        )
+        .unwrap();
+        let hosts = dir.path().join("certs.d");
+        let files = merge_cmd(&file, &hosts, &[]).unwrap();
+        assert_eq!((files[0].kind, files[0].action), ("drop-in", "create"));
+        let drop_in = conf_d.join("airgap-snapshotter.toml");
+        assert!(drop_in.is_file());
+        let files = merge_cmd(&file, &hosts, &["--revert"]).unwrap();
+        assert_eq!((files[0].kind, files[0].action), ("drop-in", "remove"));
+        assert!(!drop_in.exists());
+    }
+
+    #[test]
+    fn old_spellings_still_parse_and_must_agree_with_the_new() {
+        let a = Cli::try_parse_from(["x", "--mirror", "10.0.0.1:5000", "--write", "/srv/certs.d"])
+            .unwrap()
+            .config;
+        assert_eq!(a.mirror(), "10.0.0.1:5000");
+        assert_eq!(a.write_dir(), Some(PathBuf::from("/srv/certs.d")));
+        assert_eq!(hosts_dir(&a), Path::new("/srv/certs.d"));
+        let a = args(&["--hosts-dir", "/srv/h", "--write"]);
+        assert_eq!(a.write_dir(), Some(PathBuf::from("/srv/h")));
+        let a = args(&["--merge", "/etc/c.toml"]);
+        assert_eq!(a.merge_file(), Some(PathBuf::from("/etc/c.toml")));
+        let a = args(&["--merge", "--dry-run"]);
+        assert_eq!(
+            a.merge_file(),
+            Some(PathBuf::from(
+                airgap_snapshotter::setup::DEFAULT_CONTAINERD_CONFIG
+            ))
+        );
+        assert!(a.dry_run);
+        let a = args(&["--containerd-config", "/a.toml", "--merge", "/b.toml"]);
+        assert!(a.check_spellings().unwrap_err().contains("/b.toml"));
+        let a = args(&["--hosts-dir", "/a", "--write", "/b"]);
+        assert!(a.check_spellings().is_err());
+        let a = args(&["--containerd-config", "/a.toml"]);
+        assert!(a.check_spellings().unwrap_err().contains("--merge"));
+        assert!(args(&["--hosts-dir", "/a", "--write", "/a"])
+            .check_spellings()
+            .is_ok());
     }
 }

@@ -5,29 +5,101 @@ use std::process::ExitCode;
 
 use airgap_snapshotter::catalog::verify::verify_archive;
 use airgap_snapshotter::catalog::FileKey;
-use airgap_snapshotter::config::DEFAULT_ARCHIVES;
 use anyhow::{Context, Result};
+use serde::Serialize;
 
 use super::{open_catalog, progress_bar};
 
 #[derive(clap::Args, Debug)]
 pub struct VerifyArgs {
-    /// A directory of archives (repeatable); used when no ARCHIVE is given.
-    #[arg(long = "archives", value_name = "DIR", default_value = DEFAULT_ARCHIVES)]
+    /// A directory of archives (repeatable); used when no ARCHIVE is given
+    /// [default: the config file's `archives`, else
+    /// /var/lib/airgap-snapshotter/archives].
+    #[arg(long = "archives", value_name = "DIR")]
     pub archives: Vec<PathBuf>,
+    /// The daemon's config file, for its `archives`
+    /// [default: /etc/airgap-snapshotter/config.toml when it exists].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Archive files to check (default: every archive in the directories).
     #[arg(value_name = "ARCHIVE")]
     pub files: Vec<PathBuf>,
+    /// Print one JSON object (see docs/reference.md) instead of lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One failure of `verify --json`.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct FailureJson {
+    /// The blob or layer, when the failure is about one.
+    pub digest: Option<String>,
+    pub reason: String,
+}
+
+/// One archive of `verify --json`.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct ArchiveJson {
+    pub path: String,
+    pub ok: bool,
+    /// Blobs and images indexed (0 when the archive could not be read).
+    pub blobs: usize,
+    pub images: usize,
+    pub failures: Vec<FailureJson>,
+}
+
+/// `verify --json`: the field names are stable (docs/reference.md).
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct VerifyJson {
+    /// True when every archive holds (exit status 0).
+    pub ok: bool,
+    pub archives: Vec<ArchiveJson>,
+}
+
+impl VerifyJson {
+    fn push(
+        &mut self,
+        path: &std::path::Path,
+        blobs: usize,
+        images: usize,
+        failures: Vec<FailureJson>,
+    ) {
+        self.ok &= failures.is_empty();
+        self.archives.push(ArchiveJson {
+            path: path.display().to_string(),
+            ok: failures.is_empty(),
+            blobs,
+            images,
+            failures,
+        });
+    }
 }
 
 pub fn run(args: VerifyArgs) -> Result<ExitCode> {
     let mut archives = Vec::new();
-    let mut failed = 0usize;
-    if args.files.is_empty() {
-        let catalog = open_catalog(args.archives, None)?;
-        for (path, reason) in catalog.broken() {
+    let mut report = VerifyJson {
+        ok: true,
+        archives: Vec::new(),
+    };
+    let unreadable = |report: &mut VerifyJson, path: &std::path::Path, reason: String| {
+        if !args.json {
             println!("FAIL {}: {reason}", path.display());
-            failed += 1;
+        }
+        report.push(
+            path,
+            0,
+            0,
+            vec![FailureJson {
+                digest: None,
+                reason,
+            }],
+        );
+    };
+    if args.files.is_empty() {
+        let dirs = super::archive_dirs(args.archives.clone(), args.config.as_deref())?;
+        let catalog = open_catalog(dirs, None)?;
+        for (path, reason) in catalog.broken() {
+            unreadable(&mut report, &path, reason.to_string());
         }
         archives.extend(catalog.archives().iter().map(|a| a.index.clone()));
     } else {
@@ -41,10 +113,7 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
                 });
             match result {
                 Ok(index) => archives.push(index),
-                Err(e) => {
-                    println!("FAIL {}: {e}", path.display());
-                    failed += 1;
-                }
+                Err(e) => unreadable(&mut report, path, e),
             }
         }
     }
@@ -58,26 +127,41 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
         bar.set_message(index.path.display().to_string());
         let failures = verify_archive(index, &file, &mut |pos| bar.set_position(pos));
         bar.finish_and_clear();
-        if failures.is_empty() {
-            println!(
-                "ok   {} ({} blobs, {} images)",
-                index.path.display(),
-                index.blobs.len(),
-                index.images.len()
-            );
-        }
-        for f in &failures {
-            failed += 1;
-            match f.digest {
-                Some(d) => println!("FAIL {}: {d}: {}", index.path.display(), f.reason),
-                None => println!("FAIL {}: {}", index.path.display(), f.reason),
+        if !args.json {
+            if failures.is_empty() {
+                println!(
+                    "ok   {} ({} blobs, {} images)",
+                    index.path.display(),
+                    index.blobs.len(),
+                    index.images.len()
+                );
+            }
+            for f in &failures {
+                match f.digest {
+                    Some(d) => println!("FAIL {}: {d}: {}", index.path.display(), f.reason),
+                    None => println!("FAIL {}: {}", index.path.display(), f.reason),
+                }
             }
         }
+        report.push(
+            &index.path,
+            index.blobs.len(),
+            index.images.len(),
+            failures
+                .iter()
+                .map(|f| FailureJson {
+                    digest: f.digest.map(|d| d.to_string()),
+                    reason: f.reason.clone(),
+                })
+                .collect(),
+        );
     }
-    if archives.is_empty() && failed == 0 {
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if report.archives.is_empty() {
         println!("no archives found");
     }
-    Ok(if failed == 0 {
+    Ok(if report.ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(crate::exit::PROBLEMS)

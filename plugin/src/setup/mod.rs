@@ -9,6 +9,7 @@
 //! [`merge`] edits an existing config.toml to match it.
 
 pub mod dropin;
+pub mod hosts;
 pub mod merge;
 pub mod registries;
 
@@ -21,41 +22,72 @@ pub const DEFAULT_HOSTS_DIR: &str = "/etc/containerd/certs.d";
 /// The proxy plugin's name in containerd's config.
 pub const SNAPSHOTTER: &str = "airgap";
 
-#[derive(clap::Args, Debug, Clone)]
+/// containerd's config file by convention (`--containerd-config`).
+pub const DEFAULT_CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
+
+/// `config`'s arguments. The names are those of the other commands for the
+/// same things (`--socket`, `--mirror-listen`, `--hosts-dir`,
+/// `--containerd-config`, `--config`); the old spellings (`--mirror ADDR`,
+/// `--write DIR`, `--merge FILE`) still parse, for one release.
+#[derive(clap::Args, Debug, Clone, Default)]
 pub struct ConfigArgs {
+    /// The daemon's config file: `socket` and `mirror_listen` come from it
+    /// unless given [default: /etc/airgap-snapshotter/config.toml when it
+    /// exists].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// containerd version the fragment is for: 1.6, 1.7 (the default) or 2
     /// (2.x). With --merge, read from the file's `version` unless given.
     #[arg(long, value_name = "1.6|1.7|2", value_parser = parse_version)]
     pub containerd: Option<ContainerdVersion>,
-    /// The daemon's snapshotter socket.
-    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
-    pub socket: PathBuf,
-    /// The mirror's address (`serve --mirror-listen`), or `off` for no mirror
-    /// in hosts.toml.
-    #[arg(long, value_name = "ADDR", default_value = DEFAULT_MIRROR_LISTEN)]
-    pub mirror: String,
+    /// The daemon's snapshotter socket (`serve --socket`)
+    /// [default: the config file's `socket`, else
+    /// /run/airgap-snapshotter/snapshotter.sock].
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// The mirror's address (`serve --mirror-listen`), or `off` for no
+    /// mirror in hosts.toml [default: the config file's `mirror_listen`,
+    /// else 127.0.0.1:5050].
+    #[arg(long = "mirror-listen", alias = "mirror", value_name = "ADDR|off")]
+    pub mirror_listen: Option<String>,
     /// The private registry containerd tries after the mirror
     /// (`https://host[:port]`); without it, each image's own registry.
     #[arg(long, value_name = "URL")]
     pub upstream: Option<String>,
-    /// Write `DIR/_default/hosts.toml` (and `DIR/<registry>/hosts.toml` for
-    /// each --registry) instead of only printing; a replaced file is kept as
-    /// `hosts.toml.<unix time>.bak`.
+    /// The registry hosts directory: CRI's `config_path`, where --write and
+    /// --merge write the hosts.toml files [default: /etc/containerd/certs.d].
     #[arg(long, value_name = "DIR")]
-    pub write: Option<PathBuf>,
+    pub hosts_dir: Option<PathBuf>,
+    /// Write `DIR/_default/hosts.toml` (and `DIR/<registry>/hosts.toml` for
+    /// each --registry) into --hosts-dir DIR instead of only printing; an
+    /// existing file is merged (its CA, auth and other hosts kept, the
+    /// mirror first) and the previous one kept as
+    /// `hosts.toml.<unix time>.bak`. (`--write DIR`: the old spelling of
+    /// `--hosts-dir DIR --write`.)
+    #[arg(long, value_name = "DIR", num_args = 0..=1)]
+    pub write: Option<Option<PathBuf>>,
     /// Also write a hosts.toml for this registry (repeatable): containerd
     /// reads `DIR/<registry>/hosts.toml` instead of `_default` when it exists.
     #[arg(long = "registry", value_name = "HOST")]
     pub registries: Vec<String>,
-    /// Edit this containerd config.toml in place instead of printing the
-    /// fragment: comments and order kept, a backup `FILE.<unix time>.bak`,
-    /// a unified diff printed; the hosts.toml files are written too
-    /// (into --write DIR, default /etc/containerd/certs.d).
+    /// containerd's config file, for --merge [default: /etc/containerd/config.toml].
     #[arg(long, value_name = "FILE")]
-    pub merge: Option<PathBuf>,
-    /// With --merge or --registries-yaml: print the diff, write nothing.
+    pub containerd_config: Option<PathBuf>,
+    /// Edit --containerd-config FILE in place instead of printing the
+    /// fragment: comments and order kept, a backup `FILE.<unix time>.bak`,
+    /// owner and mode kept (a symlink is followed), a unified diff printed;
+    /// the hosts.toml files are written too (into --hosts-dir). (`--merge
+    /// FILE`: the old spelling of `--containerd-config FILE --merge`.)
+    #[arg(long, value_name = "FILE", num_args = 0..=1)]
+    pub merge: Option<Option<PathBuf>>,
+    /// With --merge or --registries-yaml: print the diffs (of config.toml
+    /// or its drop-in, and of each hosts.toml), write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// With --dry-run: print one JSON object `{files: [...]}` instead of
+    /// the diffs (see docs/reference.md).
+    #[arg(long, requires = "dry_run")]
+    pub json: bool,
     /// With --merge: edit FILE itself even when it imports a drop-in
     /// directory (by default a 2.x config whose `imports` has a glob such as
     /// `/etc/containerd/conf.d/*.toml`, the default from containerd 2.2,
@@ -63,8 +95,9 @@ pub struct ConfigArgs {
     #[arg(long, requires = "merge")]
     pub no_drop_in: bool,
     /// With --merge: undo it: remove the drop-in file `--merge` wrote for
-    /// FILE (only a file it wrote: the first line says so). An edited
-    /// config.toml is not touched: its backups are named.
+    /// FILE (only a file it wrote: the first line says so), or, when it
+    /// edited FILE in place, restore the backup it made (only when FILE has
+    /// not changed since but for the wiring).
     #[arg(long, requires = "merge", conflicts_with = "no_drop_in")]
     pub revert: bool,
     /// k3s / rke2: put the mirror first in this registries.yaml
@@ -79,6 +112,78 @@ pub struct ConfigArgs {
     /// `config.toml.tmpl`).
     #[arg(long, conflicts_with_all = ["merge", "write", "registries_yaml", "dry_run"])]
     pub containerd_template: bool,
+}
+
+/// A path given as the optional value of `--write [DIR]` / `--merge [FILE]`.
+fn given(p: &Option<Option<PathBuf>>) -> Option<&Path> {
+    p.as_ref().and_then(|p| p.as_deref())
+}
+
+impl ConfigArgs {
+    /// The daemon's socket: `--socket`, else the default.
+    pub fn socket(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+    }
+
+    /// The mirror's address: `--mirror-listen`, else the default.
+    pub fn mirror(&self) -> String {
+        self.mirror_listen
+            .clone()
+            .unwrap_or_else(|| DEFAULT_MIRROR_LISTEN.to_string())
+    }
+
+    /// containerd's config file `--merge` edits: `--containerd-config`, else
+    /// `--merge FILE`, else [`DEFAULT_CONTAINERD_CONFIG`]; `None` without
+    /// --merge.
+    pub fn merge_file(&self) -> Option<PathBuf> {
+        self.merge.as_ref()?;
+        Some(
+            self.containerd_config
+                .clone()
+                .or_else(|| given(&self.merge).map(Path::to_path_buf))
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTAINERD_CONFIG)),
+        )
+    }
+
+    /// Where the hosts.toml files are written, if they are: with --write.
+    pub fn write_dir(&self) -> Option<PathBuf> {
+        self.write.as_ref().map(|_| hosts_dir(self))
+    }
+
+    /// Two spellings given two different paths: a usage error, named.
+    pub fn check_spellings(&self) -> Result<(), String> {
+        let pairs = [
+            (
+                "--hosts-dir",
+                self.hosts_dir.as_deref(),
+                "--write",
+                given(&self.write),
+            ),
+            (
+                "--containerd-config",
+                self.containerd_config.as_deref(),
+                "--merge",
+                given(&self.merge),
+            ),
+        ];
+        for (new, a, old, b) in pairs {
+            if let (Some(a), Some(b)) = (a, b) {
+                if a != b {
+                    return Err(format!(
+                        "{new} {} and {old} {} name two different paths: give {new} only",
+                        a.display(),
+                        b.display()
+                    ));
+                }
+            }
+        }
+        if self.containerd_config.is_some() && self.merge.is_none() {
+            return Err("--containerd-config goes with --merge".into());
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -214,11 +319,12 @@ pub fn cri_registry_table(version: ContainerdVersion) -> Vec<&'static str> {
     }
 }
 
-/// The hosts directory the wiring points CRI at: `--write`, else
-/// [`DEFAULT_HOSTS_DIR`].
+/// The hosts directory the wiring points CRI at: `--hosts-dir` (or the old
+/// `--write DIR`), else [`DEFAULT_HOSTS_DIR`].
 pub fn hosts_dir(args: &ConfigArgs) -> PathBuf {
-    args.write
+    args.hosts_dir
         .clone()
+        .or_else(|| given(&args.write).map(Path::to_path_buf))
         .unwrap_or_else(|| PathBuf::from(DEFAULT_HOSTS_DIR))
 }
 
@@ -319,7 +425,7 @@ impl Wiring {
     pub fn from_args(args: &ConfigArgs) -> Self {
         Self::new(
             args.containerd.unwrap_or(ContainerdVersion::V1),
-            &args.socket,
+            &args.socket(),
             &hosts_dir(args),
         )
     }
@@ -466,7 +572,7 @@ pub fn hosts_toml(args: &ConfigArgs) -> String {
         Some(u) => out.push_str(&format!("server = {}\n", toml_str(u.trim_end_matches('/')))),
         None => out.push_str("# (no server: the registry the image name says)\n"),
     }
-    if let Some(m) = mirror_url(&args.mirror) {
+    if let Some(m) = mirror_url(&args.mirror()) {
         out.push_str(&format!(
             "\n# airgap-snapshotter's mirror: images from the airgap archives\n\
              [host.{}]\n  capabilities = [\"pull\", \"resolve\"]\n",

@@ -459,18 +459,90 @@ fn the_synopsis_matches_help() {
             "`{cmd}`: the synopsis' flags (left) against `{cmd} --help` (right)"
         );
     }
-    // The README's table of commands names the same ones.
+}
+
+/// `--help`'s list of commands with their one-line summaries.
+fn help_summaries() -> Vec<(String, String)> {
+    let (ok, out) = run(&["--help"]);
+    assert!(ok, "--help failed: {out}");
+    out.lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| {
+            let l = l.trim();
+            let (cmd, about) = l.split_once(char::is_whitespace)?;
+            (cmd != "help").then(|| (cmd.to_string(), about.trim().to_string()))
+        })
+        .collect()
+}
+
+/// Lower-cased first letter, no final period, one space between words,
+/// no backticks: a summary as the README and `--help` may each write it.
+fn normalized(s: &str) -> String {
+    let s = s.replace('`', "");
+    let s = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let s = s.trim_end_matches('.');
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) => c.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// The README's synopsis of the commands (the table under `## Commands`)
+/// is `--help`'s: the same commands in the same order, each with the same
+/// summary; and its exit codes are those `--help` lists.
+#[test]
+fn the_readme_synopsis_matches_help() {
     let readme = std::fs::read_to_string(repo().join("README.md")).expect("read README.md");
-    let row_re = regex::Regex::new(r"(?m)^\| `([a-z]+)` \|").expect("regex");
-    let listed: BTreeSet<String> = row_re
+    let row_re = regex::Regex::new(r"(?m)^\| `([a-z]+)` \| (.*?) \|$").expect("regex");
+    let rows: Vec<(String, String)> = row_re
         .captures_iter(&readme)
-        .map(|c| c[1].to_string())
+        .map(|c| (c[1].to_string(), normalized(&c[2])))
+        .collect();
+    let help: Vec<(String, String)> = help_summaries()
+        .into_iter()
+        .map(|(c, a)| (c, normalized(&a)))
         .collect();
     assert_eq!(
-        listed,
-        help_commands(),
-        "README's table of commands against --help"
+        rows, help,
+        "README's table of commands (left) against `airgap-snapshotter --help` (right)"
     );
+
+    let (ok, out) = run(&["--help"]);
+    assert!(ok, "--help failed: {out}");
+    let code_re = regex::Regex::new(r"^\s+([0-9])\s+([^(]+)").expect("regex");
+    let codes: Vec<String> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("Exit codes:"))
+        .filter_map(|l| {
+            code_re
+                .captures(l)
+                .map(|c| format!("{} {}", &c[1], c[2].trim()))
+        })
+        .collect();
+    assert_eq!(codes.len(), 4, "--help lists exit codes 0 to 3: {out}");
+    let flat = normalized(&readme);
+    for code in codes {
+        assert!(
+            flat.contains(&code),
+            "README does not give the exit code `{code}` as --help does"
+        );
+    }
+}
+
+/// The synopsis' test fails when a flag is missing from it or a summary
+/// differs: its comparison is not vacuous.
+#[test]
+fn help_lists_commands_and_flags() {
+    assert!(help_flags("config").contains("hosts-dir"));
+    assert!(
+        !help_flags("config").contains("mirror"),
+        "--mirror is a hidden alias"
+    );
+    assert_eq!(help_summaries().len(), help_commands().len());
+    assert_eq!(normalized("Run `it`  now."), "run it now");
 }
 
 /// Every `sed -i ... /etc/airgap-snapshotter/airgap-snapshotter.toml` the

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use airgap_snapshotter::catalog::index::{index_archive, IndexError};
 use airgap_snapshotter::catalog::verify::verify_archive;
 use airgap_snapshotter::catalog::FileKey;
 use anyhow::{Context, Result};
@@ -81,39 +82,41 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
         ok: true,
         archives: Vec::new(),
     };
-    let unreadable = |report: &mut VerifyJson, path: &std::path::Path, reason: String| {
+    let unreadable = |report: &mut VerifyJson,
+                      path: &std::path::Path,
+                      digest: Option<String>,
+                      reason: String| {
         if !args.json {
             println!("FAIL {}: {reason}", path.display());
         }
-        report.push(
-            path,
-            0,
-            0,
-            vec![FailureJson {
-                digest: None,
-                reason,
-            }],
-        );
+        report.push(path, 0, 0, vec![FailureJson { digest, reason }]);
     };
     if args.files.is_empty() {
         let dirs = super::archive_dirs(args.archives.clone(), args.config.as_deref())?;
         let catalog = open_catalog(dirs, None)?;
         for (path, reason) in catalog.broken() {
-            unreadable(&mut report, &path, reason.to_string());
+            unreadable(&mut report, &path, None, reason.to_string());
         }
         archives.extend(catalog.archives().iter().map(|a| a.index.clone()));
     } else {
         for path in &args.files {
             let result = std::fs::File::open(path)
                 .and_then(|f| Ok((f.metadata()?, f)))
-                .map_err(|e| e.to_string())
+                .map_err(|e| (None, e.to_string()))
                 .and_then(|(meta, f)| {
-                    airgap_snapshotter::catalog::index::index_archive(path, &f, FileKey::of(&meta))
-                        .map_err(|e| e.to_string())
+                    index_archive(path, &f, FileKey::of(&meta)).map_err(|e| {
+                        // A blob read while indexing (a manifest, a config,
+                        // a layer for its diffID) is checked there already.
+                        let digest = match &e {
+                            IndexError::DigestMismatch { digest, .. } => Some(digest.to_string()),
+                            _ => None,
+                        };
+                        (digest, e.to_string())
+                    })
                 });
             match result {
                 Ok(index) => archives.push(index),
-                Err(e) => unreadable(&mut report, path, e),
+                Err((digest, reason)) => unreadable(&mut report, path, digest, reason),
             }
         }
     }

@@ -335,6 +335,19 @@ fn config_merge(test: &str) -> Result<()> {
                 .any(|b| b.contains("address") && b.contains(&socket)),
         "a wrong socket: {bad:#?}"
     );
+
+    eprintln!("== {test}: config --merge --revert restores the backup of the in-place merge");
+    let config = containerd.config_path().to_path_buf();
+    let out = merge(&config, &["--revert"])?;
+    ensure!(
+        std::fs::read_to_string(&config)? == format!("{COMMENT}{text}"),
+        "--revert did not restore the original config:\n{out}"
+    );
+    let left: Vec<_> = std::fs::read_dir(config.parent().context("config's directory")?)?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".bak"))
+        .collect();
+    ensure!(left.is_empty(), "the restored backup is left: {left:?}");
     Ok(())
 }
 

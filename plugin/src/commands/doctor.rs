@@ -15,7 +15,7 @@ use airgap_snapshotter::doctor::{
     config_file, hosts, images, probe, rewrites, upstream, Check, ImageStatus, Report, Status,
 };
 use airgap_snapshotter::registry::Upstreams;
-use airgap_snapshotter::setup::{platform, DEFAULT_HOSTS_DIR};
+use airgap_snapshotter::setup::{platform, DEFAULT_CONTAINERD_CONFIG, DEFAULT_HOSTS_DIR};
 use anyhow::{Context, Result};
 
 use super::open_catalog;
@@ -30,7 +30,7 @@ pub struct DoctorArgs {
     #[arg(
         long,
         value_name = "FILE",
-        default_value = "/etc/containerd/config.toml"
+        default_value = DEFAULT_CONTAINERD_CONFIG
     )]
     pub containerd_config: PathBuf,
     /// The registry hosts directory [default: CRI's config_path in the

@@ -488,3 +488,83 @@ fn signatures_made_by_cosign_are_accepted_on_the_node() {
         Ok(())
     });
 }
+
+/// (d) The snapshotter's remote path under `enforce`: with the images in a
+/// registry too (no mirror), a CRI pull of the unsigned archived image
+/// works, but its layers are downloaded from the registry, not taken from
+/// the archive (the refusal is logged with `action=mount`); the signed
+/// image's layers come from the archive, none downloaded.
+#[test]
+fn enforce_takes_no_unsigned_layer_from_the_archives() {
+    let test = "enforce_mount";
+    if !can_run(test) {
+        return;
+    }
+    if let Err(err) = enforce_mount(test) {
+        panic!("{test}: {err:#}");
+    }
+    eprintln!("== {test}: passed");
+}
+
+fn enforce_mount(test: &str) -> Result<()> {
+    let _serial = serial()?;
+    let registry = Registry::start()?;
+    let work = TestDir::new(test)?;
+    let (key, public) = key_pair(work.path(), "site")?;
+    let host = registry.host();
+    let mut built = Vec::new();
+    for name in ["signedlayers", "plainlayers"] {
+        let spec = image::sample_spec(&host, name, "v1")?;
+        let b = image::write_oci_archive(&spec, &work.path().join(format!("{name}.tar")))?;
+        registry.push_oci_archive(&b.archive, "v1", &format!("library/{name}:v1"))?;
+        built.push(b);
+    }
+    let (signed, plain) = (&built[0], &built[1]);
+    let bundle = work.path().join("bundle.tar.zst");
+    pack(&bundle, &[&signed.archive], Some(&key), &[&signed.name])?;
+    let config = work.path().join("daemon.toml");
+    std::fs::write(&config, enforce_config(&public))?;
+    let daemon = Daemon::start_with_args(
+        &[&bundle, &plain.archive],
+        &["--config", &config.to_string_lossy()],
+    )?;
+    let containerd = PrivateContainerd::start(daemon.socket(), &ContainerdOptions::default())?;
+    let mut cri = CriClient::connect(containerd.address())?;
+    let layer_gets = |b: &BuiltImage, mark: usize| -> Vec<String> {
+        registry
+            .blob_gets_since(mark)
+            .into_iter()
+            .filter(|d| b.layer_digests.contains(d))
+            .collect()
+    };
+
+    let mark = registry.mark();
+    eprintln!("== {test}: CRI PullImage {} (signed)", signed.name);
+    cri.pull_image(&signed.name)?;
+    let gets = layer_gets(signed, mark);
+    ensure!(
+        gets.is_empty(),
+        "layers of the signed image were downloaded: {gets:?}\n{}",
+        process::tail(daemon.log_path(), 30)
+    );
+
+    let mark = registry.mark();
+    eprintln!("== {test}: CRI PullImage {} (unsigned)", plain.name);
+    cri.pull_image(&plain.name)?;
+    let gets = layer_gets(plain, mark);
+    ensure!(
+        gets.len() == plain.layer_digests.len(),
+        "the unsigned image's layers {:?} should all come from the registry, got {gets:?}",
+        plain.layer_digests
+    );
+    ensure!(
+        daemon.log().lines().any(|l| l.contains("refused")
+            && l.contains(&plain.name)
+            && l.contains("plainlayers.tar")
+            && l.contains("mount")),
+        "no refusal to mount {}'s layers in the daemon's log:\n{}",
+        plain.name,
+        process::tail(daemon.log_path(), 40)
+    );
+    Ok(())
+}

@@ -44,3 +44,53 @@ pub fn signatures_check(require: Require, survey: &[(ImageInfo, Verdict)]) -> Ve
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::index::ImageEntry;
+    use crate::digest::Digest;
+    use crate::doctor::Status;
+    use crate::trust::Invalid;
+
+    fn image(name: &str) -> ImageInfo {
+        ImageInfo {
+            entry: ImageEntry {
+                name: name.into(),
+                digest: Digest::of(name.as_bytes()),
+                media_type: String::new(),
+                size: 0,
+                platforms: Vec::new(),
+                manifests: Vec::new(),
+                synthesized: false,
+            },
+            archive: "/archives/bundle.tar.zst".into(),
+        }
+    }
+
+    #[test]
+    fn unsigned_and_bad_images_are_named_with_archive_and_reason() {
+        let survey = vec![
+            (
+                image("a:1"),
+                Verdict::Valid {
+                    key: "/k.pub".into(),
+                },
+            ),
+            (image("b:1"), Verdict::Unsigned),
+            (image("c:1"), Verdict::Invalid(Invalid::NoKey)),
+        ];
+        let checks = signatures_check(Require::Enforce, &survey);
+        assert_eq!(checks.len(), 2);
+        assert!(checks.iter().all(|c| c.status == Status::Fail));
+        assert!(checks[0].name.contains("b:1") && checks[0].detail.contains("unsigned"));
+        assert!(checks[1].detail.contains("bad signature"));
+        assert!(checks[1].detail.contains("/archives/bundle.tar.zst"));
+        let checks = signatures_check(Require::Warn, &survey);
+        assert!(checks.iter().all(|c| c.status == Status::Warn));
+        let checks = signatures_check(Require::Enforce, &survey[..1]);
+        assert_eq!(checks.len(), 1);
+        assert_eq!(checks[0].status, Status::Ok);
+        assert!(signatures_check(Require::Off, &[]).is_empty());
+    }
+}

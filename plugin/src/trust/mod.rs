@@ -229,8 +229,8 @@ impl Trust {
         if signatures.is_empty() {
             return Verdict::Unsigned;
         }
-        let key = (*digest, signatures.clone());
-        if let Some(v) = self.verdicts.lock().unwrap().get(&key) {
+        let cache_key = (*digest, signatures.clone());
+        if let Some(v) = self.verdicts.lock().unwrap().get(&cache_key) {
             return v.clone();
         }
         let mut first_error = None;
@@ -239,10 +239,7 @@ impl Trust {
             match self.check_manifest(catalog, digest, sig) {
                 Ok(key) => {
                     let v = Verdict::Valid { key };
-                    self.verdicts
-                        .lock()
-                        .unwrap()
-                        .insert(key_of(digest, &signatures), v.clone());
+                    self.verdicts.lock().unwrap().insert(cache_key, v.clone());
                     return v;
                 }
                 Err(e) => {
@@ -254,7 +251,7 @@ impl Trust {
         let v = Verdict::Invalid(first_error.unwrap_or(Invalid::NoKey));
         // A payload that could not be read is checked again next time.
         if !transient {
-            self.verdicts.lock().unwrap().insert(key, v.clone());
+            self.verdicts.lock().unwrap().insert(cache_key, v.clone());
         }
         v
     }
@@ -453,10 +450,6 @@ impl Trust {
         );
         out
     }
-}
-
-fn key_of(digest: &Digest, signatures: &[Digest]) -> (Digest, Vec<Digest>) {
-    (*digest, signatures.to_vec())
 }
 
 /// The signature manifests of `digest` in every archive (each once, in

@@ -148,6 +148,8 @@ fn key_pair(dir: &Path, name: &str) -> Result<(PathBuf, PathBuf)> {
 /// `airgap-snapshotter pack --from SOURCE... [--sign KEY] -o OUT REF...`.
 fn pack(out: &Path, sources: &[&Path], key: Option<&Path>, refs: &[&str]) -> Result<String> {
     let mut cmd = Command::new(daemon::binary()?);
+    // For a key cosign encrypted (cosign generate-key-pair).
+    cmd.env("COSIGN_PASSWORD", "airgap-e2e");
     cmd.arg("pack").arg("-o").arg(out);
     for s in sources {
         cmd.arg("--from").arg(s);
@@ -189,9 +191,17 @@ fn daemon_with_mirror(
 }
 
 fn enforce_config(public: &Path) -> String {
+    enforce_config_keys(&[public])
+}
+
+fn enforce_config_keys(keys: &[&Path]) -> String {
+    let keys: Vec<String> = keys
+        .iter()
+        .map(|k| format!("{:?}", k.display().to_string()))
+        .collect();
     format!(
-        "[verify]\nkeys = [\"{}\"]\nrequire = \"enforce\"\n",
-        public.display()
+        "[verify]\nkeys = [{}]\nrequire = \"enforce\"\n",
+        keys.join(", ")
     )
 }
 
@@ -219,11 +229,32 @@ fn cosign_verifies_signed_bundles_at_the_mirror() {
             Some(&other_key),
             &[&other.name],
         )?;
+        // A key cosign made (password-encrypted) signs as well.
+        let prefix = work.path().join("made-by-cosign");
+        let out = cosign.run(&[
+            "generate-key-pair",
+            "--output-key-prefix",
+            &prefix.to_string_lossy(),
+        ])?;
+        ensure!(
+            out.status.success(),
+            "cosign generate-key-pair: {}",
+            out.stderr
+        );
+        let by_cosign_key = sample(work.path(), "cosignkey")?;
+        let cosign_key_bundle = work.path().join("cosignkey.tar.zst");
+        pack(
+            &cosign_key_bundle,
+            &[&by_cosign_key.archive],
+            Some(&work.path().join("made-by-cosign.key")),
+            &[&by_cosign_key.name],
+        )?;
 
-        for config in [String::new(), enforce_config(&public)] {
+        let cosign_pub = work.path().join("made-by-cosign.pub");
+        for config in [String::new(), enforce_config_keys(&[&public, &cosign_pub])] {
             let (daemon, mirror) = daemon_with_mirror(
                 work.path(),
-                &[&bundle, &other_bundle, &plain.archive],
+                &[&bundle, &other_bundle, &cosign_key_bundle, &plain.archive],
                 &config,
                 &[],
             )?;
@@ -241,6 +272,9 @@ fn cosign_verifies_signed_bundles_at_the_mirror() {
                     signed.name,
                     process::tail(daemon.log_path(), 30)
                 ),
+            }
+            if let Err(e) = cosign.verify(&cosign_pub, &at_mirror(&by_cosign_key))? {
+                bail!("cosign verify of the image signed with cosign's key failed:\n{e}");
             }
             for (b, what) in [(&plain, "unsigned"), (&other, "signed with another key")] {
                 if let Ok(json) = cosign.verify(&public, &at_mirror(b))? {

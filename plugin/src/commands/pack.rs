@@ -41,9 +41,10 @@ pub struct PackArgs {
     /// Largest zstd frame in MiB (a blob always starts a new frame).
     #[arg(long, default_value_t = 4, value_name = "MIB")]
     pub frame_mib: usize,
-    /// Sign every image packed with this key (PEM, ECDSA P-256, PKCS#8 or
-    /// SEC1, unencrypted): cosign signatures stored in the archive, checked
-    /// on the node against `[verify] keys` and by `cosign verify --key`.
+    /// Sign every image packed with this key (PEM, ECDSA P-256: PKCS#8 or
+    /// SEC1, or cosign's encrypted cosign.key with COSIGN_PASSWORD): cosign
+    /// signatures stored in the archive, checked on the node against
+    /// `[verify] keys` and by `cosign verify --key`.
     #[arg(long, value_name = "KEY.pem")]
     pub sign: Option<PathBuf>,
     /// Image references to pack.

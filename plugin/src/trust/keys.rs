@@ -1,12 +1,12 @@
 //! Keys in files: PEM public keys for the node, a PEM private key for
 //! `pack --sign`. ECDSA P-256, the curve `cosign generate-key-pair` uses.
 //!
-//! Private keys are read unencrypted (PKCS#8 `PRIVATE KEY`, or SEC1 `EC
-//! PRIVATE KEY` as `openssl ecparam -genkey` writes). cosign's own
-//! password-encrypted key file is not read: the PEM key is the one
-//! generated (`openssl genpkey`), and `cosign import-key-pair` turns it
-//! into cosign's form for whoever signs with cosign too (see
-//! docs/bundles.md).
+//! Private keys are read as PEM: unencrypted PKCS#8 (`PRIVATE KEY`) or
+//! SEC1 (`EC PRIVATE KEY`, `openssl ecparam -genkey`), or cosign's own
+//! password-encrypted file (`cosign generate-key-pair`, `import-key-pair`):
+//! JSON holding the PKCS#8 key sealed with NaCl secretbox under an scrypt
+//! key of the password (go-securesystemslib's `encrypted` package), the
+//! password in `COSIGN_PASSWORD` as cosign takes it.
 
 use std::path::{Path, PathBuf};
 
@@ -112,15 +112,78 @@ pub fn read_private_key(path: &Path) -> Result<SigningKey, KeyError> {
         Some("ENCRYPTED PRIVATE KEY") => Err(bad(
             "encrypted: decrypt it first (`openssl pkcs8 -in KEY -out PLAIN.pem`)".into(),
         )),
-        Some(l) if l.contains("SIGSTORE") || l.contains("COSIGN") => Err(bad(
-            "cosign's password-encrypted key: pack signs with a PEM key (`openssl genpkey \
-             -algorithm EC -pkeyopt ec_paramgen_curve:P-256`); `cosign import-key-pair` \
-             gives cosign the same key"
-                .into(),
-        )),
+        Some(l @ ("ENCRYPTED SIGSTORE PRIVATE KEY" | "ENCRYPTED COSIGN PRIVATE KEY")) => {
+            let password = std::env::var("COSIGN_PASSWORD").map_err(|_| {
+                bad("cosign's encrypted key: set COSIGN_PASSWORD to its password".into())
+            })?;
+            let body = pem_body(&text, l).ok_or_else(|| bad("truncated PEM block".into()))?;
+            let der = decrypt_cosign(&body, password.as_bytes()).map_err(bad)?;
+            SigningKey::from_pkcs8_der(&der)
+                .map_err(|e| bad(format!("not an ECDSA P-256 private key: {e}")))
+        }
         Some(other) => Err(bad(format!(
             "a PEM {other:?}, not a \"PRIVATE KEY\" (ECDSA P-256, PKCS#8 or SEC1)"
         ))),
         None => Err(bad("no PEM block (-----BEGIN PRIVATE KEY-----)".into())),
     }
+}
+
+/// The base64 body of the PEM block labelled `label`, decoded.
+fn pem_body(text: &str, label: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let begin = format!("-----BEGIN {label}-----");
+    let end = format!("-----END {label}-----");
+    let start = text.find(&begin)? + begin.len();
+    let stop = start + text[start..].find(&end)?;
+    let b64: String = text[start..stop]
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    base64::engine::general_purpose::STANDARD.decode(b64).ok()
+}
+
+/// go-securesystemslib's `encrypted.Decrypt`: `{"kdf": {"name": "scrypt",
+/// "params": {"N", "r", "p"}, "salt"}, "cipher": {"name":
+/// "nacl/secretbox", "nonce"}, "ciphertext"}`, byte fields in base64.
+pub(super) fn decrypt_cosign(json: &[u8], password: &[u8]) -> Result<Vec<u8>, String> {
+    use base64::Engine;
+    use crypto_secretbox::aead::{Aead, KeyInit};
+    let doc: serde_json::Value =
+        serde_json::from_slice(json).map_err(|e| format!("cosign key is not JSON: {e}"))?;
+    let b64 = |v: &serde_json::Value, what: &str| {
+        v.as_str()
+            .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+            .ok_or_else(|| format!("cosign key: {what} missing or not base64"))
+    };
+    let kdf = &doc["kdf"];
+    let cipher = &doc["cipher"];
+    if kdf["name"] != "scrypt" || cipher["name"] != "nacl/secretbox" {
+        return Err(format!(
+            "cosign key: kdf {} and cipher {}, expected scrypt and nacl/secretbox",
+            kdf["name"], cipher["name"]
+        ));
+    }
+    let n = kdf["params"]["N"].as_u64().unwrap_or(0);
+    let (r, p) = (
+        kdf["params"]["r"].as_u64().unwrap_or(0) as u32,
+        kdf["params"]["p"].as_u64().unwrap_or(0) as u32,
+    );
+    if !n.is_power_of_two() || n < 2 {
+        return Err(format!("cosign key: scrypt N = {n} is not a power of two"));
+    }
+    let params = scrypt::Params::new(n.trailing_zeros() as u8, r, p, 32)
+        .map_err(|e| format!("cosign key: scrypt parameters: {e}"))?;
+    let mut key = [0u8; 32];
+    scrypt::scrypt(password, &b64(&kdf["salt"], "kdf.salt")?, &params, &mut key)
+        .map_err(|e| format!("cosign key: scrypt: {e}"))?;
+    let nonce = b64(&cipher["nonce"], "cipher.nonce")?;
+    if nonce.len() != 24 {
+        return Err("cosign key: the nonce is not 24 bytes".into());
+    }
+    crypto_secretbox::XSalsa20Poly1305::new(&key.into())
+        .decrypt(
+            crypto_secretbox::Nonce::from_slice(&nonce),
+            b64(&doc["ciphertext"], "ciphertext")?.as_slice(),
+        )
+        .map_err(|_| "cosign key: wrong password (COSIGN_PASSWORD), or the file is damaged".into())
 }

@@ -175,7 +175,7 @@ fn keys_are_read_from_pem_files_and_bad_ones_are_named() {
     )
     .unwrap();
     let err = keys::read_private_key(&encrypted).unwrap_err().to_string();
-    assert!(err.contains("import-key-pair"), "{err}");
+    assert!(err.contains("enc.key") && err.contains("cosign"), "{err}");
 }
 
 /// Adds `sig` (a signature image) to `layout`.
@@ -474,4 +474,29 @@ fn pack_sign_writes_signatures_the_node_verifies() {
     assert!(layers.layer(&spec.chain_ids()[0]).is_some());
     let archive: &Path = &c.archives()[0].index.path;
     assert_eq!(archive, out.as_path());
+}
+
+#[test]
+fn cosign_encrypted_keys_decrypt_with_their_password_only() {
+    use base64::Engine;
+    use crypto_secretbox::aead::{Aead, KeyInit};
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let der = key(9).to_pkcs8_der().unwrap().as_bytes().to_vec();
+    let (salt, nonce) = ([7u8; 32], [3u8; 24]);
+    // Small scrypt parameters: the format, not the cost, is under test.
+    let params = scrypt::Params::new(4, 8, 1, 32).unwrap();
+    let mut k = [0u8; 32];
+    scrypt::scrypt(b"pw", &salt, &params, &mut k).unwrap();
+    let sealed = crypto_secretbox::XSalsa20Poly1305::new(&k.into())
+        .encrypt(crypto_secretbox::Nonce::from_slice(&nonce), der.as_slice())
+        .unwrap();
+    let json = serde_json::to_vec(&serde_json::json!({
+        "kdf": {"name": "scrypt", "params": {"N": 16, "r": 8, "p": 1}, "salt": b64(&salt)},
+        "cipher": {"name": "nacl/secretbox", "nonce": b64(&nonce)},
+        "ciphertext": b64(&sealed),
+    }))
+    .unwrap();
+    assert_eq!(keys::decrypt_cosign(&json, b"pw").unwrap(), der);
+    let err = keys::decrypt_cosign(&json, b"nope").unwrap_err();
+    assert!(err.contains("wrong password"), "{err}");
 }

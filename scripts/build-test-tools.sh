@@ -6,6 +6,7 @@
 #   containerd 2.3 (LTS) and 2.4   scripts/build-containerd.sh
 #   crictl                         scripts/build-crictl.sh
 #   kubelet                        scripts/build-kubelet.sh
+#   cosign 2.6                     scripts/build-cosign.sh
 #   the distribution-spec suite    integration/distspec.sh --build-only
 #                                  (built here so its step only runs it)
 #
@@ -16,20 +17,21 @@
 #
 #   AIRGAP_CONTAINERD_2_3=<dir>   AIRGAP_CONTAINERD_2_4=<dir>
 #   AIRGAP_CRICTL=<path>          AIRGAP_KUBELET=<path>
+#   AIRGAP_COSIGN=<path>
 #
 # Every program is attempted even when another failed; the exit status is
 # non-zero, naming each program that could not be built, if any failed.
 #
 #   scripts/build-test-tools.sh [ENV_FILE [NAME...]]
 #
-# NAMEs (containerd-2.3 containerd-2.4 crictl kubelet distspec) pick some;
+# NAMEs (containerd-2.3 containerd-2.4 crictl kubelet cosign distspec) pick some;
 # default: all.
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 out=${1:-/dev/stdout}
 shift || true
-picked=" ${*:-containerd-2.3 containerd-2.4 crictl kubelet distspec} "
+picked=" ${*:-containerd-2.3 containerd-2.4 crictl kubelet cosign distspec} "
 lines=()
 failed=()
 
@@ -63,6 +65,7 @@ want containerd-2.3 AIRGAP_CONTAINERD_2_3 build-containerd.sh 2.3
 want containerd-2.4 AIRGAP_CONTAINERD_2_4 build-containerd.sh 2.4
 want crictl AIRGAP_CRICTL build-crictl.sh
 want kubelet AIRGAP_KUBELET build-kubelet.sh
+want cosign AIRGAP_COSIGN build-cosign.sh
 prebuild distspec "$here/../integration/distspec.sh" --build-only
 
 printf '%s\n' "${lines[@]}" >"$out"

@@ -26,6 +26,7 @@ pub mod registry;
 pub mod setup;
 pub mod snapshot;
 pub mod systemd;
+pub mod trust;
 pub mod version;
 
 #[cfg(any(test, feature = "testsupport"))]

@@ -89,6 +89,13 @@ pub struct Metrics {
     pub import_failures: Counter,
     /// Unix time of the last registration pass that succeeded.
     pub import_last_success: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Archived images by signature state (`valid`, `unsigned`,
+    /// `invalid`), when `[verify]` has keys (see `trust`).
+    pub images_signature: Family<Labels, Gauge>,
+    /// Uses of an image without a valid signature, by use (`serve`,
+    /// `register`, `mount`) and `[verify] require` (`warn`: used anyway,
+    /// `enforce`: refused).
+    pub signature_refusals: Family<Labels, Counter>,
 }
 
 /// Buckets of request latencies: 1 ms .. ~65 s.
@@ -125,6 +132,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     import_removed: Counter::default(),
     import_failures: Counter::default(),
     import_last_success: Gauge::default(),
+    images_signature: Family::default(),
+    signature_refusals: Family::default(),
 });
 
 /// The process-wide event metrics.
@@ -204,6 +213,31 @@ impl Metrics {
                 .unwrap_or_default();
             self.import_last_success.set(now.as_secs_f64());
         }
+    }
+}
+
+impl Metrics {
+    /// Sets the images-by-signature-state gauges.
+    pub fn images_signature(&self, valid: i64, unsigned: i64, invalid: i64) {
+        for (state, n) in [
+            ("valid", valid),
+            ("unsigned", unsigned),
+            ("invalid", invalid),
+        ] {
+            self.images_signature
+                .get_or_create(&vec![("state", state.to_string())])
+                .set(n);
+        }
+    }
+
+    /// Counts a use of an image without a valid signature.
+    pub fn signature_refusal(&self, what: &'static str, require: &'static str) {
+        self.signature_refusals
+            .get_or_create(&vec![
+                ("use", what.to_string()),
+                ("require", require.to_string()),
+            ])
+            .inc();
     }
 }
 
@@ -396,6 +430,16 @@ pub fn registry(health: Health) -> Registry {
         "airgap_import_last_success_timestamp_seconds",
         "Unix time of the last registration pass that succeeded",
         m.import_last_success.clone(),
+    );
+    r.register(
+        "airgap_images_signature",
+        "Archived images by signature state (valid, unsigned, invalid) against the [verify] keys",
+        m.images_signature.clone(),
+    );
+    r.register(
+        "airgap_signature_refusals",
+        "Uses (serve, register, mount) of images without a valid signature, by [verify] require (warn: used, enforce: refused)",
+        m.signature_refusals.clone(),
     );
     // The bounded series exist from the start at zero, so that a rate
     // over them is 0 rather than absent.

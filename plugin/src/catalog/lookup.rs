@@ -20,12 +20,16 @@ use super::{Catalog, Compression, LayerRef, LayerSource, PlainBlob};
 use crate::digest::Digest;
 
 impl Catalog {
-    /// Every listed image name (the winning archive's, when several carry it).
+    /// Every listed image name (the winning archive's, when several carry
+    /// it). Cosign signatures (`repo:sha256-<hex>.sig`, see `trust`) are
+    /// not images: they are left out here and found by [`Catalog::resolve`].
     pub fn images(&self) -> Vec<ImageInfo> {
         let state = self.ready_state();
         let mut out: Vec<ImageInfo> = state
             .names
-            .values()
+            .iter()
+            .filter(|(name, _)| !crate::trust::cosign::is_signature_name(name))
+            .map(|(_, v)| v)
             .map(|(a, i)| ImageInfo {
                 entry: a.index.images[*i].clone(),
                 archive: a.index.path.clone(),

@@ -12,7 +12,8 @@ use std::process::ExitCode;
 use airgap_snapshotter::catalog::reference::Reference;
 use airgap_snapshotter::config::{Config, Listen, ServeArgs};
 use airgap_snapshotter::doctor::{
-    config_file, hosts, images, probe, rewrites, upstream, Check, ImageStatus, Report, Status,
+    config_file, hosts, images, probe, rewrites, signatures, upstream, Check, ImageStatus, Report,
+    Status,
 };
 use airgap_snapshotter::registry::Upstreams;
 use airgap_snapshotter::setup::{platform, DEFAULT_CONTAINERD_CONFIG, DEFAULT_HOSTS_DIR};
@@ -155,6 +156,19 @@ pub fn run(args: DoctorArgs) -> Result<ExitCode> {
         catalog.archives().len(),
         all_images.len(),
     ));
+
+    // Signed bundles: every archived image against the [verify] keys.
+    match airgap_snapshotter::trust::Trust::from_config(&config.verify) {
+        Ok(trust) => report.checks.extend(signatures::signatures_check(
+            trust.require(),
+            &trust.survey(&catalog),
+        )),
+        Err(e) => report.checks.push(Check::fail(
+            "verify keys",
+            e.to_string(),
+            "fix [verify] keys: PEM public keys (-----BEGIN PUBLIC KEY-----, ECDSA P-256)",
+        )),
+    }
 
     let platform = args.platform.clone().unwrap_or_else(platform);
     for list in &args.images_from {

@@ -107,6 +107,7 @@ pub fn run(args: ImportArgs) -> Result<ExitCode> {
             bail!("--import-mode off: nothing to do");
         }
     }
+    let trust = airgap_snapshotter::trust::Trust::from_config(&config.verify)?;
     let catalog = open_catalog(config.archives.clone(), Some(config.root.clone()))?;
     for (path, reason) in catalog.broken() {
         eprintln!("warning: {} is not usable: {reason}", path.display());
@@ -118,6 +119,7 @@ pub fn run(args: ImportArgs) -> Result<ExitCode> {
     let report = runtime.block_on(async {
         let client = Containerd::connect(&opts.address).await?;
         Importer::new(Arc::clone(&catalog), opts)
+            .with_trust(trust)
             .pass(&client)
             .await
     })?;

@@ -42,6 +42,12 @@ pub struct PackArgs {
     /// Largest zstd frame in MiB (a blob always starts a new frame).
     #[arg(long, default_value_t = 4, value_name = "MIB")]
     pub frame_mib: usize,
+    /// Sign every image packed with this key (PEM, ECDSA P-256: PKCS#8 or
+    /// SEC1, or cosign's encrypted cosign.key with COSIGN_PASSWORD): cosign
+    /// signatures stored in the archive, checked on the node against
+    /// `[verify] keys` and by `cosign verify --key`.
+    #[arg(long, value_name = "KEY.pem")]
+    pub sign: Option<PathBuf>,
     /// Image references to pack.
     #[arg(value_name = "REF")]
     pub refs: Vec<String>,
@@ -79,7 +85,12 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
             .filter(|s| is_registry(s))
             .map(|s| UpstreamConfig::anonymous("*", s.to_string_lossy().trim_end_matches('/'))),
     );
+    let sign = match &args.sign {
+        Some(key) => Some(airgap_snapshotter::trust::Signer::from_file(key)?),
+        None => None,
+    };
     let opts = airgap_snapshotter::pack::PackOptions {
+        sign,
         output: args.output,
         platforms: args.platform,
         refs,
@@ -107,6 +118,13 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
     println!("wrote {}", opts.output.display());
     for (name, platforms) in &summary.images {
         println!("  {name}  {}", platforms.join(","));
+    }
+    if let Some(signer) = &opts.sign {
+        println!(
+            "signed {} images with key {}",
+            summary.signatures,
+            signer.key_id()
+        );
     }
     println!(
         "{} images, {} blobs, {} in, {} out",

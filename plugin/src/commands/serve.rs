@@ -27,6 +27,7 @@ use airgap_snapshotter::registry::Upstreams;
 use airgap_snapshotter::snapshot::service::SnapshotService;
 use airgap_snapshotter::snapshot::{blocking, LayerOptions, Snapshotter};
 use airgap_snapshotter::systemd;
+use airgap_snapshotter::trust::{Require, Trust, TrustedLayers, Use};
 
 /// Runs the daemon; returns when it was asked to stop.
 pub fn run(args: ServeArgs) -> Result<ExitCode> {
@@ -79,6 +80,8 @@ async fn serve(
         import_mode = ?config.import.mode,
         import_namespaces = ?config.import.namespaces,
         upstreams = ?upstreams,
+        verify_require = config.verify.require.as_str(),
+        verify_keys = config.verify.keys.len(),
         "starting"
     );
     // From the start: opening a large state may take a while, and systemd
@@ -117,7 +120,8 @@ async fn serve(
     // It watches the directories until `serve` returns.
     let _watch = catalog.watch();
     let upstreams = Upstreams::new(&config.upstream).context("set up the upstream registries")?;
-    let mirror = Mirror::new(catalog.clone(), upstreams);
+    let trust = Trust::from_config(&config.verify)?;
+    let mirror = Mirror::with_trust(catalog.clone(), upstreams, trust.clone());
     // Readiness: the first scan done, and containerd answering the importer
     // when registration is on.
     let containerd_state = (config.import.mode != ImportMode::Off)
@@ -133,7 +137,11 @@ async fn serve(
     let import_catalog = catalog.clone();
     let stop_catalog = catalog.clone();
     let prepare_catalog = catalog.clone();
-    let source: Option<Arc<dyn LayerSource>> = Some(catalog);
+    let survey_catalog = catalog.clone();
+    let source: Option<Arc<dyn LayerSource>> = Some(match trust.require() {
+        Require::Off => catalog,
+        _ => Arc::new(TrustedLayers::new(catalog, trust.clone())),
+    });
 
     let root = config.root.clone();
     let layer_options = LayerOptions::from_config(&config);
@@ -191,9 +199,17 @@ async fn serve(
     });
 
     let import_stop = stop_rx.clone();
+    if !trust.keys().is_empty() {
+        tokio::spawn(survey_signatures(
+            survey_catalog,
+            trust.clone(),
+            stop_rx.clone(),
+        ));
+    }
     let prepare_task = (config.layer_mounts != LayerMode::Extract).then(|| {
         tokio::spawn(prepare_on_arrival(
             prepare_catalog,
+            trust.clone(),
             snapshotter.clone(),
             stop_rx.clone(),
         ))
@@ -206,7 +222,8 @@ async fn serve(
     tell_systemd(systemd::READY);
     // Registration waits for containerd, which waits for this daemon.
     let import_task = (config.import.mode != ImportMode::Off).then(|| {
-        let mut importer = Importer::new(import_catalog, ImportOptions::from_config(&config));
+        let mut importer = Importer::new(import_catalog, ImportOptions::from_config(&config))
+            .with_trust(trust.clone());
         if let Some(state) = containerd_state {
             importer = importer.with_containerd_state(state);
         }
@@ -273,6 +290,7 @@ async fn serve(
 /// of the archives, until `stop`.
 async fn prepare_on_arrival(
     catalog: Arc<Catalog>,
+    trust: Arc<Trust>,
     snapshotter: Arc<Snapshotter>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -281,9 +299,11 @@ async fn prepare_on_arrival(
         if catalog.first_scan_done() && !catalog.stopping() {
             let catalog = catalog.clone();
             let snapshotter = snapshotter.clone();
+            let trust = trust.clone();
             let pass = tokio::task::spawn_blocking(move || {
                 let started = std::time::Instant::now();
-                let layers = catalog.layers_for(&airgap_snapshotter::setup::platform());
+                let mut layers = catalog.layers_for(&airgap_snapshotter::setup::platform());
+                layers.retain(|l| trust.admit_layer(&catalog, l, Use::PrepareAhead).is_ok());
                 let prepared = snapshotter.prepare_ahead(&layers, &|| catalog.stopping());
                 (layers.len(), prepared, started.elapsed())
             });
@@ -303,6 +323,35 @@ async fn prepare_on_arrival(
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { return },
             () = tokio::time::sleep(std::time::Duration::from_secs(300)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Checks the signatures of the archived images ([verify] keys) after the
+/// first scan and after every change of the archives, until `stop`: sets
+/// `airgap_images_signature` and logs each image without a valid one once.
+async fn survey_signatures(
+    catalog: Arc<Catalog>,
+    trust: Arc<Trust>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut changes = catalog.subscribe();
+    let mut logged = std::collections::HashSet::new();
+    loop {
+        let (c, t) = (catalog.clone(), trust.clone());
+        if let Ok(survey) = tokio::task::spawn_blocking(move || t.survey(&c)).await {
+            for (image, verdict) in survey {
+                if verdict.state() != "valid"
+                    && logged.insert((image.entry.name.clone(), image.entry.digest))
+                {
+                    tracing::warn!(image = %image.entry.name, archive = %image.archive.display(),
+                        reason = %verdict, require = trust.require().as_str(), "archived image without a valid signature");
+                }
+            }
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
             _ = stop.wait_for(|s| *s) => return,
         }
     }

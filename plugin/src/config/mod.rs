@@ -25,6 +25,12 @@
 //! mode = "lazy"                      # "eager", or "off"
 //! snapshotter = "airgap"             # the [proxy_plugins] name
 //!
+//! # Signed bundles: cosign signatures of the archived images, checked
+//! # against these public keys, offline.
+//! [verify]
+//! keys = ["/etc/airgap-snapshotter/cosign.pub"]
+//! require = "enforce"                # "warn", or "off" (the default)
+//!
 //! # What the archives lack is fetched from these registries (first match
 //! # of `registry`, then `*`).
 //! [[upstream]]
@@ -178,6 +184,45 @@ impl Default for ImportConfig {
     }
 }
 
+/// The `[verify]` table: which signatures the archived images must carry
+/// (see `trust`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerifyConfig {
+    /// PEM public keys (`-----BEGIN PUBLIC KEY-----`, ECDSA P-256, what
+    /// `cosign generate-key-pair` writes as `cosign.pub`). An image is
+    /// signed when a signature of its digest verifies with one of them.
+    pub keys: Vec<PathBuf>,
+    pub require: Require,
+}
+
+/// `[verify] require`: what happens to an archived image without a valid
+/// signature from one of the keys. Here rather than in `trust`, which
+/// reads the config: the dependency goes one way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Require {
+    /// Signatures are not checked for use (`doctor` still reports them
+    /// when keys are given).
+    #[default]
+    Off,
+    /// The image is used, with a warning in the log and in the metrics.
+    Warn,
+    /// The image is neither served by the mirror, registered, nor mounted
+    /// from its archive; the error names the image, archive and reason.
+    Enforce,
+}
+
+impl Require {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Require::Off => "off",
+            Require::Warn => "warn",
+            Require::Enforce => "enforce",
+        }
+    }
+}
+
 /// The daemon's configuration. Every field has a default; a TOML file may
 /// set any of them, and unknown keys are an error.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -278,6 +323,7 @@ pub struct Config {
     /// containerd's gRPC socket, where archived images are registered.
     pub containerd_address: PathBuf,
     pub import: ImportConfig,
+    pub verify: VerifyConfig,
 }
 
 /// `[import] mode`: how registered layers get their data. Here rather than
@@ -353,6 +399,7 @@ impl Default for Config {
             upstream: Vec::new(),
             containerd_address: PathBuf::from(DEFAULT_CONTAINERD_ADDRESS),
             import: ImportConfig::default(),
+            verify: VerifyConfig::default(),
         }
     }
 }
@@ -535,6 +582,21 @@ impl Config {
         }
         if self.socket.file_name().is_none() {
             return invalid("socket", format!("{} names no file", self.socket.display()));
+        }
+        if self.verify.require != Require::Off && self.verify.keys.is_empty() {
+            return invalid(
+                "verify.keys",
+                format!(
+                    "empty while verify.require = \"{}\": name at least one public key file",
+                    self.verify.require.as_str()
+                ),
+            );
+        }
+        if let Some(bad) = self.verify.keys.iter().find(|k| !k.is_absolute()) {
+            return invalid(
+                "verify.keys",
+                format!("{} is not an absolute path", bad.display()),
+            );
         }
         for dir in &self.archives {
             if dir.as_os_str().is_empty() {

@@ -10,6 +10,7 @@ pub mod hosts;
 pub mod images;
 pub mod probe;
 pub mod rewrites;
+pub mod signatures;
 pub mod upstream;
 
 use std::path::PathBuf;

@@ -164,6 +164,9 @@ pub struct Importer {
     left_alone_logged: Mutex<HashSet<(String, String, String)>>,
     /// Told whether containerd answered (the daemon's `/readyz`).
     containerd: Option<Arc<crate::health::ContainerdState>>,
+    /// `[verify]`: images without a valid signature are not registered
+    /// under `enforce`.
+    trust: Arc<crate::trust::Trust>,
 }
 
 /// Passes started in this process: with the process id, they make the
@@ -191,7 +194,14 @@ impl Importer {
             pull_failures: Default::default(),
             left_alone_logged: Default::default(),
             containerd: None,
+            trust: crate::trust::Trust::off(),
         }
+    }
+
+    /// Registers only what `trust` admits.
+    pub fn with_trust(mut self, trust: Arc<crate::trust::Trust>) -> Self {
+        self.trust = trust;
+        self
     }
 
     /// Tells `state` whether containerd answered, as the background loop
@@ -241,12 +251,14 @@ impl Importer {
     ) -> Result<ImportReport, ImportError> {
         let pass = PASSES.fetch_add(1, Ordering::Relaxed);
         let catalog = self.catalog.clone();
+        let trust = self.trust.clone();
         let (platform, snapshotter) = (self.opts.platform.clone(), self.opts.snapshotter.clone());
         // Blocking: waits for the first scan of the archives.
-        let (plan, skipped) =
-            tokio::task::spawn_blocking(move || plan::plan(&catalog, &platform, &snapshotter))
-                .await
-                .map_err(|_| ImportError::Protocol("planning task failed"))?;
+        let (plan, skipped) = tokio::task::spawn_blocking(move || {
+            plan::plan(&catalog, &trust, &platform, &snapshotter)
+        })
+        .await
+        .map_err(|_| ImportError::Protocol("planning task failed"))?;
         // Images are unregistered only against a whole view of the
         // archives: not while the first scan is unfinished (it waited
         // long enough to give up), nor while the daemon stops.

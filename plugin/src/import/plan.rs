@@ -59,6 +59,9 @@ pub enum PlanError {
     MissingDocument(Digest),
     #[error(transparent)]
     Name(#[from] ReferenceError),
+    /// `[verify] require = "enforce"` and no valid signature.
+    #[error(transparent)]
+    Unsigned(#[from] crate::trust::Refusal),
 }
 
 /// Every image of the catalog to register for `platform` (`linux/amd64`),
@@ -66,13 +69,17 @@ pub enum PlanError {
 /// claimed by one registration only (see [`assign_owners`]).
 pub fn plan(
     catalog: &Catalog,
+    trust: &crate::trust::Trust,
     platform: &str,
     snapshotter: &str,
 ) -> (Vec<Registration>, Vec<(String, PlanError)>) {
     let mut registrations = Vec::new();
     let mut skipped = Vec::new();
     for image in catalog.images() {
-        match registration(catalog, &image, platform, snapshotter) {
+        let admitted = trust
+            .admit(catalog, &image, crate::trust::Use::Register)
+            .map_err(PlanError::from);
+        match admitted.and_then(|()| registration(catalog, &image, platform, snapshotter)) {
             Ok(r) => registrations.push(r),
             Err(why) => skipped.push((image.entry.name.clone(), why)),
         }
@@ -254,7 +261,12 @@ mod tests {
         })
         .unwrap();
 
-        let (registrations, skipped) = plan(&catalog, "linux/arm64", "airgap");
+        let (registrations, skipped) = plan(
+            &catalog,
+            &crate::trust::Trust::off(),
+            "linux/arm64",
+            "airgap",
+        );
         assert!(skipped.is_empty(), "{skipped:?}");
         let r = &registrations[0];
         assert_eq!(r.target.digest, index.to_string());
@@ -282,7 +294,12 @@ mod tests {
         assert_eq!(r.labels["io.cri-containerd.pinned"], "pinned");
 
         // Not archived for this node: skipped, saying which platforms are.
-        let (registrations, skipped) = plan(&catalog, "linux/s390x", "airgap");
+        let (registrations, skipped) = plan(
+            &catalog,
+            &crate::trust::Trust::off(),
+            "linux/s390x",
+            "airgap",
+        );
         assert!(registrations.is_empty());
         assert!(
             skipped[0]

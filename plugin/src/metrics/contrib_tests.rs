@@ -28,6 +28,8 @@ fn exported() -> BTreeSet<String> {
     m.mirror_request("base", 200, "none", 0.0);
     m.upstream("contrib-test").error("failed");
     m.layer_fallback("contrib-test");
+    m.images_signature(1, 0, 0);
+    m.signature_refusal("serve", "warn");
     let dir = tempfile::tempdir().unwrap();
     let catalog = Catalog::empty(CatalogOptions {
         dirs: vec![dir.path().to_path_buf()],

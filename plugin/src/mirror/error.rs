@@ -22,6 +22,10 @@ pub enum MirrorError {
     DigestInvalid(String),
     #[error("{0}")]
     Unsupported(String),
+    /// An archived image refused by `[verify] require = "enforce"` (the
+    /// message names the image, the archive's file name and the reason).
+    #[error("{0}")]
+    Denied(String),
     /// A pagination `n` that is not a count.
     #[error("{0}")]
     PaginationNumberInvalid(String),
@@ -50,6 +54,7 @@ impl MirrorError {
             MirrorError::NameInvalid(_) => (StatusCode::BAD_REQUEST, "NAME_INVALID"),
             MirrorError::DigestInvalid(_) => (StatusCode::BAD_REQUEST, "DIGEST_INVALID"),
             MirrorError::Unsupported(_) => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
+            MirrorError::Denied(_) => (StatusCode::FORBIDDEN, "DENIED"),
             MirrorError::PaginationNumberInvalid(_) => {
                 (StatusCode::BAD_REQUEST, "PAGINATION_NUMBER_INVALID")
             }

@@ -47,6 +47,7 @@ use crate::digest::Digest;
 
 use crate::registry::media::manifest_media_type;
 use crate::registry::{Upstream, UpstreamError, Upstreams};
+use crate::trust::Trust;
 use body::RangeRequest;
 pub use error::MirrorError;
 use request::Route;
@@ -55,6 +56,9 @@ use request::Route;
 pub struct Mirror {
     catalog: Arc<Catalog>,
     upstreams: Upstreams,
+    /// `[verify]`: archived manifests of images without a valid signature
+    /// are refused under `enforce` (see `trust`).
+    trust: Arc<Trust>,
 }
 
 /// Where a mirror request's answer came from: the `source` label of
@@ -91,7 +95,20 @@ const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
 
 impl Mirror {
     pub fn new(catalog: Arc<Catalog>, upstreams: Upstreams) -> Arc<Mirror> {
-        Arc::new(Mirror { catalog, upstreams })
+        Mirror::with_trust(catalog, upstreams, Trust::off())
+    }
+
+    /// A mirror that serves archived manifests as `trust` admits them.
+    pub fn with_trust(
+        catalog: Arc<Catalog>,
+        upstreams: Upstreams,
+        trust: Arc<Trust>,
+    ) -> Arc<Mirror> {
+        Arc::new(Mirror {
+            catalog,
+            upstreams,
+            trust,
+        })
     }
 
     /// The HTTP service.
@@ -133,8 +150,9 @@ impl Mirror {
         source: &mut Source,
     ) -> Result<Manifest, MirrorError> {
         let reference = r.clone();
+        let trust = self.trust.clone();
         if let Some(m) = self
-            .lookup(move |c| archived_manifest(c, &reference))
+            .lookup(move |c| archived_manifest(c, &trust, &reference))
             .await??
         {
             return Ok(m);
@@ -302,8 +320,12 @@ impl Mirror {
     }
 }
 
-/// The manifest `r` names, from the archives.
-fn archived_manifest(catalog: &Catalog, r: &Reference) -> Result<Option<Manifest>, MirrorError> {
+/// The manifest `r` names, from the archives, if `trust` admits it.
+fn archived_manifest(
+    catalog: &Catalog,
+    trust: &Trust,
+    r: &Reference,
+) -> Result<Option<Manifest>, MirrorError> {
     let (digest, listed_type) = match (&r.digest, &r.tag) {
         (Some(d), _) => (*d, None),
         (None, Some(_)) => match catalog.resolve(&r.to_string()) {
@@ -329,6 +351,10 @@ fn archived_manifest(catalog: &Catalog, r: &Reference) -> Result<Option<Manifest
         return Ok(None);
     };
     let media_type = listed_type.filter(|t| !t.is_empty()).unwrap_or(sniffed);
+    let name = r.tag.is_some().then(|| r.to_string());
+    trust
+        .admit_manifest(catalog, &digest, name.as_deref())
+        .map_err(|refusal| MirrorError::Denied(refusal.for_client()))?;
     // A client asks for the layers next, all at once: one pass over a
     // compressed archive keeps them all as it goes by them.
     if let Some(m) = catalog.manifest(&digest) {

@@ -41,6 +41,9 @@ pub struct PackOptions {
     /// Registries asked, in order, for the images the sources lack (the
     /// daemon's `[[upstream]]` tables, or anonymous endpoints).
     pub registries: Vec<crate::config::UpstreamConfig>,
+    /// Signs every image packed (`--sign`): a cosign signature image per
+    /// image, under its repository's `sha256-<hex>.sig` tag (see `trust`).
+    pub sign: Option<crate::trust::Signer>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +84,8 @@ pub struct PackSummary {
     pub blobs: usize,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Signature images written (`--sign`).
+    pub signatures: usize,
 }
 
 /// Reads an image list: one reference per line, `#` comments, and optional
@@ -354,7 +359,19 @@ pub fn pack(opts: &PackOptions, progress: &dyn Fn(u64, u64)) -> Result<PackSumma
         pad(&mut w, *size).map_err(io_out)?;
         done += size;
     }
-    let manifests: Vec<Value> = images
+    let signatures = signature_images(opts.sign.as_ref(), &images);
+    for (d, bytes) in signatures.iter().flat_map(|s| &s.blobs) {
+        if seen.insert(*d) {
+            let header = tar_header(&format!("blobs/sha256/{}", d.hex()), bytes.len() as u64)
+                .map_err(io_out)?;
+            w.write_all(header.as_bytes()).map_err(io_out)?;
+            w.cut().map_err(io_out)?;
+            w.write_all(bytes).map_err(io_out)?;
+            w.cut().map_err(io_out)?;
+            pad(&mut w, bytes.len() as u64).map_err(io_out)?;
+        }
+    }
+    let mut manifests: Vec<Value> = images
         .iter()
         .map(|(name, digest, _)| {
             let doc = catalog.document(digest).unwrap_or_default();
@@ -381,6 +398,17 @@ pub fn pack(opts: &PackOptions, progress: &dyn Fn(u64, u64)) -> Result<PackSumma
             })
         })
         .collect();
+    manifests.extend(signatures.iter().map(|s| {
+        json!({
+            "mediaType": crate::catalog::index::MEDIA_OCI_MANIFEST,
+            "digest": s.manifest_digest().to_string(),
+            "size": s.manifest.len(),
+            "annotations": {
+                labels::CONTAINERD_IMAGE_NAME: s.name,
+                labels::OCI_REF_NAME: s.name.rsplit_once(':').map_or("", |(_, t)| t),
+            },
+        })
+    }));
     let index = serde_json::to_vec(&json!({
         "schemaVersion": 2,
         "mediaType": crate::catalog::index::MEDIA_OCI_INDEX,
@@ -404,7 +432,25 @@ pub fn pack(opts: &PackOptions, progress: &dyn Fn(u64, u64)) -> Result<PackSumma
         blobs: order.len(),
         bytes_in: total,
         bytes_out,
+        signatures: signatures.len(),
     })
+}
+
+/// The signature images of `images` (one per repository and digest), when
+/// signing.
+fn signature_images(
+    signer: Option<&crate::trust::Signer>,
+    images: &[(String, Digest, Vec<String>)],
+) -> Vec<crate::trust::cosign::SignatureImage> {
+    let Some(signer) = signer else {
+        return Vec::new();
+    };
+    let mut names = BTreeSet::new();
+    images
+        .iter()
+        .map(|(name, digest, _)| signer.sign(name, digest))
+        .filter(|s| names.insert(s.name.clone()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -450,6 +496,7 @@ mod tests {
             frame_size: 64 * 1024,
             threads: 2,
             registries: Vec::new(),
+            sign: None,
         }
     }
 

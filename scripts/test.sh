@@ -12,8 +12,8 @@
 #      the Rust steps keep the CPU): the Go programs Debian does not ship,
 #      built from the Go module proxy with /usr/local/go and cached by
 #      version under /var/cache/airgap-snapshotter/
-#      (scripts/build-test-tools.sh): crictl and the distribution-spec suite
-#      (go-clients, needed by every e2e step), containerd 2.3 and 2.4 and
+#      (scripts/build-test-tools.sh): crictl, cosign and the
+#      distribution-spec suite (go-clients, needed by every e2e step), containerd 2.3 and 2.4 and
 #      kubelet (go-tools, needed from the first whole-suite step on)
 #   3. fmt, clippy (-D warnings), unit-tests (every unit and in-process
 #      test, cargo nextest), fuzz (a short run of each fuzz target; skipped,
@@ -234,7 +234,7 @@ if ((is_root)); then
         # One containerd, chosen by the caller: only the clients.
         bg_step go-clients 50 scripts/build-test-tools.sh "$logs/go-clients.env" crictl kubelet
     else
-        bg_step go-clients 50 scripts/build-test-tools.sh "$logs/go-clients.env" crictl distspec
+        bg_step go-clients 50 scripts/build-test-tools.sh "$logs/go-clients.env" crictl distspec cosign
         bg_step go-tools 50 scripts/build-test-tools.sh "$logs/go-tools.env" \
             containerd-2.3 containerd-2.4 kubelet
     fi
@@ -308,9 +308,9 @@ E2E_SUBSET+=(config_merge_wires_containerd_default_config doctor_names_each_mist
 #
 # Test files whose behaviour does not depend on the containerd version
 # (the features built on the mirror and the archives: cluster serving,
-# bundles, signatures) run once, on 2.3 LTS (tier `all`); the other
+# bundles, signatures; the CLI's JSON output) run once, on 2.3 LTS (tier `all`); the other
 # whole-suite versions run everything else (tier `most`).
-E2E_ONCE=(cluster cluster_serve bundles signing)
+E2E_ONCE=(cluster cluster_serve bundles signing cli_json)
 for name in "${E2E_SUBSET[@]}"; do
     if ! grep -q "^fn $name()" integration/tests/*.rs; then
         summary+=("FAIL  e2e subset: no test named $name in integration/tests (E2E_SUBSET in scripts/test.sh)")

@@ -221,8 +221,10 @@ EOF
     for s in PREIN PRETRANS POSTTRANS; do
         [[ $(rpm -qp --qf "%{$s}" "$rpm") == "(none)" ]] || fail "the RPM has a $s scriptlet"
     done
+    # A static binary: /bin/sh for the scriptlets, and the self-requirement
+    # rpm gives every package with config files.
     requires=$(rpm -qp --requires "$rpm" | grep -v '^rpmlib(' | sort -u)
-    [[ $requires == /bin/sh ]] || fail "the RPM requires: $requires"
+    [[ $requires == "/bin/sh"$'\n'"config(airgap-snapshotter) = ${version}-1" ]] || fail "the RPM requires: $requires"
 done
 
 # --- 3. SBOMs --------------------------------------------------------------------

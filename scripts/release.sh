@@ -40,8 +40,9 @@
 # arches; AIRGAP_RELEASE_TARGET_DIR (else CARGO_TARGET_DIR, else target/)
 # is cargo's target directory (cross builds go to <dir>/<triple>/release);
 # AIRGAP_RELEASE_SKIP_DEPS=1 skips the installs.
-# Every artifact is reproducible for a given commit and checkout path-free
-# (mtimes and the SBOMs' timestamps from the commit, owner root, sorted).
+# Every artifact is reproducible for a given commit, whatever the paths of
+# the checkout, the target directory and cargo's home (mtimes and the SBOMs'
+# timestamps from the commit, paths remapped, owner root, sorted).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -146,10 +147,15 @@ build() {
     local arch=$1 t env_t
     t=$(triple "$arch")
     env_t=${t//-/_}
+    local cargo_home=${CARGO_HOME:-$HOME/.cargo}
     local envs=(
         # Symbols stay (readable backtraces), debug info goes.
         CARGO_PROFILE_RELEASE_STRIP=debuginfo
         CARGO_PROFILE_RELEASE_DEBUG=false
+        # Source paths in panic messages and generated code name no
+        # directory of the build machine: the same bytes from any checkout,
+        # target directory or cargo home.
+        "CARGO_TARGET_${env_t^^}_RUSTFLAGS=--remap-path-prefix=${target_dir}=/target --remap-path-prefix=${cargo_home}=/cargo --remap-path-prefix=${repo}=/src"
     )
     case $arch in
     amd64)

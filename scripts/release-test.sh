@@ -141,6 +141,9 @@ for arch in "${arches[@]}"; do
     bin=$tmp/tar-$arch/$name/airgap-snapshotter
     [[ -x $bin ]] || fail "$bin is not executable"
     static "$bin" || fail "$bin is not static"
+    # Built here: no path of this checkout or of cargo's home in it
+    # (release.sh remaps them, so any checkout builds the same bytes).
+    ! grep -aqF -e "$repo/" -e "${CARGO_HOME:-$HOME/.cargo}/" "$bin" || fail "$bin names a path of the build machine"
     machine=$(LC_ALL=C readelf -h "$bin" | sed -nE 's/^ *Machine: *//p')
     case $arch in
     amd64) [[ $machine == *X86-64* ]] ;;

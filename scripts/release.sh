@@ -138,7 +138,10 @@ dist=$repo/dist
 rm -rf "$dist"
 mkdir -p "$dist"
 stage=$(mktemp -d /tmp/airgap-release-XXXXXX)
-trap 'rm -rf "$stage"' EXIT
+# cargo-cyclonedx writes its SBOM beside the manifest (plugin/): under a
+# name of its own, moved away at once, removed if the script stops between.
+sbom_tmp=$repo/plugin/airgap-release-sbom.json
+trap 'rm -rf "$stage" "$sbom_tmp"' EXIT
 say "airgap-snapshotter ${version} (${commit}) for: ${arches[*]}"
 
 # --- build -------------------------------------------------------------------
@@ -319,8 +322,8 @@ sbom() {
     out=$stage/sbom-$arch
     SOURCE_DATE_EPOCH=$epoch cargo cyclonedx --manifest-path plugin/Cargo.toml \
         --format json --spec-version 1.5 --target "$t" --no-build-deps \
-        --override-filename "sbom-$arch" -q
-    mv "plugin/sbom-$arch.json" "$out.json"
+        --override-filename "$(basename "$sbom_tmp" .json)" -q
+    mv "$sbom_tmp" "$out.json"
     local artifact
     for artifact in "$@"; do
         python3 - "$out.json" "$repo" "$artifact" "$commit" "$t" \

@@ -138,10 +138,11 @@ dist=$repo/dist
 rm -rf "$dist"
 mkdir -p "$dist"
 stage=$(mktemp -d /tmp/airgap-release-XXXXXX)
-# cargo-cyclonedx writes its SBOM beside the manifest (plugin/): under a
-# name of its own, moved away at once, removed if the script stops between.
-sbom_tmp=$repo/plugin/airgap-release-sbom.json
-trap 'rm -rf "$stage" "$sbom_tmp"' EXIT
+# cargo-cyclonedx writes an SBOM beside the manifest of every workspace
+# member (plugin/, integration/): under a name of its own, plugin's moved
+# away at once, the others removed (also if the script stops between).
+sbom_name=airgap-release-sbom
+trap 'rm -rf "$stage"; rm -f "$repo"/*/"$sbom_name.json"' EXIT
 say "airgap-snapshotter ${version} (${commit}) for: ${arches[*]}"
 
 # --- build -------------------------------------------------------------------
@@ -322,8 +323,9 @@ sbom() {
     out=$stage/sbom-$arch
     SOURCE_DATE_EPOCH=$epoch cargo cyclonedx --manifest-path plugin/Cargo.toml \
         --format json --spec-version 1.5 --target "$t" --no-build-deps \
-        --override-filename "$(basename "$sbom_tmp" .json)" -q
-    mv "$sbom_tmp" "$out.json"
+        --override-filename "$sbom_name" -q
+    mv "plugin/$sbom_name.json" "$out.json"
+    rm -f -- */"$sbom_name.json"
     local artifact
     for artifact in "$@"; do
         python3 - "$out.json" "$repo" "$artifact" "$commit" "$t" \

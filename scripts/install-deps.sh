@@ -3,7 +3,8 @@
 # tests need: containerd 1.6 and runc, docker-registry and skopeo (the test
 # registry), Go and containerd's sources (the snapshotter conformance suite),
 # busybox-static (test images), the compressors the archive formats use, a
-# C toolchain for the -sys crates, and cargo-nextest.
+# C toolchain for the -sys crates, rpm (the release test), cargo-nextest,
+# cargo-generate-rpm and cargo-cyclonedx (the release's RPMs and SBOMs).
 #
 # Idempotent: packages already installed are not touched, and apt is not run
 # at all when nothing is missing. It never starts, stops or configures the
@@ -27,6 +28,8 @@ PACKAGES=(
     xfsprogs
     # C toolchain for zstd-sys, bzip2-sys and friends
     build-essential pkg-config
+    # scripts/release-test.sh installs the RPMs into a throwaway root
+    rpm
 )
 
 # rustup installs cargo in ~/.cargo/bin, which a non-login shell may lack.
@@ -99,6 +102,14 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     log "installing cargo-nextest"
     cargo install --locked cargo-nextest
 fi
+# scripts/release.sh: the RPMs and the CycloneDX SBOMs (pinned: their output
+# is part of the release artifacts).
+for tool in cargo-generate-rpm@0.21.1 cargo-cyclonedx@0.5.9; do
+    if ! command -v "${tool%@*}" >/dev/null 2>&1; then
+        log "installing $tool"
+        cargo install --locked "$tool"
+    fi
+done
 
 # Overlayfs is what the snapshotter mounts; say so early if it is missing.
 if ! grep -qw overlay /proc/filesystems 2>/dev/null; then

@@ -7,19 +7,32 @@
 #         airgap-snapshotter          the binary (one name on every arch)
 #         airgap-snapshotter.service  systemd unit (ExecStart /usr/local/bin)
 #         airgap-snapshotter.toml     the default config, every key commented
-#         INSTALL                     how to install it on a node
+#         INSTALL                     how to install and remove it on a node
 #   airgap-snapshotter_<version>_<arch>.deb
 #       /usr/bin/airgap-snapshotter
 #       /lib/systemd/system/airgap-snapshotter.service
-#       /etc/airgap-snapshotter/airgap-snapshotter.toml   (a conffile)
+#       /etc/airgap-snapshotter/config.toml                (a conffile)
 #       /var/lib/airgap-snapshotter/archives/
+#       /usr/share/doc/airgap-snapshotter/copyright        (LICENSE)
+#       maintainer scripts: scripts/packaging/deb/
+#   airgap-snapshotter-<version>-1.<x86_64|aarch64>.rpm
+#       /usr/bin/airgap-snapshotter
+#       /usr/lib/systemd/system/airgap-snapshotter.service
+#       /etc/airgap-snapshotter/config.toml  (%config(noreplace))
+#       /usr/share/licenses/airgap-snapshotter/LICENSE
+#       scriptlets: scripts/packaging/rpm/ (written by cargo-generate-rpm
+#       from [package.metadata.generate-rpm] in plugin/Cargo.toml)
+#   <each of the above>.cdx.json      its CycloneDX 1.5 SBOM (cargo-cyclonedx:
+#                                     the crate and every crate compiled
+#                                     into the arch's binary)
 #   SHA256SUMS                        over all of the above
 #
 # The binaries are static (musl: x86_64-unknown-linux-musl and
 # aarch64-unknown-linux-musl, the C code of the -sys crates compiled by
 # musl-gcc and by Debian's aarch64 cross gcc, linked against the Rust
 # target's self-contained musl): they need no libc on the node. It installs
-# what it needs (Debian packages, rustup targets) when missing.
+# what it needs (Debian packages, rustup targets, cargo-generate-rpm and
+# cargo-cyclonedx) when missing.
 #
 #   scripts/release.sh
 #
@@ -27,8 +40,9 @@
 # arches; AIRGAP_RELEASE_TARGET_DIR (else CARGO_TARGET_DIR, else target/)
 # is cargo's target directory (cross builds go to <dir>/<triple>/release);
 # AIRGAP_RELEASE_SKIP_DEPS=1 skips the installs.
-# The tarballs and .debs are reproducible for a given commit (mtimes from
-# the commit, owner root, sorted).
+# Every artifact is reproducible for a given commit, whatever the paths of
+# the checkout, the target directory and cargo's home (mtimes and the SBOMs'
+# timestamps from the commit, paths remapped, owner root, sorted).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -57,7 +71,7 @@ triple() {
 
 # --- what the build needs ----------------------------------------------------
 install_deps() {
-    local packages=(dpkg gzip tar coreutils git)
+    local packages=(dpkg gzip tar coreutils git python3)
     local arch
     for arch in "${arches[@]}"; do
         case $arch in
@@ -78,6 +92,15 @@ install_deps() {
         apt-get install -y --no-install-recommends "${missing[@]}"
     fi
     command -v cargo >/dev/null 2>&1 || die "cargo not found: install a stable Rust toolchain (rustup)"
+    # The RPM writer and the SBOM generator, pinned (their output is part
+    # of the artifacts).
+    local tool
+    for tool in cargo-generate-rpm@0.21.1 cargo-cyclonedx@0.5.9; do
+        if ! command -v "${tool%@*}" >/dev/null 2>&1; then
+            say "installing $tool"
+            cargo install --locked "$tool"
+        fi
+    done
     local installed t
     installed=$(rustup target list --installed 2>/dev/null || true)
     for arch in "${arches[@]}"; do
@@ -115,7 +138,11 @@ dist=$repo/dist
 rm -rf "$dist"
 mkdir -p "$dist"
 stage=$(mktemp -d /tmp/airgap-release-XXXXXX)
-trap 'rm -rf "$stage"' EXIT
+# cargo-cyclonedx writes an SBOM beside the manifest of every workspace
+# member (plugin/, integration/): under a name of its own, plugin's moved
+# away at once, the others removed (also if the script stops between).
+sbom_name=airgap-release-sbom
+trap 'rm -rf "$stage"; rm -f "$repo"/*/"$sbom_name.json"' EXIT
 say "airgap-snapshotter ${version} (${commit}) for: ${arches[*]}"
 
 # --- build -------------------------------------------------------------------
@@ -124,10 +151,15 @@ build() {
     local arch=$1 t env_t
     t=$(triple "$arch")
     env_t=${t//-/_}
+    local cargo_home=${CARGO_HOME:-$HOME/.cargo}
     local envs=(
         # Symbols stay (readable backtraces), debug info goes.
         CARGO_PROFILE_RELEASE_STRIP=debuginfo
         CARGO_PROFILE_RELEASE_DEBUG=false
+        # Source paths in panic messages and generated code name no
+        # directory of the build machine: the same bytes from any checkout,
+        # target directory or cargo home.
+        "CARGO_TARGET_${env_t^^}_RUSTFLAGS=--remap-path-prefix=${target_dir}=/target --remap-path-prefix=${cargo_home}=/cargo --remap-path-prefix=${repo}=/src"
     )
     case $arch in
     amd64)
@@ -163,12 +195,15 @@ check_static() {
 }
 
 # --- packaging ---------------------------------------------------------------
-# unit BINDIR: the systemd unit, started with the config file.
-unit() {
-    local bindir=$1 config=/etc/airgap-snapshotter/airgap-snapshotter.toml
+config=/etc/airgap-snapshotter/config.toml
+
+# The tarball's unit: the packages' (scripts/airgap-snapshotter.service),
+# with the binary in /usr/local/bin.
+tarball_unit() {
     sed -E \
-        -e "s|^ExecStart=.*|ExecStart=${bindir}/airgap-snapshotter serve --config ${config} \$AIRGAP_SNAPSHOTTER_ARGS|" \
-        -e "s|^# Extra flags, e.g. .*|# Extra flags, e.g. AIRGAP_SNAPSHOTTER_ARGS=\"--log-format json\"; settings go in ${config}|" \
+        -e 's|^ExecStart=/usr/bin/|ExecStart=/usr/local/bin/|' \
+        -e 's|^# The packages install the binary as .*|# This copy (from the tarball) starts /usr/local/bin/airgap-snapshotter;|' \
+        -e 's|^# tarball.s copy of this unit names .*|# the .deb and the RPM ship it with /usr/bin/airgap-snapshotter.|' \
         scripts/airgap-snapshotter.service
 }
 
@@ -186,14 +221,14 @@ As root on the node (no network needed):
   install -m 0755 airgap-snapshotter /usr/local/bin/airgap-snapshotter
   install -m 0644 airgap-snapshotter.service /etc/systemd/system/
   install -d -m 0755 /etc/airgap-snapshotter
-  [ -e /etc/airgap-snapshotter/airgap-snapshotter.toml ] ||
-      install -m 0644 airgap-snapshotter.toml /etc/airgap-snapshotter/
+  [ -e ${config} ] ||
+      install -m 0644 airgap-snapshotter.toml ${config}
   install -d -m 0700 /var/lib/airgap-snapshotter
   install -d -m 0755 /var/lib/airgap-snapshotter/archives
   airgap-snapshotter --version
 
-Settings: /etc/airgap-snapshotter/airgap-snapshotter.toml (every key is
-listed there with its default). Then:
+Settings: ${config} (every key is listed there with its default;
+every command reads it). Then:
 
   # containerd's config: the proxy snapshotter, CRI's snapshotter, hosts.toml
   airgap-snapshotter config --merge /etc/containerd/config.toml
@@ -205,8 +240,19 @@ listed there with its default). Then:
   systemctl restart containerd
 
 The unit starts before containerd. Logs: journalctl -u airgap-snapshotter.
-The .deb (dpkg -i airgap-snapshotter_${version}_${arch}.deb) installs the same
-files under /usr/bin, /lib/systemd/system and /etc/airgap-snapshotter.
+
+To remove it (docs/operations.md, "Uninstall", has every step):
+
+  airgap-snapshotter config --merge /etc/containerd/config.toml --revert
+  systemctl restart containerd
+  systemctl disable --now airgap-snapshotter.service
+  rm /etc/systemd/system/airgap-snapshotter.service /usr/local/bin/airgap-snapshotter
+  systemctl daemon-reload
+
+The .deb (dpkg -i airgap-snapshotter_${version}_${arch}.deb) and the RPM
+install the same files under /usr/bin, the systemd unit directory and
+/etc/airgap-snapshotter, and enable the unit; removing them disables it.
+Each artifact's CycloneDX SBOM is beside it (<artifact>.cdx.json).
 EOF
 }
 
@@ -216,26 +262,22 @@ tar_gz() {
         --mtime="@${epoch}" -cf - "$2" | gzip -9n >"$3"
 }
 
-package() {
+build_deb() {
     local arch=$1 bin=$2
-    local name=airgap-snapshotter-${version}-linux-${arch}
-    local dir=$stage/$name
-    mkdir -p "$dir"
-    install -m 0755 "$bin" "$dir/airgap-snapshotter"
-    unit /usr/local/bin >"$dir/airgap-snapshotter.service"
-    install -m 0644 scripts/airgap-snapshotter.toml "$dir/airgap-snapshotter.toml"
-    install_text "$arch" >"$dir/INSTALL"
-    chmod 0644 "$dir/airgap-snapshotter.service" "$dir/INSTALL"
-    tar_gz "$stage" "$name" "$dist/$name.tar.gz"
-
     local deb=$stage/deb-$arch
     install -d -m 0755 "$deb/DEBIAN" "$deb/usr/bin" "$deb/lib/systemd/system" \
-        "$deb/etc/airgap-snapshotter" "$deb/var/lib/airgap-snapshotter/archives"
+        "$deb/etc/airgap-snapshotter" "$deb/var/lib/airgap-snapshotter/archives" \
+        "$deb/usr/share/doc/airgap-snapshotter"
     install -m 0755 "$bin" "$deb/usr/bin/airgap-snapshotter"
-    unit /usr/bin >"$deb/lib/systemd/system/airgap-snapshotter.service"
-    install -m 0644 scripts/airgap-snapshotter.toml "$deb/etc/airgap-snapshotter/airgap-snapshotter.toml"
-    chmod 0644 "$deb/lib/systemd/system/airgap-snapshotter.service"
-    echo /etc/airgap-snapshotter/airgap-snapshotter.toml >"$deb/DEBIAN/conffiles"
+    install -m 0644 scripts/airgap-snapshotter.service "$deb/lib/systemd/system/airgap-snapshotter.service"
+    install -m 0644 scripts/airgap-snapshotter.toml "$deb$config"
+    install -m 0644 LICENSE "$deb/usr/share/doc/airgap-snapshotter/copyright"
+    echo "$config" >"$deb/DEBIAN/conffiles"
+    chmod 0644 "$deb/DEBIAN/conffiles"
+    local script
+    for script in preinst postinst prerm postrm; do
+        install -m 0755 "scripts/packaging/deb/$script" "$deb/DEBIAN/$script"
+    done
     local size
     size=$(du -sk --exclude=DEBIAN "$deb" | cut -f1)
     cat >"$deb/DEBIAN/control" <<EOF
@@ -252,18 +294,74 @@ Description: containerd snapshotter and registry mirror serving airgap archives
  snapshotter that extracts layers straight from the archives, and a registry
  mirror on loopback. Static binary (${commit}).
 EOF
-    # Not enabled or started on install: containerd needs its config first.
-    cat >"$deb/DEBIAN/postinst" <<'EOF'
-#!/bin/sh
-set -e
-if [ "$1" = configure ] && [ -d /run/systemd/system ]; then
-    systemctl daemon-reload >/dev/null 2>&1 || true
-fi
-EOF
-    chmod 0755 "$deb/DEBIAN/postinst"
     find "$deb" -exec touch -h -d "@${epoch}" {} +
     SOURCE_DATE_EPOCH=$epoch dpkg-deb --root-owner-group -Zgzip --build "$deb" \
         "$dist/airgap-snapshotter_${version}_${arch}.deb" >&2
+}
+
+# build_rpm ARCH: the RPM of the binary cargo built for ARCH, from
+# [package.metadata.generate-rpm] in plugin/Cargo.toml (its paths are the
+# repository's, run from here).
+build_rpm() {
+    local arch=$1 t rpm_arch
+    t=$(triple "$arch")
+    rpm_arch=${t%%-*}
+    SOURCE_DATE_EPOCH=$epoch cargo generate-rpm -p plugin --target "$t" \
+        --target-dir "$target_dir" --payload-compress zstd \
+        -o "$dist/airgap-snapshotter-${version}-1.${rpm_arch}.rpm" >&2
+}
+
+# sbom ARCH ARTIFACT...: one CycloneDX SBOM per artifact of ARCH,
+# ARTIFACT.cdx.json: the crate and the crates compiled into the binary for
+# the arch's target (not build-only or dev dependencies), timestamped with
+# the commit (SOURCE_DATE_EPOCH), the checkout's path taken out of the
+# bom-refs, the artifact, commit and target named in its properties.
+sbom() {
+    local arch=$1 t out
+    shift
+    t=$(triple "$arch")
+    out=$stage/sbom-$arch
+    SOURCE_DATE_EPOCH=$epoch cargo cyclonedx --manifest-path plugin/Cargo.toml \
+        --format json --spec-version 1.5 --target "$t" --no-build-deps \
+        --override-filename "$sbom_name" -q
+    mv "plugin/$sbom_name.json" "$out.json"
+    rm -f -- */"$sbom_name.json"
+    local artifact
+    for artifact in "$@"; do
+        python3 - "$out.json" "$repo" "$artifact" "$commit" "$t" \
+            >"$dist/$artifact.cdx.json" <<'EOF'
+import json, sys
+path, repo, artifact, commit, target = sys.argv[1:]
+text = open(path).read().replace("path+file://" + repo + "/", "path+file:///")
+bom = json.loads(text)
+props = bom["metadata"].setdefault("properties", [])
+props += [{"name": "airgap-snapshotter:artifact", "value": artifact},
+          {"name": "airgap-snapshotter:commit", "value": commit},
+          {"name": "airgap-snapshotter:target", "value": target}]
+json.dump(bom, sys.stdout, indent=2, sort_keys=True)
+sys.stdout.write("\n")
+EOF
+        touch -d "@${epoch}" "$dist/$artifact.cdx.json"
+    done
+}
+
+package() {
+    local arch=$1 bin=$2
+    local name=airgap-snapshotter-${version}-linux-${arch}
+    local dir=$stage/$name
+    mkdir -p "$dir"
+    install -m 0755 "$bin" "$dir/airgap-snapshotter"
+    tarball_unit >"$dir/airgap-snapshotter.service"
+    install -m 0644 scripts/airgap-snapshotter.toml "$dir/airgap-snapshotter.toml"
+    install_text "$arch" >"$dir/INSTALL"
+    chmod 0644 "$dir/airgap-snapshotter.service" "$dir/INSTALL"
+    tar_gz "$stage" "$name" "$dist/$name.tar.gz"
+    build_deb "$arch" "$bin"
+    build_rpm "$arch"
+    local t
+    t=$(triple "$arch")
+    sbom "$arch" "$name.tar.gz" "airgap-snapshotter_${version}_${arch}.deb" \
+        "airgap-snapshotter-${version}-1.${t%%-*}.rpm"
 }
 
 declare -A seconds
@@ -275,7 +373,7 @@ for arch in "${arches[@]}"; do
     package "$arch" "$bin"
 done
 
-(cd "$dist" && sha256sum -- *.tar.gz *.deb >SHA256SUMS)
+(cd "$dist" && sha256sum -- *.tar.gz *.deb *.rpm *.cdx.json >SHA256SUMS)
 
 say "done: $dist"
 for arch in "${arches[@]}"; do

@@ -23,12 +23,21 @@ pub struct VerifyArgs {
 pub fn run(args: VerifyArgs) -> Result<ExitCode> {
     let mut archives = Vec::new();
     let mut failed = 0usize;
+    let mut incomplete = Vec::new();
     if args.files.is_empty() {
         let catalog = open_catalog(args.archives, None)?;
         for (path, reason) in catalog.broken() {
             println!("FAIL {}: {reason}", path.display());
             failed += 1;
         }
+        // Every blob of every image must be in some archive (a delta
+        // needs its base).
+        incomplete.extend(
+            catalog
+                .incomplete_images()
+                .into_iter()
+                .map(|(name, (info, c))| (name, info.archive, c.reason())),
+        );
         archives.extend(catalog.archives().iter().map(|a| a.index.clone()));
     } else {
         for path in &args.files {
@@ -71,6 +80,20 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
             match f.digest {
                 Some(d) => println!("FAIL {}: {d}: {}", index.path.display(), f.reason),
                 None => println!("FAIL {}: {}", index.path.display(), f.reason),
+            }
+        }
+    }
+    for (name, archive, reason) in &incomplete {
+        failed += 1;
+        println!("FAIL {}: image {name}: {reason}", archive.display());
+    }
+    if !args.files.is_empty() {
+        for index in archives.iter().filter(|i| !i.bundle.bases.is_empty()) {
+            for base in &index.bundle.bases {
+                println!(
+                    "note {}: a delta extending {base}: its images are complete only beside it",
+                    index.path.display()
+                );
             }
         }
     }

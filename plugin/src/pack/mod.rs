@@ -19,6 +19,7 @@ use crate::catalog::{Catalog, CatalogOptions};
 use crate::digest::Digest;
 use crate::labels;
 
+pub mod delta;
 mod fetch;
 
 /// What to pack.
@@ -41,6 +42,10 @@ pub struct PackOptions {
     /// Registries asked, in order, for the images the sources lack (the
     /// daemon's `[[upstream]]` tables, or anonymous endpoints).
     pub registries: Vec<crate::config::UpstreamConfig>,
+    /// Pack a delta: leave out the layers these archives hold ...
+    pub bases: Vec<PathBuf>,
+    /// ... or the bundles of these inventories (`images --inventory`).
+    pub base_inventories: Vec<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +77,10 @@ pub enum PackError {
     },
     #[error("registry: blob {digest}: {source}")]
     RegistryBlob { digest: Digest, source: io::Error },
+    #[error("base {path}: {reason}")]
+    Base { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Inventory(#[from] crate::catalog::bundle::InventoryError),
 }
 
 /// What went into the archive.
@@ -81,6 +90,10 @@ pub struct PackSummary {
     pub blobs: usize,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// The archive's bundle ID.
+    pub bundle: Option<Digest>,
+    /// What a delta left out to its bases.
+    pub left_out: delta::LeftOut,
 }
 
 /// Reads an image list: one reference per line, `#` comments, and optional
@@ -233,6 +246,7 @@ pub fn pack(opts: &PackOptions, progress: &dyn Fn(u64, u64)) -> Result<PackSumma
     if opts.refs.is_empty() {
         return Err(PackError::Nothing);
     }
+    let bases = delta::Bases::load(&opts.bases, &opts.base_inventories)?;
     let scratch = tempfile::tempdir().map_err(|source| PackError::Io {
         what: "creating a scratch dir in",
         path: std::env::temp_dir(),
@@ -301,6 +315,11 @@ pub fn pack(opts: &PackOptions, progress: &dyn Fn(u64, u64)) -> Result<PackSumma
     if !missing.is_empty() {
         return Err(PackError::Missing(missing));
     }
+    let (order, left_out) = bases.split(
+        order,
+        |d| catalog.document(d).is_some(),
+        |d| catalog.blob_size(d).unwrap_or(0),
+    );
 
     let sizes: Vec<u64> = order
         .iter()
@@ -385,6 +404,7 @@ pub fn pack(opts: &PackOptions, progress: &dyn Fn(u64, u64)) -> Result<PackSumma
         "schemaVersion": 2,
         "mediaType": crate::catalog::index::MEDIA_OCI_INDEX,
         "manifests": manifests,
+        "annotations": delta::annotations(&order, &opts.output, &left_out.bases),
     }))
     .expect("JSON values serialize");
     write_file(&mut w, "index.json", &index).map_err(io_out)?;
@@ -404,6 +424,8 @@ pub fn pack(opts: &PackOptions, progress: &dyn Fn(u64, u64)) -> Result<PackSumma
         blobs: order.len(),
         bytes_in: total,
         bytes_out,
+        bundle: Some(crate::catalog::bundle::bundle_id(&order)),
+        left_out,
     })
 }
 
@@ -450,6 +472,8 @@ mod tests {
             frame_size: 64 * 1024,
             threads: 2,
             registries: Vec::new(),
+            bases: Vec::new(),
+            base_inventories: Vec::new(),
         }
     }
 

@@ -60,9 +60,9 @@ fn top_layer(n: u32) -> Layer {
 }
 
 /// A release's images as OCI archives in `dir`: `app:<n>` (the sample base
-/// layer of `app`, and a top layer saying `release <n>`), the pause image,
-/// and `extra` (an image only this release has).
-fn write_release(dir: &Path, host: &str, n: u32, extra: &str) -> Result<Vec<BuiltImage>> {
+/// layer of `app`, and a top layer saying `release <n>`), `other` (an image
+/// only this release has) and the pause image.
+fn write_release(dir: &Path, host: &str, n: u32, other: ImageSpec) -> Result<Vec<BuiltImage>> {
     std::fs::create_dir_all(dir)?;
     let base_layer = image::sample_layers("app")?.remove(0);
     let app = ImageSpec {
@@ -75,8 +75,12 @@ fn write_release(dir: &Path, host: &str, n: u32, extra: &str) -> Result<Vec<Buil
         tag: "bundles".into(),
         layers: image::pause_layers("pause:bundles")?,
     };
-    let (name, tag) = extra.split_once(':').context("extra image name:tag")?;
-    let other = image::sample_spec(host, name, tag)?;
+    let name = other
+        .name
+        .rsplit('/')
+        .next()
+        .unwrap_or("other")
+        .replace(':', "-");
     Ok(vec![
         image::write_oci_archive(&app, &dir.join("app.tar"))?,
         image::write_oci_archive(&other, &dir.join(format!("{name}.tar")))?,
@@ -92,8 +96,20 @@ fn write_release(dir: &Path, host: &str, n: u32, extra: &str) -> Result<Vec<Buil
 /// Packs both releases in `work`, the delta both ways, and checks they
 /// agree.
 fn pack_releases(test: &str, work: &Path, host: &str) -> Result<Releases> {
-    let r1 = write_release(&work.join("src-1"), host, 1, "old:1")?;
-    let r2 = write_release(&work.join("src-2"), host, 2, "new:1")?;
+    // old:1 (the sample image) is dropped by release 2; new:1 shares no
+    // layer with release 1.
+    let old = image::sample_spec(host, "old", "1")?;
+    let new = ImageSpec {
+        name: format!("{host}/library/new:1"),
+        tag: "1".into(),
+        layers: vec![image::busybox_layer(vec![
+            Entry::dir("data"),
+            Entry::file("data/file", "hello airgap\n"),
+            Entry::file("data/marker", "new:1\n"),
+        ])?],
+    };
+    let r1 = write_release(&work.join("src-1"), host, 1, old)?;
+    let r2 = write_release(&work.join("src-2"), host, 2, new)?;
     let out = work.join("connected");
     std::fs::create_dir_all(&out)?;
     let base = out.join("release-1.tar.zst");

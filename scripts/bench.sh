@@ -4,7 +4,7 @@
 # harness, integration/src/bench (`bench --help` says what each mode
 # measures). Needs root.
 #
-#   scripts/bench.sh [--write] [--cache DIR] [--logs DIR] [--reps N] [--no-profile] [--pulls|--import|--mounts]
+#   scripts/bench.sh [--write] [--cache DIR] [--logs DIR] [--reps N] [--no-profile] [--pulls|--import|--mounts|--delta]
 #
 # AIRGAP_CONTAINERD_DIR=DIR runs the private containerds from DIR (1.7, 2.x:
 # scripts/fetch-containerd.sh, scripts/build-containerd.sh).

@@ -27,6 +27,13 @@ pub const OCI_REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// at once). Kept on the committed snapshot while its data is not there yet.
 pub const AIRGAP_IMPORT: &str = "containerd.io/snapshot/airgap.import";
 
+/// On the index.json `pack` writes: the archive's bundle ID (the digest of
+/// its sorted blob digests, `catalog::bundle`), the name it was packed as,
+/// and, for a delta, the bundles it extends (a JSON array of `{id, name}`).
+pub const BUNDLE_ID: &str = "io.airgap-snapshotter.bundle.id";
+pub const BUNDLE_NAME: &str = "io.airgap-snapshotter.bundle.name";
+pub const BUNDLE_BASES: &str = "io.airgap-snapshotter.bundle.bases";
+
 /// On image records the importer creates: the archive they come from.
 pub const AIRGAP_ARCHIVE: &str = "io.airgap-snapshotter.archive";
 /// On image records the importer creates, and only those: put there by its

@@ -20,6 +20,9 @@ pub enum Mode {
     /// Indexing an archive against `zstd -d` (`bench-index`), what
     /// `scripts/bench-index.sh` measures.
     Index,
+    /// Release 2 of the bundle packed in full and as a delta of release 1
+    /// (`bench-delta`): bytes and time to pack.
+    Delta,
 }
 
 /// The benchmark against what sites use today (issue 5). In one run, on
@@ -64,6 +67,11 @@ pub enum Mode {
 /// pull; (9) reading every file of the image in a container over mounted and
 /// over extracted layers; and the parallel floor (6).
 ///
+/// --delta packs a release 2 of the bundle (debian-go's top layer changed,
+/// debian-perl added, debian-python removed) in full and as a delta of
+/// release 1 (`pack --base`, `pack --base-inventory`): bytes and time to
+/// pack (no containerd).
+///
 /// --index [DIR...] measures indexing an archive never seen against `zstd -d`
 /// of it, and a restart with the persisted index (no containerd).
 ///
@@ -101,8 +109,11 @@ pub struct Args {
     #[arg(long, conflicts_with = "index")]
     pub mounts: bool,
     /// Only indexing speed (what `scripts/bench-index.sh` runs).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "delta")]
     pub index: bool,
+    /// Only delta bundles: release 2 in full and as a delta of release 1.
+    #[arg(long, conflicts_with_all = ["pulls", "import", "mounts"])]
+    pub delta: bool,
     /// --index: the directories the bundles are made of (default: a few
     /// large directories of this machine).
     #[arg(value_name = "DIR", requires = "index")]
@@ -119,6 +130,8 @@ impl Args {
             Mode::Mounts
         } else if self.index {
             Mode::Index
+        } else if self.delta {
+            Mode::Delta
         } else {
             Mode::Full
         }
@@ -166,11 +179,15 @@ mod tests {
         let index = parse(&["--index", "--write", "/usr/lib/go-1.19"]).unwrap();
         assert_eq!(index.mode(), Mode::Index);
         assert_eq!(index.dirs, vec![PathBuf::from("/usr/lib/go-1.19")]);
+        let delta = parse(&["--delta", "--write", "--cache", "/c"]).unwrap();
+        assert_eq!(delta.mode(), Mode::Delta);
+        assert!(!delta.profile());
     }
 
     #[test]
     fn refuses_what_the_script_refused() {
         assert!(parse(&["--pulls", "--mounts"]).is_err());
+        assert!(parse(&["--delta", "--index"]).is_err());
         assert!(parse(&["--reps", "0"]).is_err());
         assert!(parse(&["--reps"]).is_err());
         assert!(parse(&["--frobnicate"]).is_err());

@@ -11,10 +11,12 @@
 //! - [`report`]: the pure part: numbers as printed, tables, the sections of
 //!   BENCHMARKS.md.
 //! - [`index`]: indexing speed (--index).
+//! - [`delta`]: delta bundles against the full bundle (--delta).
 //! - [`system`]: /proc, caches, small commands, HTTP probes.
 
 pub mod args;
 pub mod bundle;
+pub mod delta;
 pub mod index;
 pub mod mounts;
 pub mod report;

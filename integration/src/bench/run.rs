@@ -88,6 +88,9 @@ pub fn run(args: Args) -> Result<()> {
     if mode == Mode::Index {
         return super::index::run(&repo, &bin, &args);
     }
+    if mode == Mode::Delta {
+        return super::delta::run_delta(&repo, &bin, &args);
+    }
     if !crate::is_root() {
         bail!("bench needs root (containerd, mounts, drop_caches)");
     }

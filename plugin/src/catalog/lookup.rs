@@ -95,6 +95,12 @@ impl Catalog {
             let Ok(manifest) = self.platform_manifest(&image.entry, platform) else {
                 continue;
             };
+            let completeness = self.completeness_for(&image, platform);
+            if !completeness.is_complete() {
+                tracing::info!(image = %image.entry.name, archive = %image.archive.display(),
+                    reason = %completeness.reason(), "not prepared ahead");
+                continue;
+            }
             for chain_id in &manifest.chain {
                 if let Some(layer) = self.layer(chain_id) {
                     if seen.insert(layer.digest) {

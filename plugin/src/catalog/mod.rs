@@ -99,6 +99,7 @@ pub struct PlainBlob {
 }
 
 mod blobs;
+pub mod bundle;
 pub mod container;
 mod error;
 pub mod index;
@@ -112,6 +113,7 @@ mod store;
 pub mod verify;
 pub mod watch;
 
+pub use bundle::{Bundle, BundleRef, Completeness, Inventory};
 pub use error::{BlobError, CatalogError, NoPlatformManifest};
 pub use index::{ArchiveIndex, FileKey, ImageEntry, IndexError, ManifestEntry};
 pub use scan::ScanReport;

@@ -316,20 +316,31 @@ pub(super) fn derive(state: &mut State) {
     let mut names: HashMap<String, (Arc<Archive>, usize)> = HashMap::new();
     let mut chains = HashMap::new();
     let mut blobs: HashMap<Digest, Vec<Arc<Archive>>> = HashMap::new();
-    for a in archives {
+    for a in &archives {
         for (i, img) in a.index.images.iter().enumerate() {
             if let Some((old, _)) = names.get(&img.name) {
                 tracing::info!(image = %img.name, winner = %a.index.path.display(), shadowed = %old.index.path.display(), "image in several archives: the most recently modified wins");
             }
-            names.insert(img.name.clone(), (a.clone(), i));
+            names.insert(img.name.clone(), ((*a).clone(), i));
         }
         for (i, l) in a.index.layers.iter().enumerate() {
             if l.present {
-                chains.insert(l.chain_id, (a.clone(), i));
+                chains.insert(l.chain_id, ((*a).clone(), i));
             }
         }
         for d in a.index.blobs.keys() {
-            blobs.entry(*d).or_default().insert(0, a.clone());
+            blobs.entry(*d).or_default().insert(0, (*a).clone());
+        }
+    }
+    // A layer an archive names but leaves out (a delta's, whose base holds
+    // it) is served from any archive holding its blob.
+    for a in &archives {
+        for (i, l) in a.index.layers.iter().enumerate() {
+            if !l.present && blobs.contains_key(&l.digest) {
+                chains
+                    .entry(l.chain_id)
+                    .or_insert_with(|| ((*a).clone(), i));
+            }
         }
     }
     state.names = names;

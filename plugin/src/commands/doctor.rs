@@ -12,8 +12,8 @@ use std::process::ExitCode;
 use airgap_snapshotter::catalog::reference::Reference;
 use airgap_snapshotter::config::{Config, Listen, ServeArgs};
 use airgap_snapshotter::doctor::{
-    config_file, hosts, images, probe, rewrites, signatures, upstream, Check, ImageStatus, Report,
-    Status,
+    bundles, config_file, hosts, images, probe, rewrites, signatures, upstream, Check, ImageStatus,
+    Report, Status,
 };
 use airgap_snapshotter::registry::Upstreams;
 use airgap_snapshotter::setup::{platform, DEFAULT_CONTAINERD_CONFIG, DEFAULT_HOSTS_DIR};
@@ -169,15 +169,33 @@ pub fn run(args: DoctorArgs) -> Result<ExitCode> {
             "fix [verify] keys: PEM public keys (-----BEGIN PUBLIC KEY-----, ECDSA P-256)",
         )),
     }
+    let incomplete = catalog.incomplete_images();
+    report.checks.extend(bundles::check(
+        &catalog.absent_bases(),
+        &incomplete
+            .iter()
+            .map(|(name, (info, c))| (name.clone(), info.archive.clone(), c.reason()))
+            .collect::<Vec<_>>(),
+    ));
 
     let platform = args.platform.clone().unwrap_or_else(platform);
     for list in &args.images_from {
         let text =
             std::fs::read_to_string(list).with_context(|| format!("read {}", list.display()))?;
         let refs = images::read_list(&text, &args.group);
-        report
-            .images
-            .extend(images::classify(&refs, &all_images, &platform));
+        let mut found = images::classify(&refs, &all_images, &platform);
+        for i in found
+            .iter_mut()
+            .filter(|i| i.status == ImageStatus::Present)
+        {
+            let info = all_images
+                .iter()
+                .find(|a| Some(a.entry.digest.to_string()) == i.digest);
+            if info.is_some_and(|a| !catalog.completeness_for(a, &platform).is_complete()) {
+                i.status = ImageStatus::Incomplete;
+            }
+        }
+        report.images.extend(found);
     }
 
     // The upstreams: each pinged; listed images no archive holds are
@@ -259,6 +277,7 @@ fn print_table(report: &Report, platform: &str) {
                 ImageStatus::WrongPlatform => "wrong-platform",
                 ImageStatus::Upstream => "upstream",
                 ImageStatus::Missing => "missing",
+                ImageStatus::Incomplete => "incomplete",
             };
             let where_ = match (&i.archive, i.status) {
                 (Some(a), ImageStatus::WrongPlatform) => {
@@ -284,7 +303,12 @@ fn print_table(report: &Report, platform: &str) {
     let bad_images = report
         .images
         .iter()
-        .filter(|i| matches!(i.status, ImageStatus::Missing | ImageStatus::WrongPlatform))
+        .filter(|i| {
+            matches!(
+                i.status,
+                ImageStatus::Missing | ImageStatus::WrongPlatform | ImageStatus::Incomplete
+            )
+        })
         .count();
     println!(
         "\n{} checks: {fails} failed, {warns} warnings; {} images listed, {bad_images} not usable here",

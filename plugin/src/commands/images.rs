@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use airgap_snapshotter::catalog::ImageInfo;
+use airgap_snapshotter::catalog::{Completeness, ImageInfo};
 use anyhow::Result;
 use serde::Serialize;
 
@@ -22,6 +22,11 @@ pub struct ImagesArgs {
     /// Print a JSON array instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Print what the archives hold, by bundle (ID, name, every blob
+    /// digest), as JSON: the file `pack --base-inventory` reads to pack a
+    /// delta of exactly what this node lacks.
+    #[arg(long, conflicts_with = "json")]
+    pub inventory: bool,
     /// The daemon's root: reuse (and update) the indexes it persisted there,
     /// instead of indexing every archive again.
     #[arg(long, value_name = "DIR")]
@@ -39,6 +44,14 @@ struct ImageRow<'a> {
     archive: String,
     size: u64,
     synthesized: bool,
+    /// The archive's bundle ID.
+    bundle: String,
+    /// True when every blob of the image is in some archive.
+    complete: bool,
+    /// Why not: the blobs in no archive, per platform manifest, and the
+    /// bases of a delta that are not on this node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    incomplete: Option<Completeness>,
     /// Every platform manifest present, with its layers bottom first.
     manifests: Vec<ManifestRow>,
 }
@@ -56,13 +69,21 @@ struct LayerRow {
     diff_id: String,
     chain_id: String,
     size: u64,
-    /// False when the archive lacks the blob (it would come from a registry).
+    /// False when the archive lacks the blob (another archive, or a
+    /// registry, has to supply it).
     present: bool,
 }
 
 pub fn run(args: ImagesArgs) -> Result<ExitCode> {
     let archives = super::archive_dirs(args.archives, args.config.as_deref())?;
     let catalog = open_catalog(archives, args.root)?;
+    if args.inventory {
+        for (path, reason) in catalog.broken() {
+            eprintln!("{}: {reason}", path.display());
+        }
+        println!("{}", serde_json::to_string_pretty(&catalog.inventory())?);
+        return Ok(ExitCode::SUCCESS);
+    }
     for (path, reason) in catalog.broken() {
         eprintln!("{}: {reason}", path.display());
     }
@@ -72,6 +93,12 @@ pub fn run(args: ImagesArgs) -> Result<ExitCode> {
         }
     }
     let images = catalog.images();
+    let incomplete = catalog.incomplete_images();
+    let bundles: std::collections::HashMap<PathBuf, String> = catalog
+        .archives()
+        .iter()
+        .map(|a| (a.path().to_path_buf(), a.index.bundle_id().to_string()))
+        .collect();
     if args.json {
         let archives = catalog.archives();
         let manifest_rows = |i: &ImageInfo| -> Vec<ManifestRow> {
@@ -112,6 +139,9 @@ pub fn run(args: ImagesArgs) -> Result<ExitCode> {
                 archive: i.archive.display().to_string(),
                 size: i.entry.size,
                 synthesized: i.entry.synthesized,
+                bundle: bundles.get(&i.archive).cloned().unwrap_or_default(),
+                complete: !incomplete.contains_key(&i.entry.name),
+                incomplete: incomplete.get(&i.entry.name).map(|(_, c)| c.clone()),
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -122,7 +152,11 @@ pub fn run(args: ImagesArgs) -> Result<ExitCode> {
         );
         for i in &images {
             let digest = i.entry.digest.to_string();
-            let marker = if i.entry.synthesized { "*" } else { "" };
+            let marker = match (i.entry.synthesized, incomplete.contains_key(&i.entry.name)) {
+                (_, true) => "!",
+                (true, false) => "*",
+                (false, false) => "",
+            };
             println!(
                 "{:<50} {:<19} {:<28} {:>10}  {}",
                 i.entry.name,
@@ -134,6 +168,9 @@ pub fn run(args: ImagesArgs) -> Result<ExitCode> {
         }
         if images.iter().any(|i| i.entry.synthesized) {
             println!("* manifest synthesized from a docker-save archive (registry digest unknown)");
+        }
+        for (name, (_, c)) in &incomplete {
+            println!("! {name}: {}", c.reason());
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -48,6 +48,14 @@ pub struct PackArgs {
     /// `[verify] keys` and by `cosign verify --key`.
     #[arg(long, value_name = "KEY.pem")]
     pub sign: Option<PathBuf>,
+    /// Pack a delta: leave out the layers this archive (or directory of
+    /// archives) already holds, and record it as the base (repeatable).
+    #[arg(long, value_name = "ARCHIVE")]
+    pub base: Vec<PathBuf>,
+    /// Pack a delta against what a node holds: the output of
+    /// `airgap-snapshotter images --inventory` there (repeatable).
+    #[arg(long, value_name = "FILE")]
+    pub base_inventory: Vec<PathBuf>,
     /// Image references to pack.
     #[arg(value_name = "REF")]
     pub refs: Vec<String>,
@@ -104,6 +112,8 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
         level: args.level,
         frame_size: args.frame_mib.clamp(1, 256) << 20,
         threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        bases: args.base,
+        base_inventories: args.base_inventory,
     };
     let bar = progress_bar(
         0,
@@ -133,5 +143,24 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
         human_bytes(summary.bytes_in),
         human_bytes(summary.bytes_out)
     );
+    if let Some(id) = summary.bundle {
+        println!("bundle {id}");
+    }
+    let left = &summary.left_out;
+    if !opts.bases.is_empty() || !opts.base_inventories.is_empty() {
+        println!(
+            "delta: {} blobs ({}) left out, held by its base(s):",
+            left.blobs,
+            human_bytes(left.bytes)
+        );
+        for base in &left.bases {
+            println!("  extends {base}");
+        }
+        if left.bases.is_empty() {
+            println!(
+                "  none: no base holds any of these layers; the archive is complete on its own"
+            );
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -55,6 +55,16 @@ pub struct VerifyJson {
     /// True when every archive holds (exit status 0).
     pub ok: bool,
     pub archives: Vec<ArchiveJson>,
+    /// Images lacking a blob no archive holds (a delta without its base).
+    pub incomplete: Vec<IncompleteJson>,
+}
+
+/// An incomplete image of `verify --json`.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct IncompleteJson {
+    pub image: String,
+    pub archive: String,
+    pub reason: String,
 }
 
 impl VerifyJson {
@@ -81,6 +91,7 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
     let mut report = VerifyJson {
         ok: true,
         archives: Vec::new(),
+        incomplete: Vec::new(),
     };
     let unreadable = |report: &mut VerifyJson,
                       path: &std::path::Path,
@@ -96,6 +107,16 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
         let catalog = open_catalog(dirs, None)?;
         for (path, reason) in catalog.broken() {
             unreadable(&mut report, &path, None, reason.to_string());
+        }
+        // Every blob of every image must be in some archive (a delta
+        // needs its base).
+        for (name, (info, c)) in catalog.incomplete_images() {
+            report.ok = false;
+            report.incomplete.push(IncompleteJson {
+                image: name,
+                archive: info.archive.display().to_string(),
+                reason: c.reason(),
+            });
         }
         archives.extend(catalog.archives().iter().map(|a| a.index.clone()));
     } else {
@@ -159,9 +180,24 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
                 .collect(),
         );
     }
+    if !args.json {
+        for i in &report.incomplete {
+            println!("FAIL {}: image {}: {}", i.archive, i.image, i.reason);
+        }
+        if !args.files.is_empty() {
+            for index in archives.iter().filter(|i| !i.bundle.bases.is_empty()) {
+                for base in &index.bundle.bases {
+                    println!(
+                        "note {}: a delta extending {base}: its images are complete only beside it",
+                        index.path.display()
+                    );
+                }
+            }
+        }
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
-    } else if report.archives.is_empty() {
+    } else if report.archives.is_empty() && report.incomplete.is_empty() {
         println!("no archives found");
     }
     Ok(if report.ok {

@@ -5,6 +5,7 @@
 //! list of images, the output of `ctr`), so each mistake has its unit test;
 //! the `doctor` command gathers the inputs and prints.
 
+pub mod bundles;
 pub mod config_file;
 pub mod hosts;
 pub mod images;
@@ -100,6 +101,9 @@ pub enum ImageStatus {
     Upstream,
     /// Neither.
     Missing,
+    /// Archived, but some of its blobs are in no archive (a delta whose
+    /// base is not on the node).
+    Incomplete,
 }
 
 /// One reference of an image list.
@@ -128,10 +132,12 @@ impl Report {
         self.checks
             .iter()
             .any(|c| c.status == Status::Fail || (strict && c.status == Status::Warn))
-            || self
-                .images
-                .iter()
-                .any(|i| matches!(i.status, ImageStatus::Missing | ImageStatus::WrongPlatform))
+            || self.images.iter().any(|i| {
+                matches!(
+                    i.status,
+                    ImageStatus::Missing | ImageStatus::WrongPlatform | ImageStatus::Incomplete
+                )
+            })
     }
 }
 

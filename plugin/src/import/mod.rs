@@ -162,6 +162,9 @@ pub struct Importer {
     /// Records left alone that were logged already (namespace, name,
     /// target digest): logged once, not every pass.
     left_alone_logged: Mutex<HashSet<(String, String, String)>>,
+    /// Incomplete images skipped, with the reason last logged: logged when
+    /// it changes, not every pass.
+    incomplete_logged: Mutex<HashMap<String, String>>,
     /// Told whether containerd answered (the daemon's `/readyz`).
     containerd: Option<Arc<crate::health::ContainerdState>>,
     /// `[verify]`: images without a valid signature are not registered
@@ -193,6 +196,7 @@ impl Importer {
             opts,
             pull_failures: Default::default(),
             left_alone_logged: Default::default(),
+            incomplete_logged: Default::default(),
             containerd: None,
             trust: crate::trust::Trust::off(),
         }
@@ -268,6 +272,7 @@ impl Importer {
         } else {
             Vec::new()
         };
+        self.log_incomplete(&skipped);
         let mut report = ImportReport {
             skipped,
             ..Default::default()
@@ -287,6 +292,25 @@ impl Importer {
             self.pull_listed(client, &mut report).await?;
         }
         Ok(report)
+    }
+
+    /// Logs each image skipped as incomplete (blobs in no archive: a delta
+    /// without its base) once, and again when the reason changes.
+    fn log_incomplete(&self, skipped: &[(String, PlanError)]) {
+        let now: HashMap<String, String> = skipped
+            .iter()
+            .filter_map(|(name, why)| match why {
+                PlanError::Incomplete(reason) => Some((name.clone(), reason.clone())),
+                _ => None,
+            })
+            .collect();
+        let mut logged = self.incomplete_logged.lock().unwrap();
+        for (image, reason) in &now {
+            if logged.get(image) != Some(reason) {
+                tracing::warn!(%image, %reason, "not registered");
+            }
+        }
+        *logged = now;
     }
 
     /// Connects to containerd (waiting for it, with backoff, logged once)

@@ -51,6 +51,10 @@ pub enum PlanError {
     /// platforms the archive has).
     #[error(transparent)]
     Platform(crate::catalog::NoPlatformManifest),
+    /// Some blob of the image is in no archive (a delta whose base is not
+    /// on the node): `Completeness::reason`.
+    #[error("{0}")]
+    Incomplete(String),
     #[error("layer {0} (chain ID) is not in the archive: pulled from a registry instead")]
     LayerNotArchived(Digest),
     #[error("the manifest has no layers")]
@@ -133,6 +137,10 @@ fn registration(
     let manifest = catalog
         .platform_manifest(entry, platform)
         .map_err(PlanError::Platform)?;
+    let completeness = catalog.completeness_for(image, platform);
+    if !completeness.is_complete() {
+        return Err(PlanError::Incomplete(completeness.reason()));
+    }
     if let Some(missing) = manifest.chain.iter().find(|c| catalog.layer(c).is_none()) {
         return Err(PlanError::LayerNotArchived(*missing));
     }

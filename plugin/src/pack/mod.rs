@@ -19,6 +19,7 @@ use crate::catalog::{Catalog, CatalogOptions};
 use crate::digest::Digest;
 use crate::labels;
 
+pub mod delta;
 mod fetch;
 
 /// What to pack.
@@ -44,6 +45,10 @@ pub struct PackOptions {
     /// Signs every image packed (`--sign`): a cosign signature image per
     /// image, under its repository's `sha256-<hex>.sig` tag (see `trust`).
     pub sign: Option<crate::trust::Signer>,
+    /// Pack a delta: leave out the layers these archives hold ...
+    pub bases: Vec<PathBuf>,
+    /// ... or the bundles of these inventories (`images --inventory`).
+    pub base_inventories: Vec<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +80,10 @@ pub enum PackError {
     },
     #[error("registry: blob {digest}: {source}")]
     RegistryBlob { digest: Digest, source: io::Error },
+    #[error("base {path}: {reason}")]
+    Base { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Inventory(#[from] crate::catalog::bundle::InventoryError),
 }
 
 /// What went into the archive.
@@ -86,6 +95,10 @@ pub struct PackSummary {
     pub bytes_out: u64,
     /// Signature images written (`--sign`).
     pub signatures: usize,
+    /// The archive's bundle ID.
+    pub bundle: Option<Digest>,
+    /// What a delta left out to its bases.
+    pub left_out: delta::LeftOut,
 }
 
 /// Reads an image list: one reference per line, `#` comments, and optional
@@ -238,6 +251,7 @@ pub fn pack(opts: &PackOptions, progress: &dyn Fn(u64, u64)) -> Result<PackSumma
     if opts.refs.is_empty() {
         return Err(PackError::Nothing);
     }
+    let bases = delta::Bases::load(&opts.bases, &opts.base_inventories)?;
     let scratch = tempfile::tempdir().map_err(|source| PackError::Io {
         what: "creating a scratch dir in",
         path: std::env::temp_dir(),
@@ -306,6 +320,11 @@ pub fn pack(opts: &PackOptions, progress: &dyn Fn(u64, u64)) -> Result<PackSumma
     if !missing.is_empty() {
         return Err(PackError::Missing(missing));
     }
+    let (order, left_out) = bases.split(
+        order,
+        |d| catalog.document(d).is_some(),
+        |d| catalog.blob_size(d).unwrap_or(0),
+    );
 
     let sizes: Vec<u64> = order
         .iter()
@@ -359,9 +378,13 @@ pub fn pack(opts: &PackOptions, progress: &dyn Fn(u64, u64)) -> Result<PackSumma
         pad(&mut w, *size).map_err(io_out)?;
         done += size;
     }
+    // The bundle ID covers every blob written, signatures included: the
+    // node recomputes it from what the archive holds.
+    let mut written = order.clone();
     let signatures = signature_images(opts.sign.as_ref(), &images);
     for (d, bytes) in signatures.iter().flat_map(|s| &s.blobs) {
         if seen.insert(*d) {
+            written.push(*d);
             let header = tar_header(&format!("blobs/sha256/{}", d.hex()), bytes.len() as u64)
                 .map_err(io_out)?;
             w.write_all(header.as_bytes()).map_err(io_out)?;
@@ -413,6 +436,7 @@ pub fn pack(opts: &PackOptions, progress: &dyn Fn(u64, u64)) -> Result<PackSumma
         "schemaVersion": 2,
         "mediaType": crate::catalog::index::MEDIA_OCI_INDEX,
         "manifests": manifests,
+        "annotations": delta::annotations(&written, &opts.output, &left_out.bases),
     }))
     .expect("JSON values serialize");
     write_file(&mut w, "index.json", &index).map_err(io_out)?;
@@ -433,6 +457,8 @@ pub fn pack(opts: &PackOptions, progress: &dyn Fn(u64, u64)) -> Result<PackSumma
         bytes_in: total,
         bytes_out,
         signatures: signatures.len(),
+        bundle: Some(crate::catalog::bundle::bundle_id(&written)),
+        left_out,
     })
 }
 
@@ -497,6 +523,8 @@ mod tests {
             threads: 2,
             registries: Vec::new(),
             sign: None,
+            bases: Vec::new(),
+            base_inventories: Vec::new(),
         }
     }
 

@@ -26,7 +26,8 @@ mod walk;
 /// Bumped whenever the persisted form changes; older files are re-indexed.
 /// 2: documents are kept byte for byte (format 1 could hold a non-UTF-8
 /// document changed by a lossy conversion). 3: the key has the ctime.
-pub(crate) const INDEX_FORMAT: u32 = 3;
+/// 4: the bundle (its ID, name and bases).
+pub(crate) const INDEX_FORMAT: u32 = 4;
 /// Largest JSON document (manifest, index, config) read from an archive.
 pub(crate) const MAX_JSON: u64 = 8 << 20;
 /// Most tar entries accepted in one archive.
@@ -141,6 +142,8 @@ pub struct ArchiveIndex {
     pub problems: Vec<String>,
     /// Length of the decompressed stream walked.
     pub stream_len: u64,
+    /// The archive as a bundle: its ID, and the bases a delta extends.
+    pub bundle: super::bundle::Bundle,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -317,6 +320,7 @@ pub fn index_archive_until(
         documents: BTreeMap::new(),
         problems: Vec::new(),
         stream_len: pass.stream_len,
+        bundle: Default::default(),
     };
     if let Some(table) = &out.seek_table {
         if table.decompressed_len() < pass.stream_len {
@@ -344,6 +348,15 @@ pub fn index_archive_until(
     }
     for (digest, e) in &pass.blobs {
         out.blobs.entry(*digest).or_insert(e.loc);
+    }
+    let id = super::bundle::bundle_id(&out.held_blobs());
+    out.bundle.id = Some(id);
+    if let Some(recorded) = oci::recorded_bundle_id(&pass) {
+        if *recorded != id.to_string() {
+            out.problems.push(format!(
+                "index.json names bundle {recorded} but the archive holds bundle {id}: changed after it was packed"
+            ));
+        }
     }
     out.images.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)

@@ -52,6 +52,8 @@ pub(super) struct Document {
     pub(super) config: Option<Descriptor>,
     #[serde(default)]
     pub(super) layers: Option<Vec<Descriptor>>,
+    #[serde(default)]
+    pub(super) annotations: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]

@@ -15,6 +15,7 @@ use crate::labels;
 impl Resolver<'_> {
     pub(super) fn oci(&mut self) -> Result<(), IndexError> {
         let index: Document = parse_json("index.json", &self.pass.json_files["index.json"])?;
+        self.bundle(&index.annotations);
         let tops = index.manifests.unwrap_or_default();
         for (i, desc) in tops.iter().enumerate() {
             let names = image_names(desc);
@@ -49,6 +50,22 @@ impl Resolver<'_> {
             }
         }
         Ok(())
+    }
+
+    /// What index.json's annotations say of the archive as a bundle (`pack`
+    /// writes them): its name and, for a delta, the bases it extends.
+    fn bundle(&mut self, annotations: &BTreeMap<String, String>) {
+        let bundle = &mut self.out.bundle;
+        bundle.name = annotations.get(labels::BUNDLE_NAME).cloned();
+        if let Some(value) = annotations.get(labels::BUNDLE_BASES) {
+            match crate::catalog::bundle::parse_bases(value) {
+                Ok(bases) => bundle.bases = bases,
+                Err(e) => self.out.problems.push(format!(
+                    "index.json: annotation {}: {e}: the bases this delta needs are unknown",
+                    labels::BUNDLE_BASES
+                )),
+            }
+        }
     }
 
     /// Follows a manifest or index; `platform` is what the parent index said.
@@ -234,4 +251,11 @@ fn image_names(desc: &Descriptor) -> Vec<String> {
         }
     }
     names
+}
+
+/// The bundle ID index.json's annotations claim (checked against the
+/// contents by the caller).
+pub(super) fn recorded_bundle_id(pass: &super::walk::Pass) -> Option<String> {
+    let index: Document = serde_json::from_slice(pass.json_files.get("index.json")?).ok()?;
+    index.annotations.get(labels::BUNDLE_ID).cloned()
 }

@@ -140,7 +140,9 @@ impl Resolver<'_> {
                     compression: layer_compression(media_type, stored.map(|e| e.head.as_slice())),
                     present: stored.is_some(),
                 });
-                if stored.is_none() {
+                // A delta leaves out the layers its bases hold: whether
+                // they are on the node is the catalog's question.
+                if stored.is_none() && self.out.bundle.bases.is_empty() {
                     self.out.problems.push(format!(
                         "layer {layer_digest} of manifest {digest} is not in the archive"
                     ));

@@ -803,6 +803,8 @@ mod tests {
         }
 
         let (upstream, cluster) = upstream.split_once("# [[cluster_listener]]").unwrap();
+        // The upstream example ends at the first blank line.
+        let upstream = upstream.split("\n\n").next().unwrap();
         let example: String = upstream
             .lines()
             .filter_map(|l| l.strip_prefix("# "))

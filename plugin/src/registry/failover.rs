@@ -32,14 +32,15 @@ pub async fn blob_with_failover(
     digest: Digest,
 ) -> Result<Option<(Option<u64>, BlobStream)>, UpstreamError> {
     let mut last_err = None;
-    for (i, up) in upstreams.iter().enumerate() {
+    for i in 0..upstreams.len() {
+        let up = upstreams[i].clone();
         match up.blob_from(&r, &digest, 0).await {
             Ok(Some(raw)) if raw.start == Some(0) => {
                 let size = raw.content_length;
                 let state = State {
                     upstreams,
                     next: i + 1,
-                    current: up.clone(),
+                    current: up,
                     r,
                     digest,
                     size,
@@ -170,15 +171,25 @@ mod tests {
     use crate::registry::Upstreams;
     use axum::http::{HeaderMap as AxHeaders, StatusCode as AxStatus};
     use axum::response::IntoResponse;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A registry serving one blob: `cut` ends its whole-blob answers with
     /// a broken connection after that many bytes; ranges are honoured.
-    async fn serve_blob(blob: Bytes, cut: Option<usize>) -> (String, tokio::task::JoinHandle<()>) {
+    async fn serve_blob(
+        blob: Bytes,
+        cut: Option<usize>,
+    ) -> (String, tokio::task::JoinHandle<()>, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let ranges = Arc::new(AtomicUsize::new(0));
+        let counted = ranges.clone();
         let router = axum::Router::new().fallback(move |headers: AxHeaders| {
             let blob = blob.clone();
+            let counted = counted.clone();
             async move {
+                if headers.contains_key("range") {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                }
                 let start: usize = headers
                     .get("range")
                     .and_then(|v| v.to_str().ok())
@@ -190,10 +201,15 @@ mod tests {
                 let body = match cut {
                     Some(n) if start == 0 => {
                         let head = rest.slice(..n);
-                        axum::body::Body::from_stream(futures::stream::iter(vec![
-                            Ok(head),
-                            Err(std::io::Error::other("cut")),
-                        ]))
+                        // The head goes out first; then the connection breaks.
+                        let cut = async {
+                            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                            Err::<Bytes, _>(std::io::Error::other("cut"))
+                        };
+                        axum::body::Body::from_stream(
+                            futures::stream::once(async move { Ok(head) })
+                                .chain(futures::stream::once(cut)),
+                        )
                     }
                     _ => axum::body::Body::from(rest.clone()),
                 };
@@ -213,7 +229,7 @@ mod tests {
         let task = tokio::spawn(async move {
             axum::serve(listener, router).await.unwrap();
         });
-        (format!("http://{addr}"), task)
+        (format!("http://{addr}"), task, ranges)
     }
 
     async fn read_all(mut body: BlobStream) -> Result<Vec<u8>, std::io::Error> {
@@ -232,8 +248,8 @@ mod tests {
                 .collect::<Vec<u8>>(),
         );
         let digest = Digest::of(&blob);
-        let (first, t1) = serve_blob(blob.clone(), Some(100_000)).await;
-        let (second, t2) = serve_blob(blob.clone(), None).await;
+        let (first, t1, _) = serve_blob(blob.clone(), Some(100_000)).await;
+        let (second, t2, resumed) = serve_blob(blob.clone(), None).await;
         // A stopped node: nothing listens there.
         let dead = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -252,13 +268,16 @@ mod tests {
             .unwrap();
         assert_eq!(len, Some(blob.len() as u64));
         assert_eq!(read_all(body).await.unwrap(), blob);
-        // The dead one is now tried last.
+        // The second served the rest, from where the first broke off.
+        assert_eq!(resumed.load(Ordering::SeqCst), 1);
+        // The dead one is now tried after the one that answered.
         let order: Vec<String> = ups
             .candidates("docker.io")
             .iter()
             .map(|u| u.endpoint().to_string())
             .collect();
-        assert_eq!(order, [first.clone(), second.clone(), dead.clone()]);
+        let at = |e: &str| order.iter().position(|o| o == e).unwrap();
+        assert!(at(&second) < at(&dead), "{order:?}, dead {dead}");
 
         // Only the cutting upstream: the transfer fails, never ends as good.
         let only = Upstreams::new(&[UpstreamConfig::anonymous("*", &first)]).unwrap();
@@ -270,7 +289,7 @@ mod tests {
 
         // Wrong bytes across endpoints: the digest check aborts.
         let other = Bytes::from(vec![7u8; 300_000]);
-        let (liar, t3) = serve_blob(other, None).await;
+        let (liar, t3, _) = serve_blob(other, None).await;
         let mixed = Upstreams::new(&[
             UpstreamConfig::anonymous("*", &first),
             UpstreamConfig::anonymous("*", &liar),

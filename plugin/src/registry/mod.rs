@@ -301,6 +301,18 @@ impl Upstream {
         Ok(resp.status().as_u16())
     }
 
+    /// `?ns=<registry>` for a `*` table, which stands for several
+    /// registries: asked as containerd asks a mirror, so that another
+    /// node's airgap-snapshotter (or any mirror) knows the image's registry.
+    /// Registries ignore it.
+    fn ns_query(&self, r: &Reference) -> String {
+        if self.registry == "*" {
+            format!("?ns={}", r.domain)
+        } else {
+            String::new()
+        }
+    }
+
     /// The repository path on the upstream: `[prefix/]path`.
     fn repository(&self, r: &Reference) -> String {
         match &self.path_prefix {
@@ -328,7 +340,7 @@ impl Upstream {
             .map(|d| d.to_string())
             .or_else(|| r.tag.clone())
             .unwrap_or_else(|| "latest".into());
-        let path = format!("/v2/{repo}/manifests/{by}");
+        let path = format!("/v2/{repo}/manifests/{by}{}", self.ns_query(r));
         let mut headers = HeaderMap::new();
         headers.insert(
             header::ACCEPT,
@@ -400,7 +412,7 @@ impl Upstream {
         digest: &Digest,
     ) -> Result<Option<u64>, UpstreamError> {
         let repo = self.repository(r);
-        let path = format!("/v2/{repo}/blobs/{digest}");
+        let path = format!("/v2/{repo}/blobs/{digest}{}", self.ns_query(r));
         let resp = self
             .send(
                 Method::HEAD,
@@ -436,7 +448,7 @@ impl Upstream {
         range: Option<&HeaderValue>,
     ) -> Result<Option<UpstreamBlob>, UpstreamError> {
         let repo = self.repository(r);
-        let path = format!("/v2/{repo}/blobs/{digest}");
+        let path = format!("/v2/{repo}/blobs/{digest}{}", self.ns_query(r));
         let mut headers = HeaderMap::new();
         if let Some(range) = range {
             headers.insert(header::RANGE, range.clone());
@@ -480,7 +492,7 @@ impl Upstream {
         offset: u64,
     ) -> Result<Option<failover::RawBlob>, UpstreamError> {
         let repo = self.repository(r);
-        let path = format!("/v2/{repo}/blobs/{digest}");
+        let path = format!("/v2/{repo}/blobs/{digest}{}", self.ns_query(r));
         let mut headers = HeaderMap::new();
         if offset > 0 {
             headers.insert(

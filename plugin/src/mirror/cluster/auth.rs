@@ -12,14 +12,17 @@ use std::sync::{Arc, Mutex};
 
 use crate::digest::Digest;
 
+/// A file's version: size, modification time, inode.
+type Stamp = Option<(u64, std::time::SystemTime, u64)>;
+
 /// A file read into `T`, read again when its stamp changes.
 struct Watched<T> {
     path: PathBuf,
     parse: fn(&Path, &str) -> Result<T, String>,
-    state: Mutex<(Option<(u64, std::time::SystemTime, u64)>, Arc<T>)>,
+    state: Mutex<(Stamp, Arc<T>)>,
 }
 
-fn file_stamp(path: &Path) -> Option<(u64, std::time::SystemTime, u64)> {
+fn file_stamp(path: &Path) -> Stamp {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).ok()?;
     Some((m.len(), m.modified().ok()?, m.ino()))
@@ -79,11 +82,13 @@ fn parse_tokens(path: &Path, text: &str) -> Result<Tokens, String> {
             {
                 map.insert(Digest::of(token.trim().as_bytes()), name.trim().to_string());
             }
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "{} line {}: expected NAME:TOKEN, a token of at least 16 characters without spaces",
                 path.display(),
                 n + 1
-            )),
+            ))
+            }
         }
     }
     Ok(Tokens(map))
@@ -104,7 +109,7 @@ fn parse_htpasswd(path: &Path, text: &str) -> Result<Htpasswd, String> {
                 map.insert(user.to_string(), hash.to_string());
             }
             _ => return Err(format!(
-                "{} line {}: expected USER:BCRYPT-HASH (htpasswd -B); other hash kinds are refused",
+                "{} line {}: expected USER:HASH with a bcrypt hash (htpasswd -B); other hash kinds are refused",
                 path.display(),
                 n + 1
             )),

@@ -365,17 +365,14 @@ async fn gate(
             },
         );
     }
-    match request::parse(req.uri().path(), req.uri().query()) {
-        Ok(Route::Catalog { .. }) => {
-            return refusal(
-                StatusCode::NOT_FOUND,
-                "UNSUPPORTED",
-                "the catalog is not served to the cluster",
-                |_| {},
-            )
-        }
-        // The mirror answers the rest (bad names included).
-        _ => {}
+    // The mirror answers the rest (bad names included).
+    if let Ok(Route::Catalog { .. }) = request::parse(req.uri().path(), req.uri().query()) {
+        return refusal(
+            StatusCode::NOT_FOUND,
+            "UNSUPPORTED",
+            "the catalog is not served to the cluster",
+            |_| {},
+        );
     }
     let permit = match g.limits.admit(&client) {
         Ok(p) => p,

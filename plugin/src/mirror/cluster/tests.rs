@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 
+use rustls_pki_types::pem::PemObject;
+
 use super::*;
 use crate::catalog::{Catalog, CatalogOptions};
 use crate::config::ClusterListenerConfig;
@@ -237,7 +239,7 @@ async fn tls_tokens_and_client_certificates_read_only_and_rotation() {
             .unwrap();
         assert_eq!(r.status(), 405, "{method} {url}");
         assert_eq!(r.headers()["allow"], "GET, HEAD");
-        let body: serde_json::Value = r.json().await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
         assert_eq!(body["errors"][0]["code"], "UNSUPPORTED");
     }
     let r = anonymous
@@ -302,7 +304,7 @@ async fn mutual_tls_only_requires_a_certificate_and_limits_answer_429() {
     let r = b.get(&url).send().await.unwrap();
     assert_eq!(r.status(), 429);
     assert_eq!(r.headers()["retry-after"], "1");
-    let body: serde_json::Value = r.json().await.unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
     assert_eq!(body["errors"][0]["code"], "TOOMANYREQUESTS");
     let (ccert, ckey) = ca.issue("node-c", false);
     let c = client(&ca.pem(), Some((&ccert, &ckey)));

@@ -494,7 +494,7 @@ fn cluster_failover(test: &str) -> Result<()> {
 struct Cache {
     proc: Option<Proc>,
     port: u16,
-    _dir: TestDir,
+    dir: TestDir,
 }
 
 impl Cache {
@@ -526,7 +526,7 @@ impl Cache {
         Ok(Cache {
             proc: Some(proc),
             port,
-            _dir: dir,
+            dir,
         })
     }
 }
@@ -561,16 +561,24 @@ fn pull_through_cache(test: &str) -> Result<()> {
     // The cache serves A's repositories under their whole names.
     let name = format!("127.0.0.1:{}/{}", cache.port, sample.name);
     eprintln!("== {test}: ctr pull {name} (plain HTTP, the cache)");
-    containerd.ctr(&[
-        "-n",
-        "default",
-        "images",
-        "pull",
-        "--plain-http",
-        "--snapshotter",
-        SNAPSHOTTER,
-        &name,
-    ])?;
+    containerd
+        .ctr(&[
+            "-n",
+            "default",
+            "images",
+            "pull",
+            "--plain-http",
+            "--snapshotter",
+            SNAPSHOTTER,
+            &name,
+        ])
+        .with_context(|| {
+            format!(
+                "the cache's log:\n{}\nA's log:\n{}",
+                process::tail(&cache.dir.path().join("registry.log"), 30),
+                process::tail(a.daemon.log_path(), 30)
+            )
+        })?;
     ensure!(image_digest(&containerd, "default", &name)? == sample.manifest_digest);
     ensure!(
         a.daemon.log().contains("client=user:cache"),

@@ -9,6 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::digest::Digest;
 
@@ -124,7 +125,12 @@ pub struct Credentials {
     htpasswd: Option<Watched<Htpasswd>>,
     /// (user, SHA-256 of user:password:hash) checked good.
     verified: Mutex<HashSet<Digest>>,
+    /// Tokens handed out by the token endpoint: hash -> (user, until).
+    minted: Mutex<HashMap<Digest, (String, Instant)>>,
 }
+
+/// How long a token of the token endpoint is good.
+pub const MINTED_FOR: Duration = Duration::from_secs(3600);
 
 impl Credentials {
     pub fn new(tokens: Option<&Path>, htpasswd: Option<&Path>) -> Result<Credentials, String> {
@@ -134,6 +140,7 @@ impl Credentials {
                 .map(|p| Watched::new(p, parse_htpasswd))
                 .transpose()?,
             verified: Mutex::new(HashSet::new()),
+            minted: Mutex::new(HashMap::new()),
         })
     }
 
@@ -147,8 +154,14 @@ impl Credentials {
         let (scheme, value) = authorization.trim().split_once(' ')?;
         let value = value.trim();
         if scheme.eq_ignore_ascii_case("bearer") {
+            let hash = Digest::of(value.as_bytes());
+            if let Some((user, until)) = self.minted.lock().unwrap().get(&hash) {
+                if Instant::now() < *until {
+                    return Some(user.clone());
+                }
+            }
             let tokens = self.tokens.as_ref()?.get();
-            return tokens.0.get(&Digest::of(value.as_bytes())).cloned();
+            return tokens.0.get(&hash).cloned();
         }
         if !scheme.eq_ignore_ascii_case("basic") {
             return None;
@@ -188,6 +201,27 @@ impl Credentials {
         } else {
             None
         }
+    }
+}
+
+impl Credentials {
+    /// A new token for `user` (the token endpoint's answer), good for
+    /// [`MINTED_FOR`]; `None` if no randomness could be read.
+    pub fn mint(&self, user: &str) -> Option<String> {
+        use std::io::Read;
+        let mut random = [0u8; 32];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut random))
+            .ok()?;
+        let token = hex::encode(random);
+        let now = Instant::now();
+        let mut minted = self.minted.lock().unwrap();
+        minted.retain(|_, (_, until)| *until > now);
+        minted.insert(
+            Digest::of(token.as_bytes()),
+            (user.to_string(), now + MINTED_FOR),
+        );
+        Some(token)
     }
 }
 

@@ -51,9 +51,12 @@ use tls::{ReloadingTls, TlsFiles};
 
 /// Longest TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// The 401 challenge.
-const CHALLENGE: &str = "Basic realm=\"airgap-snapshotter\"";
-
+/// The 401 challenge of the token endpoint itself.
+const BASIC_CHALLENGE: &str = "Basic realm=\"airgap-snapshotter\"";
+/// The token endpoint: basic auth (or a client certificate) in, a bearer
+/// token out, as registries' token services answer (`docker-registry`'s
+/// proxy only sends its credentials there).
+pub const TOKEN_PATH: &str = "/auth/token";
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     #[error("cluster listener {listen}: {source}")]
@@ -79,6 +82,8 @@ pub struct ClusterListener {
 
 struct Gate {
     credentials: Credentials,
+    /// The listener serves TLS (the scheme of the token realm).
+    tls: bool,
     /// A verified certificate or valid credentials are needed.
     requires_auth: bool,
     limits: Limits,
@@ -125,6 +130,7 @@ impl ClusterListener {
             tls,
             gate: Arc::new(Gate {
                 credentials,
+                tls: c.tls(),
                 requires_auth: c.authenticates(),
                 limits: Limits::new(c.requests_per_second, c.burst, c.max_concurrent_requests),
             }),
@@ -334,21 +340,68 @@ async fn gate(
             .map(|u| format!("user:{u}")),
         (None, None) => None,
     };
-    let client = match user {
-        Some(c) => c,
-        None if !g.requires_auth => format!("ip:{}", peer.addr.ip()),
-        None => {
-            tracing::info!(client = %peer.addr, method = %req.method(), path = %req.uri().path(),
-                "cluster listener: request without valid credentials refused");
-            return refusal(
+    if req.uri().path() == TOKEN_PATH && req.method() == Method::GET {
+        let minted = user
+            .as_deref()
+            .and_then(|u| g.credentials.mint(u.split_once(':').map_or(u, |(_, n)| n)));
+        return match minted {
+            Some(token) => {
+                tracing::debug!(
+                    client = user.as_deref().unwrap_or(""),
+                    "cluster listener: token issued"
+                );
+                let body = serde_json::json!({
+                    "token": token,
+                    "access_token": token,
+                    "expires_in": auth::MINTED_FOR.as_secs(),
+                });
+                let mut resp = (StatusCode::OK, body.to_string()).into_response();
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                resp
+            }
+            None => refusal(
                 StatusCode::UNAUTHORIZED,
                 "UNAUTHORIZED",
                 "authentication required",
                 |h| {
                     h.insert(
                         header::WWW_AUTHENTICATE,
-                        HeaderValue::from_static(CHALLENGE),
+                        HeaderValue::from_static(BASIC_CHALLENGE),
                     );
+                },
+            ),
+        };
+    }
+    let client = match user {
+        Some(c) => c,
+        None if !g.requires_auth => format!("ip:{}", peer.addr.ip()),
+        None => {
+            tracing::info!(client = %peer.addr, method = %req.method(), path = %req.uri().path(),
+                "cluster listener: request without valid credentials refused");
+            // The token flow's challenge: clients that hold basic
+            // credentials trade them for a token at the realm.
+            let host = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .filter(|h| !h.contains(['"', ',', ' ']))
+                .unwrap_or("localhost")
+                .to_string();
+            let scheme = if g.tls { "https" } else { "http" };
+            let challenge = format!(
+                "Bearer realm=\"{scheme}://{host}{TOKEN_PATH}\",service=\"airgap-snapshotter\""
+            );
+            return refusal(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHORIZED",
+                "authentication required",
+                |h| {
+                    if let Ok(v) = HeaderValue::from_str(&challenge) {
+                        h.insert(header::WWW_AUTHENTICATE, v);
+                    }
                 },
             );
         }

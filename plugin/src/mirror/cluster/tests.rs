@@ -189,7 +189,46 @@ async fn tls_tokens_and_client_certificates_read_only_and_rotation() {
     let anonymous = client(&ca.pem(), None);
     let r = anonymous.get(&manifest).send().await.unwrap();
     assert_eq!(r.status(), 401);
-    assert_eq!(r.headers()["www-authenticate"], CHALLENGE);
+    let challenge = r.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        challenge,
+        format!("Bearer realm=\"{base}{TOKEN_PATH}\",service=\"airgap-snapshotter\"")
+    );
+    // The token flow: basic credentials (a token as NAME's password) at the
+    // realm give a bearer token that pulls; none, or wrong ones, a 401.
+    let realm = format!(
+        "{base}{TOKEN_PATH}?service=airgap-snapshotter&scope=repository:library/busybox:pull"
+    );
+    let r = anonymous.get(&realm).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], BASIC_CHALLENGE);
+    let r = anonymous
+        .get(&realm)
+        .basic_auth("node-b", Some("wrong"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = anonymous
+        .get(&realm)
+        .basic_auth("node-b", Some(TOKEN))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let answer: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    let minted = answer["token"].as_str().unwrap().to_string();
+    assert_ne!(minted, TOKEN);
+    let r = anonymous
+        .get(&manifest)
+        .bearer_auth(&minted)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     let r = anonymous
         .get(&manifest)
         .bearer_auth("node-b-wrong-token-000000")

@@ -6,8 +6,10 @@
 //!   CA file), bearer tokens and/or htpasswd basic auth ([`auth`]). With a
 //!   client CA and no other way, a client without a certificate the CA
 //!   signed fails the handshake; with other ways too, a request needs a
-//!   verified certificate or valid credentials, else 401 with a `Basic`
-//!   challenge (the one `docker-registry`'s proxy answers).
+//!   verified certificate or valid credentials, else 401 with a `Bearer`
+//!   challenge whose realm is the listener's token endpoint
+//!   ([`TOKEN_PATH`]: basic credentials in, a bearer token out, the flow
+//!   `docker-registry`'s proxy follows).
 //! - Read-only: GET and HEAD of `/v2/`, manifests, blobs and tags/list;
 //!   any other method is 405 `UNSUPPORTED` (after authentication: an
 //!   anonymous push gets 401 first, as from a registry), any other path 404.

@@ -881,3 +881,71 @@ mod import_config_tests {
         assert!(toml::from_str::<Config>("[import]\nmode = \"sometimes\"\n").is_err());
     }
 }
+
+#[cfg(test)]
+mod cluster_listener_tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).expect("parses");
+        config.validate().map(|()| config)
+    }
+
+    #[test]
+    fn non_loopback_needs_tls_and_authentication_unless_insecure() {
+        let tls = "tls_cert_file = \"/c.pem\"\ntls_key_file = \"/c.key\"\n";
+        let ok = load(&format!(
+            "[[cluster_listener]]\nlisten = \"0.0.0.0:5443\"\n{tls}tokens_file = \"/t\"\n"
+        ))
+        .unwrap();
+        let l = &ok.cluster_listener[0];
+        assert_eq!(
+            (l.requests_per_second, l.burst, l.max_concurrent_requests),
+            (
+                DEFAULT_CLUSTER_RPS,
+                DEFAULT_CLUSTER_BURST,
+                DEFAULT_CLUSTER_CONCURRENCY
+            )
+        );
+        for (bad, field) in [
+            // No TLS.
+            (
+                "listen = \"0.0.0.0:5443\"\ntokens_file = \"/t\"\n".to_string(),
+                "cluster_listener.tls_cert_file",
+            ),
+            // No authentication.
+            (
+                format!("listen = \"10.0.0.1:5443\"\n{tls}"),
+                "cluster_listener.client_ca_file",
+            ),
+            // A key without its certificate.
+            (
+                "listen = \"127.0.0.1:5443\"\ntls_key_file = \"/c.key\"\n".to_string(),
+                "cluster_listener.tls_key_file",
+            ),
+            // Client certificates without TLS.
+            (
+                "listen = \"127.0.0.1:5443\"\nclient_ca_file = \"/ca.pem\"\n".to_string(),
+                "cluster_listener.client_ca_file",
+            ),
+            // The mirror's address.
+            (
+                "listen = \"127.0.0.1:5050\"\n".to_string(),
+                "cluster_listener.listen",
+            ),
+        ] {
+            let err = load(&format!("[[cluster_listener]]\n{bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field), "{bad}: {err}");
+        }
+        // insecure = true serves it anyway (warned at start).
+        load("[[cluster_listener]]\nlisten = \"0.0.0.0:5443\"\ninsecure = true\n").unwrap();
+        // Loopback needs nothing (a cache on the same host in front).
+        load("[[cluster_listener]]\nlisten = \"127.0.0.1:5443\"\n").unwrap();
+        assert!(toml::from_str::<Config>(
+            "[[cluster_listener]]\nlisten = \"127.0.0.1:5443\"\ntls = true\n"
+        )
+        .is_err());
+    }
+}

@@ -16,8 +16,8 @@ use airgap_snapshotter::setup::hosts::merge_hosts;
 use airgap_snapshotter::setup::merge::{file_version, merge};
 use airgap_snapshotter::setup::registries::{self, RegistriesWant, WILDCARD};
 use airgap_snapshotter::setup::{
-    config_toml, cri_registry_table, hosts_dir, hosts_toml, k3s_template, mirror_url, ConfigArgs,
-    ContainerdVersion, Wiring, SNAPSHOTTER,
+    config_toml, cri_registry_table, hosts_dir, hosts_toml, k3s_template, mirror_url,
+    serving_token, ConfigArgs, ContainerdVersion, Wiring, SNAPSHOTTER,
 };
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -325,6 +325,20 @@ pub fn run(args: ConfigArgs) -> Result<ExitCode> {
         print!("{text}");
         return Ok(ExitCode::SUCCESS);
     }
+    for node in &args.serving_nodes {
+        if !(node.starts_with("https://") || node.starts_with("http://")) {
+            bail!("--serving-node {node:?}: expected https://host[:port]");
+        }
+    }
+    let token = serving_token(&args).with_context(|| {
+        format!(
+            "--serving-token-file {}",
+            args.serving_token_file
+                .as_deref()
+                .unwrap_or(Path::new(""))
+                .display()
+        )
+    })?;
     let hosts = hosts_toml(&args);
     let hosts_dir = hosts_dir(&args);
     let mut out = String::new();
@@ -333,10 +347,27 @@ pub fn run(args: ConfigArgs) -> Result<ExitCode> {
         "\n# ---- {}/_default/hosts.toml ----\n",
         hosts_dir.display()
     ));
-    out.push_str(&hosts);
+    match &token {
+        // Never printed.
+        Some(t) => out.push_str(&hosts.replace(t.as_str(), "<the token of --serving-token-file>")),
+        None => out.push_str(&hosts),
+    }
     print!("{out}");
     if let Some(dir) = args.write_dir() {
         write_hosts_files(&dir, &args, &hosts, &mut Out::new(false))?;
+        if token.is_some() {
+            // The token is a credential: only root reads it.
+            let mut names = vec!["_default".to_string()];
+            names.extend(args.registries.iter().cloned());
+            for name in names {
+                let path = dir.join(name).join("hosts.toml");
+                fs::set_permissions(
+                    &path,
+                    <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
+                )
+                .with_context(|| format!("make {} private", path.display()))?;
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

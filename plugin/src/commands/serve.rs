@@ -22,6 +22,7 @@ use airgap_snapshotter::catalog::{Catalog, CatalogOptions, LayerSource};
 use airgap_snapshotter::config::{Config, LayerMode, Listen, ServeArgs};
 use airgap_snapshotter::health::{ContainerdState, Disk, Health};
 use airgap_snapshotter::import::{ImportMode, ImportOptions, Importer};
+use airgap_snapshotter::mirror::cluster::ClusterListener;
 use airgap_snapshotter::mirror::Mirror;
 use airgap_snapshotter::registry::Upstreams;
 use airgap_snapshotter::snapshot::service::SnapshotService;
@@ -82,6 +83,7 @@ async fn serve(
         upstreams = ?upstreams,
         verify_require = config.verify.require.as_str(),
         verify_keys = config.verify.keys.len(),
+        cluster_listeners = ?config.cluster_listener.iter().map(|l| l.listen.to_string()).collect::<Vec<_>>(),
         "starting"
     );
     // From the start: opening a large state may take a while, and systemd
@@ -122,6 +124,13 @@ async fn serve(
     let upstreams = Upstreams::new(&config.upstream).context("set up the upstream registries")?;
     let trust = Trust::from_config(&config.verify)?;
     let mirror = Mirror::with_trust(catalog.clone(), upstreams, trust.clone());
+    // The cluster listeners' files are read now: a listener whose
+    // certificate, key or credentials do not load stops the start.
+    let cluster_listeners = config
+        .cluster_listener
+        .iter()
+        .map(ClusterListener::new)
+        .collect::<Result<Vec<_>, _>>()?;
     // Readiness: the first scan done, and containerd answering the importer
     // when registration is on.
     let containerd_state = (config.import.mode != ImportMode::Off)
@@ -157,6 +166,11 @@ async fn serve(
                 .with_context(|| format!("bind the registry mirror to {addr} (mirror_listen)"))?,
         ),
     };
+    let mut cluster_bound = Vec::new();
+    for l in cluster_listeners {
+        let bound = l.bind().await?;
+        cluster_bound.push((l, bound));
+    }
     let metrics_listener = match config.metrics_listen {
         Listen::Off => None,
         Listen::Addr(addr) => Some(
@@ -185,6 +199,16 @@ async fn serve(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    let cluster_tasks: Vec<_> = cluster_bound
+        .into_iter()
+        .map(|(l, bound)| {
+            let addr = bound.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            tracing::info!(listen = %addr, "serving the archives to the cluster (cluster_listener)");
+            let shutdown = stopped(stop_rx.clone());
+            let mirror = mirror.clone();
+            tokio::spawn(async move { l.serve(mirror, bound, shutdown).await })
+        })
+        .collect();
     let mirror_task = mirror_listener.map(|l| {
         let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(listen = %addr, upstreams = config.upstream.len(), "serving the registry mirror");
@@ -254,6 +278,17 @@ async fn serve(
             Ok(Err(err)) => tracing::error!(error = %err, "registry mirror task failed"),
             Err(_) => {
                 tracing::warn!("registry mirror transfers still running at shutdown; cut off");
+                task.abort();
+            }
+        }
+    }
+    for mut task in cluster_tasks {
+        match tokio::time::timeout(MIRROR_DRAIN, &mut task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(err))) => tracing::error!(error = %err, "cluster listener failed"),
+            Ok(Err(err)) => tracing::error!(error = %err, "cluster listener task failed"),
+            Err(_) => {
+                tracing::warn!("cluster transfers still running at shutdown; cut off");
                 task.abort();
             }
         }

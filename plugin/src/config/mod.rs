@@ -40,8 +40,18 @@
 //! username = "robot"
 //! password_file = "/etc/airgap-snapshotter/harbor.password"
 //! ca_file = "/etc/airgap-snapshotter/ca.pem"
+//!
+//! # The archives served to the other nodes: TLS, client authentication,
+//! # read-only, limits per client (docs/cluster.md).
+//! [[cluster_listener]]
+//! listen = "0.0.0.0:5443"
+//! tls_cert_file = "/etc/airgap-snapshotter/tls/node.pem"
+//! tls_key_file = "/etc/airgap-snapshotter/tls/node.key"
+//! client_ca_file = "/etc/airgap-snapshotter/tls/clients-ca.pem"
+//! tokens_file = "/etc/airgap-snapshotter/tokens"
 //! ```
 
+mod cluster;
 mod upstream;
 mod values;
 
@@ -50,6 +60,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use cluster::{
+    ClusterListenerConfig, DEFAULT_CLUSTER_BURST, DEFAULT_CLUSTER_CONCURRENCY, DEFAULT_CLUSTER_RPS,
+};
 pub use upstream::UpstreamConfig;
 use values::{
     deserialize_bytes, deserialize_duration, serialize_bytes, serialize_duration, valid_namespace,
@@ -320,6 +333,10 @@ pub struct Config {
     /// Registries the mirror fetches from what the archives lack
     /// (`[[upstream]]` tables).
     pub upstream: Vec<UpstreamConfig>,
+    /// Listeners serving the archives to the other nodes of the cluster
+    /// (`[[cluster_listener]]` tables): TLS, client authentication,
+    /// read-only, limits per client.
+    pub cluster_listener: Vec<ClusterListenerConfig>,
     /// containerd's gRPC socket, where archived images are registered.
     pub containerd_address: PathBuf,
     pub import: ImportConfig,
@@ -397,6 +414,7 @@ impl Default for Config {
             index_max_name_bytes: DEFAULT_INDEX_MAX_NAME_BYTES,
             archive_removal_grace: DEFAULT_ARCHIVE_REMOVAL_GRACE,
             upstream: Vec::new(),
+            cluster_listener: Vec::new(),
             containerd_address: PathBuf::from(DEFAULT_CONTAINERD_ADDRESS),
             import: ImportConfig::default(),
             verify: VerifyConfig::default(),
@@ -640,6 +658,19 @@ impl Config {
         }
         for (i, u) in self.upstream.iter().enumerate() {
             u.validate(i + 1)?;
+        }
+        for (i, l) in self.cluster_listener.iter().enumerate() {
+            l.validate(i + 1)?;
+            let taken = [self.mirror_listen, self.metrics_listen].contains(&Listen::Addr(l.listen))
+                || self.cluster_listener[..i]
+                    .iter()
+                    .any(|o| o.listen == l.listen);
+            if taken {
+                return invalid(
+                    "cluster_listener.listen",
+                    format!("{} is already another listener's address", l.listen),
+                );
+            }
         }
         Ok(())
     }
@@ -945,10 +976,16 @@ mod tests {
             panic!("Config serializes to a table");
         };
         let shown: toml::Table = toml::from_str(&uncommented).unwrap();
-        for key in defaults.keys().filter(|k| *k != "upstream") {
+        for key in defaults
+            .keys()
+            .filter(|k| *k != "upstream" && *k != "cluster_listener")
+        {
             assert!(shown.contains_key(key), "{key} is missing");
         }
 
+        let (upstream, cluster) = upstream.split_once("# [[cluster_listener]]").unwrap();
+        // The upstream example ends at the first blank line.
+        let upstream = upstream.split("\n\n").next().unwrap();
         let example: String = upstream
             .lines()
             .filter_map(|l| l.strip_prefix("# "))
@@ -965,9 +1002,30 @@ mod tests {
             "password_file",
             "ca_file",
             "insecure_skip_verify",
+            "client_cert_file",
+            "client_key_file",
         ] {
             assert!(example.get(key).is_some(), "upstream.{key} is missing");
         }
+        assert!(
+            upstream.contains("# # token_file = "),
+            "upstream.token_file is missing"
+        );
+        let cluster: String = cluster
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let cluster: toml::Table =
+            toml::from_str(&format!("[[cluster_listener]]\n{cluster}")).unwrap();
+        let listener: ClusterListenerConfig =
+            cluster["cluster_listener"][0].clone().try_into().unwrap();
+        assert!(listener.validate(1).is_ok());
+        assert_eq!(
+            listener.requests_per_second,
+            ClusterListenerConfig::plain(listener.listen).requests_per_second
+        );
         assert!(
             upstream.contains("# # password = "),
             "upstream.password is missing"
@@ -1002,5 +1060,73 @@ mod import_config_tests {
         assert_eq!(parsed.import.mode, ImportMode::Eager);
         assert_eq!(parsed.import.namespaces, ["k8s.io", "default"]);
         assert!(toml::from_str::<Config>("[import]\nmode = \"sometimes\"\n").is_err());
+    }
+}
+
+#[cfg(test)]
+mod cluster_listener_tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).expect("parses");
+        config.validate().map(|()| config)
+    }
+
+    #[test]
+    fn non_loopback_needs_tls_and_authentication_unless_insecure() {
+        let tls = "tls_cert_file = \"/c.pem\"\ntls_key_file = \"/c.key\"\n";
+        let ok = load(&format!(
+            "[[cluster_listener]]\nlisten = \"0.0.0.0:5443\"\n{tls}tokens_file = \"/t\"\n"
+        ))
+        .unwrap();
+        let l = &ok.cluster_listener[0];
+        assert_eq!(
+            (l.requests_per_second, l.burst, l.max_concurrent_requests),
+            (
+                DEFAULT_CLUSTER_RPS,
+                DEFAULT_CLUSTER_BURST,
+                DEFAULT_CLUSTER_CONCURRENCY
+            )
+        );
+        for (bad, field) in [
+            // No TLS.
+            (
+                "listen = \"0.0.0.0:5443\"\ntokens_file = \"/t\"\n".to_string(),
+                "cluster_listener.tls_cert_file",
+            ),
+            // No authentication.
+            (
+                format!("listen = \"10.0.0.1:5443\"\n{tls}"),
+                "cluster_listener.client_ca_file",
+            ),
+            // A key without its certificate.
+            (
+                "listen = \"127.0.0.1:5443\"\ntls_key_file = \"/c.key\"\n".to_string(),
+                "cluster_listener.tls_key_file",
+            ),
+            // Client certificates without TLS.
+            (
+                "listen = \"127.0.0.1:5443\"\nclient_ca_file = \"/ca.pem\"\n".to_string(),
+                "cluster_listener.client_ca_file",
+            ),
+            // The mirror's address.
+            (
+                "listen = \"127.0.0.1:5050\"\n".to_string(),
+                "cluster_listener.listen",
+            ),
+        ] {
+            let err = load(&format!("[[cluster_listener]]\n{bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field), "{bad}: {err}");
+        }
+        // insecure = true serves it anyway (warned at start).
+        load("[[cluster_listener]]\nlisten = \"0.0.0.0:5443\"\ninsecure = true\n").unwrap();
+        // Loopback needs nothing (a cache on the same host in front).
+        load("[[cluster_listener]]\nlisten = \"127.0.0.1:5443\"\n").unwrap();
+        assert!(toml::from_str::<Config>(
+            "[[cluster_listener]]\nlisten = \"127.0.0.1:5443\"\ntls = true\n"
+        )
+        .is_err());
     }
 }

@@ -39,6 +39,18 @@ pub struct UpstreamConfig {
     /// Accept any TLS certificate from this endpoint (tests only).
     #[serde(default)]
     pub insecure_skip_verify: bool,
+    /// PEM client certificate presented to this endpoint (mutual TLS, e.g.
+    /// another node's `[[cluster_listener]]`), with `client_key_file`.
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of `client_cert_file`.
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
+    /// File holding a bearer token sent with every request
+    /// (`Authorization: Bearer`), read at start: another node's
+    /// `[[cluster_listener]]` tokens. Not with `username`.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 impl fmt::Debug for UpstreamConfig {
@@ -52,6 +64,9 @@ impl fmt::Debug for UpstreamConfig {
             .field("password_file", &self.password_file)
             .field("ca_file", &self.ca_file)
             .field("insecure_skip_verify", &self.insecure_skip_verify)
+            .field("client_cert_file", &self.client_cert_file)
+            .field("client_key_file", &self.client_key_file)
+            .field("token_file", &self.token_file)
             .finish()
     }
 }
@@ -69,6 +84,9 @@ impl UpstreamConfig {
             password_file: None,
             ca_file: None,
             insecure_skip_verify: false,
+            client_cert_file: None,
+            client_key_file: None,
+            token_file: None,
         }
     }
 
@@ -125,7 +143,38 @@ impl UpstreamConfig {
         if (self.password.is_some() || self.password_file.is_some()) && self.username.is_none() {
             return invalid("upstream.username", "a password needs a username".into());
         }
+        if self.client_cert_file.is_some() != self.client_key_file.is_some() {
+            return invalid(
+                "upstream.client_key_file",
+                "set both client_cert_file and client_key_file, or neither".into(),
+            );
+        }
+        if self.token_file.is_some() && self.username.is_some() {
+            return invalid(
+                "upstream.token_file",
+                "set either token_file or username, not both".into(),
+            );
+        }
         Ok(())
+    }
+
+    /// The bearer token of `token_file` (trailing newline removed).
+    pub fn load_token(&self) -> Result<Option<String>, ConfigError> {
+        let Some(path) = &self.token_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let token = text.trim();
+        if token.is_empty() || token.contains(char::is_whitespace) {
+            return Err(ConfigError::Invalid {
+                field: "upstream.token_file",
+                reason: format!("{} holds no single token", path.display()),
+            });
+        }
+        Ok(Some(token.to_string()))
     }
 
     /// The password, from `password` or `password_file` (trailing newline

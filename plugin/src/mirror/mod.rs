@@ -25,6 +25,7 @@
 //! reader, whose bytes were all checked before the first one is served.
 
 mod body;
+pub mod cluster;
 mod discovery;
 pub mod error;
 pub mod media;
@@ -157,7 +158,11 @@ impl Mirror {
         {
             return Ok(m);
         }
-        if let Some(up) = self.upstreams.for_registry(&r.domain) {
+        // Each upstream in turn (serving nodes, then the private
+        // registry): a miss or a failure moves on to the next.
+        let upstreams = self.upstreams.candidates(&r.domain);
+        let mut failed = None;
+        for up in &upstreams {
             if r.digest.is_some() {
                 tracing::info!(image = %r, upstream = %up.endpoint(), "manifest digest not in the archives (a docker-save archive carries a synthesized manifest); asking the upstream");
             } else {
@@ -177,10 +182,13 @@ impl Mirror {
                     })
                 }
                 Ok(None) => {}
-                Err(e) => return Err(upstream_failed(up, e)),
+                Err(e) => failed = Some(upstream_failed(up, e)),
             }
         }
-        let upstream = self.upstreams.for_registry(&r.domain).is_some();
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let upstream = !upstreams.is_empty();
         let reference = r.clone();
         Err(self
             .lookup(move |c| manifest_miss(c, &reference, upstream))
@@ -201,9 +209,9 @@ impl Mirror {
                 (c.blob_size(&digest), reads_in_place(c, &digest), good)
             })
             .await?;
-        let upstream = self.upstreams.for_registry(&r.domain);
+        let upstreams = self.upstreams.candidates(&r.domain);
         if let Some(size) = size {
-            if good || upstream.is_none() {
+            if good || upstreams.is_empty() {
                 match self
                     .archived_blob(digest, size, in_place, headers, head)
                     .await
@@ -212,7 +220,7 @@ impl Mirror {
                     // Every archived copy turned out bad just now: the
                     // upstream, if there is one.
                     Err(e)
-                        if upstream.is_none()
+                        if upstreams.is_empty()
                             || self.lookup(move |c| c.has_good_copy(&digest)).await? =>
                     {
                         return Err(e)
@@ -222,40 +230,65 @@ impl Mirror {
             }
             tracing::warn!(%digest, "every archived copy of the blob is bad; asking the upstream");
         }
-        let Some(up) = upstream else {
+        if upstreams.is_empty() {
             return Err(MirrorError::BlobUnknown(format!(
                 "blob {digest} is in no archive"
             )));
-        };
-        tracing::info!(%digest, repository = %r.repository(), upstream = %up.endpoint(), "blob not in the archives; asking the upstream");
+        }
+        let endpoints: Vec<&str> = upstreams.iter().map(|u| u.endpoint()).collect();
+        tracing::info!(%digest, repository = %r.repository(), upstreams = ?endpoints, "blob not in the archives; asking the upstream");
         *source = Source::Upstream;
         let missing =
             || MirrorError::BlobUnknown(format!("blob {digest} is in no archive nor upstream"));
-        if head {
-            let size = up
-                .blob_size(r, &digest)
-                .await
-                .map_err(|e| upstream_failed(up, e))?
-                .ok_or_else(missing)?;
-            return Ok(blob_head(digest, size));
+        let range = headers.get(header::RANGE);
+        if head || range.is_some() {
+            // The first upstream that answers; a part is passed through
+            // unchecked (containerd checks the whole blob).
+            let mut failed = None;
+            for up in &upstreams {
+                if head {
+                    match up.blob_size(r, &digest).await {
+                        Ok(Some(size)) => return Ok(blob_head(digest, size)),
+                        Ok(None) => continue,
+                        Err(e) => failed = Some(upstream_failed(up, e)),
+                    }
+                    continue;
+                }
+                match up.blob(r, &digest, range).await {
+                    Ok(Some(blob)) => {
+                        let status = if blob.content_range.is_some() {
+                            StatusCode::PARTIAL_CONTENT
+                        } else {
+                            StatusCode::OK
+                        };
+                        return Ok(blob_response(
+                            status,
+                            digest,
+                            blob.content_length,
+                            blob.content_range,
+                            Body::from_stream(blob.body),
+                        ));
+                    }
+                    Ok(None) => {}
+                    Err(e) => failed = Some(upstream_failed(up, e)),
+                }
+            }
+            return Err(failed.unwrap_or_else(missing));
         }
-        let blob = up
-            .blob(r, &digest, headers.get(header::RANGE))
-            .await
-            .map_err(|e| upstream_failed(up, e))?
-            .ok_or_else(missing)?;
-        let status = if blob.content_range.is_some() {
-            StatusCode::PARTIAL_CONTENT
-        } else {
-            StatusCode::OK
-        };
-        Ok(blob_response(
-            status,
-            digest,
-            blob.content_length,
-            blob.content_range,
-            Body::from_stream(blob.body),
-        ))
+        // The whole blob: a transfer that breaks goes on from the next
+        // upstream, checked end to end.
+        match crate::registry::blob_with_failover(upstreams, r.clone(), digest).await {
+            Ok(Some((len, body))) => Ok(blob_response(
+                StatusCode::OK,
+                digest,
+                len,
+                None,
+                Body::from_stream(body),
+            )),
+            Ok(None) => Err(missing()),
+            // Counted and logged per upstream as they failed.
+            Err(e) => Err(MirrorError::Upstream(e.to_string())),
+        }
     }
 
     async fn archived_blob(

@@ -32,10 +32,12 @@ use crate::config::UpstreamConfig;
 use crate::digest::Digest;
 
 mod auth;
+mod failover;
 pub mod media;
 mod stream;
 
 use auth::{Auth, Challenge};
+pub use failover::blob_with_failover;
 use stream::verified_stream;
 pub use stream::BlobStream;
 
@@ -48,6 +50,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Whole-request limit for manifests and token requests.
 pub(crate) const SMALL_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an upstream found unreachable is tried after the others.
+pub const DOWN_FOR: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -122,6 +126,23 @@ impl Upstreams {
             .find(|u| u.registry == registry)
             .or_else(|| self.list.iter().find(|u| u.registry == "*"))
     }
+
+    /// Every upstream for images of `registry`, in the order they are
+    /// tried: the tables naming it, then the `*` tables, each in config
+    /// order (serving nodes before the private registry when listed so);
+    /// one that could not be reached within [`DOWN_FOR`] goes last.
+    pub fn candidates(&self, registry: &str) -> Vec<Arc<Upstream>> {
+        let mut list: Vec<Arc<Upstream>> = self
+            .list
+            .iter()
+            .filter(|u| u.registry == registry)
+            .chain(self.list.iter().filter(|u| u.registry == "*"))
+            .cloned()
+            .collect();
+        // Stable: config order among the reachable, and among the down.
+        list.sort_by_key(|u| u.recently_down());
+        list
+    }
 }
 
 /// A manifest fetched from an upstream and checked.
@@ -153,6 +174,10 @@ pub struct Upstream {
     basic: AtomicBool,
     /// The last request could not reach it (logged once per outage).
     down: AtomicBool,
+    /// When it was last found unreachable.
+    down_at: Mutex<Option<Instant>>,
+    /// Sent as `Authorization: Bearer` with every request (`token_file`).
+    static_token: Option<String>,
     manifests: Mutex<LruCache<Digest, FetchedManifest>>,
     /// Its counters, labelled with `registry`.
     metrics: crate::metrics::UpstreamMetrics,
@@ -197,6 +222,25 @@ impl Upstream {
                 builder = builder.add_root_certificate(cert);
             }
         }
+        if let (Some(cert), Some(key)) = (&c.client_cert_file, &c.client_key_file) {
+            let mut pem = std::fs::read(cert).map_err(|source| UpstreamError::CaFile {
+                endpoint: endpoint.clone(),
+                path: cert.display().to_string(),
+                source,
+            })?;
+            pem.push(b'\n');
+            pem.extend(std::fs::read(key).map_err(|source| UpstreamError::CaFile {
+                endpoint: endpoint.clone(),
+                path: key.display().to_string(),
+                source,
+            })?);
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| UpstreamError::BadCa {
+                endpoint: endpoint.clone(),
+                path: format!("{} + {}", cert.display(), key.display()),
+                reason: e.to_string(),
+            })?;
+            builder = builder.identity(identity);
+        }
         if c.insecure_skip_verify {
             tracing::warn!(endpoint = %endpoint, "upstream TLS certificates are not verified (insecure_skip_verify)");
             builder = builder.danger_accept_invalid_certs(true);
@@ -218,6 +262,8 @@ impl Upstream {
             tokens: Mutex::new(HashMap::new()),
             basic: AtomicBool::new(false),
             down: AtomicBool::new(false),
+            down_at: Mutex::new(None),
+            static_token: c.load_token()?,
             manifests: Mutex::new(LruCache::new(
                 NonZeroUsize::new(MANIFEST_CACHE).expect("non-zero"),
             )),
@@ -255,6 +301,18 @@ impl Upstream {
         Ok(resp.status().as_u16())
     }
 
+    /// `?ns=<registry>` for a `*` table, which stands for several
+    /// registries: asked as containerd asks a mirror, so that another
+    /// node's airgap-snapshotter (or any mirror) knows the image's registry.
+    /// Registries ignore it.
+    fn ns_query(&self, r: &Reference) -> String {
+        if self.registry == "*" {
+            format!("?ns={}", r.domain)
+        } else {
+            String::new()
+        }
+    }
+
     /// The repository path on the upstream: `[prefix/]path`.
     fn repository(&self, r: &Reference) -> String {
         match &self.path_prefix {
@@ -282,7 +340,7 @@ impl Upstream {
             .map(|d| d.to_string())
             .or_else(|| r.tag.clone())
             .unwrap_or_else(|| "latest".into());
-        let path = format!("/v2/{repo}/manifests/{by}");
+        let path = format!("/v2/{repo}/manifests/{by}{}", self.ns_query(r));
         let mut headers = HeaderMap::new();
         headers.insert(
             header::ACCEPT,
@@ -354,7 +412,7 @@ impl Upstream {
         digest: &Digest,
     ) -> Result<Option<u64>, UpstreamError> {
         let repo = self.repository(r);
-        let path = format!("/v2/{repo}/blobs/{digest}");
+        let path = format!("/v2/{repo}/blobs/{digest}{}", self.ns_query(r));
         let resp = self
             .send(
                 Method::HEAD,
@@ -390,7 +448,7 @@ impl Upstream {
         range: Option<&HeaderValue>,
     ) -> Result<Option<UpstreamBlob>, UpstreamError> {
         let repo = self.repository(r);
-        let path = format!("/v2/{repo}/blobs/{digest}");
+        let path = format!("/v2/{repo}/blobs/{digest}{}", self.ns_query(r));
         let mut headers = HeaderMap::new();
         if let Some(range) = range {
             headers.insert(header::RANGE, range.clone());
@@ -420,6 +478,59 @@ impl Upstream {
         };
         Ok(Some(UpstreamBlob {
             content_range: if partial { content_range } else { None },
+            content_length,
+            body,
+        }))
+    }
+
+    /// A blob from byte `offset` on, unchecked (the caller hashes the whole
+    /// blob across endpoints): `None` if the upstream does not have it.
+    pub(crate) async fn blob_from(
+        &self,
+        r: &Reference,
+        digest: &Digest,
+        offset: u64,
+    ) -> Result<Option<failover::RawBlob>, UpstreamError> {
+        let repo = self.repository(r);
+        let path = format!("/v2/{repo}/blobs/{digest}{}", self.ns_query(r));
+        let mut headers = HeaderMap::new();
+        if offset > 0 {
+            headers.insert(
+                header::RANGE,
+                HeaderValue::from_str(&format!("bytes={offset}-")).expect("a range header"),
+            );
+        }
+        let resp = self.send(Method::GET, &path, &repo, headers, None).await?;
+        let status = resp.status();
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(self.status_error(&path, status));
+        }
+        let content_length = resp.content_length();
+        let start = if status == StatusCode::PARTIAL_CONTENT {
+            resp.headers()
+                .get(header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("bytes "))
+                .and_then(|v| v.split('-').next())
+                .and_then(|v| v.parse::<u64>().ok())
+        } else {
+            Some(0)
+        };
+        let metrics = self.metrics.clone();
+        let body = resp
+            .bytes_stream()
+            .map(move |c| {
+                if let Ok(c) = &c {
+                    metrics.bytes.inc_by(c.len() as u64);
+                }
+                c.map_err(|e| std::io::Error::other(root_cause(&e)))
+            })
+            .boxed();
+        Ok(Some(failover::RawBlob {
+            start,
             content_length,
             body,
         }))
@@ -474,13 +585,23 @@ impl Upstream {
             endpoint: self.endpoint.clone(),
             reason,
         };
+        *self.down_at.lock().unwrap() = Some(Instant::now());
         if !self.down.swap(true, Ordering::Relaxed) {
             tracing::warn!(error = %err, "upstream registry is down or unreachable; only archived images are served until it is back");
         }
         err
     }
 
+    /// Found unreachable within the last [`DOWN_FOR`].
+    fn recently_down(&self) -> bool {
+        self.down_at
+            .lock()
+            .unwrap()
+            .is_some_and(|at| at.elapsed() < DOWN_FOR)
+    }
+
     fn reached(&self) {
+        *self.down_at.lock().unwrap() = None;
         if self.down.swap(false, Ordering::Relaxed) {
             tracing::info!(endpoint = %self.endpoint, "upstream registry reachable again");
         }
@@ -506,7 +627,10 @@ impl Upstream {
         const MAX_SENDS: usize = 4;
         let url = format!("{}{path}", self.endpoint);
         let scope = format!("repository:{repo}:pull");
-        let mut auth = self.auth_for(&scope);
+        let mut auth = match &self.static_token {
+            Some(token) => Auth::Bearer(token.clone()),
+            None => self.auth_for(&scope),
+        };
         let mut fetched = false;
         for sent in 1.. {
             let mut req = self
@@ -537,6 +661,9 @@ impl Upstream {
                     return refused(resp);
                 }
                 return Ok(resp);
+            }
+            if self.static_token.is_some() {
+                return refused(resp);
             }
             if let Auth::Bearer(token) = &auth {
                 self.forget_token(&scope, token);

@@ -54,6 +54,28 @@ pub struct ConfigArgs {
     /// (`https://host[:port]`); without it, each image's own registry.
     #[arg(long, value_name = "URL")]
     pub upstream: Option<String>,
+    /// Another node's cluster listener (`https://host:port`), tried after
+    /// this node's mirror and before the private registry; repeat for
+    /// several (in order: the first that answers serves). On a node without
+    /// the daemon, with `--mirror-listen off`.
+    #[arg(long = "serving-node", value_name = "URL")]
+    pub serving_nodes: Vec<String>,
+    /// PEM CA file that signs the serving nodes' certificates (hosts.toml
+    /// `ca`).
+    #[arg(long, value_name = "FILE")]
+    pub serving_ca: Option<PathBuf>,
+    /// This node's client certificate for the serving nodes (mutual TLS;
+    /// hosts.toml `client`), with --client-key.
+    #[arg(long, value_name = "FILE", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// The private key of --client-cert.
+    #[arg(long, value_name = "FILE", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+    /// File holding this node's token for the serving nodes: written into
+    /// hosts.toml as an `Authorization: Bearer` header (the files are then
+    /// made 0600; the printed copy shows a placeholder).
+    #[arg(long, value_name = "FILE")]
+    pub serving_token_file: Option<PathBuf>,
     /// The registry hosts directory: CRI's `config_path`, where --write and
     /// --merge write the hosts.toml files [default: /etc/containerd/certs.d].
     #[arg(long, value_name = "DIR")]
@@ -562,6 +584,22 @@ pub fn k3s_template(wiring: &Wiring) -> (&'static str, String) {
 
 /// The hosts.toml: the private registry as `server` (tried last), the
 /// mirror as the first host.
+/// The token of `--serving-token-file`, trimmed.
+pub fn serving_token(args: &ConfigArgs) -> std::io::Result<Option<String>> {
+    let Some(path) = &args.serving_token_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)?;
+    let token = text.trim();
+    if token.is_empty() || token.contains(char::is_whitespace) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "it holds no single token",
+        ));
+    }
+    Ok(Some(token.to_string()))
+}
+
 pub fn hosts_toml(args: &ConfigArgs) -> String {
     let mut out = String::from(
         "# containerd registry hosts: tried in order, the mirror first; on a 404,\n\
@@ -578,6 +616,30 @@ pub fn hosts_toml(args: &ConfigArgs) -> String {
              [host.{}]\n  capabilities = [\"pull\", \"resolve\"]\n",
             toml_str(&m)
         ));
+    }
+    let token = serving_token(args).ok().flatten();
+    for node in &args.serving_nodes {
+        let node = toml_str(node.trim_end_matches('/'));
+        out.push_str(&format!(
+            "\n# a serving node: another node's airgap-snapshotter cluster listener\n\
+             [host.{node}]\n  capabilities = [\"pull\", \"resolve\"]\n"
+        ));
+        if let Some(ca) = &args.serving_ca {
+            out.push_str(&format!("  ca = {}\n", toml_str(&ca.display().to_string())));
+        }
+        if let (Some(cert), Some(key)) = (&args.client_cert, &args.client_key) {
+            out.push_str(&format!(
+                "  client = [[{}, {}]]\n",
+                toml_str(&cert.display().to_string()),
+                toml_str(&key.display().to_string())
+            ));
+        }
+        if let Some(token) = &token {
+            out.push_str(&format!(
+                "  [host.{node}.header]\n    Authorization = {}\n",
+                toml_str(&format!("Bearer {token}"))
+            ));
+        }
     }
     out
 }
@@ -773,5 +835,48 @@ mod tests {
             .parse()
             .unwrap();
         assert!(v.get("host").is_none());
+    }
+
+    #[test]
+    fn hosts_file_with_serving_nodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "node-token-0123456789\n").unwrap();
+        let a = args(&[
+            "--mirror",
+            "off",
+            "--upstream",
+            "https://harbor.example.internal",
+            "--serving-node",
+            "https://10.0.0.1:5443",
+            "--serving-node",
+            "https://10.0.0.2:5443/",
+            "--serving-ca",
+            "/etc/airgap/ca.pem",
+            "--client-cert",
+            "/etc/airgap/node.pem",
+            "--client-key",
+            "/etc/airgap/node.key",
+            "--serving-token-file",
+            token.to_str().unwrap(),
+        ]);
+        let text = hosts_toml(&a);
+        let v: toml::Value = text.parse().unwrap();
+        let hosts = v["host"].as_table().unwrap();
+        assert_eq!(hosts.len(), 2);
+        // In order: containerd tries them as written.
+        let first = text.find("10.0.0.1").unwrap();
+        assert!(first < text.find("10.0.0.2").unwrap(), "{text}");
+        let h = &hosts["https://10.0.0.2:5443"];
+        assert_eq!(h["ca"].as_str(), Some("/etc/airgap/ca.pem"));
+        assert_eq!(h["client"][0][1].as_str(), Some("/etc/airgap/node.key"));
+        assert_eq!(
+            h["header"]["Authorization"].as_str(),
+            Some("Bearer node-token-0123456789")
+        );
+        assert_eq!(
+            v["server"].as_str(),
+            Some("https://harbor.example.internal")
+        );
     }
 }

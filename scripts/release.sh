@@ -300,15 +300,22 @@ EOF
 }
 
 # build_rpm ARCH: the RPM of the binary cargo built for ARCH, from
-# [package.metadata.generate-rpm] in plugin/Cargo.toml (its paths are the
-# repository's, run from here).
+# [package.metadata.generate-rpm] in plugin/Cargo.toml. Its paths other than
+# target/release/ are the repository's; cargo-generate-rpm runs in a copy of
+# the manifests and those files whose mtimes are the commit's (SOURCE_DATE_EPOCH only lowers newer mtimes: the
+# checkout's own would make the RPM differ per checkout).
 build_rpm() {
-    local arch=$1 t rpm_arch
+    local arch=$1 t rpm_arch src=$stage/rpm-src-$1
     t=$(triple "$arch")
     rpm_arch=${t%%-*}
-    SOURCE_DATE_EPOCH=$epoch cargo generate-rpm -p plugin --target "$t" \
+    mkdir -p "$src/scripts" "$src/plugin"
+    cp Cargo.toml LICENSE "$src/"
+    cp plugin/Cargo.toml "$src/plugin/"
+    cp -r scripts/airgap-snapshotter.service scripts/airgap-snapshotter.toml scripts/packaging "$src/scripts/"
+    find "$src" -exec touch -h -d "@${epoch}" {} +
+    (cd "$src" && SOURCE_DATE_EPOCH=$epoch cargo generate-rpm -p plugin --target "$t" \
         --target-dir "$target_dir" --payload-compress zstd \
-        -o "$dist/airgap-snapshotter-${version}-1.${rpm_arch}.rpm" >&2
+        -o "$dist/airgap-snapshotter-${version}-1.${rpm_arch}.rpm" >&2)
 }
 
 # sbom ARCH ARTIFACT...: one CycloneDX SBOM per artifact of ARCH,

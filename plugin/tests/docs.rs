@@ -550,7 +550,7 @@ fn help_lists_commands_and_flags() {
 /// shipped config file, which must then load with k3s's socket.
 #[test]
 fn the_k3s_socket_edit_works_on_the_shipped_config() {
-    const TARGET: &str = "/etc/airgap-snapshotter/airgap-snapshotter.toml";
+    const TARGET: &str = "/etc/airgap-snapshotter/config.toml";
     let shipped = repo().join("scripts/airgap-snapshotter.toml");
     let mut ran = 0;
     for (path, text) in docs() {

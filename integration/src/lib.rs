@@ -109,6 +109,29 @@ pub fn serial() -> Result<SerialGuard> {
     Ok(SerialGuard { _lock: lock })
 }
 
+/// A Go tool the suite builds (crictl, cosign, ...), from the environment
+/// variable `env` that `scripts/build-test-tools.sh` sets: `None`, recorded
+/// as a skip of `test`, when it is unset; an error when it names no file.
+/// `script` is the script that builds it, named in both messages.
+pub fn test_tool(test: &str, env: &str, script: &str) -> Result<Option<PathBuf>> {
+    let Some(path) = std::env::var_os(env) else {
+        airgap_snapshotter::testsupport::skip(
+            test,
+            &format!(
+                "{env} is not set (build it with {script} and set {env} to the path it prints)"
+            ),
+        );
+        return Ok(None);
+    };
+    let path = PathBuf::from(path);
+    anyhow::ensure!(
+        path.is_file(),
+        "{env}={} is not a file ({script} prints the path)",
+        path.display()
+    );
+    Ok(Some(path))
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;

@@ -34,24 +34,8 @@ use airgap_integration::{
 /// Where the tests find crictl.
 const CRICTL_ENV: &str = "AIRGAP_CRICTL";
 
-/// The crictl binary, `None` (recorded as a skip) when `AIRGAP_CRICTL` is
-/// unset; an error when it names no executable file.
 fn crictl_binary(test: &str) -> Result<Option<PathBuf>> {
-    let Some(path) = std::env::var_os(CRICTL_ENV) else {
-        airgap_snapshotter::testsupport::skip(
-            test,
-            "AIRGAP_CRICTL is not set (build crictl with scripts/build-crictl.sh and set \
-             AIRGAP_CRICTL to the path it prints)",
-        );
-        return Ok(None);
-    };
-    let path = PathBuf::from(path);
-    ensure!(
-        path.is_file(),
-        "AIRGAP_CRICTL={} is not a file (scripts/build-crictl.sh prints the path)",
-        path.display()
-    );
-    Ok(Some(path))
+    airgap_integration::test_tool(test, CRICTL_ENV, "scripts/build-crictl.sh")
 }
 
 /// A TCP port where the images' registry would be: it accepts and at once

@@ -32,24 +32,8 @@ const COSIGN_ENV: &str = "AIRGAP_COSIGN";
 /// only the mirror (so nothing but the archives can serve them).
 const HOST: &str = "registry.airgap.test";
 
-/// The cosign binary, `None` (recorded as a skip) when `AIRGAP_COSIGN` is
-/// unset; an error when it names no file.
 fn cosign_binary(test: &str) -> Result<Option<PathBuf>> {
-    let Some(path) = std::env::var_os(COSIGN_ENV) else {
-        airgap_snapshotter::testsupport::skip(
-            test,
-            "AIRGAP_COSIGN is not set (build cosign with scripts/build-cosign.sh and set \
-             AIRGAP_COSIGN to the path it prints)",
-        );
-        return Ok(None);
-    };
-    let path = PathBuf::from(path);
-    ensure!(
-        path.is_file(),
-        "AIRGAP_COSIGN={} is not a file (scripts/build-cosign.sh prints the path)",
-        path.display()
-    );
-    Ok(Some(path))
+    airgap_integration::test_tool(test, COSIGN_ENV, "scripts/build-cosign.sh")
 }
 
 /// Runs a test body that needs cosign.

@@ -66,6 +66,9 @@ pub struct ContainerdOptions {
     /// turns it on by itself when this machine cannot lower an OOM score
     /// adjustment; kind's nodes set it for the same reason.
     pub restrict_oom_score_adj: bool,
+    /// The network namespace containerd runs in (a `/run/netns/NAME`
+    /// file, see [`crate::netns`]); `None`: the test's own.
+    pub netns: Option<PathBuf>,
 }
 
 /// A running private containerd, stopped and cleaned up on drop.
@@ -76,6 +79,7 @@ pub struct PrivateContainerd {
     log: PathBuf,
     version: Version,
     run_containerd_existed: bool,
+    netns: Option<PathBuf>,
     // Dropped last: removed after containerd stopped and mounts are detached.
     dir: TestDir,
 }
@@ -88,7 +92,7 @@ impl PrivateContainerd {
         let config = dir.path().join("config.toml");
         let text = private_config(dir.path(), snapshotter_socket, options)?;
         std::fs::write(&config, &text).with_context(|| format!("writing {}", config.display()))?;
-        Self::start_with_config(dir, config)
+        Self::start_with_config_in(dir, config, options.netns.clone())
     }
 
     /// A directory for a private containerd whose config the caller writes
@@ -106,6 +110,10 @@ impl PrivateContainerd {
     /// config file `config`, which must point root, state and sockets into
     /// `dir` as [`private_paths`] does; waits until it answers.
     pub fn start_with_config(dir: TestDir, config: PathBuf) -> Result<Self> {
+        Self::start_with_config_in(dir, config, None)
+    }
+
+    fn start_with_config_in(dir: TestDir, config: PathBuf, netns: Option<PathBuf>) -> Result<Self> {
         let address = dir.path().join("containerd.sock");
         let log = dir.path().join("containerd.log");
         let version = version()?;
@@ -119,7 +127,7 @@ impl PrivateContainerd {
             );
         }
         let run_containerd_existed = Path::new("/run/containerd").exists();
-        let proc = spawn_containerd(&config, &log)?;
+        let proc = spawn_containerd(&config, &log, netns.as_deref())?;
         let mut this = Self {
             proc: Some(proc),
             address,
@@ -127,6 +135,7 @@ impl PrivateContainerd {
             log,
             version,
             run_containerd_existed,
+            netns,
             dir,
         };
         this.wait_ready()?;
@@ -157,7 +166,11 @@ impl PrivateContainerd {
         if let Some(mut proc) = self.proc.take() {
             proc.stop(process::STOP_TIMEOUT)?;
         }
-        self.proc = Some(spawn_containerd(&self.config, &self.log)?);
+        self.proc = Some(spawn_containerd(
+            &self.config,
+            &self.log,
+            self.netns.as_deref(),
+        )?);
         self.wait_ready()
     }
 
@@ -328,11 +341,14 @@ impl PrivateContainerd {
     }
 }
 
-fn spawn_containerd(config: &Path, log: &Path) -> Result<Proc> {
+fn spawn_containerd(config: &Path, log: &Path, netns: Option<&Path>) -> Result<Proc> {
+    let mut cmd = command("containerd");
+    if let Some(netns) = netns {
+        crate::netns::enter(&mut cmd, netns)?;
+    }
     Proc::spawn(
         "containerd",
-        command("containerd")
-            .arg("--config")
+        cmd.arg("--config")
             .arg(config)
             .args(["--log-level", "info"]),
         log,

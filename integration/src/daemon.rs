@@ -75,6 +75,8 @@ pub struct Daemon {
     socket: PathBuf,
     archives: PathBuf,
     log: PathBuf,
+    /// The network namespace it runs in (`None`: the test's own).
+    netns: Option<PathBuf>,
     dir: TestDir,
 }
 
@@ -85,7 +87,7 @@ impl Daemon {
         let dir = TestDir::new("daemon")?;
         let archives = dir.path().join("archives");
         std::fs::create_dir_all(&archives)?;
-        Self::start_in(dir, archives, &[])
+        Self::start_in(dir, archives, &[], None)
     }
 
     /// Starts the daemon on an archives directory that already holds files.
@@ -100,6 +102,12 @@ impl Daemon {
     /// without `--containerd-address` or `--import-mode`, registration
     /// into containerd is off; without `--archive-removal-grace`, it is 2s.
     pub fn start_with_args(files: &[&Path], args: &[&str]) -> Result<Self> {
+        Self::start_in_netns(None, files, args)
+    }
+
+    /// [`Daemon::start_with_args`] inside the network namespace `netns`
+    /// (a `/run/netns/NAME` file, see [`crate::netns`]), restarts too.
+    pub fn start_in_netns(netns: Option<&Path>, files: &[&Path], args: &[&str]) -> Result<Self> {
         let dir = TestDir::new("daemon")?;
         let archives = dir.path().join("archives");
         std::fs::create_dir_all(&archives)?;
@@ -108,10 +116,15 @@ impl Daemon {
             std::fs::copy(file, archives.join(name))
                 .with_context(|| format!("copying {} into the archives", file.display()))?;
         }
-        Self::start_in(dir, archives, args)
+        Self::start_in(dir, archives, args, netns)
     }
 
-    fn start_in(dir: TestDir, archives: PathBuf, args: &[&str]) -> Result<Self> {
+    fn start_in(
+        dir: TestDir,
+        archives: PathBuf,
+        args: &[&str],
+        netns: Option<&Path>,
+    ) -> Result<Self> {
         let mut extra_args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         if !args.iter().any(|a| a.starts_with("--mirror-listen")) {
             extra_args.extend(["--mirror-listen".to_string(), "off".to_string()]);
@@ -143,6 +156,7 @@ impl Daemon {
             socket: dir.path().join("snap.sock"),
             archives,
             log: dir.path().join("daemon.log"),
+            netns: netns.map(Path::to_path_buf),
             dir,
         };
         this.spawn()?;
@@ -151,22 +165,25 @@ impl Daemon {
 
     fn spawn(&mut self) -> Result<()> {
         let _ = std::fs::remove_file(&self.socket);
+        let mut cmd = Command::new(&self.binary);
+        if let Some(netns) = &self.netns {
+            crate::netns::enter(&mut cmd, netns)?;
+        }
         let mut proc = Proc::spawn(
             "airgap-snapshotter",
-            Command::new(&self.binary)
-                .env(
-                    "RUST_LOG",
-                    "debug,h2=info,hyper=info,hyper_util=info,tower=info,tonic=info",
-                )
-                .env("NO_COLOR", "1")
-                .arg("serve")
-                .arg("--root")
-                .arg(&self.root)
-                .arg("--socket")
-                .arg(&self.socket)
-                .arg("--archives")
-                .arg(&self.archives)
-                .args(&self.extra_args),
+            cmd.env(
+                "RUST_LOG",
+                "debug,h2=info,hyper=info,hyper_util=info,tower=info,tonic=info",
+            )
+            .env("NO_COLOR", "1")
+            .arg("serve")
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--archives")
+            .arg(&self.archives)
+            .args(&self.extra_args),
             &self.log,
         )?;
         let socket = self.socket.clone();

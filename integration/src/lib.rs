@@ -36,6 +36,7 @@ pub mod daemon;
 pub mod image;
 pub mod kubelet;
 pub mod mounts;
+pub mod netns;
 pub mod process;
 pub mod registry;
 

@@ -23,7 +23,7 @@ PACKAGES=(
     # archive containers: gzip, zstd, lz4, bzip2
     pigz gzip zstd lz4 bzip2 tar
     # scripts
-    jq curl ca-certificates openssl util-linux procps python3
+    jq curl ca-certificates openssl util-linux procps iproute2 python3
     # the layer store's reflink clones, tested on a loop-mounted xfs image
     xfsprogs
     # C toolchain for zstd-sys, bzip2-sys and friends

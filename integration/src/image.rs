@@ -567,6 +567,26 @@ pub fn is_truncated_sample_output(out: &str) -> bool {
         && (out.is_empty() || out.ends_with('\n'))
 }
 
+/// Runs [`SAMPLE_CHECK`] through `run` (given the attempt number, from 0)
+/// until its output is not a truncated [`SAMPLE_EXPECTED`], at most three
+/// times: `ctr run` now and then loses the end of a short-lived container's
+/// output (more often on a loaded machine), and the whole output must come.
+/// A wrong output (a line missing or different) is returned at once.
+pub fn run_sample_check(
+    image: &str,
+    mut run: impl FnMut(usize) -> anyhow::Result<String>,
+) -> anyhow::Result<String> {
+    let mut out = run(0)?;
+    for attempt in 1..3 {
+        if !is_truncated_sample_output(&out) {
+            break;
+        }
+        eprintln!("warning: `ctr run` output of {image} cut short ({out:?}); running it again");
+        out = run(attempt)?;
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -192,13 +192,9 @@ fn run_sample_check_in(env: &Env, namespace: &str, image: &str, purpose: &str) -
             SAMPLE_CHECK,
         ])
     };
-    let mut out = run(&container_id(purpose))?;
-    if image::is_truncated_sample_output(&out) {
-        // `ctr run` now and then loses the end of a short-lived
-        // container's output: run it again, the whole output must come.
-        eprintln!("warning: `ctr run` output of {image} cut short ({out:?}); running it again");
-        out = run(&container_id(&format!("{purpose}-again")))?;
-    }
+    let out = image::run_sample_check(image, |attempt| {
+        run(&container_id(&format!("{purpose}-{attempt}")))
+    })?;
     ensure!(
         out == SAMPLE_EXPECTED,
         "container output of {image} differs\n--- got:\n{out}--- expected:\n{SAMPLE_EXPECTED}"

@@ -407,13 +407,7 @@ fn run_check(c: &PrivateContainerd, ns: &str, image: &str, purpose: &str) -> Res
             SAMPLE_CHECK,
         ])
     };
-    let mut out = run(purpose)?;
-    if image::is_truncated_sample_output(&out) {
-        // `ctr run` now and then loses the end of a short-lived
-        // container's output: run it again, the whole output must come.
-        eprintln!("warning: `ctr run` output of {image} cut short ({out:?}); running it again");
-        out = run(&format!("{purpose}-again"))?;
-    }
+    let out = image::run_sample_check(image, |attempt| run(&format!("{purpose}-{attempt}")))?;
     ensure!(
         out == SAMPLE_EXPECTED,
         "container output of {image}:\n{out}"

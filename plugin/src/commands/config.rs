@@ -879,7 +879,7 @@ mod tests {
         ];
         argv.extend_from_slice(extra);
         let a = args(&argv);
-        a.check_spellings().map_err(anyhow::Error::msg)?;
+        a.check_spellings()?;
         let mut out = Out::new(true);
         run_merge(&a.merge_file().unwrap(), &a, &mut out)?;
         Ok(out.files)
@@ -1118,11 +1118,19 @@ mod tests {
         );
         assert!(a.dry_run);
         let a = args(&["--containerd-config", "/a.toml", "--merge", "/b.toml"]);
-        assert!(a.check_spellings().unwrap_err().contains("/b.toml"));
+        assert!(a
+            .check_spellings()
+            .unwrap_err()
+            .to_string()
+            .contains("/b.toml"));
         let a = args(&["--hosts-dir", "/a", "--write", "/b"]);
         assert!(a.check_spellings().is_err());
         let a = args(&["--containerd-config", "/a.toml"]);
-        assert!(a.check_spellings().unwrap_err().contains("--merge"));
+        assert!(a
+            .check_spellings()
+            .unwrap_err()
+            .to_string()
+            .contains("--merge"));
         assert!(args(&["--hosts-dir", "/a", "--write", "/a"])
             .check_spellings()
             .is_ok());

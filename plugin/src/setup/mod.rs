@@ -175,7 +175,7 @@ impl ConfigArgs {
     }
 
     /// Two spellings given two different paths: a usage error, named.
-    pub fn check_spellings(&self) -> Result<(), String> {
+    pub fn check_spellings(&self) -> Result<(), SpellingError> {
         let pairs = [
             (
                 "--hosts-dir",
@@ -193,19 +193,38 @@ impl ConfigArgs {
         for (new, a, old, b) in pairs {
             if let (Some(a), Some(b)) = (a, b) {
                 if a != b {
-                    return Err(format!(
-                        "{new} {} and {old} {} name two different paths: give {new} only",
-                        a.display(),
-                        b.display()
-                    ));
+                    return Err(SpellingError::TwoPaths {
+                        new,
+                        new_path: a.to_path_buf(),
+                        old,
+                        old_path: b.to_path_buf(),
+                    });
                 }
             }
         }
         if self.containerd_config.is_some() && self.merge.is_none() {
-            return Err("--containerd-config goes with --merge".into());
+            return Err(SpellingError::ConfigWithoutMerge);
         }
         Ok(())
     }
+}
+
+/// A usage error of `config`'s flags (exit 2).
+#[derive(Debug, thiserror::Error)]
+pub enum SpellingError {
+    #[error(
+        "{new} {} and {old} {} name two different paths: give {new} only",
+        new_path.display(),
+        old_path.display()
+    )]
+    TwoPaths {
+        new: &'static str,
+        new_path: PathBuf,
+        old: &'static str,
+        old_path: PathBuf,
+    },
+    #[error("--containerd-config goes with --merge")]
+    ConfigWithoutMerge,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -117,7 +117,7 @@ pub fn read_private_key(path: &Path) -> Result<SigningKey, KeyError> {
                 bad("cosign's encrypted key: set COSIGN_PASSWORD to its password".into())
             })?;
             let body = pem_body(&text, l).ok_or_else(|| bad("truncated PEM block".into()))?;
-            let der = decrypt_cosign(&body, password.as_bytes()).map_err(bad)?;
+            let der = decrypt_cosign(&body, password.as_bytes()).map_err(|e| bad(e.to_string()))?;
             SigningKey::from_pkcs8_der(&der)
                 .map_err(|e| bad(format!("not an ECDSA P-256 private key: {e}")))
         }
@@ -142,26 +142,49 @@ fn pem_body(text: &str, label: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD.decode(b64).ok()
 }
 
+/// Why cosign's encrypted key could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum CosignKeyError {
+    #[error("cosign key is not JSON: {0}")]
+    Json(serde_json::Error),
+    #[error("cosign key: {0} missing or not base64")]
+    Field(&'static str),
+    #[error("cosign key: kdf {kdf} and cipher {cipher}, expected scrypt and nacl/secretbox")]
+    Algorithms {
+        kdf: serde_json::Value,
+        cipher: serde_json::Value,
+    },
+    #[error("cosign key: scrypt N = {0} is not a power of two")]
+    ScryptN(u64),
+    #[error("cosign key: scrypt parameters: {0}")]
+    ScryptParams(scrypt::errors::InvalidParams),
+    #[error("cosign key: scrypt: {0}")]
+    Scrypt(scrypt::errors::InvalidOutputLen),
+    #[error("cosign key: the nonce is not 24 bytes")]
+    Nonce,
+    #[error("cosign key: wrong password (COSIGN_PASSWORD), or the file is damaged")]
+    Decrypt,
+}
+
 /// go-securesystemslib's `encrypted.Decrypt`: `{"kdf": {"name": "scrypt",
 /// "params": {"N", "r", "p"}, "salt"}, "cipher": {"name":
 /// "nacl/secretbox", "nonce"}, "ciphertext"}`, byte fields in base64.
-pub(super) fn decrypt_cosign(json: &[u8], password: &[u8]) -> Result<Vec<u8>, String> {
+pub(super) fn decrypt_cosign(json: &[u8], password: &[u8]) -> Result<Vec<u8>, CosignKeyError> {
     use base64::Engine;
     use crypto_secretbox::aead::{Aead, KeyInit};
-    let doc: serde_json::Value =
-        serde_json::from_slice(json).map_err(|e| format!("cosign key is not JSON: {e}"))?;
-    let b64 = |v: &serde_json::Value, what: &str| {
+    let doc: serde_json::Value = serde_json::from_slice(json).map_err(CosignKeyError::Json)?;
+    let b64 = |v: &serde_json::Value, what: &'static str| {
         v.as_str()
             .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
-            .ok_or_else(|| format!("cosign key: {what} missing or not base64"))
+            .ok_or(CosignKeyError::Field(what))
     };
     let kdf = &doc["kdf"];
     let cipher = &doc["cipher"];
     if kdf["name"] != "scrypt" || cipher["name"] != "nacl/secretbox" {
-        return Err(format!(
-            "cosign key: kdf {} and cipher {}, expected scrypt and nacl/secretbox",
-            kdf["name"], cipher["name"]
-        ));
+        return Err(CosignKeyError::Algorithms {
+            kdf: kdf["name"].clone(),
+            cipher: cipher["name"].clone(),
+        });
     }
     let n = kdf["params"]["N"].as_u64().unwrap_or(0);
     let (r, p) = (
@@ -169,21 +192,21 @@ pub(super) fn decrypt_cosign(json: &[u8], password: &[u8]) -> Result<Vec<u8>, St
         kdf["params"]["p"].as_u64().unwrap_or(0) as u32,
     );
     if !n.is_power_of_two() || n < 2 {
-        return Err(format!("cosign key: scrypt N = {n} is not a power of two"));
+        return Err(CosignKeyError::ScryptN(n));
     }
     let params = scrypt::Params::new(n.trailing_zeros() as u8, r, p, 32)
-        .map_err(|e| format!("cosign key: scrypt parameters: {e}"))?;
+        .map_err(CosignKeyError::ScryptParams)?;
     let mut key = [0u8; 32];
     scrypt::scrypt(password, &b64(&kdf["salt"], "kdf.salt")?, &params, &mut key)
-        .map_err(|e| format!("cosign key: scrypt: {e}"))?;
+        .map_err(CosignKeyError::Scrypt)?;
     let nonce = b64(&cipher["nonce"], "cipher.nonce")?;
     if nonce.len() != 24 {
-        return Err("cosign key: the nonce is not 24 bytes".into());
+        return Err(CosignKeyError::Nonce);
     }
     crypto_secretbox::XSalsa20Poly1305::new(&key.into())
         .decrypt(
             crypto_secretbox::Nonce::from_slice(&nonce),
             b64(&doc["ciphertext"], "ciphertext")?.as_slice(),
         )
-        .map_err(|_| "cosign key: wrong password (COSIGN_PASSWORD), or the file is damaged".into())
+        .map_err(|_| CosignKeyError::Decrypt)
 }

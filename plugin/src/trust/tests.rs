@@ -497,6 +497,8 @@ fn cosign_encrypted_keys_decrypt_with_their_password_only() {
     }))
     .unwrap();
     assert_eq!(keys::decrypt_cosign(&json, b"pw").unwrap(), der);
-    let err = keys::decrypt_cosign(&json, b"nope").unwrap_err();
+    let err = keys::decrypt_cosign(&json, b"nope")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("wrong password"), "{err}");
 }

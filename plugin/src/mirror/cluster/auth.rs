@@ -13,13 +13,33 @@ use std::time::{Duration, Instant};
 
 use crate::digest::Digest;
 
+/// Why a credentials file does not load.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{} line {line}: expected NAME:TOKEN, a token of at least 16 characters without spaces",
+        path.display()
+    )]
+    Token { path: PathBuf, line: usize },
+    #[error(
+        "{} line {line}: expected USER:HASH with a bcrypt hash (htpasswd -B); other hash kinds are refused",
+        path.display()
+    )]
+    Htpasswd { path: PathBuf, line: usize },
+}
+
 /// A file's version: size, modification time, inode.
 type Stamp = Option<(u64, std::time::SystemTime, u64)>;
 
 /// A file read into `T`, read again when its stamp changes.
 struct Watched<T> {
     path: PathBuf,
-    parse: fn(&Path, &str) -> Result<T, String>,
+    parse: fn(&Path, &str) -> Result<T, CredentialsError>,
     state: Mutex<(Stamp, Arc<T>)>,
 }
 
@@ -30,10 +50,12 @@ fn file_stamp(path: &Path) -> Stamp {
 }
 
 impl<T> Watched<T> {
-    fn new(path: &Path, parse: fn(&Path, &str) -> Result<T, String>) -> Result<Self, String> {
+    fn new(
+        path: &Path,
+        parse: fn(&Path, &str) -> Result<T, CredentialsError>,
+    ) -> Result<Self, CredentialsError> {
         let stamp = file_stamp(path);
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let value = parse(path, &text)?;
+        let value = parse(path, &read(path)?)?;
         Ok(Watched {
             path: path.to_path_buf(),
             parse,
@@ -48,10 +70,7 @@ impl<T> Watched<T> {
         let mut state = self.state.lock().unwrap();
         if stamp != state.0 {
             state.0 = stamp;
-            match std::fs::read_to_string(&self.path)
-                .map_err(|e| format!("{}: {e}", self.path.display()))
-                .and_then(|t| (self.parse)(&self.path, &t))
-            {
+            match read(&self.path).and_then(|t| (self.parse)(&self.path, &t)) {
                 Ok(v) => {
                     tracing::info!(file = %self.path.display(), "cluster listener: credentials file changed; reloaded");
                     state.1 = Arc::new(v);
@@ -65,10 +84,17 @@ impl<T> Watched<T> {
     }
 }
 
+fn read(path: &Path) -> Result<String, CredentialsError> {
+    std::fs::read_to_string(path).map_err(|source| CredentialsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// Token hashes by name.
 struct Tokens(HashMap<Digest, String>);
 
-fn parse_tokens(path: &Path, text: &str) -> Result<Tokens, String> {
+fn parse_tokens(path: &Path, text: &str) -> Result<Tokens, CredentialsError> {
     let mut map = HashMap::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -84,11 +110,10 @@ fn parse_tokens(path: &Path, text: &str) -> Result<Tokens, String> {
                 map.insert(Digest::of(token.trim().as_bytes()), name.trim().to_string());
             }
             _ => {
-                return Err(format!(
-                "{} line {}: expected NAME:TOKEN, a token of at least 16 characters without spaces",
-                path.display(),
-                n + 1
-            ))
+                return Err(CredentialsError::Token {
+                    path: path.to_path_buf(),
+                    line: n + 1,
+                })
             }
         }
     }
@@ -98,7 +123,7 @@ fn parse_tokens(path: &Path, text: &str) -> Result<Tokens, String> {
 /// bcrypt hashes by user.
 struct Htpasswd(HashMap<String, String>);
 
-fn parse_htpasswd(path: &Path, text: &str) -> Result<Htpasswd, String> {
+fn parse_htpasswd(path: &Path, text: &str) -> Result<Htpasswd, CredentialsError> {
     let mut map = HashMap::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -109,11 +134,12 @@ fn parse_htpasswd(path: &Path, text: &str) -> Result<Htpasswd, String> {
             Some((user, hash)) if !user.is_empty() && hash.starts_with("$2") => {
                 map.insert(user.to_string(), hash.to_string());
             }
-            _ => return Err(format!(
-                "{} line {}: expected USER:HASH with a bcrypt hash (htpasswd -B); other hash kinds are refused",
-                path.display(),
-                n + 1
-            )),
+            _ => {
+                return Err(CredentialsError::Htpasswd {
+                    path: path.to_path_buf(),
+                    line: n + 1,
+                })
+            }
         }
     }
     Ok(Htpasswd(map))
@@ -133,7 +159,10 @@ pub struct Credentials {
 pub const MINTED_FOR: Duration = Duration::from_secs(3600);
 
 impl Credentials {
-    pub fn new(tokens: Option<&Path>, htpasswd: Option<&Path>) -> Result<Credentials, String> {
+    pub fn new(
+        tokens: Option<&Path>,
+        htpasswd: Option<&Path>,
+    ) -> Result<Credentials, CredentialsError> {
         Ok(Credentials {
             tokens: tokens.map(|p| Watched::new(p, parse_tokens)).transpose()?,
             htpasswd: htpasswd
@@ -290,10 +319,16 @@ mod tests {
             Some("node-c")
         );
         // At start a broken file is an error naming it and the line.
-        let err = Credentials::new(Some(&tokens), None).err().unwrap();
+        let err = Credentials::new(Some(&tokens), None)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("tokens line 1"), "{err}");
         std::fs::write(&htpasswd, "cache:{SHA}abc\n").unwrap();
-        let err = Credentials::new(None, Some(&htpasswd)).err().unwrap();
+        let err = Credentials::new(None, Some(&htpasswd))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("bcrypt"), "{err}");
     }
 

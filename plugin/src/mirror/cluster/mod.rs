@@ -66,8 +66,11 @@ pub enum ClusterError {
         listen: SocketAddr,
         source: tls::TlsError,
     },
-    #[error("cluster listener {listen}: {reason}")]
-    Credentials { listen: SocketAddr, reason: String },
+    #[error("cluster listener {listen}: {source}")]
+    Credentials {
+        listen: SocketAddr,
+        source: auth::CredentialsError,
+    },
     #[error("cluster listener {listen}: bind: {source}")]
     Bind {
         listen: SocketAddr,
@@ -104,9 +107,9 @@ impl ClusterListener {
     /// file); warns when it serves a non-loopback address insecurely.
     pub fn new(c: &ClusterListenerConfig) -> Result<ClusterListener, ClusterError> {
         let credentials = Credentials::new(c.tokens_file.as_deref(), c.htpasswd_file.as_deref())
-            .map_err(|reason| ClusterError::Credentials {
+            .map_err(|source| ClusterError::Credentials {
                 listen: c.listen,
-                reason,
+                source,
             })?;
         let tls = match (&c.tls_cert_file, &c.tls_key_file) {
             (Some(cert), Some(key)) => Some(Arc::new(

@@ -194,24 +194,39 @@ impl PrivateContainerd {
 
     /// `ctr --address <sock> ARGS...`; fails on a non-zero exit status.
     pub fn ctr(&self, args: &[&str]) -> Result<String> {
-        process::run(&mut self.ctr_command(args), Duration::from_secs(180))
+        process::run(&mut self.ctr_command(args)?, Duration::from_secs(180))
     }
 
     /// `ctr --address <sock> ARGS...` whatever its exit status.
     pub fn ctr_unchecked(&self, args: &[&str]) -> Result<process::Output> {
-        process::run_unchecked(&mut self.ctr_command(args), Duration::from_secs(180))
+        process::run_unchecked(&mut self.ctr_command(args)?, Duration::from_secs(180))
     }
 
     /// A `ctr` call of the cleanup path: a short timeout, so that a wedged
     /// containerd cannot hold a failing test for long.
     fn ctr_cleanup(&self, args: &[&str]) -> Result<process::Output> {
-        process::run_unchecked(&mut self.ctr_command(args), Duration::from_secs(15))
+        process::run_unchecked(&mut self.ctr_command(args)?, Duration::from_secs(15))
     }
 
-    fn ctr_command(&self, args: &[&str]) -> Command {
+    /// `ctr` runs where its containerd runs: in its network namespace, if
+    /// it has one (`ctr pull` fetches on the client side).
+    fn ctr_command(&self, args: &[&str]) -> Result<Command> {
         let mut cmd = command("ctr");
+        if let Some(netns) = &self.netns {
+            crate::netns::enter(&mut cmd, netns)?;
+        }
         cmd.arg("--address").arg(&self.address).args(args);
-        cmd
+        Ok(cmd)
+    }
+
+    /// The manifest digest `ctr images ls` shows for `name` in a namespace.
+    pub fn image_digest(&self, namespace: &str, name: &str) -> Result<String> {
+        let out = self.ctr(&["-n", namespace, "images", "ls"])?;
+        out.lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .map(str::to_string)
+            .with_context(|| format!("{name} not in `ctr images ls`:\n{out}"))
     }
 
     /// Image references in a namespace.

@@ -30,6 +30,7 @@
 //! under nextest.
 
 pub mod bench;
+pub mod cluster;
 pub mod containerd;
 pub mod cri;
 pub mod daemon;

@@ -18,12 +18,13 @@
 //! Root only, serialized with the other end-to-end tests, every part
 //! stopped and removed on drop.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 
+use airgap_integration::cluster::{DaemonNode, Pki, Serving, ServingNode};
 use airgap_integration::containerd::{ContainerdOptions, K8S_NS, SNAPSHOTTER};
 use airgap_integration::image::{self, BuiltImage, SAMPLE_CHECK, SAMPLE_EXPECTED};
 use airgap_integration::process::{self, Proc};
@@ -35,240 +36,51 @@ const HOST: &str = "registry.airgap.test";
 const TOKEN_B: &str = "node-b-token-6f1d0c2a9e8b7d44";
 const TOKEN_CACHE: &str = "cache-token-03b5e7a9c1d2f486";
 
-/// A test PKI made with `openssl` in a directory.
-struct Pki {
-    dir: PathBuf,
+/// The CA, another CA, A's server certificate, B's client certificate and
+/// an intruder's (B's name, signed by the other CA).
+fn pki(work: &Path) -> Result<Pki> {
+    let pki = Pki::new(&work.join("pki"))?;
+    pki.ca("ca", "airgap cluster test CA")?
+        .ca("other-ca", "someone else's CA")?
+        .server("ca", "node-a", &["127.0.0.1"])?
+        .client("ca", "node-b", "node-b")?
+        .client("other-ca", "intruder", "node-b")?;
+    Ok(pki)
 }
 
-impl Pki {
-    fn new(dir: &Path) -> Result<Pki> {
-        let pki = Pki {
-            dir: dir.to_path_buf(),
-        };
-        pki.ca("ca", "airgap cluster test CA")?;
-        pki.ca("other-ca", "someone else's CA")?;
-        pki.issue("ca", "node-a", "node-a", true)?;
-        pki.issue("ca", "node-b", "node-b", false)?;
-        pki.issue("other-ca", "intruder", "node-b", false)?;
-        Ok(pki)
-    }
-
-    fn openssl(&self, args: &[&str]) -> Result<()> {
-        process::run(
-            Command::new("openssl").current_dir(&self.dir).args(args),
-            Duration::from_secs(60),
-        )?;
-        Ok(())
-    }
-
-    fn ca(&self, name: &str, cn: &str) -> Result<()> {
-        self.openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.pem"),
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={cn}"),
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ])
-    }
-
-    /// `<name>.pem` and `<name>.key` for `cn`, signed by `ca`: a server
-    /// certificate for 127.0.0.1, or a client certificate.
-    fn issue(&self, ca: &str, name: &str, cn: &str, server: bool) -> Result<()> {
-        self.openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-            "-subj",
-            &format!("/CN={cn}"),
-        ])?;
-        let ext = if server {
-            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
-        } else {
-            "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n"
-        };
-        std::fs::write(self.dir.join(format!("{name}.ext")), ext)?;
-        self.openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{name}.csr"),
-            "-CA",
-            &format!("{ca}.pem"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-CAcreateserial",
-            "-out",
-            &format!("{name}.pem"),
-            "-days",
-            "2",
-            "-extfile",
-            &format!("{name}.ext"),
-        ])
-    }
-
-    fn path(&self, file: &str) -> String {
-        self.dir.join(file).to_string_lossy().into_owned()
-    }
+fn serving_node(work: &Path, name: &str, pki: &Pki, archives: &[&Path]) -> Result<ServingNode> {
+    ServingNode::start(
+        work,
+        Serving {
+            name,
+            node: None,
+            cert: "node-a",
+            tokens: &[("node-b", TOKEN_B), ("cache", TOKEN_CACHE)],
+            listener_extra: "",
+            args: &[],
+        },
+        pki,
+        archives,
+    )
 }
 
-/// A serving node: the daemon with archives and a cluster listener.
-struct ServingNode {
-    daemon: Daemon,
-    port: u16,
+/// Node B: no archives, `serving` as its upstreams, on loopback.
+fn node_b(work: &Path, pki: &Pki, serving: &[&ServingNode], pause: &str) -> Result<DaemonNode> {
+    let upstreams: Vec<String> = serving.iter().map(|s| s.url()).collect();
+    DaemonNode::start(work, "node-b", None, pki, &upstreams, pause)
 }
 
-impl ServingNode {
-    fn start(work: &Path, name: &str, pki: &Pki, archives: &[&Path]) -> Result<ServingNode> {
-        let port = free_port()?;
-        let tokens = work.join(format!("{name}.tokens"));
-        std::fs::write(
-            &tokens,
-            format!("# who may pull\nnode-b:{TOKEN_B}\ncache:{TOKEN_CACHE}\n"),
-        )?;
-        let config = work.join(format!("{name}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                "[[cluster_listener]]\nlisten = \"127.0.0.1:{port}\"\n\
-                 tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\nclient_ca_file = \"{}\"\n\
-                 tokens_file = \"{}\"\n",
-                pki.path("node-a.pem"),
-                pki.path("node-a.key"),
-                pki.path("ca.pem"),
-                tokens.display()
-            ),
-        )?;
-        eprintln!("== serving node {name} on 127.0.0.1:{port}");
-        let daemon = Daemon::start_with_args(archives, &["--config", &config.to_string_lossy()])?;
-        let node = ServingNode { daemon, port };
-        process::wait_until(
-            "the cluster listener to answer",
-            Duration::from_secs(30),
-            || {
-                Ok(node.status(
-                    pki,
-                    "GET",
-                    "/v2/",
-                    &["-H", &format!("Authorization: Bearer {TOKEN_B}")],
-                )? == 200)
-            },
-        )?;
-        Ok(node)
-    }
-
-    fn url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
-    }
-
-    /// The HTTP status of a request with curl (0: no TLS session).
-    fn status(&self, pki: &Pki, method: &str, path: &str, extra: &[&str]) -> Result<u16> {
-        let out = process::run_unchecked(
-            Command::new("curl")
-                .args([
-                    "-s",
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code}",
-                    "--max-time",
-                    "20",
-                ])
-                .args(["--cacert", &pki.path("ca.pem")])
-                .args(["-X", method])
-                .args(extra)
-                .arg(format!("{}{path}", self.url())),
-            Duration::from_secs(30),
-        )?;
-        Ok(out.stdout.trim().parse().unwrap_or(0))
-    }
-
-    /// The subject of the certificate a new TLS session presents.
-    fn presented_subject(&self, pki: &Pki) -> Result<String> {
-        let out = process::run(
-            Command::new("sh").arg("-c").arg(format!(
-                "openssl s_client -connect 127.0.0.1:{} -CAfile {} </dev/null 2>/dev/null | openssl x509 -noout -subject",
-                self.port,
-                pki.path("ca.pem")
-            )),
-            Duration::from_secs(30),
-        )?;
-        Ok(out.trim().to_string())
-    }
-}
-
-/// Node B: the daemon with no archives, the serving nodes as upstreams
-/// (mutual TLS), its mirror on loopback, its own containerd.
-struct DaemonNode {
-    daemon: Daemon,
-    containerd: PrivateContainerd,
-}
-
-impl DaemonNode {
-    fn start(work: &Path, pki: &Pki, serving: &[&ServingNode], pause: &str) -> Result<DaemonNode> {
-        let mut config = String::new();
-        for node in serving {
-            config.push_str(&format!(
-                "[[upstream]]\nregistry = \"*\"\nendpoint = \"{}\"\nca_file = \"{}\"\n\
-                 client_cert_file = \"{}\"\nclient_key_file = \"{}\"\n\n",
-                node.url(),
-                pki.path("ca.pem"),
-                pki.path("node-b.pem"),
-                pki.path("node-b.key"),
-            ));
-        }
-        let file = work.join("node-b.toml");
-        std::fs::write(&file, config)?;
-        let mirror = format!("127.0.0.1:{}", free_port()?);
-        eprintln!("== node B: the daemon with no archives, mirror {mirror}");
-        let daemon = Daemon::start_with_args(
-            &[],
-            &[
-                "--mirror-listen",
-                &mirror,
-                "--config",
-                &file.to_string_lossy(),
-            ],
-        )?;
-        let hosts = work.join("certs.d-b");
-        process::run(
-            Command::new(daemon::binary()?)
-                .arg("config")
-                .args(["--containerd", "1.6", "--mirror", &mirror])
-                .arg("--write")
-                .arg(&hosts),
-            Duration::from_secs(30),
-        )?;
-        let containerd = PrivateContainerd::start(
-            daemon.socket(),
-            &ContainerdOptions {
-                hosts_dir: Some(hosts),
-                sandbox_image: Some(pause.to_string()),
-                ..Default::default()
-            },
-        )?;
-        Ok(DaemonNode { daemon, containerd })
-    }
+/// The subject of the certificate a new TLS session with `node` presents.
+fn presented_subject(node: &ServingNode, pki: &Pki) -> Result<String> {
+    let out = process::run(
+        Command::new("sh").arg("-c").arg(format!(
+            "openssl s_client -connect 127.0.0.1:{} -CAfile {} </dev/null 2>/dev/null | openssl x509 -noout -subject",
+            node.port(),
+            pki.path("ca.pem")
+        )),
+        Duration::from_secs(30),
+    )?;
+    Ok(out.trim().to_string())
 }
 
 fn images(work: &Path) -> Result<(BuiltImage, BuiltImage, BuiltImage)> {
@@ -289,15 +101,6 @@ fn images(work: &Path) -> Result<(BuiltImage, BuiltImage, BuiltImage)> {
     Ok((sample, second, pause))
 }
 
-fn image_digest(c: &PrivateContainerd, ns: &str, name: &str) -> Result<String> {
-    let out = c.ctr(&["-n", ns, "images", "ls"])?;
-    out.lines()
-        .find(|l| l.split_whitespace().next() == Some(name))
-        .and_then(|l| l.split_whitespace().nth(2))
-        .map(str::to_string)
-        .with_context(|| format!("{name} not in `ctr images ls`:\n{out}"))
-}
-
 #[test]
 fn a_node_without_archives_pulls_and_runs_from_a_serving_node() {
     run_as_root("cluster_serve", |test| {
@@ -308,17 +111,15 @@ fn a_node_without_archives_pulls_and_runs_from_a_serving_node() {
 
 fn cluster_serve(test: &str) -> Result<()> {
     let work = TestDir::new(test)?;
-    let pki_dir = work.path().join("pki");
-    std::fs::create_dir_all(&pki_dir)?;
-    let pki = Pki::new(&pki_dir)?;
+    let pki = pki(work.path())?;
     let (sample, second, pause) = images(work.path())?;
-    let a = ServingNode::start(
+    let a = serving_node(
         work.path(),
         "node-a",
         &pki,
         &[&sample.archive, &second.archive, &pause.archive],
     )?;
-    let mut b = DaemonNode::start(work.path(), &pki, &[&a], &pause.name)?;
+    let mut b = node_b(work.path(), &pki, &[&a], &pause.name)?;
 
     // 1. CRI on B: pull and run, from A's archives, no registry anywhere.
     let mut cri = CriClient::connect(b.containerd.address())?;
@@ -329,7 +130,7 @@ fn cluster_serve(test: &str) -> Result<()> {
         "CRI pulled {id}, expected {}",
         sample.config_digest
     );
-    ensure!(image_digest(&b.containerd, K8S_NS, &sample.name)? == sample.manifest_digest);
+    ensure!(b.containerd.image_digest(K8S_NS, &sample.name)? == sample.manifest_digest);
     let run = cri.run_pod_once(&sample.name, &["/bin/sh", "-c", SAMPLE_CHECK])?;
     ensure!(
         run.exit_code == 0 && run.stdout == SAMPLE_EXPECTED,
@@ -352,11 +153,11 @@ fn cluster_serve(test: &str) -> Result<()> {
     let bearer = format!("Authorization: Bearer {TOKEN_B}");
     let wrong = "Authorization: Bearer node-b-token-000000000000000";
     ensure!(
-        a.status(&pki, "GET", manifest, &[])? == 401,
+        a.status(None, &pki, "GET", manifest, &[])? == 401,
         "anonymous pull not refused"
     );
     ensure!(
-        a.status(&pki, "GET", manifest, &["-H", wrong])? == 401,
+        a.status(None, &pki, "GET", manifest, &["-H", wrong])? == 401,
         "a wrong token was taken"
     );
     let intruder = [
@@ -366,24 +167,25 @@ fn cluster_serve(test: &str) -> Result<()> {
         &pki.path("intruder.key"),
     ];
     ensure!(
-        a.status(&pki, "GET", manifest, &intruder)? == 0,
+        a.status(None, &pki, "GET", manifest, &intruder)? == 0,
         "a certificate of another CA got a TLS session"
     );
     ensure!(
-        a.status(&pki, "GET", manifest, &["-H", &bearer])? == 200,
+        a.status(None, &pki, "GET", manifest, &["-H", &bearer])? == 200,
         "the token was refused"
     );
     let uploads = "/v2/library/sample/blobs/uploads/";
     ensure!(
-        a.status(&pki, "POST", uploads, &[])? == 401,
+        a.status(None, &pki, "POST", uploads, &[])? == 401,
         "anonymous push not refused"
     );
     ensure!(
-        a.status(&pki, "POST", uploads, &["-H", &bearer])? == 405,
+        a.status(None, &pki, "POST", uploads, &["-H", &bearer])? == 405,
         "push not refused"
     );
     ensure!(
         a.status(
+            None,
             &pki,
             "PUT",
             "/v2/library/sample/manifests/v2",
@@ -394,14 +196,20 @@ fn cluster_serve(test: &str) -> Result<()> {
 
     // 3. Rotation: new files, the next handshake presents the new
     // certificate, B still pulls.
-    let before = a.presented_subject(&pki)?;
+    let before = presented_subject(&a, &pki)?;
     ensure!(before.contains("node-a"), "A presents {before}");
-    pki.issue("ca", "node-a-renewed", "node-a-renewed", true)?;
-    std::fs::copy(pki_dir.join("node-a-renewed.key"), pki_dir.join("next.key"))?;
-    std::fs::copy(pki_dir.join("node-a-renewed.pem"), pki_dir.join("next.pem"))?;
-    std::fs::rename(pki_dir.join("next.key"), pki_dir.join("node-a.key"))?;
-    std::fs::rename(pki_dir.join("next.pem"), pki_dir.join("node-a.pem"))?;
-    let after = a.presented_subject(&pki)?;
+    pki.server("ca", "node-a-renewed", &["127.0.0.1"])?;
+    std::fs::copy(
+        pki.dir().join("node-a-renewed.key"),
+        pki.dir().join("next.key"),
+    )?;
+    std::fs::copy(
+        pki.dir().join("node-a-renewed.pem"),
+        pki.dir().join("next.pem"),
+    )?;
+    std::fs::rename(pki.dir().join("next.key"), pki.dir().join("node-a.key"))?;
+    std::fs::rename(pki.dir().join("next.pem"), pki.dir().join("node-a.pem"))?;
+    let after = presented_subject(&a, &pki)?;
     ensure!(
         after.contains("node-a-renewed"),
         "after rotation A presents {after}"
@@ -445,7 +253,7 @@ fn cluster_serve(test: &str) -> Result<()> {
         SNAPSHOTTER,
         &second.name,
     ])?;
-    ensure!(image_digest(&b.containerd, "plain", &second.name)? == second.manifest_digest);
+    ensure!(b.containerd.image_digest("plain", &second.name)? == second.manifest_digest);
     ensure!(
         a.daemon.log().contains("client=user:node-b"),
         "A's log does not show the token's user"
@@ -466,21 +274,19 @@ fn a_pull_fails_over_to_the_next_serving_node() {
 
 fn cluster_failover(test: &str) -> Result<()> {
     let work = TestDir::new(test)?;
-    let pki_dir = work.path().join("pki");
-    std::fs::create_dir_all(&pki_dir)?;
-    let pki = Pki::new(&pki_dir)?;
+    let pki = pki(work.path())?;
     let (sample, _, pause) = images(work.path())?;
     let archives = [sample.archive.as_path(), pause.archive.as_path()];
-    let mut first = ServingNode::start(work.path(), "node-a1", &pki, &archives)?;
-    let second = ServingNode::start(work.path(), "node-a2", &pki, &archives)?;
-    let b = DaemonNode::start(work.path(), &pki, &[&first, &second], &pause.name)?;
+    let mut first = serving_node(work.path(), "node-a1", &pki, &archives)?;
+    let second = serving_node(work.path(), "node-a2", &pki, &archives)?;
+    let b = node_b(work.path(), &pki, &[&first, &second], &pause.name)?;
     eprintln!("== {test}: stopping the first serving node");
     first.daemon.stop()?;
     let mut cri = CriClient::connect(b.containerd.address())?;
     eprintln!("== {test}: CRI PullImage {} on node B", sample.name);
     let id = cri.pull_image(&sample.name)?;
     ensure!(id == sample.config_digest, "CRI pulled {id}");
-    ensure!(image_digest(&b.containerd, K8S_NS, &sample.name)? == sample.manifest_digest);
+    ensure!(b.containerd.image_digest(K8S_NS, &sample.name)? == sample.manifest_digest);
     ensure!(
         second.daemon.log().contains("client=cert:node-b"),
         "the second serving node did not serve B"
@@ -549,11 +355,9 @@ fn a_pull_through_cache_in_front_of_a_serving_node() {
 
 fn pull_through_cache(test: &str) -> Result<()> {
     let work = TestDir::new(test)?;
-    let pki_dir = work.path().join("pki");
-    std::fs::create_dir_all(&pki_dir)?;
-    let pki = Pki::new(&pki_dir)?;
+    let pki = pki(work.path())?;
     let (sample, _, _) = images(work.path())?;
-    let a = ServingNode::start(work.path(), "node-a", &pki, &[&sample.archive])?;
+    let a = serving_node(work.path(), "node-a", &pki, &[&sample.archive])?;
     let cache = Cache::start(&pki, &a.url())?;
     // A node pulling from the cache: it knows nothing of A.
     let node = Daemon::start()?;
@@ -579,7 +383,7 @@ fn pull_through_cache(test: &str) -> Result<()> {
                 process::tail(a.daemon.log_path(), 30)
             )
         })?;
-    ensure!(image_digest(&containerd, "default", &name)? == sample.manifest_digest);
+    ensure!(containerd.image_digest("default", &name)? == sample.manifest_digest);
     ensure!(
         a.daemon.log().contains("client=user:cache"),
         "A's log shows no request of the cache"

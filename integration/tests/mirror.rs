@@ -381,15 +381,6 @@ fn ctr_pull(c: &PrivateContainerd, ns: &str, hosts: &Path, name: &str) -> Result
 }
 
 /// The target digest of an image in containerd.
-fn image_digest(c: &PrivateContainerd, ns: &str, name: &str) -> Result<String> {
-    let out = c.ctr(&["-n", ns, "images", "ls"])?;
-    out.lines()
-        .find(|l| l.split_whitespace().next() == Some(name))
-        .and_then(|l| l.split_whitespace().nth(2))
-        .map(str::to_string)
-        .with_context(|| format!("{name} not in `ctr images ls`:\n{out}"))
-}
-
 fn run_check(c: &PrivateContainerd, ns: &str, image: &str, purpose: &str) -> Result<()> {
     let run = |purpose: &str| {
         let id = format!("airgap-mirror-{purpose}-{}", std::process::id());
@@ -480,7 +471,7 @@ fn mirror_pull(test: &str) -> Result<()> {
         "pulling an archived image reached the registry: {:?}",
         &after[mark..]
     );
-    let digest = image_digest(&containerd, "default", &archived.name)?;
+    let digest = containerd.image_digest("default", &archived.name)?;
     ensure!(
         digest == archived.manifest_digest,
         "pulled {digest}, the archive holds {}",
@@ -544,7 +535,7 @@ fn mirror_pull(test: &str) -> Result<()> {
         daemon.log().contains("asking the upstream"),
         "the daemon did not log its upstream fallback"
     );
-    ensure!(image_digest(&containerd, "default", &remote.name)? == remote.manifest_digest);
+    ensure!(containerd.image_digest("default", &remote.name)? == remote.manifest_digest);
     run_check(&containerd, "default", &remote.name, "remote")?;
     let mut cri = CriClient::connect(containerd.address())?;
     eprintln!("== {test}: CRI PullImage {} (registry only)", remote.name);
@@ -603,7 +594,7 @@ fn mirror_pull(test: &str) -> Result<()> {
     );
     let id = cri.pull_image(&archived.name)?;
     ensure!(id == archived.config_digest, "CRI pulled {id}");
-    ensure!(image_digest(&containerd, K8S_NS, &archived.name)? == archived.manifest_digest);
+    ensure!(containerd.image_digest(K8S_NS, &archived.name)? == archived.manifest_digest);
     run_check(&containerd, K8S_NS, &archived.name, "cri")?;
     ctr_pull(&containerd, "other", &hosts, &archived.name)?;
     let missing = format!("{host}/library/nowhere:v1");
@@ -712,7 +703,7 @@ fn upstream_auth(test: &str) -> Result<()> {
     )?;
     eprintln!("== {test}: ctr images pull --hosts-dir {}", remote.name);
     ctr_pull(&containerd, "default", &hosts, &remote.name)?;
-    ensure!(image_digest(&containerd, "default", &remote.name)? == remote.manifest_digest);
+    ensure!(containerd.image_digest("default", &remote.name)? == remote.manifest_digest);
     run_check(&containerd, "default", &remote.name, "auth")?;
     let log = daemon.log();
     for secret in [PASSWORD.to_string(), base64(&format!("{USER}:{PASSWORD}"))] {

@@ -4,14 +4,14 @@
 # harness, integration/src/bench (`bench --help` says what each mode
 # measures). Needs root.
 #
-#   scripts/bench.sh [--write] [--cache DIR] [--logs DIR] [--reps N] [--no-profile] [--pulls|--import|--mounts|--delta]
+#   scripts/bench.sh [--write] [--cache DIR] [--logs DIR] [--reps N] [--no-profile] [--pulls|--import|--mounts|--delta|--cluster]
 #
 # AIRGAP_CONTAINERD_DIR=DIR runs the private containerds from DIR (1.7, 2.x:
 # scripts/fetch-containerd.sh, scripts/build-containerd.sh).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 [[ $(id -u) -eq 0 ]] || { echo "bench.sh needs root (containerd, mounts, drop_caches)" >&2; exit 1; }
-need=(containerd ctr runc docker-registry skopeo pigz zstd tar python3 debootstrap du findmnt)
+need=(containerd ctr runc docker-registry skopeo pigz zstd tar python3 debootstrap du findmnt ip curl openssl)
 missing=()
 for c in "${need[@]}"; do command -v "$c" >/dev/null || missing+=("$c"); done
 if ((${#missing[@]})); then

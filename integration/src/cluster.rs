@@ -266,6 +266,20 @@ impl ServingNode {
         Ok(out.stdout.trim().parse().unwrap_or(0))
     }
 
+    /// Its daemon's metrics (`--metrics-listen LISTEN` among its
+    /// [`Serving::args`]), read by curl in its own namespace.
+    pub fn metrics(&self, listen: &str) -> Result<String> {
+        let mut curl = match &self.node {
+            Some(node) => node.command("curl")?,
+            None => Command::new("curl"),
+        };
+        process::run(
+            curl.args(["-sf", "--max-time", "20"])
+                .arg(format!("http://{listen}/metrics")),
+            Duration::from_secs(30),
+        )
+    }
+
     /// `GET /v2/` with the probe token from `from`.
     pub fn probe_from(&self, from: Option<&Node>, pki: &Pki) -> Result<u16> {
         let bearer = format!("Authorization: Bearer {}", self.probe_token);
@@ -379,4 +393,106 @@ impl DaemonNode {
         );
         Ok(())
     }
+}
+
+/// The hosts directory of a plain containerd node (no daemon): every
+/// registry through `serving` (cluster listener or registry URLs, in order),
+/// trusting the PKI's CA, with a bearer token when given, as
+/// `config --serving-node` writes it (docs/cluster.md).
+pub fn plain_hosts(
+    work: &Path,
+    name: &str,
+    pki: &Pki,
+    serving: &[String],
+    token: Option<&str>,
+) -> Result<PathBuf> {
+    let hosts = work.join(format!("certs.d-{name}"));
+    let mut cmd = Command::new(daemon::binary()?);
+    cmd.arg("config")
+        .args(["--containerd", "1.6", "--mirror-listen", "off"])
+        .args(["--serving-ca", &pki.path("ca.pem")]);
+    for url in serving {
+        cmd.args(["--serving-node", url]);
+    }
+    if let Some(token) = token {
+        let file = work.join(format!("{name}.token"));
+        std::fs::write(&file, format!("{token}\n"))?;
+        cmd.arg("--serving-token-file").arg(file);
+    }
+    process::run(
+        cmd.arg("--hosts-dir").arg(&hosts).arg("--write"),
+        Duration::from_secs(30),
+    )?;
+    Ok(hosts)
+}
+
+/// A node with containerd alone (no daemon, overlayfs), in a namespace of
+/// a test network, its registries configured by a hosts directory: what
+/// the other nodes of a cluster run.
+pub struct PlainNode {
+    pub containerd: PrivateContainerd,
+    pub node: Node,
+    hosts: PathBuf,
+}
+
+impl PlainNode {
+    pub fn start(work: &Path, node: Node, hosts: PathBuf) -> Result<PlainNode> {
+        // The airgap proxy plugin is in every private containerd's config;
+        // here it points at nothing and nothing uses it.
+        let containerd = PrivateContainerd::start(
+            &work.join(format!("{}-no-daemon.sock", node.name)),
+            &ContainerdOptions {
+                hosts_dir: Some(hosts.clone()),
+                cri_snapshotter: Some("overlayfs".to_string()),
+                netns: Some(node.path()),
+                ..Default::default()
+            },
+        )?;
+        Ok(PlainNode {
+            containerd,
+            node,
+            hosts,
+        })
+    }
+
+    /// `ctr images pull --hosts-dir HOSTS IMAGE` in the namespace `ns`, on
+    /// this node (overlayfs: fetched and unpacked).
+    pub fn pull(&self, ns: &str, image: &str) -> Result<()> {
+        self.containerd
+            .ctr(&[
+                "-n",
+                ns,
+                "images",
+                "pull",
+                "--hosts-dir",
+                &self.hosts.to_string_lossy(),
+                image,
+            ])
+            .map(drop)
+    }
+}
+
+/// Pulls `image` on every node at once (a thread each); the wall time of
+/// each pull, in node order. Every pull must succeed.
+pub fn pull_at_once(nodes: &[PlainNode], ns: &str, image: &str) -> Result<Vec<Duration>> {
+    std::thread::scope(|scope| {
+        let pulls: Vec<_> = nodes
+            .iter()
+            .map(|n| {
+                scope.spawn(move || {
+                    let t0 = std::time::Instant::now();
+                    n.pull(ns, image)
+                        .map(|()| t0.elapsed())
+                        .map_err(|e| e.context(format!("pulling {image} on {}", n.node.name)))
+                })
+            })
+            .collect();
+        pulls
+            .into_iter()
+            .map(|p| {
+                p.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a pull thread panicked")))
+            })
+            .collect()
+    })
 }

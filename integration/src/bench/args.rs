@@ -23,6 +23,9 @@ pub enum Mode {
     /// Release 2 of the bundle packed in full and as a delta of release 1
     /// (`bench-delta`): bytes and time to pack.
     Delta,
+    /// Ten nodes in network namespaces pull at once from one serving node,
+    /// against docker-registry (`bench-cluster`).
+    Cluster,
 }
 
 /// The benchmark against what sites use today (issue 5). In one run, on
@@ -72,6 +75,12 @@ pub enum Mode {
 /// release 1 (`pack --base`, `pack --base-inventory`): bytes and time to
 /// pack (no containerd).
 ///
+/// --cluster: ten nodes, each a network namespace with its own containerd,
+/// pull the largest image at once from one node's cluster listener serving
+/// the single-frame oci archive, and from docker-registry (TLS both): time
+/// until all are done, the serving process's CPU and peak RSS, and the
+/// daemon's passes over the archive.
+///
 /// --index [DIR...] measures indexing an archive never seen against `zstd -d`
 /// of it, and a restart with the persisted index (no containerd).
 ///
@@ -114,6 +123,9 @@ pub struct Args {
     /// Only delta bundles: release 2 in full and as a delta of release 1.
     #[arg(long, conflicts_with_all = ["pulls", "import", "mounts"])]
     pub delta: bool,
+    /// Only one node serving ten: the cluster listener against docker-registry.
+    #[arg(long, conflicts_with_all = ["pulls", "import", "mounts", "index", "delta"])]
+    pub cluster: bool,
     /// --index: the directories the bundles are made of (default: a few
     /// large directories of this machine).
     #[arg(value_name = "DIR", requires = "index")]
@@ -132,6 +144,8 @@ impl Args {
             Mode::Index
         } else if self.delta {
             Mode::Delta
+        } else if self.cluster {
+            Mode::Cluster
         } else {
             Mode::Full
         }
@@ -182,12 +196,17 @@ mod tests {
         let delta = parse(&["--delta", "--write", "--cache", "/c"]).unwrap();
         assert_eq!(delta.mode(), Mode::Delta);
         assert!(!delta.profile());
+        assert_eq!(
+            parse(&["--cluster", "--reps", "1"]).unwrap().mode(),
+            Mode::Cluster
+        );
     }
 
     #[test]
     fn refuses_what_the_script_refused() {
         assert!(parse(&["--pulls", "--mounts"]).is_err());
         assert!(parse(&["--delta", "--index"]).is_err());
+        assert!(parse(&["--cluster", "--delta"]).is_err());
         assert!(parse(&["--reps", "0"]).is_err());
         assert!(parse(&["--reps"]).is_err());
         assert!(parse(&["--frobnicate"]).is_err());

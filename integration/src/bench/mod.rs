@@ -12,10 +12,13 @@
 //!   BENCHMARKS.md.
 //! - [`index`]: indexing speed (--index).
 //! - [`delta`]: delta bundles against the full bundle (--delta).
+//! - [`cluster`]: one node serving ten at once, against docker-registry
+//!   (--cluster).
 //! - [`system`]: /proc, caches, small commands, HTTP probes.
 
 pub mod args;
 pub mod bundle;
+pub mod cluster;
 pub mod delta;
 pub mod index;
 pub mod mounts;

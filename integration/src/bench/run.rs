@@ -60,8 +60,9 @@ fn containerd_version() -> Result<String> {
 
 /// The daemon under test and `bench-decompressed`: `AIRGAP_SNAPSHOTTER_BIN`
 /// (scripts/bench.sh points it at the release build) or the daemon beside
-/// this binary; the example in the same target directory as the daemon.
-fn binaries() -> Result<(PathBuf, PathBuf)> {
+/// this binary; the example in the same target directory as the daemon
+/// (required when `example`: the modes that pull through the daemon).
+fn binaries(example: bool) -> Result<(PathBuf, PathBuf)> {
     let bin = match std::env::var_os(crate::daemon::BIN_ENV) {
         Some(bin) => PathBuf::from(bin),
         None => {
@@ -70,7 +71,7 @@ fn binaries() -> Result<(PathBuf, PathBuf)> {
         }
     };
     let decompressed = bin.with_file_name("examples").join("bench-decompressed");
-    for p in [&bin, &decompressed] {
+    for p in [&bin, &decompressed].into_iter().take(1 + example as usize) {
         if !p.is_file() {
             bail!(
                 "{} does not exist (scripts/bench.sh builds it)",
@@ -83,13 +84,16 @@ fn binaries() -> Result<(PathBuf, PathBuf)> {
 
 pub fn run(args: Args) -> Result<()> {
     let repo = crate::workspace_root();
-    let (bin, decompressed) = binaries()?;
     let mode = args.mode();
+    let (bin, decompressed) = binaries(!matches!(mode, Mode::Index | Mode::Delta | Mode::Cluster))?;
     if mode == Mode::Index {
         return super::index::run(&repo, &bin, &args);
     }
     if mode == Mode::Delta {
         return super::delta::run_delta(&repo, &bin, &args);
+    }
+    if mode == Mode::Cluster {
+        return super::cluster::run_cluster(&repo, &bin, &args);
     }
     if !crate::is_root() {
         bail!("bench needs root (containerd, mounts, drop_caches)");

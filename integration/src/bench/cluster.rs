@@ -1,0 +1,442 @@
+//! --cluster: one node serving the cluster (issue 22). Ten nodes, each a
+//! network namespace with its own containerd (no daemon, overlayfs, the
+//! hosts.toml `config --serving-node` writes), pull the bundle's largest
+//! image at once from one serving node, in two rounds per repetition:
+//!
+//! - the daemon's cluster listener (TLS, a bearer token per node) serving
+//!   the bundle's single-frame `oci.tar.zst` as it arrived;
+//! - `docker-registry` (TLS, no authentication) serving the same image,
+//!   pushed into its storage beforehand (not timed).
+//!
+//! Measured per round: the wall time until every pull is done (fetch and
+//! unpack on each node), the slowest node, and the serving process's CPU
+//! time and peak RSS during the round (VmHWM, reset before it); for the
+//! daemon also the bytes it decompressed and read from the archive, which
+//! say how many passes over the archive served the ten pulls (the shared
+//! pass: one). Every pull must succeed with the same manifest digest in
+//! both rounds, else the run fails. Not a test: no time is asserted.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+
+use super::args::Args;
+use super::bundle::{self, say, BIG};
+use super::report::{human_plain, write_section};
+use super::system::{self, cpu_ticks, hwm_kib, sum_metric};
+use crate::cluster::{plain_hosts, pull_at_once, Pki, PlainNode, Serving, ServingNode};
+use crate::netns::{Node, TestNet};
+use crate::process::{self, Proc};
+use crate::TestDir;
+
+/// How many nodes pull at once.
+pub const NODES: u8 = 10;
+/// Where the serving daemon's metrics listen, in its own namespace.
+const METRICS: &str = "127.0.0.1:9100";
+/// docker-registry's port on the serving node's address.
+const REGISTRY_PORT: u16 = 5000;
+/// The containerd namespace the nodes pull into.
+const NS: &str = "bench";
+
+/// What one round measured.
+struct Round {
+    total: f64,
+    slowest: f64,
+    cpu: f64,
+    hwm_kib: u64,
+    /// Bytes the serving process read from storage (/proc/PID/io, caches
+    /// dropped before).
+    read: u64,
+    /// The daemon's `airgap_archive_decompressed_bytes` during the round.
+    decompressed: Option<u64>,
+    digest: String,
+}
+
+/// The nodes' tokens: one user per node.
+fn token(node: &Node) -> String {
+    format!("bench-token-{}-7d1f0a9c3e5b", node.name)
+}
+
+pub fn run_cluster(repo: &Path, bin: &Path, args: &Args) -> Result<()> {
+    if !crate::is_root() {
+        bail!("bench --cluster needs root (network namespaces, containerd, drop_caches)");
+    }
+    let work = TestDir::new("bench-cluster")?;
+    let bundle_dir = match &args.cache {
+        Some(dir) => dir.clone(),
+        None => work.path().join("cache"),
+    };
+    std::fs::create_dir_all(&bundle_dir)
+        .with_context(|| format!("creating {}", bundle_dir.display()))?;
+    let bundle_dir = std::fs::canonicalize(&bundle_dir)?;
+    bundle::ensure(repo, bin, &bundle_dir, false)?;
+    let archive = bundle_dir.join("oci.tar.zst");
+    let unpacked_size = std::fs::metadata(bundle_dir.join("oci.tar"))
+        .context("the bundle's oci.tar")?
+        .len();
+    let archive_size = std::fs::metadata(&archive)?.len();
+    let load_start = system::loadavg();
+
+    let _serial = crate::serial()?;
+    let mut net = TestNet::new()?;
+    let server = net.add_node(1)?;
+    let nodes: Vec<Node> = (2..2 + NODES)
+        .map(|n| net.add_node(n))
+        .collect::<Result<_>>()?;
+    let pki = Pki::new(&work.path().join("pki"))?;
+    pki.ca("ca", "airgap bench CA")?
+        .server("ca", "server", &[&server.addr])?;
+    let registry_storage = work.path().join("registry-storage");
+    fill_registry(&work, &server, &pki, &registry_storage, &bundle_dir)?;
+
+    let mut airgap = Vec::new();
+    let mut registry = Vec::new();
+    for rep in 1..=args.reps {
+        say(&format!(
+            "round {rep}/{}: {NODES} nodes pull {BIG} from the daemon's cluster listener",
+            args.reps
+        ));
+        airgap.push(round_airgap(&work, &server, &nodes, &pki, &archive)?);
+        say(&format!(
+            "round {rep}/{}: {NODES} nodes pull {BIG} from docker-registry",
+            args.reps
+        ));
+        registry.push(round_registry(
+            &work,
+            &server,
+            &nodes,
+            &pki,
+            &registry_storage,
+        )?);
+    }
+    drop(net);
+    let digest = &airgap[0].digest;
+    ensure!(
+        airgap.iter().chain(&registry).all(|r| &r.digest == digest),
+        "the rounds pulled different manifests"
+    );
+    let report = report(
+        &airgap,
+        &registry,
+        unpacked_size,
+        archive_size,
+        bin,
+        &load_start,
+    );
+    println!("\n{report}");
+    if args.write {
+        let file = repo.join("BENCHMARKS.md");
+        let text = std::fs::read_to_string(&file).unwrap_or_else(|_| "# Benchmarks\n".to_string());
+        let text = write_section(
+            &text,
+            "bench-cluster",
+            "One node serving the cluster: ten nodes pull at once (`scripts/bench.sh --cluster --write`)",
+            &report,
+            false,
+        );
+        std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
+        println!("written to BENCHMARKS.md");
+    }
+    Ok(())
+}
+
+/// The serving node's daemon with the archive; the nodes pull from its
+/// cluster listener.
+fn round_airgap(
+    work: &TestDir,
+    server: &Node,
+    nodes: &[Node],
+    pki: &Pki,
+    archive: &Path,
+) -> Result<Round> {
+    let tokens: Vec<(String, String)> = nodes.iter().map(|n| (n.name.clone(), token(n))).collect();
+    let pairs: Vec<(&str, &str)> = tokens
+        .iter()
+        .map(|(u, t)| (u.as_str(), t.as_str()))
+        .collect();
+    let serving = ServingNode::start(
+        work.path(),
+        Serving {
+            name: "serving",
+            node: Some(server.clone()),
+            cert: "server",
+            tokens: &pairs,
+            listener_extra: "",
+            args: &["--metrics-listen", METRICS],
+        },
+        pki,
+        &[archive],
+    )?;
+    // Indexing the single-frame archive is a pass of its own, before the
+    // round: wait until the image is served.
+    let bearer = format!("Authorization: Bearer {}", token(&nodes[0]));
+    let accept = format!("Accept: {}", system::MANIFEST_ACCEPT);
+    process::wait_until(
+        "the serving node to index the archive",
+        Duration::from_secs(300),
+        || {
+            Ok(serving.status(
+                Some(&nodes[0]),
+                pki,
+                "GET",
+                super::steps::BIG_MANIFEST,
+                &["-H", &bearer, "-H", &accept],
+            )? == 200)
+        },
+    )?;
+    let plain: Vec<PlainNode> = nodes
+        .iter()
+        .map(|n| {
+            let hosts = plain_hosts(
+                work.path(),
+                &format!("airgap-{}", n.name),
+                pki,
+                &[serving.url()],
+                Some(&token(n)),
+            )?;
+            PlainNode::start(work.path(), n.clone(), hosts)
+        })
+        .collect::<Result<_>>()?;
+    let metric = |name: &str| -> Option<u64> { sum_metric(&serving.metrics(METRICS).ok()?, name) };
+    const DECOMPRESSED: &str = "airgap_archive_decompressed_bytes_total";
+    let before = metric(DECOMPRESSED);
+    let pid = serving
+        .daemon
+        .pid()
+        .context("the serving daemon is not running")?;
+    let mut round = measure(pid, &plain)?;
+    round.decompressed = metric(DECOMPRESSED)
+        .zip(before)
+        .map(|(a, b)| a.saturating_sub(b));
+    drop(plain);
+    drop(serving);
+    Ok(round)
+}
+
+/// docker-registry with TLS on the serving node's address, over the
+/// storage [`fill_registry`] made.
+fn round_registry(
+    work: &TestDir,
+    server: &Node,
+    nodes: &[Node],
+    pki: &Pki,
+    storage: &Path,
+) -> Result<Round> {
+    let mut registry = start_registry(work, server, pki, storage, true)?;
+    let url = format!("https://{}:{REGISTRY_PORT}", server.addr);
+    let plain: Vec<PlainNode> = nodes
+        .iter()
+        .map(|n| {
+            let hosts = plain_hosts(
+                work.path(),
+                &format!("registry-{}", n.name),
+                pki,
+                std::slice::from_ref(&url),
+                None,
+            )?;
+            PlainNode::start(work.path(), n.clone(), hosts)
+        })
+        .collect::<Result<_>>()?;
+    let pid = registry.pid().context("docker-registry is not running")?;
+    let round = measure(pid, &plain)?;
+    drop(plain);
+    registry.stop(process::STOP_TIMEOUT)?;
+    Ok(round)
+}
+
+/// Caches dropped, the serving process's peak RSS reset, every node pulls
+/// at once; its CPU and peak RSS over that time.
+fn measure(pid: u32, nodes: &[PlainNode]) -> Result<Round> {
+    system::drop_caches()?;
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
+        .with_context(|| format!("resetting the peak RSS of {pid}"))?;
+    let cpu0 = cpu_ticks(pid);
+    let read0 = system::read_bytes(pid);
+    let t0 = Instant::now();
+    let times = pull_at_once(nodes, NS, BIG)?;
+    let total = t0.elapsed().as_secs_f64();
+    let cpu1 = cpu_ticks(pid);
+    let read = system::read_bytes(pid).saturating_sub(read0);
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let cpu = (cpu1.0 + cpu1.1).saturating_sub(cpu0.0 + cpu0.1) as f64 / hz;
+    let hwm = hwm_kib(pid).context("reading the serving process's VmHWM")?;
+    let mut digests = nodes
+        .iter()
+        .map(|n| n.containerd.image_digest(NS, BIG))
+        .collect::<Result<Vec<_>>>()?;
+    digests.dedup();
+    ensure!(
+        digests.len() == 1,
+        "the nodes pulled different manifests: {digests:?}"
+    );
+    Ok(Round {
+        total,
+        slowest: times.iter().map(Duration::as_secs_f64).fold(0.0, f64::max),
+        cpu,
+        hwm_kib: hwm,
+        read,
+        decompressed: None,
+        digest: digests.remove(0),
+    })
+}
+
+/// `docker-registry serve` in the serving node's namespace: with TLS on
+/// its address, or (`tls` false) plain HTTP on its loopback for skopeo.
+fn start_registry(
+    work: &TestDir,
+    server: &Node,
+    pki: &Pki,
+    storage: &Path,
+    tls: bool,
+) -> Result<Proc> {
+    let (addr, tls_config) = if tls {
+        (
+            format!("{}:{REGISTRY_PORT}", server.addr),
+            format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                pki.path("server.pem"),
+                pki.path("server.key")
+            ),
+        )
+    } else {
+        (format!("127.0.0.1:{REGISTRY_PORT}"), String::new())
+    };
+    let config = work.path().join(format!("registry-{tls}.yml"));
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+             http:\n  addr: {addr}\n{tls_config}",
+            storage.display()
+        ),
+    )?;
+    let mut cmd = server.command("docker-registry")?;
+    let mut proc = Proc::spawn(
+        "docker-registry",
+        cmd.arg("serve").arg(&config),
+        &work.path().join(format!("registry-{tls}.log")),
+    )?;
+    let scheme = if tls { "https" } else { "http" };
+    process::wait_until("docker-registry to answer", Duration::from_secs(30), || {
+        proc.check_running()?;
+        let out = process::run_unchecked(
+            server
+                .command("curl")?
+                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+                .args(["--cacert", &pki.path("ca.pem")])
+                .arg(format!("{scheme}://{addr}/v2/")),
+            Duration::from_secs(10),
+        )?;
+        Ok(out.stdout.trim() == "200")
+    })?;
+    Ok(proc)
+}
+
+/// The registry's storage with the largest image, pushed by skopeo from
+/// the bundle's uncompressed OCI layout (its layers as they are: the same
+/// blobs the daemon serves).
+fn fill_registry(
+    work: &TestDir,
+    server: &Node,
+    pki: &Pki,
+    storage: &PathBuf,
+    bundle_dir: &Path,
+) -> Result<()> {
+    std::fs::create_dir_all(storage)?;
+    let mut registry = start_registry(work, server, pki, storage, false)?;
+    say("pushing the image into docker-registry's storage (skopeo, not timed)");
+    process::run(
+        server
+            .command("skopeo")?
+            .args(["copy", "--quiet", "--dest-tls-verify=false"])
+            .arg(format!(
+                "oci-archive:{}:1",
+                bundle_dir.join("oci.tar").display()
+            ))
+            .arg(format!(
+                "docker://127.0.0.1:{REGISTRY_PORT}/bench/debian-go:1"
+            )),
+        system::LONG,
+    )?;
+    registry.stop(process::STOP_TIMEOUT)?;
+    Ok(())
+}
+
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn report(
+    airgap: &[Round],
+    registry: &[Round],
+    unpacked_size: u64,
+    archive_size: u64,
+    bin: &Path,
+    load_start: &str,
+) -> String {
+    let row = |rounds: &[Round]| {
+        (
+            median(rounds.iter().map(|r| r.total)),
+            median(rounds.iter().map(|r| r.slowest)),
+            median(rounds.iter().map(|r| r.cpu)),
+            median(rounds.iter().map(|r| r.hwm_kib as f64)),
+        )
+    };
+    let (a, r) = (row(airgap), row(registry));
+    let mib = |kib: f64| kib / 1024.0;
+    let passes: Vec<String> = airgap
+        .iter()
+        .map(|round| match round.decompressed {
+            Some(d) => format!(
+                "{} decompressed ({:.2} passes over the archive's {}), {} read from disk",
+                human_plain(d),
+                d as f64 / unpacked_size as f64,
+                human_plain(unpacked_size),
+                human_plain(round.read)
+            ),
+            None => format!(
+                "no archive metrics, {} read from disk",
+                human_plain(round.read)
+            ),
+        })
+        .collect();
+    let registry_read: Vec<String> = registry.iter().map(|r| human_plain(r.read)).collect();
+    format!(
+        "Run {} on {}. Load average at the start: {load_start}, at the end: {}.\n\n\
+         {NODES} nodes, each a network namespace with its own containerd (overlayfs, no daemon), pull `{BIG}`\n\
+         at once (`ctr images pull --hosts-dir`, the hosts.toml of `config --serving-node`), median of {} rounds,\n\
+         caches dropped before each. Every node runs on this machine's cores, so the time includes ten unpacks;\n\
+         the serving process's CPU and peak RSS (VmHWM, reset before the round) are its own.\n\n\
+         | served by | all {NODES} pulls done | slowest node | serving CPU | serving peak RSS |\n|---|---:|---:|---:|---:|\n\
+         | the daemon's cluster listener: TLS, a token per node, the bundle's single-frame `oci.tar.zst` ({}) | {:.1} s | {:.1} s | {:.1} s | {:.0} MiB |\n\
+         | docker-registry 2.8: TLS, no authentication, filesystem storage (the same blobs, pushed before) | {:.1} s | {:.1} s | {:.1} s | {:.0} MiB |\n\
+         | ratio, daemon / docker-registry | {:.2}x | {:.2}x | {:.2}x | {:.2}x |\n\n\
+         The serving daemon, per round: {}. docker-registry read {} from disk per round.\n\n\
+         Served by `{}` (`scripts/bench.sh` builds it for release).\n\n\
+         Reproduce: `scripts/bench.sh --cluster --write [--cache DIR] [--reps N]` as root.",
+        system::date(),
+        system::machine_line(&crate::containerd::version().map(|v| format!("{}.{}.{}", v.major, v.minor, v.patch)).unwrap_or_default()),
+        system::loadavg(),
+        airgap.len(),
+        human_plain(archive_size),
+        a.0,
+        a.1,
+        a.2,
+        mib(a.3),
+        r.0,
+        r.1,
+        r.2,
+        mib(r.3),
+        a.0 / r.0,
+        a.1 / r.1,
+        a.2 / r.2.max(0.01),
+        a.3 / r.3.max(1.0),
+        passes.join("; "),
+        registry_read.join(", "),
+        bin.display(),
+    )
+}

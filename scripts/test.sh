@@ -307,10 +307,10 @@ E2E_SUBSET+=(config_merge_wires_containerd_default_config doctor_names_each_mist
 # A name here that no test has would drop its coverage silently: refused.
 #
 # Test files whose behaviour does not depend on the containerd version
-# (the features built on the mirror and the archives: cluster serving,
-# bundles, signatures; the CLI's JSON output) run once, on 2.3 LTS (tier `all`); the other
+# (the features built on the mirror and the archives: cluster serving and
+# its load test, bundles, signatures; the CLI's JSON output) run once, on 2.3 LTS (tier `all`); the other
 # whole-suite versions run everything else (tier `most`).
-E2E_ONCE=(cluster cluster_serve bundles signing cli_json)
+E2E_ONCE=(cluster cluster_serve cluster_load bundles signing cli_json)
 for name in "${E2E_SUBSET[@]}"; do
     if ! grep -q "^fn $name()" integration/tests/*.rs; then
         summary+=("FAIL  e2e subset: no test named $name in integration/tests (E2E_SUBSET in scripts/test.sh)")

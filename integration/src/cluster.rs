@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 
 use crate::containerd::{ContainerdOptions, K8S_NS};
 use crate::image::{BuiltImage, SAMPLE_CHECK, SAMPLE_EXPECTED};
@@ -495,4 +495,87 @@ pub fn pull_at_once(nodes: &[PlainNode], ns: &str, image: &str) -> Result<Vec<Du
             })
             .collect()
     })
+}
+
+/// The bearer token of `node` in a load test or benchmark: a user each.
+pub fn node_token(node: &Node) -> String {
+    format!("token-{}-4b8e2c6a7d1f0a9c", node.name)
+}
+
+/// Where [`serve_nodes`]'s daemon serves its metrics, in its namespace.
+pub const METRICS_LISTEN: &str = "127.0.0.1:9100";
+
+/// A serving node in `server` for `nodes` (a token each, [`node_token`]),
+/// its metrics on [`METRICS_LISTEN`]; returns once it serves `manifest`
+/// (`/v2/...`) to the first node: indexing a compressed archive is a pass
+/// of its own, which the caller does not want to measure.
+pub fn serve_nodes(
+    work: &Path,
+    server: &Node,
+    nodes: &[Node],
+    pki: &Pki,
+    archives: &[&Path],
+    manifest: &str,
+) -> Result<ServingNode> {
+    let tokens: Vec<(String, String)> = nodes
+        .iter()
+        .map(|n| (n.name.clone(), node_token(n)))
+        .collect();
+    let pairs: Vec<(&str, &str)> = tokens
+        .iter()
+        .map(|(u, t)| (u.as_str(), t.as_str()))
+        .collect();
+    let serving = ServingNode::start(
+        work,
+        Serving {
+            name: "serving",
+            node: Some(server.clone()),
+            cert: "server",
+            tokens: &pairs,
+            listener_extra: "",
+            args: &["--metrics-listen", METRICS_LISTEN],
+        },
+        pki,
+        archives,
+    )?;
+    let first = nodes.first().context("no nodes to serve")?;
+    let bearer = format!("Authorization: Bearer {}", node_token(first));
+    let accept = "Accept: application/vnd.oci.image.manifest.v1+json, \
+                  application/vnd.docker.distribution.manifest.v2+json";
+    process::wait_until(
+        "the serving node to index its archives",
+        Duration::from_secs(300),
+        || {
+            Ok(serving.status(
+                Some(first),
+                pki,
+                "GET",
+                manifest,
+                &["-H", &bearer, "-H", accept],
+            )? == 200)
+        },
+    )?;
+    Ok(serving)
+}
+
+/// A [`PlainNode`] per node, pulling from `serving` (URLs, in order) with
+/// its own [`node_token`] when `tokens`; `label` names their hosts
+/// directories (`certs.d-<label>-<node>`).
+pub fn plain_nodes(
+    work: &Path,
+    label: &str,
+    nodes: &[Node],
+    pki: &Pki,
+    serving: &[String],
+    tokens: bool,
+) -> Result<Vec<PlainNode>> {
+    nodes
+        .iter()
+        .map(|n| {
+            let token = tokens.then(|| node_token(n));
+            let name = format!("{label}-{}", n.name);
+            let hosts = plain_hosts(work, &name, pki, serving, token.as_deref())?;
+            PlainNode::start(work, n.clone(), hosts)
+        })
+        .collect()
 }

@@ -20,23 +20,16 @@
 use anyhow::{ensure, Context, Result};
 
 use airgap_integration::bench::system::{status_kib, sum_metric};
-use airgap_integration::cluster::{
-    plain_hosts, pull_at_once, Pki, PlainNode, Serving, ServingNode,
-};
+use airgap_integration::cluster::{plain_nodes, pull_at_once, serve_nodes, Pki, METRICS_LISTEN};
 use airgap_integration::image::{self, ArchiveContainer, Entry, Layer};
 use airgap_integration::netns::{Node, TestNet};
 use airgap_integration::{run_as_root, serial, TestDir};
 
 const HOST: &str = "registry.airgap.test";
 const NODES: u8 = 10;
-const METRICS: &str = "127.0.0.1:9100";
 const DECOMPRESSED: &str = "airgap_archive_decompressed_bytes_total";
 /// The incompressible file of the image's top layer.
 const BIG_FILE: usize = 24 << 20;
-
-fn token(node: &Node) -> String {
-    format!("load-token-{}-4b8e2c6a", node.name)
-}
 
 /// `len` bytes nothing compresses (xorshift64*: no crate needed for
 /// test filler).
@@ -90,65 +83,16 @@ fn cluster_load(test: &str) -> Result<()> {
     let archive = image::compress_archive(&tar, ArchiveContainer::Zstd)?;
     let unpacked = std::fs::metadata(&tar)?.len();
 
-    let tokens: Vec<(String, String)> = nodes.iter().map(|n| (n.name.clone(), token(n))).collect();
-    let pairs: Vec<(&str, &str)> = tokens
-        .iter()
-        .map(|(u, t)| (u.as_str(), t.as_str()))
-        .collect();
-    let serving = ServingNode::start(
-        work.path(),
-        Serving {
-            name: "serving",
-            node: Some(server.clone()),
-            cert: "server",
-            tokens: &pairs,
-            listener_extra: "",
-            args: &["--metrics-listen", METRICS],
-        },
-        &pki,
-        &[&archive],
-    )?;
-    // Indexing the archive is a pass of its own: wait for the manifest.
     let manifest = format!("/v2/library/load/manifests/v1?ns={HOST}");
-    let bearer = format!("Authorization: Bearer {}", token(&nodes[0]));
-    airgap_integration::process::wait_until(
-        "the serving node to index the archive",
-        std::time::Duration::from_secs(60),
-        || {
-            Ok(serving.status(
-                Some(&nodes[0]),
-                &pki,
-                "GET",
-                &manifest,
-                &[
-                    "-H",
-                    &bearer,
-                    "-H",
-                    &format!("Accept: {}", image::MEDIA_MANIFEST),
-                ],
-            )? == 200)
-        },
-    )?;
-    let plain: Vec<PlainNode> = nodes
-        .iter()
-        .map(|n| {
-            let hosts = plain_hosts(
-                work.path(),
-                &n.name,
-                &pki,
-                &[serving.url()],
-                Some(&token(n)),
-            )?;
-            PlainNode::start(work.path(), n.clone(), hosts)
-        })
-        .collect::<Result<_>>()?;
+    let serving = serve_nodes(work.path(), &server, &nodes, &pki, &[&archive], &manifest)?;
+    let plain = plain_nodes(work.path(), "load", &nodes, &pki, &[serving.url()], true)?;
 
     let pid = serving
         .daemon
         .pid()
         .context("the serving daemon is not running")?;
     let decompressed = || -> Result<u64> {
-        sum_metric(&serving.metrics(METRICS)?, DECOMPRESSED)
+        sum_metric(&serving.metrics(METRICS_LISTEN)?, DECOMPRESSED)
             .with_context(|| format!("no {DECOMPRESSED} in the serving node's metrics"))
     };
     let before = decompressed()?;

@@ -23,17 +23,15 @@ use anyhow::{bail, ensure, Context, Result};
 
 use super::args::Args;
 use super::bundle::{self, say, BIG};
-use super::report::{human_plain, write_section};
+use super::report::{human_plain, publish};
 use super::system::{self, cpu_ticks, hwm_kib, sum_metric};
-use crate::cluster::{plain_hosts, pull_at_once, Pki, PlainNode, Serving, ServingNode};
+use crate::cluster::{plain_nodes, pull_at_once, serve_nodes, Pki, PlainNode, METRICS_LISTEN};
 use crate::netns::{Node, TestNet};
 use crate::process::{self, Proc};
 use crate::TestDir;
 
 /// How many nodes pull at once.
 pub const NODES: u8 = 10;
-/// Where the serving daemon's metrics listen, in its own namespace.
-const METRICS: &str = "127.0.0.1:9100";
 /// docker-registry's port on the serving node's address.
 const REGISTRY_PORT: u16 = 5000;
 /// The containerd namespace the nodes pull into.
@@ -51,11 +49,6 @@ struct Round {
     /// The daemon's `airgap_archive_decompressed_bytes` during the round.
     decompressed: Option<u64>,
     digest: String,
-}
-
-/// The nodes' tokens: one user per node.
-fn token(node: &Node) -> String {
-    format!("bench-token-{}-7d1f0a9c3e5b", node.name)
 }
 
 pub fn run_cluster(repo: &Path, bin: &Path, args: &Args) -> Result<()> {
@@ -124,21 +117,7 @@ pub fn run_cluster(repo: &Path, bin: &Path, args: &Args) -> Result<()> {
         bin,
         &load_start,
     );
-    println!("\n{report}");
-    if args.write {
-        let file = repo.join("BENCHMARKS.md");
-        let text = std::fs::read_to_string(&file).unwrap_or_else(|_| "# Benchmarks\n".to_string());
-        let text = write_section(
-            &text,
-            "bench-cluster",
-            "One node serving the cluster: ten nodes pull at once (`scripts/bench.sh --cluster --write`)",
-            &report,
-            false,
-        );
-        std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
-        println!("written to BENCHMARKS.md");
-    }
-    Ok(())
+    publish(args.write, "bench-cluster", "One node serving the cluster: ten nodes pull at once (`scripts/bench.sh --cluster --write`)", &report, false)
 }
 
 /// The serving node's daemon with the archive; the nodes pull from its
@@ -150,55 +129,17 @@ fn round_airgap(
     pki: &Pki,
     archive: &Path,
 ) -> Result<Round> {
-    let tokens: Vec<(String, String)> = nodes.iter().map(|n| (n.name.clone(), token(n))).collect();
-    let pairs: Vec<(&str, &str)> = tokens
-        .iter()
-        .map(|(u, t)| (u.as_str(), t.as_str()))
-        .collect();
-    let serving = ServingNode::start(
+    let serving = serve_nodes(
         work.path(),
-        Serving {
-            name: "serving",
-            node: Some(server.clone()),
-            cert: "server",
-            tokens: &pairs,
-            listener_extra: "",
-            args: &["--metrics-listen", METRICS],
-        },
+        server,
+        nodes,
         pki,
         &[archive],
+        super::steps::BIG_MANIFEST,
     )?;
-    // Indexing the single-frame archive is a pass of its own, before the
-    // round: wait until the image is served.
-    let bearer = format!("Authorization: Bearer {}", token(&nodes[0]));
-    let accept = format!("Accept: {}", system::MANIFEST_ACCEPT);
-    process::wait_until(
-        "the serving node to index the archive",
-        Duration::from_secs(300),
-        || {
-            Ok(serving.status(
-                Some(&nodes[0]),
-                pki,
-                "GET",
-                super::steps::BIG_MANIFEST,
-                &["-H", &bearer, "-H", &accept],
-            )? == 200)
-        },
-    )?;
-    let plain: Vec<PlainNode> = nodes
-        .iter()
-        .map(|n| {
-            let hosts = plain_hosts(
-                work.path(),
-                &format!("airgap-{}", n.name),
-                pki,
-                &[serving.url()],
-                Some(&token(n)),
-            )?;
-            PlainNode::start(work.path(), n.clone(), hosts)
-        })
-        .collect::<Result<_>>()?;
-    let metric = |name: &str| -> Option<u64> { sum_metric(&serving.metrics(METRICS).ok()?, name) };
+    let plain = plain_nodes(work.path(), "airgap", nodes, pki, &[serving.url()], true)?;
+    let metric =
+        |name: &str| -> Option<u64> { sum_metric(&serving.metrics(METRICS_LISTEN).ok()?, name) };
     const DECOMPRESSED: &str = "airgap_archive_decompressed_bytes_total";
     let before = metric(DECOMPRESSED);
     let pid = serving
@@ -225,19 +166,14 @@ fn round_registry(
 ) -> Result<Round> {
     let mut registry = start_registry(work, server, pki, storage, true)?;
     let url = format!("https://{}:{REGISTRY_PORT}", server.addr);
-    let plain: Vec<PlainNode> = nodes
-        .iter()
-        .map(|n| {
-            let hosts = plain_hosts(
-                work.path(),
-                &format!("registry-{}", n.name),
-                pki,
-                std::slice::from_ref(&url),
-                None,
-            )?;
-            PlainNode::start(work.path(), n.clone(), hosts)
-        })
-        .collect::<Result<_>>()?;
+    let plain = plain_nodes(
+        work.path(),
+        "registry",
+        nodes,
+        pki,
+        std::slice::from_ref(&url),
+        false,
+    )?;
     let pid = registry.pid().context("docker-registry is not running")?;
     let round = measure(pid, &plain)?;
     drop(plain);

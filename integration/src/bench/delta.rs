@@ -22,7 +22,7 @@ use super::bundle::{self, path, say, BIG, SMALL};
 const GO_TREE: &str = "/=usr/lib/go-1.19,usr/share/go-1.19";
 const PY_TREE: &str = "/=usr/lib/python3";
 const PY: &str = "docker.io/bench/debian-python:1";
-use super::report::{human_plain, write_section};
+use super::report::{human_plain, publish};
 use super::system::{self, run};
 
 const GO2_TREE: &str = "/=etc/os-release,usr/lib/go-1.19,usr/share/go-1.19";
@@ -176,19 +176,5 @@ pub fn run_delta(repo: &Path, bin: &Path, args: &Args) -> Result<()> {
         bin.display(),
     );
     table = table.replace(", containerd -", "");
-    println!("\n{table}");
-    if args.write {
-        let file = repo.join("BENCHMARKS.md");
-        let text = std::fs::read_to_string(&file).unwrap_or_else(|_| "# Benchmarks\n".to_string());
-        let text = write_section(
-            &text,
-            "bench-delta",
-            "Delta bundles: release 2 in full and as a delta of release 1 (`scripts/bench.sh --delta --write`)",
-            &table,
-            false,
-        );
-        std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
-        println!("written to BENCHMARKS.md");
-    }
-    Ok(())
+    publish(args.write, "bench-delta", "Delta bundles: release 2 in full and as a delta of release 1 (`scripts/bench.sh --delta --write`)", &table, false)
 }

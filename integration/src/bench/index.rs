@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 
 use super::args::Args;
 use super::bundle::{path, say};
-use super::report::{human_plain, write_section};
+use super::report::{human_plain, publish};
 use super::system::{self, sh};
 
 /// Wall seconds of a command, caches dropped first (when this may: as
@@ -138,19 +138,11 @@ pub fn run(repo: &Path, bin: &Path, args: &Args) -> Result<()> {
         kernel.trim(),
         system::loadavg()
     ));
-    println!("\n{table}");
-    if args.write {
-        let file = repo.join("BENCHMARKS.md");
-        let text = std::fs::read_to_string(&file).unwrap_or_else(|_| "# Benchmarks\n".to_string());
-        let text = write_section(
-            &text,
-            "bench-index",
-            "Indexing an archive (`scripts/bench-index.sh --write`)",
-            &table,
-            false,
-        );
-        std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
-        println!("written to BENCHMARKS.md");
-    }
-    Ok(())
+    publish(
+        args.write,
+        "bench-index",
+        "Indexing an archive (`scripts/bench-index.sh --write`)",
+        &table,
+        false,
+    )
 }

@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use anyhow::{Context, Result};
+
 /// One measured time, kept as printed (2 decimals for wall times of
 /// commands, 3 for CRI calls) so that medians, ranges and ratios use the
 /// printed value, as the tables always did.
@@ -270,6 +272,24 @@ pub fn mounts_table(records: &Records) -> String {
         ));
     }
     out
+}
+
+/// Prints `report` and, with `write`, puts it into its section of the
+/// workspace's BENCHMARKS.md ([`write_section`]).
+pub fn publish(write: bool, marker: &str, title: &str, report: &str, first: bool) -> Result<()> {
+    println!("\n{report}");
+    if write {
+        let file = crate::workspace_root().join("BENCHMARKS.md");
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "# Benchmarks\n".to_string(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+        };
+        let text = write_section(&text, marker, title, report, first);
+        std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
+        println!("written to BENCHMARKS.md");
+    }
+    Ok(())
 }
 
 /// BENCHMARKS.md with the section `<!-- MARKER:begin --> ... <!--

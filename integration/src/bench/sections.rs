@@ -61,19 +61,7 @@ impl Ctx<'_> {
         report: &str,
         first: bool,
     ) -> Result<()> {
-        println!("\n{report}");
-        if self.args.write {
-            let file = crate::workspace_root().join("BENCHMARKS.md");
-            let text = match std::fs::read_to_string(&file) {
-                Ok(t) => t,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => "# Benchmarks\n".to_string(),
-                Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
-            };
-            let text = report::write_section(&text, marker, title, report, first);
-            std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
-            println!("written to BENCHMARKS.md");
-        }
-        Ok(())
+        report::publish(self.args.write, marker, title, report, first)
     }
 
     pub fn pulls_report(&self, b: &Bench) -> String {

@@ -17,7 +17,7 @@ use anyhow::{ensure, Context, Result};
 
 use crate::containerd::{ContainerdOptions, K8S_NS};
 use crate::image::{BuiltImage, SAMPLE_CHECK, SAMPLE_EXPECTED};
-use crate::netns::Node;
+use crate::netns::{Node, TestNet};
 use crate::{daemon, free_port, process, CriClient, Daemon, PrivateContainerd};
 
 /// The port of cluster listeners in network namespaces (each node has its
@@ -495,6 +495,34 @@ pub fn pull_at_once(nodes: &[PlainNode], ns: &str, image: &str) -> Result<Vec<Du
             })
             .collect()
     })
+}
+
+/// A test network for load: a serving node (number 1) and `n` nodes
+/// (2 and on), with a PKI whose server certificate is the serving node's.
+/// Declare it before the parts that run in it: it is dropped (its
+/// namespaces removed) after them.
+pub struct LoadNet {
+    pub pki: Pki,
+    pub server: Node,
+    pub nodes: Vec<Node>,
+    pub net: TestNet,
+}
+
+impl LoadNet {
+    pub fn new(work: &Path, n: u8) -> Result<LoadNet> {
+        let mut net = TestNet::new()?;
+        let server = net.add_node(1)?;
+        let nodes = (2..2 + n).map(|i| net.add_node(i)).collect::<Result<_>>()?;
+        let pki = Pki::new(&work.join("pki"))?;
+        pki.ca("ca", "airgap cluster test CA")?
+            .server("ca", "server", &[&server.addr])?;
+        Ok(LoadNet {
+            pki,
+            server,
+            nodes,
+            net,
+        })
+    }
 }
 
 /// The bearer token of `node` in a load test or benchmark: a user each.

@@ -20,9 +20,11 @@
 use anyhow::{ensure, Context, Result};
 
 use airgap_integration::bench::system::{status_kib, sum_metric};
-use airgap_integration::cluster::{plain_nodes, pull_at_once, serve_nodes, Pki, METRICS_LISTEN};
+use airgap_integration::cluster::{
+    plain_nodes, pull_at_once, serve_nodes, LoadNet, METRICS_LISTEN,
+};
 use airgap_integration::image::{self, ArchiveContainer, Entry, Layer};
-use airgap_integration::netns::{Node, TestNet};
+use airgap_integration::netns::TestNet;
 use airgap_integration::{run_as_root, serial, TestDir};
 
 const HOST: &str = "registry.airgap.test";
@@ -64,14 +66,12 @@ fn ten_nodes_pull_at_once_from_one_serving_node_in_one_pass() {
 
 fn cluster_load(test: &str) -> Result<()> {
     let work = TestDir::new(test)?;
-    let mut net = TestNet::new()?;
-    let server = net.add_node(1)?;
-    let nodes: Vec<Node> = (2..2 + NODES)
-        .map(|n| net.add_node(n))
-        .collect::<Result<_>>()?;
-    let pki = Pki::new(&work.path().join("pki"))?;
-    pki.ca("ca", "airgap cluster test CA")?
-        .server("ca", "server", &[&server.addr])?;
+    let LoadNet {
+        pki,
+        server,
+        nodes,
+        net,
+    } = LoadNet::new(work.path(), NODES)?;
 
     let mut spec = image::sample_spec(HOST, "load", "v1")?;
     spec.layers.push(Layer::new(vec![

@@ -26,6 +26,17 @@ pub fn archive_of(bundle: &Path, kind: &str) -> PathBuf {
     }
 }
 
+/// The bundle's directory: --cache DIR, else `cache` in the run's `work`
+/// directory; created, canonical.
+pub fn in_cache_or(args: &super::args::Args, work: &Path) -> Result<PathBuf> {
+    let dir = match &args.cache {
+        Some(dir) => dir.clone(),
+        None => work.join("cache"),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::canonicalize(&dir).with_context(|| format!("resolving {}", dir.display()))
+}
+
 /// Makes (or reuses) the bundle in `bundle`; `plain` adds docker-plain.tar.
 pub fn ensure(repo: &Path, bin: &Path, bundle: &Path, plain: bool) -> Result<()> {
     for d in [

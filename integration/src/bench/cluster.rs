@@ -25,8 +25,10 @@ use super::args::Args;
 use super::bundle::{self, say, BIG};
 use super::report::{human_plain, publish};
 use super::system::{self, cpu_ticks, hwm_kib, sum_metric};
-use crate::cluster::{plain_nodes, pull_at_once, serve_nodes, Pki, PlainNode, METRICS_LISTEN};
-use crate::netns::{Node, TestNet};
+use crate::cluster::{
+    plain_nodes, pull_at_once, serve_nodes, LoadNet, Pki, PlainNode, METRICS_LISTEN,
+};
+use crate::netns::Node;
 use crate::process::{self, Proc};
 use crate::TestDir;
 
@@ -56,13 +58,7 @@ pub fn run_cluster(repo: &Path, bin: &Path, args: &Args) -> Result<()> {
         bail!("bench --cluster needs root (network namespaces, containerd, drop_caches)");
     }
     let work = TestDir::new("bench-cluster")?;
-    let bundle_dir = match &args.cache {
-        Some(dir) => dir.clone(),
-        None => work.path().join("cache"),
-    };
-    std::fs::create_dir_all(&bundle_dir)
-        .with_context(|| format!("creating {}", bundle_dir.display()))?;
-    let bundle_dir = std::fs::canonicalize(&bundle_dir)?;
+    let bundle_dir = bundle::in_cache_or(args, work.path())?;
     bundle::ensure(repo, bin, &bundle_dir, false)?;
     let archive = bundle_dir.join("oci.tar.zst");
     let unpacked_size = std::fs::metadata(bundle_dir.join("oci.tar"))
@@ -72,14 +68,12 @@ pub fn run_cluster(repo: &Path, bin: &Path, args: &Args) -> Result<()> {
     let load_start = system::loadavg();
 
     let _serial = crate::serial()?;
-    let mut net = TestNet::new()?;
-    let server = net.add_node(1)?;
-    let nodes: Vec<Node> = (2..2 + NODES)
-        .map(|n| net.add_node(n))
-        .collect::<Result<_>>()?;
-    let pki = Pki::new(&work.path().join("pki"))?;
-    pki.ca("ca", "airgap bench CA")?
-        .server("ca", "server", &[&server.addr])?;
+    let LoadNet {
+        pki,
+        server,
+        nodes,
+        net,
+    } = LoadNet::new(work.path(), NODES)?;
     let registry_storage = work.path().join("registry-storage");
     fill_registry(&work, &server, &pki, &registry_storage, &bundle_dir)?;
 

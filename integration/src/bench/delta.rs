@@ -54,13 +54,7 @@ pub fn run_delta(repo: &Path, bin: &Path, args: &Args) -> Result<()> {
         .prefix("airgap-bench-delta-")
         .tempdir()
         .context("creating the work directory")?;
-    let bundle_dir = match &args.cache {
-        Some(dir) => dir.clone(),
-        None => work.path().join("cache"),
-    };
-    std::fs::create_dir_all(&bundle_dir)
-        .with_context(|| format!("creating {}", bundle_dir.display()))?;
-    let bundle_dir = std::fs::canonicalize(&bundle_dir)?;
+    let bundle_dir = bundle::in_cache_or(args, work.path())?;
     bundle::ensure(repo, bin, &bundle_dir, false)?;
     for d in ["/usr/share/perl", "/etc/os-release"] {
         if !Path::new(d).exists() {

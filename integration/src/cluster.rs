@@ -368,6 +368,18 @@ impl DaemonNode {
     /// CRI pull of `image` on this node, checked against what was built,
     /// then a pod run of it that must print the sample's files.
     pub fn pull_and_run(&self, test: &str, image: &BuiltImage) -> Result<()> {
+        self.pull_and_check(test, image, SAMPLE_CHECK, SAMPLE_EXPECTED)
+    }
+
+    /// [`DaemonNode::pull_and_run`] with the pod running `/bin/sh -c
+    /// script`, which must exit 0 printing `expected`.
+    pub fn pull_and_check(
+        &self,
+        test: &str,
+        image: &BuiltImage,
+        script: &str,
+        expected: &str,
+    ) -> Result<()> {
         let mut cri = CriClient::connect(self.containerd.address())?;
         eprintln!("== {test}: CRI PullImage {} on {}", image.name, self.client);
         let id = cri.pull_image(&image.name)?;
@@ -383,9 +395,9 @@ impl DaemonNode {
             image.name,
             self.client
         );
-        let run = cri.run_pod_once(&image.name, &["/bin/sh", "-c", SAMPLE_CHECK])?;
+        let run = cri.run_pod_once(&image.name, &["/bin/sh", "-c", script])?;
         ensure!(
-            run.exit_code == 0 && run.stdout == SAMPLE_EXPECTED,
+            run.exit_code == 0 && run.stdout == expected,
             "the pod on {} exited {} with:\n{}",
             self.client,
             run.exit_code,

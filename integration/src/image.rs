@@ -527,6 +527,22 @@ pub fn sample_layers(marker: &str) -> Result<Vec<Layer>> {
     Ok(vec![base, top])
 }
 
+/// `len` bytes that no compressor shrinks, the same for the same `seed`
+/// (xorshift64*): the content of a large layer whose transfer takes a
+/// while, whatever the layer's compression.
+pub fn incompressible(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
 /// The extended attribute `data/xattr` of [`sample_layers`] carries.
 pub const XATTR_NAME: &str = "user.airgap";
 pub const XATTR_VALUE: &[u8] = b"kept";
@@ -598,6 +614,23 @@ mod tests {
         assert!(!is_truncated_sample_output(SAMPLE_EXPECTED));
         assert!(!is_truncated_sample_output("hello air"));
         assert!(!is_truncated_sample_output("hello airgap\nfile\n"));
+    }
+
+    #[test]
+    fn incompressible_bytes_are_seeded() {
+        let a = incompressible(1001, 7);
+        assert_eq!(a.len(), 1001);
+        assert_eq!(a, incompressible(1001, 7));
+        assert_ne!(a, incompressible(1001, 8));
+        // Every byte value, none much more often than the others.
+        let mut counts = [0usize; 256];
+        for b in incompressible(256 * 1024, 7) {
+            counts[b as usize] += 1;
+        }
+        assert!(
+            counts.iter().all(|&n| (768..1280).contains(&n)),
+            "{counts:?}"
+        );
     }
 
     #[test]

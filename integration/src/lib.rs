@@ -40,6 +40,7 @@ pub mod mounts;
 pub mod netns;
 pub mod process;
 pub mod registry;
+pub mod relay;
 
 use std::fs::File;
 use std::net::TcpListener;

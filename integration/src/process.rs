@@ -182,6 +182,25 @@ pub fn run_unchecked(cmd: &mut Command, timeout: Duration) -> Result<Output> {
     })
 }
 
+/// Kills the process `pid` with SIGKILL (a crash) and waits up to
+/// `timeout` until it has exited: a zombie until its parent reaps it, or
+/// gone. For a process that its [`Proc`] reaps later, stopped from
+/// elsewhere (its pid cannot be reused before that).
+pub fn kill_by_pid(pid: u32, timeout: Duration) -> Result<()> {
+    let raw = i32::try_from(pid).context("a pid out of range")?;
+    kill(Pid::from_raw(raw), Signal::SIGKILL).with_context(|| format!("SIGKILL to {pid}"))?;
+    let stat = format!("/proc/{pid}/stat");
+    wait_until(&format!("process {pid} to exit"), timeout, || {
+        Ok(match std::fs::read_to_string(&stat) {
+            // `pid (comm) S ...`: the state follows the last parenthesis.
+            Ok(text) => text.rsplit_once(')').is_some_and(|(_, rest)| {
+                matches!(rest.trim_start().chars().next(), Some('Z' | 'X'))
+            }),
+            Err(_) => true,
+        })
+    })
+}
+
 /// Polls `ready` every 50 ms until it returns true or `timeout` passes.
 pub fn wait_until(
     what: &str,

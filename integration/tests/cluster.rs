@@ -6,23 +6,44 @@
 //! - Nodes A1 and A2 hold the same archives and run the daemon with a
 //!   cluster listener on their own address (TLS from a test CA made with
 //!   `openssl`, client certificates).
-//! - Nodes B and C run the daemon with no archives and no registry, A1 then
-//!   A2 as upstreams (mutual TLS), and their own containerd in their
-//!   namespace: CRI pulls and a pod run on B and on C.
-//! - A1's daemon stops: a pull on C fails over to A2 and completes.
+//! - Nodes B and C run the daemon with no archives and no registry, and
+//!   their own containerd in their namespace: B has A1 then A2 as
+//!   upstreams, C a relay in A1's namespace in front of A1 ([`Relay`]) then
+//!   A2 (mutual TLS, passed through by the relay). CRI pulls and a pod run
+//!   on B and on C, from A1.
+//! - A1 stopped mid-pull: the relay, armed, cuts C's transfer of a large
+//!   layer once it has relayed [`CUT_AFTER`] bytes of it, SIGKILLing A1's
+//!   daemon first. C's daemon continues that blob from A2 with a
+//!   `Range: bytes=N-` request, the pull completes, and the pod sees the
+//!   layer's bytes. (A first endpoint already dead when a pull starts is
+//!   `tests/cluster_serve.rs`'s.)
 //!
 //! The parts are [`airgap_integration::cluster`]'s. Root only, serialized
 //! with the other end-to-end tests.
 
-use anyhow::{ensure, Result};
+use std::net::SocketAddr;
+use std::time::Duration;
 
-use airgap_integration::cluster::{DaemonNode, Pki, Serving, ServingNode};
-use airgap_integration::image;
+use anyhow::{ensure, Context, Result};
+
+use airgap_integration::cluster::{DaemonNode, Pki, Serving, ServingNode, NETNS_PORT};
+use airgap_integration::image::{
+    self, Entry, Layer, LayerCompression, SAMPLE_CHECK, SAMPLE_EXPECTED,
+};
 use airgap_integration::netns::TestNet;
-use airgap_integration::{run_as_root, serial, TestDir};
+use airgap_integration::relay::Relay;
+use airgap_integration::{process, run_as_root, serial, TestDir};
+use airgap_snapshotter::digest::Digest;
 
 const HOST: &str = "registry.airgap.test";
 const TOKEN: &str = "probe-token-5c1e9a7d3b2f8e60";
+
+/// The size of the large layer's one file (incompressible bytes).
+const LARGE_LEN: usize = 24 << 20;
+/// The relay cuts a connection once it relayed this many bytes since it
+/// was armed: more than everything but the large layer (so the cut lands in
+/// it, past what C's buffers can hold unread) and well short of its end.
+const CUT_AFTER: u64 = 8 << 20;
 
 #[test]
 fn nodes_in_other_network_namespaces_pull_from_serving_nodes_and_fail_over() {
@@ -57,10 +78,34 @@ fn cluster_netns(test: &str) -> Result<()> {
         &image::sample_spec(HOST, "sample", "v1")?,
         &work.path().join("sample.tar"),
     )?;
-    let second = image::write_oci_archive(
-        &image::sample_spec(HOST, "second", "v1")?,
-        &work.path().join("second.tar"),
+    let large_file = image::incompressible(LARGE_LEN, 22);
+    let mut spec = image::sample_spec(HOST, "large", "v1")?;
+    spec.layers.push(Layer::new(vec![
+        Entry::dir("data"),
+        Entry::file("data/large", large_file.as_slice()),
+    ]));
+    // Uncompressed layers: gzip in a debug build would take 10 s here, and
+    // failover handles a blob's bytes whatever they are.
+    let large = image::write_oci_archive_with(
+        &spec,
+        &work.path().join("large.tar"),
+        LayerCompression::None,
     )?;
+    drop(spec);
+    let large_layer = large.layer_digests.last().context("no layer")?.clone();
+    let large_check = format!("{SAMPLE_CHECK}; /bin/busybox sha256sum /data/large");
+    let large_expected = format!(
+        "{SAMPLE_EXPECTED}{}  /data/large\n",
+        Digest::of(&large_file).hex()
+    );
+    drop(large_file);
+    // Everything in the archive but the large file's bytes: more than the
+    // pull of `large` fetches besides its large layer.
+    let others = std::fs::metadata(&large.archive)?.len() - LARGE_LEN as u64;
+    ensure!(
+        others < CUT_AFTER / 2,
+        "the large image's other blobs ({others} bytes) leave the cut no room"
+    );
     let pause = image::write_pause_archive(
         &format!("{HOST}/library/pause:3.10"),
         "3.10",
@@ -69,7 +114,7 @@ fn cluster_netns(test: &str) -> Result<()> {
     )?;
     let archives = [
         sample.archive.as_path(),
-        second.archive.as_path(),
+        large.archive.as_path(),
         pause.archive.as_path(),
     ];
     let serving = |node: airgap_integration::netns::Node| -> Result<ServingNode> {
@@ -90,23 +135,25 @@ fn cluster_netns(test: &str) -> Result<()> {
     };
     let mut first = serving(a1)?;
     let next = serving(a2)?;
-    let upstreams = [first.url(), next.url()];
-    let pulling = |node: airgap_integration::netns::Node| -> Result<DaemonNode> {
-        let name = node.name.clone();
-        DaemonNode::start(
-            work.path(),
-            &name,
-            Some(node),
-            &pki,
-            &upstreams,
-            &pause.name,
-        )
-    };
-    let mut node_b = pulling(b)?;
-    let mut node_c = pulling(c)?;
+    let a1_netns = first.node.as_ref().context("A1 has no node")?.path();
+    let target: SocketAddr = format!("{}:{}", first.addr(), first.port()).parse()?;
+    let relay = Relay::start(
+        &a1_netns,
+        format!("{}:{}", first.addr(), NETNS_PORT + 1).parse()?,
+        target,
+    )?;
+    let relay_url = format!("https://{}", relay.addr());
+    let pulling =
+        |node: airgap_integration::netns::Node, upstreams: &[String]| -> Result<DaemonNode> {
+            let name = node.name.clone();
+            DaemonNode::start(work.path(), &name, Some(node), &pki, upstreams, &pause.name)
+        };
+    let mut node_b = pulling(b, &[first.url(), next.url()])?;
+    let mut node_c = pulling(c, &[relay_url.clone(), next.url()])?;
     ensure!(first.probe_from(node_c.node.as_ref(), &pki)? == 200);
 
-    // 1. CRI on B and C: pull and run, from A1's archives, no registry.
+    // 1. CRI on B and C: pull and run, from A1's archives (C's through the
+    //    relay, not armed yet), no registry.
     node_b.pull_and_run(test, &sample)?;
     node_c.pull_and_run(test, &sample)?;
     let log = first.daemon.log();
@@ -116,28 +163,96 @@ fn cluster_netns(test: &str) -> Result<()> {
             "A1's log does not show {client}'s certificate as a client"
         );
     }
+    let c_cert = format!("client=cert:{}", node_c.client);
+    ensure!(
+        !next.daemon.log().contains(&c_cert),
+        "A2 served {} before A1 was stopped",
+        node_c.client
+    );
 
-    // 2. A1 stops: C's next pull goes to A2 and completes.
-    eprintln!("== {test}: stopping the daemon of A1");
-    first.daemon.stop()?;
+    // 2. A1 stopped mid-pull: the relay cuts C's transfer of the large
+    //    layer, A1's daemon SIGKILLed first; C finishes it from A2.
+    let pid = first.daemon.pid().context("A1's daemon is not running")?;
+    relay.cut_after(CUT_AFTER, move || {
+        eprintln!("== relay: {CUT_AFTER} bytes relayed, killing A1's daemon (pid {pid})");
+        process::kill_by_pid(pid, Duration::from_secs(10))
+    });
+    node_c.pull_and_check(test, &large, &large_check, &large_expected)?;
+    let cut = relay
+        .cut()
+        .context("the relay never cut: the pull did not go through it")?;
+    eprintln!("== {test}: the relay cut after {} bytes", cut.relayed);
+    ensure!(
+        cut.action.is_ok(),
+        "killing A1's daemon at the cut: {:?}",
+        cut.action
+    );
+    ensure!(cut.relayed > CUT_AFTER);
+    ensure!(
+        first.daemon.check_running().is_err(),
+        "A1's daemon still runs"
+    );
     ensure!(
         first.probe_from(node_c.node.as_ref(), &pki)? == 0,
         "A1 still answers"
     );
-    node_c.pull_and_run(test, &second)?;
+    let a2_log = next.daemon.log();
     ensure!(
-        next.daemon
-            .log()
-            .contains(&format!("client=cert:{}", node_c.client)),
-        "A2 did not serve {}",
+        a2_log
+            .lines()
+            .any(|l| l.contains(&c_cert) && l.contains(&format!("/blobs/{large_layer}"))),
+        "A2 did not serve {} the large layer",
         node_c.client
+    );
+    // The line C's daemon logs when a transfer goes on from the next
+    // upstream, having asked it for `Range: bytes=<offset>-` and got that.
+    let c_log = node_c.daemon.log();
+    let offsets = resumed_at(&c_log, &large_layer, &relay_url, &next.url());
+    ensure!(
+        offsets.len() == 1,
+        "C's daemon did not continue {large_layer} from A2 exactly once: {offsets:?}; \
+         its failover lines:\n{}",
+        c_log
+            .lines()
+            .filter(|l| l.contains("registry::failover"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    ensure!(
+        offsets[0] > 0 && offsets[0] < LARGE_LEN as u64,
+        "C's daemon continued the large layer at {}, not mid-blob",
+        offsets[0]
+    );
+    eprintln!(
+        "== {test}: C continued the large layer from A2 at byte {}",
+        offsets[0]
     );
     node_b.daemon.check_running()?;
     node_c.daemon.check_running()?;
     drop(node_c);
     drop(node_b);
+    drop(relay);
     drop(next);
     drop(first);
     drop(net);
     Ok(())
+}
+
+/// The offsets of the lines of a daemon's `log` that say it continued the
+/// blob `digest`, broken off from `from`, from `to`.
+fn resumed_at(log: &str, digest: &str, from: &str, to: &str) -> Vec<u64> {
+    log.lines()
+        .filter(|l| l.contains("continuing from the next upstream"))
+        .filter(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            fields.contains(&format!("digest={digest}").as_str())
+                && fields.contains(&format!("from={from}").as_str())
+                && fields.contains(&format!("to={to}").as_str())
+        })
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|f| f.strip_prefix("offset="))
+                .and_then(|v| v.parse().ok())
+        })
+        .collect()
 }

@@ -33,21 +33,6 @@ const DECOMPRESSED: &str = "airgap_archive_decompressed_bytes_total";
 /// The incompressible file of the image's top layer.
 const BIG_FILE: usize = 24 << 20;
 
-/// `len` bytes nothing compresses (xorshift64*: no crate needed for
-/// test filler).
-fn noise(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 fn vm_kib(pid: u32, key: &str) -> Result<u64> {
     status_kib(pid, key).with_context(|| format!("no {key} in /proc/{pid}/status"))
 }
@@ -76,7 +61,10 @@ fn cluster_load(test: &str) -> Result<()> {
     let mut spec = image::sample_spec(HOST, "load", "v1")?;
     spec.layers.push(Layer::new(vec![
         Entry::dir("big"),
-        Entry::file("big/noise", noise(BIG_FILE)),
+        Entry::file(
+            "big/noise",
+            image::incompressible(BIG_FILE, 0x9e37_79b9_7f4a_7c15),
+        ),
     ]));
     let tar = work.path().join("load.tar");
     let built = image::write_oci_archive(&spec, &tar)?;

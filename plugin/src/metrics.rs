@@ -96,6 +96,12 @@ pub struct Metrics {
     /// `register`, `mount`) and `[verify] require` (`warn`: used anyway,
     /// `enforce`: refused).
     pub signature_refusals: Family<Labels, Counter>,
+    /// Requests a cluster listener refused, by listener (its bound
+    /// address) and reason (see `mirror::cluster::Refusal`).
+    pub cluster_refusals: Family<Labels, Counter>,
+    /// TLS handshakes a cluster listener failed, by listener and reason
+    /// (see `mirror::cluster::HandshakeFailure`).
+    pub cluster_handshake_failures: Family<Labels, Counter>,
 }
 
 /// Buckets of request latencies: 1 ms .. ~65 s.
@@ -134,6 +140,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     import_last_success: Gauge::default(),
     images_signature: Family::default(),
     signature_refusals: Family::default(),
+    cluster_refusals: Family::default(),
+    cluster_handshake_failures: Family::default(),
 });
 
 /// The process-wide event metrics.
@@ -238,6 +246,31 @@ impl Metrics {
                 ("require", require.to_string()),
             ])
             .inc();
+    }
+}
+
+impl Metrics {
+    /// The counter of the cluster listener bound to `listener` refusing
+    /// requests for `reason`, created at 0. `listener` is an address of
+    /// the configuration (bounded), never the client's.
+    pub fn cluster_refusals(&self, listener: &str, reason: &'static str) -> Counter {
+        self.cluster_refusals
+            .get_or_create(&vec![
+                ("listener", listener.to_string()),
+                ("reason", reason.to_string()),
+            ])
+            .clone()
+    }
+
+    /// The counter of the cluster listener bound to `listener` failing TLS
+    /// handshakes for `reason`, created at 0.
+    pub fn cluster_handshake_failures(&self, listener: &str, reason: &'static str) -> Counter {
+        self.cluster_handshake_failures
+            .get_or_create(&vec![
+                ("listener", listener.to_string()),
+                ("reason", reason.to_string()),
+            ])
+            .clone()
     }
 }
 
@@ -440,6 +473,16 @@ pub fn registry(health: Health) -> Registry {
         "airgap_signature_refusals",
         "Uses (serve, register, mount) of images without a valid signature, by [verify] require (warn: used, enforce: refused)",
         m.signature_refusals.clone(),
+    );
+    r.register(
+        "airgap_cluster_refusals",
+        "Requests a cluster listener refused, by listener (its address) and reason (unauthenticated, bad_credentials, method, catalog, rate, in_flight)",
+        m.cluster_refusals.clone(),
+    );
+    r.register(
+        "airgap_cluster_tls_handshake_failures",
+        "TLS handshakes a cluster listener failed, by listener (its address) and reason (client_certificate, timeout, other)",
+        m.cluster_handshake_failures.clone(),
     );
     // The bounded series exist from the start at zero, so that a rate
     // over them is 0 rather than absent.

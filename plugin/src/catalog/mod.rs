@@ -117,7 +117,7 @@ pub use bundle::{Bundle, BundleRef, Completeness, Inventory};
 pub use error::{BlobError, CatalogError, NoPlatformManifest};
 pub use index::{ArchiveIndex, FileKey, ImageEntry, IndexError, ManifestEntry};
 pub use scan::ScanReport;
-pub use store::{Archive, Catalog, CatalogOptions, ImageInfo};
+pub use store::{Archive, Catalog, CatalogOptions, Generation, ImageInfo};
 
 #[cfg(test)]
 mod scan_tests;

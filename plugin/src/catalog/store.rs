@@ -118,6 +118,19 @@ impl BadCopies {
     }
 }
 
+/// Identifies what a catalog holds: which catalog (unique in the process)
+/// and how many times what its archives hold changed (the number
+/// [`Catalog::subscribe`] follows). What is derived from a catalog is kept
+/// under it and derived again once it differs (see `trust`'s layer index).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Generation {
+    catalog: u64,
+    changes: u64,
+}
+
+/// The next catalog's number, for [`Generation`].
+static NEXT_CATALOG: AtomicU64 = AtomicU64::new(0);
+
 /// One image name as listed: the entry and the archive it comes from.
 #[derive(Clone, Debug)]
 pub struct ImageInfo {
@@ -161,6 +174,8 @@ pub struct Catalog {
     pub(super) changes: tokio::sync::watch::Sender<u64>,
     /// Set by [`Catalog::shutdown`]: indexing gives up, lookups stop waiting.
     pub(super) stopping: Arc<AtomicBool>,
+    /// This catalog's number in the process ([`Generation`]).
+    number: u64,
     /// Bounds the sequential passes over compressed archives running at
     /// once, over all archives.
     pub(super) permits: Permits,
@@ -220,6 +235,7 @@ impl Catalog {
             scanned: (Mutex::new(false), Condvar::new()),
             changes: tokio::sync::watch::Sender::new(0),
             stopping: Arc::default(),
+            number: NEXT_CATALOG.fetch_add(1, Ordering::Relaxed),
             permits: Permits::per_core(),
             _cache_tmp: tmp,
         });
@@ -279,6 +295,16 @@ impl Catalog {
     /// again (and after the first).
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    /// What the catalog holds now, as a [`Generation`]. It is bumped after
+    /// the state changed: something derived from the state read after
+    /// this call is at least as new as the generation it is kept under.
+    pub fn generation(&self) -> Generation {
+        Generation {
+            catalog: self.number,
+            changes: *self.changes.borrow(),
+        }
     }
 
     /// The state, once the first scan is done (waiting at most

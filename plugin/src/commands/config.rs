@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use airgap_snapshotter::config::{config_file, Config, DefaultFiles, ServeArgs};
 use airgap_snapshotter::setup::dropin::{self, Target};
-use airgap_snapshotter::setup::hosts::merge_hosts;
+use airgap_snapshotter::setup::hosts::{carries_credentials, merge_hosts, private_mode};
 use airgap_snapshotter::setup::merge::{file_version, merge};
 use airgap_snapshotter::setup::registries::{self, RegistriesWant, WILDCARD};
 use airgap_snapshotter::setup::{
@@ -28,6 +28,29 @@ pub enum Written {
     Created(PathBuf),
     Unchanged(PathBuf),
     Replaced { path: PathBuf, backup: PathBuf },
+}
+
+/// A hosts.toml that carries credentials, found readable by the group or
+/// others and made private (`was`: its mode before, `now`: after; the
+/// owner kept).
+#[derive(Debug, PartialEq, Eq)]
+pub struct MadePrivate {
+    pub was: u32,
+    pub now: u32,
+}
+
+/// What is printed instead of the token of `--serving-token-file`: it is
+/// written into the hosts.toml files, never shown.
+const TOKEN_PLACEHOLDER: &str = "<the token of --serving-token-file>";
+
+/// The mode [`replace_file`] gives the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The old file's, else this one for a new file.
+    Keep(u32),
+    /// The file holds a credential: the old file's without the group's and
+    /// others' bits ([`private_mode`]), else 0600.
+    Private,
 }
 
 /// One file `config` writes (or would, with `--dry-run`), as `--json`
@@ -143,10 +166,16 @@ fn parent_dir(path: &Path) -> PathBuf {
 
 /// Replaces (or creates) `path`, not a symlink, with `text` atomically: a
 /// temporary file in its directory with the old file's owner and mode
-/// (`mode` for a new file), a rename (with `no_clobber`, refused when the
-/// file appeared meanwhile), then the directory fsynced so the rename
-/// survives a crash.
-fn replace_file(path: &Path, text: &str, mode: u32, no_clobber: bool) -> Result<()> {
+/// (as `mode` says for a new file or a private one), a rename (with
+/// `no_clobber`, refused when the file appeared meanwhile), then the
+/// directory fsynced so the rename survives a crash. Returns how the old
+/// file's mode was tightened ([`Mode::Private`]), if it was.
+fn replace_file(
+    path: &Path,
+    text: &str,
+    mode: Mode,
+    no_clobber: bool,
+) -> Result<Option<MadePrivate>> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let dir = parent_dir(path);
     let old = match fs::metadata(path) {
@@ -177,7 +206,17 @@ fn replace_file(path: &Path, text: &str, mode: u32, no_clobber: bool) -> Result<
                 })?;
         }
     }
-    let mode = old.as_ref().map_or(mode, |m| m.mode() & 0o7777);
+    let kept = old.as_ref().map(|m| m.mode() & 0o7777);
+    let (mode, made_private) = match (mode, kept) {
+        (Mode::Keep(new), None) => (new, None),
+        (Mode::Keep(_), Some(kept)) => (kept, None),
+        (Mode::Private, None) => (0o600, None),
+        (Mode::Private, Some(was)) => match private_mode(was) {
+            Some(now) => (now, Some(MadePrivate { was, now })),
+            None => (was, None),
+        },
+    };
+    // Before the rename: the file is never readable by others under its name.
     fs::set_permissions(tmp.path(), fs::Permissions::from_mode(mode))
         .with_context(|| format!("chmod {}", tmp.path().display()))?;
     if no_clobber {
@@ -189,7 +228,24 @@ fn replace_file(path: &Path, text: &str, mode: u32, no_clobber: bool) -> Result<
     fs::File::open(&dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("fsync the directory {}", dir.display()))?;
-    Ok(())
+    Ok(made_private)
+}
+
+/// Takes the group's and others' access to `path` away when it has any
+/// (chmod: the owner stays): a file that holds a credential and was
+/// written before with a wider mode.
+fn make_private(path: &Path) -> Result<Option<MadePrivate>> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let was = fs::metadata(path)
+        .with_context(|| format!("stat {}", path.display()))?
+        .mode()
+        & 0o7777;
+    let Some(now) = private_mode(was) else {
+        return Ok(None);
+    };
+    fs::set_permissions(path, fs::Permissions::from_mode(now))
+        .with_context(|| format!("make {} private (chmod {now:04o})", path.display()))?;
+    Ok(Some(MadePrivate { was, now }))
 }
 
 /// Copies `path` to `PATH.<unix time>[.<n>].bak`; returns the backup's path.
@@ -234,21 +290,42 @@ fn plan_hosts(dir: &Path, name: &str, ours: &str) -> Result<(PathBuf, Option<Str
 }
 
 /// Writes `dir/<name>/hosts.toml` (atomically, owner and mode kept): `ours`,
-/// merged into an existing file, which is kept as a backup first.
-pub fn write_hosts(dir: &Path, name: &str, ours: &str) -> Result<Written> {
+/// merged into an existing file, which is kept as a backup first. A file
+/// that carries credentials (an `Authorization` header: the token of
+/// `--serving-token-file`, or the site's own) is made private: 0600 when
+/// new, and an existing file readable by the group or others loses those
+/// bits, even when its text does not change (the owner is kept). The
+/// backup of a file that carried credentials is made private too.
+pub fn write_hosts(dir: &Path, name: &str, ours: &str) -> Result<(Written, Option<MadePrivate>)> {
     let (path, old, new) = plan_hosts(dir, name, ours)?;
+    let private = carries_credentials(&new);
     if old.as_deref() == Some(new.as_str()) {
-        return Ok(Written::Unchanged(path));
+        let made_private = match private {
+            true => make_private(&path)?,
+            false => None,
+        };
+        return Ok((Written::Unchanged(path), made_private));
     }
     let backup = match &old {
-        Some(_) => Some(backup(&path)?),
+        Some(old) => {
+            let backup = backup(&path)?;
+            if carries_credentials(old) {
+                make_private(&backup)?;
+            }
+            Some(backup)
+        }
         None => None,
     };
-    replace_file(&path, &new, 0o644, false)?;
-    Ok(match backup {
+    let mode = match private {
+        true => Mode::Private,
+        false => Mode::Keep(0o644),
+    };
+    let made_private = replace_file(&path, &new, mode, false)?;
+    let written = match backup {
         Some(backup) => Written::Replaced { path, backup },
         None => Written::Created(path),
-    })
+    };
+    Ok((written, made_private))
 }
 
 /// Host directories in `dir` other than `_default` and those written now:
@@ -349,25 +426,13 @@ pub fn run(args: ConfigArgs) -> Result<ExitCode> {
     ));
     match &token {
         // Never printed.
-        Some(t) => out.push_str(&hosts.replace(t.as_str(), "<the token of --serving-token-file>")),
+        Some(t) => out.push_str(&hosts.replace(t.as_str(), TOKEN_PLACEHOLDER)),
         None => out.push_str(&hosts),
     }
     print!("{out}");
     if let Some(dir) = args.write_dir() {
+        // A token makes the files private (`write_hosts`).
         write_hosts_files(&dir, &args, &hosts, &mut Out::new(false))?;
-        if token.is_some() {
-            // The token is a credential: only root reads it.
-            let mut names = vec!["_default".to_string()];
-            names.extend(args.registries.iter().cloned());
-            for name in names {
-                let path = dir.join(name).join("hosts.toml");
-                fs::set_permissions(
-                    &path,
-                    <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
-                )
-                .with_context(|| format!("make {} private", path.display()))?;
-            }
-        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -376,8 +441,15 @@ pub fn run(args: ConfigArgs) -> Result<ExitCode> {
 /// `--dry-run`, prints their diffs instead), and names the registry
 /// directories that bypass the mirror.
 fn write_hosts_files(dir: &Path, args: &ConfigArgs, hosts: &str, out: &mut Out) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
     let mut names = vec!["_default".to_string()];
     names.extend(args.registries.iter().cloned());
+    // The diffs of a dry run show a placeholder, not the token.
+    let token = serving_token(args).ok().flatten();
+    let redact = |text: &str| match &token {
+        Some(t) => text.replace(t.as_str(), TOKEN_PLACEHOLDER),
+        None => text.to_string(),
+    };
     for name in &names {
         if args.dry_run {
             let (path, old, new) = plan_hosts(dir, name, hosts)?;
@@ -386,21 +458,54 @@ fn write_hosts_files(dir: &Path, args: &ConfigArgs, hosts: &str, out: &mut Out) 
                 Some(old) if *old == new => "unchanged",
                 Some(_) => "update",
             };
-            out.change(&path, "hosts", old.as_deref(), Some(&new), action);
+            out.change(
+                &path,
+                "hosts",
+                old.as_deref().map(redact).as_deref(),
+                Some(&redact(&new)),
+                action,
+            );
             match action {
                 "unchanged" => out.say(format!("{} is already up to date", path.display())),
                 _ => out.say(format!("dry run: {} not written", path.display())),
             }
+            let was = fs::metadata(&path).ok().map(|m| m.mode() & 0o7777);
+            if let (true, Some(was)) = (carries_credentials(&new), was) {
+                if let Some(now) = private_mode(was) {
+                    out.say(format!(
+                        "dry run: {} would be made private (mode {now:04o}, was {was:04o}): it \
+                         holds an Authorization header",
+                        path.display()
+                    ));
+                }
+            }
             continue;
         }
-        match write_hosts(dir, name, hosts)? {
-            Written::Created(p) => eprintln!("wrote {}", p.display()),
-            Written::Unchanged(p) => eprintln!("{} is already up to date", p.display()),
-            Written::Replaced { path, backup } => eprintln!(
-                "wrote {} (merged into the previous file, which is kept as {})",
-                path.display(),
-                backup.display()
-            ),
+        let (written, made_private) = write_hosts(dir, name, hosts)?;
+        let path = match &written {
+            Written::Created(p) => {
+                eprintln!("wrote {}", p.display());
+                p
+            }
+            Written::Unchanged(p) => {
+                eprintln!("{} is already up to date", p.display());
+                p
+            }
+            Written::Replaced { path, backup } => {
+                eprintln!(
+                    "wrote {} (merged into the previous file, which is kept as {})",
+                    path.display(),
+                    backup.display()
+                );
+                path
+            }
+        };
+        if let Some(MadePrivate { was, now }) = made_private {
+            eprintln!(
+                "made {} private (mode {now:04o}, was {was:04o}; owner kept): it holds an \
+                 Authorization header, a credential",
+                path.display()
+            );
         }
     }
     for p in bypassing(dir, &names) {
@@ -571,7 +676,7 @@ fn write_drop_in(
         ));
         return Ok(());
     }
-    replace_file(drop_in, &text, 0o644, false)?;
+    replace_file(drop_in, &text, Mode::Keep(0o644), false)?;
     out.say(format!(
         "wrote {name} (a drop-in {} imports through {import:?}; {} is unchanged; `config --merge --containerd-config {} --revert` removes it)",
         file.display(),
@@ -690,7 +795,7 @@ fn revert_in_place(
         ));
         return Ok(());
     }
-    replace_file(&target, &saved, 0o644, false)?;
+    replace_file(&target, &saved, Mode::Keep(0o644), false)?;
     fs::remove_file(newest).with_context(|| format!("remove {}", newest.display()))?;
     out.say(format!(
         "restored {} from {} (the backup `config --merge` made; removed, as {} is its copy now)",
@@ -811,7 +916,7 @@ fn run_registries_yaml(file: &Path, args: &ConfigArgs, out: &mut Out) -> Result<
         }
         None => {
             // Mode 0600: registries.yaml holds credentials.
-            replace_file(file, &edited.text, 0o600, true)?;
+            replace_file(file, &edited.text, Mode::Keep(0o600), true)?;
             out.say(format!("wrote {} (a new file)", file.display()));
         }
     }
@@ -831,7 +936,7 @@ fn layout_name(v: ContainerdVersion) -> &'static str {
 /// returns the backup's path.
 fn write_config(file: &Path, text: &str) -> Result<PathBuf> {
     let backup = backup(file)?;
-    replace_file(file, text, 0o644, false)?;
+    replace_file(file, text, Mode::Keep(0o644), false)?;
     Ok(backup)
 }
 
@@ -892,17 +997,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let w = write_hosts(dir.path(), "_default", OURS).unwrap();
         let path = dir.path().join("_default/hosts.toml");
-        assert_eq!(w, Written::Created(path.clone()));
+        assert_eq!(w, (Written::Created(path.clone()), None));
         assert_eq!(fs::read_to_string(&path).unwrap(), OURS);
         assert_eq!(
             write_hosts(dir.path(), "_default", OURS).unwrap(),
-            Written::Unchanged(path.clone())
+            (Written::Unchanged(path.clone()), None)
         );
         // A site's file: its CA and host kept, ours first, a backup.
         let site = "ca = \"/etc/ssl/ca.pem\"\n[host.\"https://cache.example\"]\n  capabilities = [\"pull\"]\n";
         fs::write(&path, site).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
-        match write_hosts(dir.path(), "_default", OURS).unwrap() {
+        match write_hosts(dir.path(), "_default", OURS).unwrap().0 {
             Written::Replaced { path: p, backup } => {
                 assert_eq!(p, path);
                 assert_eq!(fs::read_to_string(&backup).unwrap(), site);
@@ -931,6 +1036,86 @@ mod tests {
             "{err:#}"
         );
         assert_eq!(fs::read_to_string(&path).unwrap(), "[host\n");
+    }
+
+    /// `--merge` with `--serving-token-file` into a hosts.toml the group
+    /// and others read: made 0600, its owner kept, also when a later run
+    /// finds its text unchanged; a file without credentials keeps its mode.
+    #[test]
+    fn a_merged_hosts_toml_with_a_token_is_made_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        fs::write(&file, V1_7).unwrap();
+        let hosts = dir.path().join("certs.d");
+        let path = hosts.join("_default/hosts.toml");
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let site = "ca = \"/etc/ssl/ca.pem\"\n[host.\"https://cache.example\"]\n  capabilities = [\"pull\"]\n";
+        fs::write(&path, site).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let owner = if rustix::process::geteuid().is_root() {
+            std::os::unix::fs::chown(&path, Some(4321), Some(4322)).unwrap();
+            (4321, 4322)
+        } else {
+            let m = fs::metadata(&path).unwrap();
+            (m.uid(), m.gid())
+        };
+        let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o777;
+        // No token: merged, the mode kept.
+        merge_cmd(&file, &hosts, &["--serving-node", "https://10.0.0.1:5443"]).unwrap();
+        assert_eq!(mode(&path), 0o644);
+        let token = dir.path().join("token");
+        fs::write(&token, "node-token-0123456789\n").unwrap();
+        let with_token = [
+            "--serving-node",
+            "https://10.0.0.1:5443",
+            "--serving-token-file",
+            token.to_str().unwrap(),
+        ];
+        // A dry run changes nothing, and its diff shows no token.
+        let files = merge_cmd(&file, &hosts, &[&with_token[..], &["--dry-run"]].concat()).unwrap();
+        assert_eq!(mode(&path), 0o644);
+        let diff = &files.iter().find(|f| f.kind == "hosts").unwrap().diff;
+        assert!(diff.contains(TOKEN_PLACEHOLDER), "{diff}");
+        assert!(!diff.contains("node-token-0123456789"), "{diff}");
+        merge_cmd(&file, &hosts, &with_token).unwrap();
+        let merged = fs::read_to_string(&path).unwrap();
+        assert!(merged.contains("Bearer node-token-0123456789"), "{merged}");
+        assert!(merged.contains("cache.example"), "{merged}");
+        assert_eq!(mode(&path), 0o600);
+        let m = fs::metadata(&path).unwrap();
+        assert_eq!((m.uid(), m.gid()), owner);
+        // Widened again by hand: the next run, its text unchanged, tightens it.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+        merge_cmd(&file, &hosts, &with_token).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), merged);
+        assert_eq!(mode(&path), 0o600);
+        // A new file with the token is 0600 from the start.
+        let new = write_hosts(&hosts, "quay.io", &merged).unwrap();
+        assert_eq!(
+            new,
+            (Written::Created(hosts.join("quay.io/hosts.toml")), None)
+        );
+        assert_eq!(mode(&hosts.join("quay.io/hosts.toml")), 0o600);
+        // What write_hosts reports of the tightening.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let (_, made) = write_hosts(&hosts, "_default", &merged).unwrap();
+        let tightened = Some(MadePrivate {
+            was: 0o644,
+            now: 0o600,
+        });
+        assert_eq!(made, tightened);
+        // Replaced while it held the token: the backup is private too.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let before = fs::read_to_string(&path).unwrap();
+        let other = merged.replace("cache.example", "cache2.example");
+        match write_hosts(&hosts, "_default", &other).unwrap() {
+            (Written::Replaced { backup, .. }, made) => {
+                assert_eq!(fs::read_to_string(&backup).unwrap(), before);
+                assert_eq!(mode(&backup), 0o600);
+                assert_eq!(made, tightened);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

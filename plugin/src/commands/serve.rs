@@ -19,7 +19,9 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::UnixListenerStream;
 
 use airgap_snapshotter::catalog::{Catalog, CatalogOptions, LayerSource};
-use airgap_snapshotter::config::{Config, LayerMode, Listen, ServeArgs};
+use airgap_snapshotter::config::{
+    Config, ConfigSource, DefaultFiles, LayerMode, Listen, ServeArgs,
+};
 use airgap_snapshotter::health::{ContainerdState, Disk, Health};
 use airgap_snapshotter::import::{ImportMode, ImportOptions, Importer};
 use airgap_snapshotter::mirror::cluster::ClusterListener;
@@ -32,13 +34,14 @@ use airgap_snapshotter::trust::{Require, Trust, TrustedLayers, Use};
 
 /// Runs the daemon; returns when it was asked to stop.
 pub fn run(args: ServeArgs) -> Result<ExitCode> {
-    let config = Config::load(&args)?;
+    let source = ConfigSource::find(args.config.as_deref(), &DefaultFiles::system());
+    let config = Config::load_from(&args, &source)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("airgap-snapshotter")
         .build()
         .context("start the async runtime")?;
-    let result = runtime.block_on(serve(config, shutdown_signal()));
+    let result = runtime.block_on(serve(config, source, shutdown_signal()));
     // Blocking work still running (an extraction into staging, emptied at
     // the next start) must not hold the exit up.
     runtime.shutdown_timeout(RUNTIME_DRAIN);
@@ -52,13 +55,16 @@ const RUNTIME_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 /// signal (a Prepare waiting for a large extraction) before they are cut off.
 const GRPC_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Serves until `shutdown` resolves (a signal, in the daemon).
+/// Serves `config`, read from `source`, until `shutdown` resolves (a
+/// signal, in the daemon).
 async fn serve(
     mut config: Config,
+    source: ConfigSource,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<ExitCode> {
-    // The first line: the version and the effective settings (upstreams by
-    // registry and endpoint only, never their credentials).
+    // The first line: the version, the config file read (or none, and the
+    // paths looked at) and the effective settings (upstreams by registry
+    // and endpoint only, never their credentials).
     let upstreams: Vec<String> = config
         .upstream
         .iter()
@@ -66,6 +72,7 @@ async fn serve(
         .collect();
     tracing::info!(
         version = airgap_snapshotter::version::VERSION,
+        config_file = %source,
         root = %config.root.display(),
         socket = %config.socket.display(),
         archives = ?config.archives,
@@ -86,6 +93,7 @@ async fn serve(
         cluster_listeners = ?config.cluster_listener.iter().map(|l| l.listen.to_string()).collect::<Vec<_>>(),
         "starting"
     );
+    source.warn_if_old();
     // From the start: opening a large state may take a while, and systemd
     // counts from the process's start.
     if let Some(every) = systemd::watchdog_interval() {
@@ -561,9 +569,13 @@ mod tests {
         };
         let socket = config.socket.clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let daemon = tokio::spawn(serve(config, async {
-            let _ = stopped.await;
-        }));
+        let daemon = tokio::spawn(serve(
+            config,
+            ConfigSource::Explicit("test.toml".into()),
+            async {
+                let _ = stopped.await;
+            },
+        ));
         let recv = |listener: UnixDatagram| {
             tokio::task::spawn_blocking(move || loop {
                 // The watchdog's keep-alives, if a test sets one, aside.
@@ -617,9 +629,13 @@ mod tests {
             ..Config::default()
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let daemon = tokio::spawn(serve(config, async {
-            let _ = stopped.await;
-        }));
+        let daemon = tokio::spawn(serve(
+            config,
+            ConfigSource::Explicit("test.toml".into()),
+            async {
+                let _ = stopped.await;
+            },
+        ));
         let seen = tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
             let (mut ready, mut fed) = (false, 0);

@@ -460,28 +460,98 @@ impl DefaultFiles {
     }
 }
 
+/// Where the configuration comes from: `--config FILE`, the default file,
+/// its old name, or no file at all. `serve` names it in its first log
+/// line, so that a node whose settings are not the ones expected shows at
+/// once which file (if any) it read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// `--config FILE` (a file that is missing is an error when read).
+    Explicit(PathBuf),
+    /// The default file ([`DefaultFiles::file`]).
+    Default(PathBuf),
+    /// The old default name ([`DefaultFiles::old`]), read because the
+    /// default file (`instead_of`) does not exist.
+    Old { path: PathBuf, instead_of: PathBuf },
+    /// No file: `--config` not given and neither default exists (the
+    /// paths looked at); the built-in defaults and the flags.
+    None { tried: [PathBuf; 2] },
+}
+
+impl ConfigSource {
+    /// `explicit` (`--config FILE`), else the default file when it exists,
+    /// else the old default name when it exists, else none.
+    pub fn find(explicit: Option<&Path>, defaults: &DefaultFiles) -> ConfigSource {
+        if let Some(path) = explicit {
+            return ConfigSource::Explicit(path.to_path_buf());
+        }
+        let exists = |p: &Path| std::fs::symlink_metadata(p).is_ok();
+        if exists(&defaults.file) {
+            return ConfigSource::Default(defaults.file.clone());
+        }
+        if exists(&defaults.old) {
+            return ConfigSource::Old {
+                path: defaults.old.clone(),
+                instead_of: defaults.file.clone(),
+            };
+        }
+        ConfigSource::None {
+            tried: [defaults.file.clone(), defaults.old.clone()],
+        }
+    }
+
+    /// The file to read, if any.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            ConfigSource::Explicit(p) | ConfigSource::Default(p) => Some(p),
+            ConfigSource::Old { path, .. } => Some(path),
+            ConfigSource::None { .. } => None,
+        }
+    }
+
+    /// Warns that the old default name was read (for one more release).
+    pub fn warn_if_old(&self) {
+        if let ConfigSource::Old { path, instead_of } = self {
+            tracing::warn!(
+                "reading {}: the config file is {} from 0.2 on; rename it (the old name is read \
+                 for one more release)",
+                path.display(),
+                instead_of.display()
+            );
+        }
+    }
+}
+
+/// How `serve`'s first line names the source.
+impl std::fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigSource::Explicit(p) => write!(f, "{} (--config)", p.display()),
+            ConfigSource::Default(p) => write!(f, "{}", p.display()),
+            ConfigSource::Old { path, instead_of } => write!(
+                f,
+                "{} (the old name: {} does not exist)",
+                path.display(),
+                instead_of.display()
+            ),
+            ConfigSource::None { tried: [file, old] } => write!(
+                f,
+                "none ({} and {} do not exist: built-in defaults and flags)",
+                file.display(),
+                old.display()
+            ),
+        }
+    }
+}
+
 /// The config file a command reads: `explicit` (`--config FILE`: a file
 /// that is missing is an error when it is read, naming it), else the default
 /// file when it exists, else the old default name (with a warning), else
 /// none (the built-in defaults).
 pub fn config_file(explicit: Option<&Path>, defaults: &DefaultFiles) -> Option<PathBuf> {
-    if let Some(path) = explicit {
-        return Some(path.to_path_buf());
-    }
-    let exists = |p: &Path| std::fs::symlink_metadata(p).is_ok();
-    if exists(&defaults.file) {
-        return Some(defaults.file.clone());
-    }
-    if exists(&defaults.old) {
-        tracing::warn!(
-            "reading {}: the config file is {} from 0.2 on; rename it (the old name is read \
-             for one more release)",
-            defaults.old.display(),
-            defaults.file.display()
-        );
-        return Some(defaults.old.clone());
-    }
-    None
+    let source = ConfigSource::find(explicit, defaults);
+    source.warn_if_old();
+    source.path().map(Path::to_path_buf)
 }
 
 impl Config {
@@ -493,8 +563,17 @@ impl Config {
 
     /// [`Config::load`] with other default file paths.
     pub fn load_with(args: &ServeArgs, defaults: &DefaultFiles) -> Result<Config, ConfigError> {
-        let mut config = match config_file(args.config.as_deref(), defaults) {
-            Some(path) => Config::from_file(&path)?,
+        let source = ConfigSource::find(args.config.as_deref(), defaults);
+        source.warn_if_old();
+        Config::load_from(args, &source)
+    }
+
+    /// Defaults, then the file `source` names (if any), then the flags;
+    /// says nothing about an old file name (the caller does, after its
+    /// first line).
+    pub fn load_from(args: &ServeArgs, source: &ConfigSource) -> Result<Config, ConfigError> {
+        let mut config = match source.path() {
+            Some(path) => Config::from_file(path)?,
             None => Config::default(),
         };
         if let Some(root) = &args.root {
@@ -751,6 +830,44 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("config.toml"), "{err}");
+    }
+
+    /// What `serve`'s first line says of the config file: the one read,
+    /// whether it is the old name, or none and the paths looked at.
+    #[test]
+    fn the_config_source_names_the_file_read_or_the_files_tried() {
+        let dir = tempfile::tempdir().unwrap();
+        let defaults = DefaultFiles {
+            file: dir.path().join("config.toml"),
+            old: dir.path().join("airgap-snapshotter.toml"),
+        };
+        let (file, old) = (defaults.file.display(), defaults.old.display());
+        let source = ConfigSource::find(None, &defaults);
+        assert_eq!(source.path(), None);
+        assert_eq!(
+            source.to_string(),
+            format!("none ({file} and {old} do not exist: built-in defaults and flags)")
+        );
+        std::fs::write(&defaults.old, "").unwrap();
+        let source = ConfigSource::find(None, &defaults);
+        assert_eq!(source.path(), Some(defaults.old.as_path()));
+        assert_eq!(
+            source.to_string(),
+            format!("{old} (the old name: {file} does not exist)")
+        );
+        std::fs::write(&defaults.file, "").unwrap();
+        let source = ConfigSource::find(None, &defaults);
+        assert_eq!(source.path(), Some(defaults.file.as_path()));
+        assert_eq!(source.to_string(), file.to_string());
+        // --config wins, even over a default file that exists, and need
+        // not exist to be named (reading it fails, naming it).
+        let other = dir.path().join("missing.toml");
+        let source = ConfigSource::find(Some(&other), &defaults);
+        assert_eq!(source.path(), Some(other.as_path()));
+        assert_eq!(
+            source.to_string(),
+            format!("{} (--config)", other.display())
+        );
     }
 
     #[test]

@@ -30,6 +30,8 @@ fn exported() -> BTreeSet<String> {
     m.layer_fallback("contrib-test");
     m.images_signature(1, 0, 0);
     m.signature_refusal("serve", "warn");
+    m.cluster_refusals("127.0.0.1:5443", "rate");
+    m.cluster_handshake_failures("127.0.0.1:5443", "timeout");
     let dir = tempfile::tempdir().unwrap();
     let catalog = Catalog::empty(CatalogOptions {
         dirs: vec![dir.path().to_path_buf()],
@@ -112,6 +114,8 @@ fn every_series_the_dashboard_and_the_rules_use_is_exported() {
         "airgap_mirror_request_duration_seconds_bucket",
         "airgap_import_passes_total",
         "airgap_root_filesystem_avail_bytes",
+        "airgap_cluster_refusals_total",
+        "airgap_cluster_tls_handshake_failures_total",
     ] {
         assert!(exported.contains(name), "{name} not exported: {exported:?}");
     }

@@ -82,6 +82,39 @@ pub fn merge_hosts(path: &Path, existing: &str, ours: &str) -> Result<String, Ho
     Ok(doc.to_string())
 }
 
+/// Whether the hosts.toml `text` sends credentials: an `Authorization`
+/// header (any case) of the server (`[header]`) or of a host
+/// (`[host."...".header]`), as `config --serving-token-file` writes. Such a
+/// file is kept from the group and others ([`private_mode`]). A text that
+/// is not TOML is not looked into.
+pub fn carries_credentials(text: &str) -> bool {
+    let Ok(doc) = text.parse::<DocumentMut>() else {
+        return false;
+    };
+    let authorizes = |header: Option<&Item>| {
+        header.and_then(Item::as_table_like).is_some_and(|h| {
+            h.iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        })
+    };
+    authorizes(doc.get("header"))
+        || doc
+            .get("host")
+            .and_then(Item::as_table_like)
+            .is_some_and(|hosts| {
+                hosts
+                    .iter()
+                    .any(|(_, h)| authorizes(h.as_table_like().and_then(|h| h.get("header"))))
+            })
+}
+
+/// The mode of a file that carries credentials, from its `mode`: without
+/// the group's and others' bits (0644 becomes 0600); `None` when it has
+/// none to lose.
+pub fn private_mode(mode: u32) -> Option<u32> {
+    (mode & 0o077 != 0).then_some(mode & !0o077)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +208,43 @@ mod tests {
                 .len(),
             2
         );
+    }
+
+    #[test]
+    fn an_authorization_header_anywhere_is_a_credential() {
+        assert!(!carries_credentials(OURS));
+        // The site's basic auth on a host, in any case.
+        assert!(carries_credentials(SITE));
+        let token = format!(
+            "{OURS}[host.\"https://10.0.0.1:5443\"]\n  capabilities = [\"pull\"]\n  \
+             [host.\"https://10.0.0.1:5443\".header]\n    Authorization = \"Bearer t\"\n"
+        );
+        assert!(carries_credentials(&token));
+        // Merged: still there.
+        let merged = merge_hosts(Path::new("/x/hosts.toml"), &token, OURS).unwrap();
+        assert!(carries_credentials(&merged), "{merged}");
+        // The server's own header, an inline table.
+        assert!(carries_credentials(
+            "[header]\n  AUTHORIZATION = \"Bearer t\"\n"
+        ));
+        assert!(carries_credentials(
+            "[host.\"https://a\"]\n  header = { authorization = \"Basic eDp5\" }\n"
+        ));
+        // Other headers are not credentials; not TOML is not looked into.
+        assert!(!carries_credentials(
+            "[host.\"https://a\".header]\n  x-trace = \"1\"\n"
+        ));
+        assert!(!carries_credentials("[host\n"));
+    }
+
+    #[test]
+    fn a_private_mode_keeps_the_owners_bits_only() {
+        assert_eq!(private_mode(0o644), Some(0o600));
+        assert_eq!(private_mode(0o640), Some(0o600));
+        assert_eq!(private_mode(0o604), Some(0o600));
+        assert_eq!(private_mode(0o755), Some(0o700));
+        assert_eq!(private_mode(0o600), None);
+        assert_eq!(private_mode(0o400), None);
     }
 
     #[test]

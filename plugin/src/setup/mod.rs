@@ -73,7 +73,8 @@ pub struct ConfigArgs {
     pub client_key: Option<PathBuf>,
     /// File holding this node's token for the serving nodes: written into
     /// hosts.toml as an `Authorization: Bearer` header (the files are then
-    /// made 0600; the printed copy shows a placeholder).
+    /// made 0600, an existing one merged into too; the printed copy shows a
+    /// placeholder).
     #[arg(long, value_name = "FILE")]
     pub serving_token_file: Option<PathBuf>,
     /// The registry hosts directory: CRI's `config_path`, where --write and

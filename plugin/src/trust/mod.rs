@@ -14,7 +14,9 @@
 //!
 //! Layers are content: they are admitted when a signed image's manifest
 //! names that blob at that chain ID, so an unsigned archive cannot put
-//! other bytes under a signed image's layer.
+//! other bytes under a signed image's layer. Which images hold each layer,
+//! and their signature states, are indexed once per change of the catalog
+//! ([`layers::LayerIndex`]): a Prepare looks its layer up.
 
 pub mod cosign;
 pub mod keys;
@@ -28,10 +30,9 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use serde_json::Value;
-
 pub use self::cosign::Invalid;
 pub use self::keys::{KeyError, PublicKey};
+use self::layers::LayerIndex;
 pub use self::layers::TrustedLayers;
 use crate::catalog::{Catalog, ImageInfo, LayerRef};
 pub use crate::config::Require;
@@ -176,6 +177,9 @@ pub struct Trust {
     verdicts: Mutex<HashMap<(Digest, Vec<Digest>), Verdict>>,
     /// Images already warned about, per use: one log line each.
     warned: Mutex<HashSet<(Digest, &'static str)>>,
+    /// The layer index of the catalog's last generation seen. Held while
+    /// one is built, so concurrent Prepares build it once.
+    layer_index: Mutex<Option<Arc<LayerIndex>>>,
 }
 
 impl fmt::Debug for Trust {
@@ -202,6 +206,7 @@ impl Trust {
             keys,
             verdicts: Mutex::new(HashMap::new()),
             warned: Mutex::new(HashSet::new()),
+            layer_index: Mutex::new(None),
         })
     }
 
@@ -225,13 +230,20 @@ impl Trust {
 
     /// The signature state of the image whose top digest is `digest`.
     pub fn verdict(&self, catalog: &Catalog, digest: &Digest) -> Verdict {
+        self.check(catalog, digest).0
+    }
+
+    /// [`Trust::verdict`], and whether it holds until the catalog changes:
+    /// not when a signature payload could not be read (it is read again
+    /// next time).
+    fn check(&self, catalog: &Catalog, digest: &Digest) -> (Verdict, bool) {
         let signatures = signature_manifests(catalog, digest);
         if signatures.is_empty() {
-            return Verdict::Unsigned;
+            return (Verdict::Unsigned, true);
         }
         let cache_key = (*digest, signatures.clone());
         if let Some(v) = self.verdicts.lock().unwrap().get(&cache_key) {
-            return v.clone();
+            return (v.clone(), true);
         }
         let mut first_error = None;
         let mut transient = false;
@@ -240,7 +252,7 @@ impl Trust {
                 Ok(key) => {
                     let v = Verdict::Valid { key };
                     self.verdicts.lock().unwrap().insert(cache_key, v.clone());
-                    return v;
+                    return (v, true);
                 }
                 Err(e) => {
                     transient |= matches!(e, Invalid::Unreadable { .. });
@@ -253,7 +265,35 @@ impl Trust {
         if !transient {
             self.verdicts.lock().unwrap().insert(cache_key, v.clone());
         }
-        v
+        (v, !transient)
+    }
+
+    /// The layer index of `catalog` as it is now: the one built for its
+    /// generation, else a new one (the images and their signatures may
+    /// have changed).
+    fn layer_index(&self, catalog: &Catalog) -> Arc<LayerIndex> {
+        // Read before the catalog is: an index is at least as new as the
+        // generation it is kept under (at worst built again needlessly).
+        let generation = catalog.generation();
+        let mut slot = self.layer_index.lock().unwrap();
+        if let Some(index) = slot.as_ref().filter(|i| i.generation == generation) {
+            return index.clone();
+        }
+        let index = Arc::new(LayerIndex::build(catalog, generation, |digest| {
+            self.check(catalog, digest)
+        }));
+        *slot = Some(index.clone());
+        index
+    }
+
+    /// The verdict of image `n` of `index`: the one reached when it was
+    /// built, unless a signature could not be read then (checked again,
+    /// as [`Trust::verdict`] does).
+    fn indexed_verdict(&self, catalog: &Catalog, index: &LayerIndex, n: usize) -> Verdict {
+        match &index.verdicts[n] {
+            Some(v) => v.clone(),
+            None => self.verdict(catalog, &index.images[n].entry.digest),
+        }
     }
 
     /// The first signature of signature manifest `sig` that verifies.
@@ -298,7 +338,11 @@ impl Trust {
         if self.require == Require::Off {
             return Ok(());
         }
-        let verdict = self.verdict(catalog, &image.entry.digest);
+        self.admit_as(image, self.verdict(catalog, &image.entry.digest), what)
+    }
+
+    /// [`Trust::admit`] of `image`, whose signature state is `verdict`.
+    fn admit_as(&self, image: &ImageInfo, verdict: Verdict, what: Use) -> Result<(), Refusal> {
         if matches!(verdict, Verdict::Valid { .. }) {
             return Ok(());
         }
@@ -387,6 +431,8 @@ impl Trust {
 
     /// Whether the snapshotter may take `layer` from the archives: when an
     /// admitted image's platform manifest has that blob at that chain ID.
+    /// A lookup in the layer index (the images holding it, in the
+    /// catalog's order), not a walk over every image.
     pub fn admit_layer(
         &self,
         catalog: &Catalog,
@@ -396,12 +442,11 @@ impl Trust {
         if self.require == Require::Off {
             return Ok(());
         }
+        let index = self.layer_index(catalog);
         let mut refusal = None;
-        for image in catalog.images() {
-            if !holds_layer(catalog, &image, layer) {
-                continue;
-            }
-            match self.admit(catalog, &image, what) {
+        for &n in index.holders(layer) {
+            let verdict = self.indexed_verdict(catalog, &index, n);
+            match self.admit_as(&index.images[n], verdict, what) {
                 Ok(()) => return Ok(()),
                 Err(r) => {
                     refusal.get_or_insert(r);
@@ -429,17 +474,18 @@ impl Trust {
     }
 
     /// Every archived image with its signature state (none when no key is
-    /// configured); sets `airgap_images_signature`.
+    /// configured); sets `airgap_images_signature`. The states are the
+    /// layer index's, built now if the catalog changed (the daemon surveys
+    /// after every change, so Prepares find the index ready).
     pub fn survey(&self, catalog: &Catalog) -> Vec<(ImageInfo, Verdict)> {
         if self.keys.is_empty() {
             return Vec::new();
         }
-        let out: Vec<(ImageInfo, Verdict)> = catalog
-            .images()
-            .into_iter()
-            .map(|i| {
-                let v = self.verdict(catalog, &i.entry.digest);
-                (i, v)
+        let index = self.layer_index(catalog);
+        let out: Vec<(ImageInfo, Verdict)> = (0..index.images.len())
+            .map(|n| {
+                let v = self.indexed_verdict(catalog, &index, n);
+                (index.images[n].clone(), v)
             })
             .collect();
         let count = |state: &str| out.iter().filter(|(_, v)| v.state() == state).count() as i64;
@@ -484,24 +530,6 @@ fn archive_of(catalog: &Catalog, digest: &Digest) -> Option<PathBuf> {
         .iter()
         .find(|a| a.index.blobs.contains_key(digest) || a.index.documents.contains_key(digest))
         .map(|a| a.path().to_path_buf())
-}
-
-/// True when a platform manifest of `image` has blob `layer.digest` at
-/// chain ID `layer.chain_id`.
-fn holds_layer(catalog: &Catalog, image: &ImageInfo, layer: &LayerRef) -> bool {
-    image.entry.manifests.iter().any(|m| {
-        let Some(entry) = catalog.manifest(m) else {
-            return false;
-        };
-        let Some(pos) = entry.chain.iter().position(|c| *c == layer.chain_id) else {
-            return false;
-        };
-        catalog
-            .document(m)
-            .and_then(|doc| serde_json::from_slice::<Value>(&doc).ok())
-            .and_then(|doc| doc["layers"][pos]["digest"].as_str().map(str::to_string))
-            .is_some_and(|d| d == layer.digest.to_string())
-    })
 }
 
 /// A signature's payload, read (and digest-checked) from the archives.

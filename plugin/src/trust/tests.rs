@@ -422,6 +422,62 @@ fn layers_are_admitted_only_under_a_signed_manifest() {
     assert!(open.layer(&fx.unsigned.chain_ids()[0]).is_some());
 }
 
+/// The layer index follows the catalog: a layer of an unsigned image is
+/// refused, admitted once an archive with the image's signature arrives,
+/// refused again when that archive gives way to one with a tampered
+/// signature, and when that one goes too.
+#[test]
+fn admitted_layers_follow_the_signatures_as_archives_come_and_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = ImageSpec::new(vec![layer_tar(&[("etc/app", b"a")])]);
+    let (l, built) = OciLayout::single("example.com/app:1", &spec);
+    write(dir.path(), "app.tar", &l.to_tar());
+    let c = Catalog::open(CatalogOptions {
+        dirs: vec![dir.path().into()],
+        settle: Duration::ZERO,
+        ..Default::default()
+    })
+    .unwrap();
+    let trust = Trust::new(Require::Enforce, vec![public(1)]);
+    let layer = c.layer(&spec.chain_ids()[0]).unwrap();
+    let refused = |trust: &Trust| {
+        trust
+            .admit_layer(&c, &layer, Use::Mount)
+            .map_err(|r| r.reason)
+    };
+    let states = |trust: &Trust| -> Vec<&'static str> {
+        trust.survey(&c).iter().map(|(_, v)| v.state()).collect()
+    };
+    assert!(refused(&trust).unwrap_err().contains("unsigned"));
+    assert_eq!(states(&trust), ["unsigned"]);
+
+    let good = sign(1, "example.com/app:1", &built.manifest);
+    let mut s = OciLayout::default();
+    add_signature(&mut s, &good);
+    write(dir.path(), "sig.tar", &s.to_tar());
+    c.rescan();
+    assert_eq!(refused(&trust), Ok(()));
+    assert_eq!(states(&trust), ["valid"]);
+
+    let mut s = OciLayout::default();
+    add_signature(
+        &mut s,
+        &tampered(&good, |p| p.replace("example.com/app", "example.com/evil")),
+    );
+    write(dir.path(), "sig2.tar", &s.to_tar());
+    std::fs::remove_file(dir.path().join("sig.tar")).unwrap();
+    c.rescan();
+    assert!(refused(&trust).unwrap_err().contains("bad signature"));
+    assert_eq!(states(&trust), ["invalid"]);
+
+    std::fs::remove_file(dir.path().join("sig2.tar")).unwrap();
+    c.rescan();
+    assert!(refused(&trust).unwrap_err().contains("unsigned"));
+    // Nothing changed: the same index answers.
+    assert!(refused(&trust).unwrap_err().contains("unsigned"));
+    assert_eq!(states(&trust), ["unsigned"]);
+}
+
 #[test]
 fn pack_sign_writes_signatures_the_node_verifies() {
     let src = tempfile::tempdir().unwrap();

@@ -16,6 +16,10 @@
 //! - Limits per client ([`limit`]): the certificate's subject, else the
 //!   token or basic-auth user, else the address; 429 `TOOMANYREQUESTS`
 //!   with `Retry-After`.
+//! - Every refusal is counted by [`Refusal`], every failed handshake by
+//!   [`HandshakeFailure`], per listener (its bound address), so that a
+//!   node whose token was revoked, or a client of another CA, shows on a
+//!   dashboard and not only in the log.
 //!
 //! A non-loopback listener without TLS or without authentication is
 //! refused by the config unless `insecure = true`, warned at every start.
@@ -41,6 +45,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::serve::IncomingStream;
 use futures::StreamExt;
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -82,7 +87,11 @@ pub enum ClusterError {
 pub struct ClusterListener {
     listen: SocketAddr,
     tls: Option<Arc<ReloadingTls>>,
-    gate: Arc<Gate>,
+    /// The [`Gate`]'s parts: `serve` makes the gate, once the bound
+    /// address its counters are labelled with is known (a port 0 is not).
+    credentials: Credentials,
+    requires_auth: bool,
+    limits: Limits,
 }
 
 struct Gate {
@@ -92,6 +101,137 @@ struct Gate {
     /// A verified certificate or valid credentials are needed.
     requires_auth: bool,
     limits: Limits,
+    counters: Arc<Counters>,
+}
+
+/// Why the gate refused a request: the `reason` label of
+/// `airgap_cluster_refusals_total`. A fixed set, so the series stay
+/// bounded (the client and the path are in the log, never in a label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// 401: neither a verified certificate nor an `Authorization` header.
+    /// Also the first, anonymous request of the token flow, answered with
+    /// the challenge: normal in small numbers.
+    Unauthenticated,
+    /// 401: an `Authorization` header whose credentials are not valid (a
+    /// wrong, revoked or expired token, a wrong password).
+    BadCredentials,
+    /// 405: not a GET or HEAD (a push, a delete).
+    Method,
+    /// 404: `/v2/_catalog`, not served to the cluster.
+    Catalog,
+    /// 429: over the client's `requests_per_second` and `burst`.
+    Rate,
+    /// 429: over the client's `max_concurrent_requests`.
+    InFlight,
+}
+
+impl Refusal {
+    /// Every reason, in the order of their discriminants.
+    pub const ALL: [Refusal; 6] = [
+        Refusal::Unauthenticated,
+        Refusal::BadCredentials,
+        Refusal::Method,
+        Refusal::Catalog,
+        Refusal::Rate,
+        Refusal::InFlight,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::Unauthenticated => "unauthenticated",
+            Refusal::BadCredentials => "bad_credentials",
+            Refusal::Method => "method",
+            Refusal::Catalog => "catalog",
+            Refusal::Rate => "rate",
+            Refusal::InFlight => "in_flight",
+        }
+    }
+
+    /// The refusal of a request without valid credentials: whether it
+    /// carried an `Authorization` header tells a client that never tried
+    /// from one whose credentials are wrong.
+    fn unauthenticated(presented: bool) -> Refusal {
+        if presented {
+            Refusal::BadCredentials
+        } else {
+            Refusal::Unauthenticated
+        }
+    }
+}
+
+/// Why a TLS handshake failed: the `reason` label of
+/// `airgap_cluster_tls_handshake_failures_total`. The client never
+/// reaches the gate, so this is the only count of, say, a node holding a
+/// certificate of another CA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// The client sent no certificate where one is required, or one the
+    /// client CA did not sign (or expired, or not for client use).
+    ClientCertificate,
+    /// No handshake within [`HANDSHAKE_TIMEOUT`].
+    Timeout,
+    /// Anything else: no common protocol version or cipher suite, plain
+    /// HTTP sent to the TLS port, a connection closed before its handshake
+    /// (a TCP health check, a port scan).
+    Other,
+}
+
+impl HandshakeFailure {
+    /// Every reason, in the order of their discriminants.
+    pub const ALL: [HandshakeFailure; 3] = [
+        HandshakeFailure::ClientCertificate,
+        HandshakeFailure::Timeout,
+        HandshakeFailure::Other,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            HandshakeFailure::ClientCertificate => "client_certificate",
+            HandshakeFailure::Timeout => "timeout",
+            HandshakeFailure::Other => "other",
+        }
+    }
+
+    /// What the acceptor's error says: tokio-rustls carries rustls' own
+    /// error inside the `io::Error`.
+    fn of(e: &io::Error) -> HandshakeFailure {
+        match e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+            Some(rustls::Error::NoCertificatesPresented | rustls::Error::InvalidCertificate(_)) => {
+                HandshakeFailure::ClientCertificate
+            }
+            _ => HandshakeFailure::Other,
+        }
+    }
+}
+
+/// One listener's counters, every series created at 0 when it starts (a
+/// rate over them is then 0, not absent), indexed by the reasons'
+/// discriminants.
+struct Counters {
+    refusals: [Counter; Refusal::ALL.len()],
+    handshake_failures: [Counter; HandshakeFailure::ALL.len()],
+}
+
+impl Counters {
+    /// The counters of the listener bound to `listener`.
+    fn new(listener: SocketAddr) -> Counters {
+        let m = crate::metrics::global();
+        let listener = listener.to_string();
+        Counters {
+            refusals: Refusal::ALL.map(|r| m.cluster_refusals(&listener, r.label())),
+            handshake_failures: HandshakeFailure::ALL
+                .map(|f| m.cluster_handshake_failures(&listener, f.label())),
+        }
+    }
+
+    fn refused(&self, why: Refusal) {
+        self.refusals[why as usize].inc();
+    }
+
+    fn handshake_failed(&self, why: HandshakeFailure) {
+        self.handshake_failures[why as usize].inc();
+    }
 }
 
 /// Who is at the other end of a connection.
@@ -133,12 +273,9 @@ impl ClusterListener {
         Ok(ClusterListener {
             listen: c.listen,
             tls,
-            gate: Arc::new(Gate {
-                credentials,
-                tls: c.tls(),
-                requires_auth: c.authenticates(),
-                limits: Limits::new(c.requests_per_second, c.burst, c.max_concurrent_requests),
-            }),
+            credentials,
+            requires_auth: c.authenticates(),
+            limits: Limits::new(c.requests_per_second, c.burst, c.max_concurrent_requests),
         })
     }
 
@@ -159,6 +296,14 @@ impl ClusterListener {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> io::Result<()> {
         let local = listener.local_addr()?;
+        let counters = Arc::new(Counters::new(local));
+        let state = Arc::new(Gate {
+            credentials: self.credentials,
+            tls: self.tls.is_some(),
+            requires_auth: self.requires_auth,
+            limits: self.limits,
+            counters: counters.clone(),
+        });
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
         let tls = self.tls.clone();
@@ -177,6 +322,7 @@ impl ClusterListener {
                 };
                 let tx = tx.clone();
                 let tls = tls.clone();
+                let counters = counters.clone();
                 tokio::spawn(async move {
                     let _ = tcp.set_nodelay(true);
                     let conn = match tls {
@@ -202,10 +348,12 @@ impl ClusterListener {
                                     (Conn::Tls(Box::new(stream)), Peer { addr, cert_subject })
                                 }
                                 Ok(Err(e)) => {
+                                    counters.handshake_failed(HandshakeFailure::of(&e));
                                     tracing::info!(client = %addr, error = %e, "cluster listener: TLS handshake refused");
                                     return;
                                 }
                                 Err(_) => {
+                                    counters.handshake_failed(HandshakeFailure::Timeout);
                                     tracing::info!(client = %addr, "cluster listener: TLS handshake timed out");
                                     return;
                                 }
@@ -216,10 +364,9 @@ impl ClusterListener {
                 });
             }
         });
-        let router = mirror.router().layer(axum::middleware::from_fn_with_state(
-            self.gate.clone(),
-            gate,
-        ));
+        let router = mirror
+            .router()
+            .layer(axum::middleware::from_fn_with_state(state, gate));
         let result = axum::serve(
             Accepted { rx, local },
             router.into_make_service_with_connect_info::<Peer>(),
@@ -331,6 +478,7 @@ async fn gate(
     req: Request,
     next: Next,
 ) -> Response {
+    let presented = req.headers().contains_key(header::AUTHORIZATION);
     let user = match (
         &peer.cert_subject,
         req.headers()
@@ -367,23 +515,30 @@ async fn gate(
                 );
                 resp
             }
-            None => refusal(
-                StatusCode::UNAUTHORIZED,
-                "UNAUTHORIZED",
-                "authentication required",
-                |h| {
-                    h.insert(
-                        header::WWW_AUTHENTICATE,
-                        HeaderValue::from_static(BASIC_CHALLENGE),
-                    );
-                },
-            ),
+            None => {
+                if user.is_none() {
+                    g.counters.refused(Refusal::unauthenticated(presented));
+                    tracing::info!(client = %peer.addr, "cluster listener: token request without valid credentials refused");
+                }
+                refusal(
+                    StatusCode::UNAUTHORIZED,
+                    "UNAUTHORIZED",
+                    "authentication required",
+                    |h| {
+                        h.insert(
+                            header::WWW_AUTHENTICATE,
+                            HeaderValue::from_static(BASIC_CHALLENGE),
+                        );
+                    },
+                )
+            }
         };
     }
     let client = match user {
         Some(c) => c,
         None if !g.requires_auth => format!("ip:{}", peer.addr.ip()),
         None => {
+            g.counters.refused(Refusal::unauthenticated(presented));
             tracing::info!(client = %peer.addr, method = %req.method(), path = %req.uri().path(),
                 "cluster listener: request without valid credentials refused");
             // The token flow's challenge: clients that hold basic
@@ -412,6 +567,7 @@ async fn gate(
         }
     };
     if req.method() != Method::GET && req.method() != Method::HEAD {
+        g.counters.refused(Refusal::Method);
         tracing::info!(%client, method = %req.method(), path = %req.uri().path(),
             "cluster listener: only pulls are served; refused");
         return refusal(
@@ -425,6 +581,7 @@ async fn gate(
     }
     // The mirror answers the rest (bad names included).
     if let Ok(Route::Catalog { .. }) = request::parse(req.uri().path(), req.uri().query()) {
+        g.counters.refused(Refusal::Catalog);
         return refusal(
             StatusCode::NOT_FOUND,
             "UNSUPPORTED",
@@ -435,10 +592,13 @@ async fn gate(
     let permit = match g.limits.admit(&client) {
         Ok(p) => p,
         Err(refused) => {
-            let (retry, why) = match refused {
-                Refused::Rate { retry_after } => (retry_after.as_secs().max(1), "rate"),
-                Refused::Concurrency => (1, "requests in flight"),
+            let (retry, why, reason) = match refused {
+                Refused::Rate { retry_after } => {
+                    (retry_after.as_secs().max(1), "rate", Refusal::Rate)
+                }
+                Refused::Concurrency => (1, "requests in flight", Refusal::InFlight),
             };
+            g.counters.refused(reason);
             tracing::debug!(%client, limit = why, "cluster listener: client over its limit; 429");
             return refusal(
                 StatusCode::TOO_MANY_REQUESTS,

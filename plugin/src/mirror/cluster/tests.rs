@@ -1,6 +1,8 @@
 //! The cluster listener over real sockets: TLS from files (rotated while it
-//! runs), mutual TLS, tokens, read-only, limits; certificates from rcgen.
+//! runs), mutual TLS, tokens, read-only, limits, each refusal counted;
+//! certificates from rcgen.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,6 +72,7 @@ fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
 
 struct Served {
     addr: SocketAddr,
+    catalog: Arc<Catalog>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<io::Result<()>>,
 }
@@ -89,7 +92,7 @@ async fn serve(archives: &Path, config: ClusterListenerConfig) -> Served {
         ..Default::default()
     })
     .unwrap();
-    let mirror = Mirror::new(catalog, Upstreams::default());
+    let mirror = Mirror::new(catalog.clone(), Upstreams::default());
     let l = ClusterListener::new(&config).unwrap();
     let bound = l.bind().await.unwrap();
     let addr = bound.local_addr().unwrap();
@@ -102,8 +105,71 @@ async fn serve(archives: &Path, config: ClusterListenerConfig) -> Served {
     });
     Served {
         addr,
+        catalog,
         stop: Some(tx),
         task,
+    }
+}
+
+/// The counters of the listener on one address, read again at each
+/// [`Counted::moved`] to see what the requests in between counted.
+struct Counted {
+    addr: SocketAddr,
+    last: BTreeMap<&'static str, u64>,
+}
+
+impl Counted {
+    fn new(addr: SocketAddr) -> Counted {
+        let mut c = Counted {
+            addr,
+            last: BTreeMap::new(),
+        };
+        c.last = c.read();
+        c
+    }
+
+    /// Every reason's count; the handshake's prefixed `handshake:`.
+    fn read(&self) -> BTreeMap<&'static str, u64> {
+        let m = crate::metrics::global();
+        let listener = self.addr.to_string();
+        let mut counts = BTreeMap::new();
+        for r in Refusal::ALL {
+            counts.insert(r.label(), m.cluster_refusals(&listener, r.label()).get());
+        }
+        for f in HandshakeFailure::ALL {
+            let n = m.cluster_handshake_failures(&listener, f.label()).get();
+            let key = match f {
+                HandshakeFailure::ClientCertificate => "handshake:client_certificate",
+                HandshakeFailure::Timeout => "handshake:timeout",
+                HandshakeFailure::Other => "handshake:other",
+            };
+            counts.insert(key, n);
+        }
+        counts
+    }
+
+    /// The reasons counted since the last call, with how many.
+    fn moved(&mut self) -> Vec<(&'static str, u64)> {
+        let now = self.read();
+        let moved = now
+            .iter()
+            .filter_map(|(k, n)| Some((*k, n.checked_sub(self.last[k]).filter(|d| *d > 0)?)))
+            .collect();
+        self.last = now;
+        moved
+    }
+
+    /// As [`Counted::moved`], once something was counted: a failed
+    /// handshake is counted by the listener's task after the client saw
+    /// the alert.
+    async fn moved_soon(&mut self) -> Vec<(&'static str, u64)> {
+        for _ in 0..500 {
+            if self.read() != self.last {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.moved()
     }
 }
 
@@ -184,11 +250,13 @@ async fn tls_tokens_and_client_certificates_read_only_and_rotation() {
         "{base}/v2/library/busybox/blobs/{}?ns=docker.io",
         built.layers[0]
     );
+    let mut counted = Counted::new(served.addr);
 
     // No credentials: 401 with a basic challenge.
     let anonymous = client(&ca.pem(), None);
     let r = anonymous.get(&manifest).send().await.unwrap();
     assert_eq!(r.status(), 401);
+    assert_eq!(counted.moved(), [("unauthenticated", 1)]);
     let challenge = r.headers()["www-authenticate"]
         .to_str()
         .unwrap()
@@ -205,6 +273,7 @@ async fn tls_tokens_and_client_certificates_read_only_and_rotation() {
     let r = anonymous.get(&realm).send().await.unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(r.headers()["www-authenticate"], BASIC_CHALLENGE);
+    assert_eq!(counted.moved(), [("unauthenticated", 1)]);
     let r = anonymous
         .get(&realm)
         .basic_auth("node-b", Some("wrong"))
@@ -212,6 +281,7 @@ async fn tls_tokens_and_client_certificates_read_only_and_rotation() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+    assert_eq!(counted.moved(), [("bad_credentials", 1)]);
     let r = anonymous
         .get(&realm)
         .basic_auth("node-b", Some(TOKEN))
@@ -236,6 +306,8 @@ async fn tls_tokens_and_client_certificates_read_only_and_rotation() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+    // The token issued and the pull with it are not refusals.
+    assert_eq!(counted.moved(), [("bad_credentials", 1)]);
     // An anonymous push: 401 first, as from a registry.
     let r = anonymous
         .post(format!("{base}/v2/library/busybox/blobs/uploads/"))
@@ -243,6 +315,7 @@ async fn tls_tokens_and_client_certificates_read_only_and_rotation() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+    assert_eq!(counted.moved(), [("unauthenticated", 1)]);
 
     // A token: pulls; a push or a delete is 405, the catalog 404.
     for url in [&manifest, &blob, &format!("{base}/v2/")] {
@@ -281,6 +354,7 @@ async fn tls_tokens_and_client_certificates_read_only_and_rotation() {
         let body: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
         assert_eq!(body["errors"][0]["code"], "UNSUPPORTED");
     }
+    assert_eq!(counted.moved(), [("method", 3)]);
     let r = anonymous
         .get(format!("{base}/v2/_catalog"))
         .bearer_auth(TOKEN)
@@ -288,6 +362,7 @@ async fn tls_tokens_and_client_certificates_read_only_and_rotation() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+    assert_eq!(counted.moved(), [("catalog", 1)]);
 
     // A client certificate the CA signed: pulls without a token.
     let (ccert, ckey) = ca.issue("node-c", false);
@@ -298,6 +373,10 @@ async fn tls_tokens_and_client_certificates_read_only_and_rotation() {
     let (bad_cert, bad_key) = other.issue("node-c", false);
     let bad = client(&ca.pem(), Some((&bad_cert, &bad_key)));
     assert!(bad.get(&manifest).send().await.is_err());
+    assert_eq!(
+        counted.moved_soon().await,
+        [("handshake:client_certificate", 1)]
+    );
 
     // Rotation: new files, the next handshake presents the new certificate.
     assert_eq!(presented(served.addr, &ca.pem()).await, der(&cert));
@@ -309,6 +388,16 @@ async fn tls_tokens_and_client_certificates_read_only_and_rotation() {
     // A broken file keeps the last good certificate.
     write_file(dir.path(), "node.pem", "not a certificate\n");
     assert_eq!(presented(served.addr, &ca.pem()).await, der(&cert2));
+    // Plain HTTP to the TLS port, a connection closed before its handshake.
+    let plain = reqwest::Client::new();
+    assert!(plain
+        .get(format!("http://127.0.0.1:{}/v2/", served.addr.port()))
+        .send()
+        .await
+        .is_err());
+    assert_eq!(counted.moved_soon().await, [("handshake:other", 1)]);
+    drop(TcpStream::connect(served.addr).await.unwrap());
+    assert_eq!(counted.moved_soon().await, [("handshake:other", 1)]);
     served.stop().await;
 }
 
@@ -333,8 +422,13 @@ async fn mutual_tls_only_requires_a_certificate_and_limits_answer_429() {
     )
     .await;
     let url = format!("https://127.0.0.1:{}/v2/", served.addr.port());
+    let mut counted = Counted::new(served.addr);
     // No certificate: no handshake.
     assert!(client(&ca.pem(), None).get(&url).send().await.is_err());
+    assert_eq!(
+        counted.moved_soon().await,
+        [("handshake:client_certificate", 1)]
+    );
     let (ccert, ckey) = ca.issue("node-b", false);
     let b = client(&ca.pem(), Some((&ccert, &ckey)));
     assert_eq!(b.get(&url).send().await.unwrap().status(), 200);
@@ -345,9 +439,61 @@ async fn mutual_tls_only_requires_a_certificate_and_limits_answer_429() {
     assert_eq!(r.headers()["retry-after"], "1");
     let body: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
     assert_eq!(body["errors"][0]["code"], "TOOMANYREQUESTS");
+    assert_eq!(counted.moved(), [("rate", 1)]);
     let (ccert, ckey) = ca.issue("node-c", false);
     let c = client(&ca.pem(), Some((&ccert, &ckey)));
     assert_eq!(c.get(&url).send().await.unwrap().status(), 200);
+    assert_eq!(counted.moved(), []);
+    served.stop().await;
+}
+
+/// A client at its `max_concurrent_requests` gets 429 for one more, counted
+/// apart from the rate: the first request waits for a pass over a
+/// single-frame archive while every decompression slot is held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_over_the_in_flight_limit_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let archives = dir.path().join("archives");
+    std::fs::create_dir_all(&archives).unwrap();
+    let spec = ImageSpec::new(vec![layer_tar(&[("etc/hello", b"hello\n")])]);
+    let (oci, built) = OciLayout::single("busybox:1.36", &spec);
+    let archive = write(&archives, "a.tar.zst", &wrap(&oci.to_tar(), Wrap::Zstd));
+    let served = serve(
+        &archives,
+        ClusterListenerConfig {
+            max_concurrent_requests: 1,
+            ..ClusterListenerConfig::plain("127.0.0.1:0".parse().unwrap())
+        },
+    )
+    .await;
+    let base = format!("http://127.0.0.1:{}", served.addr.port());
+    let blob = format!(
+        "{base}/v2/library/busybox/blobs/{}?ns=docker.io",
+        built.layers[0]
+    );
+    let mut counted = Counted::new(served.addr);
+    let catalog = served.catalog.clone();
+    let held: Vec<_> = std::iter::from_fn(|| catalog.pass_permits().try_acquire()).collect();
+    assert!(!held.is_empty());
+    let first = tokio::spawn({
+        let blob = blob.clone();
+        async move { reqwest::get(&blob).await.unwrap().status() }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while catalog.pass_pending(&archive) < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the read did not wait"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let r = reqwest::get(format!("{base}/v2/")).await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(counted.moved(), [("in_flight", 1)]);
+    drop(held);
+    assert_eq!(first.await.unwrap(), 200);
+    assert_eq!(reqwest::get(&blob).await.unwrap().status(), 200);
+    assert_eq!(counted.moved(), []);
     served.stop().await;
 }
 
@@ -370,4 +516,25 @@ fn listener_files_that_do_not_load_stop_the_start_naming_the_file() {
     };
     let err = ClusterListener::new(&config).err().unwrap().to_string();
     assert!(err.contains("missing.key"), "{err}");
+}
+
+/// The counters are indexed by the reasons' discriminants: `ALL` lists
+/// them in that order, each label once.
+#[test]
+fn every_reason_has_its_own_counter() {
+    for (i, r) in Refusal::ALL.into_iter().enumerate() {
+        assert_eq!(r as usize, i, "{r:?}");
+    }
+    for (i, f) in HandshakeFailure::ALL.into_iter().enumerate() {
+        assert_eq!(f as usize, i, "{f:?}");
+    }
+    let labels: std::collections::BTreeSet<_> = Refusal::ALL
+        .map(Refusal::label)
+        .into_iter()
+        .chain(HandshakeFailure::ALL.map(HandshakeFailure::label))
+        .collect();
+    assert_eq!(
+        labels.len(),
+        Refusal::ALL.len() + HandshakeFailure::ALL.len()
+    );
 }

@@ -17,6 +17,10 @@
 //!   `Range: bytes=N-` request, the pull completes, and the pod sees the
 //!   layer's bytes. (A first endpoint already dead when a pull starts is
 //!   `tests/cluster_serve.rs`'s.)
+//! - Refusals across hosts, at A2 from B's namespace: no credentials, a
+//!   wrong token, a certificate of another CA, a push; each is counted in
+//!   A2's metrics (`airgap_cluster_refusals_total`,
+//!   `airgap_cluster_tls_handshake_failures_total`).
 //!
 //! The parts are [`airgap_integration::cluster`]'s. Root only, serialized
 //! with the other end-to-end tests.
@@ -26,7 +30,9 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 
-use airgap_integration::cluster::{DaemonNode, Pki, Serving, ServingNode, NETNS_PORT};
+use airgap_integration::cluster::{
+    DaemonNode, Pki, Serving, ServingNode, METRICS_LISTEN, NETNS_PORT,
+};
 use airgap_integration::image::{
     self, Entry, Layer, LayerCompression, SAMPLE_CHECK, SAMPLE_EXPECTED,
 };
@@ -73,7 +79,9 @@ fn cluster_netns(test: &str) -> Result<()> {
     pki.ca("ca", "airgap cluster test CA")?
         .server("ca", "server", &[&a1.addr, &a2.addr])?
         .client("ca", &b.name, &b.name)?
-        .client("ca", &c.name, &c.name)?;
+        .client("ca", &c.name, &c.name)?
+        .ca("other-ca", "someone else's CA")?
+        .client("other-ca", "intruder", &b.name)?;
     let sample = image::write_oci_archive(
         &image::sample_spec(HOST, "sample", "v1")?,
         &work.path().join("sample.tar"),
@@ -127,7 +135,7 @@ fn cluster_netns(test: &str) -> Result<()> {
                 cert: "server",
                 tokens: &[("probe", TOKEN)],
                 listener_extra: "",
-                args: &[],
+                args: &["--metrics-listen", METRICS_LISTEN],
             },
             &pki,
             &archives,
@@ -227,6 +235,53 @@ fn cluster_netns(test: &str) -> Result<()> {
         "== {test}: C continued the large layer from A2 at byte {}",
         offsets[0]
     );
+
+    // 3. Refusals across hosts, at A2, from B's namespace, each counted:
+    //    no credentials, a wrong token, another CA's certificate, a push.
+    let from = node_b.node.as_ref();
+    let manifest = format!("/v2/library/sample/manifests/v1?ns={HOST}");
+    let bearer = format!("Authorization: Bearer {TOKEN}");
+    let wrong = "Authorization: Bearer probe-token-000000000000000";
+    let intruder = [
+        "--cert",
+        &pki.path("intruder.pem"),
+        "--key",
+        &pki.path("intruder.key"),
+    ];
+    let uploads = "/v2/library/sample/blobs/uploads/";
+    for (what, method, path, extra, want) in [
+        ("no credentials", "GET", manifest.as_str(), &[][..], 401),
+        ("a wrong token", "GET", &manifest, &["-H", wrong][..], 401),
+        (
+            "another CA's certificate",
+            "GET",
+            &manifest,
+            &intruder[..],
+            0,
+        ),
+        ("a push", "POST", uploads, &["-H", &bearer][..], 405),
+        ("the token", "GET", &manifest, &["-H", &bearer][..], 200),
+    ] {
+        let got = next.status(from, &pki, method, path, extra)?;
+        ensure!(got == want, "{what}: A2 answered {got}, not {want}");
+    }
+    let metrics = next.metrics(METRICS_LISTEN)?;
+    for (name, reason) in [
+        ("airgap_cluster_refusals_total", "unauthenticated"),
+        ("airgap_cluster_refusals_total", "bad_credentials"),
+        ("airgap_cluster_refusals_total", "method"),
+        (
+            "airgap_cluster_tls_handshake_failures_total",
+            "client_certificate",
+        ),
+    ] {
+        let count = counted(&metrics, name, reason);
+        ensure!(
+            count >= 1,
+            "A2's {name}{{reason=\"{reason}\"}} is {count} after such a refusal"
+        );
+    }
+
     node_b.daemon.check_running()?;
     node_c.daemon.check_running()?;
     drop(node_c);
@@ -236,6 +291,17 @@ fn cluster_netns(test: &str) -> Result<()> {
     drop(first);
     drop(net);
     Ok(())
+}
+
+/// The sum of the samples of `name` with `reason="<reason>"` in a metrics
+/// text.
+fn counted(metrics: &str, name: &str, reason: &str) -> u64 {
+    let label = format!("reason=\"{reason}\"");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(&label))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 /// The offsets of the lines of a daemon's `log` that say it continued the

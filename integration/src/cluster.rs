@@ -493,9 +493,13 @@ pub fn pull_at_once(nodes: &[PlainNode], ns: &str, image: &str) -> Result<Vec<Du
             .map(|n| {
                 scope.spawn(move || {
                     let t0 = std::time::Instant::now();
-                    n.pull(ns, image)
-                        .map(|()| t0.elapsed())
-                        .map_err(|e| e.context(format!("pulling {image} on {}", n.node.name)))
+                    n.pull(ns, image).map(|()| t0.elapsed()).map_err(|e| {
+                        e.context(format!(
+                            "pulling {image} on {}; the end of its containerd's log:\n{}",
+                            n.node.name,
+                            process::tail(n.containerd.log_path(), 15)
+                        ))
+                    })
                 })
             })
             .collect();

@@ -65,6 +65,19 @@ pub fn run_cluster(repo: &Path, bin: &Path, args: &Args) -> Result<()> {
         .context("the bundle's oci.tar")?
         .len();
     let archive_size = std::fs::metadata(&archive)?.len();
+    // Every node keeps the image's blobs and its unpacked layers (about
+    // three times the blobs) under /tmp for its round.
+    let need = u64::from(NODES) * 4 * unpacked_size;
+    let stat = nix::sys::statvfs::statvfs("/tmp").context("statvfs /tmp")?;
+    let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
+    if free < need {
+        bail!(
+            "bench --cluster needs about {} free under /tmp for {NODES} nodes' content and \
+             unpacked layers; {} is free",
+            human_plain(need),
+            human_plain(free)
+        );
+    }
     let load_start = system::loadavg();
 
     let _serial = crate::serial()?;

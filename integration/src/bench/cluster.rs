@@ -358,7 +358,9 @@ fn report(
          | the daemon's cluster listener: TLS, a token per node, the bundle's single-frame `oci.tar.zst` ({}) | {:.1} s | {:.1} s | {:.1} s | {:.0} MiB |\n\
          | docker-registry 2.8: TLS, no authentication, filesystem storage (the same blobs, pushed before) | {:.1} s | {:.1} s | {:.1} s | {:.0} MiB |\n\
          | ratio, daemon / docker-registry | {:.2}x | {:.2}x | {:.2}x | {:.2}x |\n\n\
-         The serving daemon, per round: {}. docker-registry read {} from disk per round.\n\n\
+         The serving daemon, per round: {}. docker-registry read {} from disk per round.\n\
+         The daemon's CPU is its single pass decompressing the archive, plus each blob copied to every request waiting\n\
+         for it through a file and its digest checked per copy (ten here); docker-registry sends the files it stores.\n\n\
          Served by `{}` (`scripts/bench.sh` builds it for release).\n\n\
          Reproduce: `scripts/bench.sh --cluster --write [--cache DIR] [--reps N]` as root.",
         system::date(),

@@ -61,6 +61,7 @@ pub fn run_delta(repo: &Path, bin: &Path, args: &Args) -> Result<()> {
             bail!("release 2 of the bench bundle needs {d}");
         }
     }
+    let load_start = system::loadavg();
     let w = |name: &str| work.path().join(name);
     let b = |name: &str| bundle_dir.join(name);
 
@@ -141,7 +142,7 @@ pub fn run_delta(repo: &Path, bin: &Path, args: &Args) -> Result<()> {
 
     let (s_base, s_full, s_delta) = (size(&base)?, size(&full)?, size(&delta)?);
     let mut table = format!(
-        "Run {} on {}. Load average at the end: {} (other sessions' builds shared the cores: times are noisy, bytes are exact).\n\n\
+        "Run {} on {}. Load average at the start: {load_start}, at the end: {}.\n\n\
          Release 1: the bench bundle's images as `pack` writes them (`{BIG}`, debian-llvm, debian-python, busybox), {}.\n\
          Release 2: `{GO2}` (its Go layer rebuilt with one more file: a changed top layer), debian-llvm and busybox unchanged,\n\
          `{PERL}` new (the shared base + `/usr/share/perl`), debian-python removed.\n\n\

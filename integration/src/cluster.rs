@@ -470,32 +470,50 @@ impl PlainNode {
     /// `ctr images pull --hosts-dir HOSTS IMAGE` in the namespace `ns`, on
     /// this node (overlayfs: fetched and unpacked).
     pub fn pull(&self, ns: &str, image: &str) -> Result<()> {
-        self.containerd
-            .ctr(&[
-                "-n",
-                ns,
-                "images",
-                "pull",
-                "--hosts-dir",
-                &self.hosts.to_string_lossy(),
-                image,
-            ])
-            .map(drop)
+        self.ctr_hosts(ns, &["images", "pull"], image)
+    }
+
+    /// `ctr content fetch --hosts-dir HOSTS IMAGE`: the image's blobs into
+    /// the content store, nothing unpacked.
+    pub fn fetch(&self, ns: &str, image: &str) -> Result<()> {
+        self.ctr_hosts(ns, &["content", "fetch"], image)
+    }
+
+    fn ctr_hosts(&self, ns: &str, command: &[&str], image: &str) -> Result<()> {
+        let hosts = self.hosts.to_string_lossy();
+        let mut args = vec!["-n", ns];
+        args.extend(command);
+        args.extend(["--hosts-dir", &hosts, image]);
+        self.containerd.ctr(&args).map(drop)
     }
 }
 
 /// Pulls `image` on every node at once (a thread each); the wall time of
 /// each pull, in node order. Every pull must succeed.
 pub fn pull_at_once(nodes: &[PlainNode], ns: &str, image: &str) -> Result<Vec<Duration>> {
+    at_once(nodes, &format!("pulling {image}"), |n| n.pull(ns, image))
+}
+
+/// [`pull_at_once`] with `ctr content fetch`: the blobs, no unpacking.
+pub fn fetch_at_once(nodes: &[PlainNode], ns: &str, image: &str) -> Result<Vec<Duration>> {
+    at_once(nodes, &format!("fetching {image}"), |n| n.fetch(ns, image))
+}
+
+fn at_once(
+    nodes: &[PlainNode],
+    what: &str,
+    op: impl Fn(&PlainNode) -> Result<()> + Sync,
+) -> Result<Vec<Duration>> {
+    let op = &op;
     std::thread::scope(|scope| {
-        let pulls: Vec<_> = nodes
+        let runs: Vec<_> = nodes
             .iter()
             .map(|n| {
                 scope.spawn(move || {
                     let t0 = std::time::Instant::now();
-                    n.pull(ns, image).map(|()| t0.elapsed()).map_err(|e| {
+                    op(n).map(|()| t0.elapsed()).map_err(|e| {
                         e.context(format!(
-                            "pulling {image} on {}; the end of its containerd's log:\n{}",
+                            "{what} on {}; the end of its containerd's log:\n{}",
                             n.node.name,
                             process::tail(n.containerd.log_path(), 15)
                         ))
@@ -503,11 +521,10 @@ pub fn pull_at_once(nodes: &[PlainNode], ns: &str, image: &str) -> Result<Vec<Du
                 })
             })
             .collect();
-        pulls
-            .into_iter()
-            .map(|p| {
-                p.join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a pull thread panicked")))
+        runs.into_iter()
+            .map(|r| {
+                r.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a {what} thread panicked")))
             })
             .collect()
     })

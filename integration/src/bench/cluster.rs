@@ -1,20 +1,24 @@
 //! --cluster: one node serving the cluster (issue 22). Ten nodes, each a
 //! network namespace with its own containerd (no daemon, overlayfs, the
-//! hosts.toml `config --serving-node` writes), pull the bundle's largest
-//! image at once from one serving node, in two rounds per repetition:
+//! hosts.toml `config --serving-node` writes), get the bundle's largest
+//! image at once from one serving node, which is in turn:
 //!
 //! - the daemon's cluster listener (TLS, a bearer token per node) serving
 //!   the bundle's single-frame `oci.tar.zst` as it arrived;
 //! - `docker-registry` (TLS, no authentication) serving the same image,
 //!   pushed into its storage beforehand (not timed).
 //!
-//! Measured per round: the wall time until every pull is done (fetch and
-//! unpack on each node), the slowest node, and the serving process's CPU
+//! Each server gets two kinds of round, each with a fresh server and fresh
+//! nodes: the ten nodes fetch the image's blobs (`ctr content fetch`: the
+//! serving side alone), or pull it (`ctr images pull`: fetched and unpacked,
+//! what a node waits for). Measured per round: the wall time until every
+//! node is done, the slowest node, and the serving process's CPU
 //! time and peak RSS during the round (VmHWM, reset before it); for the
 //! daemon also the bytes it decompressed and read from the archive, which
-//! say how many passes over the archive served the ten pulls (the shared
-//! pass: one). Every pull must succeed with the same manifest digest in
-//! both rounds, else the run fails. Not a test: no time is asserted.
+//! say how many passes over the archive served the ten nodes (the shared
+//! pass: one). Every fetch and pull must succeed, and every pull give the
+//! same manifest digest from both servers, else the run fails. Not a test:
+//! no time is asserted.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -26,7 +30,7 @@ use super::bundle::{self, say, BIG};
 use super::report::{human_plain, publish};
 use super::system::{self, cpu_ticks, hwm_kib, sum_metric};
 use crate::cluster::{
-    plain_nodes, pull_at_once, serve_nodes, LoadNet, Pki, PlainNode, METRICS_LISTEN,
+    fetch_at_once, plain_nodes, pull_at_once, serve_nodes, LoadNet, Pki, PlainNode, METRICS_LISTEN,
 };
 use crate::netns::Node;
 use crate::process::{self, Proc};
@@ -51,6 +55,40 @@ struct Round {
     /// The daemon's `airgap_archive_decompressed_bytes` during the round.
     decompressed: Option<u64>,
     digest: String,
+}
+
+/// What the ten nodes do in a round.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// `ctr content fetch`: the blobs only, what the serving side does.
+    Fetch,
+    /// `ctr images pull`: fetched and unpacked, what a node waits for.
+    Pull,
+}
+
+impl Phase {
+    fn label(self) -> &'static str {
+        match self {
+            Phase::Fetch => "fetch (`ctr content fetch`)",
+            Phase::Pull => "pull (`ctr images pull`: fetch + unpack)",
+        }
+    }
+}
+
+/// The rounds of one server: fetches and pulls.
+#[derive(Default)]
+struct Served {
+    fetch: Vec<Round>,
+    pull: Vec<Round>,
+}
+
+impl Served {
+    fn push(&mut self, phase: Phase, round: Round) {
+        match phase {
+            Phase::Fetch => self.fetch.push(round),
+            Phase::Pull => self.pull.push(round),
+        }
+    }
 }
 
 pub fn run_cluster(repo: &Path, bin: &Path, args: &Args) -> Result<()> {
@@ -90,30 +128,39 @@ pub fn run_cluster(repo: &Path, bin: &Path, args: &Args) -> Result<()> {
     let registry_storage = work.path().join("registry-storage");
     fill_registry(&work, &server, &pki, &registry_storage, &bundle_dir)?;
 
-    let mut airgap = Vec::new();
-    let mut registry = Vec::new();
+    // Each round starts a fresh server and fresh nodes: nothing is cached
+    // on either side from the round before.
+    let mut airgap = Served::default();
+    let mut registry = Served::default();
     for rep in 1..=args.reps {
-        say(&format!(
-            "round {rep}/{}: {NODES} nodes pull {BIG} from the daemon's cluster listener",
-            args.reps
-        ));
-        airgap.push(round_airgap(&work, &server, &nodes, &pki, &archive)?);
-        say(&format!(
-            "round {rep}/{}: {NODES} nodes pull {BIG} from docker-registry",
-            args.reps
-        ));
-        registry.push(round_registry(
-            &work,
-            &server,
-            &nodes,
-            &pki,
-            &registry_storage,
-        )?);
+        for phase in [Phase::Fetch, Phase::Pull] {
+            let what = phase.label();
+            say(&format!(
+                "round {rep}/{}: {NODES} nodes {what} {BIG} from the daemon's cluster listener",
+                args.reps
+            ));
+            airgap.push(
+                phase,
+                round_airgap(&work, &server, &nodes, &pki, &archive, phase)?,
+            );
+            say(&format!(
+                "round {rep}/{}: {NODES} nodes {what} {BIG} from docker-registry",
+                args.reps
+            ));
+            registry.push(
+                phase,
+                round_registry(&work, &server, &nodes, &pki, &registry_storage, phase)?,
+            );
+        }
     }
     drop(net);
-    let digest = &airgap[0].digest;
+    let digest = &airgap.pull[0].digest;
     ensure!(
-        airgap.iter().chain(&registry).all(|r| &r.digest == digest),
+        airgap
+            .pull
+            .iter()
+            .chain(&registry.pull)
+            .all(|r| &r.digest == digest),
         "the rounds pulled different manifests"
     );
     let report = report(
@@ -135,6 +182,7 @@ fn round_airgap(
     nodes: &[Node],
     pki: &Pki,
     archive: &Path,
+    phase: Phase,
 ) -> Result<Round> {
     let serving = serve_nodes(
         work.path(),
@@ -153,7 +201,7 @@ fn round_airgap(
         .daemon
         .pid()
         .context("the serving daemon is not running")?;
-    let mut round = measure(pid, &plain)?;
+    let mut round = measure(pid, &plain, phase)?;
     round.decompressed = metric(DECOMPRESSED)
         .zip(before)
         .map(|(a, b)| a.saturating_sub(b));
@@ -170,6 +218,7 @@ fn round_registry(
     nodes: &[Node],
     pki: &Pki,
     storage: &Path,
+    phase: Phase,
 ) -> Result<Round> {
     let mut registry = start_registry(work, server, pki, storage, true)?;
     let url = format!("https://{}:{REGISTRY_PORT}", server.addr);
@@ -182,22 +231,26 @@ fn round_registry(
         false,
     )?;
     let pid = registry.pid().context("docker-registry is not running")?;
-    let round = measure(pid, &plain)?;
+    let round = measure(pid, &plain, phase)?;
     drop(plain);
     registry.stop(process::STOP_TIMEOUT)?;
     Ok(round)
 }
 
-/// Caches dropped, the serving process's peak RSS reset, every node pulls
-/// at once; its CPU and peak RSS over that time.
-fn measure(pid: u32, nodes: &[PlainNode]) -> Result<Round> {
+/// Caches dropped, the serving process's peak RSS reset, every node
+/// fetches or pulls at once; its CPU and peak RSS over that time. After a
+/// pull, every node must hold the same manifest.
+fn measure(pid: u32, nodes: &[PlainNode], phase: Phase) -> Result<Round> {
     system::drop_caches()?;
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
         .with_context(|| format!("resetting the peak RSS of {pid}"))?;
     let cpu0 = cpu_ticks(pid);
     let read0 = system::read_bytes(pid);
     let t0 = Instant::now();
-    let times = pull_at_once(nodes, NS, BIG)?;
+    let times = match phase {
+        Phase::Fetch => fetch_at_once(nodes, NS, BIG)?,
+        Phase::Pull => pull_at_once(nodes, NS, BIG)?,
+    };
     let total = t0.elapsed().as_secs_f64();
     let cpu1 = cpu_ticks(pid);
     let read = system::read_bytes(pid).saturating_sub(read0);
@@ -205,15 +258,17 @@ fn measure(pid: u32, nodes: &[PlainNode]) -> Result<Round> {
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let cpu = (cpu1.0 + cpu1.1).saturating_sub(cpu0.0 + cpu0.1) as f64 / hz;
     let hwm = hwm_kib(pid).context("reading the serving process's VmHWM")?;
-    let mut digests = nodes
-        .iter()
-        .map(|n| n.containerd.image_digest(NS, BIG))
-        .collect::<Result<Vec<_>>>()?;
-    digests.dedup();
-    ensure!(
-        digests.len() == 1,
-        "the nodes pulled different manifests: {digests:?}"
-    );
+    let mut digests = Vec::new();
+    if phase == Phase::Pull {
+        for n in nodes {
+            digests.push(n.containerd.image_digest(NS, BIG)?);
+        }
+        digests.dedup();
+        ensure!(
+            digests.len() == 1,
+            "the nodes pulled different manifests: {digests:?}"
+        );
+    }
     Ok(Round {
         total,
         slowest: times.iter().map(Duration::as_secs_f64).fold(0.0, f64::max),
@@ -221,7 +276,7 @@ fn measure(pid: u32, nodes: &[PlainNode]) -> Result<Round> {
         hwm_kib: hwm,
         read,
         decompressed: None,
-        digest: digests.remove(0),
+        digest: digests.pop().unwrap_or_default(),
     })
 }
 
@@ -313,26 +368,54 @@ fn median(values: impl Iterator<Item = f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
+/// Medians of a server's rounds of one phase: total, slowest node, CPU,
+/// peak RSS (KiB).
+fn medians(rounds: &[Round]) -> [f64; 4] {
+    [
+        median(rounds.iter().map(|r| r.total)),
+        median(rounds.iter().map(|r| r.slowest)),
+        median(rounds.iter().map(|r| r.cpu)),
+        median(rounds.iter().map(|r| r.hwm_kib as f64)),
+    ]
+}
+
+/// The three rows of one phase: the daemon, docker-registry, the ratio.
+fn phase_rows(phase: Phase, airgap: &[Round], registry: &[Round]) -> String {
+    let (a, r) = (medians(airgap), medians(registry));
+    let row = |who: &str, m: [f64; 4]| {
+        format!(
+            "| {who} | {} | {:.1} s | {:.1} s | {:.1} s | {:.0} MiB |\n",
+            phase.label(),
+            m[0],
+            m[1],
+            m[2],
+            m[3] / 1024.0
+        )
+    };
+    format!(
+        "{}{}| ratio, daemon / docker-registry | {} | {:.2}x | {:.2}x | {:.2}x | {:.2}x |\n",
+        row("the daemon's cluster listener", a),
+        row("docker-registry", r),
+        phase.label(),
+        a[0] / r[0].max(0.01),
+        a[1] / r[1].max(0.01),
+        a[2] / r[2].max(0.01),
+        a[3] / r[3].max(1.0),
+    )
+}
+
 fn report(
-    airgap: &[Round],
-    registry: &[Round],
+    airgap: &Served,
+    registry: &Served,
     unpacked_size: u64,
     archive_size: u64,
     bin: &Path,
     load_start: &str,
 ) -> String {
-    let row = |rounds: &[Round]| {
-        (
-            median(rounds.iter().map(|r| r.total)),
-            median(rounds.iter().map(|r| r.slowest)),
-            median(rounds.iter().map(|r| r.cpu)),
-            median(rounds.iter().map(|r| r.hwm_kib as f64)),
-        )
-    };
-    let (a, r) = (row(airgap), row(registry));
-    let mib = |kib: f64| kib / 1024.0;
     let passes: Vec<String> = airgap
+        .fetch
         .iter()
+        .chain(&airgap.pull)
         .map(|round| match round.decompressed {
             Some(d) => format!(
                 "{} decompressed ({:.2} passes over the archive's {}), {} read from disk",
@@ -347,39 +430,38 @@ fn report(
             ),
         })
         .collect();
-    let registry_read: Vec<String> = registry.iter().map(|r| human_plain(r.read)).collect();
+    let registry_read: Vec<String> = registry
+        .fetch
+        .iter()
+        .chain(&registry.pull)
+        .map(|r| human_plain(r.read))
+        .collect();
+    let version = crate::containerd::version()
+        .map(|v| format!("{}.{}.{}", v.major, v.minor, v.patch))
+        .unwrap_or_default();
     format!(
         "Run {} on {}. Load average at the start: {load_start}, at the end: {}.\n\n\
-         {NODES} nodes, each a network namespace with its own containerd (overlayfs, no daemon), pull `{BIG}`\n\
-         at once (`ctr images pull --hosts-dir`, the hosts.toml of `config --serving-node`), median of {} rounds,\n\
-         caches dropped before each. Every node runs on this machine's cores, so the time includes ten unpacks;\n\
-         the serving process's CPU and peak RSS (VmHWM, reset before the round) are its own.\n\n\
-         | served by | all {NODES} pulls done | slowest node | serving CPU | serving peak RSS |\n|---|---:|---:|---:|---:|\n\
-         | the daemon's cluster listener: TLS, a token per node, the bundle's single-frame `oci.tar.zst` ({}) | {:.1} s | {:.1} s | {:.1} s | {:.0} MiB |\n\
-         | docker-registry 2.8: TLS, no authentication, filesystem storage (the same blobs, pushed before) | {:.1} s | {:.1} s | {:.1} s | {:.0} MiB |\n\
-         | ratio, daemon / docker-registry | {:.2}x | {:.2}x | {:.2}x | {:.2}x |\n\n\
-         The serving daemon, per round: {}. docker-registry read {} from disk per round.\n\
+         {NODES} nodes, each a network namespace with its own containerd (overlayfs, no daemon), fetch or pull `{BIG}`\n\
+         at once (`--hosts-dir`: the hosts.toml of `config --serving-node`), median of {} rounds, each with a fresh\n\
+         server and fresh nodes, caches dropped before. Served by the daemon's cluster listener (TLS, a token per node)\n\
+         from the bundle's single-frame `oci.tar.zst` ({}), or by docker-registry 2.8 (TLS, no authentication,\n\
+         filesystem storage, the same blobs pushed before). Every node runs on this machine's two cores, so a pull's\n\
+         time includes ten unpacks; the fetch rows show the serving side alone. CPU and peak RSS (VmHWM, reset before\n\
+         the round) are the serving process's own.\n\n\
+         | served by | the ten nodes | all {NODES} done | slowest node | serving CPU | serving peak RSS |\n\
+         |---|---|---:|---:|---:|---:|\n{}{}\n\
+         The serving daemon, per round (fetches, then pulls): {}. docker-registry read {} from disk per round.\n\
          The daemon's CPU is its single pass decompressing the archive, plus each blob copied to every request waiting\n\
          for it through a file and its digest checked per copy (ten here); docker-registry sends the files it stores.\n\n\
          Served by `{}` (`scripts/bench.sh` builds it for release).\n\n\
          Reproduce: `scripts/bench.sh --cluster --write [--cache DIR] [--reps N]` as root.",
         system::date(),
-        system::machine_line(&crate::containerd::version().map(|v| format!("{}.{}.{}", v.major, v.minor, v.patch)).unwrap_or_default()),
+        system::machine_line(&version),
         system::loadavg(),
-        airgap.len(),
+        airgap.pull.len(),
         human_plain(archive_size),
-        a.0,
-        a.1,
-        a.2,
-        mib(a.3),
-        r.0,
-        r.1,
-        r.2,
-        mib(r.3),
-        a.0 / r.0,
-        a.1 / r.1,
-        a.2 / r.2.max(0.01),
-        a.3 / r.3.max(1.0),
+        phase_rows(Phase::Fetch, &airgap.fetch, &registry.fetch),
+        phase_rows(Phase::Pull, &airgap.pull, &registry.pull),
         passes.join("; "),
         registry_read.join(", "),
         bin.display(),

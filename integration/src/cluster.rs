@@ -339,15 +339,7 @@ impl DaemonNode {
             ],
         )?;
         let hosts = work.join(format!("certs.d-{client}"));
-        process::run(
-            Command::new(daemon::binary()?)
-                .arg("config")
-                .args(["--containerd", "1.6", "--mirror-listen", &mirror])
-                .arg("--hosts-dir")
-                .arg(&hosts)
-                .arg("--write"),
-            Duration::from_secs(30),
-        )?;
+        daemon::write_hosts_dir(&hosts, &mirror, None)?;
         let containerd = PrivateContainerd::start(
             daemon.socket(),
             &ContainerdOptions {

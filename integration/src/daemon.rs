@@ -66,6 +66,22 @@ fn build_binary() -> Result<PathBuf> {
     bail!("cargo build did not report the airgap-snapshotter executable")
 }
 
+/// Writes containerd's hosts directory `hosts` with the daemon's own
+/// `config --hosts-dir HOSTS --write`: `_default/hosts.toml` with the
+/// mirror at `mirror` first and `upstream` (a URL), if any, as `server`.
+pub fn write_hosts_dir(hosts: &Path, mirror: &str, upstream: Option<&str>) -> Result<()> {
+    let mut cmd = Command::new(binary()?);
+    cmd.args(["config", "--mirror-listen", mirror]);
+    if let Some(url) = upstream {
+        cmd.args(["--upstream", url]);
+    }
+    process::run(
+        cmd.arg("--hosts-dir").arg(hosts).arg("--write"),
+        Duration::from_secs(30),
+    )?;
+    Ok(())
+}
+
 /// A running (or stopped, between restarts) `airgap-snapshotter serve`.
 pub struct Daemon {
     proc: Option<Proc>,

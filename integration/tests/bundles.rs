@@ -206,15 +206,7 @@ fn pack_releases(test: &str, work: &Path, host: &str) -> Result<Releases> {
 /// `host` (where no registry listens) as the upstream.
 fn hosts_dir(work: &Path, mirror: &str, host: &str) -> Result<PathBuf> {
     let hosts = work.join("certs.d");
-    process::run(
-        Command::new(bin()?)
-            .arg("config")
-            .args(["--containerd", "1.6", "--mirror", mirror])
-            .args(["--upstream", &format!("http://{host}")])
-            .arg("--write")
-            .arg(&hosts),
-        Duration::from_secs(30),
-    )?;
+    daemon::write_hosts_dir(&hosts, mirror, Some(&format!("http://{host}")))?;
     Ok(hosts)
 }
 

@@ -316,15 +316,7 @@ fn crictl_pull_run(test: &str, binary: PathBuf) -> Result<()> {
         Ok(http_status(mirror_port, "/v2/").ok() == Some(200))
     })?;
     let hosts = work.path().join("certs.d");
-    process::run(
-        Command::new(daemon::binary()?)
-            .arg("config")
-            .args(["--containerd", "1.6", "--mirror", &mirror])
-            .args(["--upstream", &format!("http://{host}")])
-            .arg("--write")
-            .arg(&hosts),
-        Duration::from_secs(30),
-    )?;
+    daemon::write_hosts_dir(&hosts, &mirror, Some(&format!("http://{host}")))?;
     eprintln!("== {test}: starting a private containerd");
     let containerd = PrivateContainerd::start(
         daemon.socket(),

@@ -22,7 +22,6 @@
 //! skipped (an `AIRGAP_KUBELET` that names no executable fails them).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
@@ -313,16 +312,7 @@ fn kubelet_registered(test: &str, binary: &Path) -> Result<()> {
 /// `_default/hosts.toml`, the mirror first and the registry as `server`.
 fn write_hosts_dir(dir: &Path, mirror: &str, server_url: &str) -> Result<PathBuf> {
     let hosts = dir.join("certs.d");
-    process::run(
-        Command::new(daemon::binary()?)
-            .arg("config")
-            .args(["--containerd", "1.7", "--mirror", mirror])
-            .arg("--upstream")
-            .arg(server_url)
-            .arg("--write")
-            .arg(&hosts),
-        Duration::from_secs(30),
-    )?;
+    daemon::write_hosts_dir(&hosts, mirror, Some(server_url))?;
     Ok(hosts)
 }
 

@@ -346,16 +346,7 @@ impl Drop for MirrorDaemon {
 /// `_default/hosts.toml` with the mirror first and `server` last.
 fn write_hosts_dir(dir: &Path, mirror: &str, server_url: &str) -> Result<PathBuf> {
     let hosts = dir.join("certs.d");
-    process::run(
-        Command::new(daemon::binary()?)
-            .arg("config")
-            .args(["--containerd", "1.6", "--mirror", mirror])
-            .arg("--upstream")
-            .arg(server_url)
-            .arg("--write")
-            .arg(&hosts),
-        Duration::from_secs(30),
-    )?;
+    daemon::write_hosts_dir(&hosts, mirror, Some(server_url))?;
     let text = std::fs::read_to_string(hosts.join("_default/hosts.toml"))?;
     ensure!(
         text.contains(&format!("[host.\"http://{mirror}\"]"))

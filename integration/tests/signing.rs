@@ -322,15 +322,7 @@ fn enforce_cri(test: &str) -> Result<()> {
     // Where the images' registry would be: nothing listens.
     let nowhere = format!("http://127.0.0.1:{}", free_port()?);
     let hosts = work.path().join("certs.d");
-    process::run(
-        Command::new(daemon::binary()?)
-            .arg("config")
-            .args(["--containerd", "1.6", "--mirror", &mirror])
-            .args(["--upstream", &nowhere])
-            .arg("--write")
-            .arg(&hosts),
-        Duration::from_secs(30),
-    )?;
+    daemon::write_hosts_dir(&hosts, &mirror, Some(&nowhere))?;
     let containerd = PrivateContainerd::start(
         daemon.socket(),
         &ContainerdOptions {

@@ -91,17 +91,23 @@ fn read(path: &Path) -> Result<String, CredentialsError> {
     })
 }
 
+/// The `name:value` lines of a tokens or htpasswd file, numbered from 1:
+/// blank lines and `#` comments left out; `None` for a line without `:`.
+fn entries(text: &str) -> impl Iterator<Item = (usize, Option<(&str, &str)>)> {
+    text.lines()
+        .enumerate()
+        .map(|(n, line)| (n + 1, line.trim()))
+        .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
+        .map(|(n, line)| (n, line.split_once(':')))
+}
+
 /// Token hashes by name.
 struct Tokens(HashMap<Digest, String>);
 
 fn parse_tokens(path: &Path, text: &str) -> Result<Tokens, CredentialsError> {
     let mut map = HashMap::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        match line.split_once(':') {
+    for (line, entry) in entries(text) {
+        match entry {
             Some((name, token))
                 if !name.trim().is_empty()
                     && token.trim().len() >= 16
@@ -112,7 +118,7 @@ fn parse_tokens(path: &Path, text: &str) -> Result<Tokens, CredentialsError> {
             _ => {
                 return Err(CredentialsError::Token {
                     path: path.to_path_buf(),
-                    line: n + 1,
+                    line,
                 })
             }
         }
@@ -125,19 +131,15 @@ struct Htpasswd(HashMap<String, String>);
 
 fn parse_htpasswd(path: &Path, text: &str) -> Result<Htpasswd, CredentialsError> {
     let mut map = HashMap::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        match line.split_once(':') {
+    for (line, entry) in entries(text) {
+        match entry {
             Some((user, hash)) if !user.is_empty() && hash.starts_with("$2") => {
                 map.insert(user.to_string(), hash.to_string());
             }
             _ => {
                 return Err(CredentialsError::Htpasswd {
                     path: path.to_path_buf(),
-                    line: n + 1,
+                    line,
                 })
             }
         }
